@@ -1,0 +1,180 @@
+"""The generation loop: prefill the prompt, then decode one token at a time, streaming text.
+
+tokens = encode(prompt)
+logits = model.prefill(tokens, cache)        # whole prompt, one pass
+repeat:
+    token = sample(logits)                   # choose the next token
+    stop on an end token, a stop string, max_new_tokens or the context limit
+    yield its text
+    logits = model.decode(token, cache)      # one token, reads the cache
+"""
+
+from __future__ import annotations
+
+import codecs
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ArgumentError, ContextLengthError
+from .model import Model
+from .sampling import SamplingParams, sample
+
+
+@dataclass
+class GenerationStats:
+    """What a generation did and how long each phase took (filled in as it runs)."""
+
+    prompt_tokens: int = 0
+    prefill_seconds: float = 0.0
+    generated_tokens: int = 0  # tokens sampled and emitted (an end token is not counted)
+    decode_tokens: int = 0  # tokens run through Model.decode
+    decode_seconds: float = 0.0
+    sample_seconds: float = 0.0
+    stop_reason: str = ""  # "end_token", "stop_string", "max_new_tokens" or "context_full"
+
+
+class TextStream:
+    """Turns token ids into text pieces as they arrive.
+
+    A multi-byte UTF-8 character can be split across tokens (byte-fallback pieces); its
+    first bytes are held back until the character is complete. With `strip_leading_space`,
+    the space of a SentencePiece dummy prefix is removed from the very first text (as when
+    the text starts right after BOS).
+    """
+
+    def __init__(self, tokenizer, strip_leading_space: bool = False) -> None:
+        self.tokenizer = tokenizer
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._strip = strip_leading_space
+
+    def push(self, token: int) -> str:
+        text = self._utf8.decode(self.tokenizer.token_bytes(token))
+        if self._strip and text:
+            self._strip = False
+            text = text.removeprefix(" ")
+        return text
+
+    def flush(self) -> str:
+        return self._utf8.decode(b"", final=True)
+
+
+def generate(
+    model: Model,
+    prompt: str | Sequence[int],
+    max_new_tokens: int = 256,
+    *,
+    temperature: float = 0.8,
+    top_k: int = 40,
+    top_p: float = 0.95,
+    min_p: float = 0.05,
+    repetition_penalty: float = 1.0,
+    seed: int | None = None,
+    stop: Sequence[str] = (),
+    stats: GenerationStats | None = None,
+) -> Iterator[str]:
+    """Generate a continuation of `prompt`, yielding text pieces as they are produced.
+
+    `prompt` is text (encoded with BOS) or a list of token ids. Stops at an end token
+    (config.stop_ids), when a `stop` string appears (it is not yielded), after
+    `max_new_tokens`, or when the model's context is full. Pass a GenerationStats to get the
+    timings and the stop reason. The same seed gives the same text.
+    """
+    params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
+    if not (isinstance(max_new_tokens, int) and max_new_tokens >= 0):
+        raise ArgumentError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    if isinstance(stop, str):
+        stop = [stop]
+    if any(not s for s in stop):
+        raise ArgumentError("stop strings must be non-empty")
+    tokenizer = model.tokenizer
+    if isinstance(prompt, str):
+        if tokenizer is None:
+            raise ArgumentError("this model has no tokenizer: pass the prompt as token ids")
+        tokens = tokenizer.encode(prompt, bos=True)
+    else:
+        tokens = [int(t) for t in prompt]
+    context = model.config.max_seq_len
+    if len(tokens) > context:
+        raise ContextLengthError(
+            f"prompt is {len(tokens)} tokens, longer than the model's context of {context}; "
+            f"shorten it"
+        )
+    stats = stats if stats is not None else GenerationStats()
+    return _generate(model, tokens, max_new_tokens, params, seed, list(stop), stats)
+
+
+def _generate(model, tokens, max_new_tokens, params, seed, stop, stats) -> Iterator[str]:
+    config = model.config
+    # The cache only needs room for the prompt and what may be generated (decoded tokens).
+    cache = model.new_cache(min(config.max_seq_len, len(tokens) + max_new_tokens))
+    rng = np.random.default_rng(seed)
+    stream = TextStream(model.tokenizer, strip_leading_space=tokens[-1] == config.bos_id)
+    held = ""  # text that might be the start of a stop string, not yet yielded
+
+    stats.prompt_tokens = len(tokens)
+    t0 = time.perf_counter()
+    logits = model.prefill(tokens, cache)
+    stats.prefill_seconds = time.perf_counter() - t0
+
+    history = list(tokens)
+    stats.stop_reason = "max_new_tokens"
+    for step in range(max_new_tokens):
+        if len(history) >= config.max_seq_len:
+            stats.stop_reason = "context_full"
+            break
+        t0 = time.perf_counter()
+        recent = history[-params.repeat_last_n :] if params.repeat_last_n else ()
+        token = sample(logits, params, rng, recent)
+        stats.sample_seconds += time.perf_counter() - t0
+        if token in config.stop_ids:
+            stats.stop_reason = "end_token"
+            break
+        history.append(token)
+        stats.generated_tokens += 1
+
+        held += stream.push(token)
+        text, held, stopped = _split_at_stop(held, stop)
+        if text:
+            yield text
+        if stopped:
+            stats.stop_reason = "stop_string"
+            return
+
+        if step + 1 < max_new_tokens and len(history) < config.max_seq_len:
+            t0 = time.perf_counter()
+            logits = model.decode(token, cache)
+            stats.decode_seconds += time.perf_counter() - t0
+            stats.decode_tokens += 1
+    held += stream.flush()
+    text, _, _ = _split_at_stop(held, stop)
+    if text:
+        yield text
+
+
+def _split_at_stop(text: str, stop: list[str]) -> tuple[str, str, bool]:
+    """-> (text safe to yield, text to hold back, whether a stop string was found).
+
+    Holds back the longest tail of `text` that could still grow into a stop string.
+    """
+    if not stop:
+        return text, "", False
+    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
+    if hits:
+        return text[: min(hits)], "", True
+    keep = 0
+    for s in stop:
+        for n in range(min(len(s) - 1, len(text)), keep, -1):
+            if text.endswith(s[:n]):
+                keep = n
+                break
+    return text[: len(text) - keep], text[len(text) - keep :], False
+
+
+def generate_text(
+    model: Model, prompt: str | Sequence[int], max_new_tokens: int = 256, **kwargs
+) -> str:
+    """The whole continuation as one string (same arguments as `generate`)."""
+    return "".join(generate(model, prompt, max_new_tokens, **kwargs))

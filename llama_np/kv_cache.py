@@ -1,0 +1,86 @@
+"""The KV cache: keys and values of every past position, preallocated once.
+
+Decode attends each new token to all earlier positions. Their keys and values do not change,
+so they are computed once (in prefill, or in the decode step that produced them) and kept
+here. Memory is allocated up front for `max_seq_len` positions and never grows: writes are
+slice assignments, reads are views.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import LlamaConfig
+from .errors import ContextLengthError
+
+
+class KVCache:
+    """Keys and values of up to `max_seq_len` positions of `batch_size` sequences.
+
+    k, v: (L, B, KVH, S_max, HD) float32. One (KVH, S, HD) slab per layer and sequence keeps
+    each head's keys contiguous over positions, which is the layout attention reads:
+    (KVH, G*T, HD) @ (KVH, HD, S).
+    """
+
+    def __init__(
+        self, config: LlamaConfig, max_seq_len: int, batch_size: int = 1, dtype=np.float32
+    ) -> None:
+        shape = (config.n_layers, batch_size, config.n_kv_heads, max_seq_len, config.head_dim)
+        self.k = np.zeros(shape, dtype=dtype)  # (L, B, KVH, S_max, HD)
+        self.v = np.zeros(shape, dtype=dtype)  # (L, B, KVH, S_max, HD)
+        self.lengths = [0] * batch_size  # positions filled, per sequence
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.k.shape[3]
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def length(self) -> int:
+        """Positions filled (batch size 1)."""
+        if self.batch_size != 1:
+            raise ValueError("cache.length is for batch size 1; use cache.lengths[b]")
+        return self.lengths[0]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes allocated for K and V at full length."""
+        return self.k.nbytes + self.v.nbytes
+
+    @property
+    def bytes_per_token(self) -> int:
+        """Bytes one position occupies across all layers, K and V."""
+        return self.nbytes // (self.max_seq_len * self.batch_size)
+
+    def check_room(self, n_new: int, seq: int = 0) -> None:
+        """Raise ContextLengthError unless `n_new` more positions fit in sequence `seq`."""
+        if self.lengths[seq] + n_new > self.max_seq_len:
+            raise ContextLengthError(
+                f"KV cache full: {self.lengths[seq]} positions used + {n_new} new > "
+                f"max_seq_len {self.max_seq_len}; use a shorter prompt or fewer new tokens, or "
+                f"a larger cache (model.new_cache(max_seq_len=...), up to the model's context)"
+            )
+
+    def update(
+        self, layer: int, start: int, k: np.ndarray, v: np.ndarray, seq: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Write k, v (KVH, T, HD) at positions start..start+T-1 of one layer.
+
+        Returns views of all keys and values through the new positions, (KVH, start+T, HD).
+        """
+        end = start + k.shape[1]
+        if end > self.max_seq_len:
+            raise ContextLengthError(
+                f"KV cache write at positions {start}..{end - 1} is past max_seq_len "
+                f"{self.max_seq_len}"
+            )
+        self.k[layer, seq, :, start:end] = k
+        self.v[layer, seq, :, start:end] = v
+        return self.k[layer, seq, :, :end], self.v[layer, seq, :, :end]
+
+    def reset(self) -> None:
+        """Forget every position (the memory stays allocated)."""
+        self.lengths = [0] * self.batch_size

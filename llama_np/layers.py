@@ -1,0 +1,146 @@
+"""The building blocks of a Llama, as pure functions on float32 NumPy arrays.
+
+Nothing here holds weights or state: each function takes arrays and returns arrays, so each
+can be read, tested and stepped through on its own. Shapes use the legend in config.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import RopeScaling
+
+NEG_INF = np.float32(-np.inf)
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """x / sqrt(mean(x²) + eps) * weight over the last axis.   (..., D) -> (..., D)"""
+    # Divide by the row's max |x| before squaring so that huge activations cannot overflow
+    # float32 (x² overflows past ~1.8e19); the scale cancels out below.
+    scale = np.max(np.abs(x), axis=-1, keepdims=True)  # (..., 1)
+    scale = np.maximum(scale, np.float32(np.finfo(np.float32).tiny))
+    xs = x / scale  # (..., D), every |value| <= 1
+    ms = np.mean(xs * xs, axis=-1, keepdims=True, dtype=np.float32)  # (..., 1)
+    inv_rms = 1.0 / np.sqrt(ms + np.float32(eps) / (scale * scale))
+    return (xs * inv_rms) * weight
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    """Numerically stable softmax over the last axis, in place.   (..., N) -> (..., N)
+
+    Subtracting the row max makes every exponent <= 0, so exp never overflows; -inf entries
+    (masked positions) become exactly 0.
+    """
+    x -= np.max(x, axis=-1, keepdims=True)
+    np.exp(x, out=x)
+    x /= np.sum(x, axis=-1, keepdims=True)
+    return x
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    """x * sigmoid(x), written with tanh so that no exp can overflow for large |x|."""
+    return x * (np.float32(0.5) + np.float32(0.5) * np.tanh(np.float32(0.5) * x))
+
+
+def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None = None) -> np.ndarray:
+    """Rotation speed (radians per position) of each of the HD/2 pairs.   -> (HD/2,) float64"""
+    freqs = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    if scaling is None:
+        return freqs
+    if scaling.kind == "linear":
+        return freqs / scaling.factor
+    # "llama3" (Llama 3.1+): wavelengths longer than the original context / low_freq_factor
+    # are slowed by `factor`; shorter than original / high_freq_factor are kept; those in
+    # between blend linearly in 1/wavelength.
+    old_ctx = scaling.original_max_position_embeddings
+    wavelen = 2 * np.pi / freqs
+    smooth = (old_ctx / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
+    smooth = np.clip(smooth, 0.0, 1.0)  # 0: long wavelength (scaled), 1: short (kept)
+    return (1 - smooth) * freqs / scaling.factor + smooth * freqs
+
+
+def rope_tables(
+    head_dim: int, max_seq_len: int, theta: float, scaling: RopeScaling | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Precomputed cos and sin of every (position, pair) angle.   -> 2 × (S_max, HD/2) float32"""
+    # Angles are computed in float64 and rounded once: pos * freq loses digits in float32
+    # at long positions.
+    angles = np.outer(
+        np.arange(max_seq_len, dtype=np.float64), rope_frequencies(head_dim, theta, scaling)
+    )
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, interleaved: bool) -> np.ndarray:
+    """Rotate each pair of x by its position's angle.   x (T, n_heads, HD), cos/sin (T, HD/2)
+
+    The pairs are (x[2i], x[2i+1]) when `interleaved` (Meta, llama2.c) and (x[i], x[i + HD/2])
+    otherwise (Hugging Face, whose checkpoints permute the rows of wq and wk so that the same
+    model gives the same result with this split).
+    """
+    half = x.shape[-1] // 2
+    out = np.empty_like(x)  # (T, n_heads, HD)
+    if interleaved:
+        x0, x1, o0, o1 = x[..., 0::2], x[..., 1::2], out[..., 0::2], out[..., 1::2]
+    else:
+        x0, x1, o0, o1 = x[..., :half], x[..., half:], out[..., :half], out[..., half:]
+    c, s = cos[:, None, :], sin[:, None, :]  # (T, 1, HD/2), broadcast over heads
+    np.multiply(x0, c, out=o0)
+    o0 -= x1 * s
+    np.multiply(x0, s, out=o1)
+    o1 += x1 * c
+    return out
+
+
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, hook=None) -> np.ndarray:
+    """Causal grouped-query attention of T new queries over S cached positions.
+
+    q: (T, H, HD) queries of the last T positions; k, v: (KVH, S, HD), the cache through those
+    positions. Returns (T, H * HD).
+
+    Query head h reads KV head h // G. Instead of repeating K and V G times, the G query heads
+    that share a KV head are stacked into one matrix: (KVH, G*T, HD) @ (KVH, HD, S) is one
+    batched matmul over KVH, and K/V are never copied.
+
+    `hook(name, array)`, when given, receives "scores" and "probs" as (H, T, S) views.
+    """
+    T, H, HD = q.shape
+    KVH, S, _ = k.shape
+    G = H // KVH
+    # (T, H, HD) -> (KVH, G, T, HD) -> (KVH, G*T, HD); scaling q is cheaper than scaling scores
+    qg = q.reshape(T, KVH, G, HD).transpose(1, 2, 0, 3).reshape(KVH, G * T, HD)
+    qg = qg * np.float32(1.0 / np.sqrt(HD))
+    scores = np.matmul(qg, k.transpose(0, 2, 1)).reshape(KVH, G, T, S)  # (KVH, G, T, S)
+    if T > 1:
+        # The new queries sit at positions S-T .. S-1, so query t may see keys 0 .. S-T+t:
+        # the mask's diagonal is offset by the S-T positions already in the cache.
+        scores += causal_mask(T, S)  # (T, S) broadcast over (KVH, G)
+    if hook is not None:
+        hook("scores", scores.reshape(H, T, S))
+    probs = softmax(scores)  # (KVH, G, T, S)
+    if hook is not None:
+        hook("probs", probs.reshape(H, T, S))
+    out = np.matmul(probs.reshape(KVH, G * T, S), v)  # (KVH, G*T, HD)
+    return out.reshape(KVH, G, T, HD).transpose(2, 0, 1, 3).reshape(T, H * HD)
+
+
+def causal_mask(T: int, S: int) -> np.ndarray:
+    """0 where query t (at position S-T+t) may attend to key s, -inf where s is in its future.
+
+    -> (T, S) float32
+    """
+    return np.triu(np.full((T, S), NEG_INF, dtype=np.float32), k=S - T + 1)
+
+
+def swiglu(x: np.ndarray, w_gate_up: np.ndarray, w_down: np.ndarray) -> np.ndarray:
+    """SwiGLU MLP: down(silu(gate(x)) * up(x)).   x (T, D) -> (T, D)
+
+    w_gate_up (D, 2F) holds the gate and up projections side by side, so both come from one
+    matmul; w_down is (F, D).
+    """
+    F = w_down.shape[0]
+    gate_up = x @ w_gate_up  # (T, 2F)
+    hidden = silu(gate_up[..., :F]) * gate_up[..., F:]  # (T, F)
+    return hidden @ w_down  # (T, D)

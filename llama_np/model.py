@@ -1,0 +1,268 @@
+"""The Llama model: embedding -> N transformer blocks -> final norm and classifier.
+
+Two entry points run it, and they are the heart of inference:
+
+* `Model.prefill(tokens, cache)` — the whole prompt in one pass. Every weight matrix is
+  multiplied by a (T, D) block of activations (matrix-matrix: compute-bound), a causal mask
+  stops each position from seeing later ones, and K/V of all T positions go into the cache.
+* `Model.decode(token, cache)` — one new token. Every weight is multiplied by a single (D,)
+  vector (matrix-vector: each weight byte is read for 2 FLOPs, so memory bandwidth is the
+  limit), and attention reads the keys and values of all earlier positions from the cache.
+
+Both run the same transformer block (`Model.block`); they differ in how many positions go
+through it and how the result is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import LlamaConfig
+from .errors import ArgumentError, CheckpointError
+from .kv_cache import KVCache
+from .layers import apply_rope, attention, rms_norm, rope_tables, swiglu
+
+Hook = Callable[[str, np.ndarray], None]
+
+
+@dataclass
+class LayerWeights:
+    """Weights of one transformer block, stored (in, out) so that activations do x @ W."""
+
+    attn_norm: np.ndarray  # (D,)
+    wqkv: np.ndarray  # (D, (H + 2*KVH) * HD)  q, k and v projections side by side: one matmul
+    wo: np.ndarray  # (H*HD, D)
+    mlp_norm: np.ndarray  # (D,)
+    w_gate_up: np.ndarray  # (D, 2F)  gate and up projections side by side: one matmul
+    w_down: np.ndarray  # (F, D)
+
+
+@dataclass
+class Weights:
+    embedding: np.ndarray  # (V, D)
+    layers: list[LayerWeights]
+    final_norm: np.ndarray  # (D,)
+    classifier: np.ndarray  # (D, V); a transposed view of `embedding` when tied
+
+
+def tensor_names(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
+    """The checkpoint tensors a model needs, by Meta's names, with their (out, in) shapes.
+
+    Every loader produces exactly these names, so `Model.from_tensors` has one input format.
+    """
+    D, F, V, HD = config.dim, config.hidden_dim, config.vocab_size, config.head_dim
+    H, KVH = config.n_heads, config.n_kv_heads
+    names: dict[str, tuple[int, ...]] = {"tok_embeddings.weight": (V, D), "norm.weight": (D,)}
+    if not config.tie_embeddings:
+        names["output.weight"] = (V, D)
+    for i in range(config.n_layers):
+        p = f"layers.{i}."
+        names[p + "attention_norm.weight"] = (D,)
+        names[p + "attention.wq.weight"] = (H * HD, D)
+        names[p + "attention.wk.weight"] = (KVH * HD, D)
+        names[p + "attention.wv.weight"] = (KVH * HD, D)
+        names[p + "attention.wo.weight"] = (D, H * HD)
+        names[p + "ffn_norm.weight"] = (D,)
+        names[p + "feed_forward.w1.weight"] = (F, D)  # gate
+        names[p + "feed_forward.w2.weight"] = (D, F)  # down
+        names[p + "feed_forward.w3.weight"] = (F, D)  # up
+    return names
+
+
+class Model:
+    """A Llama model ready to run: config, float32 weights, RoPE tables and its tokenizer."""
+
+    def __init__(self, config: LlamaConfig, weights: Weights, tokenizer=None) -> None:
+        self.config = config
+        self.weights = weights
+        self.tokenizer = tokenizer
+        # cos/sin of every (position, pair) angle, computed once: (S_max, HD/2) each
+        self.rope_cos, self.rope_sin = rope_tables(
+            config.head_dim, config.max_seq_len, config.rope_theta, config.rope_scaling
+        )
+        self.hooks: dict[str, list[Hook]] = {}
+
+    @classmethod
+    def from_tensors(
+        cls, config: LlamaConfig, tensors: Mapping[str, np.ndarray], tokenizer=None
+    ) -> Model:
+        """Build a model from checkpoint tensors named as in `tensor_names` ((out, in) shapes).
+
+        Checks every name and shape, converts to float32 and fuses q/k/v and gate/up.
+        """
+        expected = tensor_names(config)
+        missing = [n for n in expected if n not in tensors]
+        extra = [n for n in tensors if n not in expected]
+        if missing or extra:
+            raise CheckpointError(
+                "checkpoint tensors do not match the config: "
+                + (f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''} " if missing else "")
+                + (f"unexpected {extra[:5]}{' ...' if len(extra) > 5 else ''}" if extra else "")
+            )
+        for name, shape in expected.items():
+            if tuple(tensors[name].shape) != shape:
+                raise CheckpointError(
+                    f"tensor {name} has shape {tuple(tensors[name].shape)}, expected {shape} "
+                    f"from the config"
+                )
+
+        def f32(name: str) -> np.ndarray:
+            return np.asarray(tensors[name], dtype=np.float32)
+
+        def fused(*names: str) -> np.ndarray:
+            # Stack (out, in) matrices along `out`, then view as (in, out): x @ W then reads
+            # each output's weights as one contiguous row (a plain sgemv / sgemm).
+            return np.concatenate([f32(n) for n in names], axis=0).T
+
+        layers = []
+        for i in range(config.n_layers):
+            p = f"layers.{i}."
+            layers.append(
+                LayerWeights(
+                    attn_norm=f32(p + "attention_norm.weight"),
+                    wqkv=fused(
+                        p + "attention.wq.weight",
+                        p + "attention.wk.weight",
+                        p + "attention.wv.weight",
+                    ),
+                    wo=fused(p + "attention.wo.weight"),
+                    mlp_norm=f32(p + "ffn_norm.weight"),
+                    w_gate_up=fused(p + "feed_forward.w1.weight", p + "feed_forward.w3.weight"),
+                    w_down=fused(p + "feed_forward.w2.weight"),
+                )
+            )
+        embedding = np.ascontiguousarray(f32("tok_embeddings.weight"))
+        classifier = embedding.T if config.tie_embeddings else fused("output.weight")
+        weights = Weights(embedding, layers, f32("norm.weight"), classifier)
+        return cls(config, weights, tokenizer)
+
+    # ---------------------------------------------------------------- the KV cache
+
+    def new_cache(self, max_seq_len: int | None = None, batch_size: int = 1) -> KVCache:
+        """A preallocated KV cache for up to `max_seq_len` positions (default: the context)."""
+        max_seq_len = self.config.max_seq_len if max_seq_len is None else max_seq_len
+        if not 0 < max_seq_len <= self.config.max_seq_len:
+            raise ArgumentError(
+                f"max_seq_len must be in 1..{self.config.max_seq_len} (the model's context), "
+                f"got {max_seq_len}"
+            )
+        return KVCache(self.config, max_seq_len, batch_size)
+
+    # ---------------------------------------------------------------- prefill and decode
+
+    def prefill(
+        self, tokens: Sequence[int], cache: KVCache, all_logits: bool = False
+    ) -> np.ndarray:
+        """Run the prompt (or the next chunk of it) in one pass and store its K/V in the cache.
+
+        Returns logits for the position after the last token, (V,), or for every position,
+        (T, V), with `all_logits=True`. The tokens go at positions cache.length onwards, so a
+        prompt can be prefilled in pieces, or appended to an earlier conversation.
+        """
+        tokens = self._check_tokens(tokens)
+        start = cache.length
+        cache.check_room(len(tokens))
+        x = self.weights.embedding[tokens]  # (T, D) residual stream, one row per token
+        for i in range(self.config.n_layers):
+            x = self.block(i, x, start, cache)
+        cache.lengths[0] = start + len(tokens)
+        # Only the last position predicts the next token: skip the (D, V) classifier for the
+        # rest unless they are asked for.
+        return self.head(x if all_logits else x[-1])  # (T, V) or (V,)
+
+    def decode(self, token: int, cache: KVCache) -> np.ndarray:
+        """Run one token at position cache.length; return (V,) logits for the next position."""
+        (token,) = self._check_tokens([token])
+        pos = cache.length
+        cache.check_room(1)
+        x = self.weights.embedding[[token]]  # (1, D): a block of one row, so `block` serves both
+        for i in range(self.config.n_layers):
+            x = self.block(i, x, pos, cache)
+        cache.lengths[0] = pos + 1
+        return self.head(x[0])  # (V,)
+
+    # ---------------------------------------------------------------- the pieces
+
+    def block(self, i: int, x: np.ndarray, start: int, cache: KVCache) -> np.ndarray:
+        """Transformer block i on the rows of x, which sit at positions start, start+1, ...
+
+        x: (T, D) -> (T, D). Writes the block's K/V for these positions into the cache and
+        attends over every position up to the last of them.
+        """
+        cfg, lw = self.config, self.weights.layers[i]
+        T = x.shape[0]
+        H, KVH, HD = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+
+        # --- attention: each position gathers information from itself and earlier positions
+        h = rms_norm(x, lw.attn_norm, cfg.norm_eps)  # (T, D)
+        qkv = h @ lw.wqkv  # (T, (H + 2*KVH) * HD)
+        q = qkv[:, : H * HD].reshape(T, H, HD)  # (T, H, HD)
+        k = qkv[:, H * HD : (H + KVH) * HD].reshape(T, KVH, HD)  # (T, KVH, HD)
+        v = qkv[:, (H + KVH) * HD :].reshape(T, KVH, HD)  # (T, KVH, HD)
+        cos = self.rope_cos[start : start + T]  # (T, HD/2)
+        sin = self.rope_sin[start : start + T]  # (T, HD/2)
+        q = apply_rope(q, cos, sin, cfg.rope_interleaved)
+        k = apply_rope(k, cos, sin, cfg.rope_interleaved)
+        # The cache stores (KVH, S, HD) per layer: write the new rows, read all rows so far.
+        k_all, v_all = cache.update(i, start, k.transpose(1, 0, 2), v.transpose(1, 0, 2))
+        attn_hook = self._attention_hook(i) if self.hooks else None
+        attn_out = attention(q, k_all, v_all, attn_hook) @ lw.wo  # (T, D)
+        if self.hooks:
+            self._run_hooks(f"layers.{i}.attn.out", attn_out)
+        x = x + attn_out  # residual connection
+
+        # --- MLP: each position is transformed on its own
+        h = rms_norm(x, lw.mlp_norm, cfg.norm_eps)  # (T, D)
+        mlp_out = swiglu(h, lw.w_gate_up, lw.w_down)  # (T, D)
+        if self.hooks:
+            self._run_hooks(f"layers.{i}.mlp.out", mlp_out)
+        x = x + mlp_out  # residual connection
+        if self.hooks:
+            self._run_hooks(f"layers.{i}.resid", x)
+        return x
+
+    def head(self, x: np.ndarray) -> np.ndarray:
+        """Final RMSNorm and classifier.   (..., D) -> (..., V) logits"""
+        logits = (
+            rms_norm(x, self.weights.final_norm, self.config.norm_eps) @ self.weights.classifier
+        )
+        if self.hooks:
+            self._run_hooks("logits", logits)
+        return logits
+
+    # ---------------------------------------------------------------- hooks
+
+    def add_hook(self, name: str, fn: Hook) -> Callable[[], None]:
+        """Call fn(name, array) each time the model reaches hook point `name`.
+
+        Returns a function that removes the hook. See docs for the hook points and shapes.
+        """
+        self.hooks.setdefault(name, []).append(fn)
+
+        def remove() -> None:
+            self.hooks[name].remove(fn)
+            if not self.hooks[name]:
+                del self.hooks[name]
+
+        return remove
+
+    def _run_hooks(self, name: str, array: np.ndarray) -> None:
+        for fn in self.hooks.get(name, ()):
+            fn(name, array)
+
+    def _attention_hook(self, i: int) -> Hook:
+        return lambda part, array: self._run_hooks(f"layers.{i}.attn.{part}", array)
+
+    def _check_tokens(self, tokens: Sequence[int]) -> np.ndarray:
+        ids = np.asarray(tokens)
+        if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
+            raise ArgumentError(f"tokens must be a non-empty sequence of ints, got {tokens!r:.80}")
+        if ids.min() < 0 or ids.max() >= self.config.vocab_size:
+            bad = ids[(ids < 0) | (ids >= self.config.vocab_size)][0]
+            raise ArgumentError(
+                f"token id {bad} is outside the vocabulary 0..{self.config.vocab_size - 1}"
+            )
+        return ids
