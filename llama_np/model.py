@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import LlamaConfig
+from .dtypes import to_float32
 from .errors import ArgumentError, CheckpointError
 from .kv_cache import KVCache
 from .layers import apply_rope, attention, rms_norm, rope_tables, swiglu
@@ -91,7 +92,8 @@ class Model:
     ) -> Model:
         """Build a model from checkpoint tensors named as in `tensor_names` ((out, in) shapes).
 
-        Checks every name and shape, converts to float32 and fuses q/k/v and gate/up.
+        Tensors may be float32, float16 or bfloat16 (dtypes.BFLOAT16), e.g. memory-mapped from
+        the file. Checks every name and shape, converts to float32, fuses q/k/v and gate/up.
         """
         expected = tensor_names(config)
         missing = [n for n in expected if n not in tensors]
@@ -110,7 +112,7 @@ class Model:
                 )
 
         def f32(name: str) -> np.ndarray:
-            return np.asarray(tensors[name], dtype=np.float32)
+            return to_float32(tensors[name])
 
         def fused(*names: str) -> np.ndarray:
             # Stack (out, in) matrices along `out`, then view as (in, out): x @ W then reads

@@ -1,0 +1,41 @@
+"""How much work a forward pass is: FLOPs and bytes, from the config alone.
+
+These formulas are what the roofline compares against: prefill's time is bounded below by
+FLOPs ÷ matmul FLOP/s, decode's by bytes read ÷ memory bandwidth.
+"""
+
+from __future__ import annotations
+
+from .config import LlamaConfig
+
+
+def matmul_params(config: LlamaConfig) -> int:
+    """Weights multiplied per token in the blocks (q, k, v, o, gate, up, down), all layers."""
+    D, F, HD = config.dim, config.hidden_dim, config.head_dim
+    qkvo = D * (config.n_heads + 2 * config.n_kv_heads) * HD + config.n_heads * HD * D
+    return config.n_layers * (qkvo + 3 * D * F)
+
+
+def forward_flops(config: LlamaConfig, n_tokens: int, start: int = 0, n_logits: int = 1) -> int:
+    """FLOPs to run `n_tokens` tokens at positions start.. (prefill; decode is n_tokens=1).
+
+    2 per multiply-add: the weight matmuls, attention (q·k over each token's visible
+    positions, and probs·v), and the classifier for `n_logits` positions. Norms, RoPE and
+    softmax are O(D) per token and left out.
+    """
+    T, L = n_tokens, config.n_layers
+    weights = 2 * T * matmul_params(config)
+    visible = T * start + T * (T + 1) // 2  # sum over new tokens of positions each one sees
+    attention = L * 2 * 2 * config.n_heads * config.head_dim * visible
+    classifier = 2 * n_logits * config.dim * config.vocab_size
+    return weights + attention + classifier
+
+
+def decode_bytes(
+    config: LlamaConfig, position: int, weight_bytes: float = 4, kv_bytes: float = 4
+) -> int:
+    """Bytes one decode step at `position` must read: every matmul weight and the classifier
+    once, one embedding row, and K and V of the position+1 cached positions of every layer."""
+    weights = matmul_params(config) + config.dim * config.vocab_size + config.dim
+    kv = config.kv_cache_bytes(position + 1, bytes_per_value=1) * kv_bytes
+    return int(weights * weight_bytes + kv)

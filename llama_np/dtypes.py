@@ -1,0 +1,31 @@
+"""Storage dtypes of checkpoint tensors, and their conversion to float32 for compute.
+
+NumPy has no bfloat16. A bf16 tensor is kept as its raw 16-bit patterns under a one-field
+structured dtype, `BFLOAT16`, so its type stays visible (a plain uint16 array could be
+anything) while memory-mapping and slicing work as for any array. bfloat16 is the top half
+of a float32, so widening is a 16-bit shift.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BFLOAT16 = np.dtype([("bf16", "<u2")])
+
+
+def to_float32(array: np.ndarray) -> np.ndarray:
+    """float32 copy of a float32/float16/bfloat16 tensor (no copy if it already is float32)."""
+    if array.dtype == BFLOAT16:
+        bits = array.view("<u2").astype(np.uint32)  # (...,) the 16 high bits of each float32
+        bits <<= 16
+        return bits.view(np.float32)
+    if array.dtype.kind != "f":
+        raise TypeError(f"cannot convert a tensor of dtype {array.dtype} to float32")
+    return np.asarray(array, dtype=np.float32)
+
+
+def bfloat16_from_float32(array: np.ndarray) -> np.ndarray:
+    """Round float32 to bfloat16 (round to nearest even), as BFLOAT16 patterns."""
+    bits = np.ascontiguousarray(array, dtype=np.float32).view(np.uint32)
+    rounding = ((bits >> 16) & 1) + np.uint32(0x7FFF)
+    return ((bits + rounding) >> 16).astype("<u2").view(BFLOAT16)

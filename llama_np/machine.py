@@ -1,0 +1,78 @@
+"""This machine's limits, measured with NumPy: matmul FLOP/s and memory bandwidth.
+
+Prefill is bound by the first (matrix-matrix products), decode by the second (each weight
+byte is read once per token for 2 FLOPs). Measuring both with the same NumPy/BLAS that runs
+the model gives the roofline that llama_np's speed is judged against. The result is cached
+in ~/.cache/llama_np/machine.json (delete it to measure again).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+CACHE_FILE = (
+    Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llama_np" / "machine.json"
+)
+
+
+@dataclass(frozen=True)
+class MachinePeaks:
+    matmul_flops: float  # float32 FLOP/s of a large matrix-matrix product (sgemm)
+    memory_bandwidth: float  # bytes/s streamed by a large float32 matrix-vector product (sgemv)
+    description: str = ""
+
+
+def measure(repeats: int = 7) -> MachinePeaks:
+    """Time a 2048³ sgemm and a 512 MiB sgemv; report the median of `repeats` runs each."""
+    rng = np.random.default_rng(0)
+    n = 2048
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    out = np.empty((n, n), dtype=np.float32)
+    gemm_seconds = _median_time(lambda: np.matmul(a, b, out=out), repeats)
+    del a, b, out
+    # A matrix-vector product reads every byte of the matrix once: that is decode's access
+    # pattern, and its rate is the memory bandwidth a decode step can use.
+    rows, cols = 32768, 4096  # 512 MiB, far larger than any cache
+    w = np.ones((rows, cols), dtype=np.float32)
+    x = np.ones(cols, dtype=np.float32)
+    y = np.empty(rows, dtype=np.float32)
+    gemv_seconds = _median_time(lambda: np.matmul(w, x, out=y), repeats)
+    return MachinePeaks(
+        matmul_flops=2 * n**3 / gemm_seconds,
+        memory_bandwidth=w.nbytes / gemv_seconds,
+        description=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+    )
+
+
+def peaks(remeasure: bool = False) -> MachinePeaks:
+    """This machine's peaks, from the cache file if present, else measured (a few seconds)."""
+    key = f"{platform.node()}|{os.cpu_count()}|numpy {np.__version__}"
+    if not remeasure and CACHE_FILE.exists():
+        try:
+            saved = json.loads(CACHE_FILE.read_text())
+            if saved.get("key") == key:
+                return MachinePeaks(**saved["peaks"])
+        except (ValueError, KeyError, TypeError):
+            pass  # a corrupt cache is measured again
+    result = measure()
+    CACHE_FILE.parent.mkdir(parents=True, exist_ok=True)
+    CACHE_FILE.write_text(json.dumps({"key": key, "peaks": asdict(result)}, indent=2))
+    return result
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm up: first touch of pages, BLAS thread start
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
