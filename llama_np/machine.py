@@ -31,25 +31,29 @@ class MachinePeaks:
 
 def measure(repeats: int = 7) -> MachinePeaks:
     """Time a 2048³ sgemm and a 512 MiB sgemv; report the median of `repeats` runs each."""
+    return MachinePeaks(
+        matmul_flops=_sgemm_flops(repeats),
+        memory_bandwidth=_sgemv_bandwidth(repeats),
+        description=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+    )
+
+
+def _sgemm_flops(repeats: int, n: int = 2048) -> float:
     rng = np.random.default_rng(0)
-    n = 2048
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
     out = np.empty((n, n), dtype=np.float32)
-    gemm_seconds = _median_time(lambda: np.matmul(a, b, out=out), repeats)
-    del a, b, out
+    return 2 * n**3 / _median_time(lambda: np.matmul(a, b, out=out), repeats)
+
+
+def _sgemv_bandwidth(repeats: int, rows: int = 32768, cols: int = 4096) -> float:
     # A matrix-vector product reads every byte of the matrix once: that is decode's access
-    # pattern, and its rate is the memory bandwidth a decode step can use.
-    rows, cols = 32768, 4096  # 512 MiB, far larger than any cache
+    # pattern, and its rate is the memory bandwidth a decode step can use. 512 MiB is far
+    # larger than any cache.
     w = np.ones((rows, cols), dtype=np.float32)
     x = np.ones(cols, dtype=np.float32)
     y = np.empty(rows, dtype=np.float32)
-    gemv_seconds = _median_time(lambda: np.matmul(w, x, out=y), repeats)
-    return MachinePeaks(
-        matmul_flops=2 * n**3 / gemm_seconds,
-        memory_bandwidth=w.nbytes / gemv_seconds,
-        description=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-    )
+    return w.nbytes / _median_time(lambda: np.matmul(w, x, out=y), repeats)
 
 
 def peaks(remeasure: bool = False) -> MachinePeaks:
