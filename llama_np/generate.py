@@ -90,9 +90,12 @@ def generate(
     if any(not s for s in stop):
         raise ArgumentError("stop strings must be non-empty")
     tokenizer = model.tokenizer
+    if tokenizer is None:
+        raise ArgumentError(
+            "this model has no tokenizer to turn tokens into text; load one with "
+            "llama_np.load(path, tokenizer=...) or use Model.prefill/decode with token ids"
+        )
     if isinstance(prompt, str):
-        if tokenizer is None:
-            raise ArgumentError("this model has no tokenizer: pass the prompt as token ids")
         tokens = tokenizer.encode(prompt, bos=True)
     else:
         tokens = [int(t) for t in prompt]

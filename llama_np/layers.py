@@ -16,12 +16,12 @@ NEG_INF = np.float32(-np.inf)
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """x / sqrt(mean(x²) + eps) * weight over the last axis.   (..., D) -> (..., D)"""
     # Divide by the row's max |x| before squaring so that huge activations cannot overflow
-    # float32 (x² overflows past ~1.8e19); the scale cancels out below.
-    scale = np.max(np.abs(x), axis=-1, keepdims=True)  # (..., 1)
-    scale = np.maximum(scale, np.float32(np.finfo(np.float32).tiny))
+    # float32 (x² overflows past ~1.8e19); the scale cancels out below. The 1e-18 floor keeps
+    # eps / scale² finite for rows of (near) zeros.
+    scale = np.maximum(np.max(np.abs(x), axis=-1, keepdims=True), np.float32(1e-18))  # (..., 1)
     xs = x / scale  # (..., D), every |value| <= 1
     ms = np.mean(xs * xs, axis=-1, keepdims=True, dtype=np.float32)  # (..., 1)
-    inv_rms = 1.0 / np.sqrt(ms + np.float32(eps) / (scale * scale))
+    inv_rms = 1.0 / np.sqrt(ms + np.float32(eps) / scale / scale)
     return (xs * inv_rms) * weight
 
 

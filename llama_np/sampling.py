@@ -64,10 +64,11 @@ def candidates(probs: np.ndarray, top_k: int, top_p: float, min_p: float) -> np.
     ids = np.arange(V) if not 0 < top_k < V else np.argpartition(-probs, top_k - 1)[:top_k]
     mass = probs[ids].sum(dtype=np.float64)  # top-p and min-p see probabilities renormalized
     if top_p < 1.0 and len(ids) > 1:
-        # A token below (1 - top_p) / (n - 1) of the mass can never be needed to reach top_p
-        # (all such tokens together hold less than 1 - top_p), so drop them before sorting.
-        floor = (1.0 - top_p) / (len(ids) - 1) * mass
-        ids = ids[probs[ids] >= floor]
+        # Tokens below (1 - top_p) / (n - 1) of the mass are never needed to reach top_p
+        # when at least one token is above it (at most n - 1 of them hold < 1 - top_p), so
+        # drop them before sorting: sorting all V probabilities would dominate decode time.
+        above = ids[probs[ids] >= (1.0 - top_p) / (len(ids) - 1) * mass]
+        ids = above if len(above) else ids
     ids = ids[np.argsort(-probs[ids], kind="stable")]  # most likely first
     if top_p < 1.0:
         cumulative = np.cumsum(probs[ids], dtype=np.float64) / mass

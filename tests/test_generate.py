@@ -1,0 +1,108 @@
+"""The generation loop: streaming, stop conditions, limits."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from util import byte_tokenizer, random_model, small_config
+
+import llama_np
+from llama_np import ArgumentError, ContextLengthError, GenerationStats, generate, generate_text
+
+
+def test_streamed_pieces_join_to_the_decoded_tokens(stories260k):
+    """Pieces are yielded one per token as they come, and add up to the full decode."""
+    stats = GenerationStats()
+    pieces = list(generate(stories260k, "", 80, temperature=0, stats=stats))
+    assert len(pieces) > 10
+    greedy = [stories260k.config.bos_id]
+    cache = stories260k.new_cache()
+    logits = stories260k.prefill(greedy, cache)
+    for _ in range(stats.generated_tokens):
+        greedy.append(int(np.argmax(logits)))
+        logits = stories260k.decode(greedy[-1], cache)
+    assert "".join(pieces) == stories260k.tokenizer.decode(greedy)
+
+
+def test_stop_string_ends_generation_and_is_not_yielded(stories260k):
+    full = generate_text(stories260k, "", 80, temperature=0)
+    assert "Lily" in full
+    stats = GenerationStats()
+    text = generate_text(stories260k, "", 80, temperature=0, stop=["Lily"], stats=stats)
+    assert text == full[: full.index("Lily")]
+    assert stats.stop_reason == "stop_string"
+
+
+def test_stop_string_split_across_tokens_is_held_back(stories260k):
+    full = generate_text(stories260k, "", 80, temperature=0)
+    stop = "d Lil"  # spans the tokens " named" and " Lily"
+    pieces = list(generate(stories260k, "", 80, temperature=0, stop=[stop]))
+    assert "".join(pieces) == full[: full.index(stop)]
+    assert not any(stop in p for p in pieces)
+
+
+def test_max_new_tokens_and_prompt_not_counted(stories260k):
+    stats = GenerationStats()
+    generate_text(stories260k, "Once upon a time", 7, temperature=0, stats=stats)
+    assert stats.prompt_tokens == 5 and stats.generated_tokens == 7
+    assert stats.decode_tokens == 6  # the 7th token is sampled but never needs a forward pass
+    assert stats.stop_reason == "max_new_tokens"
+
+
+def test_prompt_as_token_ids(stories260k):
+    ids = stories260k.tokenizer.encode("Once upon a time")
+    assert generate_text(stories260k, ids, 20, temperature=0) == generate_text(
+        stories260k, "Once upon a time", 20, temperature=0
+    )
+
+
+def test_context_limit_stops_generation():
+    config = small_config(max_seq_len=16, vocab_size=300, stop_ids=())  # no end token
+    model = random_model(config, 3, byte_tokenizer(300))
+    stats = GenerationStats()
+    list(generate(model, [1, 5, 7], 100, temperature=1.0, seed=0, stats=stats))
+    assert stats.stop_reason == "context_full"
+    assert stats.prompt_tokens + stats.generated_tokens == 16
+
+
+@given(
+    context=st.integers(2, 24),
+    prompt_len=st.integers(1, 24),
+    max_new=st.integers(0, 40),
+    seed=st.integers(0, 1000),
+)
+@settings(max_examples=40, deadline=None)
+def test_never_more_than_max_new_tokens_nor_past_the_context(context, prompt_len, max_new, seed):
+    config = small_config(max_seq_len=context, vocab_size=300)
+    model = random_model(config, seed, byte_tokenizer(300))
+    prompt = list(np.random.default_rng(seed).integers(3, 300, size=prompt_len))
+    stats = GenerationStats()
+    if prompt_len > context:
+        with pytest.raises(ContextLengthError, match="longer than the model's context"):
+            generate(model, prompt, max_new)
+        return
+    list(generate(model, prompt, max_new, temperature=1.0, seed=seed, stats=stats))
+    assert stats.generated_tokens <= max_new
+    assert stats.prompt_tokens + stats.generated_tokens <= context
+
+
+def test_invalid_arguments_fail_before_any_work(stories260k):
+    with pytest.raises(ArgumentError, match="temperature"):
+        generate(stories260k, "hi", 10, temperature=-1)
+    with pytest.raises(ArgumentError, match="max_new_tokens"):
+        generate(stories260k, "hi", -5)
+    with pytest.raises(ArgumentError, match="stop"):
+        generate(stories260k, "hi", 5, stop=[""])
+
+
+def test_load_default_model_api():
+    model = llama_np.load()
+    assert model.tokenizer.vocab_size == model.config.vocab_size == 512
+    cache = model.new_cache()
+    assert cache.nbytes == model.config.kv_cache_bytes(512)
+
+
+def test_model_without_tokenizer_is_a_clear_error():
+    model = random_model(small_config())
+    with pytest.raises(ArgumentError, match="no tokenizer"):
+        generate(model, [1, 2], 5)

@@ -1,0 +1,179 @@
+"""The pure building blocks, each against an independent reference or a mathematical property."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llama_np.config import RopeScaling
+from llama_np.layers import (
+    apply_rope,
+    attention,
+    causal_mask,
+    rms_norm,
+    rope_frequencies,
+    rope_tables,
+    silu,
+    softmax,
+    swiglu,
+)
+
+rng = np.random.default_rng(0)
+
+
+def naive_attention(q, k, v):
+    """Plain multi-head causal attention, one head and one query at a time (float64).
+
+    q: (T, H, HD); k, v: (H, S, HD) with one K/V head per query head.
+    """
+    T, H, HD = q.shape
+    S = k.shape[1]
+    out = np.zeros((T, H, HD))
+    for h in range(H):
+        for t in range(T):
+            visible = S - T + t + 1
+            scores = k[h, :visible].astype(np.float64) @ q[t, h] / np.sqrt(HD)
+            p = np.exp(scores - scores.max())
+            out[t, h] = (p / p.sum()) @ v[h, :visible]
+    return out.reshape(T, H * HD)
+
+
+@pytest.mark.parametrize("H,KVH", [(4, 4), (4, 2), (8, 1), (6, 3)])
+@pytest.mark.parametrize("T,S", [(1, 1), (1, 9), (5, 5), (3, 11)])
+def test_gqa_equals_multi_head_attention_with_repeated_kv(H, KVH, T, S):
+    HD = 8
+    q = rng.standard_normal((T, H, HD), dtype=np.float32)
+    k = rng.standard_normal((KVH, S, HD), dtype=np.float32)
+    v = rng.standard_normal((KVH, S, HD), dtype=np.float32)
+    # Reference: repeat each KV head for its H/KVH query heads (what GQA avoids doing).
+    expected = naive_attention(q, np.repeat(k, H // KVH, axis=0), np.repeat(v, H // KVH, axis=0))
+    got = attention(q, k, v)
+    assert got.dtype == np.float32 and got.shape == (T, H * HD)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_attention_on_strided_cache_views():
+    """Attention reads the cache through views with strides over max_seq_len."""
+    cache = rng.standard_normal((2, 16, 8), dtype=np.float32)  # (KVH, S_max, HD)
+    q = rng.standard_normal((3, 4, 8), dtype=np.float32)
+    k_view = cache[:, :7]
+    np.testing.assert_allclose(
+        attention(q, k_view, k_view), attention(q, k_view.copy(), k_view.copy()), rtol=1e-6
+    )
+
+
+def test_causal_mask_offset_by_cached_positions():
+    mask = causal_mask(2, 5)  # two new queries at positions 3 and 4
+    assert mask.dtype == np.float32
+    assert np.array_equal(np.isinf(mask), [[0, 0, 0, 0, 1], [0, 0, 0, 0, 0]])
+
+
+@given(st.integers(1, 64), st.floats(1e-30, 1e30), st.integers(0, 2**32 - 1))
+@settings(max_examples=60, deadline=None)
+def test_rms_norm_unit_rms_and_finite_at_any_scale(D, scale, seed):
+    x = (np.random.default_rng(seed).standard_normal((3, D)) * scale).astype(np.float32)
+    y = rms_norm(x, np.ones(D, dtype=np.float32), 1e-5)
+    assert y.dtype == np.float32 and np.isfinite(y).all()
+    rms = np.sqrt(np.mean(x.astype(np.float64) ** 2, axis=-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(y, x / rms, rtol=1e-4, atol=1e-6)
+
+
+def test_rms_norm_extreme_values_stay_finite():
+    x = np.array([[3e38, -3e38, 1.0], [0.0, 0.0, 0.0], [1e-40, 0, 0]], dtype=np.float32)
+    y = rms_norm(x, np.ones(3, dtype=np.float32), 1e-5)
+    assert np.isfinite(y).all()
+    np.testing.assert_allclose(y[0], [np.sqrt(1.5), -np.sqrt(1.5), 0.0], rtol=1e-5, atol=1e-6)
+    assert (y[1] == 0).all()
+
+
+def test_softmax_stable_on_extreme_inputs():
+    x = np.array([[1e30, 0, -1e30], [-np.inf, 0, 0], [3e38, 3e38, -np.inf]], dtype=np.float32)
+    p = softmax(x.copy())
+    assert np.isfinite(p).all()
+    np.testing.assert_allclose(p, [[1, 0, 0], [0, 0.5, 0.5], [0.5, 0.5, 0]])
+
+
+def test_silu_finite_for_large_inputs():
+    x = np.array([-1e30, -100, 0, 100, 1e30], dtype=np.float32)
+    y = silu(x)
+    assert np.isfinite(y).all()
+    np.testing.assert_allclose(y, [0, 0, 0, 100, 1e30], atol=1e-30)
+
+
+def test_swiglu_matches_formula():
+    D, F = 8, 12
+    x = rng.standard_normal((3, D), dtype=np.float32)
+    gate, up = (
+        rng.standard_normal((D, F), dtype=np.float32),
+        rng.standard_normal((D, F), dtype=np.float32),
+    )
+    down = rng.standard_normal((F, D), dtype=np.float32)
+    g = x.astype(np.float64) @ gate
+    expected = (g / (1 + np.exp(-g)) * (x.astype(np.float64) @ up)) @ down
+    np.testing.assert_allclose(
+        swiglu(x, np.hstack([gate, up]), down), expected, rtol=1e-4, atol=1e-5
+    )
+
+
+def _rotate(x, pos, interleaved, HD=16, theta=10000.0):
+    cos, sin = rope_tables(HD, 64, theta)
+    return apply_rope(x, cos[pos], sin[pos], interleaved)
+
+
+@pytest.mark.parametrize("interleaved", [True, False])
+def test_rope_preserves_norms(interleaved):
+    x = rng.standard_normal((5, 3, 16), dtype=np.float32)
+    y = _rotate(x, np.arange(10, 15), interleaved)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(y, axis=-1), np.linalg.norm(x, axis=-1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("interleaved", [True, False])
+def test_rope_scores_depend_only_on_relative_position(interleaved):
+    q = rng.standard_normal((1, 1, 16), dtype=np.float32)
+    k = rng.standard_normal((1, 1, 16), dtype=np.float32)
+    scores = [
+        float(_rotate(q, [m], interleaved).ravel() @ _rotate(k, [n], interleaved).ravel())
+        for m, n in [(5, 2), (13, 10), (40, 37)]
+    ]
+    np.testing.assert_allclose(scores, scores[0], rtol=1e-4)
+
+
+def test_rope_conventions_agree_after_permutation():
+    """Half-split RoPE on HF-permuted rows equals interleaved RoPE on the original rows."""
+    HD = 16
+    x = rng.standard_normal((4, 2, HD), dtype=np.float32)
+    # Hugging Face's permutation moves the even dims first, then the odd ones.
+    perm = np.concatenate([np.arange(0, HD, 2), np.arange(1, HD, 2)])
+    interleaved = _rotate(x, np.arange(4), True)
+    half_split = _rotate(x[..., perm], np.arange(4), False)
+    np.testing.assert_allclose(half_split, interleaved[..., perm], rtol=1e-6)
+
+
+def test_rope_position_zero_is_identity():
+    x = rng.standard_normal((1, 2, 16), dtype=np.float32)
+    np.testing.assert_array_equal(_rotate(x, [0], True), x)
+
+
+def test_rope_tables_float32_and_match_formula():
+    cos, sin = rope_tables(8, 100, 10000.0)
+    assert cos.dtype == sin.dtype == np.float32 and cos.shape == (100, 4)
+    freqs = 10000.0 ** (-np.arange(0, 8, 2) / 8)
+    np.testing.assert_allclose(cos[77], np.cos(77 * freqs), atol=1e-6)
+
+
+def test_llama3_rope_scaling_matches_reference_values():
+    """Llama 3.1 scaling: high frequencies kept, low ones divided by 8, a blend between."""
+    s = RopeScaling("llama3", 8.0, 1.0, 4.0, 8192)
+    base = rope_frequencies(128, 500000.0)
+    scaled = rope_frequencies(128, 500000.0, s)
+    wavelen = 2 * np.pi / base
+    high = wavelen < 8192 / 4
+    low = wavelen > 8192 / 1
+    np.testing.assert_allclose(scaled[high], base[high])
+    np.testing.assert_allclose(scaled[low], base[low] / 8)
+    mid = ~high & ~low
+    assert mid.any() and np.all((scaled[mid] < base[mid]) & (scaled[mid] > base[mid] / 8))
+    np.testing.assert_allclose(
+        rope_frequencies(64, 1e4, RopeScaling("linear", 4.0)), rope_frequencies(64, 1e4) / 4
+    )

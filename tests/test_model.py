@@ -1,0 +1,183 @@
+"""Prefill, decode and the KV cache agree with each other and with a from-scratch forward."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from util import random_model, small_config
+
+from llama_np import ArgumentError, ContextLengthError, KVCache
+
+
+def reference_forward(model, tokens):
+    """Logits (T, V) for every position, computed in float64 with no cache at all.
+
+    Written independently of layers.py: interleaved or half-split RoPE by explicit rotation
+    matrices per position, and K/V heads repeated for their query groups.
+    """
+    c, w = model.config, model.weights
+    H, KVH, HD = c.n_heads, c.n_kv_heads, c.head_dim
+    T = len(tokens)
+    freqs = 1.0 / c.rope_theta ** (np.arange(0, HD, 2) / HD)
+
+    def rope(x):  # (T, n, HD)
+        out = np.empty_like(x)
+        for t in range(T):
+            for i, f in enumerate(freqs):
+                a, b = (2 * i, 2 * i + 1) if c.rope_interleaved else (i, i + HD // 2)
+                cos, sin = np.cos(t * f), np.sin(t * f)
+                out[t, :, a] = x[t, :, a] * cos - x[t, :, b] * sin
+                out[t, :, b] = x[t, :, a] * sin + x[t, :, b] * cos
+        return out
+
+    def norm(x, weight):
+        return x / np.sqrt(np.mean(x**2, axis=-1, keepdims=True) + c.norm_eps) * weight
+
+    x = w.embedding[tokens].astype(np.float64)
+    for lw in w.layers:
+        qkv = norm(x, lw.attn_norm) @ lw.wqkv.astype(np.float64)
+        q = rope(qkv[:, : H * HD].reshape(T, H, HD))
+        k = rope(qkv[:, H * HD : (H + KVH) * HD].reshape(T, KVH, HD))
+        v = qkv[:, (H + KVH) * HD :].reshape(T, KVH, HD)
+        k, v = np.repeat(k, H // KVH, axis=1), np.repeat(v, H // KVH, axis=1)
+        scores = np.einsum("thd,shd->hts", q, k) / np.sqrt(HD)
+        scores[:, np.triu(np.ones((T, T), dtype=bool), 1)] = -np.inf
+        p = np.exp(scores - scores.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        x = x + np.einsum("hts,shd->thd", p, v).reshape(T, H * HD) @ lw.wo
+        g = norm(x, lw.mlp_norm) @ lw.w_gate_up
+        F = lw.w_down.shape[0]
+        x = x + (g[:, :F] / (1 + np.exp(-g[:, :F])) * g[:, F:]) @ lw.w_down
+    return norm(x, w.final_norm) @ w.classifier.astype(np.float64)
+
+
+configs = st.builds(
+    lambda kv, groups, hd, layers, interleaved, tied: small_config(
+        n_kv_heads=kv,
+        n_heads=kv * groups,
+        dim=kv * groups * hd,
+        n_layers=layers,
+        rope_interleaved=interleaved,
+        tie_embeddings=tied,
+    ),
+    kv=st.integers(1, 3),
+    groups=st.integers(1, 3),
+    hd=st.sampled_from([2, 4, 8]),
+    layers=st.integers(1, 2),
+    interleaved=st.booleans(),
+    tied=st.booleans(),
+)
+
+
+@given(config=configs, data=st.data())
+@settings(max_examples=40, deadline=None)
+def test_prefill_matches_independent_reference(config, data):
+    model = random_model(config, seed=data.draw(st.integers(0, 1000)))
+    tokens = data.draw(st.lists(st.integers(0, config.vocab_size - 1), min_size=1, max_size=12))
+    logits = model.prefill(tokens, model.new_cache(), all_logits=True)
+    assert logits.dtype == np.float32 and logits.shape == (len(tokens), config.vocab_size)
+    np.testing.assert_allclose(logits, reference_forward(model, tokens), rtol=2e-4, atol=2e-4)
+
+
+@given(config=configs, data=st.data())
+@settings(max_examples=60, deadline=None)
+def test_cached_decode_and_chunked_prefill_equal_full_prefill(config, data):
+    """Catches a KV write one slot late, a wrong mask offset, or a stale cache read."""
+    model = random_model(config, seed=data.draw(st.integers(0, 1000)))
+    tokens = data.draw(st.lists(st.integers(0, config.vocab_size - 1), min_size=2, max_size=16))
+    split = data.draw(st.integers(1, len(tokens) - 1))
+    full = model.prefill(tokens, model.new_cache(), all_logits=True)  # (T, V)
+
+    cache = model.new_cache()  # prefix by prefill, then one token at a time by decode
+    steps = [model.prefill(tokens[:split], cache)]
+    steps += [model.decode(t, cache) for t in tokens[split:]]
+    np.testing.assert_allclose(np.stack(steps), full[split - 1 :], rtol=1e-4, atol=1e-4)
+    assert cache.length == len(tokens)
+
+    cache = model.new_cache()  # prefix by prefill, then the rest by a second prefill
+    model.prefill(tokens[:split], cache)
+    rest = model.prefill(tokens[split:], cache, all_logits=True)
+    np.testing.assert_allclose(rest, full[split:], rtol=1e-4, atol=1e-4)
+
+
+def test_prefill_logits_last_position_only_by_default():
+    model = random_model(small_config())
+    last = model.prefill([1, 2, 3], model.new_cache())
+    every = model.prefill([1, 2, 3], model.new_cache(), all_logits=True)
+    assert last.shape == (64,)
+    np.testing.assert_allclose(last, every[-1], rtol=1e-5, atol=1e-6)
+
+
+def test_no_float64_anywhere_in_the_forward_pass():
+    """Every array a hook sees, the cache and the logits are float32."""
+    model = random_model(small_config())
+    seen = {}
+    points = ["logits"] + [
+        f"layers.{i}.{p}"
+        for i in range(2)
+        for p in ("attn.scores", "attn.probs", "attn.out", "mlp.out", "resid")
+    ]
+    for name in points:
+        model.add_hook(name, lambda n, a: seen.setdefault(n, set()).add(a.dtype))
+    cache = model.new_cache()
+    logits = model.prefill([1, 2, 3], cache)
+    logits2 = model.decode(4, cache)
+    assert set(seen) == set(points)
+    assert all(dtypes == {np.dtype(np.float32)} for dtypes in seen.values()), seen
+    assert logits.dtype == logits2.dtype == cache.k.dtype == np.float32
+    assert model.rope_cos.dtype == np.float32
+    for lw in model.weights.layers:
+        assert all(a.dtype == np.float32 for a in vars(lw).values())
+
+
+def test_kv_cache_is_preallocated_and_counted():
+    config = small_config()
+    cache = KVCache(config, max_seq_len=10, batch_size=2)
+    assert cache.k.shape == (2, 2, 2, 10, 8)  # (L, B, KVH, S_max, HD)
+    assert cache.nbytes == 2 * 2 * 2 * 2 * 10 * 8 * 4
+    assert cache.bytes_per_token == config.kv_cache_bytes(1)
+    assert cache.lengths == [0, 0]
+
+
+def test_kv_cache_update_writes_slices_and_returns_views():
+    cache = KVCache(small_config(), max_seq_len=8)
+    k = np.ones((2, 3, 8), dtype=np.float32)
+    k_all, v_all = cache.update(1, 2, k, 2 * k)
+    assert k_all.shape == v_all.shape == (2, 5, 8) and np.shares_memory(k_all, cache.k)
+    assert (cache.k[1, 0, :, 2:5] == 1).all() and (cache.k[1, 0, :, :2] == 0).all()
+    assert (cache.v[1, 0, :, 2:5] == 2).all()
+
+
+def test_cache_overflow_raises_clear_error():
+    model = random_model(small_config())
+    cache = model.new_cache(max_seq_len=4)
+    model.prefill([1, 2, 3], cache)
+    model.decode(4, cache)
+    with pytest.raises(ContextLengthError, match="max_seq_len 4"):
+        model.decode(5, cache)
+    with pytest.raises(ContextLengthError, match="KV cache full"):
+        model.prefill([1, 2, 3, 4, 5], model.new_cache(max_seq_len=4))
+
+
+@pytest.mark.parametrize("bad", [[], [64], [-1], [[1, 2]], ["a"], [1.5]])
+def test_bad_tokens_raise_argument_error(bad):
+    model = random_model(small_config())
+    with pytest.raises(ArgumentError):
+        model.prefill(bad, model.new_cache())
+
+
+def test_new_cache_rejects_sizes_beyond_the_context():
+    model = random_model(small_config())
+    with pytest.raises(ArgumentError, match=r"1\.\.64"):
+        model.new_cache(max_seq_len=65)
+
+
+def test_hooks_cost_nothing_when_removed():
+    model = random_model(small_config())
+    before = model.prefill([1, 2, 3], model.new_cache(), all_logits=True)
+    remove = model.add_hook("layers.0.attn.probs", lambda n, a: None)
+    remove()
+    assert model.hooks == {}
+    np.testing.assert_array_equal(
+        model.prefill([1, 2, 3], model.new_cache(), all_logits=True), before
+    )

@@ -1,0 +1,40 @@
+"""Helpers shared by the tests: random-weight models of any config."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from llama_np import LlamaConfig, Model
+from llama_np.model import tensor_names
+from llama_np.tokenizers import Llama2cTokenizer
+
+
+def random_tensors(config: LlamaConfig, seed: int = 0, scale: float = 0.2) -> dict[str, np.ndarray]:
+    """Checkpoint tensors (Meta names, (out, in) shapes) with random float32 values."""
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for name, shape in tensor_names(config).items():
+        if name.endswith("norm.weight"):
+            tensors[name] = (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+        else:
+            tensors[name] = (scale * rng.standard_normal(shape)).astype(np.float32)
+    return tensors
+
+
+def random_model(config: LlamaConfig, seed: int = 0, tokenizer=None) -> Model:
+    return Model.from_tensors(config, random_tensors(config, seed), tokenizer)
+
+
+def byte_tokenizer(vocab_size: int = 300) -> Llama2cTokenizer:
+    """A llama2.c-style vocabulary: <unk>, <s>, </s>, 256 byte pieces, then short words."""
+    pieces = [b"<unk>", b"\n<s>\n", b"\n</s>\n"] + [f"<0x{b:02X}>".encode() for b in range(256)]
+    words = [f" w{i}".encode() for i in range(vocab_size - len(pieces))]
+    return Llama2cTokenizer(pieces + words, [0.0] * 259 + [-float(i) for i in range(len(words))])
+
+
+def small_config(**overrides) -> LlamaConfig:
+    fields = dict(
+        dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=48, vocab_size=64, max_seq_len=64
+    )
+    fields.update(overrides)
+    return LlamaConfig(**fields)
