@@ -12,6 +12,7 @@ import time
 from . import DEFAULT_CHECKPOINT, load
 from .errors import LlamaNpError
 from .generate import GenerationStats, generate
+from .hooks import break_at
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,6 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TEXT",
         help="stop when TEXT appears (repeatable)",
     )
+    gen.add_argument(
+        "--break-at",
+        metavar="POINT",
+        help="stop in the debugger at a hook point, e.g. layers.0.attn.probs (docs/debugging.md)",
+    )
+    gen.add_argument(
+        "--break-at-step",
+        type=int,
+        default=0,
+        metavar="K",
+        help="forward pass to stop in: 0 = prefill, K = the K-th decode step (default: 0)",
+    )
     gen.set_defaults(run=run_generate)
 
     info = commands.add_parser("info", help="print a model's config, size and KV-cache memory")
@@ -115,6 +128,8 @@ def add_model_arg(parser: argparse.ArgumentParser) -> None:
 
 def run_generate(args: argparse.Namespace) -> int:
     model = load(args.model)
+    if args.break_at:
+        break_at(model, args.break_at, args.break_at_step)
     seed = args.seed if args.seed is not None else int(time.time_ns() % 2**31)
     stats = GenerationStats()
     pieces = generate(
