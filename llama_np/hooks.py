@@ -11,19 +11,19 @@ A hook is fn(name, array). It runs each time the forward pass reaches its point,
 `probs` in place): copy what you keep — `Recorder` does. With no hook registered the forward
 pass only tests `if self.hooks:`, so hooks cost nothing when unused.
 
-| point                   | prefill       | decode        | what it is                              |
-|-------------------------|---------------|---------------|-----------------------------------------|
-| `tokens`                | (T,) int      | (1,) int      | token ids of this forward pass          |
-| `embed`                 | (T, D)        | (1, D)        | their embeddings: the stream into layer 0 |
-| `layers.{i}.attn.q`     | (T, H, HD)    | (1, H, HD)    | queries, after RoPE                     |
-| `layers.{i}.attn.k`     | (T, KVH, HD)  | (1, KVH, HD)  | keys of the new positions, after RoPE (as cached) |
-| `layers.{i}.attn.v`     | (T, KVH, HD)  | (1, KVH, HD)  | values of the new positions (as cached) |
-| `layers.{i}.attn.scores`| (H, T, S)     | (H, 1, S)     | q·k/√HD, -inf above the causal diagonal |
-| `layers.{i}.attn.probs` | (H, T, S)     | (H, 1, S)     | softmax of scores: each row sums to 1   |
-| `layers.{i}.attn.out`   | (T, D)        | (1, D)        | attention output after wo               |
-| `layers.{i}.mlp.out`    | (T, D)        | (1, D)        | SwiGLU MLP output                       |
-| `layers.{i}.resid`      | (T, D)        | (1, D)        | residual stream leaving block i         |
-| `logits`                | (V,) or (T, V)| (V,)          | next-token logits ((T, V) with prefill(all_logits=True)) |
+point                    prefill         decode        what it holds
+-----------------------  --------------  ------------  -------------------------------------
+tokens                   (T,) int        (1,) int      token ids of this forward pass
+embed                    (T, D)          (1, D)        their embeddings: the stream into layer 0
+layers.{i}.attn.q        (T, H, HD)      (1, H, HD)    queries, after RoPE
+layers.{i}.attn.k        (T, KVH, HD)    (1, KVH, HD)  keys of the new positions (RoPE'd, cached)
+layers.{i}.attn.v        (T, KVH, HD)    (1, KVH, HD)  values of the new positions (cached)
+layers.{i}.attn.scores   (H, T, S)       (H, 1, S)     q·k/√HD, -inf above the causal diagonal
+layers.{i}.attn.probs    (H, T, S)       (H, 1, S)     softmax of scores: each row sums to 1
+layers.{i}.attn.out      (T, D)          (1, D)        attention output, after wo
+layers.{i}.mlp.out       (T, D)          (1, D)        SwiGLU MLP output
+layers.{i}.resid         (T, D)          (1, D)        residual stream leaving block i
+logits                   (V,) or (T, V)  (V,)          next-token logits; (T, V) if all_logits
 
 i runs over 0 .. L-1. Names may be fnmatch patterns: `layers.*.attn.probs`, `layers.[01].*`,
 `*.resid`.

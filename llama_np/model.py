@@ -27,6 +27,7 @@ from .hooks import Hook, match_points
 from .kv_cache import KVCache
 from .layers import apply_rope, attention, rms_norm, rope_tables, swiglu
 
+
 @dataclass
 class LayerWeights:
     """Weights of one transformer block, stored (in, out) so that activations do x @ W."""
