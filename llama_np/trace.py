@@ -138,7 +138,7 @@ def plot_attention(trace: AttentionTrace, layer: int, head: int, path: str | Pat
     ax.set_xlabel("attended-to token (key)")
     ax.set_ylabel("token (query)")
     ax.set_title(f"layer {layer}, head {head}: attention probabilities", fontsize=10)
-    if P < N:  # constrained layout stacks colorbars outwards: the first is nearest
+    if P < N:  # constrained layout puts the colorbar added last nearest the plot
         fig.colorbar(decode, ax=ax, shrink=0.8, label="decode rows")
     fig.colorbar(prefill, ax=ax, shrink=0.8, label="prefill rows")
     path = Path(path)
