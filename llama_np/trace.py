@@ -66,8 +66,8 @@ def parse_indices(text: str | None, n: int, flag: str) -> list[int]:
     indices: set[int] = set()
     try:
         for part in text.split(","):
-            lo, _, hi = part.partition("-")
-            indices.update(range(int(lo), int(hi or lo) + 1))
+            lo, dash, hi = part.partition("-")
+            indices.update(range(int(lo), int(hi if dash else lo) + 1))
     except ValueError:
         raise ArgumentError(f"{flag} {text!r}: expected indices like 0,2 or 0-3 or all") from None
     bad = sorted(i for i in indices if not 0 <= i < n)
