@@ -8,10 +8,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from . import DEFAULT_CHECKPOINT, load
 from .errors import LlamaNpError
 from .generate import GenerationStats, generate
+from .hooks import break_at
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +97,50 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TEXT",
         help="stop when TEXT appears (repeatable)",
     )
+    gen.add_argument(
+        "--break-at",
+        metavar="POINT",
+        help="stop in the debugger at a hook point, e.g. layers.0.attn.probs (docs/debugging.md)",
+    )
+    gen.add_argument(
+        "--break-at-step",
+        type=int,
+        default=0,
+        metavar="K",
+        help="forward pass to stop in: 0 = prefill, K = the K-th decode step (default: 0)",
+    )
     gen.set_defaults(run=run_generate)
+
+    trace = commands.add_parser(
+        "trace", help="record attention while generating; write arrays and heatmap PNGs"
+    )
+    add_model_arg(trace)
+    trace.add_argument("-p", "--prompt", required=True, help="prompt text")
+    trace.add_argument(
+        "-n",
+        "--n-predict",
+        type=int,
+        default=16,
+        metavar="N",
+        help="maximum number of tokens to generate (default: 16)",
+    )
+    trace.add_argument(
+        "--layers", default="all", help="layers to record and draw: 0,2 or 0-3 (default: all)"
+    )
+    trace.add_argument("--heads", default="all", help="heads to draw: 0,2 or 0-3 (default: all)")
+    trace.add_argument(
+        "--temperature",
+        "--temp",
+        type=float,
+        default=0.0,
+        metavar="T",
+        help="sampling temperature (default: 0, greedy)",
+    )
+    trace.add_argument("-s", "--seed", type=int, default=None, metavar="S", help="random seed")
+    trace.add_argument(
+        "--out", required=True, metavar="DIR", help="directory for attention.npz and the PNGs"
+    )
+    trace.set_defaults(run=run_trace)
 
     info = commands.add_parser("info", help="print a model's config, size and KV-cache memory")
     add_model_arg(info)
@@ -115,6 +160,8 @@ def add_model_arg(parser: argparse.ArgumentParser) -> None:
 
 def run_generate(args: argparse.Namespace) -> int:
     model = load(args.model)
+    if args.break_at:
+        break_at(model, args.break_at, args.break_at_step)
     seed = args.seed if args.seed is not None else int(time.time_ns() % 2**31)
     stats = GenerationStats()
     pieces = generate(
@@ -161,6 +208,42 @@ def print_timings(stats: GenerationStats, seed: int | None = None) -> None:
         + (f"; seed {seed}" if seed is not None else ""),
         file=err,
     )
+
+
+def run_trace(args: argparse.Namespace) -> int:
+    from .trace import parse_indices, plot_attention, save_npz, trace_attention
+
+    model = load(args.model)
+    layers = parse_indices(args.layers, model.config.n_layers, "--layers")
+    heads = parse_indices(args.heads, model.config.n_heads, "--heads")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    trace = trace_attention(
+        model,
+        args.prompt,
+        args.n_predict,
+        temperature=args.temperature,
+        seed=args.seed,
+        layers=layers,
+    )
+    n_gen = len(trace.tokens) - trace.n_prompt
+    print(f"{trace.n_prompt} prompt tokens, {n_gen} generated: {''.join(trace.pieces)!r}")
+    print(f"wrote {save_npz(trace, out / 'attention.npz', heads)}")
+    try:
+        import matplotlib  # noqa: F401  (optional: the `plot` extra)
+    except ImportError:
+        print(
+            "llama-np: matplotlib is not installed, so no heatmaps were drawn; install it with "
+            "pip install -e '.[plot]'",
+            file=sys.stderr,
+        )
+        return 0
+    for layer in layers:
+        for head in heads:
+            print(
+                f"wrote {plot_attention(trace, layer, head, out / f'layer{layer}_head{head}.png')}"
+            )
+    return 0
 
 
 def run_info(args: argparse.Namespace) -> int:

@@ -23,10 +23,9 @@ import numpy as np
 from .config import LlamaConfig
 from .dtypes import to_float32
 from .errors import ArgumentError, CheckpointError
+from .hooks import Hook, match_points
 from .kv_cache import KVCache
 from .layers import apply_rope, attention, rms_norm, rope_tables, swiglu
-
-Hook = Callable[[str, np.ndarray], None]
 
 
 @dataclass
@@ -168,6 +167,9 @@ class Model:
         start = cache.length
         cache.check_room(len(tokens))
         x = self.weights.embedding[tokens]  # (T, D) residual stream, one row per token
+        if self.hooks:
+            self._run_hooks("tokens", tokens)
+            self._run_hooks("embed", x)
         for i in range(self.config.n_layers):
             x = self.block(i, x, start, cache)
         cache.lengths[0] = start + len(tokens)
@@ -181,6 +183,9 @@ class Model:
         pos = cache.length
         cache.check_room(1)
         x = self.weights.embedding[[token]]  # (1, D): a block of one row, so `block` serves both
+        if self.hooks:
+            self._run_hooks("tokens", np.array([token]))
+            self._run_hooks("embed", x)
         for i in range(self.config.n_layers):
             x = self.block(i, x, pos, cache)
         cache.lengths[0] = pos + 1
@@ -210,6 +215,10 @@ class Model:
         k = apply_rope(k, cos, sin, cfg.rope_interleaved)
         # The cache stores (KVH, S, HD) per layer: write the new rows, read all rows so far.
         k_all, v_all = cache.update(i, start, k.transpose(1, 0, 2), v.transpose(1, 0, 2))
+        if self.hooks:
+            self._run_hooks(f"layers.{i}.attn.q", q)
+            self._run_hooks(f"layers.{i}.attn.k", k)
+            self._run_hooks(f"layers.{i}.attn.v", v)
         attn_hook = self._attention_hook(i) if self.hooks else None
         attn_out = attention(q, k_all, v_all, attn_hook) @ lw.wo  # (T, D)
         if self.hooks:
@@ -240,14 +249,19 @@ class Model:
     def add_hook(self, name: str, fn: Hook) -> Callable[[], None]:
         """Call fn(name, array) each time the model reaches hook point `name`.
 
-        Returns a function that removes the hook. See docs for the hook points and shapes.
+        `name` may be a pattern such as "layers.*.attn.probs": it is matched once, here,
+        against the model's hook points (listed with their shapes in llama_np/hooks.py), so
+        the forward pass only does a dict lookup. Returns a function that removes the hook.
         """
-        self.hooks.setdefault(name, []).append(fn)
+        names = match_points(name, self.config.n_layers)
+        for point in names:
+            self.hooks.setdefault(point, []).append(fn)
 
         def remove() -> None:
-            self.hooks[name].remove(fn)
-            if not self.hooks[name]:
-                del self.hooks[name]
+            for point in names:
+                self.hooks[point].remove(fn)
+                if not self.hooks[point]:
+                    del self.hooks[point]
 
         return remove
 

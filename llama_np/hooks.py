@@ -1,0 +1,207 @@
+"""Hook points: look at the model's intermediates without editing it.
+
+    remove = model.add_hook("layers.*.attn.probs", lambda name, a: print(name, a.shape))
+    with record(model, ["layers.0.attn.q", "logits"]) as rec:   # copies every array
+        model.prefill(tokens, model.new_cache())
+    rec["layers.0.attn.q"][0]                                   # (T, H, HD)
+
+A hook is fn(name, array). It runs each time the forward pass reaches its point, in prefill
+(T = prompt tokens, S = positions after the write) and in decode (T = 1). Hooks receive
+*views* of the model's working buffers, which are reused or overwritten (`scores` becomes
+`probs` in place): copy what you keep — `Recorder` does. With no hook registered the forward
+pass only tests `if self.hooks:`, so hooks cost nothing when unused.
+
+point                    prefill         decode        what it holds
+-----------------------  --------------  ------------  -------------------------------------
+tokens                   (T,) int        (1,) int      token ids of this forward pass
+embed                    (T, D)          (1, D)        their embeddings: the stream into layer 0
+layers.{i}.attn.q        (T, H, HD)      (1, H, HD)    queries, after RoPE
+layers.{i}.attn.k        (T, KVH, HD)    (1, KVH, HD)  keys of the new positions (RoPE'd, cached)
+layers.{i}.attn.v        (T, KVH, HD)    (1, KVH, HD)  values of the new positions (cached)
+layers.{i}.attn.scores   (H, T, S)       (H, 1, S)     q·k/√HD, -inf above the causal diagonal
+layers.{i}.attn.probs    (H, T, S)       (H, 1, S)     softmax of scores: each row sums to 1
+layers.{i}.attn.out      (T, D)          (1, D)        attention output, after wo
+layers.{i}.mlp.out       (T, D)          (1, D)        SwiGLU MLP output
+layers.{i}.resid         (T, D)          (1, D)        residual stream leaving block i
+logits                   (V,) or (T, V)  (V,)          next-token logits; (T, V) if all_logits
+
+i runs over 0 .. L-1. Names may be fnmatch patterns: `layers.*.attn.probs`, `layers.[01].*`,
+`*.resid`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .errors import ArgumentError
+
+if TYPE_CHECKING:
+    from .model import Model
+
+Hook = Callable[[str, np.ndarray], None]
+
+MODEL_POINTS = ("tokens", "embed")
+LAYER_POINTS = (
+    "attn.q",
+    "attn.k",
+    "attn.v",
+    "attn.scores",
+    "attn.probs",
+    "attn.out",
+    "mlp.out",
+    "resid",
+)
+HEAD_POINTS = ("logits",)
+
+
+def hook_points(n_layers: int) -> list[str]:
+    """Every hook point name of a model with `n_layers` layers, in forward-pass order."""
+    layer_points = [f"layers.{i}.{p}" for i in range(n_layers) for p in LAYER_POINTS]
+    return [*MODEL_POINTS, *layer_points, *HEAD_POINTS]
+
+
+def match_points(pattern: str, n_layers: int) -> list[str]:
+    """The hook points that `pattern` (a name or an fnmatch pattern) names.
+
+    Raises ArgumentError when it names none, so that a typo cannot silently record nothing.
+    """
+    names = [p for p in hook_points(n_layers) if fnmatch.fnmatchcase(p, pattern)]
+    if not names:
+        raise ArgumentError(
+            f"hook point {pattern!r} matches no point of this {n_layers}-layer model; "
+            f"points are {', '.join(MODEL_POINTS)}, layers.{{0..{n_layers - 1}}}."
+            f"{{{','.join(LAYER_POINTS)}}} and logits (patterns like layers.*.attn.probs work)"
+        )
+    return names
+
+
+class Recorder:
+    """Copies of the arrays that hook points produce, by point name, in call order.
+
+    with Recorder(model, "layers.*.attn.probs") as rec:
+        model.prefill(tokens, cache)
+        model.decode(token, cache)
+    rec["layers.0.attn.probs"]   # [(H, T, T) from prefill, (H, 1, T+1) from decode]
+
+    Arrays are copied when recorded: hooks see views of buffers the next step overwrites.
+    """
+
+    def __init__(self, model: Model, patterns: str | Sequence[str]) -> None:
+        self.model = model
+        self.patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+        self.arrays: dict[str, list[np.ndarray]] = {}
+        self._removers: list[Callable[[], None]] = []
+
+    def __enter__(self) -> Recorder:
+        for pattern in self.patterns:
+            self._removers.append(self.model.add_hook(pattern, self._record))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for remove in self._removers:
+            remove()
+        self._removers.clear()
+
+    def _record(self, name: str, array: np.ndarray) -> None:
+        self.arrays.setdefault(name, []).append(array.copy())
+
+    def __getitem__(self, name: str) -> list[np.ndarray]:
+        return self.arrays.get(name, [])
+
+
+def record(model: Model, patterns: str | Sequence[str]) -> Recorder:
+    """`with record(model, "layers.*.attn.probs") as rec:` records those points (see Recorder)."""
+    return Recorder(model, patterns)
+
+
+class AttentionRecorder(Recorder):
+    """Attention probabilities of every layer and head, one full row per token.
+
+    with AttentionRecorder(model) as rec:
+        llama_np.generate_text(model, "Once upon a time", 20, temperature=0)
+    rec.probs()    # (L, H, N, N): row n is how token n attended to tokens 0..n
+    rec.tokens     # (N,) the N token ids the model ran: the prompt, then each decoded token
+    rec.pieces()   # their text pieces
+
+    Prefill gives the T×T lower-triangular block at the top left; each decode step adds one
+    row over every cached position. Recording must start at an empty cache, and cover one
+    sequence. `layers` limits which layers are kept (and the L axis follows their order).
+    """
+
+    def __init__(self, model: Model, layers: Sequence[int] | None = None) -> None:
+        n_layers = model.config.n_layers
+        self.layers = list(range(n_layers)) if layers is None else list(layers)
+        bad = [i for i in self.layers if not 0 <= i < n_layers]
+        if bad or not self.layers:
+            raise ArgumentError(
+                f"layers {self.layers} are not all in 0..{n_layers - 1}, the model's layers"
+            )
+        super().__init__(model, ["tokens", *(f"layers.{i}.attn.probs" for i in self.layers)])
+
+    @property
+    def tokens(self) -> np.ndarray:
+        """(N,) token ids of every forward pass recorded, in order."""
+        passes = self["tokens"]
+        return np.concatenate(passes) if passes else np.zeros(0, dtype=np.int64)
+
+    @property
+    def n_prompt(self) -> int:
+        """Tokens in the first forward pass (the prefilled prompt)."""
+        passes = self["tokens"]
+        return len(passes[0]) if passes else 0
+
+    def pieces(self) -> list[str]:
+        """The text each token adds ("" for BOS and other special tokens)."""
+        tok = self.model.tokenizer
+        return [tok.token_bytes(int(t)).decode("utf-8", errors="replace") for t in self.tokens]
+
+    def probs(self) -> np.ndarray:
+        """(L, H, N, N) float32: [l, h, n, :n+1] is head h of layer l's attention of token n."""
+        N, H = len(self.tokens), self.model.config.n_heads
+        out = np.zeros((len(self.layers), H, N, N), dtype=np.float32)  # (L, H, N, N)
+        for li, layer in enumerate(self.layers):
+            row = 0
+            for p in self[f"layers.{layer}.attn.probs"]:  # (H, T, S)
+                _, T, S = p.shape
+                if S - T != row:
+                    raise ArgumentError(
+                        f"AttentionRecorder saw queries at positions {S - T}..{S - 1} after "
+                        f"{row} recorded positions: record one sequence from an empty cache"
+                    )
+                out[li, :, row : row + T, :S] = p
+                row += T
+        return out
+
+
+def break_at(model: Model, pattern: str, step: int = 0) -> Callable[[], None]:
+    """Stop in the debugger (`breakpoint()`) when the model reaches the points `pattern` names.
+
+    `step` picks the forward pass: 0 = prefill, k = the k-th decode step. Inside pdb, `array`
+    is what the hook received and `up` climbs to the model's frames (attention, Model.block,
+    Model.decode): see docs/debugging.md. PYTHONBREAKPOINT chooses the debugger (0: none).
+    Returns a function that removes the breakpoint.
+    """
+    if step < 0:
+        raise ArgumentError(f"--break-at-step must be >= 0 (0 = prefill), got {step}")
+    passes = -1  # forward passes started; the "tokens" point opens each one
+
+    def count_pass(name: str, array: np.ndarray) -> None:
+        nonlocal passes
+        passes += 1
+
+    def stop(name: str, array: np.ndarray) -> None:
+        if passes == step:
+            breakpoint()  # `array` is `name`'s value; `up` goes to the model's frames
+
+    remove_count = model.add_hook("tokens", count_pass)
+    remove_stop = model.add_hook(pattern, stop)
+
+    def remove() -> None:
+        remove_stop()
+        remove_count()
+
+    return remove

@@ -1,0 +1,146 @@
+"""`llama-np trace`: record the attention of a generation and draw it.
+
+trace = trace_attention(model, "Once upon a time", 16, temperature=0)
+trace.probs        # (L, H, N, N) attention of every token (prompt, then generated)
+save_npz(trace, "out/attention.npz")
+plot_attention(trace, layer=0, head=3, path="out/layer0_head3.png")   # needs matplotlib
+
+In the pictures, row n is token n's attention over tokens 0..n. The prompt's rows (blue) come
+from one prefill pass; each generated token's row (orange) from one decode step that read
+the KV cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ArgumentError
+from .generate import generate
+from .hooks import AttentionRecorder
+from .model import Model
+
+
+@dataclass
+class AttentionTrace:
+    """Attention probabilities of one generation, for some layers, all heads."""
+
+    probs: np.ndarray  # (L', H, N, N) float32, L' = len(layers)
+    tokens: np.ndarray  # (N,) prompt tokens, then generated ones
+    pieces: list[str]  # text of each token ("" for BOS)
+    n_prompt: int  # rows 0..n_prompt-1 come from prefill, the rest from decode steps
+    layers: list[int]  # model layer of each entry of probs' first axis
+    bos_id: int
+
+
+def trace_attention(
+    model: Model,
+    prompt: str | Sequence[int],
+    max_new_tokens: int,
+    *,
+    temperature: float = 0.0,
+    seed: int | None = None,
+    layers: Sequence[int] | None = None,
+) -> AttentionTrace:
+    """Generate up to `max_new_tokens` after `prompt` (greedy by default), recording attention.
+
+    Every generated token is run through the model too, so each has its own row.
+    """
+    with AttentionRecorder(model, layers) as rec:
+        # generate() samples its last token without running it; asking for one more token
+        # runs each of the first max_new_tokens through decode, giving each its row.
+        for _ in generate(model, prompt, max_new_tokens + 1, temperature=temperature, seed=seed):
+            pass
+    return AttentionTrace(
+        rec.probs(), rec.tokens, rec.pieces(), rec.n_prompt, rec.layers, model.config.bos_id
+    )
+
+
+def parse_indices(text: str | None, n: int, flag: str) -> list[int]:
+    """'0,2' / '0-3' / '1,4-6' / 'all' (or None) -> sorted indices, each in 0..n-1."""
+    if text is None or text == "all":
+        return list(range(n))
+    indices: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, dash, hi = part.partition("-")
+            indices.update(range(int(lo), int(hi if dash else lo) + 1))
+    except ValueError:
+        raise ArgumentError(f"{flag} {text!r}: expected indices like 0,2 or 0-3 or all") from None
+    bad = sorted(i for i in indices if not 0 <= i < n)
+    if bad or not indices:
+        raise ArgumentError(f"{flag} {text!r}: indices must be in 0..{n - 1}, got {bad or 'none'}")
+    return sorted(indices)
+
+
+def save_npz(trace: AttentionTrace, path: str | Path, heads: Sequence[int] | None = None) -> Path:
+    """Write probs (L', H', N, N), tokens, pieces, n_prompt, layers and heads to `path`."""
+    heads = list(range(trace.probs.shape[1])) if heads is None else list(heads)
+    path = Path(path)
+    np.savez_compressed(
+        path,
+        probs=trace.probs[:, heads],
+        tokens=trace.tokens,
+        pieces=np.array(trace.pieces, dtype=str),
+        n_prompt=trace.n_prompt,
+        layers=np.array(trace.layers),
+        heads=np.array(heads),
+    )
+    return path
+
+
+def token_labels(trace: AttentionTrace) -> list[str]:
+    """Axis labels: each token's text with its position, specials and whitespace made visible."""
+    labels = []
+    for n, (token, piece) in enumerate(zip(trace.tokens, trace.pieces, strict=True)):
+        if not piece:
+            piece = "<s>" if token == trace.bos_id else f"<{token}>"
+        labels.append(piece.replace("\n", "\\n").replace(" ", "·") + f" {n}")
+    return labels
+
+
+def plot_attention(trace: AttentionTrace, layer: int, head: int, path: str | Path) -> Path:
+    """Draw head `head` of model layer `layer` as a heatmap PNG; needs matplotlib.
+
+    Prefill rows in blue, decode rows in orange, a line between them; the empty upper
+    triangle is the causal mask.
+    """
+    # matplotlib is optional (pip install -e '.[plot]'); Figure + Agg canvas draws without
+    # pyplot, so the user's interactive backend is left alone.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import PowerNorm
+    from matplotlib.figure import Figure
+
+    probs = trace.probs[trace.layers.index(layer), head]  # (N, N)
+    N, P = probs.shape[0], trace.n_prompt
+    rows = np.arange(N)[:, None]  # (N, 1)
+    future = np.arange(N)[None, :] > rows  # (N, N) the causal mask
+    norm = PowerNorm(gamma=0.5, vmin=0.0, vmax=1.0)  # sqrt scale: small weights stay visible
+
+    size = 2.5 + 0.22 * N
+    fig = Figure(figsize=(size + 1.8, size), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.set_facecolor("#eeeeee")
+    prefill = ax.imshow(np.ma.masked_where(future | (rows >= P), probs), cmap="Blues", norm=norm)
+    decode = ax.imshow(np.ma.masked_where(future | (rows < P), probs), cmap="Oranges", norm=norm)
+    if P < N:
+        ax.axhline(P - 0.5, color="black", linewidth=1.2)
+        ax.text(N - 0.5, P - 0.4, "decode: one row per step ", ha="right", va="top", fontsize=8)
+    ax.text(N - 0.5, -0.4, f"prefill: {P}×{P} block in one pass ", ha="right", va="top", fontsize=8)
+
+    labels = token_labels(trace)
+    ax.set_xticks(range(N), labels, rotation=90, fontsize=7)
+    ax.set_yticks(range(N), labels, fontsize=7)
+    ax.set_xlabel("attended-to token (key)")
+    ax.set_ylabel("token (query)")
+    ax.set_title(f"layer {layer}, head {head}: attention probabilities", fontsize=10)
+    if P < N:  # constrained layout puts the colorbar added last nearest the plot
+        fig.colorbar(decode, ax=ax, shrink=0.8, label="decode rows")
+    fig.colorbar(prefill, ax=ax, shrink=0.8, label="prefill rows")
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    return path

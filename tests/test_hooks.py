@@ -1,0 +1,142 @@
+"""Hook points: the documented catalogue, zero cost when unused, and values that match the
+forward pass (attention recomputed independently from the recorded queries and keys)."""
+
+import re
+
+import numpy as np
+import pytest
+
+import llama_np
+from llama_np import hooks
+from llama_np.errors import ArgumentError
+from llama_np.hooks import AttentionRecorder, hook_points, match_points, record
+from llama_np.layers import softmax
+
+PROMPT = "Once upon a time"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return llama_np.load()
+
+
+def run(model, n_decode=3):
+    """Greedy prefill + n_decode steps on a fresh cache; returns every logits array."""
+    cache = model.new_cache(32)
+    logits = [model.prefill(model.tokenizer.encode(PROMPT), cache)]
+    for _ in range(n_decode):
+        logits.append(model.decode(int(logits[-1].argmax()), cache))
+    return logits
+
+
+def documented_shapes(config, phase, T, S):
+    """Shape of every point from the table in hooks.py's docstring, for "prefill" or "decode"."""
+    sizes = dict(T=T, S=S, D=config.dim, H=config.n_heads, KVH=config.n_kv_heads)
+    sizes.update(HD=config.head_dim, V=config.vocab_size)
+    shapes = {}
+    for line in hooks.__doc__.splitlines():
+        columns = re.split(r"\s{2,}", line.strip())
+        if len(columns) != 4 or not columns[1].startswith("("):
+            continue
+        point, prefill, decode, _ = columns
+        shape = (prefill if phase == "prefill" else decode).split(" or ")[0].removesuffix(" int")
+        for layer in range(config.n_layers):
+            shapes[point.replace("{i}", str(layer))] = eval(shape, {}, sizes)
+    return shapes
+
+
+def test_every_point_fires_with_its_documented_shape(model):
+    with record(model, "*") as rec:
+        run(model, n_decode=1)
+    T = len(model.tokenizer.encode(PROMPT))
+    for i, (phase, S) in enumerate([("prefill", T), ("decode", T + 1)]):
+        seen = {name: arrays[i].shape for name, arrays in rec.arrays.items()}
+        assert seen == documented_shapes(model.config, phase, T, S), phase
+    assert sorted(rec.arrays) == sorted(hook_points(model.config.n_layers))
+
+
+def test_patterns_match_at_registration(model):
+    assert match_points("layers.*.attn.probs", 5) == [f"layers.{i}.attn.probs" for i in range(5)]
+    assert match_points("logits", 5) == ["logits"]
+    assert match_points("layers.[01].resid", 5) == ["layers.0.resid", "layers.1.resid"]
+    for bad in ("layers.5.attn.probs", "layers.0.attn.prob", "logit"):
+        with pytest.raises(ArgumentError, match="matches no point"):
+            model.add_hook(bad, lambda name, a: None)
+    calls = []
+    remove = model.add_hook("layers.*.mlp.out", lambda name, a: calls.append(name))
+    run(model, n_decode=0)
+    assert calls == [f"layers.{i}.mlp.out" for i in range(5)]
+    remove()
+    assert model.hooks == {}
+
+
+def test_no_hooks_changes_nothing(model):
+    before = run(model)
+    remove = model.add_hook("*", lambda name, a: None)
+    during = run(model)
+    remove()
+    assert model.hooks == {}
+    after = run(model)
+    for a, b, c in zip(before, during, after, strict=True):
+        assert np.array_equal(a, b) and np.array_equal(a, c)
+
+
+def test_recorded_attention_matches_recomputation_from_q_and_k(model):
+    cfg = model.config
+    G = cfg.n_heads // cfg.n_kv_heads
+    with (
+        AttentionRecorder(model) as attn,
+        record(model, ["layers.*.attn.q", "layers.*.attn.k"]) as qk,
+    ):
+        run(model, n_decode=4)
+    probs = attn.probs()  # (L, H, N, N)
+    N = len(attn.tokens)
+    assert probs.shape == (cfg.n_layers, cfg.n_heads, N, N)
+    assert probs.dtype == np.float32
+    assert np.allclose(probs.sum(axis=-1), 1.0, atol=1e-5)
+    assert not probs[..., np.triu_indices(N, k=1)[0], np.triu_indices(N, k=1)[1]].any()  # causal
+    for layer in range(cfg.n_layers):
+        q = np.concatenate(qk[f"layers.{layer}.attn.q"])  # (N, H, HD)
+        k = np.concatenate(qk[f"layers.{layer}.attn.k"])  # (N, KVH, HD)
+        for h in range(cfg.n_heads):
+            for n in range(N):
+                scores = k[: n + 1, h // G] @ q[n, h] / np.sqrt(np.float32(cfg.head_dim))
+                expected = softmax(scores.astype(np.float32))
+                np.testing.assert_allclose(probs[layer, h, n, : n + 1], expected, atol=2e-6)
+
+
+def test_attention_recorder_tokens_and_pieces(model):
+    with AttentionRecorder(model, layers=[3, 1]) as rec:
+        text = llama_np.generate_text(model, PROMPT, 6, temperature=0)
+    prompt = model.tokenizer.encode(PROMPT)
+    assert rec.n_prompt == len(prompt)
+    assert list(rec.tokens[: rec.n_prompt]) == prompt
+    # generate() does not run its last sampled token, so 5 of the 6 have rows
+    assert len(rec.tokens) == len(prompt) + 5
+    generated = "".join(rec.pieces()[rec.n_prompt :])
+    assert text.startswith(generated) and len(generated) < len(text)
+    assert rec.probs().shape[:2] == (2, model.config.n_heads)
+
+
+def test_attention_recorder_rejects_two_sequences(model):
+    with AttentionRecorder(model) as rec:
+        run(model, n_decode=1)
+        run(model, n_decode=1)
+    with pytest.raises(ArgumentError, match="empty cache"):
+        rec.probs()
+    with pytest.raises(ArgumentError, match="layers"):
+        AttentionRecorder(model, layers=[5])
+
+
+def test_recorder_copies(model):
+    with record(model, ["layers.0.attn.scores", "layers.0.attn.probs"]) as rec:
+        cache = model.new_cache(16)
+        logits = model.prefill(model.tokenizer.encode(PROMPT), cache)
+        scores = rec["layers.0.attn.scores"][0].copy()
+        model.decode(int(logits.argmax()), cache)
+        model.decode(5, cache)
+    # softmax runs in place on the scores buffer: a recorder keeping views would hold probs
+    assert np.isneginf(rec["layers.0.attn.scores"][0][:, 0, 1:]).all()
+    assert not np.array_equal(rec["layers.0.attn.scores"][0], rec["layers.0.attn.probs"][0])
+    assert np.array_equal(rec["layers.0.attn.scores"][0], scores)
+    assert len(rec["layers.0.attn.probs"]) == 3
