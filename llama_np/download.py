@@ -116,7 +116,7 @@ def download(
     for name, url in known.urls:
         dest = safe_path(target, name, "registry")
         if dest.exists():  # renamed into place only once complete
-            _say(quiet, f"{dest}: complete ({_mb(dest.stat().st_size)})")
+            _say(quiet, f"{dest}: already complete ({_size(dest.stat().st_size)})")
         else:
             fetch(url, dest, None, timeout=timeout, quiet=quiet)
     return target
@@ -260,7 +260,7 @@ class Hub:
             return
         size = sizes[name]
         if dest.exists() and dest.stat().st_size == size:
-            _say(self.quiet, f"{dest}: complete ({_mb(size)})")
+            _say(self.quiet, f"{dest}: already complete ({_size(size)})")
             return
         fetch(
             self.url(name),
@@ -364,9 +364,14 @@ def _stream(
             done += len(chunk)
             progress.update(done)
     progress.close()
-    if not quiet and expected in (None, done):
+    if expected in (None, done):
         secs = max(time.monotonic() - progress.t0, 1e-9)
-        _say(quiet, f"{part.parent / label}: {_mb(done)}, {(done - start) / secs / 1e6:.1f} MB/s")
+        resumed = f", resumed at {_size(start)}" if start else ""
+        _say(
+            quiet,
+            f"{part.parent / label}: fetched {_size(done)}{resumed} in {secs:.1f} s "
+            f"({(done - start) / secs / 1e6:.1f} MB/s)",
+        )
     return done
 
 
@@ -384,8 +389,8 @@ class _Progress:
         self.shown = now
         rate = (done - self.start) / max(now - self.t0, 1e-9) / 1e6
         pct = f"{100 * done / self.total:5.1f}%" if self.total else "     "
-        total = f"/{_mb(self.total)}" if self.total else ""
-        sys.stderr.write(f"\r{self.label}  {_mb(done)}{total}  {pct}  {rate:6.1f} MB/s ")
+        total = f"/{_size(self.total)}" if self.total else ""
+        sys.stderr.write(f"\r{self.label}  {_size(done)}{total}  {pct}  {rate:6.1f} MB/s ")
         sys.stderr.flush()
 
     def close(self) -> None:
@@ -393,8 +398,8 @@ class _Progress:
             sys.stderr.write("\n")
 
 
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB" if n >= 1e3 else f"{n} bytes"
 
 
 def _say(quiet: bool, text: str) -> None:

@@ -79,12 +79,8 @@ def make_handler(hub: FakeHub):
                 return self.reply(entry, 200, json.dumps(listing).encode())
             if self.path.startswith(resolve) and hub.redirect_to:
                 name = self.path[len(resolve) :]
-                self.send_response(302)
-                self.send_header("Location", f"{hub.redirect_to}/cdn/{name}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                entry["status"] = 302
-                return None
+                headers = {"Location": f"{hub.redirect_to}/cdn/{name}"}
+                return self.reply(entry, 302, b"", headers)
             for prefix in (resolve, "/cdn/"):
                 name = self.path[len(prefix) :]
                 if self.path.startswith(prefix) and name in hub.files:
@@ -103,15 +99,16 @@ def make_handler(hub: FakeHub):
             return self.reply(entry, 200, data, {}, hub.drop_after.pop(name, None))
 
         def reply(self, entry, status, body, headers=None, drop_after=None):
+            sent = body if drop_after is None else body[:drop_after]
+            # Logged before sending: the client may check the log as soon as it has the body.
+            entry["status"], entry["sent"] = status, len(sent)
             self.send_response(status)
             for key, value in (headers or {}).items():
                 self.send_header(key, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            sent = body if drop_after is None else body[:drop_after]
             self.wfile.write(sent)
             self.wfile.flush()
-            entry["status"], entry["sent"] = status, len(sent)
             self.close_connection = True  # with drop_after: the client sees a short body
 
     return Handler
