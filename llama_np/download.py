@@ -6,8 +6,9 @@
 Each file comes from `{endpoint}/{repo}/resolve/{revision}/{file}` and is written to
 `<file>.part`; only when its size checks out is it renamed into place, so a file without the
 `.part` suffix is complete. Running the command again skips complete files and resumes a
-`.part` with an HTTP Range request. Expected sizes come from the hub's file listing,
-`{endpoint}/api/models/{repo}/tree/{revision}`, and from the response headers.
+`.part` with an HTTP Range request. Expected sizes (and, for weights, sha256 digests) come
+from the hub's file listing, `{endpoint}/api/models/{repo}/tree/{revision}`, and from the
+response headers.
 
 Every file name that comes from the registry, a safetensors index or the server is checked
 to stay inside the target directory before anything is written.
@@ -15,6 +16,7 @@ to stay inside the target directory before anything is written.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
@@ -26,6 +28,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import DownloadError
 
@@ -77,6 +80,14 @@ KNOWN_CHECKPOINTS: dict[str, KnownCheckpoint] = {
     "SmolLM2-135M-Instruct": KnownCheckpoint("HuggingFaceTB/SmolLM2-135M-Instruct"),
 }
 
+
+class RemoteFile(NamedTuple):
+    """A file in the hub's listing of a repo."""
+
+    size: int  # bytes
+    sha256: str | None  # hex digest, given for large (LFS) files: weights, tokenizer.model
+
+
 # Hub repo ids: owner/name, each part starting with a letter or digit (so never "." or "..").
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 
@@ -106,13 +117,13 @@ def download(
     target = safe_path(Path(directory), local_name, "checkpoint name")
     hub = Hub(endpoint, known.repo, revision, token, timeout, quiet)
 
-    sizes = hub.list_files()
+    files = hub.list_files()
     target.mkdir(parents=True, exist_ok=True)
     if known.files:
         for name in known.files:
-            hub.fetch(name, safe_path(target, name, "registry"), sizes, required=True)
+            hub.fetch(name, safe_path(target, name, "registry"), files, required=True)
     else:
-        _fetch_hf_model(hub, target, sizes)
+        _fetch_hf_model(hub, target, files)
     for name, url in known.urls:
         dest = safe_path(target, name, "registry")
         if dest.exists():  # renamed into place only once complete
@@ -158,29 +169,29 @@ def safe_path(target: Path, name: object, source: str) -> Path:
     return path
 
 
-def _fetch_hf_model(hub: Hub, target: Path, sizes: dict[str, int]) -> None:
+def _fetch_hf_model(hub: Hub, target: Path, files: dict[str, RemoteFile]) -> None:
     """config + tokenizer files as present + model.safetensors, or its index and every shard."""
     for name in HF_REQUIRED + HF_OPTIONAL:
-        hub.fetch(name, target / name, sizes, required=name in HF_REQUIRED)
-    if HF_INDEX in sizes:
+        hub.fetch(name, target / name, files, required=name in HF_REQUIRED)
+    if HF_INDEX in files:
         index = target / HF_INDEX
-        hub.fetch(HF_INDEX, index, sizes, required=True)
+        hub.fetch(HF_INDEX, index, files, required=True)
         shards = _index_shards(index)
         # Check every shard name before fetching any of them.
         dests = {shard: safe_path(target, shard, str(index)) for shard in shards}
-        missing = [shard for shard in shards if shard not in sizes]
+        missing = [shard for shard in shards if shard not in files]
         if missing:
             raise DownloadError(
                 f"{index}: lists shards {missing}, but {hub.page} has no such files"
             )
         for shard, dest in dests.items():
-            hub.fetch(shard, dest, sizes, required=True)
-    elif HF_SINGLE in sizes:
-        hub.fetch(HF_SINGLE, target / HF_SINGLE, sizes, required=True)
+            hub.fetch(shard, dest, files, required=True)
+    elif HF_SINGLE in files:
+        hub.fetch(HF_SINGLE, target / HF_SINGLE, files, required=True)
     else:
         raise DownloadError(
             f"{hub.page}: no {HF_SINGLE} or {HF_INDEX} at revision {hub.revision!r} "
-            f"(found: {', '.join(sorted(sizes)) or 'nothing'}); llama_np reads safetensors "
+            f"(found: {', '.join(sorted(files)) or 'nothing'}); llama_np reads safetensors "
             f"checkpoints only"
         )
 
@@ -221,8 +232,8 @@ class Hub:
         rev = urllib.parse.quote(self.revision, safe="")
         return f"{self.endpoint}/{self.repo}/resolve/{rev}/{urllib.parse.quote(name)}"
 
-    def list_files(self) -> dict[str, int]:
-        """{file name: size in bytes} for the files at the repo's top level."""
+    def list_files(self) -> dict[str, RemoteFile]:
+        """{file name: size and sha256} for the files at the repo's top level."""
         rev = urllib.parse.quote(self.revision, safe="")
         url = f"{self.endpoint}/api/models/{self.repo}/tree/{rev}"
         with _open(url, {}, self.token, self.timeout, self.page) as resp:
@@ -239,26 +250,31 @@ class Hub:
             ) from None
         if not isinstance(entries, list):
             raise DownloadError(f"{url}: expected a JSON list of files, got {type(entries)}")
-        sizes = {}
+        files = {}
         for e in entries:
             if not (isinstance(e, dict) and e.get("type") == "file"):
                 continue
-            lfs = e.get("lfs")  # large files: the size of the real file, not of its pointer
-            size = lfs.get("size") if isinstance(lfs, dict) else e.get("size")
+            # Large files are stored in LFS: their entry gives the real file's size and sha256.
+            lfs = e.get("lfs") if isinstance(e.get("lfs"), dict) else {}
+            size = lfs.get("size", e.get("size"))
+            sha256 = lfs.get("oid")
+            if not (isinstance(sha256, str) and re.fullmatch(r"[0-9a-f]{64}", sha256)):
+                sha256 = None
             if isinstance(e.get("path"), str) and type(size) is int and size >= 0:
-                sizes[e["path"]] = size
-        return sizes
+                files[e["path"]] = RemoteFile(size, sha256)
+        return files
 
-    def fetch(self, name: str, dest: Path, sizes: dict[str, int], required: bool) -> None:
+    def fetch(self, name: str, dest: Path, files: dict[str, RemoteFile], required: bool) -> None:
         """Fetch repo file `name` to `dest` unless it is complete; skip absent optional files."""
-        if name not in sizes:
+        if name not in files:
             if required:
                 raise DownloadError(
                     f"{self.page}: no file {name!r} at revision {self.revision!r} "
-                    f"(found: {', '.join(sorted(sizes)) or 'nothing'})"
+                    f"(found: {', '.join(sorted(files)) or 'nothing'})"
                 )
             return
-        size = sizes[name]
+        size, sha256 = files[name]
+        # Complete files were checked before they got their name, so the size is enough here.
         if dest.exists() and dest.stat().st_size == size:
             _say(self.quiet, f"{dest}: already complete ({_size(size)})")
             return
@@ -266,6 +282,7 @@ class Hub:
             self.url(name),
             dest,
             size,
+            sha256=sha256,
             token=self.token,
             timeout=self.timeout,
             quiet=self.quiet,
@@ -278,6 +295,7 @@ def fetch(
     dest: Path,
     size: int | None,
     *,
+    sha256: str | None = None,
     token: str | None = None,
     timeout: float = TIMEOUT,
     quiet: bool = False,
@@ -285,8 +303,8 @@ def fetch(
 ) -> int:
     """Download `url` to `dest` through `dest.part`, resuming an existing `.part`.
 
-    `size` is the expected size in bytes, if known. Returns the bytes transferred. A dropped
-    connection leaves the `.part` for the next run to resume.
+    `size` (bytes) and `sha256` (hex) are checked when given. Returns the bytes transferred.
+    A dropped connection leaves the `.part` for the next run to resume.
     """
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
@@ -294,7 +312,7 @@ def fetch(
         part.unlink()
         have = 0
     if size is not None and have == size and part.exists():
-        os.replace(part, dest)
+        _finish(part, dest, sha256, url)
         return 0
     resp = _open(url, {"Range": f"bytes={have}-"} if have else {}, token, timeout, page)
     if resp is None:  # 416: the .part reaches past the end of this file, so start over
@@ -315,8 +333,27 @@ def fetch(
             f"{url}: connection closed after {done} of {expected} bytes; run the same command "
             f"again to resume from {part}"
         )
-    os.replace(part, dest)
+    _finish(part, dest, sha256, url)
     return done - start
+
+
+def _finish(part: Path, dest: Path, sha256: str | None, url: str) -> None:
+    """Check a complete `.part` against its sha256, then rename it into place atomically.
+
+    The check also catches a resume that joined two versions of a file of the same size.
+    """
+    if sha256 is not None:
+        digest = hashlib.sha256()
+        with open(part, "rb") as f:
+            for block in iter(lambda: f.read(CHUNK), b""):
+                digest.update(block)
+        if digest.hexdigest() != sha256:
+            part.unlink()
+            raise DownloadError(
+                f"{url}: checksum mismatch: the download's sha256 is {digest.hexdigest()}, the "
+                f"hub's listing says {sha256}; deleted it, run the same command again"
+            )
+    os.replace(part, dest)
 
 
 def _response_span(resp, url: str, have: int) -> tuple[int, int | None]:

@@ -8,6 +8,7 @@ require a token, and to redirect file requests to a second server (a "CDN" on an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -38,12 +39,23 @@ class FakeHub:
     def __init__(self, files: dict[str, bytes]):
         self.files = dict(files)
         self.listed_sizes: dict[str, int] = {}  # listing size overrides
+        self.listed_sha256: dict[str, str] = {}  # listing sha256 overrides
         self.drop_after: dict[str, int] = {}  # file -> bytes sent before closing (once)
         self.ignore_range = False
         self.token: str | None = None  # required bearer token on hub URLs
         self.redirect_to: str | None = None  # base URL files are redirected to
         self.log: list[dict] = []
         self.url = ""
+
+    def listing_entry(self, name: str) -> dict:
+        """Like the hub's: weights are LFS files, listed with their size and sha256."""
+        size = self.listed_sizes.get(name, len(self.files[name]))
+        entry = {"type": "file", "path": name, "size": size}
+        if name.endswith(".safetensors"):
+            sha256 = hashlib.sha256(self.files[name]).hexdigest()
+            entry["lfs"] = {"oid": self.listed_sha256.get(name, sha256), "size": size}
+            entry["size"] = 134  # the size of the LFS pointer in git, not of the file
+        return entry
 
     def requests_for(self, name: str) -> list[dict]:
         return [r for r in self.log if r["path"].endswith("/" + name)]
@@ -71,10 +83,7 @@ def make_handler(hub: FakeHub):
                 if hub.token and entry["auth"] != f"Bearer {hub.token}":
                     return self.reply(entry, 401, b"unauthorized")
             if self.path == api:
-                listing = [
-                    {"type": "file", "path": n, "size": hub.listed_sizes.get(n, len(b))}
-                    for n, b in hub.files.items()
-                ]
+                listing = [hub.listing_entry(name) for name in hub.files]
                 listing.append({"type": "directory", "path": "original", "size": 0})
                 return self.reply(entry, 200, json.dumps(listing).encode())
             if self.path.startswith(resolve) and hub.redirect_to:
@@ -252,6 +261,18 @@ def test_size_mismatch_is_an_error(hub, repo_files, tmp_path, delta):
         fetch_repo(hub, tmp_path)
     assert SHARD1 in str(e.value)
     assert not (tmp_path / "weights" / "tiny" / SHARD1).exists()
+
+
+def test_checksum_mismatch_deletes_the_download(hub, repo_files, tmp_path):
+    hub.listed_sha256[SHARD2] = "0" * 64
+    with pytest.raises(DownloadError, match="checksum mismatch") as e:
+        fetch_repo(hub, tmp_path)
+    assert SHARD2 in str(e.value)
+    target = tmp_path / "weights" / "tiny"
+    assert not (target / SHARD2).exists() and not (target / (SHARD2 + ".part")).exists()
+    del hub.listed_sha256[SHARD2]
+    fetch_repo(hub, tmp_path)
+    assert (target / SHARD2).read_bytes() == repo_files[SHARD2]
 
 
 @pytest.mark.parametrize(
