@@ -114,6 +114,11 @@ def download(
             f"endpoint {endpoint!r} (--endpoint or HF_ENDPOINT): expected an http(s):// URL"
         )
     token = token if token is not None else (os.environ.get("HF_TOKEN") or None)
+    if known.gated and not token:
+        raise DownloadError(
+            f"{local_name} is gated: accept its license on {endpoint}/{known.repo}, create a "
+            f"token at https://huggingface.co/settings/tokens and set HF_TOKEN to it"
+        )
     target = safe_path(Path(directory), local_name, "checkpoint name")
     hub = Hub(endpoint, known.repo, revision, token, timeout, quiet)
 
