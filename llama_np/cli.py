@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from . import DEFAULT_CHECKPOINT, load
+from .download import KNOWN_CHECKPOINTS, download
 from .errors import LlamaNpError
 from .generate import GenerationStats, generate
 from .hooks import break_at
@@ -145,6 +146,18 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="print a model's config, size and KV-cache memory")
     add_model_arg(info)
     info.set_defaults(run=run_info)
+
+    dl = commands.add_parser("download", help="fetch a checkpoint from the Hugging Face hub")
+    dl.add_argument(
+        "name",
+        metavar="NAME_OR_REPO",
+        help=f"a known name ({', '.join(KNOWN_CHECKPOINTS)}) or a hub repo id owner/name",
+    )
+    dl.add_argument("--dir", default="weights", help="files go to DIR/NAME (default: weights)")
+    dl.add_argument("--revision", default="main", help="branch, tag or commit (default: main)")
+    dl.add_argument("--endpoint", help="hub URL (default: $HF_ENDPOINT or https://huggingface.co)")
+    dl.add_argument("-q", "--quiet", action="store_true", help="no progress or file lines")
+    dl.set_defaults(run=run_download)
     return parser
 
 
@@ -183,6 +196,18 @@ def run_generate(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     sys.stdout.write("\n")
     print_timings(stats, seed)
+    return 0
+
+
+def run_download(args: argparse.Namespace) -> int:
+    try:
+        target = download(
+            args.name, args.dir, revision=args.revision, endpoint=args.endpoint, quiet=args.quiet
+        )
+    except KeyboardInterrupt:
+        print("\nllama-np: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    print(target)
     return 0
 
 

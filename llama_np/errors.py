@@ -11,7 +11,8 @@ found and, when there is one, the fix. Anything else escaping llama_np is a bug.
     ├── ContextLengthError   tokens do not fit in the model's context / the KV cache
     ├── ArgumentError        an invalid argument (sampling values, token ids, ...)
     ├── NumericalError       NaN or Inf appeared in the activations
-    └── MemoryLimitError     a model or KV cache would not fit in the available memory
+    ├── MemoryLimitError     a model or KV cache would not fit in the available memory
+    └── DownloadError        fetching a checkpoint failed (HTTP error, size mismatch, unsafe name)
 """
 
 
@@ -45,3 +46,8 @@ class NumericalError(LlamaNpError, ArithmeticError):
 
 class MemoryLimitError(LlamaNpError, MemoryError):
     """A model or KV cache would not fit in the available memory."""
+
+
+class DownloadError(LlamaNpError):
+    """Fetching a checkpoint failed: a network or HTTP error, a size mismatch, or a file name
+    that would land outside the target directory."""

@@ -1,0 +1,518 @@
+"""Fetch a checkpoint from the Hugging Face hub into weights/: plain HTTPS, resumable.
+
+    llama-np download stories15M                          # a name from KNOWN_CHECKPOINTS
+    llama-np download TinyLlama/TinyLlama-1.1B-Chat-v1.0  # any hub repo in the HF layout
+
+Each file comes from `{endpoint}/{repo}/resolve/{revision}/{file}` and is written to
+`<file>.part`; only when its size checks out is it renamed into place, so a file without the
+`.part` suffix is complete. Running the command again skips complete files and resumes a
+`.part` with an HTTP Range request. Expected sizes (and, for weights, sha256 digests) come
+from the hub's file listing, `{endpoint}/api/models/{repo}/tree/{revision}`, and from the
+response headers.
+
+Every file name that comes from the registry, a safetensors index or the server is checked
+to stay inside the target directory before anything is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import re
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from .errors import DownloadError
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+TIMEOUT = 30.0  # seconds a connect or a read may stall before the request fails
+CHUNK = 1 << 20  # bytes per read while streaming a file to disk
+MAX_UNSIZED = 64 << 30  # cap for a response that announces no size, so a read loop always ends
+
+# llama2.c's tokenizer.bin (the Llama 2 vocabulary in llama2.c's own format) is not on the hub:
+# karpathy/tinyllamas holds only the weights, so it comes from the llama2.c GitHub repository.
+LLAMA2C_TOKENIZER_URL = "https://raw.githubusercontent.com/karpathy/llama2.c/master/tokenizer.bin"
+
+# Files of a Hugging Face transformers model directory, besides the weights.
+HF_REQUIRED = ("config.json",)
+HF_OPTIONAL = (
+    "generation_config.json",
+    "tokenizer.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+)
+HF_INDEX = "model.safetensors.index.json"
+HF_SINGLE = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class KnownCheckpoint:
+    """A checkpoint `llama-np download NAME` knows by name."""
+
+    repo: str  # hub repo id, owner/name
+    files: tuple[str, ...] = ()  # files to fetch from the repo; empty = the HF model layout
+    urls: tuple[tuple[str, str], ...] = ()  # (file name, URL) fetched from outside the hub
+    gated: bool = False  # needs HF_TOKEN and the license accepted on the model page
+
+
+def _stories(size: str) -> KnownCheckpoint:
+    return KnownCheckpoint(
+        "karpathy/tinyllamas",
+        files=(f"stories{size}.bin",),
+        urls=(("tokenizer.bin", LLAMA2C_TOKENIZER_URL),),
+    )
+
+
+KNOWN_CHECKPOINTS: dict[str, KnownCheckpoint] = {
+    "stories15M": _stories("15M"),
+    "stories42M": _stories("42M"),
+    "stories110M": _stories("110M"),
+    "TinyLlama-1.1B-Chat": KnownCheckpoint("TinyLlama/TinyLlama-1.1B-Chat-v1.0"),
+    "Llama-3.2-1B-Instruct": KnownCheckpoint("meta-llama/Llama-3.2-1B-Instruct", gated=True),
+    "SmolLM2-135M-Instruct": KnownCheckpoint("HuggingFaceTB/SmolLM2-135M-Instruct"),
+}
+
+
+class RemoteFile(NamedTuple):
+    """A file in the hub's listing of a repo."""
+
+    size: int  # bytes
+    sha256: str | None  # hex digest, given for large (LFS) files: weights, tokenizer.model
+
+
+# Hub repo ids: owner/name, each part starting with a letter or digit (so never "." or "..").
+_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def download(
+    name_or_repo: str,
+    directory: str | Path = "weights",
+    *,
+    revision: str = "main",
+    endpoint: str | None = None,
+    token: str | None = None,
+    quiet: bool = False,
+    timeout: float = TIMEOUT,
+) -> Path:
+    """Fetch a known checkpoint, or a hub repo `owner/name`, into `directory/<name>`.
+
+    The endpoint is `endpoint`, else $HF_ENDPOINT, else https://huggingface.co; the token is
+    `token`, else $HF_TOKEN. Returns the checkpoint's directory.
+    """
+    local_name, known = resolve_name(name_or_repo)
+    endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+    if urllib.parse.urlsplit(endpoint).scheme not in ("http", "https"):
+        raise DownloadError(
+            f"endpoint {endpoint!r} (--endpoint or HF_ENDPOINT): expected an http(s):// URL"
+        )
+    token = token if token is not None else (os.environ.get("HF_TOKEN") or None)
+    if known.gated and not token:
+        raise DownloadError(
+            f"{local_name} is gated: accept its license on {endpoint}/{known.repo}, create a "
+            f"token at https://huggingface.co/settings/tokens and set HF_TOKEN to it"
+        )
+    target = safe_path(Path(directory), local_name, "checkpoint name")
+    hub = Hub(endpoint, known.repo, revision, token, timeout, quiet)
+
+    files = hub.list_files()
+    target.mkdir(parents=True, exist_ok=True)
+    if known.files:
+        for name in known.files:
+            hub.fetch(name, safe_path(target, name, "registry"), files, required=True)
+    else:
+        _fetch_hf_model(hub, target, files)
+    for name, url in known.urls:
+        dest = safe_path(target, name, "registry")
+        if dest.exists():  # renamed into place only once complete
+            _say(quiet, f"{dest}: already complete ({_size(dest.stat().st_size)})")
+        else:
+            fetch(url, dest, None, timeout=timeout, quiet=quiet)
+    return target
+
+
+def resolve_name(name_or_repo: str) -> tuple[str, KnownCheckpoint]:
+    """(local directory name, what to fetch) for a registry name or a hub repo id."""
+    by_lower = {name.lower(): name for name in KNOWN_CHECKPOINTS}
+    if name_or_repo.lower() in by_lower:
+        name = by_lower[name_or_repo.lower()]
+        return name, KNOWN_CHECKPOINTS[name]
+    if not _REPO_ID.fullmatch(name_or_repo):
+        raise DownloadError(
+            f"{name_or_repo!r}: not a known checkpoint name ({', '.join(KNOWN_CHECKPOINTS)}) "
+            f"nor a hub repo id of the form owner/name"
+        )
+    return name_or_repo.split("/")[1], KnownCheckpoint(name_or_repo)
+
+
+def safe_path(target: Path, name: object, source: str) -> Path:
+    """`target/name`, refusing any name that could resolve outside `target`.
+
+    `name` comes from the registry, an index JSON or a server, so it is untrusted: it must be
+    a relative path with forward slashes and no "..", ".", empty parts, backslashes, colons
+    (drive letters, Windows streams) or NUL bytes.
+    """
+    ok = isinstance(name, str) and name and not name.startswith("/")
+    ok = ok and not any(c in name for c in "\\:\0")
+    parts = name.split("/") if ok else []
+    if not ok or any(p in ("", ".", "..") for p in parts):
+        raise DownloadError(
+            f"{source}: refusing file name {name!r}: expected a relative path inside {target} "
+            f"(no '..', absolute paths, backslashes or drive letters)"
+        )
+    path = target.joinpath(*parts)
+    # A symlink already inside target could still lead outside it.
+    if not path.resolve().is_relative_to(target.resolve()):
+        raise DownloadError(f"{source}: {name!r} resolves to {path.resolve()}, outside {target}")
+    return path
+
+
+def _fetch_hf_model(hub: Hub, target: Path, files: dict[str, RemoteFile]) -> None:
+    """config + tokenizer files as present + model.safetensors, or its index and every shard."""
+    for name in HF_REQUIRED + HF_OPTIONAL:
+        hub.fetch(name, target / name, files, required=name in HF_REQUIRED)
+    if HF_INDEX in files:
+        index = target / HF_INDEX
+        hub.fetch(HF_INDEX, index, files, required=True)
+        shards = _index_shards(index)
+        # Check every shard name before fetching any of them.
+        dests = {shard: safe_path(target, shard, str(index)) for shard in shards}
+        missing = [shard for shard in shards if shard not in files]
+        if missing:
+            raise DownloadError(
+                f"{index}: lists shards {missing}, but {hub.page} has no such files"
+            )
+        for shard, dest in dests.items():
+            hub.fetch(shard, dest, files, required=True)
+    elif HF_SINGLE in files:
+        hub.fetch(HF_SINGLE, target / HF_SINGLE, files, required=True)
+    else:
+        raise DownloadError(
+            f"{hub.page}: no {HF_SINGLE} or {HF_INDEX} at revision {hub.revision!r} "
+            f"(found: {', '.join(sorted(files)) or 'nothing'}); llama_np reads safetensors "
+            f"checkpoints only"
+        )
+
+
+def _index_shards(index: Path) -> list[str]:
+    """The shard file names a model.safetensors.index.json maps tensors to."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise DownloadError(
+            f"{index}: not a safetensors index (expected JSON with a 'weight_map' object): {e}"
+        ) from None
+    if not (
+        isinstance(weight_map, dict)
+        and weight_map
+        and all(isinstance(f, str) for f in weight_map.values())
+    ):
+        raise DownloadError(f"{index}: 'weight_map' must be a non-empty object of name -> file")
+    return sorted(set(weight_map.values()))
+
+
+@dataclass
+class Hub:
+    """One repo at one revision on a hub endpoint."""
+
+    endpoint: str
+    repo: str
+    revision: str
+    token: str | None
+    timeout: float
+    quiet: bool
+
+    @property
+    def page(self) -> str:
+        return f"{self.endpoint}/{self.repo}"
+
+    def url(self, name: str) -> str:
+        rev = urllib.parse.quote(self.revision, safe="")
+        return f"{self.endpoint}/{self.repo}/resolve/{rev}/{urllib.parse.quote(name)}"
+
+    def list_files(self) -> dict[str, RemoteFile]:
+        """{file name: size and sha256} for the files at the repo's top level."""
+        rev = urllib.parse.quote(self.revision, safe="")
+        url = f"{self.endpoint}/api/models/{self.repo}/tree/{rev}"
+        with _open(url, {}, self.token, self.timeout, self.page) as resp:
+            try:
+                body = resp.read(16 << 20)
+            except (OSError, http.client.HTTPException) as e:
+                raise _network_error(url, e, self.page) from None
+        try:
+            entries = json.loads(body)
+        except ValueError:
+            raise DownloadError(
+                f"{url}: the file listing is not JSON; is {self.endpoint} a Hugging Face hub? "
+                f"(set --endpoint or HF_ENDPOINT)"
+            ) from None
+        if not isinstance(entries, list):
+            raise DownloadError(f"{url}: expected a JSON list of files, got {type(entries)}")
+        files = {}
+        for e in entries:
+            if not (isinstance(e, dict) and e.get("type") == "file"):
+                continue
+            # Large files are stored in LFS: their entry gives the real file's size and sha256.
+            lfs = e.get("lfs") if isinstance(e.get("lfs"), dict) else {}
+            size = lfs.get("size", e.get("size"))
+            sha256 = lfs.get("oid")
+            if not (isinstance(sha256, str) and re.fullmatch(r"[0-9a-f]{64}", sha256)):
+                sha256 = None
+            if isinstance(e.get("path"), str) and type(size) is int and size >= 0:
+                files[e["path"]] = RemoteFile(size, sha256)
+        return files
+
+    def fetch(self, name: str, dest: Path, files: dict[str, RemoteFile], required: bool) -> None:
+        """Fetch repo file `name` to `dest` unless it is complete; skip absent optional files."""
+        if name not in files:
+            if required:
+                raise DownloadError(
+                    f"{self.page}: no file {name!r} at revision {self.revision!r} "
+                    f"(found: {', '.join(sorted(files)) or 'nothing'})"
+                )
+            return
+        size, sha256 = files[name]
+        # Complete files were checked before they got their name, so the size is enough here.
+        if dest.exists() and dest.stat().st_size == size:
+            _say(self.quiet, f"{dest}: already complete ({_size(size)})")
+            return
+        fetch(
+            self.url(name),
+            dest,
+            size,
+            sha256=sha256,
+            token=self.token,
+            timeout=self.timeout,
+            quiet=self.quiet,
+            page=self.page,
+        )
+
+
+def fetch(
+    url: str,
+    dest: Path,
+    size: int | None,
+    *,
+    sha256: str | None = None,
+    token: str | None = None,
+    timeout: float = TIMEOUT,
+    quiet: bool = False,
+    page: str | None = None,
+) -> int:
+    """Download `url` to `dest` through `dest.part`, resuming an existing `.part`.
+
+    `size` (bytes) and `sha256` (hex) are checked when given. Returns the bytes transferred.
+    A dropped connection leaves the `.part` for the next run to resume.
+    """
+    part = dest.with_name(dest.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    if size is not None and have > size:  # not a prefix of this file
+        part.unlink()
+        have = 0
+    if size is not None and have == size and part.exists():
+        _finish(part, dest, sha256, url)
+        return 0
+    resp = _open(url, {"Range": f"bytes={have}-"} if have else {}, token, timeout, page)
+    if resp is None:  # 416: the .part reaches past the end of this file, so start over
+        part.unlink()
+        have = 0
+        resp = _open(url, {}, token, timeout, page)
+    with resp:
+        start, total = _response_span(resp, url, have)
+        if size is not None and total is not None and total != size:
+            raise DownloadError(
+                f"{url}: size mismatch: the server sends {total} bytes, the hub's listing "
+                f"says {size}; the file may have changed, run the command again"
+            )
+        expected = size if size is not None else total
+        done = _stream(resp, part, start, expected, url, quiet, dest.name)
+    if expected is not None and done != expected:
+        raise DownloadError(
+            f"{url}: connection closed after {done} of {expected} bytes; run the same command "
+            f"again to resume from {part}"
+        )
+    _finish(part, dest, sha256, url)
+    return done - start
+
+
+def _finish(part: Path, dest: Path, sha256: str | None, url: str) -> None:
+    """Check a complete `.part` against its sha256, then rename it into place atomically.
+
+    The check also catches a resume that joined two versions of a file of the same size.
+    """
+    if sha256 is not None:
+        digest = hashlib.sha256()
+        with open(part, "rb") as f:
+            for block in iter(lambda: f.read(CHUNK), b""):
+                digest.update(block)
+        if digest.hexdigest() != sha256:
+            part.unlink()
+            raise DownloadError(
+                f"{url}: checksum mismatch: the download's sha256 is {digest.hexdigest()}, the "
+                f"hub's listing says {sha256}; deleted it, run the same command again"
+            )
+    os.replace(part, dest)
+
+
+def _response_span(resp, url: str, have: int) -> tuple[int, int | None]:
+    """(offset the body starts at, total file size if announced) of a 200 or 206 response."""
+    if resp.status == 206:
+        m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", resp.headers.get("Content-Range", ""))
+        if not m or int(m.group(1)) != have:
+            raise DownloadError(
+                f"{url}: asked for bytes {have}- but got Content-Range "
+                f"{resp.headers.get('Content-Range')!r}; delete the .part file and retry"
+            )
+        return have, int(m.group(3))
+    # 200: the whole file, also when a server ignores Range; the .part restarts from zero.
+    length = resp.headers.get("Content-Length")
+    return 0, int(length) if length and length.isdigit() else None
+
+
+def _stream(
+    resp, part: Path, start: int, expected: int | None, url: str, quiet: bool, label: str
+) -> int:
+    """Append the response body to `part` from offset `start`; return the size reached."""
+    limit = expected if expected is not None else MAX_UNSIZED
+    progress = _Progress(label, expected, start, enabled=not quiet and sys.stderr.isatty())
+    done = start
+    with open(part, "r+b" if start else "wb") as f:
+        f.seek(start)
+        f.truncate()
+        while done <= limit:  # each read returns >= 1 byte or ends; `limit` bounds the total
+            try:
+                chunk = resp.read(CHUNK)
+            except (OSError, http.client.HTTPException) as e:
+                progress.close()
+                raise DownloadError(
+                    f"{url}: connection lost after {done} bytes ({e}); run the same command "
+                    f"again to resume from {part}"
+                ) from None
+            if not chunk:
+                break
+            if done + len(chunk) > limit:
+                progress.close()
+                raise DownloadError(
+                    f"{url}: size mismatch: the server sent more than the expected {limit} bytes"
+                )
+            f.write(chunk)
+            done += len(chunk)
+            progress.update(done)
+    progress.close()
+    if expected in (None, done):
+        secs = max(time.monotonic() - progress.t0, 1e-9)
+        resumed = f", resumed at {_size(start)}" if start else ""
+        _say(
+            quiet,
+            f"{part.parent / label}: fetched {_size(done)}{resumed} in {secs:.1f} s "
+            f"({(done - start) / secs / 1e6:.1f} MB/s)",
+        )
+    return done
+
+
+class _Progress:
+    """One self-overwriting stderr line: bytes, percent and speed (only on a terminal)."""
+
+    def __init__(self, label: str, total: int | None, start: int, enabled: bool):
+        self.label, self.total, self.start, self.enabled = label, total, start, enabled
+        self.t0 = self.shown = time.monotonic()
+
+    def update(self, done: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.shown < 0.2:
+            return
+        self.shown = now
+        rate = (done - self.start) / max(now - self.t0, 1e-9) / 1e6
+        pct = f"{100 * done / self.total:5.1f}%" if self.total else "     "
+        total = f"/{_size(self.total)}" if self.total else ""
+        sys.stderr.write(f"\r{self.label}  {_size(done)}{total}  {pct}  {rate:6.1f} MB/s ")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.shown > self.t0:
+            sys.stderr.write("\n")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB" if n >= 1e3 else f"{n} bytes"
+
+
+def _say(quiet: bool, text: str) -> None:
+    if not quiet:
+        print(f"llama-np: {text}", file=sys.stderr)
+
+
+class _RedirectKeepingAuthOnSameHost(urllib.request.HTTPRedirectHandler):
+    """Follow redirects, but send the token only to the host it was given for: the hub sends
+    large files on to a CDN with a signed URL, which must neither see nor need the token."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        auth = req.unredirected_hdrs.get("Authorization")
+        if new is not None and auth and _origin(newurl) == _origin(req.full_url):
+            new.add_unredirected_header("Authorization", auth)
+        return new
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme, parts.netloc
+
+
+_OPENER = urllib.request.build_opener(_RedirectKeepingAuthOnSameHost)
+
+
+def _open(url: str, headers: dict[str, str], token: str | None, timeout: float, page: str | None):
+    """GET `url`, following redirects. None when a Range request is refused (HTTP 416);
+    any other failure is a DownloadError."""
+    req = urllib.request.Request(url, headers={"User-Agent": "llama_np", **headers})
+    if token:
+        # Unredirected: urllib would otherwise copy it to every redirect target.
+        req.add_unredirected_header("Authorization", f"Bearer {token}")
+    try:
+        return _OPENER.open(req, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and "Range" in headers:
+            return None
+        raise _network_error(url, e, page) from None
+    except (OSError, http.client.HTTPException) as e:
+        raise _network_error(url, e, page) from None
+
+
+def _network_error(url: str, e: Exception, page: str | None = None) -> DownloadError:
+    """One clear error for a failed request: the URL, the HTTP status, and the fix."""
+    if not isinstance(e, urllib.error.HTTPError):
+        reason = e.reason if isinstance(e, urllib.error.URLError) else e
+        return DownloadError(
+            f"{url}: request failed: {reason}; check the network (and --endpoint / HF_ENDPOINT), "
+            f"then run the same command again (finished files are kept, partial ones resume)"
+        )
+    page = page or url
+    status = f"HTTP {e.code} {e.reason}"
+    if e.code == 401:
+        fix = (
+            "the repo does not exist, or it is gated or private: check the name; for a gated "
+            f"model create a token at https://huggingface.co/settings/tokens, set HF_TOKEN to "
+            f"it, and accept the license on {page}"
+        )
+    elif e.code == 403:
+        fix = (
+            f"your HF_TOKEN has no access to this model: accept its license on {page} (with the "
+            "account the token belongs to) and wait for the request to be granted"
+        )
+    elif e.code == 404:
+        fix = "check the repo id, the --revision and the file name"
+    elif e.code == 429:
+        fix = "rate limited by the server: wait a few minutes, then run the same command again"
+    elif e.code >= 500:
+        fix = "the server failed: run the same command again later (partial files resume)"
+    else:
+        fix = "unexpected answer from the server"
+    return DownloadError(f"{url}: {status}: {fix}")
