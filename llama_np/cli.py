@@ -9,7 +9,7 @@ import argparse
 import sys
 import time
 
-from . import DEFAULT_CHECKPOINT, load
+from . import DEFAULT_CHECKPOINT, cli_perf, load
 from .errors import LlamaNpError
 from .generate import GenerationStats, generate
 
@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="print a model's config, size and KV-cache memory")
     add_model_arg(info)
     info.set_defaults(run=run_info)
+
+    cli_perf.add_commands(commands)  # memory, profile
     return parser
 
 
