@@ -202,7 +202,7 @@ def format_report(report: MemoryReport, config: LlamaConfig, est: Estimate | Non
             f"{r.model}: L={c.n_layers} D={c.dim} H={c.n_heads} KVH={c.n_kv_heads} "
             f"HD={c.head_dim} F={c.hidden_dim} V={c.vocab_size}",
         ),
-        ("parameters", f"{r.n_params:,} ({r.n_params / 1e9:.2f} B)"),
+        ("parameters", f"{r.n_params:,} ({_count(r.n_params)})"),
         (f"weights ({r.dtype})", nbytes(r.weight_bytes)),
         (
             f"KV cache per token ({r.kv_dtype})",
@@ -235,7 +235,7 @@ def format_report(report: MemoryReport, config: LlamaConfig, est: Estimate | Non
             (
                 "  peaks",
                 f"{hw.flops / 1e12:.3g} TFLOP/s, {hw.bandwidth / 1e9:.4g} GB/s, "
-                f"ridge {hw.ridge:.0f} FLOP/byte, memory {memory}",
+                f"ridge {hw.ridge:.3g} FLOP/byte, memory {memory}",
             ),
             (f"  prefill {est.prefill.tokens:,} tokens", _phase_line(est.prefill)),
             (f"  decode at position {r.context - 1:,}", _phase_line(est.decode)),
@@ -251,6 +251,14 @@ def _phase_line(p: PhaseEstimate) -> str:
         f"{p.bound}-bound: {si(p.flops)}FLOP / {si(p.bytes)}B = "
         f"{p.intensity:,.1f} FLOP/byte"
     )
+
+
+def _count(n: int) -> str:
+    """`8.03B`, `260K`: a parameter count as models are named."""
+    for suffix, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{suffix}"
+    return str(n)
 
 
 def si(x: float) -> str:
