@@ -72,6 +72,8 @@ class Profile:
             "tokens": tokens,
             "seconds": seconds,
             "ms_per_token": 1e3 * seconds / tokens,
+            # other processes stall single steps: the median step is the typical one
+            "median_ms_per_step": 1e3 * float(np.median([s.seconds for s in steps])),
             "tokens_per_second": tokens / seconds,
             "flops": flops,
             "weight_bytes": weight_bytes,
@@ -98,7 +100,8 @@ class Profile:
 def profile_generation(
     model: Model, prompt: list[int], n_decode: int, peaks: MachinePeaks
 ) -> Profile:
-    """Prefill `prompt`, then greedily decode `n_decode` tokens, timing every call.
+    """Prefill `prompt`, then greedily decode `n_decode` tokens, timing every call (after an
+    untimed warm-up pass).
 
     Runs all `n_decode` steps even past an end-of-text token, so the profile has as many
     decode steps as asked.
@@ -114,6 +117,9 @@ def profile_generation(
         )
     result = Profile(config.name, peaks, list(prompt))
     cache = model.new_cache(len(prompt) + n_decode)
+    # Warm up, untimed: the first pass pays for page faults and BLAS thread start-up.
+    model.decode(prompt[0], model.new_cache(1))
+    model.prefill(prompt, model.new_cache(len(prompt)))
 
     t0 = time.perf_counter()
     logits = model.prefill(prompt, cache)
@@ -156,14 +162,15 @@ def format_profile(p: Profile) -> str:
         f"model {p.model}; machine peaks (measured): {peak_f:.1f} GFLOP/s float32 matmul, "
         f"{peak_b:.1f} GB/s memory bandwidth ({p.peaks.description})",
         "",
-        f"{'phase':<8} {'tokens':>6} {'ms':>9} {'ms/token':>9} {'MFLOP':>10} {'weights MB':>10} "
-        f"{'KV MB':>8} {'FLOP/B':>7} {'GFLOP/s':>8} {'GB/s':>7} {'%peak FLOP/s':>12} "
-        f"{'%peak GB/s':>10}",
+        f"{'phase':<8} {'tokens':>6} {'ms':>9} {'ms/token':>9} {'median':>7} {'MFLOP':>10} "
+        f"{'weights MB':>10} {'KV MB':>8} {'FLOP/B':>7} {'GFLOP/s':>8} {'GB/s':>7} "
+        f"{'%peak FLOP/s':>12} {'%peak GB/s':>10}",
     ]
     for name in ("prefill", "decode"):
         ph = p.phase(name)
         lines.append(
             f"{name:<8} {ph['tokens']:>6} {ph['seconds'] * 1e3:>9.2f} {ph['ms_per_token']:>9.3f} "
+            f"{ph['median_ms_per_step']:>7.3f} "
             f"{ph['flops'] / 1e6:>10.2f} {ph['weight_bytes'] / 1e6:>10.3f} "
             f"{ph['kv_bytes'] / 1e6:>8.3f} {ph['intensity']:>7.2f} "
             f"{ph['gflops_per_second']:>8.3f} {ph['gb_per_second']:>7.3f} "
@@ -171,6 +178,7 @@ def format_profile(p: Profile) -> str:
             f"{100 * ph['fraction_of_peak_bandwidth']:>9.2f}%"
         )
     lines += [
+        "(median: ms of the median step; prefill is one step of all its tokens)",
         "",
         "per step (position = the first token's; KV = cache bytes read):",
         f"{'step':>4} {'phase':<8} {'pos':>5} {'tokens':>6} {'ms':>8} {'MFLOP':>9} "
@@ -215,8 +223,10 @@ def plot_profile(p: Profile, path: Path) -> None:
         [s.start for s in decode], [1e3 * s.seconds for s in decode], ".-",
         color="tab:blue", label="decode: ms per step (one token)",
     )  # fmt: skip
-    ax_t.set(xlabel="position in the sequence", ylabel="ms per token", title="Time per token")
-    ax_t.set_ylim(bottom=0)
+    median = p.phase("decode")["median_ms_per_step"]
+    ax_t.axhline(median, color="tab:blue", ls="--", lw=1, label=f"decode median: {median:.2f} ms")
+    ax_t.set(xlabel="position in the sequence", ylabel="ms per token (log scale)")
+    ax_t.set(yscale="log", title="Time per token")
     ax_t.legend(loc="best", fontsize=8)
 
     # (b) KV-cache size: prefill writes T rows at once, decode one row per step.
@@ -248,10 +258,11 @@ def plot_profile(p: Profile, path: Path) -> None:
         [s.intensity for s in decode], [s.flops / s.seconds / 1e9 for s in decode],
         s=10, color="tab:blue", alpha=0.5, label="decode steps",
     )  # fmt: skip
-    dec = p.phase("decode")
+    typical = sorted(decode, key=lambda s: s.seconds)[len(decode) // 2]  # the median step
     ax_r.scatter(
-        [dec["intensity"]], [dec["gflops_per_second"]], s=120, marker="s", color="tab:blue",
-        edgecolor="black", label=f"decode (all): {dec['intensity']:.2f} FLOP/B",
+        [typical.intensity], [typical.flops / typical.seconds / 1e9], s=120, marker="s",
+        color="tab:blue", edgecolor="black",
+        label=f"decode (median step): {typical.intensity:.2f} FLOP/B",
     )  # fmt: skip
     ax_r.scatter(
         [prefill.intensity], [prefill.flops / prefill.seconds / 1e9], s=160, marker="*",
