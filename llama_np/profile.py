@@ -207,6 +207,7 @@ def plot_profile(p: Profile, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter
 
     prefill, decode, last = p.steps[0], p.steps[1:], p.steps[-1]
     fig, (ax_t, ax_kv, ax_r) = plt.subplots(1, 3, figsize=(16, 4.8))
@@ -227,7 +228,8 @@ def plot_profile(p: Profile, path: Path) -> None:
     ax_t.axhline(median, color="tab:blue", ls="--", lw=1, label=f"decode median: {median:.2f} ms")
     ax_t.set(xlabel="position in the sequence", ylabel="ms per token (log scale)")
     ax_t.set(yscale="log", title="Time per token")
-    ax_t.legend(loc="best", fontsize=8)
+    ax_t.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax_t.legend(loc="lower right", fontsize=8)
 
     # (b) KV-cache size: prefill writes T rows at once, decode one row per step.
     xs = [-0.5] + [s.start + s.tokens - 0.5 for s in p.steps]
