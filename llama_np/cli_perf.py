@@ -86,9 +86,19 @@ def add_commands(commands) -> None:
         metavar="PATH",
         help="checkpoint file or directory (default: the bundled stories260K)",
     )
-    prof.add_argument("-p", "--prompt", default="Once upon a time", help="prompt text")
     prof.add_argument(
-        "-n", "--n-predict", type=int, default=64, metavar="N", help="decode steps (default: 64)"
+        "-p",
+        "--prompt",
+        default="Once upon a time",
+        help="prompt text (default: 'Once upon a time')",
+    )
+    prof.add_argument(
+        "-n",
+        "--n-predict",
+        type=int,
+        default=64,
+        metavar="N",
+        help="greedy decode steps to time, run past any end token (default: 64)",
     )
     prof.add_argument(
         "--out",

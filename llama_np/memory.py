@@ -301,6 +301,12 @@ def load_config(model: str) -> LlamaConfig:
                 f"MODEL {model!r} is neither a file or directory nor a known model name; "
                 f"known: {', '.join(KNOWN_MODELS)}"
             ) from None
+    if path.is_dir() and (path / "config.json").exists():
+        # TODO(lead): read config.json through checkpoints/hf.py once it is merged.
+        raise CheckpointError(
+            f"{path}: Hugging Face directories are not supported by this calculator yet; "
+            f"pass a known model name instead (see llama_np/registry.py)"
+        )
     if path.is_dir():
         bins = [p for p in sorted(path.glob("*.bin")) if not p.name.startswith("tok")]
         if len(bins) != 1:

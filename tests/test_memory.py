@@ -141,6 +141,9 @@ def test_load_config_from_name_and_checkpoint_header(tmp_path):
     assert load_config(str(DEFAULT_CHECKPOINT)).n_layers == 5
     with pytest.raises(ConfigError, match="known model name"):
         load_config("llama-9-9b")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="Hugging Face"):
+        load_config(str(tmp_path))
     (tmp_path / "model.gguf").write_bytes(b"GGUF")
     with pytest.raises(CheckpointError, match="unknown checkpoint format"):
         load_config(str(tmp_path / "model.gguf"))
