@@ -35,8 +35,7 @@ class Step:
     seconds: float  # wall time of the Model.prefill / Model.decode call
     flops: int
     weight_bytes: int  # weights read: every matrix once, plus one embedding row per token
-    kv_bytes: int  # K and V read from the cache: every position up to the last new one
-    cache_bytes: int  # K and V held in the cache after this step
+    kv_bytes: int  # K and V read from the cache: all of it, every position up to the last new one
 
     @property
     def bytes(self) -> int:
@@ -148,7 +147,6 @@ def _step(phase: str, model: Model, start: int, tokens: int, seconds: float) -> 
         flops=forward_flops(config, tokens, start),
         weight_bytes=forward_bytes(config, tokens, start, VALUE_BYTES, kv_bytes=0),
         kv_bytes=config.kv_cache_bytes(end, bytes_per_value=VALUE_BYTES),
-        cache_bytes=config.kv_cache_bytes(end, bytes_per_value=VALUE_BYTES),
     )
 
 
@@ -231,9 +229,10 @@ def plot_profile(p: Profile, path: Path) -> None:
     ax_t.yaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax_t.legend(loc="lower right", fontsize=8)
 
-    # (b) KV-cache size: prefill writes T rows at once, decode one row per step.
+    # (b) KV-cache size: prefill writes T rows at once, decode one row per step. Each step
+    # reads the whole cache, so its kv_bytes is the cache's size after its write.
     xs = [-0.5] + [s.start + s.tokens - 0.5 for s in p.steps]
-    ys = [0] + [s.cache_bytes / 1e3 for s in p.steps]
+    ys = [0] + [s.kv_bytes / 1e3 for s in p.steps]
     ax_kv.step(xs, ys, where="post", color="tab:green", label="decode: one row per step")
     ax_kv.axvspan(
         -0.5, T - 0.5, color="tab:orange", alpha=0.15, label=f"prefill: one pass writes {T} rows"
@@ -241,7 +240,7 @@ def plot_profile(p: Profile, path: Path) -> None:
     ax_kv.set(
         xlabel="position in the sequence",
         ylabel="KV cache (kB, float32)",
-        title=f"KV-cache size: {last.cache_bytes // (last.start + last.tokens):,} bytes per token",
+        title=f"KV-cache size: {last.kv_bytes // (last.start + last.tokens):,} bytes per token",
     )
     ax_kv.set_ylim(bottom=0)
     ax_kv.legend(loc="upper left", fontsize=8)

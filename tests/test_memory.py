@@ -116,6 +116,20 @@ def test_h100_decode_memory_bound_long_prefill_compute_bound():
     assert estimate(config, h100, 8192, prompt_tokens=16).prefill.bound == "memory"
 
 
+def test_batch_shares_weight_reads_not_kv():
+    # stories260K, fp32, decode at position 511 of 4 sequences: the matmul weights
+    # (5 x (64 x (8 + 8) x 8 + 8 x 8 x 64 + 3 x 64 x 172) = 226,560) and the tied classifier
+    # (64 x 512 = 32,768) are read once; each sequence reads its embedding row (64) and its
+    # 512 positions of K/V (2 x 5 x 4 x 8 = 320 values each).
+    config = known_config("stories260K")
+    est = estimate(config, get_hardware("h100"), 512, batch=4, dtype="fp32", kv_dtype="fp32")
+    assert est.decode.bytes == 4 * (226_560 + 32_768) + 4 * 4 * (64 + 512 * 320)
+    # FLOPs: 2 per weight and per token, attention over 512 positions, classifier; x 4
+    one = 2 * 226_560 + 5 * 2 * 2 * 8 * 8 * 512 + 2 * 32_768
+    assert est.decode.flops == 4 * one
+    assert est.decode.tokens == 4
+
+
 def test_fits_in_device_memory():
     config = known_config("llama-3.1-8b")
     # 16.06 GB of weights + 16.78 GB per 128k-token sequence against 80 GB

@@ -48,7 +48,6 @@ def test_flops_and_bytes_by_hand():
     # embedding row per token; KV: 2 (K,V) x 2 layers x 1 head x 4 x 4 bytes = 64 per position
     assert [s.weight_bytes for s in p.steps] == [5632 + 3 * 32, 5632 + 32, 5632 + 32]
     assert [s.kv_bytes for s in p.steps] == [3 * 64, 4 * 64, 5 * 64]
-    assert [s.cache_bytes for s in p.steps] == [3 * 64, 4 * 64, 5 * 64]
     assert p.steps[0].intensity == pytest.approx(7808 / (5728 + 192))
     decode = p.phase("decode")
     assert decode["tokens"] == 2
