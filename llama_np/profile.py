@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import LlamaConfig
 from .costs import forward_bytes, forward_flops
 from .errors import ArgumentError, ContextLengthError
 from .machine import MachinePeaks
@@ -106,6 +107,8 @@ def profile_generation(
     decode steps as asked.
     """
     config = model.config
+    if not prompt:
+        raise ArgumentError("the prompt must have at least one token (e.g. BOS)")
     if n_decode < 1:
         raise ArgumentError(f"-n must be at least 1 decode step, got {n_decode}")
     if len(prompt) + n_decode > config.max_seq_len:
@@ -122,7 +125,7 @@ def profile_generation(
 
     t0 = time.perf_counter()
     logits = model.prefill(prompt, cache)
-    result.steps.append(_step("prefill", model, 0, len(prompt), time.perf_counter() - t0))
+    result.steps.append(_step("prefill", config, 0, len(prompt), time.perf_counter() - t0))
 
     for _ in range(n_decode):
         token = int(np.argmax(logits))  # greedy: the same text every run
@@ -130,14 +133,13 @@ def profile_generation(
         pos = cache.length
         t0 = time.perf_counter()
         logits = model.decode(token, cache)
-        result.steps.append(_step("decode", model, pos, 1, time.perf_counter() - t0))
+        result.steps.append(_step("decode", config, pos, 1, time.perf_counter() - t0))
     if model.tokenizer is not None:
         result.text = model.tokenizer.decode(result.generated)
     return result
 
 
-def _step(phase: str, model: Model, start: int, tokens: int, seconds: float) -> Step:
-    config = model.config
+def _step(phase: str, config: LlamaConfig, start: int, tokens: int, seconds: float) -> Step:
     end = start + tokens  # positions in the cache after the step, all of them read
     return Step(
         phase=phase,

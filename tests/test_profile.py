@@ -73,6 +73,8 @@ def test_rejects_too_long_and_zero_steps():
     model = tiny_model()
     with pytest.raises(ContextLengthError, match="context of 16"):
         profile_generation(model, list(range(10)), n_decode=7, peaks=PEAKS)
+    with pytest.raises(ArgumentError, match="at least one token"):
+        profile_generation(model, [], n_decode=1, peaks=PEAKS)
     with pytest.raises(ArgumentError, match="-n"):
         profile_generation(model, [1], n_decode=0, peaks=PEAKS)
 
