@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import DEFAULT_CHECKPOINT, load
+from . import DEFAULT_CHECKPOINT, cli_perf, load
 from .download import KNOWN_CHECKPOINTS, download
 from .errors import LlamaNpError
 from .generate import GenerationStats, generate
@@ -158,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--endpoint", help="hub URL (default: $HF_ENDPOINT or https://huggingface.co)")
     dl.add_argument("-q", "--quiet", action="store_true", help="no progress or file lines")
     dl.set_defaults(run=run_download)
+    cli_perf.add_commands(commands)  # memory, profile
     return parser
 
 

@@ -16,19 +16,44 @@ def matmul_params(config: LlamaConfig) -> int:
     return config.n_layers * (qkvo + 3 * D * F)
 
 
-def forward_flops(config: LlamaConfig, n_tokens: int, start: int = 0, n_logits: int = 1) -> int:
+def forward_flops(
+    config: LlamaConfig, n_tokens: int, start: int = 0, n_logits: int = 1, batch_size: int = 1
+) -> int:
     """FLOPs to run `n_tokens` tokens at positions start.. (prefill; decode is n_tokens=1).
 
     2 per multiply-add: the weight matmuls, attention (q·k over each token's visible
     positions, and probs·v), and the classifier for `n_logits` positions. Norms, RoPE and
-    softmax are O(D) per token and left out.
+    softmax are O(D) per token and left out. `batch_size` sequences each do all of it.
     """
     T, L = n_tokens, config.n_layers
     weights = 2 * T * matmul_params(config)
     visible = T * start + T * (T + 1) // 2  # sum over new tokens of positions each one sees
     attention = L * 2 * 2 * config.n_heads * config.head_dim * visible
     classifier = 2 * n_logits * config.dim * config.vocab_size
-    return weights + attention + classifier
+    return batch_size * (weights + attention + classifier)
+
+
+def forward_bytes(
+    config: LlamaConfig,
+    n_tokens: int,
+    start: int = 0,
+    weight_bytes: float = 4,
+    kv_bytes: float = 4,
+    batch_size: int = 1,
+) -> int:
+    """Bytes a forward pass of `n_tokens` tokens at positions start.. must read from memory.
+
+    Every matmul weight and the classifier once, however many tokens share them (that reuse
+    is why prefill is compute-bound), one embedding row per token, and K and V of the
+    start + n_tokens cached positions of every layer, once. With `batch_size` sequences the
+    weights are still read once, the embedding rows and KV cache once per sequence.
+    `weight_bytes` may be fractional: Q8_0 int8 is 34 bytes per 32 weights = 1.0625.
+    Norm weights (O(D) per layer) are left out.
+    """
+    weights = matmul_params(config) + config.dim * config.vocab_size
+    embedding_rows = batch_size * n_tokens * config.dim
+    kv = config.kv_cache_bytes(start + n_tokens, batch_size, bytes_per_value=1) * kv_bytes
+    return int(weights * weight_bytes + embedding_rows * weight_bytes + kv)
 
 
 def decode_bytes(
@@ -36,6 +61,4 @@ def decode_bytes(
 ) -> int:
     """Bytes one decode step at `position` must read: every matmul weight and the classifier
     once, one embedding row, and K and V of the position+1 cached positions of every layer."""
-    weights = matmul_params(config) + config.dim * config.vocab_size + config.dim
-    kv = config.kv_cache_bytes(position + 1, bytes_per_value=1) * kv_bytes
-    return int(weights * weight_bytes + kv)
+    return forward_bytes(config, 1, position, weight_bytes, kv_bytes)

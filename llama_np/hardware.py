@@ -1,0 +1,100 @@
+"""Peak FLOP/s, memory bandwidth and memory size of some devices, for roofline estimates.
+
+A roofline says a phase can go no faster than its FLOPs ÷ peak FLOP/s (compute) nor its bytes
+÷ bandwidth (memory); whichever is slower bounds it. Published figures are peaks, dense (no
+2:4 sparsity), at the precision a model runs in on that device; real kernels reach 50-80%.
+"this-machine" is measured (see machine.py) with the float32 NumPy that runs llama_np.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from . import machine
+from .errors import ArgumentError
+
+
+@dataclass(frozen=True)
+class Hardware:
+    name: str
+    flops: float  # peak FLOP/s of matrix-matrix products
+    bandwidth: float  # bytes/s from device memory
+    memory_bytes: int | None  # device memory; None if unknown
+    description: str
+
+    @property
+    def ridge(self) -> float:
+        """FLOPs per byte where compute and memory take equally long: below it, memory-bound."""
+        return self.flops / self.bandwidth
+
+
+GB = 10**9  # vendors quote decimal gigabytes, for memory size and for bandwidth
+TB = 10**12
+
+PRESETS: dict[str, Hardware] = {
+    h.name: h
+    for h in [
+        # Apple M2 (MacBook Air 2022), CPU only. 100 GB/s unified LPDDR5 and 8/16/24 GB are
+        # Apple's figures (apple.com newsroom, 2022-06-06); we take the 16 GB configuration.
+        # Apple publishes no CPU FLOP/s: 4 performance cores × 3.49 GHz × 32 float32 FLOP per
+        # cycle (4 NEON FMA pipes × 4 lanes × 2) = 447 GFLOP/s, derived, NEON only (the AMX
+        # matrix unit that Accelerate's BLAS uses is faster but undocumented).
+        Hardware(
+            "laptop-m2", 447e9, 100 * GB, 16 * GB, "Apple M2 laptop CPU, float32 NEON (derived)"
+        ),
+        # NVIDIA H100 SXM5 datasheet: BF16 Tensor Core 989 TFLOP/s dense (1979 with sparsity),
+        # HBM3 3.35 TB/s, 80 GB.
+        Hardware("h100", 989 * TB, 3.35 * TB, 80 * GB, "NVIDIA H100 SXM, bf16 Tensor Core"),
+        # NVIDIA A100 80GB SXM datasheet: BF16 Tensor Core 312 TFLOP/s dense, HBM2e 2,039 GB/s.
+        Hardware(
+            "a100-80gb", 312 * TB, 2039 * GB, 80 * GB, "NVIDIA A100 80GB SXM, bf16 Tensor Core"
+        ),
+        # NVIDIA Ada (RTX 4090) whitepaper: BF16 Tensor with FP32 accumulate 165.2 TFLOP/s dense,
+        # GDDR6X 1,008 GB/s, 24 GB.
+        Hardware(
+            "rtx-4090", 165.2 * TB, 1008 * GB, 24 * GB, "NVIDIA GeForce RTX 4090, bf16 Tensor"
+        ),
+        # Google Cloud TPU v5e docs: 197 TFLOP/s bf16 per chip, HBM2 16 GB at 819 GB/s.
+        Hardware("tpu-v5e", 197 * TB, 819 * GB, 16 * GB, "Google TPU v5e (one chip), bf16"),
+    ]
+}
+THIS_MACHINE = "this-machine"
+NAMES = (THIS_MACHINE, *PRESETS)
+
+
+def this_machine() -> Hardware:
+    """This machine: float32 matmul FLOP/s and bandwidth measured by NumPy, and its RAM."""
+    peaks = machine.peaks()
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        ram = None  # not a POSIX system
+    return Hardware(
+        THIS_MACHINE,
+        peaks.matmul_flops,
+        peaks.memory_bandwidth,
+        ram,
+        f"this machine ({peaks.description}), float32 NumPy, measured",
+    )
+
+
+def get_hardware(name: str) -> Hardware:
+    """A preset by name (case-insensitive); "this-machine" measures this machine (cached)."""
+    key = name.lower()
+    if key == THIS_MACHINE:
+        return this_machine()
+    if key in PRESETS:
+        return PRESETS[key]
+    raise ArgumentError(f"unknown hardware {name!r}; known: {', '.join(NAMES)}")
+
+
+def custom_hardware(flops: float, bandwidth: float, memory_bytes: int | None = None) -> Hardware:
+    """Hardware from figures given by the user (FLOP/s, bytes/s, bytes)."""
+    if not (flops > 0 and bandwidth > 0):
+        raise ArgumentError(
+            f"--flops and --bandwidth must both be > 0, got {flops} and {bandwidth}"
+        )
+    if memory_bytes is not None and memory_bytes <= 0:
+        raise ArgumentError(f"--device-memory must be > 0 bytes, got {memory_bytes}")
+    return Hardware("custom", flops, bandwidth, memory_bytes, "custom figures")

@@ -1,0 +1,322 @@
+"""How much memory a Llama model needs, and how fast prefill and decode can be on a device.
+
+From the config alone: parameters, the bytes of the weights in a storage dtype, the bytes of
+the KV cache per token and at a context length, and what grouped-query attention (GQA) saves
+against full multi-head attention. With a `hardware.Hardware`, a roofline estimate of prefill
+and decode time per token, which resource bounds each, and whether it all fits.
+
+The worked example (Llama 3.1 8B, 32 layers, 8 KV heads, head dim 128, 2-byte entries) at
+128,000 tokens: 2 (K and V) × 32 × 128000 × 8 × 128 = 8,388,608,000 values = 16,777,216,000
+bytes = 15.625 GiB of KV cache, for one sequence, on top of 16 GB of bf16 weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .checkpoints.llama2c import read_header
+from .config import LlamaConfig
+from .costs import forward_bytes, forward_flops
+from .errors import ArgumentError, CheckpointError, ConfigError
+from .hardware import Hardware
+from .registry import KNOWN_MODELS, known_config
+
+# Bytes per value. int8 is Q8_0 (llama.cpp, llama2.c's export): groups of 32 int8 weights with
+# one 2-byte scale each, 34 bytes per 32 weights; norm weights stay float32.
+Q8_GROUP, Q8_GROUP_BYTES = 32, 34
+WEIGHT_DTYPES: dict[str, float] = {
+    "fp32": 4.0,
+    "bf16": 2.0,
+    "fp16": 2.0,
+    "int8": Q8_GROUP_BYTES / Q8_GROUP,
+}
+KV_DTYPES: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2}
+DEFAULT_DTYPE = "bf16"  # what Llama checkpoints are published in
+DEFAULT_KV_DTYPE = "bf16"  # what GPU engines keep the cache in (llama_np itself uses fp32)
+
+
+def norm_params(config: LlamaConfig) -> int:
+    """Parameters in RMSNorm weights: two (D,) per layer and the final one."""
+    return (2 * config.n_layers + 1) * config.dim
+
+
+def weight_bytes(config: LlamaConfig, dtype: str = DEFAULT_DTYPE) -> int:
+    """Bytes of all weights stored as `dtype` (a tied embedding/classifier counted once)."""
+    _check_dtype(dtype, WEIGHT_DTYPES, "--dtype")
+    if dtype == "int8":
+        matrices = config.n_params - norm_params(config)
+        groups = -(-matrices // Q8_GROUP)  # rounded up
+        return groups * Q8_GROUP_BYTES + norm_params(config) * 4
+    return config.n_params * int(WEIGHT_DTYPES[dtype])
+
+
+@dataclass(frozen=True)
+class MemoryReport:
+    model: str
+    n_params: int
+    dtype: str
+    weight_bytes: int
+    kv_dtype: str
+    context: int
+    batch: int
+    kv_bytes_per_token: int  # one position of one sequence, all layers, K and V
+    kv_values: int  # values in the cache at `context` positions × `batch` sequences
+    kv_bytes: int
+    total_bytes: int  # weights + KV cache
+    mha_kv_bytes: int  # the KV cache if every query head had its own K/V head
+    gqa_saved_bytes: int  # mha_kv_bytes - kv_bytes
+
+
+def memory_report(
+    config: LlamaConfig,
+    context: int | None = None,
+    batch: int = 1,
+    dtype: str = DEFAULT_DTYPE,
+    kv_dtype: str = DEFAULT_KV_DTYPE,
+) -> MemoryReport:
+    """Weights and KV cache of `config` at `context` tokens (default: its max_seq_len)."""
+    context = config.max_seq_len if context is None else context
+    _check_positive(context=context, batch=batch)
+    _check_dtype(kv_dtype, KV_DTYPES, "--kv-dtype")
+    kv_size = KV_DTYPES[kv_dtype]
+    weights = weight_bytes(config, dtype)
+    kv = config.kv_cache_bytes(context, batch, kv_size)
+    mha = config.replace(n_kv_heads=config.n_heads).kv_cache_bytes(context, batch, kv_size)
+    return MemoryReport(
+        model=config.name,
+        n_params=config.n_params,
+        dtype=dtype,
+        weight_bytes=weights,
+        kv_dtype=kv_dtype,
+        context=context,
+        batch=batch,
+        kv_bytes_per_token=config.kv_cache_bytes(1, 1, kv_size),
+        kv_values=config.kv_cache_bytes(context, batch, 1),
+        kv_bytes=kv,
+        total_bytes=weights + kv,
+        mha_kv_bytes=mha,
+        gqa_saved_bytes=mha - kv,
+    )
+
+
+# ---------------------------------------------------------------- roofline estimate
+
+
+@dataclass(frozen=True)
+class PhaseEstimate:
+    phase: str  # "prefill" | "decode"
+    tokens: int  # tokens processed in the pass, all sequences
+    flops: int
+    bytes: int
+    intensity: float  # FLOPs per byte
+    compute_seconds: float  # flops / peak FLOP/s
+    memory_seconds: float  # bytes / bandwidth
+    seconds: float  # the larger of the two: the roofline's lower bound on time
+    seconds_per_token: float
+    bound: str  # "compute" | "memory"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    hardware: Hardware
+    prefill: PhaseEstimate
+    decode: PhaseEstimate
+    fits: bool | None  # weights + KV cache within device memory; None if memory unknown
+
+
+def estimate(
+    config: LlamaConfig,
+    hardware: Hardware,
+    context: int | None = None,
+    prompt_tokens: int | None = None,
+    batch: int = 1,
+    dtype: str = DEFAULT_DTYPE,
+    kv_dtype: str = DEFAULT_KV_DTYPE,
+) -> Estimate:
+    """Roofline times: prefill of a `prompt_tokens` prompt (default: the whole context) per
+    sequence, and one decode step at the last position of the context, for `batch` sequences.
+    """
+    report = memory_report(config, context, batch, dtype, kv_dtype)
+    context = report.context
+    prompt_tokens = context if prompt_tokens is None else prompt_tokens
+    _check_positive(prompt_tokens=prompt_tokens)
+    w, kv = WEIGHT_DTYPES[dtype], KV_DTYPES[kv_dtype]
+    prefill = _phase(
+        "prefill",
+        batch * prompt_tokens,
+        forward_flops(config, prompt_tokens, 0, 1, batch),
+        forward_bytes(config, prompt_tokens, 0, w, kv, batch),
+        hardware,
+    )
+    decode = _phase(
+        "decode",
+        batch,
+        forward_flops(config, 1, context - 1, 1, batch),
+        forward_bytes(config, 1, context - 1, w, kv, batch),
+        hardware,
+    )
+    fits = None if hardware.memory_bytes is None else report.total_bytes <= hardware.memory_bytes
+    return Estimate(hardware, prefill, decode, fits)
+
+
+def _phase(phase: str, tokens: int, flops: int, nbytes: int, hw: Hardware) -> PhaseEstimate:
+    compute, memory = flops / hw.flops, nbytes / hw.bandwidth
+    seconds = max(compute, memory)
+    return PhaseEstimate(
+        phase,
+        tokens,
+        flops,
+        nbytes,
+        flops / nbytes,
+        compute,
+        memory,
+        seconds,
+        seconds / tokens,
+        "compute" if compute >= memory else "memory",
+    )
+
+
+# ---------------------------------------------------------------- output
+
+
+def to_json(report: MemoryReport, est: Estimate | None = None) -> dict:
+    """A plain dict for json.dumps: the report, and the estimate when given."""
+    out = asdict(report)
+    if est is not None:
+        out["hardware"] = asdict(est.hardware)
+        out["prefill"] = asdict(est.prefill)
+        out["decode"] = asdict(est.decode)
+        out["fits_in_device_memory"] = est.fits
+    return out
+
+
+def format_report(report: MemoryReport, config: LlamaConfig, est: Estimate | None = None) -> str:
+    """The human-readable table `llama-np memory` prints."""
+    c, r = config, report
+    kv_b = KV_DTYPES[r.kv_dtype]
+    seqs = f" × {r.batch} sequences" if r.batch > 1 else ""
+    rows = [
+        (
+            "model",
+            f"{r.model}: L={c.n_layers} D={c.dim} H={c.n_heads} KVH={c.n_kv_heads} "
+            f"HD={c.head_dim} F={c.hidden_dim} V={c.vocab_size}",
+        ),
+        ("parameters", f"{r.n_params:,} ({_count(r.n_params)})"),
+        (f"weights ({r.dtype})", nbytes(r.weight_bytes)),
+        (
+            f"KV cache per token ({r.kv_dtype})",
+            f"2 × {c.n_layers} × {c.n_kv_heads} × {c.head_dim} × {kv_b} = "
+            f"{nbytes(r.kv_bytes_per_token)}",
+        ),
+        (
+            f"KV cache at {r.context:,} tokens{seqs}",
+            f"2 × {c.n_layers} × {r.context * r.batch} × {c.n_kv_heads} × {c.head_dim} = "
+            f"{r.kv_values:,} values = {nbytes(r.kv_bytes)}",
+        ),
+        ("total (weights + KV cache)", nbytes(r.total_bytes)),
+    ]
+    if c.n_kv_heads < c.n_heads:
+        rows.append(
+            (
+                f"GQA saves ({c.n_kv_heads} KV heads, not {c.n_heads})",
+                f"{nbytes(r.gqa_saved_bytes)} of {nbytes(r.mha_kv_bytes)} multi-head KV cache "
+                f"({r.mha_kv_bytes / r.kv_bytes:.0f}× smaller)",
+            )
+        )
+    else:
+        rows.append(("GQA saves", "nothing: multi-head attention (KVH = H)"))
+    if est is not None:
+        hw = est.hardware
+        memory = "unknown" if hw.memory_bytes is None else nbytes(hw.memory_bytes)
+        fits = {None: "unknown", True: "yes", False: "NO"}[est.fits]
+        rows += [
+            ("hardware", f"{hw.name}: {hw.description}"),
+            (
+                "  peaks",
+                f"{hw.flops / 1e12:.3g} TFLOP/s, {hw.bandwidth / 1e9:.4g} GB/s, "
+                f"ridge {hw.ridge:.3g} FLOP/byte, memory {memory}",
+            ),
+            (f"  prefill {est.prefill.tokens:,} tokens", _phase_line(est.prefill)),
+            (f"  decode at position {r.context - 1:,}", _phase_line(est.decode)),
+            ("  weights + KV cache fit in memory", fits),
+        ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _phase_line(p: PhaseEstimate) -> str:
+    return (
+        f"{p.seconds_per_token * 1e3:.4g} ms/token ({p.tokens / p.seconds:,.0f} tokens/s), "
+        f"{p.bound}-bound: {si(p.flops)}FLOP / {si(p.bytes)}B = "
+        f"{p.intensity:,.1f} FLOP/byte"
+    )
+
+
+def _count(n: int) -> str:
+    """`8.03B`, `260K`: a parameter count as models are named."""
+    for suffix, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{suffix}"
+    return str(n)
+
+
+def si(x: float) -> str:
+    """`6.08 P`: 3 significant digits and a decimal SI prefix (append the unit)."""
+    for prefix, size in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= size:
+            return f"{x / size:.3g} {prefix}"
+    return f"{x:.3g} "
+
+
+def nbytes(n: int) -> str:
+    """`16,777,216,000 bytes (15.625 GiB)`: exact bytes and binary units."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n:,} bytes ({n / size:.5g} {unit})"
+    return f"{n:,} bytes"
+
+
+def _check_dtype(dtype: str, table: dict, flag: str) -> None:
+    if dtype not in table:
+        raise ArgumentError(f"{flag} must be one of {', '.join(table)}, got {dtype!r}")
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if not (isinstance(value, int) and value > 0):
+            raise ArgumentError(
+                f"--{name.replace('_', '-')} must be a positive integer, got {value!r}"
+            )
+
+
+def load_config(model: str) -> LlamaConfig:
+    """The config of a known model name, or of a checkpoint path (its header only, no weights)."""
+    path = Path(model)
+    if not path.exists():
+        try:
+            return known_config(model)
+        except ConfigError:
+            raise ConfigError(
+                f"MODEL {model!r} is neither a file or directory nor a known model name; "
+                f"known: {', '.join(KNOWN_MODELS)}"
+            ) from None
+    if path.is_dir() and (path / "config.json").exists():
+        # TODO(lead): read config.json through checkpoints/hf.py once it is merged.
+        raise CheckpointError(
+            f"{path}: Hugging Face directories are not supported by this calculator yet; "
+            f"pass a known model name instead (see llama_np/registry.py)"
+        )
+    if path.is_dir():
+        bins = [p for p in sorted(path.glob("*.bin")) if not p.name.startswith("tok")]
+        if len(bins) != 1:
+            raise CheckpointError(
+                f"{path}: expected exactly one llama2.c checkpoint (.bin, not tok*.bin) in the "
+                f"directory, found {len(bins)}; pass the file itself or a known model name"
+            )
+        path = bins[0]
+    if path.suffix != ".bin":
+        raise CheckpointError(
+            f"{path}: unknown checkpoint format (expected a llama2.c .bin, or a known model name)"
+        )
+    return read_header(path)[1]

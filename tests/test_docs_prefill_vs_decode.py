@@ -1,0 +1,86 @@
+"""docs/prefill_vs_decode.md: every command in it still prints what the page shows.
+
+`>>>` examples run as doctests. `$ llama-np memory ...` blocks must print exactly the lines
+shown, except the measured `hardware` lines of `--hardware this-machine`. `$ ... llama-np
+profile ...` blocks are timed on the machine that wrote the page, so only their
+machine-independent columns (tokens, FLOPs, bytes, FLOP/B) are checked.
+"""
+
+import doctest
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from llama_np import machine
+from llama_np.cli import main
+from llama_np.machine import MachinePeaks
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "prefill_vs_decode.md"
+
+
+def console_commands() -> list[tuple[str, list[str]]]:
+    """(command, the output lines shown under it) for every `$` line in ```console blocks."""
+    commands = []
+    for block in re.findall(r"```console\n(.*?)```", DOC.read_text(), flags=re.S):
+        for chunk in re.split(r"^\$ ", block, flags=re.M)[1:]:
+            command, *output = chunk.rstrip("\n").split("\n")
+            commands.append((command, output))
+    return commands
+
+
+def run(argv: list[str], capsys) -> list[str]:
+    assert main(argv) == 0
+    return capsys.readouterr().out.rstrip("\n").split("\n")
+
+
+def test_doctests():
+    result = doctest.testfile(
+        str(DOC), module_relative=False, optionflags=doctest.NORMALIZE_WHITESPACE
+    )
+    assert result.attempted > 20 and result.failed == 0
+
+
+MEMORY = [(c, out) for c, out in console_commands() if c.startswith("llama-np memory")]
+PROFILE = [(c, out) for c, out in console_commands() if " llama-np profile " in f" {c} "]
+
+
+def test_doc_has_the_commands():
+    assert len(MEMORY) >= 6 and len(PROFILE) == 2
+    assert "llama-np memory llama-3.1-8b --context 128000" in [c for c, _ in MEMORY]
+
+
+@pytest.mark.parametrize("command, shown", MEMORY, ids=[c[16:] for c, _ in MEMORY])
+def test_memory_output_is_what_the_doc_shows(command, shown, capsys, monkeypatch):
+    argv = shlex.split(command)[1:]
+    monkeypatch.setattr(machine, "peaks", lambda: MachinePeaks(1e11, 1e10, "test"))
+    printed = run(argv, capsys)
+    if "this-machine" in argv:  # the hardware lines are this machine's measurements
+        cut = next(i for i, line in enumerate(shown) if line.startswith("hardware"))
+        shown, printed = shown[:cut], printed[:cut]
+    assert printed == shown
+
+
+@pytest.mark.parametrize("command, shown", PROFILE, ids=["short prompt", "long prompt"])
+def test_profile_counts_are_what_the_doc_shows(command, shown, capsys, monkeypatch, tmp_path):
+    argv = shlex.split(command)
+    argv = argv[argv.index("llama-np") + 1 :]
+    argv[argv.index("--out") + 1] = str(tmp_path)  # never overwrite the doc's pictures
+    monkeypatch.setattr(machine, "peaks", lambda: MachinePeaks(1e11, 1e10, "test"))
+    printed = run(argv, capsys)
+
+    def counts(lines: list[str]) -> dict[str, list[str]]:
+        # phase, tokens, MFLOP, weights MB, KV MB, FLOP/B: columns 0, 1, 5, 6, 7, 8
+        rows = [line.split() for line in lines if re.match(r"(prefill|decode) +\d+ ", line)]
+        return {r[0]: [r[1], *r[5:9]] for r in rows}
+
+    assert counts(shown).keys() == {"prefill", "decode"}
+    assert counts(printed) == counts(shown)
+    prompt_lines = [line for line in shown if line.startswith("prompt: ")]
+    assert all(line in printed for line in prompt_lines)
+
+
+def test_pictures_exist():
+    for name in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", DOC.read_text()):
+        assert (DOC.parent / name).read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,195 @@
+"""The memory and roofline calculator against values computed by hand from published configs."""
+
+import json
+
+import pytest
+
+from llama_np import machine
+from llama_np.cli import main
+from llama_np.errors import ArgumentError, CheckpointError, ConfigError
+from llama_np.hardware import PRESETS, custom_hardware, get_hardware
+from llama_np.machine import MachinePeaks
+from llama_np.memory import estimate, load_config, memory_report, weight_bytes
+from llama_np.registry import known_config
+
+GIB = 2**30
+
+
+def test_worked_example_llama31_8b_at_128k():
+    r = memory_report(known_config("llama-3.1-8b"), context=128000, kv_dtype="bf16")
+    assert r.kv_values == 2 * 32 * 128000 * 8 * 128 == 8_388_608_000
+    assert r.kv_bytes == 16_777_216_000
+    assert r.kv_bytes / GIB == 15.625
+    assert r.kv_bytes_per_token == 2 * 32 * 8 * 128 * 2 == 131_072
+    assert r.n_params == 8_030_261_248  # Meta's published count
+    assert r.weight_bytes == 2 * 8_030_261_248
+    assert r.total_bytes == 16_060_522_496 + 16_777_216_000
+    # multi-head attention would keep 32 K/V heads instead of 8: 4x the cache
+    assert r.mha_kv_bytes == 4 * 16_777_216_000
+    assert r.gqa_saved_bytes == 3 * 16_777_216_000
+
+
+@pytest.mark.parametrize(
+    "name, context, n_params, kv_per_token_fp16, mha_factor",
+    [
+        # Llama 2 7B: multi-head, 32 K/V heads of 128
+        ("llama-2-7b", 4096, 6_738_415_616, 2 * 32 * 32 * 128 * 2, 1),
+        # Llama 2 70B: 80 layers, 8 K/V heads for 64 query heads
+        ("llama-2-70b", 4096, 68_976_648_192, 2 * 80 * 8 * 128 * 2, 8),
+        # TinyLlama 1.1B: 22 layers, 4 K/V heads of 64 for 32 query heads
+        ("tinyllama-1.1b", 2048, 1_100_048_384, 2 * 22 * 4 * 64 * 2, 8),
+        # stories260K: 5 layers, 4 K/V heads of 8 for 8 query heads, tied embeddings
+        ("stories260K", 512, 260_032, 2 * 5 * 4 * 8 * 2, 2),
+    ],
+)
+def test_models_mha_and_gqa(name, context, n_params, kv_per_token_fp16, mha_factor):
+    r = memory_report(known_config(name), context=context, kv_dtype="fp16")
+    assert r.n_params == n_params
+    assert r.kv_bytes_per_token == kv_per_token_fp16
+    assert r.kv_bytes == kv_per_token_fp16 * context
+    assert r.mha_kv_bytes == mha_factor * r.kv_bytes
+    assert r.gqa_saved_bytes == (mha_factor - 1) * r.kv_bytes
+    r32 = memory_report(known_config(name), context=context, batch=3, kv_dtype="fp32")
+    assert r32.kv_bytes == 2 * kv_per_token_fp16 * context * 3
+
+
+def test_llama2_7b_mha_vs_70b_gqa():
+    # 70B has 10x the parameters of 7B but a smaller KV cache per token (8 K/V heads not 32)
+    small = memory_report(known_config("llama-2-7b"), 4096)
+    big = memory_report(known_config("llama-2-70b"), 4096)
+    assert small.kv_bytes == 2 * GIB  # 524,288 bytes x 4096
+    assert big.kv_bytes == 1_342_177_280  # 327,680 bytes x 4096 = 1.25 GiB
+    assert small.gqa_saved_bytes == 0
+
+
+# (n_params, norm weights = (2L + 1) x D) for weights in each dtype
+STORIES260K = (260_032, 11 * 64)
+TINYLLAMA = (1_100_048_384, 45 * 2048)
+
+
+@pytest.mark.parametrize(
+    "name, dtype, expected",
+    [
+        ("stories260K", "fp32", 4 * 260_032),
+        ("stories260K", "bf16", 2 * 260_032),
+        ("stories260K", "fp16", 2 * 260_032),
+        # Q8_0: (260,032 - 704) / 32 = 8,104 groups of 34 bytes, norms in float32
+        ("stories260K", "int8", 8_104 * 34 + 704 * 4),
+        ("tinyllama-1.1b", "fp32", 4 * 1_100_048_384),
+        ("tinyllama-1.1b", "bf16", 2 * 1_100_048_384),
+        # (1,100,048,384 - 92,160) / 32 = 34,373,632 groups
+        ("tinyllama-1.1b", "int8", 34_373_632 * 34 + 92_160 * 4),
+        ("llama-3.1-8b", "fp16", 16_060_522_496),
+        # (8,030,261,248 - 65 x 4096) / 32 = 250,937,344 groups
+        ("llama-3.1-8b", "int8", 250_937_344 * 34 + 65 * 4096 * 4),
+    ],
+)
+def test_weight_bytes_per_dtype(name, dtype, expected):
+    assert weight_bytes(known_config(name), dtype) == expected
+
+
+def test_bad_dtypes_and_sizes():
+    config = known_config("stories260K")
+    with pytest.raises(ArgumentError, match="--dtype"):
+        weight_bytes(config, "int4")
+    with pytest.raises(ArgumentError, match="--kv-dtype"):
+        memory_report(config, kv_dtype="int8")
+    with pytest.raises(ArgumentError, match="--context"):
+        memory_report(config, context=0)
+
+
+def test_h100_decode_memory_bound_long_prefill_compute_bound():
+    config = known_config("llama-3.1-8b")
+    h100 = get_hardware("H100")
+    est = estimate(config, h100, context=8192, prompt_tokens=4096)
+    assert est.decode.bound == "memory"
+    assert est.prefill.bound == "compute"
+    # decode at position 8191 reads the bf16 matmul weights, the classifier, one embedding
+    # row and 8192 positions of KV cache: 2 bytes each
+    matmul = 32 * (4096 * (32 + 16) * 128 + 32 * 128 * 4096 + 3 * 4096 * 14336)
+    decode_bytes = 2 * (matmul + 4096 * 128256 + 4096) + 8192 * 131072
+    assert est.decode.bytes == decode_bytes
+    assert est.decode.seconds == pytest.approx(decode_bytes / 3.35e12)
+    assert est.prefill.seconds == pytest.approx(est.prefill.flops / 989e12)
+    assert est.fits
+    # a 16-token prompt does too little work per weight byte (16 FLOPs/2 bytes < ridge 295)
+    assert estimate(config, h100, 8192, prompt_tokens=16).prefill.bound == "memory"
+
+
+def test_batch_shares_weight_reads_not_kv():
+    # stories260K, fp32, decode at position 511 of 4 sequences: the matmul weights
+    # (5 x (64 x (8 + 8) x 8 + 8 x 8 x 64 + 3 x 64 x 172) = 226,560) and the tied classifier
+    # (64 x 512 = 32,768) are read once; each sequence reads its embedding row (64) and its
+    # 512 positions of K/V (2 x 5 x 4 x 8 = 320 values each).
+    config = known_config("stories260K")
+    est = estimate(config, get_hardware("h100"), 512, batch=4, dtype="fp32", kv_dtype="fp32")
+    assert est.decode.bytes == 4 * (226_560 + 32_768) + 4 * 4 * (64 + 512 * 320)
+    # FLOPs: 2 per weight and per token, attention over 512 positions, classifier; x 4
+    one = 2 * 226_560 + 5 * 2 * 2 * 8 * 8 * 512 + 2 * 32_768
+    assert est.decode.flops == 4 * one
+    assert est.decode.tokens == 4
+
+
+def test_fits_in_device_memory():
+    config = known_config("llama-3.1-8b")
+    # 16.06 GB of weights + 16.78 GB per 128k-token sequence against 80 GB
+    assert estimate(config, get_hardware("h100"), 128000, batch=3).fits
+    assert not estimate(config, get_hardware("h100"), 128000, batch=4).fits
+    assert not estimate(config, get_hardware("tpu-v5e"), 128000).fits
+    assert estimate(config, custom_hardware(1e12, 1e11), 128000).fits is None
+
+
+def test_presets_have_published_figures():
+    assert PRESETS["h100"].flops == 989e12 and PRESETS["h100"].bandwidth == 3.35e12
+    assert PRESETS["tpu-v5e"].memory_bytes == 16e9 and PRESETS["tpu-v5e"].bandwidth == 819e9
+    with pytest.raises(ArgumentError, match="unknown hardware"):
+        get_hardware("cray-1")
+
+
+def test_load_config_from_name_and_checkpoint_header(tmp_path):
+    from llama_np import DEFAULT_CHECKPOINT
+
+    assert load_config("LLAMA-3.1-8B").n_layers == 32
+    from_file = load_config(str(DEFAULT_CHECKPOINT / "stories260K.bin"))
+    assert (from_file.dim, from_file.n_kv_heads, from_file.vocab_size) == (64, 4, 512)
+    assert load_config(str(DEFAULT_CHECKPOINT)).n_layers == 5
+    with pytest.raises(ConfigError, match="known model name"):
+        load_config("llama-9-9b")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="Hugging Face"):
+        load_config(str(tmp_path))
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    with pytest.raises(CheckpointError, match="unknown checkpoint format"):
+        load_config(str(tmp_path / "model.gguf"))
+
+
+def test_cli_json_worked_example(capsys):
+    assert main(["memory", "llama-3.1-8b", "--context", "128000", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["kv_bytes"] == 16777216000
+    assert out["kv_values"] == 8388608000
+    assert out["kv_dtype"] == "bf16"  # the default: 2-byte entries
+    assert "prefill" not in out
+
+
+def test_cli_json_with_hardware(capsys, monkeypatch):
+    monkeypatch.setattr(machine, "peaks", lambda: MachinePeaks(100e9, 10e9, "test machine"))
+    assert main(["memory", "stories15M", "--hardware", "this-machine", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["hardware"]["flops"] == 100e9
+    assert out["decode"]["bound"] == "memory"
+    assert out["fits_in_device_memory"] in (True, None)
+    argv = ["memory", "stories15M", "--flops", "1e12", "--bandwidth", "1e11", "--json"]
+    assert main([*argv, "--device-memory", "1e6"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["hardware"]["name"] == "custom"
+    assert out["fits_in_device_memory"] is False  # 30 MB of weights in 1 MB
+
+
+def test_cli_table_and_errors(capsys):
+    assert main(["memory", "llama-3.1-8b", "--context", "128000", "--hardware", "h100"]) == 0
+    out = capsys.readouterr().out
+    assert "8,388,608,000 values = 16,777,216,000 bytes (15.625 GiB)" in out
+    assert "compute-bound" in out and "memory-bound" in out
+    assert main(["memory", "llama-3.1-8b", "--flops", "1e12"]) == 1
+    assert "--flops and --bandwidth go together" in capsys.readouterr().err
