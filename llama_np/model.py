@@ -88,12 +88,17 @@ class Model:
 
     @classmethod
     def from_tensors(
-        cls, config: LlamaConfig, tensors: Mapping[str, np.ndarray], tokenizer=None
+        cls,
+        config: LlamaConfig,
+        tensors: Mapping[str, np.ndarray],
+        tokenizer=None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> Model:
         """Build a model from checkpoint tensors named as in `tensor_names` ((out, in) shapes).
 
         Tensors may be float32, float16 or bfloat16 (dtypes.BFLOAT16), e.g. memory-mapped from
         the file. Checks every name and shape, converts to float32, fuses q/k/v and gate/up.
+        `progress(layers_done, n_layers)`, if given, is called after each layer is converted.
         """
         expected = tensor_names(config)
         missing = [n for n in expected if n not in tensors]
@@ -136,6 +141,8 @@ class Model:
                     w_down=fused(p + "feed_forward.w2.weight"),
                 )
             )
+            if progress is not None:
+                progress(i + 1, config.n_layers)
         embedding = np.ascontiguousarray(f32("tok_embeddings.weight"))
         classifier = embedding.T if config.tie_embeddings else fused("output.weight")
         weights = Weights(embedding, layers, f32("norm.weight"), classifier)
