@@ -115,12 +115,13 @@ def config_from_hf(
     for flag in ("attention_bias", "mlp_bias"):
         if cfg.get(flag):
             raise ConfigError(f"{source}: {flag}=true is not supported (Llama has no biases)")
-    try:
-        dim, n_heads = cfg["hidden_size"], cfg["num_attention_heads"]
-        n_layers, hidden_dim = cfg["num_hidden_layers"], cfg["intermediate_size"]
-        vocab_size = cfg["vocab_size"]
-    except KeyError as e:
-        raise ConfigError(f"{source}: missing key {e.args[0]!r}") from None
+    required = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size")
+    for key in (*required, "vocab_size"):
+        if not isinstance(cfg.get(key), int) or isinstance(cfg[key], bool):
+            raise ConfigError(f"{source}: {key} must be an integer, found {cfg.get(key)!r}")
+    dim, n_heads = cfg["hidden_size"], cfg["num_attention_heads"]
+    n_layers, hidden_dim = cfg["num_hidden_layers"], cfg["intermediate_size"]
+    vocab_size = cfg["vocab_size"]
 
     # transformers 5 keeps theta and scaling together in rope_parameters; the Hub's configs
     # have a top-level rope_theta and an optional rope_scaling.
