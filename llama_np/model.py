@@ -98,7 +98,7 @@ class Model:
 
         Tensors may be float32, float16 or bfloat16 (dtypes.BFLOAT16), e.g. memory-mapped from
         the file. Checks every name and shape, converts to float32, fuses q/k/v and gate/up.
-        `progress(layers_done, n_layers)`, if given, is called after each layer is converted.
+        `progress(tensors_done, n_tensors)`, if given, is called after each tensor is converted.
         """
         expected = tensor_names(config)
         missing = [n for n in expected if n not in tensors]
@@ -116,8 +116,15 @@ class Model:
                     f"from the config"
                 )
 
+        converted = 0
+
         def f32(name: str) -> np.ndarray:
-            return to_float32(tensors[name])
+            nonlocal converted
+            array = to_float32(tensors[name])
+            converted += 1
+            if progress is not None:
+                progress(converted, len(expected))
+            return array
 
         def fused(*names: str) -> np.ndarray:
             # Stack (out, in) matrices along `out`, then view as (in, out): x @ W then reads
@@ -141,8 +148,6 @@ class Model:
                     w_down=fused(p + "feed_forward.w2.weight"),
                 )
             )
-            if progress is not None:
-                progress(i + 1, config.n_layers)
         embedding = np.ascontiguousarray(f32("tok_embeddings.weight"))
         classifier = embedding.T if config.tie_embeddings else fused("output.weight")
         weights = Weights(embedding, layers, f32("norm.weight"), classifier)

@@ -144,7 +144,10 @@ def test_llama2c_hf_and_meta_loaders_agree(tmp_path, small_reference, layout):
     np.testing.assert_allclose(prompt_logits(model, TOKENS), expected, atol=atol)
 
 
-def test_meta_shards_are_joined_along_each_tensors_split_axis(tmp_path, small_reference):
+@pytest.mark.parametrize("embedding_axis", [1, 0])  # Llama 2 splits it along D, Llama 3 along V
+def test_meta_shards_are_joined_along_each_tensors_split_axis(
+    tmp_path, small_reference, embedding_axis
+):
     tensors, expected = small_reference
     write_meta(tmp_path, SMALL, tensors)
     (tmp_path / "consolidated.00.pth").unlink()
@@ -154,8 +157,10 @@ def test_meta_shards_are_joined_along_each_tensors_split_axis(tmp_path, small_re
         for name, array in tensors.items():
             if name.endswith("norm.weight"):
                 shard[name] = array  # replicated
-            elif name == "tok_embeddings.weight" or name.split(".")[-2] in ("wo", "w2"):
-                shard[name] = np.split(array, 2, axis=1)[k]  # Llama 2 splits embeddings on D
+            elif name == "tok_embeddings.weight":
+                shard[name] = np.split(array, 2, axis=embedding_axis)[k]
+            elif name.split(".")[-2] in ("wo", "w2"):
+                shard[name] = np.split(array, 2, axis=1)[k]
             else:
                 assert name.split(".")[-2] in rows
                 shard[name] = np.split(array, 2, axis=0)[k]
@@ -418,7 +423,7 @@ def test_progress_is_shown_only_when_loading_is_slow(monkeypatch, capsys):
     assert capsys.readouterr().err == ""
     clock[0] += 5
     progress(2, 2)
-    assert capsys.readouterr().err == "\rloading tiny: layer 2/2\n"
+    assert capsys.readouterr().err == "\rloading tiny: 2/2 tensors\n"
 
 
 def test_copied_fixture_directory_still_loads(tmp_path):

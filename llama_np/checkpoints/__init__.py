@@ -72,7 +72,7 @@ def _llama2c_file(path: Path) -> Path:
 
 
 class _Progress:
-    """Prints "loading NAME: layer i/L" on stderr, but only once loading has taken over 1 s."""
+    """Prints "loading NAME: i/N tensors" on stderr, but only once loading has taken over 1 s."""
 
     def __init__(self, name: str) -> None:
         self.name, self.start = name, time.perf_counter()
@@ -81,4 +81,6 @@ class _Progress:
         if time.perf_counter() - self.start < 1.0:
             return
         end = "\n" if done == total else ""
-        print(f"\rloading {self.name}: layer {done}/{total}", end=end, file=sys.stderr, flush=True)
+        print(
+            f"\rloading {self.name}: {done}/{total} tensors", end=end, file=sys.stderr, flush=True
+        )

@@ -8,7 +8,8 @@ like. config.json comes in two spellings:
     transformers 5:        "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0,
                            ...}, "dtype": "bfloat16"
 
-Absent keys get the defaults transformers' LlamaConfig applies.
+Absent keys get the defaults transformers' LlamaConfig applies. The dtype key is not needed:
+each tensor's dtype is in the safetensors header.
 
 RoPE pairing: Hugging Face's Llama rotates the pairs (x[i], x[i + HD/2]) ("half-split"), where
 Meta and llama2.c rotate (x[2i], x[2i+1]) ("interleaved"). Meta's weights were converted to HF by
