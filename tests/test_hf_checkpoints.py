@@ -389,6 +389,22 @@ def test_only_the_tensor_globals_are_allowed(tmp_path, module, name):
         read_pth(path)
 
 
+def test_pickle_may_not_modify_the_loaders_objects(tmp_path):
+    # BUILD on an allowed global would otherwise set its attributes, e.g. the dtype that
+    # torch.FloatStorage stands for, for every later load in the process.
+    w = PickleWriter()
+    w.global_("torch", "FloatStorage")
+    w.out += b"}"  # EMPTY_DICT
+    w.str_("dtype")
+    w.str_("<i8")
+    w.out += b"sb."  # SETITEM, BUILD, STOP
+    path = tmp_path / "x.pth"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("x/data.pkl", bytes(w.out))
+    with pytest.raises(CheckpointError, match="tries to modify a loader object"):
+        read_pth(path)
+
+
 def test_pth_tensor_outside_its_storage_is_refused(tmp_path):
     w = PickleWriter()
     w.empty_ordered_dict()

@@ -16,6 +16,9 @@ mapped to a small function of ours; any other global is refused before anything 
     collections.OrderedDict           -> OrderedDict (the state dict and empty hook dicts)
     torch.FloatStorage / HalfStorage / BFloat16Storage -> markers naming the storage dtype
 
+Nothing else can be built: the pickle has no way to name numpy or any other module, and our
+objects refuse the BUILD opcode (see _Sealed).
+
 Storages are "persistent ids" in the pickle: ('storage', type, key, location, numel). We
 memory-map them from the archive (torch stores members uncompressed), so a tensor is a
 read-only view into the file, as with safetensors.
@@ -43,17 +46,51 @@ STORAGE_DTYPES = {
 }
 
 
-class _StorageType:
+class _Sealed:
+    """Base of the objects a pickle can reach by name: the BUILD opcode (which normally sets
+    an object's state) may not change them, so one file cannot tamper with the next load."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state) -> None:
+        raise CheckpointError("the pickle tries to modify a loader object (BUILD opcode)")
+
+
+class _StorageType(_Sealed):
     """Stands for torch.FloatStorage etc. in the pickle: only its dtype is used."""
 
+    __slots__ = ("dtype",)
+
     def __init__(self, name: str) -> None:
-        self.name, self.dtype = name, STORAGE_DTYPES[name]
+        self.dtype = STORAGE_DTYPES[name]
+
+
+class _Storage(_Sealed):
+    """A storage read from the archive: 1-D, contiguous, in its dtype."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+
+class _Function(_Sealed):
+    """One of our functions, callable from the pickle (REDUCE) but not modifiable."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    def __call__(self, *args):
+        return self.fn(*args)
 
 
 def _rebuild_tensor(storage, offset, size, stride, requires_grad, hooks, metadata=None):
-    """torch._utils._rebuild_tensor_v2: elements `offset + Σ index·stride` of a 1-D storage."""
-    if not isinstance(storage, np.ndarray) or storage.ndim != 1:
+    """torch._utils._rebuild_tensor_v2: elements `offset + Σ index·stride` of a storage."""
+    if not isinstance(storage, _Storage):
         raise CheckpointError(f"tensor storage must come from the archive, found {storage!r:.60}")
+    storage = storage.array  # 1-D and contiguous, so element strides can become byte strides
     if not (_is_count(offset) and _is_shape(size) and _is_shape(stride)) or len(size) != len(
         stride
     ):
@@ -91,8 +128,8 @@ def _is_shape(x) -> bool:
 
 
 SAFE_GLOBALS = {
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_tensor_v2"): _Function(_rebuild_tensor),
+    ("torch._utils", "_rebuild_parameter"): _Function(_rebuild_parameter),
     ("collections", "OrderedDict"): OrderedDict,
     **{("torch", name): _StorageType(name) for name in STORAGE_DTYPES},
 }
@@ -143,17 +180,17 @@ def read_pth(path: str | Path) -> dict[str, np.ndarray]:
             )
         prefix = pickles[0][: -len("data.pkl")]
         data = np.memmap(path, dtype=np.uint8, mode="r")  # read-only: never writes to the file
-        storages: dict[str, np.ndarray] = {}  # tensors may share a storage
+        storages: dict[str, _Storage] = {}  # tensors may share a storage
 
-        def load_storage(key: str, dtype: np.dtype, numel: int) -> np.ndarray:
+        def load_storage(key: str, dtype: np.dtype, numel: int) -> _Storage:
             if key not in storages:
                 raw = _member_bytes(archive, data, f"{prefix}data/{key}")
                 if raw.size != numel * dtype.itemsize:
                     raise CheckpointError(
                         f"storage {key} has {raw.size} bytes, expected {numel} × {dtype.itemsize}"
                     )
-                storages[key] = raw.view(dtype)
-            if storages[key].dtype != dtype:
+                storages[key] = _Storage(raw.view(dtype))
+            if storages[key].array.dtype != dtype:
                 raise CheckpointError(f"storage {key} is used with two dtypes")
             return storages[key]
 
