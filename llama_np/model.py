@@ -87,12 +87,17 @@ class Model:
 
     @classmethod
     def from_tensors(
-        cls, config: LlamaConfig, tensors: Mapping[str, np.ndarray], tokenizer=None
+        cls,
+        config: LlamaConfig,
+        tensors: Mapping[str, np.ndarray],
+        tokenizer=None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> Model:
         """Build a model from checkpoint tensors named as in `tensor_names` ((out, in) shapes).
 
         Tensors may be float32, float16 or bfloat16 (dtypes.BFLOAT16), e.g. memory-mapped from
         the file. Checks every name and shape, converts to float32, fuses q/k/v and gate/up.
+        `progress(tensors_done, n_tensors)`, if given, is called after each tensor is converted.
         """
         expected = tensor_names(config)
         missing = [n for n in expected if n not in tensors]
@@ -110,8 +115,15 @@ class Model:
                     f"from the config"
                 )
 
+        converted = 0
+
         def f32(name: str) -> np.ndarray:
-            return to_float32(tensors[name])
+            nonlocal converted
+            array = to_float32(tensors[name])
+            converted += 1
+            if progress is not None:
+                progress(converted, len(expected))
+            return array
 
         def fused(*names: str) -> np.ndarray:
             # Stack (out, in) matrices along `out`, then view as (in, out): x @ W then reads

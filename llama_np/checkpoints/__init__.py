@@ -1,13 +1,25 @@
-"""Checkpoint loaders: files on disk -> a ready `Model` (config, weights and tokenizer)."""
+"""Checkpoint loaders: files on disk -> a ready `Model` (config, weights and tokenizer).
+
+Formats, by what `load(path)` finds:
+    directory with config.json                    Hugging Face (hf.py, safetensors.py)
+    directory with params.json + consolidated.*.pth   Meta's original download (meta.py, pth.py)
+    a .bin file, or a directory holding one       llama2.c (llama2c.py)
+Every loader returns tensors under Meta's names (see model.tensor_names), in their file dtype;
+`Model.from_tensors` converts them to float32 one at a time.
+"""
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 
 from ..errors import CheckpointError
 from ..model import Model
 from ..tokenizers import find_tokenizer, load_tokenizer
+from .hf import load_hf
 from .llama2c import load_llama2c
+from .meta import load_meta
 
 __all__ = ["DEFAULT_CHECKPOINT", "load"]
 
@@ -18,24 +30,57 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "weights" / "stories2
 def load(path: str | Path = DEFAULT_CHECKPOINT, tokenizer: str | Path | None = None) -> Model:
     """Load a checkpoint and its tokenizer.
 
-    `path` is a llama2.c `.bin` file, or a directory holding one. The tokenizer is taken from
-    `tokenizer` if given, else from a `tok*.bin` file next to the checkpoint.
+    `path` is a Hugging Face model directory (config.json + safetensors), a Meta download
+    (params.json + consolidated.*.pth), or a llama2.c `.bin` file or a directory holding one.
+    The tokenizer is taken from `tokenizer` if given, else from the checkpoint's directory.
     """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
+    if path.is_dir() and (path / "config.json").exists():
+        config, tensors = load_hf(path)
+        directory, exclude = path, None
+    elif path.is_dir() and (path / "params.json").exists():
+        config, tensors = load_meta(path)
+        directory, exclude = path, None
+    else:
+        path = _llama2c_file(path)
+        config, tensors = load_llama2c(path)
+        directory, exclude = path.parent, path
+    tokenizer_path = Path(tokenizer) if tokenizer else find_tokenizer(directory, exclude=exclude)
+    tok = load_tokenizer(tokenizer_path, config.vocab_size) if tokenizer_path else None
+    return Model.from_tensors(config, tensors, tok, progress=_Progress(config.name or path.name))
+
+
+def _llama2c_file(path: Path) -> Path:
     if path.is_dir():
         bins = [p for p in sorted(path.glob("*.bin")) if not p.name.startswith("tok")]
         if len(bins) != 1:
             found = ", ".join(p.name for p in bins) or "none"
             raise CheckpointError(
-                f"{path}: expected exactly one llama2.c checkpoint (.bin, not tok*.bin) in the "
-                f"directory, found {found}; pass the file itself"
+                f"{path}: not a checkpoint directory: looked for config.json (Hugging Face), "
+                f"params.json + consolidated.*.pth (Meta) or exactly one llama2.c .bin "
+                f"(not tok*.bin); found .bin files: {found}"
             )
         path = bins[0]
     if path.suffix != ".bin":
-        raise CheckpointError(f"{path}: unknown checkpoint format (expected a llama2.c .bin)")
-    config, tensors = load_llama2c(path)
-    tokenizer_path = Path(tokenizer) if tokenizer else find_tokenizer(path.parent, exclude=path)
-    tok = load_tokenizer(tokenizer_path, config.vocab_size) if tokenizer_path else None
-    return Model.from_tensors(config, tensors, tok)
+        raise CheckpointError(
+            f"{path}: unknown checkpoint format: expected a llama2.c .bin file, or a directory "
+            f"with config.json (Hugging Face) or params.json + consolidated.*.pth (Meta)"
+        )
+    return path
+
+
+class _Progress:
+    """Prints "loading NAME: i/N tensors" on stderr, but only once loading has taken over 1 s."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.start = name, time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        if time.perf_counter() - self.start < 1.0:
+            return
+        end = "\n" if done == total else ""
+        print(
+            f"\rloading {self.name}: {done}/{total} tensors", end=end, file=sys.stderr, flush=True
+        )

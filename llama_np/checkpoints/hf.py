@@ -1,0 +1,202 @@
+"""Hugging Face model directories: config.json + model.safetensors (or sharded safetensors).
+
+This covers `LlamaForCausalLM` checkpoints: Llama 2, TinyLlama, Llama 3.x, SmolLM and the
+like. config.json comes in two spellings:
+
+    Hub (transformers 4):  "rope_theta": 500000.0, "rope_scaling": {"rope_type": "llama3", ...},
+                           "torch_dtype": "bfloat16"
+    transformers 5:        "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0,
+                           ...}, "dtype": "bfloat16"
+
+Absent keys get the defaults transformers' LlamaConfig applies. The dtype key is not needed:
+each tensor's dtype is in the safetensors header.
+
+RoPE pairing: Hugging Face's Llama rotates the pairs (x[i], x[i + HD/2]) ("half-split"), where
+Meta and llama2.c rotate (x[2i], x[2i+1]) ("interleaved"). Meta's weights were converted to HF by
+permuting the rows of wq and wk within each head so that the half-split rotation gives the same
+result. We do not undo that permutation: the config says `rope_interleaved=False` and
+`layers.apply_rope` rotates the half-split pairs, so the HF weights are used exactly as stored.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..config import LlamaConfig, RopeScaling
+from ..errors import CheckpointError, ConfigError
+from ..model import tensor_names
+from .safetensors import read_safetensors_dir
+
+ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
+
+# Meta's tensor name (what Model.from_tensors takes) -> HF's, per layer and global.
+LAYER_NAMES = {
+    "attention_norm.weight": "input_layernorm.weight",
+    "attention.wq.weight": "self_attn.q_proj.weight",
+    "attention.wk.weight": "self_attn.k_proj.weight",
+    "attention.wv.weight": "self_attn.v_proj.weight",
+    "attention.wo.weight": "self_attn.o_proj.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "feed_forward.w1.weight": "mlp.gate_proj.weight",
+    "feed_forward.w2.weight": "mlp.down_proj.weight",
+    "feed_forward.w3.weight": "mlp.up_proj.weight",
+}
+GLOBAL_NAMES = {
+    "tok_embeddings.weight": "model.embed_tokens.weight",
+    "norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+
+
+def hf_name(meta_name: str) -> str:
+    """The Hugging Face name of a tensor named as in `model.tensor_names`."""
+    if meta_name in GLOBAL_NAMES:
+        return GLOBAL_NAMES[meta_name]
+    _, i, rest = meta_name.split(".", 2)  # "layers", "3", "attention.wq.weight"
+    return f"model.layers.{i}.{LAYER_NAMES[rest]}"
+
+
+def load_hf(directory: Path) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
+    """Read an HF model directory; -> (config, tensors by Meta name, in their file dtypes)."""
+    config = config_from_hf(
+        _read_json(directory / "config.json"),
+        _read_json(directory / "generation_config.json", missing_ok=True),
+        name=directory.name,
+        source=directory / "config.json",
+    )
+    stored = read_safetensors_dir(directory)
+    # Checkpoints saved by older transformers carry RoPE tables as buffers; we compute our own.
+    stored = {n: a for n, a in stored.items() if not n.endswith("rotary_emb.inv_freq")}
+    if config.tie_embeddings:
+        stored.pop("lm_head.weight", None)  # some tied checkpoints store the copy anyway
+
+    expected = {hf_name(n): (n, shape) for n, shape in tensor_names(config).items()}
+    missing = [n for n in expected if n not in stored]
+    extra = [n for n in stored if n not in expected]
+    if missing or extra:
+        raise CheckpointError(
+            f"{directory}: tensors do not match config.json: "
+            + (f"missing {_few(missing)} " if missing else "")
+            + (f"unexpected {_few(extra)}" if extra else "")
+        )
+    tensors = {}
+    for name, (meta_name, shape) in expected.items():
+        if stored[name].shape != shape:
+            raise CheckpointError(
+                f"{directory}: tensor {name} has shape {stored[name].shape}, but config.json "
+                f"implies {shape}"
+            )
+        tensors[meta_name] = stored[name]
+    return config, tensors
+
+
+def config_from_hf(
+    cfg: dict,
+    generation_config: dict | None = None,
+    name: str = "",
+    source: Path | str = "config.json",
+) -> LlamaConfig:
+    """LlamaConfig from the dicts of config.json (and generation_config.json, for stop ids)."""
+    architectures = cfg.get("architectures") or ["LlamaForCausalLM"]
+    if not any(a in ARCHITECTURES for a in architectures):
+        raise ConfigError(
+            f"{source}: architecture {architectures} is not supported; llama_np runs "
+            f"{' and '.join(ARCHITECTURES)}"
+        )
+    # Mistral is Llama with sliding-window attention; without a window (v0.2+) it is Llama.
+    # transformers' MistralConfig defaults to a 4096 window when the key is absent.
+    default_window = 4096 if "MistralForCausalLM" in architectures else None
+    if cfg.get("sliding_window", default_window) is not None:
+        raise ConfigError(f"{source}: sliding_window attention is not supported")
+    if cfg.get("hidden_act", "silu") != "silu":
+        raise ConfigError(f"{source}: hidden_act {cfg['hidden_act']!r} is not supported (silu)")
+    for flag in ("attention_bias", "mlp_bias"):
+        if cfg.get(flag):
+            raise ConfigError(f"{source}: {flag}=true is not supported (Llama has no biases)")
+    required = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size")
+    for key in (*required, "vocab_size"):
+        if not isinstance(cfg.get(key), int) or isinstance(cfg[key], bool):
+            raise ConfigError(f"{source}: {key} must be an integer, found {cfg.get(key)!r}")
+    dim, n_heads = cfg["hidden_size"], cfg["num_attention_heads"]
+    n_layers, hidden_dim = cfg["num_hidden_layers"], cfg["intermediate_size"]
+    vocab_size = cfg["vocab_size"]
+
+    # transformers 5 keeps theta and scaling together in rope_parameters; the Hub's configs
+    # have a top-level rope_theta and an optional rope_scaling.
+    rope = cfg.get("rope_parameters")
+    if rope is None:
+        rope = dict(cfg.get("rope_scaling") or {})
+        rope.setdefault("rope_theta", cfg.get("rope_theta", 10000.0))
+    if not isinstance(rope, dict):
+        raise ConfigError(f"{source}: rope_parameters must be an object, found {rope!r}")
+
+    stop_ids = []
+    for ids in (cfg.get("eos_token_id", 2), (generation_config or {}).get("eos_token_id")):
+        for i in ids if isinstance(ids, list) else [ids]:
+            if i is not None and i not in stop_ids:
+                stop_ids.append(i)
+    try:
+        return LlamaConfig(
+            dim=dim,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            n_kv_heads=cfg.get("num_key_value_heads") or n_heads,
+            hidden_dim=hidden_dim,
+            vocab_size=vocab_size,
+            head_dim=cfg.get("head_dim") or dim // n_heads,
+            max_seq_len=cfg.get("max_position_embeddings", 2048),
+            norm_eps=cfg.get("rms_norm_eps", 1e-6),
+            rope_theta=rope.get("rope_theta", 10000.0),
+            rope_scaling=_rope_scaling(rope, source),
+            rope_interleaved=False,  # half-split pairs, see the module docstring
+            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            bos_id=cfg.get("bos_token_id", 1),
+            stop_ids=tuple(stop_ids),
+            name=name,
+        )
+    except (ConfigError, TypeError, ZeroDivisionError) as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def _rope_scaling(rope: dict, source: Path | str) -> RopeScaling | None:
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind in ("default", None):
+        return None
+    try:
+        if kind == "linear":
+            return RopeScaling("linear", factor=rope["factor"])
+        if kind == "llama3":
+            return RopeScaling(
+                "llama3",
+                factor=rope["factor"],
+                low_freq_factor=rope["low_freq_factor"],
+                high_freq_factor=rope["high_freq_factor"],
+                original_max_position_embeddings=rope["original_max_position_embeddings"],
+            )
+    except KeyError as e:
+        raise ConfigError(f"{source}: RoPE scaling {kind!r} needs key {e.args[0]!r}") from None
+    raise ConfigError(
+        f"{source}: RoPE scaling type {kind!r} is not supported (supported: default, linear, "
+        f"llama3)"
+    )
+
+
+def _read_json(path: Path, missing_ok: bool = False) -> dict | None:
+    if missing_ok and not path.exists():
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read: {e.strerror}") from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(value).__name__}")
+    return value
+
+
+def _few(names: list[str]) -> str:
+    return f"{names[:5]}{' ...' if len(names) > 5 else ''}"

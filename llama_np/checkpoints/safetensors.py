@@ -1,0 +1,161 @@
+"""A strict, memory-mapping reader for `.safetensors` files (Hugging Face's weight format).
+
+The format is simple enough to read directly, which lets us memory-map the file and keep
+bfloat16 tensors as their raw bits (the safetensors library's NumPy API has no bfloat16):
+
+    8 bytes     N, little-endian u64: length of the JSON header
+    N bytes     JSON {"name": {"dtype": "BF16", "shape": [out, in], "data_offsets": [b, e]},
+                      ..., optional "__metadata__": {str: str}}
+    rest        the data area: tensor `name` is bytes [b, e) of it, row-major, little-endian
+
+Every tensor comes back as a read-only view into the memory map, in the file's dtype
+(float32, float16 or dtypes.BFLOAT16): nothing is read from disk until it is used, so the
+model is never held twice in memory while it is converted to float32.
+
+A sharded checkpoint has a `model.safetensors.index.json` whose "weight_map" says which shard
+file holds each tensor.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..dtypes import BFLOAT16
+from ..errors import CheckpointError
+
+DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": BFLOAT16}
+MAX_HEADER_BYTES = 100 * 2**20  # real headers are a few hundred KB; more means a broken file
+INDEX_FILE = "model.safetensors.index.json"
+
+
+def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
+    """All tensors of one `.safetensors` file, as read-only memory-mapped views."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read safetensors file: {e.strerror}") from None
+    if size < 8:
+        raise CheckpointError(f"{path}: {size} bytes is too short for a safetensors file (8+)")
+    data = np.memmap(path, dtype=np.uint8, mode="r")  # read-only: never writes to the file
+    header_len = int(data[:8].view("<u8")[0])
+    if header_len > min(size - 8, MAX_HEADER_BYTES):
+        raise CheckpointError(
+            f"{path}: safetensors header claims {header_len} bytes, but the file has "
+            f"{size - 8} after the length field (limit {MAX_HEADER_BYTES}); the file is truncated "
+            f"or not a safetensors file"
+        )
+    try:
+        header = json.loads(bytes(data[8 : 8 + header_len]).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{path}: safetensors header is not valid JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(
+            f"{path}: safetensors header must be a JSON object, found {type(header).__name__}"
+        )
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"{path}: safetensors __metadata__ must be a JSON object")
+
+    data_start = 8 + header_len
+    data_size = size - data_start
+    spans = []  # (begin, end, name) to check that tensors do not overlap
+    tensors: dict[str, np.ndarray] = {}
+    for name, entry in header.items():
+        dtype, shape, begin, end = _parse_entry(path, name, entry)
+        if not 0 <= begin <= end <= data_size:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} has data_offsets [{begin}, {end}] outside the data area "
+                f"of {data_size} bytes; the file is truncated or corrupt"
+            )
+        n_bytes = math.prod(shape) * dtype.itemsize
+        if end - begin != n_bytes:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} has {end - begin} bytes of data, but dtype "
+                f"{entry['dtype']} × shape {shape} needs {n_bytes}"
+            )
+        spans.append((begin, end, name))
+        tensors[name] = data[data_start + begin : data_start + end].view(dtype).reshape(shape)
+    spans.sort()
+    for (_, end0, name0), (begin1, _, name1) in itertools.pairwise(spans):
+        if begin1 < end0:
+            raise CheckpointError(f"{path}: tensors {name0!r} and {name1!r} overlap in the file")
+    return tensors
+
+
+def _parse_entry(path: Path, name: str, entry) -> tuple[np.dtype, tuple[int, ...], int, int]:
+    """Check one header entry; -> (dtype, shape, begin, end)."""
+    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+        raise CheckpointError(
+            f"{path}: tensor {name!r}: header entry must have dtype, shape and data_offsets, "
+            f"found {entry!r:.100}"
+        )
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if dtype not in DTYPES:
+        raise CheckpointError(
+            f"{path}: tensor {name!r} has dtype {dtype!r}; supported: {', '.join(DTYPES)} "
+            f"(quantized checkpoints are not)"
+        )
+    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        raise CheckpointError(f"{path}: tensor {name!r} has invalid shape {shape!r:.100}")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_is_count, offsets)):
+        raise CheckpointError(f"{path}: tensor {name!r} has invalid data_offsets {offsets!r:.100}")
+    return DTYPES[dtype], tuple(shape), offsets[0], offsets[1]
+
+
+def _is_count(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def read_safetensors_dir(directory: Path) -> dict[str, np.ndarray]:
+    """The tensors of a model directory: sharded (index file) or one `model.safetensors`."""
+    index_path = directory / INDEX_FILE
+    if not index_path.exists():
+        files = sorted(directory.glob("*.safetensors"))
+        if len(files) != 1:
+            found = ", ".join(p.name for p in files) or "none"
+            raise CheckpointError(
+                f"{directory}: expected model.safetensors, or {INDEX_FILE} for a sharded "
+                f"checkpoint; found .safetensors files: {found}"
+            )
+        return read_safetensors(files[0])
+
+    try:
+        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(
+            f"{index_path}: not a valid safetensors index (expected JSON with a 'weight_map'): "
+            f"{e!r}"
+        ) from None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(f, str) and f == Path(f).name for f in weight_map.values()
+    ):
+        raise CheckpointError(
+            f"{index_path}: 'weight_map' must map tensor names to shard file names in the same "
+            f"directory"
+        )
+    tensors: dict[str, np.ndarray] = {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = directory / shard
+        if not shard_path.exists():
+            raise CheckpointError(
+                f"{shard_path}: shard listed in {INDEX_FILE} is missing; download it again"
+            )
+        for name, array in read_safetensors(shard_path).items():
+            if weight_map.get(name) != shard:
+                raise CheckpointError(
+                    f"{shard_path}: holds tensor {name!r}, which {INDEX_FILE} puts in "
+                    f"{weight_map.get(name)!r}; the index does not describe these shards"
+                )
+            tensors[name] = array
+    absent = [n for n in weight_map if n not in tensors]
+    if absent:
+        raise CheckpointError(
+            f"{directory}: tensors listed in {INDEX_FILE} are in none of the shards: {absent[:5]}"
+        )
+    return tensors
