@@ -122,6 +122,8 @@ class Llama2Format(ChatFormat):
     def __init__(self, tokenizer) -> None:
         super().__init__(tokenizer)
         self.stop_ids = frozenset([tokenizer.eos_id])
+        # Meta encodes f"{prompt} [/INST] {answer} " with EOS: a space piece, then EOS.
+        self._end_reply = [*_continuation(tokenizer)(" "), tokenizer.eos_id]
 
     def start(self, system: str | None, user: str) -> list[int]:
         if system is not None:  # Meta folds the system prompt into the first user message
@@ -132,8 +134,7 @@ class Llama2Format(ChatFormat):
         return self.tokenizer.encode(f"[INST] {user.strip()} [/INST]", bos=True)
 
     def end_reply(self) -> list[int]:
-        # Meta encodes f"{prompt} [/INST] {answer} " with EOS: a space piece, then EOS.
-        return [*_continuation(self.tokenizer)(" "), self.tokenizer.eos_id]
+        return list(self._end_reply)
 
 
 class ZephyrFormat(ChatFormat):
@@ -149,9 +150,10 @@ class ZephyrFormat(ChatFormat):
         super().__init__(tokenizer)
         self.eos = tokenizer.eos_id
         self.stop_ids = frozenset([self.eos])
+        self.cont = _continuation(tokenizer)
 
     def start(self, system: str | None, user: str) -> list[int]:
-        first, cont = _text(self.tokenizer), _continuation(self.tokenizer)
+        first, cont = _text(self.tokenizer), self.cont
         if system is None:
             return [self.tokenizer.bos_id, *first(f"<|user|>\n{user.strip()}"), *self._ask()]
         return [
@@ -163,14 +165,14 @@ class ZephyrFormat(ChatFormat):
         ]
 
     def next_turn(self, user: str) -> list[int]:
-        return [*_continuation(self.tokenizer)(f"\n<|user|>\n{user.strip()}"), *self._ask()]
+        return [*self.cont(f"\n<|user|>\n{user.strip()}"), *self._ask()]
 
     def _ask(self) -> list[int]:
         """End the user's message and open the assistant's."""
-        return [self.eos, *_continuation(self.tokenizer)("\n<|assistant|>\n")]
+        return [self.eos, *self.cont("\n<|assistant|>\n")]
 
     def reply(self, text: str) -> list[int]:
-        return _continuation(self.tokenizer)(text.strip())
+        return self.cont(text.strip())
 
     def end_reply(self) -> list[int]:
         return [self.eos]
