@@ -241,11 +241,12 @@ def detect_chat_format(tokenizer) -> str:
     for name, marker in markers:
         if marker in template:
             return name
-    for name, marker in markers[:2]:
-        if not template and marker in special:
-            return name
-    if not template and isinstance(tokenizer, SentencePieceTokenizer):
-        return "llama2"  # Meta's Llama 2 download: a bare tokenizer.model
+    if not template:  # Meta's downloads have none: tell by the special tokens
+        for name, marker in markers[:2]:
+            if marker in special:
+                return name
+        if isinstance(tokenizer, SentencePieceTokenizer):
+            return "llama2"  # a bare SentencePiece tokenizer.model
     raise ArgumentError(
         "cannot tell this model's chat format from its tokenizer"
         + (" and chat template" if template else " (no chat template)")
