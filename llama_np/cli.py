@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from . import DEFAULT_CHECKPOINT, cli_perf, load
+from .chat import CHAT_FORMATS, Chat
 from .download import KNOWN_CHECKPOINTS, download
 from .errors import LlamaNpError
 from .generate import GenerationStats, generate
@@ -47,50 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="maximum number of tokens to generate (default: 256)",
     )
-    gen.add_argument(
-        "--temperature",
-        "--temp",
-        type=float,
-        default=0.8,
-        metavar="T",
-        help="sampling temperature, 0 = greedy (default: 0.8)",
-    )
-    gen.add_argument(
-        "--top-k",
-        type=int,
-        default=40,
-        metavar="K",
-        help="keep the K most likely tokens, 0 = off (default: 40)",
-    )
-    gen.add_argument(
-        "--top-p",
-        type=float,
-        default=0.95,
-        metavar="P",
-        help="nucleus sampling threshold, 1 = off (default: 0.95)",
-    )
-    gen.add_argument(
-        "--min-p",
-        type=float,
-        default=0.05,
-        metavar="P",
-        help="drop tokens below P x the top probability, 0 = off (default: 0.05)",
-    )
-    gen.add_argument(
-        "--repeat-penalty",
-        type=float,
-        default=1.0,
-        metavar="R",
-        help="penalize the last 64 tokens, 1 = off (default: 1.0)",
-    )
-    gen.add_argument(
-        "-s",
-        "--seed",
-        type=int,
-        default=None,
-        metavar="S",
-        help="random seed; the same seed gives the same text (default: random)",
-    )
+    add_sampling_args(gen)
     gen.add_argument(
         "--stop",
         action="append",
@@ -142,6 +100,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, metavar="DIR", help="directory for attention.npz and the PNGs"
     )
     trace.set_defaults(run=run_trace)
+    chat = commands.add_parser(
+        "chat", help="chat with an instruction-tuned model (reads messages from stdin)"
+    )
+    add_model_arg(chat)
+    chat.add_argument("--system", default=None, metavar="TEXT", help="system prompt")
+    chat.add_argument(
+        "--chat-format",
+        choices=CHAT_FORMATS,
+        default=None,
+        help="prompt format (default: the model's own, from its tokenizer files)",
+    )
+    chat.add_argument(
+        "-n",
+        "--n-predict",
+        type=int,
+        default=512,
+        metavar="N",
+        help="maximum tokens per reply (default: 512)",
+    )
+    chat.add_argument(
+        "-c",
+        "--ctx-size",
+        type=int,
+        default=4096,
+        metavar="N",
+        help="KV cache size in tokens, for the whole conversation (default: 4096, at most the "
+        "model's context)",
+    )
+    add_sampling_args(chat)
+    chat.set_defaults(run=run_chat)
 
     info = commands.add_parser("info", help="print a model's config, size and KV-cache memory")
     add_model_arg(info)
@@ -160,6 +148,53 @@ def build_parser() -> argparse.ArgumentParser:
     dl.set_defaults(run=run_download)
     cli_perf.add_commands(commands)  # memory, profile
     return parser
+
+
+def add_sampling_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--temperature",
+        "--temp",
+        type=float,
+        default=0.8,
+        metavar="T",
+        help="sampling temperature, 0 = greedy (default: 0.8)",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        default=40,
+        metavar="K",
+        help="keep the K most likely tokens, 0 = off (default: 40)",
+    )
+    parser.add_argument(
+        "--top-p",
+        type=float,
+        default=0.95,
+        metavar="P",
+        help="nucleus sampling threshold, 1 = off (default: 0.95)",
+    )
+    parser.add_argument(
+        "--min-p",
+        type=float,
+        default=0.05,
+        metavar="P",
+        help="drop tokens below P x the top probability, 0 = off (default: 0.05)",
+    )
+    parser.add_argument(
+        "--repeat-penalty",
+        type=float,
+        default=1.0,
+        metavar="R",
+        help="penalize the last 64 tokens, 1 = off (default: 1.0)",
+    )
+    parser.add_argument(
+        "-s",
+        "--seed",
+        type=int,
+        default=None,
+        metavar="S",
+        help="random seed; the same seed gives the same text (default: random)",
+    )
 
 
 def add_model_arg(parser: argparse.ArgumentParser) -> None:
@@ -210,6 +245,53 @@ def run_download(args: argparse.Namespace) -> int:
         return 130
     print(target)
     return 0
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    model = load(args.model)
+    chat = Chat(model, args.chat_format, args.system, min(args.ctx_size, model.config.max_seq_len))
+    seed = args.seed if args.seed is not None else int(time.time_ns() % 2**31)
+    interactive = sys.stdin.isatty()
+    print(
+        f"llama-np: chat format {chat.format.name}, KV cache of {chat.cache.max_seq_len} tokens; "
+        f"one message per line, end with Ctrl-D",
+        file=sys.stderr,
+    )
+    while True:
+        if interactive:
+            print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:  # end of input
+            return 0
+        if not line.strip():
+            continue
+        stats = GenerationStats()
+        pieces = chat.send(
+            line.strip(),
+            args.n_predict,
+            stats=stats,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            min_p=args.min_p,
+            repetition_penalty=args.repeat_penalty,
+            seed=seed + chat.turns,  # a different draw each turn, reproducible as a whole
+        )
+        started = False
+        for piece in pieces:
+            if not started:  # the reply's leading space/newline is formatting, not content
+                piece = piece.lstrip()
+                started = bool(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        print_timings(stats, seed + chat.turns - 1)
+        print(
+            f"llama-np: turn {chat.turns}: prefilled only the {stats.prompt_tokens} new tokens; "
+            f"the KV cache holds {chat.cache.length} tokens of conversation",
+            file=sys.stderr,
+        )
 
 
 def print_timings(stats: GenerationStats, seed: int | None = None) -> None:

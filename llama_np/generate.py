@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import codecs
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .errors import ArgumentError, ContextLengthError
+from .kv_cache import KVCache
 from .model import Model
 from .sampling import SamplingParams, sample
 
@@ -34,6 +35,7 @@ class GenerationStats:
     decode_seconds: float = 0.0
     sample_seconds: float = 0.0
     stop_reason: str = ""  # "end_token", "stop_string", "max_new_tokens" or "context_full"
+    tokens: list[int] = field(default_factory=list)  # the generated token ids
 
 
 class TextStream:
@@ -74,6 +76,8 @@ def generate(
     seed: int | None = None,
     stop: Sequence[str] = (),
     stats: GenerationStats | None = None,
+    stop_ids: Collection[int] | None = None,
+    cache: KVCache | None = None,
 ) -> Iterator[str]:
     """Generate a continuation of `prompt`, yielding text pieces as they are produced.
 
@@ -81,6 +85,13 @@ def generate(
     (config.stop_ids), when a `stop` string appears (it is not yielded), after
     `max_new_tokens`, or when the model's context is full. Pass a GenerationStats to get the
     timings and the stop reason. The same seed gives the same text.
+
+    `stop_ids` replaces config.stop_ids (e.g. a chat format's end-of-turn tokens). With a
+    `cache`, the prompt is appended after the cache.length positions already in it (a
+    conversation goes on where it stopped) and generation ends when that cache is full. The
+    end token is not run through the model, and the last generated token is not either
+    (nothing needs its logits): the cache then holds the prompt and all but the last of
+    stats.tokens.
     """
     params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
     if not (isinstance(max_new_tokens, int) and max_new_tokens >= 0):
@@ -99,24 +110,33 @@ def generate(
         tokens = tokenizer.encode(prompt, bos=True)
     else:
         tokens = [int(t) for t in prompt]
-    context = model.config.max_seq_len
-    if len(tokens) > context:
-        raise ContextLengthError(
-            f"prompt is {len(tokens)} tokens, longer than the model's context of {context}; "
-            f"shorten it"
-        )
+    if cache is None:
+        context = model.config.max_seq_len
+        if len(tokens) > context:
+            raise ContextLengthError(
+                f"prompt is {len(tokens)} tokens, longer than the model's context of {context}; "
+                f"shorten it"
+            )
+        # The cache only needs room for the prompt and what may be generated.
+        cache = model.new_cache(min(context, len(tokens) + max_new_tokens))
+    else:
+        cache.check_room(len(tokens))
+    stop_ids = frozenset(model.config.stop_ids if stop_ids is None else stop_ids)
     stats = stats if stats is not None else GenerationStats()
-    return _generate(model, tokens, max_new_tokens, params, seed, list(stop), stats)
+    return _generate(
+        model, tokens, max_new_tokens, params, seed, list(stop), stats, stop_ids, cache
+    )
 
 
-def _generate(model, tokens, max_new_tokens, params, seed, stop, stats) -> Iterator[str]:
+def _generate(
+    model, tokens, max_new_tokens, params, seed, stop, stats, stop_ids, cache
+) -> Iterator[str]:
     config = model.config
-    # The cache only needs room for the prompt and what may be generated (decoded tokens).
-    cache = model.new_cache(min(config.max_seq_len, len(tokens) + max_new_tokens))
     rng = np.random.default_rng(seed)
     stream = TextStream(model.tokenizer, strip_leading_space=tokens[-1] == config.bos_id)
     held = ""  # text that might be the start of a stop string, not yet yielded
 
+    start = cache.length  # the prompt goes at positions start, start + 1, ...
     stats.prompt_tokens = len(tokens)
     t0 = time.perf_counter()
     logits = model.prefill(tokens, cache)
@@ -125,17 +145,18 @@ def _generate(model, tokens, max_new_tokens, params, seed, stop, stats) -> Itera
     history = list(tokens)
     stats.stop_reason = "max_new_tokens"
     for step in range(max_new_tokens):
-        if len(history) >= config.max_seq_len:
+        if start + len(history) >= cache.max_seq_len:
             stats.stop_reason = "context_full"
             break
         t0 = time.perf_counter()
         recent = history[-params.repeat_last_n :] if params.repeat_last_n else ()
         token = sample(logits, params, rng, recent)
         stats.sample_seconds += time.perf_counter() - t0
-        if token in config.stop_ids:
+        if token in stop_ids:
             stats.stop_reason = "end_token"
             break
         history.append(token)
+        stats.tokens.append(token)
         stats.generated_tokens += 1
 
         held += stream.push(token)
@@ -146,7 +167,7 @@ def _generate(model, tokens, max_new_tokens, params, seed, stop, stats) -> Itera
             stats.stop_reason = "stop_string"
             return
 
-        if step + 1 < max_new_tokens and len(history) < config.max_seq_len:
+        if step + 1 < max_new_tokens and start + len(history) < cache.max_seq_len:
             t0 = time.perf_counter()
             logits = model.decode(token, cache)
             stats.decode_seconds += time.perf_counter() - t0

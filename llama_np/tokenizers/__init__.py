@@ -4,40 +4,91 @@ encode(text, bos=True, eos=False) -> list[int]
 decode(ids) -> str
 token_bytes(id) -> bytes      the raw bytes one token adds (for streaming)
 vocab_size, bos_id, eos_id, adds_dummy_prefix
+
+and the kinds made for chat models also have: encode(..., allow_special=False) (special-token
+text becomes the special token only when allowed), special_tokens (name -> id),
+token_id(name), and chat_template (from tokenizer_config.json beside the file, or None).
+
+Kinds: llama2.c tokenizer.bin, SentencePiece tokenizer.model (Llama 2, TinyLlama), tiktoken
+tokenizer.model (Llama 3) and byte-level BPE tokenizer.json (Llama 3 HF repos, SmolLM).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from ..errors import TokenizerError
+from .hf_json import load_hf_json, read_chat_template
 from .llama2c import Llama2cTokenizer
+from .sentencepiece_model import SentencePieceTokenizer
+from .tiktoken_bpe import TiktokenTokenizer
 
-__all__ = ["Llama2cTokenizer", "find_tokenizer", "load_tokenizer"]
+__all__ = [
+    "Llama2cTokenizer",
+    "SentencePieceTokenizer",
+    "TiktokenTokenizer",
+    "find_tokenizer",
+    "load_tokenizer",
+]
+
+# Looked for in a checkpoint directory, in this order.
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer.bin")
+
+_TIKTOKEN_LINE = re.compile(rb"[A-Za-z0-9+/]+=* \d+\r?\n")
 
 
 def load_tokenizer(path: str | Path, vocab_size: int | None = None):
     """Load the tokenizer at `path` (a file, or a directory holding one).
 
-    Supported: llama2.c `tokenizer.bin` files. With `vocab_size`, a tokenizer whose vocabulary
-    has a different size is refused (it belongs to another model).
+    The kind is recognised from the name and content: llama2.c `.bin`, `tokenizer.json`, and
+    `tokenizer.model` as SentencePiece (a protobuf) or tiktoken ranks (base64 text). With
+    `vocab_size`, a tokenizer with more tokens than the model's embedding has rows is refused
+    (it belongs to another model); llama2.c vocabularies must match exactly.
     """
     path = Path(path)
     if path.is_dir():
         found = find_tokenizer(path)
         if found is None:
             raise TokenizerError(
-                f"{path}: no tokenizer file found (expected tokenizer.bin or tok*.bin)"
+                f"{path}: no tokenizer file found (expected one of {', '.join(TOKENIZER_FILES)} "
+                f"or tok*.bin); pass --tokenizer / tokenizer= with its path"
             )
         path = found
-    if not path.exists():
+    if not path.is_file():
         raise TokenizerError(f"{path}: tokenizer file does not exist")
     if path.suffix == ".bin":
         return Llama2cTokenizer.from_file(path, vocab_size)
-    raise TokenizerError(f"{path}: unknown tokenizer format (expected a llama2.c tokenizer .bin)")
+    if path.suffix == ".json":
+        tokenizer = load_hf_json(path)
+    else:
+        with open(path, "rb") as f:
+            head = f.read(256)
+        if _TIKTOKEN_LINE.match(head):
+            tokenizer = TiktokenTokenizer.from_file(path)
+        elif head[:1] == b"\x0a":  # protobuf field 1 (the pieces), length-delimited
+            tokenizer = SentencePieceTokenizer.from_file(path)
+        else:
+            raise TokenizerError(
+                f"{path}: unknown tokenizer format: neither a SentencePiece model (protobuf) "
+                f"nor tiktoken ranks (`base64 rank` lines); expected a tokenizer.model, "
+                f"tokenizer.json or llama2.c tokenizer.bin"
+            )
+    if vocab_size is not None and tokenizer.vocab_size > vocab_size:
+        raise TokenizerError(
+            f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but the model only "
+            f"{vocab_size}; it belongs to another model: use the tokenizer the model was "
+            f"trained with"
+        )
+    tokenizer.chat_template = read_chat_template(path.parent)
+    return tokenizer
 
 
 def find_tokenizer(directory: Path, exclude: Path | None = None) -> Path | None:
     """The tokenizer file in `directory`, if there is one."""
+    directory = Path(directory)
+    for name in TOKENIZER_FILES:
+        if (directory / name).is_file() and directory / name != exclude:
+            return directory / name
     candidates = sorted(p for p in directory.glob("tok*.bin") if p.is_file() and p != exclude)
     return candidates[0] if candidates else None

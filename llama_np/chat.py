@@ -1,0 +1,319 @@
+"""Chat: the prompt formats chat models were trained on, and a conversation with one KV cache.
+
+A chat model sees the whole conversation as one token sequence. Each format marks who speaks
+and where a turn ends:
+
+llama3  <|begin_of_text|><|start_header_id|>system<|end_header_id|>\\n\\nSYSTEM<|eot_id|>
+        <|start_header_id|>user<|end_header_id|>\\n\\nUSER<|eot_id|>
+        <|start_header_id|>assistant<|end_header_id|>\\n\\nREPLY<|eot_id|>...
+llama2  <s>[INST] <<SYS>>\\nSYSTEM\\n<</SYS>>\\n\\nUSER [/INST] REPLY </s><s>[INST] USER [/INST]...
+        (each exchange is encoded on its own, with its own BOS and EOS, as Meta does)
+zephyr  <s><|system|>\\nSYSTEM</s>\\n<|user|>\\nUSER</s>\\n<|assistant|>\\nREPLY</s>\\n...
+        (TinyLlama-Chat; "</s>" is the EOS token, the tags are plain text)
+chatml  <|im_start|>system\\nSYSTEM<|im_end|>\\n<|im_start|>user\\nUSER<|im_end|>\\n
+        <|im_start|>assistant\\nREPLY<|im_end|>\\n...      (SmolLM2-Instruct)
+
+Special tokens are inserted by id, never parsed out of the user's text: a user who types
+"<|eot_id|>" gets those characters, not the end of their turn.
+
+`Chat` keeps one KV cache for the whole conversation. Each turn appends only the new tokens
+(the end of the previous reply, the user's message, the assistant header) and prefills just
+those; the cache then holds exactly `chat.tokens`, the formatted conversation so far.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+
+from .errors import ArgumentError
+from .generate import GenerationStats, generate
+from .kv_cache import KVCache
+from .model import Model
+from .tokenizers import SentencePieceTokenizer
+
+CHAT_FORMATS = ("llama3", "llama2", "zephyr", "chatml")
+
+
+class ChatFormat(ABC):
+    """How one model family writes a conversation as tokens.
+
+    start(system, user)  the first turn, BOS included, up to where the assistant speaks
+    reply(text)          a reply's tokens as they sit in the conversation
+    end_reply()          what closes the assistant's reply (the end-of-turn token, ...)
+    next_turn(user)      a later user turn, up to where the assistant speaks
+    stop_ids             tokens with which the model ends its reply
+    """
+
+    name = ""
+    stop_ids: frozenset[int]
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    @abstractmethod
+    def start(self, system: str | None, user: str) -> list[int]: ...
+
+    @abstractmethod
+    def next_turn(self, user: str) -> list[int]: ...
+
+    @abstractmethod
+    def end_reply(self) -> list[int]: ...
+
+    def reply(self, text: str) -> list[int]:
+        return _text(self.tokenizer)(text.strip())
+
+    def dialog(self, messages: list[dict[str, str]]) -> list[int]:
+        """A whole conversation ([system,] user, assistant, ..., user) ready for the reply."""
+        system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
+        turns = messages[1:] if system is not None else messages
+        roles = [m["role"] for m in turns]
+        if roles != ["user", "assistant"] * (len(roles) // 2) + ["user"]:
+            raise ArgumentError(
+                f"a dialog must alternate user and assistant and end with user, got {roles}"
+            )
+        tokens = self.start(system, turns[0]["content"])
+        for answer, user in zip(turns[1::2], turns[2::2], strict=True):
+            tokens += (
+                self.reply(answer["content"]) + self.end_reply() + self.next_turn(user["content"])
+            )
+        return tokens
+
+
+class Llama3Format(ChatFormat):
+    """Meta's Llama 3 Instruct format (header ids around the role, <|eot_id|> after each)."""
+
+    name = "llama3"
+
+    def __init__(self, tokenizer) -> None:
+        super().__init__(tokenizer)
+        tid = tokenizer.token_id
+        self.start_header, self.end_header = tid("<|start_header_id|>"), tid("<|end_header_id|>")
+        self.eot = tid("<|eot_id|>")
+        # <|eom_id|> ends a message that expects a tool's answer; treat it as an end of turn.
+        ends = ["<|eot_id|>", "<|eom_id|>", "<|end_of_text|>"]
+        self.stop_ids = frozenset(tid(n) for n in ends if n in tokenizer.special_tokens)
+
+    def header(self, role: str) -> list[int]:
+        text = _text(self.tokenizer)
+        return [self.start_header, *text(role), self.end_header, *text("\n\n")]
+
+    def message(self, role: str, content: str) -> list[int]:
+        return [*self.header(role), *_text(self.tokenizer)(content.strip()), self.eot]
+
+    def start(self, system: str | None, user: str) -> list[int]:
+        tokens = [self.tokenizer.bos_id]
+        if system is not None:
+            tokens += self.message("system", system)
+        return tokens + self.next_turn(user)
+
+    def next_turn(self, user: str) -> list[int]:
+        return self.message("user", user) + self.header("assistant")
+
+    def end_reply(self) -> list[int]:
+        return [self.eot]
+
+
+class Llama2Format(ChatFormat):
+    """Meta's Llama 2 chat format: each [INST] exchange is its own BOS ... EOS sequence."""
+
+    name = "llama2"
+
+    def __init__(self, tokenizer) -> None:
+        super().__init__(tokenizer)
+        self.stop_ids = frozenset([tokenizer.eos_id])
+        # Meta encodes f"{prompt} [/INST] {answer} " with EOS: a space piece, then EOS.
+        self._end_reply = [*_continuation(tokenizer)(" "), tokenizer.eos_id]
+
+    def start(self, system: str | None, user: str) -> list[int]:
+        if system is not None:  # Meta folds the system prompt into the first user message
+            user = f"<<SYS>>\n{system.strip()}\n<</SYS>>\n\n{user.strip()}"
+        return self.next_turn(user)
+
+    def next_turn(self, user: str) -> list[int]:
+        return self.tokenizer.encode(f"[INST] {user.strip()} [/INST]", bos=True)
+
+    def end_reply(self) -> list[int]:
+        return list(self._end_reply)
+
+
+class ZephyrFormat(ChatFormat):
+    """TinyLlama-Chat / Zephyr: <|role|> tags as plain text, each message ended by EOS.
+
+    As transformers encodes the template, only the very first text gets SentencePiece's dummy
+    prefix; text after an EOS is encoded as a continuation (no space prepended).
+    """
+
+    name = "zephyr"
+
+    def __init__(self, tokenizer) -> None:
+        super().__init__(tokenizer)
+        self.eos = tokenizer.eos_id
+        self.stop_ids = frozenset([self.eos])
+        self.cont = _continuation(tokenizer)
+
+    def start(self, system: str | None, user: str) -> list[int]:
+        first, cont = _text(self.tokenizer), self.cont
+        if system is None:
+            return [self.tokenizer.bos_id, *first(f"<|user|>\n{user.strip()}"), *self._ask()]
+        return [
+            self.tokenizer.bos_id,
+            *first(f"<|system|>\n{system.strip()}"),
+            self.eos,
+            *cont(f"\n<|user|>\n{user.strip()}"),
+            *self._ask(),
+        ]
+
+    def next_turn(self, user: str) -> list[int]:
+        return [*self.cont(f"\n<|user|>\n{user.strip()}"), *self._ask()]
+
+    def _ask(self) -> list[int]:
+        """End the user's message and open the assistant's."""
+        return [self.eos, *self.cont("\n<|assistant|>\n")]
+
+    def reply(self, text: str) -> list[int]:
+        return self.cont(text.strip())
+
+    def end_reply(self) -> list[int]:
+        return [self.eos]
+
+
+class ChatMLFormat(ChatFormat):
+    """ChatML (SmolLM2-Instruct and others): <|im_start|>role\\n...<|im_end|>\\n."""
+
+    name = "chatml"
+
+    def __init__(self, tokenizer) -> None:
+        super().__init__(tokenizer)
+        self.im_start = tokenizer.token_id("<|im_start|>")
+        self.im_end = tokenizer.token_id("<|im_end|>")
+        self.stop_ids = frozenset([self.im_end])
+
+    def message(self, role: str, content: str) -> list[int]:
+        return [
+            self.im_start,
+            *_text(self.tokenizer)(f"{role}\n{content.strip()}"),
+            *self.end_reply(),
+        ]
+
+    def start(self, system: str | None, user: str) -> list[int]:
+        tokens = self.message("system", system) if system is not None else []
+        return tokens + self.next_turn(user)
+
+    def next_turn(self, user: str) -> list[int]:
+        return [*self.message("user", user), self.im_start, *_text(self.tokenizer)("assistant\n")]
+
+    def end_reply(self) -> list[int]:
+        return [self.im_end, *_text(self.tokenizer)("\n")]
+
+
+_FORMATS = {f.name: f for f in (Llama3Format, Llama2Format, ZephyrFormat, ChatMLFormat)}
+
+
+def _text(tokenizer):
+    """encode(text) without BOS/EOS."""
+    return lambda text: tokenizer.encode(text, bos=False)
+
+
+def _continuation(tokenizer):
+    """encode(text) for text that sits right after a special token: no dummy-prefix space."""
+    if not tokenizer.adds_dummy_prefix:
+        return _text(tokenizer)
+    if not isinstance(tokenizer, SentencePieceTokenizer):
+        raise ArgumentError(
+            f"{type(tokenizer).__name__} cannot encode text without its leading space; "
+            f"this chat format needs a SentencePiece tokenizer.model"
+        )
+    return lambda text: tokenizer.encode(text, bos=False, dummy_prefix=False)
+
+
+def detect_chat_format(tokenizer) -> str:
+    """The chat format a model was trained with, from its chat template (tokenizer_config.json)
+    or, without one, from its special tokens and tokenizer kind."""
+    template = getattr(tokenizer, "chat_template", None) or ""
+    special = getattr(tokenizer, "special_tokens", {})
+    markers = [
+        ("llama3", "<|start_header_id|>"),
+        ("chatml", "<|im_start|>"),
+        ("zephyr", "<|user|>"),
+        ("llama2", "[INST]"),
+    ]
+    for name, marker in markers:
+        if marker in template:
+            return name
+    if not template:  # Meta's downloads have none: tell by the special tokens
+        for name, marker in markers[:2]:
+            if marker in special:
+                return name
+        if isinstance(tokenizer, SentencePieceTokenizer):
+            return "llama2"  # a bare SentencePiece tokenizer.model
+    raise ArgumentError(
+        "cannot tell this model's chat format from its tokenizer"
+        + (" and chat template" if template else " (no chat template)")
+        + f"; pass --chat-format ({'|'.join(CHAT_FORMATS)})"
+    )
+
+
+def make_chat_format(tokenizer, name: str | None = None) -> ChatFormat:
+    """The chat format `name`, or the model's own when None."""
+    if tokenizer is None:
+        raise ArgumentError("this model has no tokenizer; chat needs one (pass its path)")
+    name = name or detect_chat_format(tokenizer)
+    if name not in _FORMATS:
+        raise ArgumentError(f"unknown chat format {name!r}; expected one of {CHAT_FORMATS}")
+    return _FORMATS[name](tokenizer)
+
+
+class Chat:
+    """A conversation with a model: one KV cache and the tokens in it.
+
+    chat.tokens is the formatted conversation so far; the cache holds its keys and values, so
+    each turn prefills only what is new. The token that ended a reply is not in the cache
+    (generation stops before running it); the next turn starts with end_reply() instead.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        chat_format: str | None = None,
+        system: str | None = None,
+        max_seq_len: int | None = None,
+    ) -> None:
+        self.model = model
+        self.format = make_chat_format(model.tokenizer, chat_format)
+        self.system = system
+        self.cache: KVCache = model.new_cache(max_seq_len)
+        self.tokens: list[int] = []  # the conversation as the model sees it
+        self.stop_ids = self.format.stop_ids | set(model.config.stop_ids)
+        self.turns = 0
+
+    def send(
+        self,
+        user: str,
+        max_new_tokens: int = 512,
+        stats: GenerationStats | None = None,
+        **sampling,
+    ) -> Iterator[str]:
+        """Add the user's message and stream the model's reply (sampling as in `generate`)."""
+        stats = stats if stats is not None else GenerationStats()
+        if self.tokens:
+            turn = self.format.end_reply() + self.format.next_turn(user)
+        else:
+            turn = self.format.start(self.system, user)
+        # Prefill everything the cache has not seen: this turn, and the previous reply's last
+        # token when max_new_tokens cut that reply off (generation does not run it).
+        pieces = generate(
+            self.model,
+            self.tokens[self.cache.length :] + turn,
+            max_new_tokens,
+            stats=stats,
+            stop_ids=self.stop_ids,
+            cache=self.cache,
+            **sampling,
+        )  # raises ContextLengthError, leaving the conversation as it was, if it does not fit
+        self.tokens += turn
+        self.turns += 1
+        try:
+            yield from pieces
+        finally:
+            self.tokens += stats.tokens

@@ -1,0 +1,134 @@
+"""SentencePiece `tokenizer.model` files (Llama 2, TinyLlama, Mistral-style) via the
+sentencepiece library.
+
+The file is a protobuf holding every piece with its score and type. Pieces spell spaces as
+"▁" (U+2581); `<0xXX>` byte pieces stand for single raw bytes (byte fallback for characters
+not in the vocabulary); control pieces such as <s> and </s> stand for no text at all.
+SentencePiece prepends a space to the text before encoding (the "dummy prefix"), so "Hello"
+encodes as "▁Hello", the same piece as in "say Hello".
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import sentencepiece
+
+from ..errors import TokenizerError
+
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+class SentencePieceTokenizer:
+    """Encode and decode with a SentencePiece model."""
+
+    chat_template: str | None = None  # set by load_tokenizer from tokenizer_config.json
+
+    def __init__(self, processor: sentencepiece.SentencePieceProcessor, name: str = "") -> None:
+        self.sp = processor
+        self.name = name
+        self.bos_id = processor.bos_id()
+        self.eos_id = processor.eos_id()
+        # Llama's models have the dummy prefix; read it from behaviour, not the protobuf
+        # options (that needs the protobuf package): is "a" encoded as "▁a"?
+        self.adds_dummy_prefix = processor.id_to_piece(processor.encode("a")[0]).startswith("▁")
+        # Control pieces (<s>, </s>, ...) by name; they are never produced from plain text.
+        self.special_tokens = {
+            processor.id_to_piece(i): i
+            for i in range(processor.vocab_size())
+            if processor.is_control(i)
+        }
+        self._bytes = [self._piece_bytes(i) for i in range(processor.vocab_size())]
+        # Text of one special token, for encode(allow_special=True); longest names first
+        self._special_re = (
+            re.compile("|".join(re.escape(s) for s in sorted(self.special_tokens, key=len)[::-1]))
+            if self.special_tokens
+            else None
+        )
+        # A prefix whose pieces are known, to encode text without the dummy prefix: the same
+        # trick transformers uses (encode "<unk>" + text and drop the pieces of "<unk>").
+        self._marker = "<unk>"
+        self._marker_len = len(processor.encode(self._marker))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> SentencePieceTokenizer:
+        path = Path(path)
+        processor = sentencepiece.SentencePieceProcessor()
+        try:
+            processor.load(str(path))
+        except (OSError, RuntimeError) as e:
+            raise TokenizerError(
+                f"{path}: not a SentencePiece model ({e}); a tokenizer.model must be the "
+                f"protobuf file that ships with the model (Llama 2, TinyLlama) or Llama 3's "
+                f"tiktoken rank file"
+            ) from None
+        return cls(processor, name=str(path))
+
+    def _piece_bytes(self, i: int) -> bytes:
+        sp = self.sp
+        if sp.is_control(i):
+            return b""
+        if sp.is_unknown(i):
+            return " \u2047 ".encode()  # how sentencepiece itself shows <unk>
+        piece = sp.id_to_piece(i)
+        if sp.is_byte(i) and (m := _BYTE_PIECE.fullmatch(piece)):
+            return bytes([int(m[1], 16)])
+        return piece.replace("▁", " ").encode("utf-8")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.vocab_size()
+
+    def token_id(self, name: str) -> int:
+        """The id of special token `name` (e.g. "</s>")."""
+        if name not in self.special_tokens:
+            raise TokenizerError(
+                f"{self.name}: no special token {name!r}; it has {sorted(self.special_tokens)}"
+            )
+        return self.special_tokens[name]
+
+    def encode(
+        self,
+        text: str,
+        bos: bool = True,
+        eos: bool = False,
+        *,
+        allow_special: bool = False,
+        dummy_prefix: bool = True,
+    ) -> list[int]:
+        """Text -> token ids.
+
+        With `allow_special`, the text of a control piece ("</s>") becomes that token; by
+        default it is ordinary text. `dummy_prefix=False` encodes `text` as a continuation
+        (no space is prepended), as chat templates need for text that follows a special token.
+        """
+        tokens = [self.bos_id] if bos and self.bos_id >= 0 else []
+        if allow_special and self._special_re is not None:
+            pos = 0
+            for m in self._special_re.finditer(text):
+                tokens += self._encode_text(text[pos : m.start()], dummy_prefix and pos == 0)
+                tokens.append(self.special_tokens[m[0]])
+                pos = m.end()
+            tokens += self._encode_text(text[pos:], dummy_prefix and pos == 0)
+        else:
+            tokens += self._encode_text(text, dummy_prefix)
+        if eos and self.eos_id >= 0:
+            tokens.append(self.eos_id)
+        return tokens
+
+    def _encode_text(self, text: str, dummy_prefix: bool) -> list[int]:
+        if not text:
+            return []
+        if dummy_prefix or not self.adds_dummy_prefix:
+            return self.sp.encode(text)
+        return self.sp.encode(self._marker + text)[self._marker_len :]
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes token `token` adds to the text (b"" for control tokens)."""
+        return self._bytes[token]
+
+    def decode(self, ids: list[int]) -> str:
+        """Token ids -> text, dropping control tokens and the dummy-prefix space."""
+        text = b"".join(self._bytes[i] for i in ids).decode("utf-8", errors="replace")
+        return text[1:] if self.adds_dummy_prefix and text.startswith(" ") else text
