@@ -15,10 +15,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .checkpoints.llama2c import read_header
+from .checkpoints import read_config
 from .config import LlamaConfig
 from .costs import forward_bytes, forward_flops
-from .errors import ArgumentError, CheckpointError, ConfigError
+from .errors import ArgumentError, ConfigError
 from .hardware import Hardware
 from .registry import KNOWN_MODELS, known_config
 
@@ -301,22 +301,4 @@ def load_config(model: str) -> LlamaConfig:
                 f"MODEL {model!r} is neither a file or directory nor a known model name; "
                 f"known: {', '.join(KNOWN_MODELS)}"
             ) from None
-    if path.is_dir() and (path / "config.json").exists():
-        # TODO(lead): read config.json through checkpoints/hf.py once it is merged.
-        raise CheckpointError(
-            f"{path}: Hugging Face directories are not supported by this calculator yet; "
-            f"pass a known model name instead (see llama_np/registry.py)"
-        )
-    if path.is_dir():
-        bins = [p for p in sorted(path.glob("*.bin")) if not p.name.startswith("tok")]
-        if len(bins) != 1:
-            raise CheckpointError(
-                f"{path}: expected exactly one llama2.c checkpoint (.bin, not tok*.bin) in the "
-                f"directory, found {len(bins)}; pass the file itself or a known model name"
-            )
-        path = bins[0]
-    if path.suffix != ".bin":
-        raise CheckpointError(
-            f"{path}: unknown checkpoint format (expected a llama2.c .bin, or a known model name)"
-        )
-    return read_header(path)[1]
+    return read_config(path)

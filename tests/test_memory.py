@@ -1,6 +1,7 @@
 """The memory and roofline calculator against values computed by hand from published configs."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -155,9 +156,13 @@ def test_load_config_from_name_and_checkpoint_header(tmp_path):
     assert load_config(str(DEFAULT_CHECKPOINT)).n_layers == 5
     with pytest.raises(ConfigError, match="known model name"):
         load_config("llama-9-9b")
+    hf_dir = Path(__file__).parent / "fixtures" / "hf" / "head_dim"
+    config = load_config(str(hf_dir))  # config.json only: no weights are read
+    assert (config.dim, config.head_dim, config.rope_interleaved) == (64, 32, False)
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(CheckpointError, match="Hugging Face"):
+    with pytest.raises(ConfigError, match="hidden_size"):
         load_config(str(tmp_path))
+    (tmp_path / "config.json").unlink()
     (tmp_path / "model.gguf").write_bytes(b"GGUF")
     with pytest.raises(CheckpointError, match="unknown checkpoint format"):
         load_config(str(tmp_path / "model.gguf"))

@@ -14,14 +14,15 @@ import sys
 import time
 from pathlib import Path
 
+from ..config import LlamaConfig
 from ..errors import CheckpointError
 from ..model import Model
 from ..tokenizers import find_tokenizer, load_tokenizer
-from .hf import load_hf
-from .llama2c import load_llama2c
+from .hf import load_hf, read_hf_config
+from .llama2c import load_llama2c, read_header
 from .meta import load_meta
 
-__all__ = ["DEFAULT_CHECKPOINT", "load"]
+__all__ = ["DEFAULT_CHECKPOINT", "load", "read_config"]
 
 # The small real model shipped with llama_np (see weights/stories260K/PROVENANCE.md).
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "weights" / "stories260K"
@@ -50,6 +51,20 @@ def load(path: str | Path = DEFAULT_CHECKPOINT, tokenizer: str | Path | None = N
     tokenizer_path = Path(tokenizer) if tokenizer else find_tokenizer(directory, exclude=exclude)
     tok = load_tokenizer(tokenizer_path, config.vocab_size) if tokenizer_path else None
     return Model.from_tensors(config, tensors, tok, progress=_Progress(config.name or path.name))
+
+
+def read_config(path: str | Path) -> LlamaConfig:
+    """A checkpoint's config without loading its weights (for calculators and `info`)."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or directory")
+    if path.is_dir() and (path / "config.json").exists():
+        return read_hf_config(path)
+    if path.is_dir() and (path / "params.json").exists():
+        # Llama 2's params.json has vocab_size -1: the embedding's shape says it. The tensors
+        # are memory-mapped, so this reads the pickle but not the weights.
+        return load_meta(path)[0]
+    return read_header(_llama2c_file(path))[1]
 
 
 def _llama2c_file(path: Path) -> Path:

@@ -59,14 +59,19 @@ def hf_name(meta_name: str) -> str:
     return f"model.layers.{i}.{LAYER_NAMES[rest]}"
 
 
-def load_hf(directory: Path) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
-    """Read an HF model directory; -> (config, tensors by Meta name, in their file dtypes)."""
-    config = config_from_hf(
+def read_hf_config(directory: Path) -> LlamaConfig:
+    """The LlamaConfig of an HF model directory (config.json and generation_config.json)."""
+    return config_from_hf(
         _read_json(directory / "config.json"),
         _read_json(directory / "generation_config.json", missing_ok=True),
         name=directory.name,
         source=directory / "config.json",
     )
+
+
+def load_hf(directory: Path) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
+    """Read an HF model directory; -> (config, tensors by Meta name, in their file dtypes)."""
+    config = read_hf_config(directory)
     stored = read_safetensors_dir(directory)
     # Checkpoints saved by older transformers carry RoPE tables as buffers; we compute our own.
     stored = {n: a for n, a in stored.items() if not n.endswith("rotary_emb.inv_freq")}
