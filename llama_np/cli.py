@@ -8,10 +8,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Iterator
 
 from . import DEFAULT_CHECKPOINT, load
-from .errors import LlamaNpError
+from .errors import ArgumentError, LlamaNpError
 from .generate import GenerationStats, generate
+from .sampling import SamplingParams
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +28,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"llama-np: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C outside generation (e.g. while loading)
+        if args.debug:
+            raise
+        print("\nllama-np: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="random seed; the same seed gives the same text (default: random)",
     )
     gen.add_argument(
+        "--truncate-prompt",
+        action="store_true",
+        help="if the prompt is longer than the context, keep BOS and its last tokens instead "
+        "of failing",
+    )
+    gen.add_argument(
         "--stop",
         action="append",
         default=[],
@@ -114,6 +129,12 @@ def add_model_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    # Check every argument before the (possibly slow) load.
+    params = SamplingParams(
+        args.temperature, args.top_k, args.top_p, args.min_p, args.repeat_penalty
+    )
+    if args.n_predict < 0:
+        raise ArgumentError(f"-n/--n-predict must be >= 0, got {args.n_predict}")
     model = load(args.model)
     seed = args.seed if args.seed is not None else int(time.time_ns() % 2**31)
     stats = GenerationStats()
@@ -121,22 +142,51 @@ def run_generate(args: argparse.Namespace) -> int:
         model,
         args.prompt,
         args.n_predict,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        min_p=args.min_p,
-        repetition_penalty=args.repeat_penalty,
+        temperature=params.temperature,
+        top_k=params.top_k,
+        top_p=params.top_p,
+        min_p=params.min_p,
+        repetition_penalty=params.repetition_penalty,
         seed=seed,
         stop=args.stop,
         stats=stats,
+        truncate_prompt=args.truncate_prompt,
     )
+    if stats.prompt_tokens_dropped:
+        print(
+            f"llama-np: prompt truncated: dropped its first {stats.prompt_tokens_dropped} "
+            f"tokens to fit the context of {model.config.max_seq_len}",
+            file=sys.stderr,
+        )
     sys.stdout.write(args.prompt)
-    for piece in pieces:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
+    finished = stream_pieces(pieces)
     sys.stdout.write("\n")
+    if not finished:
+        stats.stop_reason = "interrupted"
     print_timings(stats, seed)
-    return 0
+    if stats.stop_reason == "context_full":
+        print(
+            f"llama-np: stopped: context full ({model.config.max_seq_len} tokens: "
+            f"{stats.prompt_tokens} prompt + {stats.generated_tokens} generated)",
+            file=sys.stderr,
+        )
+    return 0 if finished else EXIT_INTERRUPTED
+
+
+def stream_pieces(pieces: Iterator[str]) -> bool:
+    """Write text pieces to stdout as they arrive. Returns False if Ctrl-C stopped them.
+
+    Ctrl-C ends the generation, not the program: the caller still has the text so far on
+    screen and the stats up to that point (to print timings, or to go on to the next chat
+    turn).
+    """
+    try:
+        for piece in pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        return False
+    return True
 
 
 def print_timings(stats: GenerationStats, seed: int | None = None) -> None:

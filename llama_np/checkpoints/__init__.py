@@ -23,7 +23,9 @@ def load(path: str | Path = DEFAULT_CHECKPOINT, tokenizer: str | Path | None = N
     """
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"{path}: no such file or directory")
+        raise CheckpointError(
+            f"{path}: no such file or directory; pass a checkpoint file or a directory holding one"
+        )
     if path.is_dir():
         bins = [p for p in sorted(path.glob("*.bin")) if not p.name.startswith("tok")]
         if len(bins) != 1:
@@ -33,8 +35,16 @@ def load(path: str | Path = DEFAULT_CHECKPOINT, tokenizer: str | Path | None = N
                 f"directory, found {found}; pass the file itself"
             )
         path = bins[0]
+    if path.suffix == ".gguf":
+        raise CheckpointError(
+            f"{path}: GGUF (llama.cpp's format) is not supported; use the model's original "
+            f"checkpoint (a llama2.c .bin)"
+        )
     if path.suffix != ".bin":
-        raise CheckpointError(f"{path}: unknown checkpoint format (expected a llama2.c .bin)")
+        raise CheckpointError(
+            f"{path}: unknown checkpoint format {path.suffix or '(no suffix)'!r}; expected a "
+            f"llama2.c .bin"
+        )
     config, tensors = load_llama2c(path)
     tokenizer_path = Path(tokenizer) if tokenizer else find_tokenizer(path.parent, exclude=path)
     tok = load_tokenizer(tokenizer_path, config.vocab_size) if tokenizer_path else None

@@ -8,13 +8,15 @@ w1, w2, w3), final norm, two RoPE tables (ignored: we compute our own), classifi
 Versioned: uint32 magic 0x616b3432 ("ak42"), int32 version, the same 7 int32, a uint8
 shared-classifier flag, (version 2: int32 group size), zero padding to 256 bytes. Version 1
 is float32, norms first; version 2 is Q8_0: int8 weights in groups with float32 scales,
-dequantized here to float32.
+dequantized here to float32: each matrix, each layer's separately, is its int8 values followed
+by its scales (as llama2.c's runq.c maps it).
 
 All weights are (out, in), Meta's layout, with RoPE on interleaved pairs.
 """
 
 from __future__ import annotations
 
+import math
 import struct
 from pathlib import Path
 
@@ -22,17 +24,26 @@ import numpy as np
 
 from ..config import LlamaConfig
 from ..errors import CheckpointError, ConfigError
+from ..limits import check_model_fits
 
 MAGIC = 0x616B3432
 HEADER_BYTES = 256  # versioned files pad their header to this size
+TOP_LEVEL = ("tok_embeddings.weight", "norm.weight", "output.weight")  # not stacked over layers
 
 
 def read_header(path: Path) -> tuple[int, LlamaConfig, int, int]:
     """-> (version, config, offset of the first tensor, Q8_0 group size or 0)."""
-    with open(path, "rb") as f:
-        head = f.read(HEADER_BYTES)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEADER_BYTES)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read the file: {e.strerror}") from None
+    _refuse_other_formats(path, head)
     if len(head) < 28:
-        raise CheckpointError(f"{path}: {len(head)} bytes is too short for a llama2.c header (28+)")
+        raise CheckpointError(
+            f"{path}: {len(head)} bytes is too short for a llama2.c header (28+ bytes); the file "
+            f"is truncated or not a llama2.c checkpoint"
+        )
     (magic,) = struct.unpack_from("<I", head, 0)
     if magic == MAGIC:
         if len(head) < HEADER_BYTES:
@@ -67,16 +78,93 @@ def read_header(path: Path) -> tuple[int, LlamaConfig, int, int]:
             name=path.stem,
         )
     except ConfigError as e:
-        raise CheckpointError(f"{path}: not a valid llama2.c checkpoint header: {e}") from None
+        raise CheckpointError(
+            f"{path}: not a valid llama2.c checkpoint header (dim={dim}, hidden_dim={hidden_dim}, "
+            f"n_layers={n_layers}, n_heads={n_heads}, n_kv_heads={n_kv_heads}, "
+            f"vocab_size={vocab_size}, seq_len={seq_len}): {e}"
+        ) from None
     if version == 2 and (group_size <= 0 or dim % group_size):
         raise CheckpointError(f"{path}: Q8_0 group size {group_size} does not divide dim {dim}")
     return version, config, offset, group_size
 
 
+def _refuse_other_formats(path: Path, head: bytes) -> None:
+    """Name the format of a file that is clearly not llama2.c, instead of misreading it."""
+    if head[:4] == b"GGUF":
+        raise CheckpointError(
+            f"{path}: this is a GGUF file (llama.cpp's format), which llama_np does not support; "
+            f"use the model's original checkpoint (llama2.c .bin) instead"
+        )
+    if head[:4] == b"PK\x03\x04":
+        raise CheckpointError(
+            f"{path}: this is a zip archive (PyTorch's torch.save format), not a llama2.c .bin"
+        )
+    if len(head) > 9 and head[8:9] == b"{" and struct.unpack_from("<Q", head)[0] < 1 << 30:
+        raise CheckpointError(f"{path}: this is a safetensors file, not a llama2.c .bin")
+
+
 def load_llama2c(path: Path) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
     """Read a llama2.c `.bin`; -> (config, tensors by Meta name, float32, (out, in))."""
     version, config, offset, group_size = read_header(path)
+    layout = _file_layout(version, config, group_size)
+    # Check the size the header implies before reading or allocating anything: a corrupt
+    # header can claim a model of terabytes.
+    expected = offset + sum(
+        math.prod(shape) * np.dtype(dtype).itemsize for _, dtype, shape in layout
+    )
+    size = path.stat().st_size
+    if expected != size:
+        header = (
+            f"dim={config.dim}, hidden_dim={config.hidden_dim}, n_layers={config.n_layers}, "
+            f"n_heads={config.n_heads}, n_kv_heads={config.n_kv_heads}, "
+            f"vocab_size={config.vocab_size}, seq_len={config.max_seq_len}"
+        )
+        if size < expected <= 2 * size:
+            problem = "the file is truncated; re-download or re-export it"
+        elif expected < size:
+            problem = f"{size - expected} unexpected bytes follow the last tensor"
+        else:
+            problem = "the header is corrupt or this is not a llama2.c checkpoint"
+        raise CheckpointError(
+            f"{path}: the llama2.c header ({header}) implies a file of {expected:,} bytes, but it "
+            f"has {size:,}: {problem}"
+        )
+    check_model_fits(config, str(path))
+
     data = np.memmap(path, dtype=np.uint8, mode="r")  # read-only: never writes to the file
+    arrays: dict[str, np.ndarray] = {}
+    for name, dtype, shape in layout:
+        n = math.prod(shape) * np.dtype(dtype).itemsize
+        arrays[name] = data[offset : offset + n].view(dtype).reshape(shape)
+        offset += n
+    if version == 2:  # Q8_0: weight = int8 value × its group's float32 scale
+        for name in [n for n in arrays if n.endswith(".scales")]:
+            weight = name.removesuffix(".scales")
+            ints = arrays[weight]
+            groups = ints.reshape(-1, group_size).astype(np.float32)  # (n_groups, group)
+            arrays[weight] = (groups * arrays.pop(name)).reshape(ints.shape)
+
+    tensors: dict[str, np.ndarray] = {}
+    for name, array in arrays.items():
+        if name.startswith("rope."):
+            continue
+        if name.startswith("layers.") or name in TOP_LEVEL:
+            tensors[name] = array
+        else:  # stacked over layers
+            for i in range(config.n_layers):
+                tensors[f"layers.{i}.{name}"] = array[i]
+    return config, tensors
+
+
+def _file_layout(
+    version: int, config: LlamaConfig, group_size: int
+) -> list[tuple[str, type, tuple[int, ...]]]:
+    """(name, dtype, shape) of each array in file order. Arrays not named "layers.{i}...." or
+    a top-level name (embedding, final norm, classifier) are stacked over layers: (L, ...).
+
+    Version 2 (Q8_0): the float32 scales of a matrix (one per group of `group_size` values)
+    are named "<matrix>.scales".
+    """
     L, D, F, V = config.n_layers, config.dim, config.hidden_dim, config.vocab_size
     q_rows, kv_rows = config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
     # Stacked matrices in file order, by kind: (name suffix, per-layer shape)
@@ -89,7 +177,7 @@ def load_llama2c(path: Path) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
         ("feed_forward.w2.weight", (D, F)),
         ("feed_forward.w3.weight", (F, D)),
     ]
-    layout: list[tuple[str, tuple[int, ...]]]  # (name, shape) in file order; "layers.*" stacked
+    layout: list[tuple[str, tuple[int, ...]]]  # (name, shape)
     if version == 0:
         layout = [
             ("tok_embeddings.weight", (V, D)),
@@ -111,61 +199,18 @@ def load_llama2c(path: Path) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
         ]
     if not config.tie_embeddings:
         layout.append(("output.weight", (V, D)))
-
-    reader = _Reader(path, data, offset)
-    if version == 2:
-        arrays = _read_q8_0(reader, layout, group_size)
-    else:
-        arrays = {name: reader.take(np.float32, shape) for name, shape in layout}
-    reader.check_end()
-
-    tensors: dict[str, np.ndarray] = {}
-    for name, array in arrays.items():
-        if name.startswith("rope."):
+    if version != 2:
+        return [(n, np.float32, s) for n, s in layout]
+    # Q8_0, as llama2.c's runq.c maps it: each matrix (each layer's separately) is its int8
+    # values followed by its scales; the norms come first, in float32.
+    arrays = [(n, np.float32, s) for n, s in layout if n.endswith("norm.weight")]
+    for name, shape in layout:
+        if name.endswith("norm.weight"):
             continue
-        if name in ("tok_embeddings.weight", "norm.weight", "output.weight"):
-            tensors[name] = array
-        else:  # stacked over layers
-            for i in range(L):
-                tensors[f"layers.{i}.{name}"] = array[i]
-    return config, tensors
-
-
-class _Reader:
-    """Takes consecutive typed arrays out of a memory-mapped file, checking its length."""
-
-    def __init__(self, path: Path, data: np.ndarray, offset: int) -> None:
-        self.path, self.data, self.offset = path, data, offset
-
-    def take(self, dtype, shape: tuple[int, ...]) -> np.ndarray:
-        n = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        if self.offset + n > self.data.size:
-            raise CheckpointError(
-                f"{self.path}: file is truncated: {self.data.size} bytes, but its header implies "
-                f"at least {self.offset + n}; re-download or re-export it"
-            )
-        array = self.data[self.offset : self.offset + n].view(dtype).reshape(shape)
-        self.offset += n
-        return array
-
-    def check_end(self) -> None:
-        if self.offset != self.data.size:
-            raise CheckpointError(
-                f"{self.path}: {self.data.size - self.offset} unexpected bytes after the last "
-                f"tensor ({self.data.size} bytes, header implies {self.offset}); the header does "
-                f"not describe this file"
-            )
-
-
-def _read_q8_0(
-    reader: _Reader, layout: list[tuple[str, tuple[int, ...]]], group_size: int
-) -> dict[str, np.ndarray]:
-    """Version 2: fp32 norms, then every matrix as int8, then every matrix's fp32 scales."""
-    arrays = {n: reader.take(np.float32, s) for n, s in layout if n.endswith("norm.weight")}
-    quantized = [(n, s) for n, s in layout if not n.endswith("norm.weight")]
-    ints = {n: reader.take(np.int8, s) for n, s in quantized}
-    for name, shape in quantized:
-        scales = reader.take(np.float32, (int(np.prod(shape)) // group_size, 1))
-        groups = ints[name].reshape(-1, group_size).astype(np.float32)  # (n_groups, group)
-        arrays[name] = (groups * scales).reshape(shape)
+        per_layer = [(f"layers.{i}.{name}", shape[1:]) for i in range(L)]
+        for n, s in per_layer if len(shape) == 3 else [(name, shape)]:
+            arrays += [
+                (n, np.int8, s),
+                (n + ".scales", np.float32, (math.prod(s) // group_size, 1)),
+            ]
     return arrays

@@ -34,7 +34,10 @@ def load_tokenizer(path: str | Path, vocab_size: int | None = None):
         raise TokenizerError(f"{path}: tokenizer file does not exist")
     if path.suffix == ".bin":
         return Llama2cTokenizer.from_file(path, vocab_size)
-    raise TokenizerError(f"{path}: unknown tokenizer format (expected a llama2.c tokenizer .bin)")
+    raise TokenizerError(
+        f"{path}: unknown tokenizer format {path.suffix or '(no suffix)'!r}; expected a llama2.c "
+        f"tokenizer .bin"
+    )
 
 
 def find_tokenizer(directory: Path, exclude: Path | None = None) -> Path | None:
