@@ -8,8 +8,7 @@ w1, w2, w3), final norm, two RoPE tables (ignored: we compute our own), classifi
 Versioned: uint32 magic 0x616b3432 ("ak42"), int32 version, the same 7 int32, a uint8
 shared-classifier flag, (version 2: int32 group size), zero padding to 256 bytes. Version 1
 is float32, norms first; version 2 is Q8_0: int8 weights in groups with float32 scales,
-dequantized here to float32: each matrix, each layer's separately, is its int8 values followed
-by its scales (as llama2.c's runq.c maps it).
+dequantized here to float32.
 
 All weights are (out, in), Meta's layout, with RoPE on interleaved pairs.
 """
@@ -28,7 +27,6 @@ from ..limits import check_model_fits
 
 MAGIC = 0x616B3432
 HEADER_BYTES = 256  # versioned files pad their header to this size
-TOP_LEVEL = ("tok_embeddings.weight", "norm.weight", "output.weight")  # not stacked over layers
 
 
 def read_header(path: Path) -> tuple[int, LlamaConfig, int, int]:
@@ -106,12 +104,10 @@ def _refuse_other_formats(path: Path, head: bytes) -> None:
 def load_llama2c(path: Path) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
     """Read a llama2.c `.bin`; -> (config, tensors by Meta name, float32, (out, in))."""
     version, config, offset, group_size = read_header(path)
-    layout = _file_layout(version, config, group_size)
+    layout = _file_layout(version, config)
     # Check the size the header implies before reading or allocating anything: a corrupt
-    # header can claim a model of terabytes.
-    expected = offset + sum(
-        math.prod(shape) * np.dtype(dtype).itemsize for _, dtype, shape in layout
-    )
+    # header can claim a model of terabytes, or of a billion layers.
+    expected = offset + sum(_nbytes(name, shape, group_size) for name, shape in layout)
     size = path.stat().st_size
     if expected != size:
         header = (
@@ -132,23 +128,18 @@ def load_llama2c(path: Path) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
     check_model_fits(config, str(path))
 
     data = np.memmap(path, dtype=np.uint8, mode="r")  # read-only: never writes to the file
-    arrays: dict[str, np.ndarray] = {}
-    for name, dtype, shape in layout:
-        n = math.prod(shape) * np.dtype(dtype).itemsize
-        arrays[name] = data[offset : offset + n].view(dtype).reshape(shape)
-        offset += n
-    if version == 2:  # Q8_0: weight = int8 value × its group's float32 scale
-        for name in [n for n in arrays if n.endswith(".scales")]:
-            weight = name.removesuffix(".scales")
-            ints = arrays[weight]
-            groups = ints.reshape(-1, group_size).astype(np.float32)  # (n_groups, group)
-            arrays[weight] = (groups * arrays.pop(name)).reshape(ints.shape)
-
     tensors: dict[str, np.ndarray] = {}
-    for name, array in arrays.items():
+    for name, shape in layout:
+        n = _nbytes(name, shape, group_size)
+        raw = data[offset : offset + n]
+        offset += n
         if name.startswith("rope."):
             continue
-        if name.startswith("layers.") or name in TOP_LEVEL:
+        if group_size and not name.endswith("norm.weight"):
+            array = _dequantize_q8_0(raw, shape, group_size)
+        else:
+            array = raw.view(np.float32).reshape(shape)
+        if name in ("tok_embeddings.weight", "norm.weight", "output.weight"):
             tensors[name] = array
         else:  # stacked over layers
             for i in range(config.n_layers):
@@ -156,15 +147,8 @@ def load_llama2c(path: Path) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
     return config, tensors
 
 
-def _file_layout(
-    version: int, config: LlamaConfig, group_size: int
-) -> list[tuple[str, type, tuple[int, ...]]]:
-    """(name, dtype, shape) of each array in file order. Arrays not named "layers.{i}...." or
-    a top-level name (embedding, final norm, classifier) are stacked over layers: (L, ...).
-
-    Version 2 (Q8_0): the float32 scales of a matrix (one per group of `group_size` values)
-    are named "<matrix>.scales".
-    """
+def _file_layout(version: int, config: LlamaConfig) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of each array in file order; "layers.*" arrays are stacked: (L, ...)."""
     L, D, F, V = config.n_layers, config.dim, config.hidden_dim, config.vocab_size
     q_rows, kv_rows = config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
     # Stacked matrices in file order, by kind: (name suffix, per-layer shape)
@@ -177,7 +161,7 @@ def _file_layout(
         ("feed_forward.w2.weight", (D, F)),
         ("feed_forward.w3.weight", (F, D)),
     ]
-    layout: list[tuple[str, tuple[int, ...]]]  # (name, shape)
+    layout: list[tuple[str, tuple[int, ...]]]
     if version == 0:
         layout = [
             ("tok_embeddings.weight", (V, D)),
@@ -199,18 +183,24 @@ def _file_layout(
         ]
     if not config.tie_embeddings:
         layout.append(("output.weight", (V, D)))
-    if version != 2:
-        return [(n, np.float32, s) for n, s in layout]
-    # Q8_0, as llama2.c's runq.c maps it: each matrix (each layer's separately) is its int8
-    # values followed by its scales; the norms come first, in float32.
-    arrays = [(n, np.float32, s) for n, s in layout if n.endswith("norm.weight")]
-    for name, shape in layout:
-        if name.endswith("norm.weight"):
-            continue
-        per_layer = [(f"layers.{i}.{name}", shape[1:]) for i in range(L)]
-        for n, s in per_layer if len(shape) == 3 else [(name, shape)]:
-            arrays += [
-                (n, np.int8, s),
-                (n + ".scales", np.float32, (math.prod(s) // group_size, 1)),
-            ]
-    return arrays
+    return layout
+
+
+def _nbytes(name: str, shape: tuple[int, ...], group_size: int) -> int:
+    """Bytes of one array in the file: float32, or (Q8_0) an int8 and a float32 scale per
+    group of `group_size` values; norms are always float32."""
+    n = math.prod(shape)
+    if group_size and not name.endswith("norm.weight"):
+        return n + 4 * (n // group_size)
+    return 4 * n
+
+
+def _dequantize_q8_0(raw: np.ndarray, shape: tuple[int, ...], group_size: int) -> np.ndarray:
+    """Q8_0 bytes -> float32 of `shape`. As llama2.c's runq.c maps them, each matrix (each
+    layer's separately when stacked) is its int8 values followed by its float32 scales."""
+    n_mats = shape[0] if len(shape) == 3 else 1
+    per_mat = math.prod(shape) // n_mats
+    records = raw.reshape(n_mats, per_mat + 4 * (per_mat // group_size))  # one row per matrix
+    values = records[:, :per_mat].view(np.int8).reshape(n_mats, -1, group_size)
+    scales = records[:, per_mat:].view(np.float32).reshape(n_mats, -1, 1)
+    return (values.astype(np.float32) * scales).reshape(shape)  # (n_mats, n_groups, group)
