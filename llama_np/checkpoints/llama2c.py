@@ -115,12 +115,13 @@ def load_llama2c(path: Path) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
             f"n_heads={config.n_heads}, n_kv_heads={config.n_kv_heads}, "
             f"vocab_size={config.vocab_size}, seq_len={config.max_seq_len}"
         )
-        if size < expected <= 2 * size:
-            problem = "the file is truncated; re-download or re-export it"
-        elif expected < size:
+        if expected < size:
             problem = f"{size - expected} unexpected bytes follow the last tensor"
         else:
-            problem = "the header is corrupt or this is not a llama2.c checkpoint"
+            problem = (
+                "the file is truncated (re-download or re-export it), or its header is corrupt "
+                "(not a llama2.c checkpoint?)"
+            )
         raise CheckpointError(
             f"{path}: the llama2.c header ({header}) implies a file of {expected:,} bytes, but it "
             f"has {size:,}: {problem}"
