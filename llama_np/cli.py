@@ -8,14 +8,18 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from . import DEFAULT_CHECKPOINT, cli_perf, load
 from .chat import CHAT_FORMATS, Chat
 from .download import KNOWN_CHECKPOINTS, download
-from .errors import LlamaNpError
+from .errors import ArgumentError, LlamaNpError
 from .generate import GenerationStats, generate
 from .hooks import break_at
+from .sampling import SamplingParams
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"llama-np: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C outside generation (e.g. while loading)
+        if args.debug:
+            raise
+        print("\nllama-np: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="maximum number of tokens to generate (default: 256)",
     )
     add_sampling_args(gen)
+    gen.add_argument(
+        "--truncate-prompt",
+        action="store_true",
+        help="if the prompt is longer than the context, keep BOS and its last tokens instead "
+        "of failing",
+    )
     gen.add_argument(
         "--stop",
         action="append",
@@ -208,6 +223,12 @@ def add_model_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
+    # Check every argument before the (possibly slow) load.
+    params = SamplingParams(
+        args.temperature, args.top_k, args.top_p, args.min_p, args.repeat_penalty
+    )
+    if args.n_predict < 0:
+        raise ArgumentError(f"-n/--n-predict must be >= 0, got {args.n_predict}")
     model = load(args.model)
     if args.break_at:
         break_at(model, args.break_at, args.break_at_step)
@@ -217,22 +238,51 @@ def run_generate(args: argparse.Namespace) -> int:
         model,
         args.prompt,
         args.n_predict,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        min_p=args.min_p,
-        repetition_penalty=args.repeat_penalty,
+        temperature=params.temperature,
+        top_k=params.top_k,
+        top_p=params.top_p,
+        min_p=params.min_p,
+        repetition_penalty=params.repetition_penalty,
         seed=seed,
         stop=args.stop,
         stats=stats,
+        truncate_prompt=args.truncate_prompt,
     )
+    if stats.prompt_tokens_dropped:
+        print(
+            f"llama-np: prompt truncated: dropped its first {stats.prompt_tokens_dropped} "
+            f"tokens to fit the context of {model.config.max_seq_len}",
+            file=sys.stderr,
+        )
     sys.stdout.write(args.prompt)
-    for piece in pieces:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
+    finished = stream_pieces(pieces)
     sys.stdout.write("\n")
+    if not finished:
+        stats.stop_reason = "interrupted"
     print_timings(stats, seed)
-    return 0
+    if stats.stop_reason == "context_full":
+        print(
+            f"llama-np: stopped: context full ({model.config.max_seq_len} tokens: "
+            f"{stats.prompt_tokens} prompt + {stats.generated_tokens} generated)",
+            file=sys.stderr,
+        )
+    return 0 if finished else EXIT_INTERRUPTED
+
+
+def stream_pieces(pieces: Iterator[str]) -> bool:
+    """Write text pieces to stdout as they arrive. Returns False if Ctrl-C stopped them.
+
+    Ctrl-C ends the generation, not the program: the caller still has the text so far on
+    screen and the stats up to that point (to print timings, or to go on to the next chat
+    turn).
+    """
+    try:
+        for piece in pieces:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        return False
+    return True
 
 
 def run_download(args: argparse.Namespace) -> int:
@@ -260,7 +310,11 @@ def run_chat(args: argparse.Namespace) -> int:
     while True:
         if interactive:
             print("> ", end="", file=sys.stderr, flush=True)
-        line = sys.stdin.readline()
+        try:
+            line = sys.stdin.readline()
+        except KeyboardInterrupt:  # Ctrl-C at the prompt ends the chat
+            print(file=sys.stderr)
+            return EXIT_INTERRUPTED
         if not line:  # end of input
             return 0
         if not line.strip():
@@ -277,13 +331,9 @@ def run_chat(args: argparse.Namespace) -> int:
             repetition_penalty=args.repeat_penalty,
             seed=seed + chat.turns,  # a different draw each turn, reproducible as a whole
         )
-        started = False
-        for piece in pieces:
-            if not started:  # the reply's leading space/newline is formatting, not content
-                piece = piece.lstrip()
-                started = bool(piece)
-            sys.stdout.write(piece)
-            sys.stdout.flush()
+        # Ctrl-C ends this reply, not the chat: the conversation keeps what was said so far.
+        if not stream_pieces(_strip_first(pieces)):
+            stats.stop_reason = "interrupted"
         sys.stdout.write("\n")
         sys.stdout.flush()
         print_timings(stats, seed + chat.turns - 1)
@@ -292,6 +342,16 @@ def run_chat(args: argparse.Namespace) -> int:
             f"the KV cache holds {chat.cache.length} tokens of conversation",
             file=sys.stderr,
         )
+
+
+def _strip_first(pieces: Iterator[str]) -> Iterator[str]:
+    """Drop the leading whitespace of a reply: it is the format's, not the model's content."""
+    started = False
+    for piece in pieces:
+        if not started:
+            piece = piece.lstrip()
+            started = bool(piece)
+        yield piece
 
 
 def print_timings(stats: GenerationStats, seed: int | None = None) -> None:

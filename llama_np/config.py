@@ -65,14 +65,25 @@ class LlamaConfig:
     name: str = ""
 
     def __post_init__(self) -> None:
-        if self.head_dim == 0 and self.n_heads > 0:
-            object.__setattr__(self, "head_dim", self.dim // self.n_heads)
-        for field in ("dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim", "vocab_size"):
+        for field in (
+            "dim",
+            "n_layers",
+            "n_heads",
+            "n_kv_heads",
+            "hidden_dim",
+            "vocab_size",
+            "max_seq_len",
+        ):
             value = getattr(self, field)
-            if not isinstance(value, int) or value <= 0:
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"config {field} must be a positive integer, got {value!r}")
-        if self.max_seq_len <= 0:
-            raise ConfigError(f"config max_seq_len must be positive, got {self.max_seq_len}")
+        if self.head_dim == 0:
+            if self.dim % self.n_heads:
+                raise ConfigError(
+                    f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads}) when "
+                    f"head_dim is not given; fix the config or set head_dim explicitly"
+                )
+            object.__setattr__(self, "head_dim", self.dim // self.n_heads)
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(
                 f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})"

@@ -12,6 +12,7 @@ repeat:
 from __future__ import annotations
 
 import codecs
+import operator
 import time
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ import numpy as np
 from .errors import ArgumentError, ContextLengthError
 from .kv_cache import KVCache
 from .model import Model
+from .numerics import check_logits
 from .sampling import SamplingParams, sample
 
 
@@ -34,8 +36,10 @@ class GenerationStats:
     decode_tokens: int = 0  # tokens run through Model.decode
     decode_seconds: float = 0.0
     sample_seconds: float = 0.0
-    stop_reason: str = ""  # "end_token", "stop_string", "max_new_tokens" or "context_full"
+    # "end_token", "stop_string", "max_new_tokens", "context_full" ("interrupted": set by the CLI)
+    stop_reason: str = ""
     tokens: list[int] = field(default_factory=list)  # the generated token ids
+    prompt_tokens_dropped: int = 0  # cut from the prompt's start by truncate_prompt
 
 
 class TextStream:
@@ -78,6 +82,7 @@ def generate(
     stats: GenerationStats | None = None,
     stop_ids: Collection[int] | None = None,
     cache: KVCache | None = None,
+    truncate_prompt: bool = False,
 ) -> Iterator[str]:
     """Generate a continuation of `prompt`, yielding text pieces as they are produced.
 
@@ -92,6 +97,12 @@ def generate(
     end token is not run through the model, and the last generated token is not either
     (nothing needs its logits): the cache then holds the prompt and all but the last of
     stats.tokens.
+
+    A prompt longer than the context raises ContextLengthError, or with `truncate_prompt`
+    (without a `cache`) loses its first tokens (BOS is kept), leaving room for
+    min(max_new_tokens, context / 2) new tokens. Arguments are checked before any work is
+    done; NaN or Inf in the logits raises NumericalError naming the layer where it first
+    appeared.
     """
     params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
     if not (isinstance(max_new_tokens, int) and max_new_tokens >= 0):
@@ -109,20 +120,35 @@ def generate(
     if isinstance(prompt, str):
         tokens = tokenizer.encode(prompt, bos=True)
     else:
-        tokens = [int(t) for t in prompt]
+        try:
+            tokens = [operator.index(t) for t in prompt]
+        except TypeError:
+            raise ArgumentError(f"prompt token ids must be integers, got {prompt!r:.80}") from None
+    if not tokens:
+        raise ArgumentError("the prompt has no tokens: pass text, or at least one id (e.g. BOS)")
+    V = model.config.vocab_size
+    bad = [t for t in tokens if not 0 <= t < V]
+    if bad:
+        raise ArgumentError(f"prompt token id {bad[0]} is outside the vocabulary 0..{V - 1}")
+    stats = stats if stats is not None else GenerationStats()
     if cache is None:
         context = model.config.max_seq_len
         if len(tokens) > context:
-            raise ContextLengthError(
-                f"prompt is {len(tokens)} tokens, longer than the model's context of {context}; "
-                f"shorten it"
-            )
+            if not truncate_prompt:
+                raise ContextLengthError(
+                    f"prompt is {len(tokens)} tokens, longer than the model's context of "
+                    f"{context}; shorten it, or keep only its end with truncate_prompt=True "
+                    f"(CLI: --truncate-prompt)"
+                )
+            keep = context - min(max_new_tokens, context // 2)
+            head = tokens[:1] if tokens[0] == model.config.bos_id else []
+            stats.prompt_tokens_dropped = len(tokens) - keep
+            tokens = head + tokens[len(tokens) - keep + len(head) :]
         # The cache only needs room for the prompt and what may be generated.
         cache = model.new_cache(min(context, len(tokens) + max_new_tokens))
     else:
         cache.check_room(len(tokens))
     stop_ids = frozenset(model.config.stop_ids if stop_ids is None else stop_ids)
-    stats = stats if stats is not None else GenerationStats()
     return _generate(
         model, tokens, max_new_tokens, params, seed, list(stop), stats, stop_ids, cache
     )
@@ -139,10 +165,12 @@ def _generate(
     start = cache.length  # the prompt goes at positions start, start + 1, ...
     stats.prompt_tokens = len(tokens)
     t0 = time.perf_counter()
-    logits = model.prefill(tokens, cache)
+    with np.errstate(over="ignore", invalid="ignore"):  # non-finite logits are checked below
+        logits = model.prefill(tokens, cache)
     stats.prefill_seconds = time.perf_counter() - t0
-
     history = list(tokens)
+    check_logits(model, logits, history)
+
     stats.stop_reason = "max_new_tokens"
     for step in range(max_new_tokens):
         if start + len(history) >= cache.max_seq_len:
@@ -169,9 +197,11 @@ def _generate(
 
         if step + 1 < max_new_tokens and start + len(history) < cache.max_seq_len:
             t0 = time.perf_counter()
-            logits = model.decode(token, cache)
+            with np.errstate(over="ignore", invalid="ignore"):
+                logits = model.decode(token, cache)
             stats.decode_seconds += time.perf_counter() - t0
             stats.decode_tokens += 1
+            check_logits(model, logits, history)
     held += stream.flush()
     text, _, _ = _split_at_stop(held, stop)
     if text:

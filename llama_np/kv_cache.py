@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import LlamaConfig
-from .errors import ContextLengthError
+from .errors import ArgumentError, ContextLengthError
 
 
 class KVCache:
@@ -42,7 +42,7 @@ class KVCache:
     def length(self) -> int:
         """Positions filled (batch size 1)."""
         if self.batch_size != 1:
-            raise ValueError("cache.length is for batch size 1; use cache.lengths[b]")
+            raise ArgumentError("cache.length is for batch size 1; use cache.lengths[b]")
         return self.lengths[0]
 
     @property

@@ -26,6 +26,7 @@ from .errors import ArgumentError, CheckpointError
 from .hooks import Hook, match_points
 from .kv_cache import KVCache
 from .layers import apply_rope, attention, rms_norm, rope_tables, swiglu
+from .limits import check_kv_cache_fits
 
 
 @dataclass
@@ -123,6 +124,14 @@ class Model:
             converted += 1
             if progress is not None:
                 progress(converted, len(expected))
+            # One pass over each tensor (~10% of the load time): a corrupt weight otherwise
+            # surfaces only later, as NaN logits.
+            if not np.isfinite(array).all():
+                n_bad = int(array.size - np.isfinite(array).sum())
+                raise CheckpointError(
+                    f"tensor {name} contains {n_bad} NaN/Inf values: the checkpoint is corrupt; "
+                    f"re-download or re-export it"
+                )
             return array
 
         def fused(*names: str) -> np.ndarray:
@@ -157,11 +166,17 @@ class Model:
     def new_cache(self, max_seq_len: int | None = None, batch_size: int = 1) -> KVCache:
         """A preallocated KV cache for up to `max_seq_len` positions (default: the context)."""
         max_seq_len = self.config.max_seq_len if max_seq_len is None else max_seq_len
-        if not 0 < max_seq_len <= self.config.max_seq_len:
+        if not (
+            isinstance(max_seq_len, (int, np.integer))
+            and 0 < max_seq_len <= self.config.max_seq_len
+        ):
             raise ArgumentError(
                 f"max_seq_len must be in 1..{self.config.max_seq_len} (the model's context), "
-                f"got {max_seq_len}"
+                f"got {max_seq_len!r}"
             )
+        if not (isinstance(batch_size, (int, np.integer)) and batch_size > 0):
+            raise ArgumentError(f"batch_size must be a positive integer, got {batch_size!r}")
+        check_kv_cache_fits(self.config, max_seq_len, batch_size)
         return KVCache(self.config, max_seq_len, batch_size)
 
     # ---------------------------------------------------------------- prefill and decode

@@ -164,8 +164,11 @@ def test_load_config_from_name_and_checkpoint_header(tmp_path):
         load_config(str(tmp_path))
     (tmp_path / "config.json").unlink()
     (tmp_path / "model.gguf").write_bytes(b"GGUF")
-    with pytest.raises(CheckpointError, match="unknown checkpoint format"):
+    with pytest.raises(CheckpointError, match=r"GGUF .* is not supported"):
         load_config(str(tmp_path / "model.gguf"))
+    (tmp_path / "model.txt").write_bytes(b"hello")
+    with pytest.raises(CheckpointError, match="unknown checkpoint format"):
+        load_config(str(tmp_path / "model.txt"))
 
 
 def test_cli_json_worked_example(capsys):

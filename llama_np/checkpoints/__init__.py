@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..config import LlamaConfig
 from ..errors import CheckpointError
+from ..limits import check_model_fits
 from ..model import Model
 from ..tokenizers import find_tokenizer, load_tokenizer
 from .hf import load_hf, read_hf_config
@@ -37,7 +38,9 @@ def load(path: str | Path = DEFAULT_CHECKPOINT, tokenizer: str | Path | None = N
     """
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"{path}: no such file or directory")
+        raise CheckpointError(
+            f"{path}: no such file or directory; pass a checkpoint file or a directory holding one"
+        )
     if path.is_dir() and (path / "config.json").exists():
         config, tensors = load_hf(path)
         directory, exclude = path, None
@@ -48,6 +51,7 @@ def load(path: str | Path = DEFAULT_CHECKPOINT, tokenizer: str | Path | None = N
         path = _llama2c_file(path)
         config, tensors = load_llama2c(path)
         directory, exclude = path.parent, path
+    check_model_fits(config, str(path))
     tokenizer_path = Path(tokenizer) if tokenizer else find_tokenizer(directory, exclude=exclude)
     tok = load_tokenizer(tokenizer_path, config.vocab_size) if tokenizer_path else None
     return Model.from_tensors(config, tensors, tok, progress=_Progress(config.name or path.name))
@@ -78,9 +82,15 @@ def _llama2c_file(path: Path) -> Path:
                 f"(not tok*.bin); found .bin files: {found}"
             )
         path = bins[0]
+    if path.suffix == ".gguf":
+        raise CheckpointError(
+            f"{path}: GGUF (llama.cpp's format) is not supported; use the model's original "
+            f"checkpoint (a Hugging Face directory, a Meta download or a llama2.c .bin)"
+        )
     if path.suffix != ".bin":
         raise CheckpointError(
-            f"{path}: unknown checkpoint format: expected a llama2.c .bin file, or a directory "
+            f"{path}: unknown checkpoint format {path.suffix or '(no suffix)'!r}: expected a "
+            f"llama2.c .bin file, or a directory "
             f"with config.json (Hugging Face) or params.json + consolidated.*.pth (Meta)"
         )
     return path

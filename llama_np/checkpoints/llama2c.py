@@ -15,6 +15,7 @@ All weights are (out, in), Meta's layout, with RoPE on interleaved pairs.
 
 from __future__ import annotations
 
+import math
 import struct
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import numpy as np
 
 from ..config import LlamaConfig
 from ..errors import CheckpointError, ConfigError
+from ..limits import check_model_fits
 
 MAGIC = 0x616B3432
 HEADER_BYTES = 256  # versioned files pad their header to this size
@@ -29,10 +31,17 @@ HEADER_BYTES = 256  # versioned files pad their header to this size
 
 def read_header(path: Path) -> tuple[int, LlamaConfig, int, int]:
     """-> (version, config, offset of the first tensor, Q8_0 group size or 0)."""
-    with open(path, "rb") as f:
-        head = f.read(HEADER_BYTES)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEADER_BYTES)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read the file: {e.strerror}") from None
+    _refuse_other_formats(path, head)
     if len(head) < 28:
-        raise CheckpointError(f"{path}: {len(head)} bytes is too short for a llama2.c header (28+)")
+        raise CheckpointError(
+            f"{path}: {len(head)} bytes is too short for a llama2.c header (28+ bytes); the file "
+            f"is truncated or not a llama2.c checkpoint"
+        )
     (magic,) = struct.unpack_from("<I", head, 0)
     if magic == MAGIC:
         if len(head) < HEADER_BYTES:
@@ -67,16 +76,80 @@ def read_header(path: Path) -> tuple[int, LlamaConfig, int, int]:
             name=path.stem,
         )
     except ConfigError as e:
-        raise CheckpointError(f"{path}: not a valid llama2.c checkpoint header: {e}") from None
+        raise CheckpointError(
+            f"{path}: not a valid llama2.c checkpoint header (dim={dim}, hidden_dim={hidden_dim}, "
+            f"n_layers={n_layers}, n_heads={n_heads}, n_kv_heads={n_kv_heads}, "
+            f"vocab_size={vocab_size}, seq_len={seq_len}): {e}"
+        ) from None
     if version == 2 and (group_size <= 0 or dim % group_size):
         raise CheckpointError(f"{path}: Q8_0 group size {group_size} does not divide dim {dim}")
     return version, config, offset, group_size
 
 
+def _refuse_other_formats(path: Path, head: bytes) -> None:
+    """Name the format of a file that is clearly not llama2.c, instead of misreading it."""
+    if head[:4] == b"GGUF":
+        raise CheckpointError(
+            f"{path}: this is a GGUF file: GGUF (llama.cpp's format) is not supported; use the "
+            f"model's original checkpoint (a llama2.c .bin)"
+        )
+    if head[:4] == b"PK\x03\x04":
+        raise CheckpointError(
+            f"{path}: this is a zip archive (PyTorch's torch.save format), not a llama2.c .bin"
+        )
+    if len(head) > 9 and head[8:9] == b"{" and struct.unpack_from("<Q", head)[0] < 1 << 30:
+        raise CheckpointError(f"{path}: this is a safetensors file, not a llama2.c .bin")
+
+
 def load_llama2c(path: Path) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
     """Read a llama2.c `.bin`; -> (config, tensors by Meta name, float32, (out, in))."""
     version, config, offset, group_size = read_header(path)
+    layout = _file_layout(version, config)
+    # Check the size the header implies before reading or allocating anything: a corrupt
+    # header can claim a model of terabytes, or of a billion layers.
+    expected = offset + sum(_nbytes(name, shape, group_size) for name, shape in layout)
+    size = path.stat().st_size
+    if expected != size:
+        header = (
+            f"dim={config.dim}, hidden_dim={config.hidden_dim}, n_layers={config.n_layers}, "
+            f"n_heads={config.n_heads}, n_kv_heads={config.n_kv_heads}, "
+            f"vocab_size={config.vocab_size}, seq_len={config.max_seq_len}"
+        )
+        if expected < size:
+            problem = f"{size - expected} unexpected bytes follow the last tensor"
+        else:
+            problem = (
+                "the file is truncated (re-download or re-export it), or its header is corrupt "
+                "(not a llama2.c checkpoint?)"
+            )
+        raise CheckpointError(
+            f"{path}: the llama2.c header ({header}) implies a file of {expected:,} bytes, but it "
+            f"has {size:,}: {problem}"
+        )
+    check_model_fits(config, str(path))
+
     data = np.memmap(path, dtype=np.uint8, mode="r")  # read-only: never writes to the file
+    tensors: dict[str, np.ndarray] = {}
+    for name, shape in layout:
+        n = _nbytes(name, shape, group_size)
+        raw = data[offset : offset + n]
+        offset += n
+        if name.startswith("rope."):
+            continue
+        if group_size and not name.endswith("norm.weight"):
+            array = _dequantize_q8_0(raw, shape, group_size)
+        else:
+            array = raw.view(np.float32).reshape(shape)
+        if name in ("tok_embeddings.weight", "norm.weight", "output.weight"):
+            tensors[name] = array
+        else:  # stacked over layers
+            for i in range(config.n_layers):
+                tensors[f"layers.{i}.{name}"] = array[i]
+    return config, tensors
+
+
+def _file_layout(version: int, config: LlamaConfig) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of each array in file order; "layers.*" arrays are stacked: (L, ...)."""
     L, D, F, V = config.n_layers, config.dim, config.hidden_dim, config.vocab_size
     q_rows, kv_rows = config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
     # Stacked matrices in file order, by kind: (name suffix, per-layer shape)
@@ -89,7 +162,7 @@ def load_llama2c(path: Path) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
         ("feed_forward.w2.weight", (D, F)),
         ("feed_forward.w3.weight", (F, D)),
     ]
-    layout: list[tuple[str, tuple[int, ...]]]  # (name, shape) in file order; "layers.*" stacked
+    layout: list[tuple[str, tuple[int, ...]]]
     if version == 0:
         layout = [
             ("tok_embeddings.weight", (V, D)),
@@ -111,61 +184,24 @@ def load_llama2c(path: Path) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
         ]
     if not config.tie_embeddings:
         layout.append(("output.weight", (V, D)))
-
-    reader = _Reader(path, data, offset)
-    if version == 2:
-        arrays = _read_q8_0(reader, layout, group_size)
-    else:
-        arrays = {name: reader.take(np.float32, shape) for name, shape in layout}
-    reader.check_end()
-
-    tensors: dict[str, np.ndarray] = {}
-    for name, array in arrays.items():
-        if name.startswith("rope."):
-            continue
-        if name in ("tok_embeddings.weight", "norm.weight", "output.weight"):
-            tensors[name] = array
-        else:  # stacked over layers
-            for i in range(L):
-                tensors[f"layers.{i}.{name}"] = array[i]
-    return config, tensors
+    return layout
 
 
-class _Reader:
-    """Takes consecutive typed arrays out of a memory-mapped file, checking its length."""
-
-    def __init__(self, path: Path, data: np.ndarray, offset: int) -> None:
-        self.path, self.data, self.offset = path, data, offset
-
-    def take(self, dtype, shape: tuple[int, ...]) -> np.ndarray:
-        n = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        if self.offset + n > self.data.size:
-            raise CheckpointError(
-                f"{self.path}: file is truncated: {self.data.size} bytes, but its header implies "
-                f"at least {self.offset + n}; re-download or re-export it"
-            )
-        array = self.data[self.offset : self.offset + n].view(dtype).reshape(shape)
-        self.offset += n
-        return array
-
-    def check_end(self) -> None:
-        if self.offset != self.data.size:
-            raise CheckpointError(
-                f"{self.path}: {self.data.size - self.offset} unexpected bytes after the last "
-                f"tensor ({self.data.size} bytes, header implies {self.offset}); the header does "
-                f"not describe this file"
-            )
+def _nbytes(name: str, shape: tuple[int, ...], group_size: int) -> int:
+    """Bytes of one array in the file: float32, or (Q8_0) an int8 and a float32 scale per
+    group of `group_size` values; norms are always float32."""
+    n = math.prod(shape)
+    if group_size and not name.endswith("norm.weight"):
+        return n + 4 * (n // group_size)
+    return 4 * n
 
 
-def _read_q8_0(
-    reader: _Reader, layout: list[tuple[str, tuple[int, ...]]], group_size: int
-) -> dict[str, np.ndarray]:
-    """Version 2: fp32 norms, then every matrix as int8, then every matrix's fp32 scales."""
-    arrays = {n: reader.take(np.float32, s) for n, s in layout if n.endswith("norm.weight")}
-    quantized = [(n, s) for n, s in layout if not n.endswith("norm.weight")]
-    ints = {n: reader.take(np.int8, s) for n, s in quantized}
-    for name, shape in quantized:
-        scales = reader.take(np.float32, (int(np.prod(shape)) // group_size, 1))
-        groups = ints[name].reshape(-1, group_size).astype(np.float32)  # (n_groups, group)
-        arrays[name] = (groups * scales).reshape(shape)
-    return arrays
+def _dequantize_q8_0(raw: np.ndarray, shape: tuple[int, ...], group_size: int) -> np.ndarray:
+    """Q8_0 bytes -> float32 of `shape`. As llama2.c's runq.c maps them, each matrix (each
+    layer's separately when stacked) is its int8 values followed by its float32 scales."""
+    n_mats = shape[0] if len(shape) == 3 else 1
+    per_mat = math.prod(shape) // n_mats
+    records = raw.reshape(n_mats, per_mat + 4 * (per_mat // group_size))  # one row per matrix
+    values = records[:, :per_mat].view(np.int8).reshape(n_mats, -1, group_size)
+    scales = records[:, per_mat:].view(np.float32).reshape(n_mats, -1, 1)
+    return (values.astype(np.float32) * scales).reshape(shape)  # (n_mats, n_groups, group)

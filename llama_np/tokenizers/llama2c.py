@@ -44,7 +44,10 @@ class Llama2cTokenizer:
         """Read a llama2.c tokenizer.bin. With `vocab_size`, read exactly that many tokens
         (llama2.c takes the count from the model) and reject files with more or fewer."""
         path = Path(path)
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise TokenizerError(f"{path}: cannot read the tokenizer file: {e.strerror}") from None
         if len(data) < 4:
             raise TokenizerError(f"{path}: too short to be a llama2.c tokenizer.bin")
         pieces, scores, offset = [], [], 4
@@ -68,10 +71,10 @@ class Llama2cTokenizer:
             scores.append(score)
             offset += n
         if vocab_size is not None and (len(pieces) != vocab_size or offset != len(data)):
+            found = "more" if offset < len(data) else f"only {len(pieces)}"
             raise TokenizerError(
                 f"{path}: vocabulary does not match the model: the model has {vocab_size} tokens, "
-                f"the file {'more' if offset < len(data) else len(pieces)}; use the tokenizer "
-                f"the model was trained with"
+                f"the file has {found}; use the tokenizer the model was trained with"
             )
         if len(pieces) < 3 + 256:
             raise TokenizerError(

@@ -1,0 +1,92 @@
+"""Memory limits: refuse to load a model or allocate a KV cache that would not fit.
+
+A model too large for the machine does not fail cleanly on its own: the allocation usually
+succeeds and the machine swaps until it is unusable. So the loaders and `Model.new_cache`
+compare the bytes they are about to allocate with the memory available now, and raise
+MemoryLimitError (how much is needed, how much there is, what would reduce it) instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from .config import LlamaConfig
+from .errors import MemoryLimitError
+
+
+def available_memory() -> int | None:
+    """Bytes of memory that can be allocated without swapping, or None if unknown.
+
+    Linux's MemAvailable counts free memory plus reclaimable page cache (e.g. a memory-mapped
+    checkpoint that was just read); elsewhere, free physical pages.
+    """
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # reported in kB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_fits(needed: int, what: str, fixes: Sequence[str]) -> None:
+    """Raise MemoryLimitError if `needed` bytes for `what` exceed the available memory."""
+    available = available_memory()
+    if available is None or needed <= available:
+        return
+    raise MemoryLimitError(
+        f"{what} needs {format_bytes(needed)} but only {format_bytes(available)} of memory is "
+        f"available; to reduce it: {'; '.join(fixes)}"
+    )
+
+
+def model_bytes(config: LlamaConfig) -> int:
+    """Bytes a loaded model allocates: float32 weights plus the RoPE tables.
+
+    The tables are computed in float64 (angles, then cos or sin) before rounding to float32:
+    S_max × HD/2 × (8 + 8 + 4 + 4) bytes at the peak.
+    """
+    rope = config.max_seq_len * (config.head_dim // 2) * 24
+    return 4 * config.n_params + rope
+
+
+def check_model_fits(config: LlamaConfig, source: str) -> None:
+    """Raise MemoryLimitError if the model in `source` would not fit in memory as float32."""
+    fixes = ["use a smaller model", "close other programs to free memory"]
+    if model_bytes(config) > 8 * config.n_params:  # the RoPE tables dominate
+        fixes.insert(
+            0, f"a checkpoint with a shorter context (its max_seq_len is {config.max_seq_len:,})"
+        )
+    check_fits(
+        model_bytes(config),
+        f"{source}: the model ({config.n_params:,} parameters as float32, context "
+        f"{config.max_seq_len:,})",
+        fixes,
+    )
+
+
+def check_kv_cache_fits(config: LlamaConfig, max_seq_len: int, batch_size: int) -> None:
+    """Raise MemoryLimitError if a float32 KV cache of this size would not fit in memory."""
+    fixes = [
+        f"fewer positions (max_seq_len {max_seq_len:,}: model.new_cache(max_seq_len=...), or "
+        f"fewer new tokens with generate's max_new_tokens / the CLI's -n)"
+    ]
+    if batch_size > 1:
+        fixes.append(f"fewer batch rows (batch_size {batch_size})")
+    check_fits(
+        config.kv_cache_bytes(max_seq_len, batch_size),
+        f"a KV cache of {max_seq_len:,} positions × {batch_size} sequence(s)",
+        fixes,
+    )
+
+
+def format_bytes(n: int) -> str:
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} bytes"

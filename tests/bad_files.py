@@ -1,0 +1,201 @@
+"""Writers of small valid files, mutations that break them, and the table of formats to fuzz.
+
+Shared by the error tests, the fuzz tests and scripts/fuzz.py. The llama2.c writer follows
+llama2.c's export.py (legacy_export, version1_export, version2_export) independently of our
+loader, so a load of its output checks the loader against the format.
+"""
+
+from __future__ import annotations
+
+import struct
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from hypothesis import strategies as st
+
+from llama_np import LlamaConfig, generate_text, limits, load, load_tokenizer
+from llama_np.model import tensor_names
+
+REPO = Path(__file__).resolve().parents[1]
+TOKENIZER_512 = REPO / "weights" / "stories260K" / "tok512.bin"  # a real llama2.c tokenizer
+
+# Small enough that a fuzz example takes milliseconds; vocab 512 to match TOKENIZER_512.
+FUZZ_CONFIG = LlamaConfig(
+    dim=8, n_layers=2, n_heads=2, n_kv_heads=1, hidden_dim=16, vocab_size=512, max_seq_len=16
+)
+
+
+def random_tensors(config: LlamaConfig, seed: int = 0, scale: float = 0.5) -> dict:
+    """Random float32 tensors with every name and shape a model of `config` needs."""
+    rng = np.random.default_rng(seed)
+    return {
+        name: (rng.standard_normal(shape, dtype=np.float32) * scale).astype(np.float32)
+        for name, shape in tensor_names(config).items()
+    }
+
+
+def llama2c_bytes(
+    config: LlamaConfig, tensors: dict, version: int = 0, group_size: int = 8
+) -> bytes:
+    """A llama2.c checkpoint of `config` holding `tensors`, as llama2.c's export.py writes it."""
+    L = config.n_layers
+    shared = config.tie_embeddings
+    dims = [
+        config.dim,
+        config.hidden_dim,
+        L,
+        config.n_heads,
+        config.n_kv_heads,
+        config.vocab_size,
+        config.max_seq_len,
+    ]
+
+    def stack(name: str) -> list[np.ndarray]:
+        return [tensors[f"layers.{i}.{name}"] for i in range(L)]
+
+    matrices = [
+        *stack("attention.wq.weight"),
+        *stack("attention.wk.weight"),
+        *stack("attention.wv.weight"),
+        *stack("attention.wo.weight"),
+        *stack("feed_forward.w1.weight"),
+        *stack("feed_forward.w2.weight"),
+        *stack("feed_forward.w3.weight"),
+    ]
+    norms = [*stack("attention_norm.weight"), *stack("ffn_norm.weight"), tensors["norm.weight"]]
+    classifier = [] if shared else [tensors["output.weight"]]
+    if version == 0:
+        dims[5] = dims[5] if shared else -dims[5]  # negative vocab: unshared classifier
+        half = config.head_dim // 2
+        rope = [np.zeros((config.max_seq_len, half), np.float32)] * 2  # ignored by loaders
+        parts = [
+            tensors["tok_embeddings.weight"],
+            *stack("attention_norm.weight"),
+            *matrices[: 4 * L],
+            *stack("ffn_norm.weight"),
+            *matrices[4 * L :],
+            tensors["norm.weight"],
+            *rope,
+            *classifier,
+        ]
+        return struct.pack("<7i", *dims) + b"".join(_f32(p) for p in parts)
+    header = struct.pack("<Ii7iB", 0x616B3432, version, *dims, int(shared))
+    if version == 2:
+        header += struct.pack("<i", group_size)
+    header += b"\0" * (256 - len(header))
+    if version == 1:
+        parts = [*norms, tensors["tok_embeddings.weight"], *matrices, *classifier]
+        return header + b"".join(_f32(p) for p in parts)
+    body = b"".join(_f32(p) for p in norms)
+    for w in [tensors["tok_embeddings.weight"], *matrices, *classifier]:
+        groups = np.asarray(w, dtype=np.float32).reshape(-1, group_size)  # (n_groups, group)
+        scale = np.abs(groups).max(axis=1) / 127.0
+        scale[scale == 0] = 1.0
+        q = np.round(groups / scale[:, None]).astype(np.int8)
+        body += q.tobytes() + scale.astype(np.float32).tobytes()
+    return header + body
+
+
+def _f32(array: np.ndarray) -> bytes:
+    return np.ascontiguousarray(array, dtype=np.float32).tobytes()
+
+
+def tokenizer_bytes(pieces: list[bytes], scores: list[float]) -> bytes:
+    """A llama2.c tokenizer.bin: max piece length, then (score, length, bytes) per piece."""
+    out = struct.pack("<i", max(len(p) for p in pieces))
+    for piece, score in zip(pieces, scores, strict=True):
+        out += struct.pack("<fi", score, len(piece)) + piece
+    return out
+
+
+# ---------------------------------------------------------------- mutations
+
+INTERESTING_INTS = [0, 1, -1, 2, 3, 7, 8, 16, 255, 256, 512, 65536, 2**30, 2**31 - 1, -(2**31)]
+
+
+@st.composite
+def mutations(draw, size: int) -> list[tuple]:
+    """1-4 edits of a file of `size` bytes, biased towards its header where parsers branch."""
+    ops = []
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["byte", "header_byte", "int", "truncate", "append"]))
+        if kind in ("byte", "header_byte"):
+            end = size if kind == "byte" else min(size, 300)
+            ops.append(("set", draw(st.integers(0, end - 1)), draw(st.integers(0, 255))))
+        elif kind == "int":
+            value = draw(st.sampled_from(INTERESTING_INTS) | st.integers(-(2**31), 2**31 - 1))
+            ops.append(("int", draw(st.integers(0, 12)) * 4, value))
+        elif kind == "truncate":
+            ops.append(("truncate", draw(st.integers(0, size - 1) | st.integers(0, 300))))
+        else:
+            ops.append(("append", draw(st.binary(min_size=1, max_size=64))))
+    return ops
+
+
+def apply_mutations(data: bytes, ops: list[tuple]) -> bytes:
+    buf = bytearray(data)
+    for op, a, *rest in ops:
+        if op == "set" and a < len(buf):
+            buf[a] = rest[0]
+        elif op == "int" and a + 4 <= len(buf):
+            buf[a : a + 4] = struct.pack("<i", rest[0])
+        elif op == "truncate":
+            del buf[a:]
+        elif op == "append":
+            buf += a
+    return bytes(buf)
+
+
+# ---------------------------------------------------------------- formats to fuzz
+
+
+@contextmanager
+def memory_limit(n_bytes: int) -> Iterator[None]:
+    """Pretend only `n_bytes` of memory are available (limits.check_fits sees this).
+
+    A mutated header can describe a model that fits in the machine's memory but is far
+    larger than the file (a versioned llama2.c header's seq_len sizes the RoPE tables, not
+    the file): fuzzing must not allocate gigabytes on a shared machine.
+    """
+    saved = limits.available_memory
+    limits.available_memory = lambda: n_bytes
+    try:
+        yield
+    finally:
+        limits.available_memory = saved
+
+
+def load_llama2c_checkpoint(data: bytes) -> None:
+    """Load `data` as a checkpoint (with the matching tokenizer) and generate two tokens."""
+    with tempfile.TemporaryDirectory() as tmp, memory_limit(64 * 2**20):
+        path = Path(tmp) / "model.bin"
+        path.write_bytes(data)
+        model = load(path, tokenizer=TOKENIZER_512)
+        generate_text(model, "a", 2, temperature=0)
+
+
+def load_llama2c_tokenizer(data: bytes) -> None:
+    """Load `data` as a tokenizer, with and without the model's vocab size, and use it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "tokenizer.bin"
+        path.write_bytes(data)
+        for vocab_size in (None, 512):
+            tok = load_tokenizer(path, vocab_size)
+            tok.decode(tok.encode("Hello, wörld! 🦙"))
+
+
+def _llama2c(version: int) -> Callable[[], bytes]:
+    return lambda: llama2c_bytes(FUZZ_CONFIG, random_tensors(FUZZ_CONFIG), version)
+
+
+# (name, make_valid_bytes, load_fn): every mutation of make_valid_bytes() must either load
+# or raise a LlamaNpError. Add a format with one line.
+FORMATS: list[tuple[str, Callable[[], bytes], Callable[[bytes], None]]] = [
+    ("llama2c-legacy", _llama2c(0), load_llama2c_checkpoint),
+    ("llama2c-v1", _llama2c(1), load_llama2c_checkpoint),
+    ("llama2c-v2-q8_0", _llama2c(2), load_llama2c_checkpoint),
+    ("llama2c-tokenizer", TOKENIZER_512.read_bytes, load_llama2c_tokenizer),
+]
