@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from checkpoint_writers import write_hf, write_meta
 from hypothesis import strategies as st
 
 from llama_np import LlamaConfig, generate_text, limits, load, load_tokenizer
@@ -26,6 +27,8 @@ TOKENIZER_512 = REPO / "weights" / "stories260K" / "tok512.bin"  # a real llama2
 FUZZ_CONFIG = LlamaConfig(
     dim=8, n_layers=2, n_heads=2, n_kv_heads=1, hidden_dim=16, vocab_size=512, max_seq_len=16
 )
+# Meta's params.json has no MLP width: its formula gives 32 for dim 8 (multiple_of 32).
+META_FUZZ_CONFIG = FUZZ_CONFIG.replace(hidden_dim=32)
 
 
 def random_tensors(config: LlamaConfig, seed: int = 0, scale: float = 0.5) -> dict:
@@ -187,6 +190,30 @@ def load_llama2c_tokenizer(data: bytes) -> None:
             tok.decode(tok.encode("Hello, wörld! 🦙"))
 
 
+def load_safetensors_checkpoint(data: bytes) -> None:
+    """Load `data` as the model.safetensors of an HF directory and generate two tokens."""
+    with tempfile.TemporaryDirectory() as tmp, memory_limit(64 * 2**20):
+        directory = write_hf(Path(tmp), FUZZ_CONFIG, random_tensors(FUZZ_CONFIG), "BF16")
+        (directory / "model.safetensors").write_bytes(data)
+        generate_text(load(directory, tokenizer=TOKENIZER_512), "a", 2, temperature=0)
+
+
+def load_pth_checkpoint(data: bytes) -> None:
+    """Load `data` as the consolidated.00.pth of a Meta directory and generate two tokens."""
+    with tempfile.TemporaryDirectory() as tmp, memory_limit(64 * 2**20):
+        directory = write_meta(Path(tmp), META_FUZZ_CONFIG, random_tensors(META_FUZZ_CONFIG))
+        (directory / "consolidated.00.pth").write_bytes(data)
+        generate_text(load(directory, tokenizer=TOKENIZER_512), "a", 2, temperature=0)
+
+
+def _file_of(writer, name: str, config: LlamaConfig) -> Callable[[], bytes]:
+    def make() -> bytes:
+        with tempfile.TemporaryDirectory() as tmp:
+            return (writer(Path(tmp), config, random_tensors(config)) / name).read_bytes()
+
+    return make
+
+
 def _llama2c(version: int) -> Callable[[], bytes]:
     return lambda: llama2c_bytes(FUZZ_CONFIG, random_tensors(FUZZ_CONFIG), version)
 
@@ -198,4 +225,14 @@ FORMATS: list[tuple[str, Callable[[], bytes], Callable[[bytes], None]]] = [
     ("llama2c-v1", _llama2c(1), load_llama2c_checkpoint),
     ("llama2c-v2-q8_0", _llama2c(2), load_llama2c_checkpoint),
     ("llama2c-tokenizer", TOKENIZER_512.read_bytes, load_llama2c_tokenizer),
+    (
+        "safetensors",
+        _file_of(write_hf, "model.safetensors", FUZZ_CONFIG),
+        load_safetensors_checkpoint,
+    ),
+    (
+        "meta-pth",
+        _file_of(write_meta, "consolidated.00.pth", META_FUZZ_CONFIG),
+        load_pth_checkpoint,
+    ),
 ]
