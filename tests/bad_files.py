@@ -13,12 +13,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-from checkpoint_writers import write_hf, write_meta
+from checkpoint_writers import llama2c_bytes, write_hf, write_meta
 from hypothesis import strategies as st
+from util import random_tensors
 
 from llama_np import LlamaConfig, generate_text, limits, load, load_tokenizer
-from llama_np.model import tensor_names
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER_512 = REPO / "weights" / "stories260K" / "tok512.bin"  # a real llama2.c tokenizer
@@ -29,81 +28,6 @@ FUZZ_CONFIG = LlamaConfig(
 )
 # Meta's params.json has no MLP width: its formula gives 32 for dim 8 (multiple_of 32).
 META_FUZZ_CONFIG = FUZZ_CONFIG.replace(hidden_dim=32)
-
-
-def random_tensors(config: LlamaConfig, seed: int = 0, scale: float = 0.5) -> dict:
-    """Random float32 tensors with every name and shape a model of `config` needs."""
-    rng = np.random.default_rng(seed)
-    return {
-        name: (rng.standard_normal(shape, dtype=np.float32) * scale).astype(np.float32)
-        for name, shape in tensor_names(config).items()
-    }
-
-
-def llama2c_bytes(
-    config: LlamaConfig, tensors: dict, version: int = 0, group_size: int = 8
-) -> bytes:
-    """A llama2.c checkpoint of `config` holding `tensors`, as llama2.c's export.py writes it."""
-    L = config.n_layers
-    shared = config.tie_embeddings
-    dims = [
-        config.dim,
-        config.hidden_dim,
-        L,
-        config.n_heads,
-        config.n_kv_heads,
-        config.vocab_size,
-        config.max_seq_len,
-    ]
-
-    def stack(name: str) -> list[np.ndarray]:
-        return [tensors[f"layers.{i}.{name}"] for i in range(L)]
-
-    matrices = [
-        *stack("attention.wq.weight"),
-        *stack("attention.wk.weight"),
-        *stack("attention.wv.weight"),
-        *stack("attention.wo.weight"),
-        *stack("feed_forward.w1.weight"),
-        *stack("feed_forward.w2.weight"),
-        *stack("feed_forward.w3.weight"),
-    ]
-    norms = [*stack("attention_norm.weight"), *stack("ffn_norm.weight"), tensors["norm.weight"]]
-    classifier = [] if shared else [tensors["output.weight"]]
-    if version == 0:
-        dims[5] = dims[5] if shared else -dims[5]  # negative vocab: unshared classifier
-        half = config.head_dim // 2
-        rope = [np.zeros((config.max_seq_len, half), np.float32)] * 2  # ignored by loaders
-        parts = [
-            tensors["tok_embeddings.weight"],
-            *stack("attention_norm.weight"),
-            *matrices[: 4 * L],
-            *stack("ffn_norm.weight"),
-            *matrices[4 * L :],
-            tensors["norm.weight"],
-            *rope,
-            *classifier,
-        ]
-        return struct.pack("<7i", *dims) + b"".join(_f32(p) for p in parts)
-    header = struct.pack("<Ii7iB", 0x616B3432, version, *dims, int(shared))
-    if version == 2:
-        header += struct.pack("<i", group_size)
-    header += b"\0" * (256 - len(header))
-    if version == 1:
-        parts = [*norms, tensors["tok_embeddings.weight"], *matrices, *classifier]
-        return header + b"".join(_f32(p) for p in parts)
-    body = b"".join(_f32(p) for p in norms)
-    for w in [tensors["tok_embeddings.weight"], *matrices, *classifier]:
-        groups = np.asarray(w, dtype=np.float32).reshape(-1, group_size)  # (n_groups, group)
-        scale = np.abs(groups).max(axis=1) / 127.0
-        scale[scale == 0] = 1.0
-        q = np.round(groups / scale[:, None]).astype(np.int8)
-        body += q.tobytes() + scale.astype(np.float32).tobytes()
-    return header + body
-
-
-def _f32(array: np.ndarray) -> bytes:
-    return np.ascontiguousarray(array, dtype=np.float32).tobytes()
 
 
 def tokenizer_bytes(pieces: list[bytes], scores: list[float]) -> bytes:

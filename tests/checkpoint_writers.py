@@ -14,60 +14,85 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+from util import random_tensors  # noqa: F401  (re-exported for the tests)
 
 from llama_np.checkpoints.hf import hf_name
 from llama_np.config import LlamaConfig
 from llama_np.dtypes import bfloat16_from_float32
-from llama_np.model import tensor_names
-
-
-def random_tensors(config: LlamaConfig, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random float32 tensors by Meta name, rounded to bfloat16 so that F32 and BF16 files of
-    them hold the same values."""
-    rng = np.random.default_rng(seed)
-    tensors = {}
-    for name, shape in tensor_names(config).items():
-        if name.endswith("norm.weight"):
-            array = 1 + 0.25 * rng.standard_normal(shape)
-        else:
-            array = 0.1 * rng.standard_normal(shape)
-        array = np.clip(array, -4, 4).astype(np.float32)
-        tensors[name] = _widen(bfloat16_from_float32(array))
-    return tensors
-
-
-def _widen(bf16: np.ndarray) -> np.ndarray:
-    return (bf16.view("<u2").astype(np.uint32) << 16).view(np.float32)
-
 
 # ---------------------------------------------------------------- llama2.c
 
 
-def write_llama2c(path: Path, config: LlamaConfig, tensors: dict[str, np.ndarray]) -> Path:
-    """llama2.c's legacy (version 0) export: 7 int32, then float32 tensors stacked by kind."""
+def llama2c_bytes(
+    config: LlamaConfig, tensors: dict, version: int = 0, group_size: int = 8
+) -> bytes:
+    """A llama2.c checkpoint of `config` holding `tensors`, as llama2.c's export.py writes it."""
     L = config.n_layers
-    vocab = config.vocab_size if config.tie_embeddings else -config.vocab_size
-    header = struct.pack(
-        "<7i",
+    shared = config.tie_embeddings
+    dims = [
         config.dim,
         config.hidden_dim,
         L,
         config.n_heads,
         config.n_kv_heads,
-        vocab,
+        config.vocab_size,
         config.max_seq_len,
-    )
-    kinds = ["attention_norm", "attention.wq", "attention.wk", "attention.wv", "attention.wo"]
-    kinds += ["ffn_norm", "feed_forward.w1", "feed_forward.w2", "feed_forward.w3"]
-    parts = [tensors["tok_embeddings.weight"]]
-    parts += [np.stack([tensors[f"layers.{i}.{k}.weight"] for i in range(L)]) for k in kinds]
-    parts.append(tensors["norm.weight"])
-    rope_table = np.zeros((config.max_seq_len, config.head_dim // 2), dtype=np.float32)
-    parts += [rope_table, rope_table]  # cos and sin: ignored by llama_np
-    if not config.tie_embeddings:
-        parts.append(tensors["output.weight"])
-    path.write_bytes(header + b"".join(p.astype("<f4").tobytes() for p in parts))
+    ]
+
+    def stack(name: str) -> list[np.ndarray]:
+        return [tensors[f"layers.{i}.{name}"] for i in range(L)]
+
+    matrices = [
+        *stack("attention.wq.weight"),
+        *stack("attention.wk.weight"),
+        *stack("attention.wv.weight"),
+        *stack("attention.wo.weight"),
+        *stack("feed_forward.w1.weight"),
+        *stack("feed_forward.w2.weight"),
+        *stack("feed_forward.w3.weight"),
+    ]
+    norms = [*stack("attention_norm.weight"), *stack("ffn_norm.weight"), tensors["norm.weight"]]
+    classifier = [] if shared else [tensors["output.weight"]]
+    if version == 0:
+        dims[5] = dims[5] if shared else -dims[5]  # negative vocab: unshared classifier
+        half = config.head_dim // 2
+        rope = [np.zeros((config.max_seq_len, half), np.float32)] * 2  # ignored by loaders
+        parts = [
+            tensors["tok_embeddings.weight"],
+            *stack("attention_norm.weight"),
+            *matrices[: 4 * L],
+            *stack("ffn_norm.weight"),
+            *matrices[4 * L :],
+            tensors["norm.weight"],
+            *rope,
+            *classifier,
+        ]
+        return struct.pack("<7i", *dims) + b"".join(_f32(p) for p in parts)
+    header = struct.pack("<Ii7iB", 0x616B3432, version, *dims, int(shared))
+    if version == 2:
+        header += struct.pack("<i", group_size)
+    header += b"\0" * (256 - len(header))
+    if version == 1:
+        parts = [*norms, tensors["tok_embeddings.weight"], *matrices, *classifier]
+        return header + b"".join(_f32(p) for p in parts)
+    body = b"".join(_f32(p) for p in norms)
+    for w in [tensors["tok_embeddings.weight"], *matrices, *classifier]:
+        groups = np.asarray(w, dtype=np.float32).reshape(-1, group_size)  # (n_groups, group)
+        scale = np.abs(groups).max(axis=1) / 127.0
+        scale[scale == 0] = 1.0
+        q = np.round(groups / scale[:, None]).astype(np.int8)
+        body += q.tobytes() + scale.astype(np.float32).tobytes()
+    return header + body
+
+
+def write_llama2c(path: Path, config: LlamaConfig, tensors: dict[str, np.ndarray]) -> Path:
+    """llama2.c's legacy (version 0) export of `tensors` at `path`."""
+    path.write_bytes(llama2c_bytes(config, tensors, version=0))
     return path
+
+
+def _f32(array: np.ndarray) -> bytes:
+    return np.ascontiguousarray(array, dtype=np.float32).tobytes()
 
 
 # ---------------------------------------------------------------- Hugging Face

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from util import random_tensors
 
 from llama_np import ArgumentError, LlamaConfig, Model, load_tokenizer
 from llama_np.chat import Chat, detect_chat_format, make_chat_format
 from llama_np.cli import main
-from llama_np.model import tensor_names
 
 DATA = Path(__file__).parent / "data" / "tokenizers"
 EXPECTED = json.loads((DATA / "hf_expected.json").read_text(encoding="utf-8"))
@@ -121,14 +121,6 @@ def test_bad_dialog(llama3):
 # ---------------------------------------------------------------- one KV cache per conversation
 
 
-def tiny_tensors(config: LlamaConfig, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {
-        name: (rng.standard_normal(shape, dtype=np.float32) * 0.5).astype(np.float32)
-        for name, shape in tensor_names(config).items()
-    }
-
-
 def tiny_model(tokenizer, max_seq_len: int = 256) -> Model:
     config = LlamaConfig(
         dim=16,
@@ -142,7 +134,7 @@ def tiny_model(tokenizer, max_seq_len: int = 256) -> Model:
         bos_id=tokenizer.bos_id,
         stop_ids=(tokenizer.eos_id,),
     )
-    return Model.from_tensors(config, tiny_tensors(config), tokenizer)
+    return Model.from_tensors(config, random_tensors(config, scale=0.5), tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +231,7 @@ def write_llama2c(path: Path, config: LlamaConfig, tensors: dict[str, np.ndarray
 
 def test_cli_chat_with_piped_stdin(tmp_path, llama2, monkeypatch, capsys):
     model = tiny_model(llama2)
-    write_llama2c(tmp_path / "tiny.bin", model.config, tiny_tensors(model.config))
+    write_llama2c(tmp_path / "tiny.bin", model.config, random_tensors(model.config, scale=0.5))
     shutil.copy(DATA / "llama2" / "tokenizer.model", tmp_path / "tokenizer.model")
     monkeypatch.setattr("sys.stdin", io.StringIO("Hi there\n\nHow are you?\n"))
     argv = ["chat", "-m", str(tmp_path), "--system", "Be brief.", "-n", "4", "--temp", "0"]
@@ -255,7 +247,7 @@ def test_cli_chat_with_piped_stdin(tmp_path, llama2, monkeypatch, capsys):
 
 def test_cli_chat_format_override_and_errors(tmp_path, llama2, monkeypatch, capsys):
     model = tiny_model(llama2)
-    write_llama2c(tmp_path / "tiny.bin", model.config, tiny_tensors(model.config))
+    write_llama2c(tmp_path / "tiny.bin", model.config, random_tensors(model.config, scale=0.5))
     shutil.copy(DATA / "llama2" / "tokenizer.model", tmp_path / "tokenizer.model")
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     assert main(["chat", "-m", str(tmp_path), "--chat-format", "zephyr"]) == 0

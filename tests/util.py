@@ -5,19 +5,25 @@ from __future__ import annotations
 import numpy as np
 
 from llama_np import LlamaConfig, Model
+from llama_np.dtypes import bfloat16_from_float32, to_float32
 from llama_np.model import tensor_names
 from llama_np.tokenizers import Llama2cTokenizer
 
 
 def random_tensors(config: LlamaConfig, seed: int = 0, scale: float = 0.2) -> dict[str, np.ndarray]:
-    """Checkpoint tensors (Meta names, (out, in) shapes) with random float32 values."""
+    """Checkpoint tensors (Meta names, (out, in) shapes) with random float32 values.
+
+    Norm weights are near 1, the rest N(0, scale²). Values are rounded to bfloat16, so F32,
+    F16-ish and BF16 files written from the same tensors hold (nearly) the same model.
+    """
     rng = np.random.default_rng(seed)
     tensors = {}
     for name, shape in tensor_names(config).items():
         if name.endswith("norm.weight"):
-            tensors[name] = (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+            array = 1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32)
         else:
-            tensors[name] = (scale * rng.standard_normal(shape)).astype(np.float32)
+            array = scale * rng.standard_normal(shape, dtype=np.float32)
+        tensors[name] = to_float32(bfloat16_from_float32(array))
     return tensors
 
 
