@@ -126,6 +126,23 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, hook=None) -> np.ndar
     return out.reshape(KVH, G, T, HD).transpose(2, 0, 1, 3).reshape(T, H * HD)
 
 
+def attention_batch(q: np.ndarray, k: np.ndarray, v: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """One new query per sequence over its own cache length (batched decode).
+
+    q: (B, H, HD); k, v: (B, KVH, S, HD); lengths: (B,), sequence b sees keys 0..lengths[b]-1
+    (S = max(lengths)). Returns (B, H * HD). Same grouping as `attention`: no K/V copies.
+    """
+    B, H, HD = q.shape
+    KVH, S = k.shape[1], k.shape[2]
+    qg = q.reshape(B, KVH, H // KVH, HD) * np.float32(1.0 / np.sqrt(HD))  # (B, KVH, G, HD)
+    scores = np.matmul(qg, k.transpose(0, 1, 3, 2))  # (B, KVH, G, S)
+    # Shorter sequences end before S: their keys past their own length are someone's padding.
+    mask = np.where(np.arange(S) < lengths[:, None], np.float32(0), NEG_INF)  # (B, S)
+    scores += mask[:, None, None, :]  # broadcast over (KVH, G)
+    probs = softmax(scores)  # (B, KVH, G, S)
+    return np.matmul(probs, v).reshape(B, H * HD)  # (B, KVH, G, HD) -> (B, H*HD)
+
+
 def causal_mask(T: int, S: int) -> np.ndarray:
     """0 where query t (at position S-T+t) may attend to key s, -inf where s is in its future.
 

@@ -15,11 +15,16 @@ __all__ = ["DEFAULT_CHECKPOINT", "load"]
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "weights" / "stories260K"
 
 
-def load(path: str | Path = DEFAULT_CHECKPOINT, tokenizer: str | Path | None = None) -> Model:
+def load(
+    path: str | Path = DEFAULT_CHECKPOINT,
+    tokenizer: str | Path | None = None,
+    weights_dtype: str = "fp32",
+) -> Model:
     """Load a checkpoint and its tokenizer.
 
     `path` is a llama2.c `.bin` file, or a directory holding one. The tokenizer is taken from
-    `tokenizer` if given, else from a `tok*.bin` file next to the checkpoint.
+    `tokenizer` if given, else from a `tok*.bin` file next to the checkpoint. `weights_dtype`
+    "bf16", "fp16" or "int8" keeps the weight matrices compressed in memory (slower, smaller).
     """
     path = Path(path)
     if not path.exists():
@@ -38,4 +43,4 @@ def load(path: str | Path = DEFAULT_CHECKPOINT, tokenizer: str | Path | None = N
     config, tensors = load_llama2c(path)
     tokenizer_path = Path(tokenizer) if tokenizer else find_tokenizer(path.parent, exclude=path)
     tok = load_tokenizer(tokenizer_path, config.vocab_size) if tokenizer_path else None
-    return Model.from_tensors(config, tensors, tok)
+    return Model.from_tensors(config, tensors, tok, weights_dtype)
