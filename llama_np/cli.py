@@ -11,7 +11,8 @@ import time
 
 from . import DEFAULT_CHECKPOINT, load
 from .errors import LlamaNpError
-from .generate import GenerationStats, generate
+from .generate import GenerationStats, generate, generate_batch
+from .weight_formats import WEIGHT_DTYPES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = commands.add_parser("generate", help="generate text from a prompt (streams to stdout)")
     add_model_arg(gen)
-    gen.add_argument("-p", "--prompt", default="", help="prompt text (default: empty, BOS only)")
+    gen.add_argument(
+        "-p",
+        "--prompt",
+        action="append",
+        metavar="PROMPT",
+        help="prompt text (default: empty, BOS only); repeat to generate for several prompts "
+        "at once as one batch",
+    )
     gen.add_argument(
         "-n",
         "--n-predict",
@@ -95,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TEXT",
         help="stop when TEXT appears (repeatable)",
     )
+    gen.add_argument(
+        "--weights-dtype",
+        choices=WEIGHT_DTYPES,
+        default="fp32",
+        help="keep weights in memory as fp32 (fastest), bf16/fp16 (half the memory) or int8 "
+        "(a quarter plus scales); compressed weights are widened to fp32 as they are used",
+    )
     gen.set_defaults(run=run_generate)
 
     info = commands.add_parser("info", help="print a model's config, size and KV-cache memory")
@@ -114,12 +129,15 @@ def add_model_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    model = load(args.model)
+    model = load(args.model, weights_dtype=args.weights_dtype)
     seed = args.seed if args.seed is not None else int(time.time_ns() % 2**31)
     stats = GenerationStats()
+    prompts = args.prompt or [""]
+    if len(prompts) > 1:
+        return run_generate_batch(model, prompts, args, seed, stats)
     pieces = generate(
         model,
-        args.prompt,
+        prompts[0],
         args.n_predict,
         temperature=args.temperature,
         top_k=args.top_k,
@@ -130,11 +148,32 @@ def run_generate(args: argparse.Namespace) -> int:
         stop=args.stop,
         stats=stats,
     )
-    sys.stdout.write(args.prompt)
+    sys.stdout.write(prompts[0])
     for piece in pieces:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    print_timings(stats, seed)
+    return 0
+
+
+def run_generate_batch(model, prompts, args, seed: int, stats: GenerationStats) -> int:
+    """Several prompts decoded together; each text is printed when all are done."""
+    texts = generate_batch(
+        model,
+        prompts,
+        args.n_predict,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repeat_penalty,
+        seed=seed,
+        stop=args.stop,
+        stats=stats,
+    )
+    for i, (prompt, text) in enumerate(zip(prompts, texts, strict=True)):
+        sys.stdout.write(f"--- [{i}]\n{prompt}{text}\n")
     print_timings(stats, seed)
     return 0
 

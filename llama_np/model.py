@@ -24,10 +24,21 @@ from .config import LlamaConfig
 from .dtypes import to_float32
 from .errors import ArgumentError, CheckpointError
 from .kv_cache import KVCache
-from .layers import apply_rope, attention, attention_batch, rms_norm, rope_tables, swiglu
+from .layers import (
+    apply_rope,
+    attention,
+    attention_batch,
+    chunked_attention,
+    rms_norm,
+    rope_tables,
+    swiglu,
+)
 from .weight_formats import Scratch, check_weights_dtype, pack
 
 Hook = Callable[[str, np.ndarray], None]
+
+# Prompts longer than this run attention in blocks of this many queries (layers.py).
+ATTENTION_CHUNK = 128
 
 
 @dataclass
@@ -268,7 +279,10 @@ class Model:
         # The cache stores (KVH, S, HD) per layer: write the new rows, read all rows so far.
         k_all, v_all = cache.update(i, start, k.transpose(1, 0, 2), v.transpose(1, 0, 2), seq)
         attn_hook = self._attention_hook(i) if self.hooks else None
-        attn_out = attention(q, k_all, v_all, attn_hook) @ lw.wo  # (T, D)
+        if T > ATTENTION_CHUNK and not self.hooks:  # long prompt: blocks that stay in cache
+            attn_out = chunked_attention(q, k_all, v_all, ATTENTION_CHUNK) @ lw.wo  # (T, D)
+        else:
+            attn_out = attention(q, k_all, v_all, attn_hook) @ lw.wo  # (T, D)
         if self.hooks:
             self._run_hooks(f"layers.{i}.attn.out", attn_out)
         x = x + attn_out  # residual connection

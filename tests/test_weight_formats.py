@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 
 import llama_np
+from llama_np import cli
 from llama_np.dtypes import bfloat16_from_float32, to_float32
 from llama_np.errors import ArgumentError
+from llama_np.generate import generate_batch
 from llama_np.random_model import random_model
 from llama_np.registry import known_config
 from llama_np.weight_formats import GROUP_SIZE, PackedRows, Scratch, pack
@@ -93,3 +95,18 @@ def test_decode_batch_equals_one_sequence_at_a_time():
         for b in range(3):
             np.testing.assert_allclose(logits[b], alone[b][s], atol=1e-4)
     assert cache.lengths == [9, 7, 12]
+
+
+def test_generate_batch_equals_generate_per_prompt():
+    model = llama_np.load()
+    prompts = ["Once upon a time", "Lily", [1, 345, 67]]  # ragged, text and token ids
+    texts = generate_batch(model, prompts, 30, temperature=0.0, stop=["park"])
+    assert texts == [llama_np.generate_text(model, p, 30, temperature=0.0, stop=["park"])
+                     for p in prompts]  # fmt: skip
+
+
+def test_cli_generates_for_several_prompts(capsys):
+    assert cli.main(["generate", "-n", "8", "--temp", "0", "-p", "Lily", "-p", "Tom",
+                     "--weights-dtype", "int8"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "--- [0]\nLily" in out and "--- [1]\nTom" in out
