@@ -20,6 +20,10 @@ transposed view of the (out, in) checkpoint matrix. So model.py runs the same co
 
 from __future__ import annotations
 
+import functools
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from .dtypes import BFLOAT16, bfloat16_from_float32, to_float32
@@ -47,16 +51,28 @@ def check_weights_dtype(weights_dtype: str) -> str:
     return weights_dtype
 
 
+# Threads that widen pieces side by side when only a few activation rows are multiplied
+# (measured on 2 cores: 1.2× faster int8/bf16 decode for TinyLlama with another process busy).
+WIDEN_THREADS = 2
+
+
 class Scratch:
-    """One float32 buffer that every packed matrix of a model widens its pieces into."""
+    """The float32 buffer each thread widens pieces into (CHUNK_FLOATS, allocated once per
+    thread), shared by every packed matrix of a model."""
 
     def __init__(self) -> None:
-        self.buffer = np.empty(CHUNK_FLOATS, dtype=np.float32)  # (CHUNK_FLOATS,)
+        self._local = threading.local()
 
     def rows(self, n: int, k: int) -> np.ndarray:
-        if n * k > self.buffer.size:  # a single row longer than the chunk
-            self.buffer = np.empty(n * k, dtype=np.float32)
-        return self.buffer[: n * k].reshape(n, k)  # (n, k) view, no allocation
+        buffer = getattr(self._local, "buffer", None)
+        if buffer is None or buffer.size < n * k:  # first use in this thread, or a huge row
+            buffer = self._local.buffer = np.empty(max(CHUNK_FLOATS, n * k), dtype=np.float32)
+        return buffer[: n * k].reshape(n, k)  # (n, k) view, no allocation
+
+
+@functools.cache  # made on first use: fp32 models never start threads
+def _widen_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(WIDEN_THREADS, thread_name_prefix="llama_np-widen")
 
 
 class PackedRows:
@@ -141,10 +157,19 @@ class PackedTransposed:
         N, K = self.packed.shape
         out = np.empty((*x.shape[:-1], N), dtype=np.float32)  # (..., N)
         step = max(1, CHUNK_FLOATS // K)  # rows per piece
-        for start in range(0, N, step):
+
+        def piece(start: int) -> None:
             stop = min(N, start + step)
             w = self.packed.widen(start, stop, self.packed.scratch.rows(stop - start, K))
             np.matmul(x, w.T, out=out[..., start:stop])
+
+        if x.size <= 8 * K:
+            # Decode: widening (elementwise NumPy work, one core each) is the bottleneck, and
+            # NumPy releases the GIL while it runs, so threads widen pieces side by side.
+            list(_widen_pool().map(piece, range(0, N, step)))
+        else:  # prefill: the matmuls dominate and BLAS already uses every core
+            for start in range(0, N, step):
+                piece(start)
         return out
 
 

@@ -3,6 +3,7 @@ conversion of the weights. A tracer inspects every local array of every llama_np
 by line, while prefill and decode run."""
 
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +31,12 @@ def float64_locals(run) -> list[str]:
         return tracer
 
     sys.settrace(tracer)
+    threading.settrace(tracer)  # compressed weights widen in worker threads
     try:
         run()
     finally:
         sys.settrace(None)
+        threading.settrace(None)
     return found
 
 
