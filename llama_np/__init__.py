@@ -19,7 +19,7 @@ from .errors import (
     NumericalError,
     TokenizerError,
 )
-from .generate import GenerationStats, TextStream, generate, generate_text
+from .generate import GenerationStats, TextStream, generate, generate_batch, generate_text
 from .kv_cache import KVCache
 from .model import Model
 from .sampling import SamplingParams, sample
@@ -44,6 +44,7 @@ __all__ = [
     "TextStream",
     "TokenizerError",
     "generate",
+    "generate_batch",
     "generate_text",
     "load",
     "load_tokenizer",

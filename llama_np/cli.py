@@ -15,9 +15,10 @@ from . import DEFAULT_CHECKPOINT, cli_perf, load
 from .chat import CHAT_FORMATS, Chat
 from .download import KNOWN_CHECKPOINTS, download
 from .errors import ArgumentError, LlamaNpError
-from .generate import GenerationStats, generate
+from .generate import GenerationStats, generate, generate_batch
 from .hooks import break_at
 from .sampling import SamplingParams
+from .weight_formats import WEIGHT_DTYPES
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
 
@@ -48,7 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = commands.add_parser("generate", help="generate text from a prompt (streams to stdout)")
     add_model_arg(gen)
-    gen.add_argument("-p", "--prompt", default="", help="prompt text (default: empty, BOS only)")
+    gen.add_argument(
+        "-p",
+        "--prompt",
+        action="append",
+        metavar="PROMPT",
+        help="prompt text (default: empty, BOS only); repeat to generate for several prompts "
+        "at once as one batch",
+    )
     gen.add_argument(
         "-n",
         "--n-predict",
@@ -82,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="K",
         help="forward pass to stop in: 0 = prefill, K = the K-th decode step (default: 0)",
+    )
+    gen.add_argument(
+        "--weights-dtype",
+        choices=WEIGHT_DTYPES,
+        default="fp32",
+        help="keep weights in memory as fp32 (fastest), bf16/fp16 (half the memory) or int8 "
+        "(a quarter plus scales); compressed weights are widened to fp32 as they are used",
     )
     gen.set_defaults(run=run_generate)
 
@@ -229,14 +244,17 @@ def run_generate(args: argparse.Namespace) -> int:
     )
     if args.n_predict < 0:
         raise ArgumentError(f"-n/--n-predict must be >= 0, got {args.n_predict}")
-    model = load(args.model)
+    model = load(args.model, weights_dtype=args.weights_dtype)
     if args.break_at:
         break_at(model, args.break_at, args.break_at_step)
     seed = args.seed if args.seed is not None else int(time.time_ns() % 2**31)
     stats = GenerationStats()
+    prompts = args.prompt or [""]
+    if len(prompts) > 1:
+        return run_generate_batch(model, prompts, args, seed, stats)
     pieces = generate(
         model,
-        args.prompt,
+        prompts[0],
         args.n_predict,
         temperature=params.temperature,
         top_k=params.top_k,
@@ -254,7 +272,7 @@ def run_generate(args: argparse.Namespace) -> int:
             f"tokens to fit the context of {model.config.max_seq_len}",
             file=sys.stderr,
         )
-    sys.stdout.write(args.prompt)
+    sys.stdout.write(prompts[0])
     finished = stream_pieces(pieces)
     sys.stdout.write("\n")
     if not finished:
@@ -352,6 +370,27 @@ def _strip_first(pieces: Iterator[str]) -> Iterator[str]:
             piece = piece.lstrip()
             started = bool(piece)
         yield piece
+
+
+def run_generate_batch(model, prompts, args, seed: int, stats: GenerationStats) -> int:
+    """Several prompts decoded together; each text is printed when all are done."""
+    texts = generate_batch(
+        model,
+        prompts,
+        args.n_predict,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repeat_penalty,
+        seed=seed,
+        stop=args.stop,
+        stats=stats,
+    )
+    for i, (prompt, text) in enumerate(zip(prompts, texts, strict=True)):
+        sys.stdout.write(f"--- [{i}]\n{prompt}{text}\n")
+    print_timings(stats, seed)
+    return 0
 
 
 def print_timings(stats: GenerationStats, seed: int | None = None) -> None:

@@ -232,3 +232,91 @@ def generate_text(
 ) -> str:
     """The whole continuation as one string (same arguments as `generate`)."""
     return "".join(generate(model, prompt, max_new_tokens, **kwargs))
+
+
+def generate_batch(
+    model: Model,
+    prompts: Sequence[str | Sequence[int]],
+    max_new_tokens: int = 256,
+    *,
+    temperature: float = 0.8,
+    top_k: int = 40,
+    top_p: float = 0.95,
+    min_p: float = 0.05,
+    repetition_penalty: float = 1.0,
+    seed: int | None = None,
+    stop: Sequence[str] = (),
+    stats: GenerationStats | None = None,
+) -> list[str]:
+    """Continue several prompts at once; -> one text per prompt.
+
+    Each prompt is prefilled alone into its own row of a batched cache; then every step
+    decodes one token for all of them together (Model.decode_batch), reading each weight once
+    for the whole batch. Prompts may have different lengths. A sequence that ends (end token,
+    stop string) stops producing text; the batch runs until all have ended, max_new_tokens,
+    or the context is full for the longest prompt. Same arguments as `generate`.
+    """
+    params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
+    if not (isinstance(max_new_tokens, int) and max_new_tokens >= 0):
+        raise ArgumentError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    if isinstance(prompts, str) or not prompts:
+        raise ArgumentError("prompts must be a non-empty list of prompts (text or token ids)")
+    stop = [stop] if isinstance(stop, str) else list(stop)
+    if any(not s for s in stop):
+        raise ArgumentError("stop strings must be non-empty")
+    config, tokenizer = model.config, model.tokenizer
+    if any(isinstance(p, str) for p in prompts) and tokenizer is None:
+        raise ArgumentError("this model has no tokenizer: pass the prompts as token ids")
+    batch = [tokenizer.encode(p, bos=True) if isinstance(p, str) else [int(t) for t in p]
+             for p in prompts]  # fmt: skip
+    longest = max(len(t) for t in batch)
+    if longest > config.max_seq_len:
+        raise ContextLengthError(
+            f"a prompt is {longest} tokens, longer than the model's context of "
+            f"{config.max_seq_len}; shorten it"
+        )
+    stats = stats if stats is not None else GenerationStats()
+    cache = model.new_cache(min(config.max_seq_len, longest + max_new_tokens), len(batch))
+    rng = np.random.default_rng(seed)
+    streams = [TextStream(tokenizer, strip_leading_space=t[-1] == config.bos_id) for t in batch]
+    texts, held = [""] * len(batch), [""] * len(batch)
+    running = [True] * len(batch)
+
+    stats.prompt_tokens = sum(len(t) for t in batch)
+    t0 = time.perf_counter()
+    logits = np.stack([model.prefill(t, cache, seq=b) for b, t in enumerate(batch)])  # (B, V)
+    stats.prefill_seconds = time.perf_counter() - t0
+    history = [list(t) for t in batch]
+    stats.stop_reason = "max_new_tokens"
+    for step in range(max_new_tokens):
+        t0 = time.perf_counter()
+        recent = [h[-params.repeat_last_n :] if params.repeat_last_n else () for h in history]
+        chosen = [sample(logits[b], params, rng, recent[b]) for b in range(len(batch))]
+        stats.sample_seconds += time.perf_counter() - t0
+        for b, token in enumerate(chosen):
+            if not running[b]:
+                continue
+            if token in config.stop_ids:
+                running[b] = False
+                continue
+            history[b].append(token)
+            stats.generated_tokens += 1
+            text, held[b], stopped = _split_at_stop(held[b] + streams[b].push(token), stop)
+            texts[b] += text
+            running[b] = not stopped
+        if not any(running):
+            stats.stop_reason = "end_token"
+            break
+        if step + 1 == max_new_tokens:  # its token is sampled; no need to run it
+            break
+        if longest + step + 1 >= cache.max_seq_len:
+            stats.stop_reason = "context_full"
+            break
+        t0 = time.perf_counter()
+        logits = model.decode_batch(chosen, cache)  # ended sequences run along, unused
+        stats.decode_seconds += time.perf_counter() - t0
+        stats.decode_tokens += len(batch)
+    for b in range(len(batch)):
+        if running[b]:
+            texts[b] += _split_at_stop(held[b] + streams[b].flush(), stop)[0]
+    return texts

@@ -81,6 +81,20 @@ class KVCache:
         self.v[layer, seq, :, start:end] = v
         return self.k[layer, seq, :, :end], self.v[layer, seq, :, :end]
 
+    def update_batch(
+        self, layer: int, positions: np.ndarray, k: np.ndarray, v: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Write one position per sequence: k, v (B, KVH, HD) at positions (B,) of one layer.
+
+        Returns views through the furthest position, (B, KVH, S, HD) with S = max(positions)+1;
+        sequence b's keys beyond its own position are stale and must be masked by the reader.
+        """
+        batch = np.arange(self.batch_size)  # (B,)
+        self.k[layer, batch, :, positions] = k
+        self.v[layer, batch, :, positions] = v
+        end = int(positions.max()) + 1
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
     def reset(self) -> None:
         """Forget every position (the memory stays allocated)."""
         self.lengths = [0] * self.batch_size

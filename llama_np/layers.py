@@ -6,6 +6,8 @@ can be read, tested and stepped through on its own. Shapes use the legend in con
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .config import RopeScaling
@@ -126,12 +128,49 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, hook=None) -> np.ndar
     return out.reshape(KVH, G, T, HD).transpose(2, 0, 1, 3).reshape(T, H * HD)
 
 
+def chunked_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, chunk: int = 128) -> np.ndarray:
+    """`attention` for long prompts, `chunk` queries at a time.   Same shapes and result.
+
+    Two savings: each block's scores (H, chunk, S) stay in the CPU cache through mask, softmax
+    and the product with V instead of a (H, T, S) array going through memory five times; and
+    a block reads only the keys up to its last query, skipping the future half of the scores.
+    """
+    T, H, HD = q.shape
+    S = k.shape[1]
+    out = np.empty((T, H * HD), dtype=np.float32)  # (T, H*HD)
+    for t0 in range(0, T, chunk):  # blocks of queries, not single positions
+        t1 = min(T, t0 + chunk)
+        end = S - T + t1  # the block's last query sits at position end-1: it sees keys < end
+        out[t0:t1] = attention(q[t0:t1], k[:, :end], v[:, :end])
+    return out
+
+
+def attention_batch(q: np.ndarray, k: np.ndarray, v: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """One new query per sequence over its own cache length (batched decode).
+
+    q: (B, H, HD); k, v: (B, KVH, S, HD); lengths: (B,), sequence b sees keys 0..lengths[b]-1
+    (S = max(lengths)). Returns (B, H * HD). Same grouping as `attention`: no K/V copies.
+    """
+    B, H, HD = q.shape
+    KVH, S = k.shape[1], k.shape[2]
+    qg = q.reshape(B, KVH, H // KVH, HD) * np.float32(1.0 / np.sqrt(HD))  # (B, KVH, G, HD)
+    scores = np.matmul(qg, k.transpose(0, 1, 3, 2))  # (B, KVH, G, S)
+    # Shorter sequences end before S: their keys past their own length are someone's padding.
+    mask = np.where(np.arange(S) < lengths[:, None], np.float32(0), NEG_INF)  # (B, S)
+    scores += mask[:, None, None, :]  # broadcast over (KVH, G)
+    probs = softmax(scores)  # (B, KVH, G, S)
+    return np.matmul(probs, v).reshape(B, H * HD)  # (B, KVH, G, HD) -> (B, H*HD)
+
+
+@functools.lru_cache(maxsize=32)
 def causal_mask(T: int, S: int) -> np.ndarray:
     """0 where query t (at position S-T+t) may attend to key s, -inf where s is in its future.
 
-    -> (T, S) float32
+    -> (T, S) float32, read-only: built once per shape and shared (prefill's blocks reuse it).
     """
-    return np.triu(np.full((T, S), NEG_INF, dtype=np.float32), k=S - T + 1)
+    mask = np.triu(np.full((T, S), NEG_INF, dtype=np.float32), k=S - T + 1)
+    mask.flags.writeable = False
+    return mask
 
 
 def swiglu(x: np.ndarray, w_gate_up: np.ndarray, w_down: np.ndarray) -> np.ndarray:

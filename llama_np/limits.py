@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from .config import LlamaConfig
 from .errors import MemoryLimitError
+from .memory import weight_bytes
 
 
 def available_memory() -> int | None:
@@ -45,41 +46,48 @@ def check_fits(needed: int, what: str, fixes: Sequence[str]) -> None:
     )
 
 
-def model_bytes(config: LlamaConfig) -> int:
-    """Bytes a loaded model allocates: float32 weights plus the RoPE tables.
+def model_bytes(config: LlamaConfig, weights_dtype: str = "fp32") -> int:
+    """Bytes a loaded model allocates: its weights (memory.weight_bytes) plus the RoPE tables.
 
     The tables are computed in float64 (angles, then cos or sin) before rounding to float32:
     S_max × HD/2 × (8 + 8 + 4 + 4) bytes at the peak.
     """
     rope = config.max_seq_len * (config.head_dim // 2) * 24
-    return 4 * config.n_params + rope
+    return weight_bytes(config, weights_dtype) + rope
 
 
-def check_model_fits(config: LlamaConfig, source: str) -> None:
-    """Raise MemoryLimitError if the model in `source` would not fit in memory as float32."""
+def check_model_fits(config: LlamaConfig, source: str, weights_dtype: str = "fp32") -> None:
+    """Raise MemoryLimitError if the model in `source` would not fit in memory."""
+    needed = model_bytes(config, weights_dtype)
     fixes = ["use a smaller model", "close other programs to free memory"]
-    if model_bytes(config) > 8 * config.n_params:  # the RoPE tables dominate
+    if weights_dtype != "int8":
+        fixes.insert(0, "keep the weights compressed: --weights-dtype int8 (or bf16)")
+    if needed > 2 * weight_bytes(config, weights_dtype):  # the RoPE tables dominate
         fixes.insert(
             0, f"a checkpoint with a shorter context (its max_seq_len is {config.max_seq_len:,})"
         )
     check_fits(
-        model_bytes(config),
-        f"{source}: the model ({config.n_params:,} parameters as float32, context "
+        needed,
+        f"{source}: the model ({config.n_params:,} parameters as {weights_dtype}, context "
         f"{config.max_seq_len:,})",
         fixes,
     )
 
 
-def check_kv_cache_fits(config: LlamaConfig, max_seq_len: int, batch_size: int) -> None:
-    """Raise MemoryLimitError if a float32 KV cache of this size would not fit in memory."""
+def check_kv_cache_fits(
+    config: LlamaConfig, max_seq_len: int, batch_size: int, bytes_per_value: int = 4
+) -> None:
+    """Raise MemoryLimitError if a KV cache of this size would not fit in memory."""
     fixes = [
         f"fewer positions (max_seq_len {max_seq_len:,}: model.new_cache(max_seq_len=...), or "
         f"fewer new tokens with generate's max_new_tokens / the CLI's -n)"
     ]
+    if bytes_per_value > 2:
+        fixes.append("a float16 cache: model.new_cache(..., dtype=np.float16)")
     if batch_size > 1:
         fixes.append(f"fewer batch rows (batch_size {batch_size})")
     check_fits(
-        config.kv_cache_bytes(max_seq_len, batch_size),
+        config.kv_cache_bytes(max_seq_len, batch_size, bytes_per_value),
         f"a KV cache of {max_seq_len:,} positions × {batch_size} sequence(s)",
         fixes,
     )

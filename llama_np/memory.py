@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .checkpoints import read_config
 from .config import LlamaConfig
 from .costs import forward_bytes, forward_flops
 from .errors import ArgumentError, ConfigError
@@ -301,4 +300,6 @@ def load_config(model: str) -> LlamaConfig:
                 f"MODEL {model!r} is neither a file or directory nor a known model name; "
                 f"known: {', '.join(KNOWN_MODELS)}"
             ) from None
+    from .checkpoints import read_config  # here: checkpoints -> limits -> memory at import
+
     return read_config(path)

@@ -25,8 +25,20 @@ from .dtypes import to_float32
 from .errors import ArgumentError, CheckpointError
 from .hooks import Hook, match_points
 from .kv_cache import KVCache
-from .layers import apply_rope, attention, rms_norm, rope_tables, swiglu
+from .layers import (
+    apply_rope,
+    attention,
+    attention_batch,
+    chunked_attention,
+    rms_norm,
+    rope_tables,
+    swiglu,
+)
 from .limits import check_kv_cache_fits
+from .weight_formats import Scratch, check_weights_dtype, pack
+
+# Prompts longer than this run attention in blocks of this many queries (layers.py).
+ATTENTION_CHUNK = 128
 
 
 @dataclass
@@ -92,14 +104,18 @@ class Model:
         config: LlamaConfig,
         tensors: Mapping[str, np.ndarray],
         tokenizer=None,
+        weights_dtype: str = "fp32",
         progress: Callable[[int, int], None] | None = None,
     ) -> Model:
         """Build a model from checkpoint tensors named as in `tensor_names` ((out, in) shapes).
 
         Tensors may be float32, float16 or bfloat16 (dtypes.BFLOAT16), e.g. memory-mapped from
         the file. Checks every name and shape, converts to float32, fuses q/k/v and gate/up.
+        `weights_dtype` "bf16", "fp16" or "int8" keeps the matrices compressed instead and
+        widens them piece by piece as they are used (see weight_formats.py); norms stay fp32.
         `progress(tensors_done, n_tensors)`, if given, is called after each tensor is converted.
         """
+        check_weights_dtype(weights_dtype)
         expected = tensor_names(config)
         missing = [n for n in expected if n not in tensors]
         extra = [n for n in tensors if n not in expected]
@@ -116,14 +132,17 @@ class Model:
                     f"from the config"
                 )
 
-        converted = 0
+        done = 0
+
+        def report(n_tensors: int) -> None:
+            nonlocal done
+            done += n_tensors
+            if progress is not None:
+                progress(done, len(expected))
 
         def f32(name: str) -> np.ndarray:
-            nonlocal converted
             array = to_float32(tensors[name])
-            converted += 1
-            if progress is not None:
-                progress(converted, len(expected))
+            report(1)
             # One pass over each tensor (~10% of the load time): a corrupt weight otherwise
             # surfaces only later, as NaN logits.
             if not np.isfinite(array).all():
@@ -134,10 +153,19 @@ class Model:
                 )
             return array
 
+        scratch = Scratch()  # shared by every compressed matrix; unused for fp32
+
         def fused(*names: str) -> np.ndarray:
             # Stack (out, in) matrices along `out`, then view as (in, out): x @ W then reads
-            # each output's weights as one contiguous row (a plain sgemv / sgemm).
-            return np.concatenate([f32(n) for n in names], axis=0).T
+            # each output's weights as one contiguous row (a plain sgemv / sgemm). Measured
+            # against an (in, out) contiguous copy: the same decode bandwidth within noise and
+            # 3-7% slower prefill sgemm, so we keep rows, which need no transposed copy, serve
+            # the tied embedding as classifier, and let compressed formats widen row pieces.
+            if weights_dtype == "fp32":
+                return np.concatenate([f32(n) for n in names], axis=0).T
+            rows = np.concatenate([tensors[n] for n in names], axis=0)  # storage dtype kept
+            report(len(names))
+            return pack(weights_dtype, rows, scratch).T
 
         layers = []
         for i in range(config.n_layers):
@@ -156,15 +184,22 @@ class Model:
                     w_down=fused(p + "feed_forward.w2.weight"),
                 )
             )
-        embedding = np.ascontiguousarray(f32("tok_embeddings.weight"))
+        embedding = pack(weights_dtype, tensors["tok_embeddings.weight"], scratch)
+        if weights_dtype == "fp32":
+            embedding = np.ascontiguousarray(embedding)
         classifier = embedding.T if config.tie_embeddings else fused("output.weight")
         weights = Weights(embedding, layers, f32("norm.weight"), classifier)
         return cls(config, weights, tokenizer)
 
     # ---------------------------------------------------------------- the KV cache
 
-    def new_cache(self, max_seq_len: int | None = None, batch_size: int = 1) -> KVCache:
-        """A preallocated KV cache for up to `max_seq_len` positions (default: the context)."""
+    def new_cache(
+        self, max_seq_len: int | None = None, batch_size: int = 1, dtype=np.float32
+    ) -> KVCache:
+        """A preallocated KV cache for up to `max_seq_len` positions (default: the context).
+
+        `dtype` np.float16 halves the cache's memory; attention then widens K/V to float32.
+        """
         max_seq_len = self.config.max_seq_len if max_seq_len is None else max_seq_len
         if not (
             isinstance(max_seq_len, (int, np.integer))
@@ -176,30 +211,33 @@ class Model:
             )
         if not (isinstance(batch_size, (int, np.integer)) and batch_size > 0):
             raise ArgumentError(f"batch_size must be a positive integer, got {batch_size!r}")
-        check_kv_cache_fits(self.config, max_seq_len, batch_size)
-        return KVCache(self.config, max_seq_len, batch_size)
+        if np.dtype(dtype) not in (np.float32, np.float16):
+            raise ArgumentError(f"KV cache dtype must be float32 or float16, got {dtype}")
+        check_kv_cache_fits(self.config, max_seq_len, batch_size, np.dtype(dtype).itemsize)
+        return KVCache(self.config, max_seq_len, batch_size, dtype)
 
     # ---------------------------------------------------------------- prefill and decode
 
     def prefill(
-        self, tokens: Sequence[int], cache: KVCache, all_logits: bool = False
+        self, tokens: Sequence[int], cache: KVCache, all_logits: bool = False, seq: int = 0
     ) -> np.ndarray:
         """Run the prompt (or the next chunk of it) in one pass and store its K/V in the cache.
 
         Returns logits for the position after the last token, (V,), or for every position,
-        (T, V), with `all_logits=True`. The tokens go at positions cache.length onwards, so a
-        prompt can be prefilled in pieces, or appended to an earlier conversation.
+        (T, V), with `all_logits=True`. The tokens go at positions cache.lengths[seq] onwards,
+        so a prompt can be prefilled in pieces, or appended to an earlier conversation. `seq`
+        picks the sequence of a batched cache (each prompt of a batch is prefilled alone).
         """
         tokens = self._check_tokens(tokens)
-        start = cache.length
-        cache.check_room(len(tokens))
+        start = cache.lengths[seq]
+        cache.check_room(len(tokens), seq)
         x = self.weights.embedding[tokens]  # (T, D) residual stream, one row per token
         if self.hooks:
             self._run_hooks("tokens", tokens)
             self._run_hooks("embed", x)
         for i in range(self.config.n_layers):
-            x = self.block(i, x, start, cache)
-        cache.lengths[0] = start + len(tokens)
+            x = self.block(i, x, start, cache, seq)
+        cache.lengths[seq] = start + len(tokens)
         # Only the last position predicts the next token: skip the (D, V) classifier for the
         # rest unless they are asked for.
         return self.head(x if all_logits else x[-1])  # (T, V) or (V,)
@@ -218,9 +256,44 @@ class Model:
         cache.lengths[0] = pos + 1
         return self.head(x[0])  # (V,)
 
+    def decode_batch(self, tokens: Sequence[int], cache: KVCache) -> np.ndarray:
+        """One token for each of the B sequences of a batched cache; -> (B, V) logits.
+
+        Each sequence is at its own position (cache.lengths[b]), so prompts of different
+        lengths decode together. Every weight matrix is read once per step for all B tokens,
+        which is why servers batch (with OpenBLAS the gain shows from about batch 8: its sgemm
+        for 2-4 rows costs 2-3x a matrix-vector product; see benchmarks/).
+        """
+        ids = self._check_tokens(tokens)
+        if len(ids) != cache.batch_size:
+            raise ArgumentError(
+                f"decode_batch got {len(ids)} tokens for a cache of batch size "
+                f"{cache.batch_size}; pass one token per sequence"
+            )
+        for b in range(cache.batch_size):
+            cache.check_room(1, b)
+        positions = np.array(cache.lengths)  # (B,) where each sequence's new token goes
+        cfg = self.config
+        H, KVH, HD = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (B, HD/2) each
+        x = self.weights.embedding[ids]  # (B, D): one row per sequence
+        for i, lw in enumerate(self.weights.layers):
+            h = rms_norm(x, lw.attn_norm, cfg.norm_eps)  # (B, D)
+            qkv = h @ lw.wqkv  # (B, (H + 2*KVH) * HD)
+            q = qkv[:, : H * HD].reshape(-1, H, HD)  # (B, H, HD)
+            k = qkv[:, H * HD : (H + KVH) * HD].reshape(-1, KVH, HD)  # (B, KVH, HD)
+            v = qkv[:, (H + KVH) * HD :].reshape(-1, KVH, HD)  # (B, KVH, HD)
+            q = apply_rope(q, cos, sin, cfg.rope_interleaved)  # rows are sequences, not times
+            k = apply_rope(k, cos, sin, cfg.rope_interleaved)
+            k_all, v_all = cache.update_batch(i, positions, k, v)  # (B, KVH, S, HD) views
+            x = x + attention_batch(q, k_all, v_all, positions + 1) @ lw.wo  # (B, D)
+            x = x + swiglu(rms_norm(x, lw.mlp_norm, cfg.norm_eps), lw.w_gate_up, lw.w_down)
+        cache.lengths = [int(p) + 1 for p in positions]
+        return self.head(x)  # (B, V)
+
     # ---------------------------------------------------------------- the pieces
 
-    def block(self, i: int, x: np.ndarray, start: int, cache: KVCache) -> np.ndarray:
+    def block(self, i: int, x: np.ndarray, start: int, cache: KVCache, seq: int = 0) -> np.ndarray:
         """Transformer block i on the rows of x, which sit at positions start, start+1, ...
 
         x: (T, D) -> (T, D). Writes the block's K/V for these positions into the cache and
@@ -241,13 +314,16 @@ class Model:
         q = apply_rope(q, cos, sin, cfg.rope_interleaved)
         k = apply_rope(k, cos, sin, cfg.rope_interleaved)
         # The cache stores (KVH, S, HD) per layer: write the new rows, read all rows so far.
-        k_all, v_all = cache.update(i, start, k.transpose(1, 0, 2), v.transpose(1, 0, 2))
+        k_all, v_all = cache.update(i, start, k.transpose(1, 0, 2), v.transpose(1, 0, 2), seq)
         if self.hooks:
             self._run_hooks(f"layers.{i}.attn.q", q)
             self._run_hooks(f"layers.{i}.attn.k", k)
             self._run_hooks(f"layers.{i}.attn.v", v)
         attn_hook = self._attention_hook(i) if self.hooks else None
-        attn_out = attention(q, k_all, v_all, attn_hook) @ lw.wo  # (T, D)
+        if T > ATTENTION_CHUNK and not self.hooks:  # long prompt: blocks that stay in cache
+            attn_out = chunked_attention(q, k_all, v_all, ATTENTION_CHUNK) @ lw.wo  # (T, D)
+        else:
+            attn_out = attention(q, k_all, v_all, attn_hook) @ lw.wo  # (T, D)
         if self.hooks:
             self._run_hooks(f"layers.{i}.attn.out", attn_out)
         x = x + attn_out  # residual connection

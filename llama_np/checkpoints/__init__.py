@@ -19,6 +19,7 @@ from ..errors import CheckpointError
 from ..limits import check_model_fits
 from ..model import Model
 from ..tokenizers import find_tokenizer, load_tokenizer
+from ..weight_formats import check_weights_dtype
 from .hf import load_hf, read_hf_config
 from .llama2c import load_llama2c, read_header
 from .meta import load_meta
@@ -29,13 +30,20 @@ __all__ = ["DEFAULT_CHECKPOINT", "load", "read_config"]
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "weights" / "stories260K"
 
 
-def load(path: str | Path = DEFAULT_CHECKPOINT, tokenizer: str | Path | None = None) -> Model:
+def load(
+    path: str | Path = DEFAULT_CHECKPOINT,
+    tokenizer: str | Path | None = None,
+    weights_dtype: str = "fp32",
+) -> Model:
     """Load a checkpoint and its tokenizer.
 
     `path` is a Hugging Face model directory (config.json + safetensors), a Meta download
     (params.json + consolidated.*.pth), or a llama2.c `.bin` file or a directory holding one.
     The tokenizer is taken from `tokenizer` if given, else from the checkpoint's directory.
+    `weights_dtype` "bf16", "fp16" or "int8" keeps the weight matrices compressed in memory
+    (smaller, slower: see weight_formats.py); the default "fp32" converts them once.
     """
+    check_weights_dtype(weights_dtype)  # before any reading
     path = Path(path)
     if not path.exists():
         raise CheckpointError(
@@ -51,10 +59,11 @@ def load(path: str | Path = DEFAULT_CHECKPOINT, tokenizer: str | Path | None = N
         path = _llama2c_file(path)
         config, tensors = load_llama2c(path)
         directory, exclude = path.parent, path
-    check_model_fits(config, str(path))
+    check_model_fits(config, str(path), weights_dtype)
     tokenizer_path = Path(tokenizer) if tokenizer else find_tokenizer(directory, exclude=exclude)
     tok = load_tokenizer(tokenizer_path, config.vocab_size) if tokenizer_path else None
-    return Model.from_tensors(config, tensors, tok, progress=_Progress(config.name or path.name))
+    progress = _Progress(config.name or path.name)
+    return Model.from_tensors(config, tensors, tok, weights_dtype, progress)
 
 
 def read_config(path: str | Path) -> LlamaConfig:

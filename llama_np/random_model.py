@@ -1,0 +1,55 @@
+"""Models with random weights of any shape, built in memory: for benchmarks and tests.
+
+The shape decides the speed, not the values, so a random model of a known config (see
+registry.py) times like the real one. Weights are generated matrix by matrix directly in the
+storage dtype, so an 8B-parameter shape in int8 or bf16 never needs its 32 GB of float32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import LlamaConfig
+from .model import LayerWeights, Model, Weights
+from .weight_formats import PackedRows, Scratch, check_weights_dtype, int8_group_size, pack
+
+
+def random_model(
+    config: LlamaConfig, weights_dtype: str = "fp32", seed: int = 0, std: float = 0.02
+) -> Model:
+    """A Model of `config`'s shape with N(0, std²)-like weights and unit norm weights."""
+    check_weights_dtype(weights_dtype)
+    rng = np.random.default_rng(seed)
+    scratch = Scratch()
+    D, F, V, HD = config.dim, config.hidden_dim, config.vocab_size, config.head_dim
+    H, KVH = config.n_heads, config.n_kv_heads
+
+    def rows(n: int, k: int):
+        """A random (n, k) matrix in the storage dtype."""
+        if weights_dtype == "int8":
+            # Uniform q in -127..127 with one scale: std of the values = std.
+            q = rng.integers(-127, 128, size=(n, k), dtype=np.int8)  # (n, k)
+            scale = np.float32(std * np.sqrt(3) / 127)
+            scales = np.full((n, k // int8_group_size(k), 1), scale, dtype=np.float32)
+            return PackedRows("int8", q, scales, scratch)
+        w = rng.standard_normal((n, k), dtype=np.float32)  # (n, k)
+        w *= np.float32(std)
+        return pack(weights_dtype, w, scratch)
+
+    def norm() -> np.ndarray:
+        return np.ones(D, dtype=np.float32)  # (D,)
+
+    layers = [
+        LayerWeights(
+            attn_norm=norm(),
+            wqkv=rows((H + 2 * KVH) * HD, D).T,  # (D, (H + 2*KVH) * HD)
+            wo=rows(D, H * HD).T,  # (H*HD, D)
+            mlp_norm=norm(),
+            w_gate_up=rows(2 * F, D).T,  # (D, 2F)
+            w_down=rows(D, F).T,  # (F, D)
+        )
+        for _ in range(config.n_layers)
+    ]
+    embedding = rows(V, D)  # (V, D)
+    classifier = embedding.T if config.tie_embeddings else rows(V, D).T  # (D, V)
+    return Model(config, Weights(embedding, layers, norm(), classifier))

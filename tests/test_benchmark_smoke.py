@@ -1,0 +1,41 @@
+"""Smoke test of benchmarks/run.py on stories260K: the harness runs and writes its report.
+
+Checks structure and that every figure is a positive number, never speed.
+"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_harness():
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_harness_writes_json_and_markdown(tmp_path):
+    harness = load_harness()
+    args = ["--models", "stories260K", "--quick", "--repeats", "1", "--no-hf", "--no-memory"]
+    args += ["--batch-model", "stories260K", "--batch-sizes", "1,2", "--prompt-lengths", "16,32"]
+    assert harness.main([*args, "--out", str(tmp_path)]) == 0
+
+    results = json.loads((tmp_path / "latest.json").read_text())
+    assert results["machine"]["sgemm_gflops"] > 0 and results["machine"]["bandwidth_gbs"] > 0
+    (entry,) = results["models"]
+    assert entry["model"] == "stories260K"
+    figures = [entry["decode"], *entry["prefill"].values()]
+    assert sorted(entry["prefill"]) == ["16", "32"]
+    for s in figures:
+        assert 0 < s["min"] <= s["median"] <= s["max"]
+        assert s["bound"] > 0 and s["fraction"] > 0
+    assert [b["batch"] for b in results["batch"]] == [1, 2]
+    assert all(b["median"] > 0 for b in results["batch"])
+
+    markdown = (tmp_path / "latest.md").read_text()
+    assert "| stories260K | decode |" in markdown
+    assert "| stories260K | prefill 32 |" in markdown
+    assert "| batch 2 |" in markdown
