@@ -58,7 +58,7 @@ class Weights:
     embedding: np.ndarray  # (V, D)
     layers: list[LayerWeights]
     final_norm: np.ndarray  # (D,)
-    classifier: np.ndarray  # (D, V); a transposed view of `embedding` when tied
+    classifier: np.ndarray  # (D, V); `embedding` is its transposed view when tied
 
 
 def tensor_names(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
@@ -156,13 +156,14 @@ class Model:
         scratch = Scratch()  # shared by every compressed matrix; unused for fp32
 
         def fused(*names: str) -> np.ndarray:
-            # Stack (out, in) matrices along `out`, then view as (in, out): x @ W then reads
-            # each output's weights as one contiguous row (a plain sgemv / sgemm). Measured
-            # against an (in, out) contiguous copy: the same decode bandwidth within noise and
-            # 3-7% slower prefill sgemm, so we keep rows, which need no transposed copy, serve
-            # the tied embedding as classifier, and let compressed formats widen row pieces.
+            # Stack (out, in) matrices along `out` (q, k, v or gate, up: one matmul instead of
+            # several), then store them (in, out) contiguous so that x @ W runs down whole
+            # rows of W. For decode's matrix-vector product this streams memory up to 2.7x
+            # faster than dot products along rows of length D (measured from DRAM at
+            # D = 288; ~1.1-1.2x at D = 768-2048). Compressed formats keep (out, in) rows,
+            # which they widen piece by piece.
             if weights_dtype == "fp32":
-                return np.concatenate([f32(n) for n in names], axis=0).T
+                return np.ascontiguousarray(np.concatenate([f32(n) for n in names], axis=0).T)
             rows = np.concatenate([tensors[n] for n in names], axis=0)  # storage dtype kept
             report(len(names))
             return pack(weights_dtype, rows, scratch).T
@@ -184,10 +185,20 @@ class Model:
                     w_down=fused(p + "feed_forward.w2.weight"),
                 )
             )
-        embedding = pack(weights_dtype, tensors["tok_embeddings.weight"], scratch)
         if weights_dtype == "fp32":
-            embedding = np.ascontiguousarray(embedding)
-        classifier = embedding.T if config.tie_embeddings else fused("output.weight")
+            # The classifier is the largest matrix decode reads. Stored (D, V) contiguous, its
+            # product runs ~1.7x faster than through (V, D) rows of length D (measured at
+            # V=32000, D=768: 59 vs 35 GB/s). A tied embedding is then looked up as the
+            # classifier's columns: a strided gather of D values per token, microseconds.
+            table = "tok_embeddings.weight" if config.tie_embeddings else "output.weight"
+            classifier = np.ascontiguousarray(f32(table).T)  # (D, V)
+            if config.tie_embeddings:
+                embedding = classifier.T  # (V, D) view
+            else:
+                embedding = np.ascontiguousarray(f32("tok_embeddings.weight"))  # (V, D)
+        else:
+            embedding = pack(weights_dtype, tensors["tok_embeddings.weight"], scratch)
+            classifier = embedding.T if config.tie_embeddings else fused("output.weight")
         weights = Weights(embedding, layers, f32("norm.weight"), classifier)
         return cls(config, weights, tokenizer)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import LlamaConfig
-from .model import LayerWeights, Model, Weights
+from .model import LayerWeights, Model, Weights, tensor_names
 from .weight_formats import PackedRows, Scratch, check_weights_dtype, int8_group_size, pack
 
 
@@ -20,6 +20,15 @@ def random_model(
     """A Model of `config`'s shape with N(0, std²)-like weights and unit norm weights."""
     check_weights_dtype(weights_dtype)
     rng = np.random.default_rng(seed)
+    if weights_dtype == "fp32":  # through the loaders' path, so the layout is the real one
+        tensors = {}
+        for name, shape in tensor_names(config).items():
+            if name.endswith("norm.weight"):
+                tensors[name] = np.ones(shape, dtype=np.float32)
+            else:
+                tensors[name] = rng.standard_normal(shape, dtype=np.float32)
+                tensors[name] *= np.float32(std)
+        return Model.from_tensors(config, tensors)
     scratch = Scratch()
     D, F, V, HD = config.dim, config.hidden_dim, config.vocab_size, config.head_dim
     H, KVH = config.n_heads, config.n_kv_heads
