@@ -5,11 +5,11 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
+from checkpoint_writers import write_llama2c
 from util import random_tensors
 
 from llama_np import ArgumentError, LlamaConfig, Model, load_tokenizer
@@ -210,25 +210,6 @@ def test_conversation_that_does_not_fit(llama3):
 # ---------------------------------------------------------------- the CLI
 
 
-def write_llama2c(path: Path, config: LlamaConfig, tensors: dict[str, np.ndarray]) -> None:
-    """A legacy llama2.c .bin with a shared classifier."""
-    c, L = config, config.n_layers
-    header = (c.dim, c.hidden_dim, L, c.n_heads, c.n_kv_heads, c.vocab_size, c.max_seq_len)
-
-    def stacked(name: str) -> np.ndarray:
-        return np.stack([tensors[f"layers.{i}.{name}"] for i in range(L)])
-
-    kinds = ["attention_norm", "attention.wq", "attention.wk", "attention.wv", "attention.wo"]
-    kinds += ["ffn_norm", "feed_forward.w1", "feed_forward.w2", "feed_forward.w3"]
-    rope = np.zeros((c.max_seq_len, c.head_dim // 2), dtype=np.float32)
-    arrays = [tensors["tok_embeddings.weight"], *(stacked(k + ".weight") for k in kinds)]
-    arrays += [tensors["norm.weight"], rope, rope]
-    with open(path, "wb") as f:
-        f.write(struct.pack("<7i", *header))
-        for a in arrays:
-            f.write(np.ascontiguousarray(a, dtype=np.float32).tobytes())
-
-
 def test_cli_chat_with_piped_stdin(tmp_path, llama2, monkeypatch, capsys):
     model = tiny_model(llama2)
     write_llama2c(tmp_path / "tiny.bin", model.config, random_tensors(model.config, scale=0.5))
@@ -254,3 +235,26 @@ def test_cli_chat_format_override_and_errors(tmp_path, llama2, monkeypatch, caps
     assert "chat format zephyr" in capsys.readouterr().err
     assert main(["chat", "-m", str(tmp_path), "--chat-format", "llama3"]) == 1
     assert "no special token '<|start_header_id|>'" in capsys.readouterr().err
+
+
+def test_ctrl_c_ends_the_reply_not_the_chat(tmp_path, llama2, monkeypatch, capsys):
+    """Ctrl-C during a reply stops that reply; the next message goes on in the same cache."""
+    model = tiny_model(llama2)
+    write_llama2c(tmp_path / "tiny.bin", model.config, random_tensors(model.config, scale=0.5))
+    shutil.copy(DATA / "llama2" / "tokenizer.model", tmp_path / "tokenizer.model")
+    send = Chat.send
+
+    def interrupted_once(self, user, *args, **kwargs):
+        pieces = send(self, user, *args, **kwargs)
+        if self.turns == 1:  # the first reply: Ctrl-C after its first piece
+            yield next(pieces)
+            raise KeyboardInterrupt
+        yield from pieces
+
+    monkeypatch.setattr(Chat, "send", interrupted_once)
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hi there\nHow are you?\n"))
+    argv = ["chat", "-m", str(tmp_path), "-n", "6", "--temp", "0"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert err.count("stopped: interrupted") == 1
+    assert "turn 2: prefilled only the" in err
