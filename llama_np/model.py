@@ -163,7 +163,11 @@ class Model:
             # D = 288; ~1.1-1.2x at D = 768-2048). Compressed formats keep (out, in) rows,
             # which they widen piece by piece.
             if weights_dtype == "fp32":
-                return np.ascontiguousarray(np.concatenate([f32(n) for n in names], axis=0).T)
+                rows = [tensors[n].shape[0] for n in names]
+                out = np.empty((tensors[names[0]].shape[1], sum(rows)), dtype=np.float32)
+                for name, start, n in zip(names, np.cumsum([0, *rows]), rows, strict=False):
+                    out[:, start : start + n] = f32(name).T  # one tensor at a time: no temp
+                return out  # (in, out)
             rows = np.concatenate([tensors[n] for n in names], axis=0)  # storage dtype kept
             report(len(names))
             return pack(weights_dtype, rows, scratch).T
