@@ -237,11 +237,22 @@ def add_model_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run_generate(args: argparse.Namespace) -> int:
-    # Check every argument before the (possibly slow) load.
+def sampling_kwargs(args: argparse.Namespace) -> dict:
+    """The sampling flags as `generate` keyword arguments, checked (before any slow load)."""
     params = SamplingParams(
         args.temperature, args.top_k, args.top_p, args.min_p, args.repeat_penalty
     )
+    return dict(
+        temperature=params.temperature,
+        top_k=params.top_k,
+        top_p=params.top_p,
+        min_p=params.min_p,
+        repetition_penalty=params.repetition_penalty,
+    )
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    sampling = sampling_kwargs(args)  # every argument is checked before the (slow) load
     if args.n_predict < 0:
         raise ArgumentError(f"-n/--n-predict must be >= 0, got {args.n_predict}")
     model = load(args.model, weights_dtype=args.weights_dtype)
@@ -256,11 +267,7 @@ def run_generate(args: argparse.Namespace) -> int:
         model,
         prompts[0],
         args.n_predict,
-        temperature=params.temperature,
-        top_k=params.top_k,
-        top_p=params.top_p,
-        min_p=params.min_p,
-        repetition_penalty=params.repetition_penalty,
+        **sampling,
         seed=seed,
         stop=args.stop,
         stats=stats,
@@ -316,6 +323,7 @@ def run_download(args: argparse.Namespace) -> int:
 
 
 def run_chat(args: argparse.Namespace) -> int:
+    sampling = sampling_kwargs(args)  # checked before the (slow) load
     model = load(args.model)
     chat = Chat(model, args.chat_format, args.system, min(args.ctx_size, model.config.max_seq_len))
     seed = args.seed if args.seed is not None else int(time.time_ns() % 2**31)
@@ -342,11 +350,7 @@ def run_chat(args: argparse.Namespace) -> int:
             line.strip(),
             args.n_predict,
             stats=stats,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            min_p=args.min_p,
-            repetition_penalty=args.repeat_penalty,
+            **sampling,
             seed=seed + chat.turns,  # a different draw each turn, reproducible as a whole
         )
         # Ctrl-C ends this reply, not the chat: the conversation keeps what was said so far.
@@ -378,11 +382,7 @@ def run_generate_batch(model, prompts, args, seed: int, stats: GenerationStats) 
         model,
         prompts,
         args.n_predict,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        min_p=args.min_p,
-        repetition_penalty=args.repeat_penalty,
+        **sampling_kwargs(args),
         seed=seed,
         stop=args.stop,
         stats=stats,

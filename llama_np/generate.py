@@ -105,31 +105,8 @@ def generate(
     appeared.
     """
     params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
-    if not (isinstance(max_new_tokens, int) and max_new_tokens >= 0):
-        raise ArgumentError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    if isinstance(stop, str):
-        stop = [stop]
-    if any(not s for s in stop):
-        raise ArgumentError("stop strings must be non-empty")
-    tokenizer = model.tokenizer
-    if tokenizer is None:
-        raise ArgumentError(
-            "this model has no tokenizer to turn tokens into text; load one with "
-            "llama_np.load(path, tokenizer=...) or use Model.prefill/decode with token ids"
-        )
-    if isinstance(prompt, str):
-        tokens = tokenizer.encode(prompt, bos=True)
-    else:
-        try:
-            tokens = [operator.index(t) for t in prompt]
-        except TypeError:
-            raise ArgumentError(f"prompt token ids must be integers, got {prompt!r:.80}") from None
-    if not tokens:
-        raise ArgumentError("the prompt has no tokens: pass text, or at least one id (e.g. BOS)")
-    V = model.config.vocab_size
-    bad = [t for t in tokens if not 0 <= t < V]
-    if bad:
-        raise ArgumentError(f"prompt token id {bad[0]} is outside the vocabulary 0..{V - 1}")
+    stop = _check_limits(max_new_tokens, stop)
+    tokens = prompt_tokens(model, prompt)
     stats = stats if stats is not None else GenerationStats()
     if cache is None:
         context = model.config.max_seq_len
@@ -149,9 +126,41 @@ def generate(
     else:
         cache.check_room(len(tokens))
     stop_ids = frozenset(model.config.stop_ids if stop_ids is None else stop_ids)
-    return _generate(
-        model, tokens, max_new_tokens, params, seed, list(stop), stats, stop_ids, cache
-    )
+    return _generate(model, tokens, max_new_tokens, params, seed, stop, stats, stop_ids, cache)
+
+
+def _check_limits(max_new_tokens: int, stop: str | Sequence[str]) -> list[str]:
+    """Validate max_new_tokens and the stop strings; -> the stop strings as a list."""
+    if not (isinstance(max_new_tokens, int) and max_new_tokens >= 0):
+        raise ArgumentError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    stop = [stop] if isinstance(stop, str) else list(stop)
+    if any(not s for s in stop):
+        raise ArgumentError("stop strings must be non-empty")
+    return stop
+
+
+def prompt_tokens(model: Model, prompt: str | Sequence[int]) -> list[int]:
+    """A prompt's token ids (text is encoded with BOS), checked against the vocabulary."""
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        raise ArgumentError(
+            "this model has no tokenizer to turn tokens into text; load one with "
+            "llama_np.load(path, tokenizer=...) or use Model.prefill/decode with token ids"
+        )
+    if isinstance(prompt, str):
+        tokens = tokenizer.encode(prompt, bos=True)
+    else:
+        try:
+            tokens = [operator.index(t) for t in prompt]
+        except TypeError:
+            raise ArgumentError(f"prompt token ids must be integers, got {prompt!r:.80}") from None
+    if not tokens:
+        raise ArgumentError("the prompt has no tokens: pass text, or at least one id (e.g. BOS)")
+    V = model.config.vocab_size
+    bad = [t for t in tokens if not 0 <= t < V]
+    if bad:
+        raise ArgumentError(f"prompt token id {bad[0]} is outside the vocabulary 0..{V - 1}")
+    return tokens
 
 
 def _generate(
@@ -257,18 +266,11 @@ def generate_batch(
     or the context is full for the longest prompt. Same arguments as `generate`.
     """
     params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
-    if not (isinstance(max_new_tokens, int) and max_new_tokens >= 0):
-        raise ArgumentError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    stop = _check_limits(max_new_tokens, stop)
     if isinstance(prompts, str) or not prompts:
         raise ArgumentError("prompts must be a non-empty list of prompts (text or token ids)")
-    stop = [stop] if isinstance(stop, str) else list(stop)
-    if any(not s for s in stop):
-        raise ArgumentError("stop strings must be non-empty")
     config, tokenizer = model.config, model.tokenizer
-    if any(isinstance(p, str) for p in prompts) and tokenizer is None:
-        raise ArgumentError("this model has no tokenizer: pass the prompts as token ids")
-    batch = [tokenizer.encode(p, bos=True) if isinstance(p, str) else [int(t) for t in p]
-             for p in prompts]  # fmt: skip
+    batch = [prompt_tokens(model, p) for p in prompts]
     longest = max(len(t) for t in batch)
     if longest > config.max_seq_len:
         raise ContextLengthError(
