@@ -20,11 +20,12 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     # Divide by the row's max |x| before squaring so that huge activations cannot overflow
     # float32 (x² overflows past ~1.8e19); the scale cancels out below. The 1e-18 floor keeps
     # eps / scale² finite for rows of (near) zeros.
-    scale = np.maximum(np.max(np.abs(x), axis=-1, keepdims=True), np.float32(1e-18))  # (..., 1)
+    scale = np.maximum(np.abs(x).max(axis=-1, keepdims=True), np.float32(1e-18))  # (..., 1)
     xs = x / scale  # (..., D), every |value| <= 1
-    ms = np.mean(xs * xs, axis=-1, keepdims=True, dtype=np.float32)  # (..., 1)
-    inv_rms = 1.0 / np.sqrt(ms + np.float32(eps) / scale / scale)
-    return (xs * inv_rms) * weight
+    # sum / D rather than np.mean, and methods rather than np.max: in decode (one row) each
+    # call's Python overhead costs more than its arithmetic.
+    ms = np.square(xs).sum(axis=-1, keepdims=True) / np.float32(x.shape[-1])  # (..., 1)
+    return xs / np.sqrt(ms + np.float32(eps) / (scale * scale)) * weight
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -33,9 +34,10 @@ def softmax(x: np.ndarray) -> np.ndarray:
     Subtracting the row max makes every exponent <= 0, so exp never overflows; -inf entries
     (masked positions) become exactly 0.
     """
-    x -= np.max(x, axis=-1, keepdims=True)
+    # x.max / x.sum methods: cheaper to call than np.max / np.sum, which matters in decode.
+    x -= x.max(axis=-1, keepdims=True)
     np.exp(x, out=x)
-    x /= np.sum(x, axis=-1, keepdims=True)
+    x /= x.sum(axis=-1, keepdims=True)
     return x
 
 
