@@ -42,8 +42,12 @@ def softmax(x: np.ndarray) -> np.ndarray:
 
 
 def silu(x: np.ndarray) -> np.ndarray:
-    """x * sigmoid(x), written with tanh so that no exp can overflow for large |x|."""
-    return x * (np.float32(0.5) + np.float32(0.5) * np.tanh(np.float32(0.5) * x))
+    """x * sigmoid(x), written with tanh so that no exp can overflow for large |x|.
+
+    x * sigmoid(x) = x/2 * (1 + tanh(x/2)) = x/2 + x/2 * tanh(x/2): four array operations.
+    """
+    half_x = x * np.float32(0.5)
+    return half_x + half_x * np.tanh(half_x)
 
 
 def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None = None) -> np.ndarray:
