@@ -50,7 +50,7 @@ class LayerWeights:
     wo: np.ndarray  # (H*HD, D)
     mlp_norm: np.ndarray  # (D,)
     w_gate_up: np.ndarray  # (D, 2F)  gate and up projections side by side: one matmul
-    w_down: np.ndarray  # (F, D)
+    w_down: np.ndarray  # (F, D), in fp32 a view of (D, F) rows: see from_tensors
 
 
 @dataclass
@@ -172,6 +172,17 @@ class Model:
             report(len(names))
             return pack(weights_dtype, rows, scratch).T
 
+        def rows_kept(name: str) -> np.ndarray:
+            # The exception to (in, out) storage: w_down, whose input (F) is wider than its
+            # output (D). OpenBLAS's matrix-vector product runs faster through its (D, F) rows
+            # (measured: stories110M decode 61 -> 72 tok/s, 15M +3%, TinyLlama unchanged; no
+            # such gain for wo, and a loss for wqkv/w_gate_up). Used via the (in, out) view.
+            if weights_dtype != "fp32":
+                return fused(name)
+            array = np.empty(tensors[name].shape, dtype=np.float32)  # (out, in)
+            array[...] = f32(name)
+            return array.T  # (in, out) view
+
         layers = []
         for i in range(config.n_layers):
             p = f"layers.{i}."
@@ -186,7 +197,7 @@ class Model:
                     wo=fused(p + "attention.wo.weight"),
                     mlp_norm=f32(p + "ffn_norm.weight"),
                     w_gate_up=fused(p + "feed_forward.w1.weight", p + "feed_forward.w3.weight"),
-                    w_down=fused(p + "feed_forward.w2.weight"),
+                    w_down=rows_kept(p + "feed_forward.w2.weight"),
                 )
             )
         if weights_dtype == "fp32":
