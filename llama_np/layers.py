@@ -7,6 +7,7 @@ can be read, tested and stepped through on its own. Shapes use the legend in con
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 
@@ -20,11 +21,12 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     # Divide by the row's max |x| before squaring so that huge activations cannot overflow
     # float32 (x² overflows past ~1.8e19); the scale cancels out below. The 1e-18 floor keeps
     # eps / scale² finite for rows of (near) zeros.
-    scale = np.maximum(np.max(np.abs(x), axis=-1, keepdims=True), np.float32(1e-18))  # (..., 1)
+    scale = np.maximum(np.abs(x).max(axis=-1, keepdims=True), np.float32(1e-18))  # (..., 1)
     xs = x / scale  # (..., D), every |value| <= 1
-    ms = np.mean(xs * xs, axis=-1, keepdims=True, dtype=np.float32)  # (..., 1)
-    inv_rms = 1.0 / np.sqrt(ms + np.float32(eps) / scale / scale)
-    return (xs * inv_rms) * weight
+    # sum / D rather than np.mean, and methods rather than np.max: in decode (one row) each
+    # call's Python overhead costs more than its arithmetic.
+    ms = np.square(xs).sum(axis=-1, keepdims=True) / np.float32(x.shape[-1])  # (..., 1)
+    return xs / np.sqrt(ms + np.float32(eps) / (scale * scale)) * weight
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -33,15 +35,20 @@ def softmax(x: np.ndarray) -> np.ndarray:
     Subtracting the row max makes every exponent <= 0, so exp never overflows; -inf entries
     (masked positions) become exactly 0.
     """
-    x -= np.max(x, axis=-1, keepdims=True)
+    # x.max / x.sum methods: cheaper to call than np.max / np.sum, which matters in decode.
+    x -= x.max(axis=-1, keepdims=True)
     np.exp(x, out=x)
-    x /= np.sum(x, axis=-1, keepdims=True)
+    x /= x.sum(axis=-1, keepdims=True)
     return x
 
 
 def silu(x: np.ndarray) -> np.ndarray:
-    """x * sigmoid(x), written with tanh so that no exp can overflow for large |x|."""
-    return x * (np.float32(0.5) + np.float32(0.5) * np.tanh(np.float32(0.5) * x))
+    """x * sigmoid(x), written with tanh so that no exp can overflow for large |x|.
+
+    x * sigmoid(x) = x/2 * (1 + tanh(x/2)) = x/2 + x/2 * tanh(x/2): four array operations.
+    """
+    half_x = x * np.float32(0.5)
+    return half_x + half_x * np.tanh(half_x)
 
 
 def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None = None) -> np.ndarray:
@@ -113,7 +120,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, hook=None) -> np.ndar
     G = H // KVH
     # (T, H, HD) -> (KVH, G, T, HD) -> (KVH, G*T, HD); scaling q is cheaper than scaling scores
     qg = q.reshape(T, KVH, G, HD).transpose(1, 2, 0, 3).reshape(KVH, G * T, HD)
-    qg = qg * np.float32(1.0 / np.sqrt(HD))
+    qg = qg * np.float32(1.0 / math.sqrt(HD))  # math.sqrt: np.sqrt of an int costs ~1 µs
     scores = np.matmul(qg, k.transpose(0, 2, 1)).reshape(KVH, G, T, S)  # (KVH, G, T, S)
     if T > 1:
         # The new queries sit at positions S-T .. S-1, so query t may see keys 0 .. S-T+t:
@@ -153,7 +160,7 @@ def attention_batch(q: np.ndarray, k: np.ndarray, v: np.ndarray, lengths: np.nda
     """
     B, H, HD = q.shape
     KVH, S = k.shape[1], k.shape[2]
-    qg = q.reshape(B, KVH, H // KVH, HD) * np.float32(1.0 / np.sqrt(HD))  # (B, KVH, G, HD)
+    qg = q.reshape(B, KVH, H // KVH, HD) * np.float32(1.0 / math.sqrt(HD))  # (B, KVH, G, HD)
     scores = np.matmul(qg, k.transpose(0, 1, 3, 2))  # (B, KVH, G, S)
     # Shorter sequences end before S: their keys past their own length are someone's padding.
     mask = np.where(np.arange(S) < lengths[:, None], np.float32(0), NEG_INF)  # (B, S)

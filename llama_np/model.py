@@ -50,7 +50,7 @@ class LayerWeights:
     wo: np.ndarray  # (H*HD, D)
     mlp_norm: np.ndarray  # (D,)
     w_gate_up: np.ndarray  # (D, 2F)  gate and up projections side by side: one matmul
-    w_down: np.ndarray  # (F, D)
+    w_down: np.ndarray  # (F, D), in fp32 a view of (D, F) rows: see from_tensors
 
 
 @dataclass
@@ -172,6 +172,17 @@ class Model:
             report(len(names))
             return pack(weights_dtype, rows, scratch).T
 
+        def rows_kept(name: str) -> np.ndarray:
+            # The exception to (in, out) storage: w_down, whose input (F) is wider than its
+            # output (D). OpenBLAS's matrix-vector product runs faster through its (D, F) rows
+            # (measured: stories110M decode 61 -> 72 tok/s, 15M +3%, TinyLlama unchanged; no
+            # such gain for wo, and a loss for wqkv/w_gate_up). Used via the (in, out) view.
+            if weights_dtype != "fp32":
+                return fused(name)
+            array = np.empty(tensors[name].shape, dtype=np.float32)  # (out, in)
+            array[...] = f32(name)
+            return array.T  # (in, out) view
+
         layers = []
         for i in range(config.n_layers):
             p = f"layers.{i}."
@@ -186,7 +197,7 @@ class Model:
                     wo=fused(p + "attention.wo.weight"),
                     mlp_norm=f32(p + "ffn_norm.weight"),
                     w_gate_up=fused(p + "feed_forward.w1.weight", p + "feed_forward.w3.weight"),
-                    w_down=fused(p + "feed_forward.w2.weight"),
+                    w_down=rows_kept(p + "feed_forward.w2.weight"),
                 )
             )
         if weights_dtype == "fp32":
@@ -321,13 +332,16 @@ class Model:
         # --- attention: each position gathers information from itself and earlier positions
         h = rms_norm(x, lw.attn_norm, cfg.norm_eps)  # (T, D)
         qkv = h @ lw.wqkv  # (T, (H + 2*KVH) * HD)
-        q = qkv[:, : H * HD].reshape(T, H, HD)  # (T, H, HD)
-        k = qkv[:, H * HD : (H + KVH) * HD].reshape(T, KVH, HD)  # (T, KVH, HD)
         v = qkv[:, (H + KVH) * HD :].reshape(T, KVH, HD)  # (T, KVH, HD)
         cos = self.rope_cos[start : start + T]  # (T, HD/2)
         sin = self.rope_sin[start : start + T]  # (T, HD/2)
-        q = apply_rope(q, cos, sin, cfg.rope_interleaved)
-        k = apply_rope(k, cos, sin, cfg.rope_interleaved)
+        # q and k heads sit side by side in qkv: rotate them in one call (half the calls in
+        # decode, where per-call overhead dominates), then split.
+        qk = apply_rope(
+            qkv[:, : (H + KVH) * HD].reshape(T, H + KVH, HD), cos, sin, cfg.rope_interleaved
+        )
+        q = qk[:, :H]  # (T, H, HD)
+        k = qk[:, H:]  # (T, KVH, HD)
         # The cache stores (KVH, S, HD) per layer: write the new rows, read all rows so far.
         k_all, v_all = cache.update(i, start, k.transpose(1, 0, 2), v.transpose(1, 0, 2), seq)
         if self.hooks:
