@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import sentencepiece as spm
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from llama_np import TextStream, load_tokenizer
@@ -54,6 +54,9 @@ def test_encoding_matches_sentencepiece_library(text, sp, llama2_as_llama2c):
 @given(st.text(max_size=40))
 @settings(max_examples=150, deadline=None)
 def test_matches_sentencepiece_on_arbitrary_text(sp, llama2_as_llama2c, text):
+    # U+2581 is SentencePiece's space symbol: the library reads it as a space, while llama2.c
+    # (whose vocabulary stores spaces as " ") falls back to its UTF-8 bytes.
+    assume("\u2581" not in text)
     assert llama2_as_llama2c.encode(text, bos=False) == sp.encode(text)
 
 

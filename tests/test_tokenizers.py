@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import sentencepiece
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from tokenizer_helpers import bpe_merges, llama3_tokenizer_json
 
@@ -16,6 +16,7 @@ from llama_np import TokenizerError, load_tokenizer
 from llama_np.checkpoints import DEFAULT_CHECKPOINT
 from llama_np.generate import TextStream
 from llama_np.tokenizers import find_tokenizer
+from llama_np.tokenizers.sentencepiece_model import SentencePieceTokenizer
 from llama_np.tokenizers.tiktoken_bpe import read_tiktoken_ranks
 
 DATA = Path(__file__).parent / "data" / "tokenizers"
@@ -178,6 +179,9 @@ text_strategy = st.lists(
 @given(text=text_strategy)
 def test_round_trip_and_stream(kind, text, request):
     tok = request.getfixturevalue(kind)
+    # SentencePiece writes spaces as U+2581 ("▁"), so a text holding that character decodes
+    # with a space in its place (the sentencepiece library does the same): not round-trippable.
+    assume(not (isinstance(tok, SentencePieceTokenizer) and "\u2581" in text))
     ids = tok.encode(text, bos=True)
     assert tok.decode(ids) == text
     assert all(0 <= i < tok.vocab_size for i in ids)
