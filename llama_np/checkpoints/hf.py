@@ -62,8 +62,8 @@ def hf_name(meta_name: str) -> str:
 def read_hf_config(directory: Path) -> LlamaConfig:
     """The LlamaConfig of an HF model directory (config.json and generation_config.json)."""
     return config_from_hf(
-        _read_json(directory / "config.json"),
-        _read_json(directory / "generation_config.json", missing_ok=True),
+        read_json(directory / "config.json"),
+        read_json(directory / "generation_config.json", missing_ok=True),
         name=directory.name,
         source=directory / "config.json",
     )
@@ -189,7 +189,9 @@ def _rope_scaling(rope: dict, source: Path | str) -> RopeScaling | None:
     )
 
 
-def _read_json(path: Path, missing_ok: bool = False) -> dict | None:
+def read_json(path: Path, missing_ok: bool = False) -> dict | None:
+    """A JSON object from `path` (None if it is absent and `missing_ok`); CheckpointError
+    naming the file when it cannot be read or is not a JSON object."""
     if missing_ok and not path.exists():
         return None
     try:

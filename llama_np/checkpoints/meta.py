@@ -13,13 +13,13 @@ embedding is split along D in Llama 2 (ParallelEmbedding) and along V in Llama 3
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ..config import LlamaConfig, RopeScaling
 from ..errors import CheckpointError, ConfigError
+from .hf import read_json
 from .pth import read_pth
 
 SPLIT_ALONG_ROWS = (
@@ -36,14 +36,7 @@ SPLIT_ALONG_COLUMNS = ("wo.weight", "w2.weight")
 def load_meta(directory: Path) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
     """Read a Meta download; -> (config, tensors by Meta name, in their file dtypes)."""
     params_path = directory / "params.json"
-    try:
-        params = json.loads(params_path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise CheckpointError(f"{params_path}: cannot read: {e.strerror}") from None
-    except (UnicodeDecodeError, ValueError) as e:
-        raise CheckpointError(f"{params_path}: not valid JSON: {e}") from None
-    if not isinstance(params, dict):
-        raise CheckpointError(f"{params_path}: expected a JSON object")
+    params = read_json(params_path)
 
     shard_paths = sorted(directory.glob("consolidated.*.pth"))
     if not shard_paths:
