@@ -26,7 +26,8 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     # sum / D rather than np.mean, and methods rather than np.max: in decode (one row) each
     # call's Python overhead costs more than its arithmetic.
     ms = np.square(xs).sum(axis=-1, keepdims=True) / np.float32(x.shape[-1])  # (..., 1)
-    return xs / np.sqrt(ms + np.float32(eps) / (scale * scale)) * weight
+    # eps / scale / scale, not eps / scale²: scale² overflows for rows near float32's max
+    return xs / np.sqrt(ms + np.float32(eps) / scale / scale) * weight
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
