@@ -98,14 +98,6 @@ def prefill_bound(config: LlamaConfig, peaks, n_tokens: int) -> float:
     return peaks.matmul_flops / (costs.forward_flops(config, n_tokens) / n_tokens)
 
 
-def weight_nbytes(model) -> int:
-    w = model.weights
-    arrays = [w.embedding, w.final_norm] + [a for lw in w.layers for a in vars(lw).values()]
-    if not model.config.tie_embeddings:
-        arrays.append(w.classifier)
-    return sum(a.nbytes for a in arrays)
-
-
 # ---------------------------------------------------------------- peak memory (subprocess)
 
 
@@ -135,7 +127,7 @@ def memory_probe(name: str, weights_dtype: str, n_prompt: int, n_new: int) -> di
     for _ in range(n_new):  # greedy decoding, as generate() does (random models lack a tokenizer)
         logits = model.decode(int(logits.argmax()), cache)
     peak = status("VmHWM")
-    weights = weight_nbytes(model)
+    weights = model.weights_nbytes
     kv = model.config.kv_cache_bytes(n_prompt + n_new)
     return {
         "model": name,
@@ -268,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         model = build(name)
         config = model.config
         n_steps = decode_steps(config, args.quick)
-        entry = {"model": name, "params": config.n_params, "weights_bytes": weight_nbytes(model)}
+        entry = {"model": name, "params": config.n_params, "weights_bytes": model.weights_nbytes}
         rates = time_decode(model, n_steps, repeats)
         bound = decode_bound(config, peaks, n_steps)
         entry["decode"] = {**spread(rates), "bound": bound, "fraction": np.median(rates) / bound}
@@ -317,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                 "model": BIG_MODEL,
                 "weights_dtype": dtype,
                 "params": config.n_params,
-                "weights_bytes": weight_nbytes(model),
+                "weights_bytes": model.weights_nbytes,
                 "build_seconds": build_seconds,
                 "decode": {**spread(rates), "bound": bound, "fraction": np.median(rates) / bound},
             }

@@ -17,6 +17,7 @@ from .download import KNOWN_CHECKPOINTS, download
 from .errors import ArgumentError, LlamaNpError
 from .generate import GenerationStats, generate, generate_batch
 from .hooks import break_at
+from .memory import nbytes
 from .sampling import SamplingParams
 from .weight_formats import WEIGHT_DTYPES
 
@@ -258,7 +259,7 @@ def run_generate(args: argparse.Namespace) -> int:
     model = load(args.model, weights_dtype=args.weights_dtype)
     if args.break_at:
         break_at(model, args.break_at, args.break_at_step)
-    seed = args.seed if args.seed is not None else int(time.time_ns() % 2**31)
+    seed = _seed(args)
     stats = GenerationStats()
     prompts = args.prompt or [""]
     if len(prompts) > 1:
@@ -326,7 +327,7 @@ def run_chat(args: argparse.Namespace) -> int:
     sampling = sampling_kwargs(args)  # checked before the (slow) load
     model = load(args.model)
     chat = Chat(model, args.chat_format, args.system, min(args.ctx_size, model.config.max_seq_len))
-    seed = args.seed if args.seed is not None else int(time.time_ns() % 2**31)
+    seed = _seed(args)
     interactive = sys.stdin.isatty()
     print(
         f"llama-np: chat format {chat.format.name}, KV cache of {chat.cache.max_seq_len} tokens; "
@@ -456,7 +457,6 @@ def run_trace(args: argparse.Namespace) -> int:
 def run_info(args: argparse.Namespace) -> int:
     model = load(args.model)
     c = model.config
-    weight_bytes = sum(a.nbytes for a in _weight_arrays(model))
     rows = [
         ("name", c.name),
         ("dim (D)", c.dim),
@@ -478,9 +478,9 @@ def run_info(args: argparse.Namespace) -> int:
         ("BOS / stop ids", f"{c.bos_id} / {list(c.stop_ids)}"),
         ("tokenizer", type(model.tokenizer).__name__ if model.tokenizer else "none"),
         ("parameters", f"{c.n_params:,}"),
-        ("weights in memory (float32)", _bytes(weight_bytes)),
-        ("KV cache per token (float32)", _bytes(c.kv_cache_bytes(1))),
-        (f"KV cache at {c.max_seq_len} tokens", _bytes(c.kv_cache_bytes(c.max_seq_len))),
+        ("weights in memory (float32)", nbytes(model.weights_nbytes)),
+        ("KV cache per token (float32)", nbytes(c.kv_cache_bytes(1))),
+        (f"KV cache at {c.max_seq_len} tokens", nbytes(c.kv_cache_bytes(c.max_seq_len))),
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
@@ -488,18 +488,6 @@ def run_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _weight_arrays(model):
-    w = model.weights
-    yield w.embedding
-    yield w.final_norm
-    if not model.config.tie_embeddings:
-        yield w.classifier
-    for lw in w.layers:
-        yield from vars(lw).values()
-
-
-def _bytes(n: int) -> str:
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n:,} bytes ({n / size:.2f} {unit})"
-    return f"{n:,} bytes"
+def _seed(args: argparse.Namespace) -> int:
+    """-s/--seed, or a fresh one (printed with the timings, so a run can be repeated)."""
+    return args.seed if args.seed is not None else int(time.time_ns() % 2**31)

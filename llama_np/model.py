@@ -217,6 +217,15 @@ class Model:
         weights = Weights(embedding, layers, f32("norm.weight"), classifier)
         return cls(config, weights, tokenizer)
 
+    @property
+    def weights_nbytes(self) -> int:
+        """Bytes the weights occupy in memory (a tied embedding/classifier counted once)."""
+        w = self.weights
+        arrays = [w.embedding, w.final_norm, *(a for lw in w.layers for a in vars(lw).values())]
+        if not self.config.tie_embeddings:
+            arrays.append(w.classifier)
+        return sum(a.nbytes for a in arrays)
+
     # ---------------------------------------------------------------- the KV cache
 
     def new_cache(
