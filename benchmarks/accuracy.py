@@ -24,8 +24,8 @@ if str(ROOT) not in sys.path:
 
 from llama_np import load  # noqa: E402
 from llama_np.model import Model  # noqa: E402
-from llama_np.random_model import random_model  # noqa: E402
-from llama_np.registry import known_config  # noqa: E402
+from llama_np.tools.known_models import known_config  # noqa: E402
+from llama_np.tools.random_model import random_model  # noqa: E402
 
 VARIANTS = [("bf16", np.float32), ("fp16", np.float32), ("int8", np.float32), ("fp32", np.float16)]
 

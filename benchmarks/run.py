@@ -29,10 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere: use this checkout's llama_np
     sys.path.insert(0, str(ROOT))
 
-from llama_np import costs, load, machine  # noqa: E402
+from llama_np import load  # noqa: E402
 from llama_np.config import LlamaConfig  # noqa: E402
-from llama_np.random_model import random_model  # noqa: E402
-from llama_np.registry import known_config  # noqa: E402
+from llama_np.tools import costs, machine  # noqa: E402
+from llama_np.tools.known_models import known_config  # noqa: E402
+from llama_np.tools.random_model import random_model  # noqa: E402
 
 DEFAULT_MODELS = "stories260K,stories15M,stories110M,tinyllama-1.1b"
 BIG_MODEL = "llama-3.1-8b"

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from .config import LlamaConfig
 from .errors import MemoryLimitError
-from .memory import weight_bytes
+from .tools.memory import weight_bytes
 
 
 def available_memory() -> int | None:

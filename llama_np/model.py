@@ -35,7 +35,7 @@ from .layers import (
     swiglu,
 )
 from .limits import check_kv_cache_fits
-from .weight_formats import Scratch, check_weights_dtype, pack
+from .packed import Scratch, check_weights_dtype, pack
 
 # Prompts longer than this run attention in blocks of this many queries (layers.py).
 ATTENTION_CHUNK = 128

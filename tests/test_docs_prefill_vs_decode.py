@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from llama_np import machine
 from llama_np.cli import main
-from llama_np.machine import MachinePeaks
+from llama_np.tools import machine
+from llama_np.tools.machine import MachinePeaks
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "prefill_vs_decode.md"
 

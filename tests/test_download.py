@@ -22,9 +22,9 @@ import pytest
 from safetensors.numpy import save
 
 import llama_np
-from llama_np import download as dl
+from llama_np.checkpoints import download as dl
+from llama_np.checkpoints.download import KNOWN_CHECKPOINTS, KnownCheckpoint, download, safe_path
 from llama_np.cli import main
-from llama_np.download import KNOWN_CHECKPOINTS, KnownCheckpoint, download, safe_path
 from llama_np.errors import DownloadError
 
 REPO = "org/tiny"

@@ -5,13 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from llama_np import machine
 from llama_np.cli import main
 from llama_np.errors import ArgumentError, CheckpointError, ConfigError
-from llama_np.hardware import PRESETS, custom_hardware, get_hardware
-from llama_np.machine import MachinePeaks
-from llama_np.memory import estimate, load_config, memory_report, weight_bytes
-from llama_np.registry import known_config
+from llama_np.tools import machine
+from llama_np.tools.hardware import PRESETS, custom_hardware, get_hardware
+from llama_np.tools.known_models import known_config
+from llama_np.tools.machine import MachinePeaks
+from llama_np.tools.memory import estimate, load_config, memory_report, weight_bytes
 
 GIB = 2**30
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import llama_np
-from llama_np.random_model import random_model
-from llama_np.registry import known_config
+from llama_np.tools.known_models import known_config
+from llama_np.tools.random_model import random_model
 
 PACKAGE = str(Path(llama_np.__file__).parent)
 

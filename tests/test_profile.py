@@ -6,13 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from llama_np import machine
 from llama_np.cli import main
 from llama_np.config import LlamaConfig
 from llama_np.errors import ArgumentError, ContextLengthError
-from llama_np.machine import MachinePeaks
 from llama_np.model import Model, tensor_names
-from llama_np.profile import profile_generation
+from llama_np.tools import machine
+from llama_np.tools.machine import MachinePeaks
+from llama_np.tools.profile import profile_generation
 
 PEAKS = MachinePeaks(matmul_flops=50e9, memory_bandwidth=5e9, description="test")
 
@@ -98,7 +98,7 @@ def test_cli_writes_json_and_chart(tmp_path, capsys, monkeypatch):
 
 
 def test_cli_without_matplotlib_still_writes_json(tmp_path, capsys, monkeypatch):
-    from llama_np import cli_perf
+    from llama_np.cli import perf as cli_perf
 
     def no_matplotlib(*args):
         raise ImportError("No module named 'matplotlib'")

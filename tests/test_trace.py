@@ -8,7 +8,7 @@ import pytest
 import llama_np
 from llama_np.cli import main
 from llama_np.errors import ArgumentError
-from llama_np.trace import parse_indices, token_labels, trace_attention
+from llama_np.tools.trace import parse_indices, token_labels, trace_attention
 
 PROMPT = "Once upon a time"
 

@@ -8,9 +8,9 @@ from llama_np import cli
 from llama_np.dtypes import bfloat16_from_float32, to_float32
 from llama_np.errors import ArgumentError
 from llama_np.generate import generate_batch
-from llama_np.random_model import random_model
-from llama_np.registry import known_config
-from llama_np.weight_formats import GROUP_SIZE, PackedRows, Scratch, pack
+from llama_np.packed import GROUP_SIZE, PackedRows, Scratch, pack
+from llama_np.tools.known_models import known_config
+from llama_np.tools.random_model import random_model
 
 RNG = np.random.default_rng(0)
 

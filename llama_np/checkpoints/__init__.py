@@ -18,8 +18,8 @@ from ..config import LlamaConfig
 from ..errors import CheckpointError
 from ..limits import check_model_fits
 from ..model import Model
+from ..packed import check_weights_dtype
 from ..tokenizers import find_tokenizer, load_tokenizer
-from ..weight_formats import check_weights_dtype
 from .hf import load_hf, read_hf_config
 from .llama2c import load_llama2c, read_header
 from .meta import load_meta

@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from . import hardware, machine, memory
-from .errors import ArgumentError
-from .profile import format_profile, plot_profile, profile_generation, write_json
+from ..errors import ArgumentError
+from ..tools import hardware, machine, memory
+from ..tools.profile import format_profile, plot_profile, profile_generation, write_json
 
 
 def add_commands(commands) -> None:
@@ -140,7 +140,7 @@ def _hardware(args: argparse.Namespace) -> hardware.Hardware | None:
 
 
 def run_profile(args: argparse.Namespace) -> int:
-    from . import DEFAULT_CHECKPOINT, load
+    from .. import DEFAULT_CHECKPOINT, load
 
     model = load(args.model or DEFAULT_CHECKPOINT)
     if model.tokenizer is None:

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import LlamaConfig
+from ..config import LlamaConfig
+from ..errors import ArgumentError, ContextLengthError
+from ..model import Model
 from .costs import forward_bytes, forward_flops
-from .errors import ArgumentError, ContextLengthError
 from .machine import MachinePeaks
-from .model import Model
 
 VALUE_BYTES = 4  # llama_np keeps weights and KV cache in float32
 

@@ -6,8 +6,8 @@ pair RoPE dimensions half-split; llama2.c's stories models pair them interleaved
 
 from __future__ import annotations
 
-from .config import LlamaConfig, RopeScaling
-from .errors import ConfigError
+from ..config import LlamaConfig, RopeScaling
+from ..errors import ConfigError
 
 _LLAMA31_SCALING = RopeScaling("llama3", 8.0, 1.0, 4.0, 8192)
 _LLAMA32_SCALING = RopeScaling("llama3", 32.0, 1.0, 4.0, 8192)

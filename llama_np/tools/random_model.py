@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import LlamaConfig
-from .model import LayerWeights, Model, Weights, tensor_names
-from .weight_formats import PackedRows, Scratch, check_weights_dtype, int8_group_size, pack
+from ..config import LlamaConfig
+from ..model import LayerWeights, Model, Weights, tensor_names
+from ..packed import PackedRows, Scratch, check_weights_dtype, int8_group_size, pack
 
 
 def random_model(

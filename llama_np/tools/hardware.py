@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from ..errors import ArgumentError
 from . import machine
-from .errors import ArgumentError
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .config import LlamaConfig
+from ..config import LlamaConfig
+from ..errors import ArgumentError, ConfigError
 from .costs import forward_bytes, forward_flops
-from .errors import ArgumentError, ConfigError
 from .hardware import Hardware
-from .registry import KNOWN_MODELS, known_config
+from .known_models import KNOWN_MODELS, known_config
 
 # Bytes per value. int8 is Q8_0 (llama.cpp, llama2.c's export): groups of 32 int8 weights with
 # one 2-byte scale each, 34 bytes per 32 weights; norm weights stay float32.
@@ -300,6 +300,6 @@ def load_config(model: str) -> LlamaConfig:
                 f"MODEL {model!r} is neither a file or directory nor a known model name; "
                 f"known: {', '.join(KNOWN_MODELS)}"
             ) from None
-    from .checkpoints import read_config  # here: checkpoints -> limits -> memory at import
+    from ..checkpoints import read_config  # here: checkpoints -> limits -> memory at import
 
     return read_config(path)

@@ -6,7 +6,7 @@ FLOPs ÷ matmul FLOP/s, decode's by bytes read ÷ memory bandwidth.
 
 from __future__ import annotations
 
-from .config import LlamaConfig
+from ..config import LlamaConfig
 
 
 def matmul_params(config: LlamaConfig) -> int:

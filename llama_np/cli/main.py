@@ -11,15 +11,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import DEFAULT_CHECKPOINT, cli_perf, load
-from .chat import CHAT_FORMATS, Chat
-from .download import KNOWN_CHECKPOINTS, download
-from .errors import ArgumentError, LlamaNpError
-from .generate import GenerationStats, generate, generate_batch
-from .hooks import break_at
-from .memory import nbytes
-from .sampling import SamplingParams
-from .weight_formats import WEIGHT_DTYPES
+from .. import DEFAULT_CHECKPOINT, load
+from ..chat import CHAT_FORMATS, Chat
+from ..checkpoints.download import KNOWN_CHECKPOINTS, download
+from ..errors import ArgumentError, LlamaNpError
+from ..generate import GenerationStats, generate, generate_batch
+from ..hooks import break_at
+from ..packed import WEIGHT_DTYPES
+from ..sampling import SamplingParams
+from ..tools.memory import nbytes
+from . import perf as cli_perf
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
 
@@ -419,7 +420,7 @@ def print_timings(stats: GenerationStats, seed: int | None = None) -> None:
 
 
 def run_trace(args: argparse.Namespace) -> int:
-    from .trace import parse_indices, plot_attention, save_npz, trace_attention
+    from ..tools.trace import parse_indices, plot_attention, save_npz, trace_attention
 
     model = load(args.model)
     layers = parse_indices(args.layers, model.config.n_layers, "--layers")

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ArgumentError
-from .generate import generate
-from .hooks import AttentionRecorder
-from .model import Model
+from ..errors import ArgumentError
+from ..generate import generate
+from ..hooks import AttentionRecorder
+from ..model import Model
 
 
 @dataclass
