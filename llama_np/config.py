@@ -11,6 +11,7 @@ Shape legend used in comments throughout llama_np:
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from .errors import ConfigError
@@ -35,8 +36,23 @@ class RopeScaling:
             raise ConfigError(
                 f"unsupported RoPE scaling type {self.kind!r}: expected 'linear' or 'llama3'"
             )
-        if not self.factor > 0:
-            raise ConfigError(f"RoPE scaling factor must be > 0, got {self.factor}")
+        for name in ("factor", "low_freq_factor", "high_freq_factor"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and 0 < value < math.inf):
+                raise ConfigError(f"RoPE scaling {name} must be a number > 0, got {value!r}")
+        original = self.original_max_position_embeddings
+        if not isinstance(original, int) or isinstance(original, bool) or original <= 0:
+            raise ConfigError(
+                f"RoPE scaling original_max_position_embeddings must be a positive integer, "
+                f"got {original!r}"
+            )
+        # llama3 blends between the two wavelengths original/low and original/high: they
+        # must differ (the blend divides by high - low) and high must be the shorter.
+        if self.kind == "llama3" and not self.high_freq_factor > self.low_freq_factor:
+            raise ConfigError(
+                f"llama3 RoPE scaling needs high_freq_factor > low_freq_factor, got "
+                f"{self.high_freq_factor} and {self.low_freq_factor}"
+            )
 
 
 @dataclass(frozen=True)

@@ -259,5 +259,5 @@ def test_unsupported_tokenizer_json(tmp_path, change, message):
 def test_not_json(tmp_path):
     path = tmp_path / "tokenizer.json"
     path.write_text("not json")
-    with pytest.raises(TokenizerError, match="not a JSON file"):
+    with pytest.raises(TokenizerError, match="not valid JSON"):
         load_tokenizer(path)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import json
 import os
 import re
 import sys
@@ -32,10 +31,21 @@ from typing import NamedTuple
 
 from ..errors import DownloadError
 
+try:
+    import fcntl  # POSIX: the lock that keeps two downloads out of one directory
+except ImportError:  # Windows: downloads are not locked
+    fcntl = None
+from ..validate import HUB_LISTING, Map, Obj, Str, parse_json, read_json, validate
+
 DEFAULT_ENDPOINT = "https://huggingface.co"
 TIMEOUT = 30.0  # seconds a connect or a read may stall before the request fails
 CHUNK = 1 << 20  # bytes per read while streaming a file to disk
 MAX_UNSIZED = 64 << 30  # cap for a response that announces no size, so a read loop always ends
+MIN_RATE = 10_000.0  # bytes/s: slower than this over RATE_WINDOW seconds, a transfer is abandoned
+RATE_WINDOW = 30.0  # seconds
+MAX_LISTING = 16 << 20  # bytes of the hub's file listing (a big repo's is ~100 kB)
+# A safetensors index as the downloader needs it; each shard name is checked by safe_path.
+INDEX = Obj({"weight_map": Map(Str(1024))})
 
 # llama2.c's tokenizer.bin (the Llama 2 vocabulary in llama2.c's own format) is not on the hub:
 # karpathy/tinyllamas holds only the weights, so it comes from the llama2.c GitHub repository.
@@ -101,12 +111,22 @@ def download(
     token: str | None = None,
     quiet: bool = False,
     timeout: float = TIMEOUT,
+    deadline: float | None = None,
+    min_rate: float = MIN_RATE,
 ) -> Path:
     """Fetch a known checkpoint, or a hub repo `owner/name`, into `directory/<name>`.
 
     The endpoint is `endpoint`, else $HF_ENDPOINT, else https://huggingface.co; the token is
     `token`, else $HF_TOKEN. Returns the checkpoint's directory.
+
+    Bounded in time: a connect or read may stall `timeout` seconds; a transfer slower than
+    `min_rate` bytes/s over RATE_WINDOW seconds is abandoned, and so is the whole download
+    after `deadline` seconds (if given). Partial files are kept: run again to resume. One
+    download at a time per directory (a lock on the directory).
     """
+    budget = Budget(
+        timeout, None if deadline is None else time.monotonic() + deadline, deadline, min_rate
+    )
     local_name, known = resolve_name(name_or_repo)
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
     if urllib.parse.urlsplit(endpoint).scheme not in ("http", "https"):
@@ -120,22 +140,80 @@ def download(
             f"token at https://huggingface.co/settings/tokens and set HF_TOKEN to it"
         )
     target = safe_path(Path(directory), local_name, "checkpoint name")
-    hub = Hub(endpoint, known.repo, revision, token, timeout, quiet)
+    hub = Hub(endpoint, known.repo, revision, token, budget, quiet)
 
     files = hub.list_files()
-    target.mkdir(parents=True, exist_ok=True)
-    if known.files:
-        for name in known.files:
-            hub.fetch(name, safe_path(target, name, "registry"), files, required=True)
-    else:
-        _fetch_hf_model(hub, target, files)
-    for name, url in known.urls:
-        dest = safe_path(target, name, "registry")
-        if dest.exists():  # renamed into place only once complete
-            _say(quiet, f"{dest}: already complete ({_size(dest.stat().st_size)})")
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DownloadError(f"{target}: cannot create the directory: {e.strerror}") from None
+    with _DirectoryLock(target):
+        if known.files:
+            for name in known.files:
+                hub.fetch(name, safe_path(target, name, "registry"), files, required=True)
         else:
-            fetch(url, dest, None, timeout=timeout, quiet=quiet)
+            _fetch_hf_model(hub, target, files)
+        for name, url in known.urls:
+            dest = safe_path(target, name, "registry")
+            if dest.exists():  # renamed into place only once complete
+                _say(quiet, f"{dest}: already complete ({_size(dest.stat().st_size)})")
+            else:
+                fetch(url, dest, None, budget=budget, quiet=quiet)
     return target
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long a download may take."""
+
+    timeout: float  # seconds a connect or a single read may stall
+    deadline: float | None  # time.monotonic() by which the whole download must end
+    seconds: float | None  # the deadline as given, for messages
+    min_rate: float  # bytes/s, averaged over RATE_WINDOW seconds of a transfer
+
+    def socket_timeout(self, url: str) -> float:
+        """The timeout for the next request: the per-read one, shortened by the deadline."""
+        if self.deadline is None:
+            return self.timeout
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise DownloadError(
+                f"{url}: the download took longer than its deadline of {self.seconds:g} s; "
+                f"run the same command again to resume (finished files are kept)"
+            )
+        return min(self.timeout, left)
+
+
+class _DirectoryLock:
+    """An exclusive lock on `directory` while a download writes there, so that two downloads
+    into one directory cannot interleave their writes to the same `.part` files. It is a
+    flock on the directory itself: no lock file, and the OS releases it when the process
+    ends, so a crash leaves nothing stale."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.fd = -1
+
+    def __enter__(self) -> _DirectoryLock:
+        if fcntl is None:
+            return self
+        try:
+            self.fd = os.open(self.directory, os.O_RDONLY)
+        except OSError as e:
+            raise DownloadError(f"{self.directory}: cannot open: {e.strerror}") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            raise DownloadError(
+                f"{self.directory}: another download into this directory is running; wait for "
+                f"it to finish (or stop it), then run the command again"
+            ) from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # releases the lock
 
 
 def resolve_name(name_or_repo: str) -> tuple[str, KnownCheckpoint]:
@@ -202,19 +280,12 @@ def _fetch_hf_model(hub: Hub, target: Path, files: dict[str, RemoteFile]) -> Non
 
 
 def _index_shards(index: Path) -> list[str]:
-    """The shard file names a model.safetensors.index.json maps tensors to."""
-    try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-        raise DownloadError(
-            f"{index}: not a safetensors index (expected JSON with a 'weight_map' object): {e}"
-        ) from None
-    if not (
-        isinstance(weight_map, dict)
-        and weight_map
-        and all(isinstance(f, str) for f in weight_map.values())
-    ):
-        raise DownloadError(f"{index}: 'weight_map' must be a non-empty object of name -> file")
+    """The shard file names a model.safetensors.index.json maps tensors to (each still to be
+    checked with safe_path)."""
+    weight_map = validate(read_json(index, DownloadError), INDEX, index, DownloadError)
+    weight_map = weight_map["weight_map"]
+    if not weight_map:
+        raise DownloadError(f"{index}: 'weight_map' is empty: it lists no shard")
     return sorted(set(weight_map.values()))
 
 
@@ -226,7 +297,7 @@ class Hub:
     repo: str
     revision: str
     token: str | None
-    timeout: float
+    budget: Budget
     quiet: bool
 
     @property
@@ -241,32 +312,27 @@ class Hub:
         """{file name: size and sha256} for the files at the repo's top level."""
         rev = urllib.parse.quote(self.revision, safe="")
         url = f"{self.endpoint}/api/models/{self.repo}/tree/{rev}"
-        with _open(url, {}, self.token, self.timeout, self.page) as resp:
+        with _open(url, {}, self.token, self.budget, self.page) as resp:
             try:
-                body = resp.read(16 << 20)
+                body = resp.read(MAX_LISTING + 1)
             except (OSError, http.client.HTTPException) as e:
                 raise _network_error(url, e, self.page) from None
-        try:
-            entries = json.loads(body)
-        except ValueError:
-            raise DownloadError(
-                f"{url}: the file listing is not JSON; is {self.endpoint} a Hugging Face hub? "
-                f"(set --endpoint or HF_ENDPOINT)"
-            ) from None
-        if not isinstance(entries, list):
-            raise DownloadError(f"{url}: expected a JSON list of files, got {type(entries)}")
+        source = f"{url}: the file listing (is {self.endpoint} a Hugging Face hub?)"
+        entries = validate(
+            parse_json(body, source, DownloadError, MAX_LISTING), HUB_LISTING, url, DownloadError
+        )
         files = {}
         for e in entries:
-            if not (isinstance(e, dict) and e.get("type") == "file"):
+            if e["type"] != "file":
                 continue
             # Large files are stored in LFS: their entry gives the real file's size and sha256.
-            lfs = e.get("lfs") if isinstance(e.get("lfs"), dict) else {}
-            size = lfs.get("size", e.get("size"))
-            sha256 = lfs.get("oid")
-            if not (isinstance(sha256, str) and re.fullmatch(r"[0-9a-f]{64}", sha256)):
+            size = e["lfs"]["size"] if e["lfs"] else e.get("size")
+            if size is None:
+                raise DownloadError(f"{url}: file {e['path']!r} is listed without a size")
+            sha256 = e["lfs"]["oid"] if e["lfs"] else None
+            if not (sha256 and re.fullmatch(r"[0-9a-f]{64}", sha256)):
                 sha256 = None
-            if isinstance(e.get("path"), str) and type(size) is int and size >= 0:
-                files[e["path"]] = RemoteFile(size, sha256)
+            files[e["path"]] = RemoteFile(size, sha256)
         return files
 
     def fetch(self, name: str, dest: Path, files: dict[str, RemoteFile], required: bool) -> None:
@@ -289,7 +355,7 @@ class Hub:
             size,
             sha256=sha256,
             token=self.token,
-            timeout=self.timeout,
+            budget=self.budget,
             quiet=self.quiet,
             page=self.page,
         )
@@ -302,15 +368,17 @@ def fetch(
     *,
     sha256: str | None = None,
     token: str | None = None,
-    timeout: float = TIMEOUT,
+    budget: Budget | None = None,
     quiet: bool = False,
     page: str | None = None,
 ) -> int:
     """Download `url` to `dest` through `dest.part`, resuming an existing `.part`.
 
     `size` (bytes) and `sha256` (hex) are checked when given. Returns the bytes transferred.
-    A dropped connection leaves the `.part` for the next run to resume.
+    A dropped connection leaves the `.part` for the next run to resume. `budget` bounds the
+    time (default: TIMEOUT per read, MIN_RATE, no deadline).
     """
+    budget = budget or Budget(TIMEOUT, None, None, MIN_RATE)
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
     if size is not None and have > size:  # not a prefix of this file
@@ -319,11 +387,11 @@ def fetch(
     if size is not None and have == size and part.exists():
         _finish(part, dest, sha256, url)
         return 0
-    resp = _open(url, {"Range": f"bytes={have}-"} if have else {}, token, timeout, page)
+    resp = _open(url, {"Range": f"bytes={have}-"} if have else {}, token, budget, page)
     if resp is None:  # 416: the .part reaches past the end of this file, so start over
         part.unlink()
         have = 0
-        resp = _open(url, {}, token, timeout, page)
+        resp = _open(url, {}, token, budget, page)
     with resp:
         start, total = _response_span(resp, url, have)
         if size is not None and total is not None and total != size:
@@ -332,7 +400,7 @@ def fetch(
                 f"says {size}; the file may have changed, run the command again"
             )
         expected = size if size is not None else total
-        done = _stream(resp, part, start, expected, url, quiet, dest.name)
+        done = _stream(resp, part, start, expected, url, quiet, dest.name, budget)
     if expected is not None and done != expected:
         raise DownloadError(
             f"{url}: connection closed after {done} of {expected} bytes; run the same command "
@@ -377,18 +445,44 @@ def _response_span(resp, url: str, have: int) -> tuple[int, int | None]:
 
 
 def _stream(
-    resp, part: Path, start: int, expected: int | None, url: str, quiet: bool, label: str
+    resp,
+    part: Path,
+    start: int,
+    expected: int | None,
+    url: str,
+    quiet: bool,
+    label: str,
+    budget: Budget,
 ) -> int:
     """Append the response body to `part` from offset `start`; return the size reached."""
     limit = expected if expected is not None else MAX_UNSIZED
     progress = _Progress(label, expected, start, enabled=not quiet and sys.stderr.isatty())
     done = start
+    window_start, window_done = time.monotonic(), start  # for the minimum rate
     with open(part, "r+b" if start else "wb") as f:
         f.seek(start)
         f.truncate()
         while done <= limit:  # each read returns >= 1 byte or ends; `limit` bounds the total
+            now = time.monotonic()
+            if now - window_start >= RATE_WINDOW:
+                rate = (done - window_done) / (now - window_start)
+                if rate < budget.min_rate:
+                    progress.close()
+                    raise DownloadError(
+                        f"{url}: too slow: {rate:,.0f} bytes/s over the last {RATE_WINDOW:g} s, "
+                        f"below the minimum of {budget.min_rate:,.0f}; abandoned after {done} "
+                        f"bytes, run the same command again to resume from {part}"
+                    )
+                window_start, window_done = now, done
             try:
-                chunk = resp.read(CHUNK)
+                budget.socket_timeout(url)  # raises once the deadline has passed
+            except DownloadError:
+                progress.close()
+                raise
+            try:
+                # read1: what has arrived (up to CHUNK), so a trickle cannot hold one read
+                # open for ever; plain read(CHUNK) would wait for all CHUNK bytes.
+                chunk = resp.read1(CHUNK)
             except (OSError, http.client.HTTPException) as e:
                 progress.close()
                 raise DownloadError(
@@ -469,7 +563,7 @@ def _origin(url: str) -> tuple[str, str]:
 _OPENER = urllib.request.build_opener(_RedirectKeepingAuthOnSameHost)
 
 
-def _open(url: str, headers: dict[str, str], token: str | None, timeout: float, page: str | None):
+def _open(url: str, headers: dict[str, str], token: str | None, budget: Budget, page: str | None):
     """GET `url`, following redirects. None when a Range request is refused (HTTP 416);
     any other failure is a DownloadError."""
     req = urllib.request.Request(url, headers={"User-Agent": "llama_np", **headers})
@@ -477,7 +571,7 @@ def _open(url: str, headers: dict[str, str], token: str | None, timeout: float, 
         # Unredirected: urllib would otherwise copy it to every redirect target.
         req.add_unredirected_header("Authorization", f"Bearer {token}")
     try:
-        return _OPENER.open(req, timeout=timeout)
+        return _OPENER.open(req, timeout=budget.socket_timeout(url))
     except urllib.error.HTTPError as e:
         if e.code == 416 and "Range" in headers:
             return None

@@ -20,14 +20,22 @@ result. We do not undo that permutation: the config says `rope_interleaved=False
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ..config import LlamaConfig, RopeScaling
 from ..errors import CheckpointError, ConfigError
+from ..limits import check_model_fits
 from ..model import tensor_names
+from ..validate import (
+    HF_CONFIG,
+    HF_GENERATION_CONFIG,
+    HF_ROPE_LINEAR,
+    HF_ROPE_LLAMA3,
+    read_json,
+    validate,
+)
 from .safetensors import read_safetensors_dir
 
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
@@ -62,8 +70,8 @@ def hf_name(meta_name: str) -> str:
 def read_hf_config(directory: Path) -> LlamaConfig:
     """The LlamaConfig of an HF model directory (config.json and generation_config.json)."""
     return config_from_hf(
-        read_json(directory / "config.json"),
-        read_json(directory / "generation_config.json", missing_ok=True),
+        read_json(directory / "config.json", ConfigError),
+        read_json(directory / "generation_config.json", ConfigError, missing_ok=True),
         name=directory.name,
         source=directory / "config.json",
     )
@@ -72,6 +80,10 @@ def read_hf_config(directory: Path) -> LlamaConfig:
 def load_hf(directory: Path) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
     """Read an HF model directory; -> (config, tensors by Meta name, in their file dtypes)."""
     config = read_hf_config(directory)
+    # From the config alone, before listing L × 9 tensor names or reading any header: a
+    # config.json claiming 10**9 layers is refused here even as int8, the most compact form
+    # (load() checks again with the dtype actually asked for).
+    check_model_fits(config, str(directory / "config.json"), "int8")
     stored = read_safetensors_dir(directory)
     # Checkpoints saved by older transformers carry RoPE tables as buffers; we compute our own.
     stored = {n: a for n, a in stored.items() if not n.endswith("rotary_emb.inv_freq")}
@@ -99,13 +111,19 @@ def load_hf(directory: Path) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
 
 
 def config_from_hf(
-    cfg: dict,
-    generation_config: dict | None = None,
+    cfg: object,
+    generation_config: object = None,
     name: str = "",
     source: Path | str = "config.json",
 ) -> LlamaConfig:
-    """LlamaConfig from the dicts of config.json (and generation_config.json, for stop ids)."""
-    architectures = cfg.get("architectures") or ["LlamaForCausalLM"]
+    """LlamaConfig from the parsed JSON of config.json (and generation_config.json, for stop
+    ids): checked against validate.HF_CONFIG, then built."""
+    cfg = validate(cfg, HF_CONFIG, source, ConfigError)
+    generation_source = Path(source).with_name("generation_config.json")
+    generation = validate(
+        generation_config or {}, HF_GENERATION_CONFIG, generation_source, ConfigError
+    )
+    architectures = cfg["architectures"] or ["LlamaForCausalLM"]
     if not any(a in ARCHITECTURES for a in architectures):
         raise ConfigError(
             f"{source}: architecture {architectures} is not supported; llama_np runs "
@@ -116,93 +134,60 @@ def config_from_hf(
     default_window = 4096 if "MistralForCausalLM" in architectures else None
     if cfg.get("sliding_window", default_window) is not None:
         raise ConfigError(f"{source}: sliding_window attention is not supported")
-    if cfg.get("hidden_act", "silu") != "silu":
+    if cfg["hidden_act"] != "silu":
         raise ConfigError(f"{source}: hidden_act {cfg['hidden_act']!r} is not supported (silu)")
     for flag in ("attention_bias", "mlp_bias"):
-        if cfg.get(flag):
+        if cfg[flag]:
             raise ConfigError(f"{source}: {flag}=true is not supported (Llama has no biases)")
-    required = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size")
-    for key in (*required, "vocab_size"):
-        if not isinstance(cfg.get(key), int) or isinstance(cfg[key], bool):
-            raise ConfigError(f"{source}: {key} must be an integer, found {cfg.get(key)!r}")
-    dim, n_heads = cfg["hidden_size"], cfg["num_attention_heads"]
-    n_layers, hidden_dim = cfg["num_hidden_layers"], cfg["intermediate_size"]
-    vocab_size = cfg["vocab_size"]
 
     # transformers 5 keeps theta and scaling together in rope_parameters; the Hub's configs
     # have a top-level rope_theta and an optional rope_scaling.
-    rope = cfg.get("rope_parameters")
+    rope = cfg["rope_parameters"]
     if rope is None:
-        rope = dict(cfg.get("rope_scaling") or {})
-        rope.setdefault("rope_theta", cfg.get("rope_theta", 10000.0))
-    if not isinstance(rope, dict):
-        raise ConfigError(f"{source}: rope_parameters must be an object, found {rope!r}")
-
-    stop_ids = []
-    for ids in (cfg.get("eos_token_id", 2), (generation_config or {}).get("eos_token_id")):
+        rope = {"rope_theta": cfg["rope_theta"], **(cfg["rope_scaling"] or {})}
+    stop_ids: list[int] = []
+    for ids in (cfg["eos_token_id"], generation["eos_token_id"]):
         for i in ids if isinstance(ids, list) else [ids]:
             if i is not None and i not in stop_ids:
                 stop_ids.append(i)
+    n_heads = cfg["num_attention_heads"]
     try:
         return LlamaConfig(
-            dim=dim,
-            n_layers=n_layers,
+            dim=cfg["hidden_size"],
+            n_layers=cfg["num_hidden_layers"],
             n_heads=n_heads,
-            n_kv_heads=cfg.get("num_key_value_heads") or n_heads,
-            hidden_dim=hidden_dim,
-            vocab_size=vocab_size,
-            head_dim=cfg.get("head_dim") or dim // n_heads,
-            max_seq_len=cfg.get("max_position_embeddings", 2048),
-            norm_eps=cfg.get("rms_norm_eps", 1e-6),
+            n_kv_heads=cfg["num_key_value_heads"] or n_heads,
+            hidden_dim=cfg["intermediate_size"],
+            vocab_size=cfg["vocab_size"],
+            head_dim=cfg["head_dim"] or 0,  # 0: dim // n_heads
+            max_seq_len=cfg["max_position_embeddings"],
+            norm_eps=cfg["rms_norm_eps"],
             rope_theta=rope.get("rope_theta", 10000.0),
             rope_scaling=_rope_scaling(rope, source),
             rope_interleaved=False,  # half-split pairs, see the module docstring
-            tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            bos_id=cfg.get("bos_token_id", 1),
+            tie_embeddings=cfg["tie_word_embeddings"],
+            bos_id=1 if cfg["bos_token_id"] is None else cfg["bos_token_id"],
             stop_ids=tuple(stop_ids),
             name=name,
         )
-    except (ConfigError, TypeError, ZeroDivisionError) as e:
+    except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
 
 
 def _rope_scaling(rope: dict, source: Path | str) -> RopeScaling | None:
+    """The RopeScaling of a validated HF_ROPE dict; the keys its kind needs are required."""
     kind = rope.get("rope_type", rope.get("type", "default"))
-    if kind in ("default", None):
+    where = f"{source}: rope_scaling"
+    if kind == "default":
         return None
-    try:
-        if kind == "linear":
-            return RopeScaling("linear", factor=rope["factor"])
-        if kind == "llama3":
-            return RopeScaling(
-                "llama3",
-                factor=rope["factor"],
-                low_freq_factor=rope["low_freq_factor"],
-                high_freq_factor=rope["high_freq_factor"],
-                original_max_position_embeddings=rope["original_max_position_embeddings"],
-            )
-    except KeyError as e:
-        raise ConfigError(f"{source}: RoPE scaling {kind!r} needs key {e.args[0]!r}") from None
+    if kind == "linear":
+        return RopeScaling("linear", **validate(rope, HF_ROPE_LINEAR, where, ConfigError))
+    if kind == "llama3":
+        return RopeScaling("llama3", **validate(rope, HF_ROPE_LLAMA3, where, ConfigError))
     raise ConfigError(
         f"{source}: RoPE scaling type {kind!r} is not supported (supported: default, linear, "
         f"llama3)"
     )
-
-
-def read_json(path: Path, missing_ok: bool = False) -> dict | None:
-    """A JSON object from `path` (None if it is absent and `missing_ok`); CheckpointError
-    naming the file when it cannot be read or is not a JSON object."""
-    if missing_ok and not path.exists():
-        return None
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read: {e.strerror}") from None
-    except (UnicodeDecodeError, ValueError) as e:
-        raise CheckpointError(f"{path}: not valid JSON: {e}") from None
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, found {type(value).__name__}")
-    return value
 
 
 def _few(names: list[str]) -> str:

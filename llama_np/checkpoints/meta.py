@@ -19,7 +19,7 @@ import numpy as np
 
 from ..config import LlamaConfig, RopeScaling
 from ..errors import CheckpointError, ConfigError
-from .hf import read_json
+from ..validate import META_PARAMS, read_json, validate
 from .pth import read_pth
 
 SPLIT_ALONG_ROWS = (
@@ -35,17 +35,16 @@ SPLIT_ALONG_COLUMNS = ("wo.weight", "w2.weight")
 
 def load_meta(directory: Path) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
     """Read a Meta download; -> (config, tensors by Meta name, in their file dtypes)."""
-    params_path = directory / "params.json"
-    params = read_json(params_path)
-
     shard_paths = sorted(directory.glob("consolidated.*.pth"))
     if not shard_paths:
         raise CheckpointError(f"{directory}: no consolidated.*.pth file next to params.json")
+    params_path = directory / "params.json"
+    params = validate(read_json(params_path, ConfigError), META_PARAMS, params_path, ConfigError)
     shards = [read_pth(p) for p in shard_paths]
     # Llama 2 ships its RoPE frequencies as a buffer; we compute our own.
     for shard in shards:
         shard.pop("rope.freqs", None)
-    tensors = _merge_shards(directory, shards, params.get("dim"))
+    tensors = _merge_shards(directory, shards, params["dim"])
     embedding = tensors.get("tok_embeddings.weight")
     if embedding is None or embedding.ndim != 2:
         raise CheckpointError(f"{directory}: no 2-D tok_embeddings.weight in the checkpoint")
@@ -54,42 +53,42 @@ def load_meta(directory: Path) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
 
 
 def config_from_params(
-    params: dict, n_embeddings: int, name: str = "", source: Path | str = "params.json"
+    p: dict, n_embeddings: int, name: str = "", source: Path | str = "params.json"
 ) -> LlamaConfig:
-    """LlamaConfig from params.json. Llama 2 has vocab_size -1: it is the embedding's rows."""
+    """LlamaConfig from params.json's values, checked by validate.META_PARAMS. Llama 2 has
+    vocab_size -1: it is the embedding's rows."""
+    dim, n_heads = p["dim"], p["n_heads"]
+    # The MLP width is not stored: Meta's formula rounds 2/3 of 4·dim, scaled by
+    # ffn_dim_multiplier, up to a multiple of multiple_of.
+    multiple_of = p["multiple_of"]
+    hidden_dim = int(2 * 4 * dim / 3)
+    if p["ffn_dim_multiplier"] is not None:
+        hidden_dim = int(p["ffn_dim_multiplier"] * hidden_dim)
+    hidden_dim = multiple_of * ((hidden_dim + multiple_of - 1) // multiple_of)
+    vocab_size = p["vocab_size"] if p["vocab_size"] > 0 else n_embeddings
     try:
-        dim, n_heads = params["dim"], params["n_heads"]
-        # The MLP width is not stored: Meta's formula rounds 2/3 of 4·dim, scaled by
-        # ffn_dim_multiplier, up to a multiple of multiple_of.
-        multiple_of = params.get("multiple_of", 256)
-        hidden_dim = int(2 * 4 * dim / 3)
-        if params.get("ffn_dim_multiplier") is not None:
-            hidden_dim = int(params["ffn_dim_multiplier"] * hidden_dim)
-        hidden_dim = multiple_of * ((hidden_dim + multiple_of - 1) // multiple_of)
-        vocab_size = params.get("vocab_size", -1)
         scaling = None
-        if params.get("use_scaled_rope"):
+        if p["use_scaled_rope"]:
             # Llama 3.1+: Meta's apply_scaling with its defaults, unless params.json says more.
             scaling = RopeScaling(
                 "llama3",
-                factor=params.get("rope_scaling_factor", 8.0),
+                factor=p["rope_scaling_factor"],
                 low_freq_factor=1.0,
-                high_freq_factor=params.get("rope_high_freq_factor", 4.0),
+                high_freq_factor=p["rope_high_freq_factor"],
                 original_max_position_embeddings=8192,
             )
-        vocab_size = vocab_size if vocab_size > 0 else n_embeddings
         is_llama3 = vocab_size == 128256  # Llama 3's tiktoken vocabulary
         context = 131072 if scaling else 8192 if is_llama3 else 4096
         return LlamaConfig(
             dim=dim,
-            n_layers=params["n_layers"],
+            n_layers=p["n_layers"],
             n_heads=n_heads,
-            n_kv_heads=params.get("n_kv_heads") or n_heads,
+            n_kv_heads=p["n_kv_heads"] or n_heads,
             hidden_dim=hidden_dim,
             vocab_size=vocab_size,
-            max_seq_len=params.get("max_seq_len", context),
-            norm_eps=params.get("norm_eps", 1e-5),
-            rope_theta=params.get("rope_theta", 10000.0),
+            max_seq_len=p.get("max_seq_len", context),
+            norm_eps=p["norm_eps"],
+            rope_theta=p["rope_theta"],
             rope_scaling=scaling,
             rope_interleaved=True,
             # Llama 3: <|begin_of_text|>, and <|end_of_text|>, <|eom_id|>, <|eot_id|> end a turn.
@@ -97,9 +96,7 @@ def config_from_params(
             stop_ids=(128001, 128008, 128009) if is_llama3 else (2,),
             name=name,
         )
-    except KeyError as e:
-        raise ConfigError(f"{source}: missing key {e.args[0]!r}") from None
-    except (ConfigError, TypeError, ZeroDivisionError) as e:
+    except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
 
 

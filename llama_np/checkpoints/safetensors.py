@@ -19,7 +19,6 @@ file holds each tensor.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from pathlib import Path
 
@@ -27,6 +26,15 @@ import numpy as np
 
 from ..dtypes import BFLOAT16
 from ..errors import CheckpointError
+from ..validate import (
+    SAFETENSORS_HEADER,
+    SAFETENSORS_INDEX,
+    SAFETENSORS_METADATA,
+    parse_json,
+    read_json,
+    regular_file,
+    validate,
+)
 
 DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": BFLOAT16}
 MAX_HEADER_BYTES = 100 * 2**20  # real headers are a few hundred KB; more means a broken file
@@ -36,10 +44,7 @@ INDEX_FILE = "model.safetensors.index.json"
 def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
     """All tensors of one `.safetensors` file, as read-only memory-mapped views."""
     path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read safetensors file: {e.strerror}") from None
+    size = regular_file(path, CheckpointError, "safetensors file").st_size
     if size < 8:
         raise CheckpointError(f"{path}: {size} bytes is too short for a safetensors file (8+)")
     data = np.memmap(path, dtype=np.uint8, mode="r")  # read-only: never writes to the file
@@ -50,17 +55,12 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
             f"{size - 8} after the length field (limit {MAX_HEADER_BYTES}); the file is truncated "
             f"or not a safetensors file"
         )
-    try:
-        header = json.loads(bytes(data[8 : 8 + header_len]).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise CheckpointError(f"{path}: safetensors header is not valid JSON: {e}") from None
+    source = f"{path}: safetensors header"
+    header = parse_json(bytes(data[8 : 8 + header_len]), source, CheckpointError)
     if not isinstance(header, dict):
-        raise CheckpointError(
-            f"{path}: safetensors header must be a JSON object, found {type(header).__name__}"
-        )
-    metadata = header.pop("__metadata__", {})
-    if not isinstance(metadata, dict):
-        raise CheckpointError(f"{path}: safetensors __metadata__ must be a JSON object")
+        raise CheckpointError(f"{source} must be a JSON object, found {type(header).__name__}")
+    validate(header.pop("__metadata__", None), SAFETENSORS_METADATA, source, CheckpointError)
+    header = validate(header, SAFETENSORS_HEADER, source, CheckpointError)
 
     data_start = 8 + header_len
     data_size = size - data_start
@@ -88,28 +88,15 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
     return tensors
 
 
-def _parse_entry(path: Path, name: str, entry) -> tuple[np.dtype, tuple[int, ...], int, int]:
-    """Check one header entry; -> (dtype, shape, begin, end)."""
-    if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
+def _parse_entry(path: Path, name: str, entry: dict) -> tuple[np.dtype, tuple[int, ...], int, int]:
+    """One header entry (checked by validate.SAFETENSORS_ENTRY); -> (dtype, shape, begin, end)."""
+    if entry["dtype"] not in DTYPES:
         raise CheckpointError(
-            f"{path}: tensor {name!r}: header entry must have dtype, shape and data_offsets, "
-            f"found {entry!r:.100}"
+            f"{path}: tensor {name!r} has dtype {entry['dtype']!r}; supported: "
+            f"{', '.join(DTYPES)} (quantized checkpoints are not)"
         )
-    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if dtype not in DTYPES:
-        raise CheckpointError(
-            f"{path}: tensor {name!r} has dtype {dtype!r}; supported: {', '.join(DTYPES)} "
-            f"(quantized checkpoints are not)"
-        )
-    if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
-        raise CheckpointError(f"{path}: tensor {name!r} has invalid shape {shape!r:.100}")
-    if not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_is_count, offsets)):
-        raise CheckpointError(f"{path}: tensor {name!r} has invalid data_offsets {offsets!r:.100}")
-    return DTYPES[dtype], tuple(shape), offsets[0], offsets[1]
-
-
-def _is_count(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+    begin, end = entry["data_offsets"]
+    return DTYPES[entry["dtype"]], tuple(entry["shape"]), begin, end
 
 
 def read_safetensors_dir(directory: Path) -> dict[str, np.ndarray]:
@@ -125,20 +112,8 @@ def read_safetensors_dir(directory: Path) -> dict[str, np.ndarray]:
             )
         return read_safetensors(files[0])
 
-    try:
-        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(
-            f"{index_path}: not a valid safetensors index (expected JSON with a 'weight_map'): "
-            f"{e!r}"
-        ) from None
-    if not isinstance(weight_map, dict) or not all(
-        isinstance(f, str) and f == Path(f).name for f in weight_map.values()
-    ):
-        raise CheckpointError(
-            f"{index_path}: 'weight_map' must map tensor names to shard file names in the same "
-            f"directory"
-        )
+    index = read_json(index_path, CheckpointError)
+    weight_map = validate(index, SAFETENSORS_INDEX, index_path, CheckpointError)["weight_map"]
     tensors: dict[str, np.ndarray] = {}
     for shard in sorted(set(weight_map.values())):
         shard_path = directory / shard

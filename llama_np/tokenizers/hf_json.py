@@ -13,10 +13,10 @@ refused: use the model's tokenizer.model for those.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import TokenizerError
+from ..validate import HF_TOKENIZER, TOKENIZER_CONFIG, read_json, validate
 from .tiktoken_bpe import TiktokenTokenizer
 
 # GPT-2's ByteLevel split regex, used when ByteLevel(use_regex=True) does the splitting.
@@ -46,32 +46,27 @@ def bytes_to_unicode() -> dict[int, str]:
 def load_hf_json(path: str | Path) -> TiktokenTokenizer:
     """Read a byte-level BPE tokenizer.json (and tokenizer_config.json beside it)."""
     path = Path(path)
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TokenizerError(f"{path}: not a JSON file ({e})") from None
-    model = spec.get("model") if isinstance(spec, dict) else None
-    if not isinstance(model, dict):
-        raise TokenizerError(f"{path}: no 'model' section; not a Hugging Face tokenizer.json")
-    kind = model.get("type")
-    if kind != "BPE" or model.get("byte_fallback") or not _has_byte_level(spec.get("decoder")):
-        found = f"{kind}{' with byte fallback' if model.get('byte_fallback') else ''}"
+    spec = validate(read_json(path, TokenizerError), HF_TOKENIZER, path, TokenizerError)
+    model = spec["model"]
+    kind = model["type"]
+    if kind != "BPE" or model["byte_fallback"] or not _has_byte_level(spec["decoder"]):
+        found = f"{kind}{' with byte fallback' if model['byte_fallback'] else ''}"
         raise TokenizerError(
             f"{path}: a {found} tokenizer.json, not byte-level BPE; llama_np reads only "
             f"byte-level BPE tokenizer.json files (Llama 3, GPT-2, SmolLM). For SentencePiece "
             f"models (Llama 2, TinyLlama) load the tokenizer.model next to it"
         )
-    if spec.get("normalizer"):
+    if spec["normalizer"]:
         raise TokenizerError(
-            f"{path}: has a normalizer ({spec['normalizer'].get('type')}), which byte-level "
+            f"{path}: has a normalizer ({spec['normalizer']['type']}), which byte-level "
             f"BPE tokenizers do not use; unsupported"
         )
-    pattern = _split_pattern(path, spec.get("pre_tokenizer"))
+    pattern = _split_pattern(path, spec["pre_tokenizer"])
 
     # Each alphabet character -> the Latin-1 character of its byte, so that
     # token.translate(...).encode("latin-1") gives the token's bytes.
     to_latin1 = str.maketrans({c: chr(b) for b, c in bytes_to_unicode().items()})
-    added = {t["content"]: t["id"] for t in spec.get("added_tokens", [])}
+    added = {t["content"]: t["id"] for t in spec["added_tokens"] or []}
     ranks: dict[bytes, int] = {}
     for token, i in model["vocab"].items():
         if token in added:
@@ -83,61 +78,64 @@ def load_hf_json(path: str | Path) -> TiktokenTokenizer:
                 f"{path}: vocab entry {token!r} (id {i}) is not in GPT-2's byte-level alphabet; "
                 f"not a byte-level BPE vocabulary"
             ) from None
-    _check_merge_order(path, model.get("merges", []), model["vocab"])
+    if not ranks:
+        raise TokenizerError(f"{path}: model.vocab is empty")
+    _check_merge_order(path, model["merges"], model["vocab"])
 
     config = _read_config(path.parent / "tokenizer_config.json")
     # BOS: the special token the post-processor puts first (Llama 3), else the configured one.
-    leading = _leading_special(spec.get("post_processor"))
-    bos_name = leading or _token_name(config.get("bos_token"))
-    eos_name = _token_name(config.get("eos_token"))
+    leading = _leading_special(spec["post_processor"])
+    bos_name = leading or _token_name(config["bos_token"])
+    eos_name = _token_name(config["eos_token"])
     bos_id = added.get(bos_name) if bos_name else None
-    add_bos = config.get("add_bos_token", leading is not None)
+    add_bos = config["add_bos_token"]
     return TiktokenTokenizer(
         ranks,
         added,
         pattern,
         bos_id=bos_id,
         eos_id=added.get(eos_name) if eos_name else None,
-        add_bos=bool(add_bos),
+        add_bos=leading is not None if add_bos is None else add_bos,
         name=str(path),
     )
 
 
-def _has_byte_level(decoder) -> bool:
-    if not isinstance(decoder, dict):
+def _has_byte_level(decoder: dict | None) -> bool:
+    if decoder is None:
         return False
-    if decoder.get("type") == "Sequence":
-        return any(_has_byte_level(d) for d in decoder.get("decoders", []))
-    return decoder.get("type") == "ByteLevel"
+    if decoder["type"] == "Sequence":
+        return any(d["type"] == "ByteLevel" for d in decoder["decoders"])
+    return decoder["type"] == "ByteLevel"
 
 
-def _split_pattern(path: Path, pre) -> str:
-    """The one regex that splits text as the pre-tokenizer does."""
-    steps = pre.get("pretokenizers", []) if pre and pre.get("type") == "Sequence" else [pre]
-    kinds = [s.get("type") if s else None for s in steps]
+def _split_pattern(path: Path, pre: dict | None) -> str:
+    """The one regex that splits text as the pre-tokenizer does (steps checked by
+    validate.HF_TOKENIZER: every key below is present)."""
+    steps = pre["pretokenizers"] if pre and pre["type"] == "Sequence" else [pre]
+    kinds = [s["type"] if s else None for s in steps]
     byte_level = steps[-1] if kinds and kinds[-1] == "ByteLevel" else None
-    if byte_level is None or byte_level.get("add_prefix_space"):
+    if byte_level is None or byte_level["add_prefix_space"]:
         raise TokenizerError(
             f"{path}: pre-tokenizer {kinds} is not supported: expected ByteLevel last, without "
             f"add_prefix_space"
         )
     rest = steps[:-1]
-    use_regex = byte_level.get("use_regex", True)
+    use_regex = byte_level["use_regex"]
     if not rest and use_regex:  # GPT-2
         return GPT2_PATTERN
     if (
         len(rest) == 1
-        and rest[0].get("type") == "Split"
+        and rest[0]["type"] == "Split"
         and not use_regex
-        and rest[0].get("behavior") == "Isolated"
-        and not rest[0].get("invert")
-        and "Regex" in rest[0].get("pattern", {})
+        and rest[0]["behavior"] == "Isolated"
+        and not rest[0]["invert"]
+        and "Regex" in (rest[0]["pattern"] or {})
     ):  # Llama 3: the regex, then bytes
         return rest[0]["pattern"]["Regex"]
     if (
         len(rest) == 1
-        and rest[0].get("type") == "Digits"
-        and rest[0].get("individual_digits")
+        and rest[0]["type"] == "Digits"
+        and rest[0]["individual_digits"]
         and use_regex
     ):  # SmolLM: single digits, then GPT-2's regex
         return GPT2_DIGITS_PATTERN
@@ -147,13 +145,13 @@ def _split_pattern(path: Path, pre) -> str:
     )
 
 
-def _check_merge_order(path: Path, merges: list, vocab: dict[str, int]) -> None:
+def _check_merge_order(path: Path, merges: list[str | list[str]], vocab: dict[str, int]) -> None:
     """tiktoken merges the pair whose merged token has the lowest rank; BPE applies merges in
     list order. With rank = id these agree only if ids never decrease along the merge list
     (several merges may make the same token)."""
     last = -1
     for merge in merges:
-        a, b = merge.split(" ", 1) if isinstance(merge, str) else merge
+        a, _, b = merge.partition(" ") if isinstance(merge, str) else (merge[0], " ", merge[1])
         i = vocab.get(a + b)
         if i is None or i < last:
             raise TokenizerError(
@@ -165,37 +163,32 @@ def _check_merge_order(path: Path, merges: list, vocab: dict[str, int]) -> None:
 
 
 def _read_config(path: Path) -> dict:
-    if not path.exists():
-        return {}
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TokenizerError(f"{path}: not a JSON file ({e})") from None
-    return config if isinstance(config, dict) else {}
+    """tokenizer_config.json's keys we use (validate.TOKENIZER_CONFIG), all None if absent."""
+    config = read_json(path, TokenizerError, missing_ok=True)
+    return validate({} if config is None else config, TOKENIZER_CONFIG, path, TokenizerError)
 
 
-def _token_name(value) -> str | None:
+def _token_name(value: str | dict | None) -> str | None:
     """tokenizer_config writes a token as "<s>" or as {"content": "<s>", ...}."""
-    return value.get("content") if isinstance(value, dict) else value
+    return value["content"] if isinstance(value, dict) else value
 
 
-def _leading_special(post) -> str | None:
+def _leading_special(post: dict | None) -> str | None:
     """The special token the post-processor puts before a single sequence, if any."""
-    if not isinstance(post, dict):
+    if post is None:
         return None
-    if post.get("type") == "Sequence":
-        found = [_leading_special(p) for p in post.get("processors", [])]
-        return next((name for name in found if name), None)
-    if post.get("type") == "TemplateProcessing" and post.get("single"):
-        return post["single"][0].get("SpecialToken", {}).get("id")
+    steps = post["processors"] if post["type"] == "Sequence" else [post]
+    for step in steps:
+        if step["type"] == "TemplateProcessing" and step["single"]:
+            first = step["single"][0]
+            return first["SpecialToken"]["id"] if "SpecialToken" in first else None
     return None
 
 
 def read_chat_template(directory: Path) -> str | None:
     """The chat template in tokenizer_config.json, if any (a string, or the "default" one
     of a list of named templates)."""
-    template = _read_config(directory / "tokenizer_config.json").get("chat_template")
+    template = _read_config(directory / "tokenizer_config.json")["chat_template"]
     if isinstance(template, list):
-        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        template = named.get("default")
-    return template if isinstance(template, str) else None
+        template = {t["name"]: t["template"] for t in template}.get("default")
+    return template

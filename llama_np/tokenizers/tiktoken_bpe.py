@@ -15,6 +15,9 @@ from pathlib import Path
 import tiktoken
 
 from ..errors import TokenizerError
+from ..validate import read_bytes
+
+MAX_RANK_FILE_BYTES = 64 * 2**20  # Llama 3's is 2.2 MB
 
 # The split regex of Meta's llama3 tokenizer.py (the same as OpenAI's cl100k_base).
 LLAMA3_PATTERN = (
@@ -71,7 +74,15 @@ class TiktokenTokenizer:
             mergeable_ranks=mergeable_ranks,
             special_tokens=self.special_tokens,
         )
-        self.vocab_size = max(max(mergeable_ranks.values()), *special_tokens.values(), -1) + 1
+        ids = [*mergeable_ranks.values(), *special_tokens.values()]
+        self.vocab_size = max(ids) + 1
+        # A table of vocab_size entries is made below (and by tiktoken): ids must be dense, or
+        # one id near 2**32 in a corrupt file would allocate gigabytes.
+        if self.vocab_size > 2 * len(ids) + 1024:
+            raise TokenizerError(
+                f"{name}: token id {self.vocab_size - 1:,} is far beyond the {len(ids):,} "
+                f"tokens of the vocabulary (ids must be numbered densely from 0); corrupt file"
+            )
         # What each id adds to the text: its bytes, or nothing (special tokens, unused ids).
         self._bytes = [b""] * self.vocab_size
         for token, rank in mergeable_ranks.items():
@@ -123,21 +134,21 @@ class TiktokenTokenizer:
 def read_tiktoken_ranks(path: Path) -> dict[bytes, int]:
     """Parse a tiktoken rank file: one `base64(token) rank` a line."""
     ranks: dict[bytes, int] = {}
-    with open(path, "rb") as f:
-        for n, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            try:
-                token, rank = base64.b64decode(parts[0], validate=True), int(parts[1])
-                if len(parts) != 2:
-                    raise ValueError
-            except (binascii.Error, ValueError, IndexError):
-                raise TokenizerError(
-                    f"{path}: line {n} is not `base64-token rank` ({line[:60]!r}); not a "
-                    f"tiktoken tokenizer.model"
-                ) from None
-            ranks[token] = rank
+    lines = read_bytes(path, TokenizerError, MAX_RANK_FILE_BYTES, "tiktoken rank file").splitlines()
+    for n, line in enumerate(lines, 1):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            if len(parts) != 2 or not parts[1].isdigit() or len(parts[1]) > 9:
+                raise ValueError
+            token, rank = base64.b64decode(parts[0], validate=True), int(parts[1])
+        except (binascii.Error, ValueError):
+            raise TokenizerError(
+                f"{path}: line {n} is not `base64-token rank` with a rank below 10**9 "
+                f"({line[:60]!r}); not a tiktoken tokenizer.model"
+            ) from None
+        ranks[token] = rank
     if not ranks:
         raise TokenizerError(f"{path}: empty tiktoken rank file")
     if len(set(ranks.values())) != len(ranks):
