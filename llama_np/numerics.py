@@ -77,8 +77,7 @@ def locate_non_finite(model, tokens: Sequence[int]) -> NumericalError:
     ]
     if corrupt:
         cause = (
-            f"its weights contain NaN/Inf (one of {'; '.join(corrupt)}): the "
-            f"checkpoint is corrupt"
+            f"its weights contain NaN/Inf (one of {'; '.join(corrupt)}): the checkpoint is corrupt"
         )
     else:
         cause = (
