@@ -305,7 +305,10 @@ def header_file(path: Path, header: dict, data: bytes = b"\0" * 64) -> Path:
         ({"w": {"dtype": "I8", "shape": [4], "data_offsets": [0, 4]}}, "'w' has dtype 'I8'"),
         ({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}}, "'w' has 8 bytes"),
         ({"w": {"dtype": "F32", "shape": [40], "data_offsets": [0, 160]}}, "outside the data"),
-        ({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, r"\['w'\]\.shape\[0\]: expected an integer"),
+        (
+            {"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}},
+            r"\['w'\]\.shape\[0\]: expected an integer",
+        ),
         ({"w": {"dtype": "F32", "shape": [2]}}, r"\['w'\]\.data_offsets: required key is missing"),
         (
             {
