@@ -28,6 +28,7 @@ from .kv_cache import KVCache
 from .model import Model
 from .numerics import check_logits
 from .sampling import SamplingParams, sample
+from .validate import check_text
 
 
 @dataclass
@@ -48,6 +49,7 @@ class GenerationStats:
     sequence_tokens: list[list[int]] = field(default_factory=list)  # ... of every sequence
     step_seconds: list[float] = field(default_factory=list)  # each decode step's time
     prompt_tokens_dropped: int = 0  # cut from the prompt's start by truncate_prompt
+    prompt_chars_dropped: int = 0  # ... and before that from a text too long to tokenize whole
 
 
 class TextStream:
@@ -115,6 +117,8 @@ def generate(
     params = sampling_params(sampling, **sampling_kwargs)
     stop = _check_limits(max_new_tokens, stop)
     stats = stats if stats is not None else GenerationStats()
+    room = model.config.max_seq_len if cache is None else cache.max_seq_len - cache.length
+    prompt = _fit_text(model, prompt, room, truncate_prompt and cache is None, stats)
     tokens = prompt_tokens(model, prompt)
     if cache is None:
         tokens = _fit_context(model, tokens, max_new_tokens, truncate_prompt, stats)
@@ -152,14 +156,16 @@ def generate_batch_stream(
     if isinstance(prompts, str) or not prompts:
         raise ArgumentError("prompts must be a non-empty list of prompts (text or token ids)")
     config = model.config
-    batch = [prompt_tokens(model, p) for p in prompts]
+    stats = stats if stats is not None else GenerationStats()
+    batch = [
+        prompt_tokens(model, _fit_text(model, p, config.max_seq_len, False, stats)) for p in prompts
+    ]
     longest = max(len(t) for t in batch)
     if longest > config.max_seq_len:
         raise ContextLengthError(
             f"a prompt is {longest} tokens, longer than the model's context of "
             f"{config.max_seq_len}; shorten it"
         )
-    stats = stats if stats is not None else GenerationStats()
     cache = model.new_cache(min(config.max_seq_len, longest + max_new_tokens), len(batch))
     stop_ids = frozenset(config.stop_ids)
     return _loop(model, batch, max_new_tokens, params, seed, stop, stats, stop_ids, cache)
@@ -207,6 +213,39 @@ def _check_limits(max_new_tokens: int, stop: str | Sequence[str]) -> list[str]:
     if any(not s for s in stop):
         raise ArgumentError("stop strings must be non-empty")
     return stop
+
+
+def _fit_text(
+    model: Model, prompt: str | Sequence[int], room: int, truncate: bool, stats: GenerationStats
+) -> str | Sequence[int]:
+    """A text prompt checked against `room` tokens BEFORE it is tokenized, or with `truncate`
+    only its end, long enough to fill the room; token-id prompts are returned as they are.
+
+    Tokenizing costs time (and for llama2.c's BPE, Python time) in proportion to the text: a
+    megabyte that cannot fit anyway is refused at once. `tokenizer.min_tokens(text)` bounds
+    the count from below in linear time (each token covers at most max_token_bytes bytes).
+    """
+    tokenizer = model.tokenizer
+    if not isinstance(prompt, str) or tokenizer is None:
+        return prompt
+    check_text(prompt, "the prompt")
+    min_tokens = getattr(tokenizer, "min_tokens", None)  # tokenizers without a bound: none
+    if min_tokens is None or min_tokens(prompt) + 1 <= room:  # + 1: BOS
+        return prompt
+    if not truncate:
+        raise ContextLengthError(
+            f"prompt is at least {min_tokens(prompt) + 1:,} tokens ({len(prompt):,} characters), "
+            f"longer than the room left: the context of {room} (KV cache positions free); "
+            f"shorten it, or keep only its end with truncate_prompt=True (CLI: --truncate-prompt)"
+        )
+    # The end of the text with more tokens than the room, so that _fit_context still cuts
+    # tokens from its start, where the text was cut mid-word: each character is at least one
+    # byte, so (room + 1) × max_token_bytes characters hold at least room + 1 tokens.
+    chars = (room + 1) * tokenizer.max_token_bytes
+    while min_tokens(prompt[-chars:]) + 1 <= room and chars < len(prompt):
+        chars *= 2
+    stats.prompt_chars_dropped = max(0, len(prompt) - chars)
+    return prompt[-chars:]
 
 
 def _fit_context(

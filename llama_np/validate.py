@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import LlamaNpError
+from .errors import ArgumentError, LlamaNpError
 
 MAX_DEPTH = 32  # real files nest 3 (config.json) to 7 (tokenizer.json) levels
 MAX_INT_DIGITS = 20  # every count, id and offset fits in 64 bits
@@ -159,6 +159,24 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
             raise _Invalid("", f"key {key[:80]!r} appears twice in one object", key)
         result[key] = value
     return result
+
+
+def check_text(text: object, what: str = "text") -> str:
+    """`text` if it is a str that encodes as UTF-8; ArgumentError for anything else, e.g. a
+    lone surrogate (from the API, or non-UTF-8 bytes in a command-line argument, which
+    Python hands over as surrogate escapes)."""
+    if not isinstance(text, str):
+        raise ArgumentError(f"{what} must be a str, got {type(text).__name__}")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ArgumentError(
+                f"{what} is not valid Unicode text: character {e.start} is a lone surrogate "
+                f"({text[e.start]!r}); on the command line this means bytes that are not UTF-8: "
+                f"pass UTF-8 text"
+            ) from None
+    return text
 
 
 # ---------------------------------------------------------------- schemas

@@ -44,11 +44,7 @@ def load(
     (smaller, slower: see weight_formats.py); the default "fp32" converts them once.
     """
     check_weights_dtype(weights_dtype)  # before any reading
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(
-            f"{path}: no such file or directory; pass a checkpoint file or a directory holding one"
-        )
+    path = _checkpoint_path(path)
     if path.is_dir() and (path / "config.json").exists():
         config, tensors = load_hf(path)
         directory, exclude = path, None
@@ -68,9 +64,7 @@ def load(
 
 def read_config(path: str | Path) -> LlamaConfig:
     """A checkpoint's config without loading its weights (for calculators and `info`)."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file or directory")
+    path = _checkpoint_path(path)
     if path.is_dir() and (path / "config.json").exists():
         return read_hf_config(path)
     if path.is_dir() and (path / "params.json").exists():
@@ -78,6 +72,22 @@ def read_config(path: str | Path) -> LlamaConfig:
         # are memory-mapped, so this reads the pickle but not the weights.
         return load_meta(path)[0]
     return read_header(_llama2c_file(path))[1]
+
+
+def _checkpoint_path(path: str | Path) -> Path:
+    """`path` if it is a directory or a regular file: a named pipe or a device would block,
+    or never end, when read."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(
+            f"{path}: no such file or directory; pass a checkpoint file or a directory holding one"
+        )
+    if not (path.is_dir() or path.is_file()):
+        raise CheckpointError(
+            f"{path}: not a regular file or a directory (a named pipe or a device?); pass a "
+            f"checkpoint file or a directory holding one"
+        )
+    return path
 
 
 def _llama2c_file(path: Path) -> Path:

@@ -24,6 +24,7 @@ import numpy as np
 from ..config import LlamaConfig
 from ..errors import CheckpointError, ConfigError
 from ..limits import check_model_fits
+from ..validate import regular_file
 
 MAGIC = 0x616B3432
 HEADER_BYTES = 256  # versioned files pad their header to this size
@@ -31,6 +32,7 @@ HEADER_BYTES = 256  # versioned files pad their header to this size
 
 def read_header(path: Path) -> tuple[int, LlamaConfig, int, int]:
     """-> (version, config, offset of the first tensor, Q8_0 group size or 0)."""
+    regular_file(path, CheckpointError, "llama2.c checkpoint")  # a named pipe would block
     try:
         with open(path, "rb") as f:
             head = f.read(HEADER_BYTES)

@@ -38,6 +38,9 @@ import numpy as np
 
 from ..dtypes import BFLOAT16
 from ..errors import CheckpointError
+from ..validate import regular_file
+
+MAX_PICKLE_BYTES = 64 * 2**20
 
 STORAGE_DTYPES = {
     "FloatStorage": np.dtype("<f4"),
@@ -165,6 +168,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 def read_pth(path: str | Path) -> dict[str, np.ndarray]:
     """The state dict in a `torch.save` zip file: {name: read-only ndarray view}."""
     path = Path(path)
+    regular_file(path, CheckpointError, "PyTorch checkpoint")  # a named pipe would block
     try:
         archive = zipfile.ZipFile(path)
     except Exception as e:  # zipfile raises many kinds of error on a damaged archive
@@ -198,7 +202,7 @@ def read_pth(path: str | Path) -> dict[str, np.ndarray]:
             if f"{prefix}byteorder" in archive.namelist():
                 if archive.read(f"{prefix}byteorder") != b"little":
                     raise CheckpointError("big-endian checkpoints are not supported")
-            state = _RestrictedUnpickler(archive.read(pickles[0]), load_storage).load()
+            state = _RestrictedUnpickler(_read_pickle(archive, pickles[0]), load_storage).load()
         except CheckpointError as e:
             raise CheckpointError(f"{path}: {e}") from None
         except Exception as e:
@@ -210,6 +214,19 @@ def read_pth(path: str | Path) -> dict[str, np.ndarray]:
     ):
         raise CheckpointError(f"{path}: expected a state dict of tensors by name")
     return dict(state)
+
+
+def _read_pickle(archive: zipfile.ZipFile, name: str) -> bytes:
+    """The bytes of data.pkl, refusing more than MAX_PICKLE_BYTES: a compressed member can
+    inflate to gigabytes. (A state dict's pickle is ~200 bytes per tensor.)"""
+    with archive.open(name) as f:
+        data = f.read(MAX_PICKLE_BYTES + 1)
+    if len(data) > MAX_PICKLE_BYTES:
+        raise CheckpointError(
+            f"{name} inflates to more than {MAX_PICKLE_BYTES:,} bytes; a state dict's pickle "
+            f"is far smaller: the file is corrupt or not a checkpoint"
+        )
+    return data
 
 
 def _member_bytes(archive: zipfile.ZipFile, data: np.ndarray, name: str) -> np.ndarray:

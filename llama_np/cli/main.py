@@ -267,9 +267,12 @@ def run_generate(args: argparse.Namespace) -> int:
         truncate_prompt=args.truncate_prompt,
     )
     if stats.prompt_tokens_dropped:
+        chars = stats.prompt_chars_dropped
         print(
-            f"llama-np: prompt truncated: dropped its first {stats.prompt_tokens_dropped} "
-            f"tokens to fit the context of {model.config.max_seq_len}",
+            "llama-np: prompt truncated: dropped its first "
+            + (f"{chars:,} characters (before tokenizing) and then " if chars else "")
+            + f"{stats.prompt_tokens_dropped} tokens to fit the context of "
+            f"{model.config.max_seq_len}",
             file=sys.stderr,
         )
     sys.stdout.write(prompts[0])

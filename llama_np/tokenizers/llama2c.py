@@ -8,11 +8,13 @@ then repeatedly merge the adjacent pair whose merged piece has the highest score
 
 from __future__ import annotations
 
+import heapq
 import re
 import struct
 from pathlib import Path
 
 from ..errors import TokenizerError
+from ..validate import check_text
 
 _BYTE_PIECE = re.compile(rb"<0x([0-9A-Fa-f]{2})>")
 
@@ -38,6 +40,7 @@ class Llama2cTokenizer:
             b"" if i < 3 else (bytes([int(m[1], 16)]) if (m := _BYTE_PIECE.fullmatch(p)) else p)
             for i, p in enumerate(pieces)
         ]
+        self.max_token_bytes = max(1, *map(len, self._bytes))  # most text one token covers
 
     @classmethod
     def from_file(cls, path: str | Path, vocab_size: int | None = None) -> Llama2cTokenizer:
@@ -87,8 +90,14 @@ class Llama2cTokenizer:
     def vocab_size(self) -> int:
         return len(self.pieces)
 
+    def min_tokens(self, text: str) -> int:
+        """A lower bound on len(encode(text, bos=False)), in linear time: every token covers
+        at most max_token_bytes bytes of " " + text."""
+        return -(-(len(text.encode("utf-8")) + 1) // self.max_token_bytes)
+
     def encode(self, text: str, bos: bool = True, eos: bool = False) -> list[int]:
         """Text -> token ids, as llama2.c's encode()."""
+        check_text(text)
         tokens = [self.bos_id] if bos else []
         if text:
             # the dummy prefix: SentencePiece sees " " + text (byte fallback if " " is no piece)
@@ -105,16 +114,48 @@ class Llama2cTokenizer:
         return tokens
 
     def _merge(self, ids: list[int]) -> list[int]:
-        """Merge the best-scoring adjacent pair (leftmost on ties) until no pair merges."""
-        while True:
-            best_score, best_i, best_id = -1e10, -1, -1
-            for i in range(len(ids) - 1):
-                merged = self._ids.get(self.pieces[ids[i]] + self.pieces[ids[i + 1]])
-                if merged is not None and self.scores[merged] > best_score:
-                    best_score, best_i, best_id = self.scores[merged], i, merged
-            if best_i < 0:
-                return ids
-            ids[best_i : best_i + 2] = [best_id]
+        """Merge the best-scoring adjacent pair (leftmost on ties) until no pair merges.
+
+        llama2.c rescans every pair after each merge: O(n²), minutes for a long prompt. This
+        gives the same result in O(n log n), as sentencepiece does: the symbols form a linked
+        list, candidate pairs wait in a heap ordered by (best score, leftmost), and a popped
+        pair whose symbols have changed since it was pushed is skipped.
+        """
+        n = len(ids)
+        pieces = [self.pieces[i] for i in ids]  # each symbol's bytes; grows as it merges
+        tokens = list(ids)
+        alive = [True] * n
+        prev = list(range(-1, n - 1))  # linked list over symbol positions; -1 = none
+        nxt = [*range(1, n), -1]
+        heap: list[tuple[float, int, int, int]] = []  # (-score, left position, size, id)
+
+        def push(left: int) -> None:
+            right = nxt[left]
+            if right < 0:
+                return
+            merged = self._ids.get(pieces[left] + pieces[right])
+            if merged is not None:
+                size = len(pieces[left]) + len(pieces[right])
+                heapq.heappush(heap, (-self.scores[merged], left, size, merged))
+
+        for i in range(n - 1):
+            push(i)
+        while heap:
+            _, left, size, merged = heapq.heappop(heap)
+            right = nxt[left]
+            # Stale: the left symbol was merged away, or one of the two has grown since.
+            if not alive[left] or right < 0 or len(pieces[left]) + len(pieces[right]) != size:
+                continue
+            pieces[left] += pieces[right]
+            tokens[left] = merged
+            alive[right] = False
+            nxt[left] = nxt[right]
+            if nxt[right] >= 0:
+                prev[nxt[right]] = left
+            if prev[left] >= 0:
+                push(prev[left])
+            push(left)
+        return [t for t, keep in zip(tokens, alive, strict=True) if keep]
 
     def token_bytes(self, token: int) -> bytes:
         """The bytes token `token` adds to the text (b"" for BOS, EOS and <unk>)."""

@@ -16,6 +16,7 @@ from pathlib import Path
 import sentencepiece
 
 from ..errors import TokenizerError
+from ..validate import check_text
 
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
@@ -40,6 +41,18 @@ class SentencePieceTokenizer:
             if processor.is_control(i)
         }
         self._bytes = [self._piece_bytes(i) for i in range(processor.vocab_size())]
+        # Most bytes of normalized text one token covers; None if <unk> can stand for any
+        # run of unknown characters (a model without byte pieces), when no such bound holds.
+        sp = processor
+        text_ids = [
+            i
+            for i in range(sp.vocab_size())
+            if not (sp.is_unused(i) or sp.is_control(i) or sp.is_unknown(i))
+        ]
+        has_bytes = any(sp.is_byte(i) for i in text_ids)
+        self.max_token_bytes = (
+            max(len(sp.id_to_piece(i).encode("utf-8")) for i in text_ids) if has_bytes else None
+        )
         # Text of one special token, for encode(allow_special=True); longest names first
         self._special_re = (
             re.compile("|".join(re.escape(s) for s in sorted(self.special_tokens, key=len)[::-1]))
@@ -103,6 +116,7 @@ class SentencePieceTokenizer:
         default it is ordinary text. `dummy_prefix=False` encodes `text` as a continuation
         (no space is prepended), as chat templates need for text that follows a special token.
         """
+        check_text(text)
         tokens = [self.bos_id] if bos and self.bos_id >= 0 else []
         if allow_special and self._special_re is not None:
             pos = 0
@@ -116,6 +130,13 @@ class SentencePieceTokenizer:
         if eos and self.eos_id >= 0:
             tokens.append(self.eos_id)
         return tokens
+
+    def min_tokens(self, text: str) -> int:
+        """A lower bound on len(encode(text, bos=False)), in linear time: each token covers
+        at most max_token_bytes bytes of the normalized text (0 when nothing bounds it)."""
+        if self.max_token_bytes is None:
+            return 0
+        return -(-len(self.sp.normalize(text).encode("utf-8")) // self.max_token_bytes)
 
     def _encode_text(self, text: str, dummy_prefix: bool) -> list[int]:
         if not text:

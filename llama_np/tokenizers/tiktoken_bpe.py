@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import tiktoken
 
 from ..errors import TokenizerError
-from ..validate import read_bytes
+from ..validate import check_text, read_bytes
 
 MAX_RANK_FILE_BYTES = 64 * 2**20  # Llama 3's is 2.2 MB
 
@@ -83,6 +85,8 @@ class TiktokenTokenizer:
                 f"{name}: token id {self.vocab_size - 1:,} is far beyond the {len(ids):,} "
                 f"tokens of the vocabulary (ids must be numbered densely from 0); corrupt file"
             )
+        # Most bytes one token covers (special tokens only with allow_special).
+        self.max_token_bytes = max(map(len, mergeable_ranks))
         # What each id adds to the text: its bytes, or nothing (special tokens, unused ids).
         self._bytes = [b""] * self.vocab_size
         for token, rank in mergeable_ranks.items():
@@ -114,13 +118,19 @@ class TiktokenTokenizer:
     ) -> list[int]:
         """Text -> token ids. Special-token text such as "<|eot_id|>" is encoded as ordinary
         text unless `allow_special` is set (so user text cannot inject control tokens)."""
+        check_text(text)
         tokens = [self.bos_id] if bos and self.add_bos and self.bos_id is not None else []
-        tokens += self.encoding.encode(
-            text, allowed_special="all" if allow_special else set(), disallowed_special=()
-        )
+        allowed = "all" if allow_special else set()
+        for piece in _split_for_tiktoken(text):
+            tokens += self.encoding.encode(piece, allowed_special=allowed, disallowed_special=())
         if eos and self.eos_id is not None:
             tokens.append(self.eos_id)
         return tokens
+
+    def min_tokens(self, text: str) -> int:
+        """A lower bound on len(encode(text, bos=False)), in linear time: byte-level BPE does
+        not normalize, so every token covers at most max_token_bytes bytes of the text."""
+        return -(-len(text.encode("utf-8")) // self.max_token_bytes)
 
     def token_bytes(self, token: int) -> bytes:
         """The bytes token `token` adds to the text (b"" for special tokens)."""
@@ -129,6 +139,34 @@ class TiktokenTokenizer:
     def decode(self, ids: list[int]) -> str:
         """Token ids -> text, dropping special tokens."""
         return b"".join(self._bytes[i] for i in ids).decode("utf-8", errors="replace")
+
+
+# tiktoken's split regex backtracks through a run of whitespace (or of anything else) and
+# fails on runs of ~100k characters ("Max stack size exceeded"), and its merge is slow on
+# very long pieces. Meta's llama3 tokenizer.py encodes slices of at most 400k characters,
+# each cut into runs of at most 25k whitespace or non-whitespace characters; so do we.
+MAX_ENCODE_CHARS = 400_000
+MAX_RUN_CHARS = 25_000
+
+
+# A run of more than MAX_RUN_CHARS whitespace, or non-whitespace, characters. The lookbehind
+# anchors each match at the start of a run, so the scan is linear.
+_LONG_RUN = re.compile(rf"(?<!\s)\s{{{MAX_RUN_CHARS + 1},}}|(?<!\S)\S{{{MAX_RUN_CHARS + 1},}}")
+
+
+def _split_for_tiktoken(text: str) -> Iterator[str]:
+    """`text` in consecutive pieces that tiktoken encodes safely (as Meta's tokenizer.py)."""
+    for start in range(0, len(text), MAX_ENCODE_CHARS):
+        chunk = text[start : start + MAX_ENCODE_CHARS]
+        done = 0
+        for run in _LONG_RUN.finditer(chunk):
+            if run.start() > done:
+                yield chunk[done : run.start()]
+            for cut in range(run.start(), run.end(), MAX_RUN_CHARS):
+                yield chunk[cut : min(cut + MAX_RUN_CHARS, run.end())]
+            done = run.end()
+        if done < len(chunk) or not chunk:
+            yield chunk[done:]
 
 
 def read_tiktoken_ranks(path: Path) -> dict[bytes, int]:

@@ -12,6 +12,7 @@ the KV cache.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,20 +60,23 @@ def trace_attention(
     )
 
 
+_NUMBER = re.compile(r"[0-9]+")
+
+
 def parse_indices(text: str | None, n: int, flag: str) -> list[int]:
     """'0,2' / '0-3' / '1,4-6' / 'all' (or None) -> sorted indices, each in 0..n-1."""
     if text is None or text == "all":
         return list(range(n))
     indices: set[int] = set()
-    try:
-        for part in text.split(","):
-            lo, dash, hi = part.partition("-")
-            indices.update(range(int(lo), int(hi if dash else lo) + 1))
-    except ValueError:
-        raise ArgumentError(f"{flag} {text!r}: expected indices like 0,2 or 0-3 or all") from None
-    bad = sorted(i for i in indices if not 0 <= i < n)
-    if bad or not indices:
-        raise ArgumentError(f"{flag} {text!r}: indices must be in 0..{n - 1}, got {bad or 'none'}")
+    for part in text.split(","):
+        lo, dash, hi = part.partition("-")
+        if not (_NUMBER.fullmatch(lo) and (_NUMBER.fullmatch(hi) or not dash)):
+            raise ArgumentError(f"{flag} {text!r}: expected indices like 0,2 or 0-3 or all")
+        # Checked before the range is built: "0-1000000000000" must not make a set of 10**12.
+        first, last = (int(x) if len(x) <= 9 else n for x in (lo, hi if dash else lo))
+        if not first <= last < n:
+            raise ArgumentError(f"{flag} {text!r}: indices must be in 0..{n - 1}, got {part!r}")
+        indices.update(range(first, last + 1))
     return sorted(indices)
 
 
