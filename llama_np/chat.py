@@ -46,6 +46,7 @@ class ChatFormat(ABC):
     """
 
     name = ""
+    needs: tuple[str, ...] = ()  # special tokens the tokenizer must have
     stop_ids: frozenset[int]
 
     def __init__(self, tokenizer) -> None:
@@ -84,6 +85,7 @@ class Llama3Format(ChatFormat):
     """Meta's Llama 3 Instruct format (header ids around the role, <|eot_id|> after each)."""
 
     name = "llama3"
+    needs = ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
 
     def __init__(self, tokenizer) -> None:
         super().__init__(tokenizer)
@@ -182,6 +184,7 @@ class ChatMLFormat(ChatFormat):
     """ChatML (SmolLM2-Instruct and others): <|im_start|>role\\n...<|im_end|>\\n."""
 
     name = "chatml"
+    needs = ("<|im_start|>", "<|im_end|>")
 
     def __init__(self, tokenizer) -> None:
         super().__init__(tokenizer)
@@ -261,6 +264,14 @@ def make_chat_format(tokenizer, name: str | None = None) -> ChatFormat:
     name = name or detect_chat_format(tokenizer)
     if name not in _FORMATS:
         raise ArgumentError(f"unknown chat format {name!r}; expected one of {CHAT_FORMATS}")
+    special = getattr(tokenizer, "special_tokens", {})
+    missing = [t for t in _FORMATS[name].needs if t not in special]
+    if missing:
+        raise ArgumentError(
+            f"chat format {name!r} needs the special tokens {', '.join(missing)}, which this "
+            f"tokenizer ({type(tokenizer).__name__}) does not have; use the model's own format "
+            f"(leave out --chat-format) or one of {', '.join(CHAT_FORMATS)} that fits it"
+        )
     return _FORMATS[name](tokenizer)
 
 

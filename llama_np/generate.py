@@ -115,7 +115,7 @@ def generate(
     the text yielded so far is the result.
     """
     params = sampling_params(sampling, **sampling_kwargs)
-    stop = _check_limits(max_new_tokens, stop)
+    stop = _check_limits(max_new_tokens, stop, seed)
     stats = stats if stats is not None else GenerationStats()
     room = model.config.max_seq_len if cache is None else cache.max_seq_len - cache.length
     prompt = _fit_text(model, prompt, room, truncate_prompt and cache is None, stats)
@@ -152,7 +152,7 @@ def generate_batch_stream(
     Same arguments as `generate`.
     """
     params = sampling_params(sampling, **sampling_kwargs)
-    stop = _check_limits(max_new_tokens, stop)
+    stop = _check_limits(max_new_tokens, stop, seed)
     if isinstance(prompts, str) or not prompts:
         raise ArgumentError("prompts must be a non-empty list of prompts (text or token ids)")
     config = model.config
@@ -205,10 +205,12 @@ def sampling_params(sampling: SamplingParams | None = None, **kwargs: float) -> 
     return sampling
 
 
-def _check_limits(max_new_tokens: int, stop: str | Sequence[str]) -> list[str]:
-    """Validate max_new_tokens and the stop strings; -> the stop strings as a list."""
+def _check_limits(max_new_tokens: int, stop: str | Sequence[str], seed: int | None) -> list[str]:
+    """Validate max_new_tokens, the seed and the stop strings; -> the stop strings as a list."""
     if not (isinstance(max_new_tokens, int) and max_new_tokens >= 0):
         raise ArgumentError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    if seed is not None and not (isinstance(seed, int) and seed >= 0):
+        raise ArgumentError(f"seed must be an integer >= 0 (or None), got {seed!r}")
     stop = [stop] if isinstance(stop, str) else list(stop)
     if any(not s for s in stop):
         raise ArgumentError("stop strings must be non-empty")

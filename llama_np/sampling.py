@@ -6,6 +6,7 @@ top-k, top-p and min-p on the probabilities, then one draw from what is left.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -13,6 +14,8 @@ import numpy as np
 
 from .errors import ArgumentError
 from .layers import softmax
+
+MIN_TEMPERATURE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,13 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if not self.temperature >= 0:  # also catches NaN
             raise ArgumentError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        # logits / temperature must stay finite in float32: below MIN_TEMPERATURE sampling is
+        # greedy anyway, and infinity would make every token equally likely.
+        if not (self.temperature == 0 or MIN_TEMPERATURE <= self.temperature < math.inf):
+            raise ArgumentError(
+                f"temperature must be 0 (greedy) or in [{MIN_TEMPERATURE:g}, inf), got "
+                f"{self.temperature}; for greedy decoding use 0"
+            )
         if not (isinstance(self.top_k, int) and self.top_k >= 0):
             raise ArgumentError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k}")
         if not 0 < self.top_p <= 1:

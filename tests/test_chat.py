@@ -234,7 +234,7 @@ def test_cli_chat_format_override_and_errors(tmp_path, llama2, monkeypatch, caps
     assert main(["chat", "-m", str(tmp_path), "--chat-format", "zephyr"]) == 0
     assert "chat format zephyr" in capsys.readouterr().err
     assert main(["chat", "-m", str(tmp_path), "--chat-format", "llama3"]) == 1
-    assert "no special token '<|start_header_id|>'" in capsys.readouterr().err
+    assert "'llama3' needs the special tokens <|start_header_id|>" in capsys.readouterr().err
 
 
 def test_ctrl_c_ends_the_reply_not_the_chat(tmp_path, llama2, monkeypatch, capsys):

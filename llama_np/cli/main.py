@@ -6,10 +6,11 @@ Flags follow llama.cpp where it has one: -m model, -p prompt, -n tokens to predi
 from __future__ import annotations
 
 import argparse
+import bdb
+import os
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 from .. import DEFAULT_CHECKPOINT, load
 from ..chat import CHAT_FORMATS, Chat
@@ -40,6 +41,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print("\nllama-np: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except bdb.BdbQuit:  # "q" in the debugger that --break-at opened
+        print("llama-np: quit from the debugger", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # stdout was closed early (`llama-np info | head -3`): stop quietly, as `head` expects.
+        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -323,6 +334,8 @@ def run_chat(args: argparse.Namespace) -> int:
     model = load(args.model)
     chat = Chat(model, args.chat_format, args.system, min(args.ctx_size, model.config.max_seq_len))
     seed = _seed(args)
+    if sys.stdin is None:
+        raise ArgumentError("chat reads one message per line from stdin, but stdin is closed")
     interactive = sys.stdin.isatty()
     print(
         f"llama-np: chat format {chat.format.name}, KV cache of {chat.cache.max_seq_len} tokens; "
@@ -333,7 +346,7 @@ def run_chat(args: argparse.Namespace) -> int:
         if interactive:
             print("> ", end="", file=sys.stderr, flush=True)
         try:
-            line = sys.stdin.readline()
+            line = _read_message()
         except KeyboardInterrupt:  # Ctrl-C at the prompt ends the chat
             print(file=sys.stderr)
             return EXIT_INTERRUPTED
@@ -360,6 +373,23 @@ def run_chat(args: argparse.Namespace) -> int:
             f"the KV cache holds {chat.cache.length} tokens of conversation",
             file=sys.stderr,
         )
+
+
+MAX_MESSAGE_CHARS = 1 << 20
+
+
+def _read_message() -> str:
+    """One line of stdin ("" at its end), refusing what is not a line of UTF-8 text."""
+    try:
+        line = sys.stdin.readline(MAX_MESSAGE_CHARS)
+    except UnicodeDecodeError as e:
+        raise ArgumentError(
+            f"stdin: a message is not UTF-8 text ({e.reason} at byte {e.start} of a read); "
+            f"chat reads one UTF-8 message per line"
+        ) from None
+    if len(line) == MAX_MESSAGE_CHARS and not line.endswith("\n"):
+        raise ArgumentError(f"stdin: a message is longer than {MAX_MESSAGE_CHARS:,} characters")
+    return line
 
 
 def _strip_first(pieces: Iterator[str]) -> Iterator[str]:
@@ -423,11 +453,10 @@ def print_timings(stats: GenerationStats, seed: int | None = None) -> None:
 def run_trace(args: argparse.Namespace) -> int:
     from ..tools.trace import parse_indices, plot_attention, save_npz, trace_attention
 
+    out = cli_perf.output_dir(args.out)  # before the (slow) load
     model = load(args.model)
     layers = parse_indices(args.layers, model.config.n_layers, "--layers")
     heads = parse_indices(args.heads, model.config.n_heads, "--heads")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     trace = trace_attention(
         model,
         args.prompt,
@@ -492,4 +521,6 @@ def run_info(args: argparse.Namespace) -> int:
 
 def _seed(args: argparse.Namespace) -> int:
     """-s/--seed, or a fresh one (printed with the timings, so a run can be repeated)."""
+    if args.seed is not None and not 0 <= args.seed < 2**63:
+        raise ArgumentError(f"-s/--seed must be in 0..2**63-1, got {args.seed}")
     return args.seed if args.seed is not None else int(time.time_ns() % 2**31)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -109,6 +110,19 @@ def add_commands(commands) -> None:
     prof.set_defaults(run=run_profile)
 
 
+def output_dir(path: str, flag: str = "--out") -> Path:
+    """`path` as a directory to write into, created if needed; ArgumentError if it cannot be
+    (a file of that name, no permission, a parent that is a file)."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ArgumentError(f"{flag} {path}: cannot create the directory: {e.strerror}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ArgumentError(f"{flag} {path}: the directory is not writable")
+    return out
+
+
 def run_memory(args: argparse.Namespace) -> int:
     config = memory.load_config(args.model)
     report = memory.memory_report(config, args.context, args.batch, args.dtype, args.kv_dtype)
@@ -142,6 +156,7 @@ def _hardware(args: argparse.Namespace) -> hardware.Hardware | None:
 def run_profile(args: argparse.Namespace) -> int:
     from .. import DEFAULT_CHECKPOINT, load
 
+    out = output_dir(args.out)  # before the (slow) load and measurements
     model = load(args.model or DEFAULT_CHECKPOINT)
     if model.tokenizer is None:
         raise ArgumentError(f"{args.model}: no tokenizer found next to the checkpoint")
@@ -152,8 +167,6 @@ def run_profile(args: argparse.Namespace) -> int:
     print(f"greedy continuation: {result.text!r}\n")
     print(format_profile(result))
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     write_json(result, out / "profile.json")
     print(f"\nwrote {out / 'profile.json'}")
     try:

@@ -11,11 +11,15 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ..errors import ArgumentError
+from ..validate import MACHINE_CACHE, read_json, validate
 
 CACHE_FILE = (
     Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llama_np" / "machine.json"
@@ -59,16 +63,23 @@ def _sgemv_bandwidth(repeats: int, rows: int = 32768, cols: int = 4096) -> float
 def peaks(remeasure: bool = False) -> MachinePeaks:
     """This machine's peaks, from the cache file if present, else measured (a few seconds)."""
     key = f"{platform.node()}|{os.cpu_count()}|numpy {np.__version__}"
-    if not remeasure and CACHE_FILE.exists():
+    if not remeasure and os.path.lexists(CACHE_FILE):
         try:
-            saved = json.loads(CACHE_FILE.read_text())
-            if saved.get("key") == key:
+            saved = validate(
+                read_json(CACHE_FILE, ArgumentError), MACHINE_CACHE, CACHE_FILE, ArgumentError
+            )
+            if saved["key"] == key:
                 return MachinePeaks(**saved["peaks"])
-        except (ValueError, KeyError, TypeError):
-            pass  # a corrupt cache is measured again
+        except ArgumentError as e:  # a cache is only a cache: measure again, and say why
+            print(f"llama-np: ignoring the machine cache: {e}", file=sys.stderr)
     result = measure()
-    CACHE_FILE.parent.mkdir(parents=True, exist_ok=True)
-    CACHE_FILE.write_text(json.dumps({"key": key, "peaks": asdict(result)}, indent=2))
+    try:
+        CACHE_FILE.parent.mkdir(parents=True, exist_ok=True)
+        CACHE_FILE.write_text(json.dumps({"key": key, "peaks": asdict(result)}, indent=2))
+    except OSError as e:  # e.g. HOME unwritable: the result is still good, just not kept
+        print(
+            f"llama-np: cannot cache the measurement in {CACHE_FILE}: {e.strerror}", file=sys.stderr
+        )
     return result
 
 
