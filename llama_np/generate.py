@@ -285,7 +285,7 @@ def prompt_tokens(model: Model, prompt: str | Sequence[int]) -> list[int]:
             raise ArgumentError(f"prompt token ids must be integers, got {prompt!r:.80}") from None
     if not tokens:
         raise ArgumentError("the prompt has no tokens: pass text, or at least one id (e.g. BOS)")
-    V = model.config.vocab_size
+    V = min(model.config.vocab_size, tokenizer.vocab_size)  # ids past the tokenizer's: padding
     bad = [t for t in tokens if not 0 <= t < V]
     if bad:
         raise ArgumentError(f"prompt token id {bad[0]} is outside the vocabulary 0..{V - 1}")
@@ -312,6 +312,9 @@ def _loop(
     """
     B = len(prompts)
     rng = np.random.default_rng(seed)
+    # A model may have more embedding rows than its tokenizer has tokens (padded to a round
+    # number); ids past the tokenizer's are never sampled, as llama.cpp masks them.
+    decodable = min(model.tokenizer.vocab_size, model.config.vocab_size)
     bos = model.config.bos_id
     streams = [TextStream(model.tokenizer, strip_leading_space=p[-1] == bos) for p in prompts]
     held = [""] * B  # text that might be the start of a stop string, not yet yielded
@@ -350,7 +353,7 @@ def _loop(
                     continue
                 t0 = time.perf_counter()
                 recent = history[b][-params.repeat_last_n :] if params.repeat_last_n else ()
-                token = sample(logits[b], params, rng, recent)
+                token = sample(logits[b, :decodable], params, rng, recent)
                 stats.sample_seconds += time.perf_counter() - t0
                 if token in stop_ids:
                     finish(b, "end_token")

@@ -13,7 +13,8 @@ mapped to a small function of ours; any other global is refused before anything 
 
     torch._utils._rebuild_tensor_v2   -> _rebuild_tensor: a view of a storage as an ndarray
     torch._utils._rebuild_parameter   -> returns its tensor
-    collections.OrderedDict           -> OrderedDict (the state dict and empty hook dicts)
+    collections.OrderedDict           -> _StateDict, a sealed OrderedDict (the state dict and
+                                         empty hook dicts)
     torch.FloatStorage / HalfStorage / BFloat16Storage -> markers naming the storage dtype
 
 Nothing else can be built: the pickle has no way to name numpy or any other module, and our
@@ -31,6 +32,7 @@ import math
 import pickle
 import struct
 import zipfile
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 
@@ -41,6 +43,23 @@ from ..errors import CheckpointError
 from ..validate import regular_file
 
 MAX_PICKLE_BYTES = 64 * 2**20
+# What zipfile and the unpickler raise on damaged bytes (the fuzz tests feed them thousands).
+_DAMAGED = (
+    pickle.UnpicklingError,
+    zipfile.BadZipFile,
+    zlib.error,
+    struct.error,
+    EOFError,
+    OSError,
+    ValueError,  # also UnicodeDecodeError
+    TypeError,
+    KeyError,
+    IndexError,
+    AttributeError,
+    OverflowError,
+    RecursionError,
+    NotImplementedError,  # zipfile: an unsupported compression method
+)
 
 STORAGE_DTYPES = {
     "FloatStorage": np.dtype("<f4"),
@@ -89,6 +108,15 @@ class _Function(_Sealed):
         return self.fn(*args)
 
 
+class _StateDict(OrderedDict):
+    """What the pickle gets for collections.OrderedDict: an OrderedDict that BUILD may not
+    touch. A plain OrderedDict would take any attributes from BUILD, e.g. an `items` that
+    shadows the method the loader checks the contents with."""
+
+    def __setstate__(self, state) -> None:
+        raise CheckpointError("the pickle tries to modify a state dict (BUILD opcode)")
+
+
 def _rebuild_tensor(storage, offset, size, stride, requires_grad, hooks, metadata=None):
     """torch._utils._rebuild_tensor_v2: elements `offset + Σ index·stride` of a storage."""
     if not isinstance(storage, _Storage):
@@ -133,7 +161,7 @@ def _is_shape(x) -> bool:
 SAFE_GLOBALS = {
     ("torch._utils", "_rebuild_tensor_v2"): _Function(_rebuild_tensor),
     ("torch._utils", "_rebuild_parameter"): _Function(_rebuild_parameter),
-    ("collections", "OrderedDict"): OrderedDict,
+    ("collections", "OrderedDict"): _StateDict,
     **{("torch", name): _StorageType(name) for name in STORAGE_DTYPES},
 }
 
@@ -171,11 +199,11 @@ def read_pth(path: str | Path) -> dict[str, np.ndarray]:
     regular_file(path, CheckpointError, "PyTorch checkpoint")  # a named pipe would block
     try:
         archive = zipfile.ZipFile(path)
-    except Exception as e:  # zipfile raises many kinds of error on a damaged archive
+    except _DAMAGED as e:
         raise CheckpointError(
-            f"{path}: not a PyTorch zip checkpoint ({e}); files from torch < 1.6 (legacy "
-            f"tar/pickle format) are not supported"
-        ) from None
+            f"{path}: not a PyTorch zip checkpoint ({type(e).__name__}: {e}); files from torch "
+            f"< 1.6 (legacy tar/pickle format) are not supported"
+        ) from e
     with archive:
         pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
         if len(pickles) != 1:
@@ -205,15 +233,18 @@ def read_pth(path: str | Path) -> dict[str, np.ndarray]:
             state = _RestrictedUnpickler(_read_pickle(archive, pickles[0]), load_storage).load()
         except CheckpointError as e:
             raise CheckpointError(f"{path}: {e}") from None
-        except Exception as e:
-            # The file is untrusted input: whatever a malformed pickle or archive makes the
-            # unpickler or zipfile raise is reported as a broken checkpoint.
-            raise CheckpointError(f"{path}: corrupt checkpoint: {type(e).__name__}: {e}") from None
-    if not isinstance(state, dict) or not all(
-        isinstance(k, str) and isinstance(v, np.ndarray) for k, v in state.items()
-    ):
+        except _DAMAGED as e:
+            # The file is untrusted input: what a malformed pickle or archive makes the
+            # unpickler or zipfile raise is a broken checkpoint (--debug shows the cause).
+            raise CheckpointError(f"{path}: corrupt checkpoint: {type(e).__name__}: {e}") from e
+    # Read the contents with dict's own methods, never with the object's (which a pickle
+    # could have given attributes of its own).
+    if type(state) not in (dict, _StateDict):
+        raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
+    tensors = {k: v for k, v in dict.items(state)}
+    if not all(isinstance(k, str) and isinstance(v, np.ndarray) for k, v in tensors.items()):
         raise CheckpointError(f"{path}: expected a state dict of tensors by name")
-    return dict(state)
+    return tensors
 
 
 def _read_pickle(archive: zipfile.ZipFile, name: str) -> bytes:
