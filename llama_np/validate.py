@@ -173,8 +173,8 @@ def check_text(text: object, what: str = "text") -> str:
         except UnicodeEncodeError as e:
             raise ArgumentError(
                 f"{what} is not valid Unicode text: character {e.start} is a lone surrogate "
-                f"({text[e.start]!r}); on the command line this means bytes that are not UTF-8: "
-                f"pass UTF-8 text"
+                f"({text[e.start]!r}), which is how Python hands over bytes that are not UTF-8 "
+                f"(in an argument or on stdin): pass UTF-8 text"
             ) from None
     return text
 

@@ -59,7 +59,8 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
     header = parse_json(bytes(data[8 : 8 + header_len]), source, CheckpointError)
     if not isinstance(header, dict):
         raise CheckpointError(f"{source} must be a JSON object, found {type(header).__name__}")
-    validate(header.pop("__metadata__", None), SAFETENSORS_METADATA, source, CheckpointError)
+    metadata = header.pop("__metadata__", None)
+    validate(metadata, SAFETENSORS_METADATA, f"{source} __metadata__", CheckpointError)
     header = validate(header, SAFETENSORS_HEADER, source, CheckpointError)
 
     data_start = 8 + header_len

@@ -21,6 +21,7 @@ from ..hooks import break_at
 from ..packed import WEIGHT_DTYPES
 from ..sampling import SamplingParams
 from ..tools.memory import nbytes
+from ..validate import check_text
 from . import perf as cli_perf
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
@@ -389,7 +390,7 @@ def _read_message() -> str:
         ) from None
     if len(line) == MAX_MESSAGE_CHARS and not line.endswith("\n"):
         raise ArgumentError(f"stdin: a message is longer than {MAX_MESSAGE_CHARS:,} characters")
-    return line
+    return check_text(line, "stdin: a message")
 
 
 def _strip_first(pieces: Iterator[str]) -> Iterator[str]:

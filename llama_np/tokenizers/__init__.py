@@ -19,6 +19,7 @@ import re
 from pathlib import Path
 
 from ..errors import TokenizerError
+from ..validate import regular_file
 from .hf_json import load_hf_json, read_chat_template
 from .llama2c import Llama2cTokenizer
 from .sentencepiece_model import SentencePieceTokenizer
@@ -55,8 +56,9 @@ def load_tokenizer(path: str | Path, vocab_size: int | None = None):
                 f"or tok*.bin); pass --tokenizer / tokenizer= with its path"
             )
         path = found
-    if not path.is_file():
+    if not path.exists():
         raise TokenizerError(f"{path}: tokenizer file does not exist")
+    regular_file(path, TokenizerError, "tokenizer file")  # a named pipe would block
     if path.suffix == ".bin":
         return Llama2cTokenizer.from_file(path, vocab_size)
     if path.suffix == ".json":
