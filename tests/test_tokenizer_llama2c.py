@@ -105,3 +105,32 @@ def test_vocab_size_mismatch_is_refused():
 
     with pytest.raises(TokenizerError, match="512"):
         Llama2cTokenizer.from_file(TOK512, vocab_size=32000)
+
+
+def _merge_as_run_c(tok: Llama2cTokenizer, ids: list[int]) -> list[int]:
+    """llama2.c run.c's encode loop: rescan every pair, merge the best (first on ties)."""
+    ids = list(ids)
+    while True:
+        best_score, best_i, best_id = -1e10, -1, -1
+        for i in range(len(ids) - 1):
+            merged = tok._ids.get(tok.pieces[ids[i]] + tok.pieces[ids[i + 1]])
+            if merged is not None and tok.scores[merged] > best_score:
+                best_score, best_i, best_id = tok.scores[merged], i, merged
+        if best_i < 0:
+            return ids
+        ids[best_i : best_i + 2] = [best_id]
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(alphabet=st.sampled_from("aab  eilnorst,.\n é🦙"), max_size=80))
+def test_heap_merge_equals_run_c_loop(tok512, text):
+    """The O(n log n) merge gives run.c's O(n²) result, ties (equal scores) included."""
+    ids = [tok512._ids.get(b" ", 35)] + [tok512._ids.get(c.encode(), 3) for c in text]
+    assert tok512._merge(list(ids)) == _merge_as_run_c(tok512, ids)
+
+
+def test_tied_scores_merge_leftmost_first():
+    pieces = [b"<unk>", b"<s>", b"</s>"] + [bytes([b]) for b in range(256)] + [b"ab", b"ba"]
+    tok = Llama2cTokenizer(pieces, [0.0] * 259 + [1.0, 1.0])
+    a, b = tok._ids[b"a"], tok._ids[b"b"]
+    assert tok._merge([a, b, a]) == [tok._ids[b"ab"], a] == _merge_as_run_c(tok, [a, b, a])
