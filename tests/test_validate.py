@@ -154,4 +154,3 @@ def test_no_module_catches_bare_exception():
         if pattern.search(line)
     ]
     assert not found, found
-

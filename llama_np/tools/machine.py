@@ -62,7 +62,7 @@ def _sgemv_bandwidth(repeats: int, rows: int = 32768, cols: int = 4096) -> float
 
 def peaks(remeasure: bool = False) -> MachinePeaks:
     """This machine's peaks, from the cache file if present, else measured (a few seconds)."""
-    key = f"{platform.node()}|{os.cpu_count()}|numpy {np.__version__}"
+    key = cache_key()
     if not remeasure and os.path.lexists(CACHE_FILE):
         try:
             saved = validate(
@@ -81,6 +81,11 @@ def peaks(remeasure: bool = False) -> MachinePeaks:
             f"llama-np: cannot cache the measurement in {CACHE_FILE}: {e.strerror}", file=sys.stderr
         )
     return result
+
+
+def cache_key() -> str:
+    """What a cached measurement must have been taken on: this host, cores and NumPy."""
+    return f"{platform.node()}|{os.cpu_count()}|numpy {np.__version__}"
 
 
 def _median_time(fn, repeats: int) -> float:
