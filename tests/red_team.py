@@ -50,6 +50,7 @@ class Case:
     outcome: str  # expected: an exception name, or what run returns
     pieces: tuple[str, ...] = ()  # the message (or stderr) must contain these
     seconds: float = 10.0  # time budget
+    memory_mb: int = 0  # if set, also run in a subprocess limited to this address space
 
 
 # ---------------------------------------------------------------- builders
@@ -487,7 +488,7 @@ CASES: list[Case] = [
     Case("config.json", "no `vocab_size`", load_hf_with(vocab_size=DELETE), "ConfigError",
          ("vocab_size: required key is missing",)),
     Case("config.json", "`num_hidden_layers: 10**9` (refused before listing tensors)",
-         load_hf_with(num_hidden_layers=10**9), "MemoryLimitError", ("config.json",), 2.0),
+         load_hf_with(num_hidden_layers=10**9), "MemoryLimitError", ("config.json",), 2.0, 768),
     Case("config.json", "nested 100 levels deep", load_hf_with_text(nested(100)), "ConfigError",
          ("nested 100 levels deep",)),
     Case("config.json", "an integer of 30 digits",
@@ -531,7 +532,7 @@ CASES: list[Case] = [
          "CheckpointError", ("expected a file name in the same directory",)),
     # .pth
     Case(".pth", "data.pkl inflating to 65 MiB", pth_inflating, "CheckpointError",
-         ("inflates to more than",), 5.0),
+         ("inflates to more than",), 5.0, 768),
     Case(".pth", "BUILD on the state dict's OrderedDict", pth_build_on_state_dict,
          "CheckpointError", ("modify a state dict",)),
     # paths
@@ -542,10 +543,10 @@ CASES: list[Case] = [
     # tokenizers
     Case("tokenizer.json", "a vocab id of 2**32 - 1",
          hf_tokenizer_with(lambda s: s["model"]["vocab"].update({"x": 2**32 - 1})),
-         "TokenizerError", ("model.vocab['x']: expected an integer in 0..16777215",)),
+         "TokenizerError", ("model.vocab['x']: expected an integer in 0..16777215",), 10.0, 768),
     Case("tokenizer.json", "an added token id of 2**24 - 1 (sparse ids)",
          hf_tokenizer_with(lambda s: s["added_tokens"].append({"id": 2**24 - 1, "content": "z"})),
-         "TokenizerError", ("far beyond",)),
+         "TokenizerError", ("far beyond",), 10.0, 768),
     Case("tokenizer.json", "`model.vocab` a list",
          hf_tokenizer_with(lambda s: s["model"].update(vocab=[1])), "TokenizerError",
          ("model.vocab: expected an object",)),
@@ -559,7 +560,8 @@ CASES: list[Case] = [
          tiktoken_ranks(b"YQ== 0\nYg== 4294967295\n"), "TokenizerError",
          ("rank below 10**9",)),
     Case("tiktoken tokenizer.model", "a rank of 10**8 (sparse ids)",
-         tiktoken_ranks(b"YQ== 0\nYg== 100000000\n"), "TokenizerError", ("far beyond",)),
+         tiktoken_ranks(b"YQ== 0\nYg== 100000000\n"), "TokenizerError", ("far beyond",), 10.0,
+         768),
     # tokenizer / model agreement
     Case("vocabulary", "tokenizer of 512 tokens, model of 600 (padded), classifier favouring "
          "the padding", padded_vocabulary, "never sampled"),
@@ -567,9 +569,9 @@ CASES: list[Case] = [
          "ArgumentError", ("outside the vocabulary 0..511",)),
     # prompts
     *[Case("1 MB prompt", kind, megabyte_prompt(kind, truncate=False), "ContextLengthError",
-           ("prompt is at least",), 1.0) for kind in TOKENIZERS],
+           ("prompt is at least",), 1.0, 768) for kind in TOKENIZERS],
     *[Case("1 MB prompt, truncate_prompt", kind, megabyte_prompt(kind, truncate=True),
-           "truncated", (), 1.0) for kind in TOKENIZERS],
+           "truncated", (), 1.0, 768) for kind in TOKENIZERS],
     Case("API", "a lone surrogate in the prompt", api(prompt="caf\udce9"), "ArgumentError",
          ("lone surrogate",)),
     Case("API", "`seed=-1`", api(seed=-1), "ArgumentError", ("seed must be an integer >= 0",)),

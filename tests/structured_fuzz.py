@@ -52,9 +52,9 @@ SCALARS = (
 )
 JSON_VALUES = st.recursive(
     SCALARS,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner),
     max_leaves=10,
-)  # fmt: skip
+)
 
 
 # ---------------------------------------------------------------- editing a document
@@ -159,7 +159,7 @@ class Fixtures:
                     "lfs": {"size": 4000, "oid": "0" * 64},
                 },
                 {"type": "directory", "path": "original", "size": 0},
-            ],  # fmt: skip
+            ],
             "machine cache": {
                 "key": machine.cache_key(),
                 "peaks": {"matmul_flops": 1e11, "memory_bandwidth": 1e10, "description": "x"},
@@ -300,8 +300,8 @@ def command_lines(draw) -> list[str]:
     argv = [command]
     if command == "memory":
         argv.append(draw(st.sampled_from(["stories15M", "llama-3.1-8b", str(TOK512), "nope"])))
-        for flag in draw(st.lists(st.sampled_from(["--context", "--batch", "--prompt-tokens",
-                                                    "--flops", "--bandwidth"]), max_size=3)):  # fmt: skip
+        flags = ["--context", "--batch", "--prompt-tokens", "--flops", "--bandwidth"]
+        for flag in draw(st.lists(st.sampled_from(flags), max_size=3)):
             argv += [flag, draw(st.sampled_from(EDGE_ARGS))]
         return argv
     if command == "info":

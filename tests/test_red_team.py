@@ -3,14 +3,19 @@ time budget, with a message that names what is wrong; docs/errors.md shows the s
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from red_team import CASES, LAST_OUTPUT, TABLE_END, TABLE_START, render_table
 
 from llama_np import LlamaNpError
 
-REPO_DOCS = __import__("pathlib").Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+ROOT = Path(__file__).resolve().parents[1]
+REPO_DOCS = ROOT / "docs" / "errors.md"
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.kind}: {c.input}" for c in CASES])
@@ -26,6 +31,43 @@ def test_red_team_case(case, tmp_path):
     for piece in case.pieces:
         assert piece in message, (piece, message)
     assert seconds < case.seconds, f"took {seconds:.2f} s, budget {case.seconds} s"
+
+
+BOUNDED = [c for c in CASES if c.memory_mb]
+
+# Runs case number sys.argv[1] under an address-space limit and prints its outcome.
+CHILD = """
+import resource, sys, tempfile
+from pathlib import Path
+limit = int(sys.argv[2]) * 2**20
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+sys.path.insert(0, "tests")
+from red_team import CASES
+from llama_np import LlamaNpError
+try:
+    outcome = CASES[int(sys.argv[1])].run(Path(tempfile.mkdtemp()))
+except LlamaNpError as e:
+    outcome = type(e).__name__
+print(outcome)
+"""
+
+
+@pytest.mark.parametrize("case", BOUNDED, ids=[f"{c.kind}: {c.input}" for c in BOUNDED])
+def test_bounded_case_in_a_limited_address_space(case):
+    """The bound is proved, not assumed: in a process that cannot map more than
+    case.memory_mb, the case still ends as declared (an unbounded allocation would raise
+    MemoryError, a traceback)."""
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}  # BLAS threads reserve address space
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(CASES.index(case)), str(case.memory_mb)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=case.seconds + 30,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-1] == case.outcome
 
 
 def test_docs_table_is_generated_from_the_cases():
