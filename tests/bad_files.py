@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 import tempfile
+import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -130,6 +131,30 @@ def load_pth_checkpoint(data: bytes) -> None:
         generate_text(load(directory, tokenizer=TOKENIZER_512), "a", 2, temperature=0)
 
 
+def _pth_members() -> dict[str, bytes]:
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = write_meta(Path(tmp), META_FUZZ_CONFIG, random_tensors(META_FUZZ_CONFIG))
+        with zipfile.ZipFile(directory / "consolidated.00.pth") as z:
+            return {name: z.read(name) for name in z.namelist()}
+
+
+def _pth_pickle() -> bytes:
+    return next(blob for name, blob in _pth_members().items() if name.endswith("data.pkl"))
+
+
+def load_pth_pickle(data: bytes) -> None:
+    """Load `data` as the data.pkl of a valid .pth, repacked into a sound zip (so the damage
+    reaches the unpickler, past the zip's CRC check), and generate two tokens."""
+    members = _pth_members()
+    members[next(n for n in members if n.endswith("data.pkl"))] = data
+    with tempfile.TemporaryDirectory() as tmp, memory_limit(64 * 2**20):
+        directory = write_meta(Path(tmp), META_FUZZ_CONFIG, random_tensors(META_FUZZ_CONFIG))
+        with zipfile.ZipFile(directory / "consolidated.00.pth", "w") as z:
+            for name, blob in members.items():
+                z.writestr(name, blob)
+        generate_text(load(directory, tokenizer=TOKENIZER_512), "a", 2, temperature=0)
+
+
 def _file_of(writer, name: str, config: LlamaConfig) -> Callable[[], bytes]:
     def make() -> bytes:
         with tempfile.TemporaryDirectory() as tmp:
@@ -159,4 +184,5 @@ FORMATS: list[tuple[str, Callable[[], bytes], Callable[[bytes], None]]] = [
         _file_of(write_meta, "consolidated.00.pth", META_FUZZ_CONFIG),
         load_pth_checkpoint,
     ),
+    ("meta-pth-pickle", _pth_pickle, load_pth_pickle),
 ]

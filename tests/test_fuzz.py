@@ -1,6 +1,10 @@
-"""Fuzzing: mutated and truncated llama2.c checkpoints and tokenizers load or raise our errors.
+"""Fuzzing: mutated and truncated files of every format load or raise our errors.
 
-Never another exception. scripts/fuzz.py runs the same mutations thousands of times.
+One table, bad_files.FORMATS: llama2.c checkpoints (three versions) and tokenizer, a
+safetensors file, a Meta .pth as raw zip bytes, and its data.pkl repacked into a sound zip
+(so the damage reaches the unpickler past the zip's CRC check). Never another exception.
+scripts/fuzz.py runs the same mutations thousands of times; structure-aware fuzzing (wrong
+types and nesting in well-formed JSON) is in test_structured_fuzz.py.
 """
 
 from __future__ import annotations
