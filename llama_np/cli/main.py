@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 from .. import DEFAULT_CHECKPOINT, load
 from ..chat import CHAT_FORMATS, Chat
-from ..checkpoints.download import KNOWN_CHECKPOINTS, download
+from ..checkpoints.download import KNOWN_CHECKPOINTS, MIN_RATE, RATE_WINDOW, download
 from ..errors import ArgumentError, LlamaNpError
 from ..generate import GenerationStats, generate, generate_batch_stream
 from ..hooks import break_at
@@ -189,6 +189,20 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--revision", default="main", help="branch, tag or commit (default: main)")
     dl.add_argument("--endpoint", help="hub URL (default: $HF_ENDPOINT or https://huggingface.co)")
     dl.add_argument("-q", "--quiet", action="store_true", help="no progress or file lines")
+    dl.add_argument(
+        "--deadline",
+        type=float,
+        metavar="SECONDS",
+        help="give up after this long (partial files are kept and resume; default: none)",
+    )
+    dl.add_argument(
+        "--min-rate",
+        type=float,
+        default=MIN_RATE,
+        metavar="BYTES_PER_S",
+        help=f"abandon a transfer slower than this over {RATE_WINDOW:g} s "
+        f"(default: {MIN_RATE:,.0f})",
+    )
     dl.set_defaults(run=run_download)
     cli_perf.add_commands(commands)  # memory, profile
     return parser
@@ -320,8 +334,18 @@ def stream_pieces(pieces: Iterator[str]) -> bool:
 
 def run_download(args: argparse.Namespace) -> int:
     try:
+        if args.deadline is not None and not args.deadline > 0:
+            raise ArgumentError(f"--deadline must be > 0 seconds, got {args.deadline}")
+        if not args.min_rate >= 0:
+            raise ArgumentError(f"--min-rate must be >= 0 bytes/s, got {args.min_rate}")
         target = download(
-            args.name, args.dir, revision=args.revision, endpoint=args.endpoint, quiet=args.quiet
+            args.name,
+            args.dir,
+            revision=args.revision,
+            endpoint=args.endpoint,
+            quiet=args.quiet,
+            deadline=args.deadline,
+            min_rate=args.min_rate,
         )
     except KeyboardInterrupt:
         print("\nllama-np: interrupted; run the same command again to resume", file=sys.stderr)
