@@ -19,6 +19,7 @@ from ..generate import GenerationStats, generate, generate_batch_stream
 from ..hooks import break_at
 from ..packed import WEIGHT_DTYPES
 from ..sampling import SamplingParams
+from ..schema import n_params
 from ..tools.memory import nbytes
 from . import perf as cli_perf
 
@@ -476,7 +477,7 @@ def run_info(args: argparse.Namespace) -> int:
         ("tied embeddings", c.tie_embeddings),
         ("BOS / stop ids", f"{c.bos_id} / {list(c.stop_ids)}"),
         ("tokenizer", type(model.tokenizer).__name__ if model.tokenizer else "none"),
-        ("parameters", f"{c.n_params:,}"),
+        ("parameters", f"{n_params(c):,}"),
         ("weights in memory (float32)", nbytes(model.weights_nbytes)),
         ("KV cache per token (float32)", nbytes(c.kv_cache_bytes(1))),
         (f"KV cache at {c.max_seq_len} tokens", nbytes(c.kv_cache_bytes(c.max_seq_len))),
