@@ -40,6 +40,9 @@ class SentencePieceTokenizer:
             if processor.is_control(i)
         }
         self._bytes = [self._piece_bytes(i) for i in range(processor.vocab_size())]
+        self._special_bytes = list(self._bytes)  # the same, with control pieces by name
+        for name, i in self.special_tokens.items():
+            self._special_bytes[i] = name.encode()
         # Text of one special token, for encode(allow_special=True); longest names first
         self._special_re = (
             re.compile("|".join(re.escape(s) for s in sorted(self.special_tokens, key=len)[::-1]))
@@ -124,11 +127,16 @@ class SentencePieceTokenizer:
             return self.sp.encode(text)
         return self.sp.encode(self._marker + text)[self._marker_len :]
 
-    def token_bytes(self, token: int) -> bytes:
-        """The bytes token `token` adds to the text (b"" for control tokens)."""
-        return self._bytes[token]
+    def token_bytes(self, token: int, special: bool = False) -> bytes:
+        """The bytes token `token` adds to the text: b"" for control tokens, or their name
+        with `special`."""
+        return self._special_bytes[token] if special else self._bytes[token]
 
-    def decode(self, ids: list[int]) -> str:
-        """Token ids -> text, dropping control tokens and the dummy-prefix space."""
-        text = b"".join(self._bytes[i] for i in ids).decode("utf-8", errors="replace")
+    def decode(self, ids: list[int], skip_special: bool = False) -> str:
+        """Token ids -> text, control tokens as their names ("<s>") unless `skip_special`.
+        The dummy-prefix space is removed from the very start only, so [<s>, ▁Hello] is
+        "<s> Hello" (as llama.cpp and Hugging Face's fast tokenizer show it) and "Hello"
+        with skip_special."""
+        table = self._bytes if skip_special else self._special_bytes
+        text = b"".join(table[i] for i in ids).decode("utf-8", errors="replace")
         return text[1:] if self.adds_dummy_prefix and text.startswith(" ") else text
