@@ -70,7 +70,7 @@ class TiktokenTokenizer:
         self.name = name
         self.special_tokens = dict(special_tokens)
         self.bos_id, self.eos_id, self.add_bos, self.add_eos = bos_id, eos_id, add_bos, add_eos
-        self.pattern, self.merges = pat_str, merges
+        self.ranks, self.pattern, self.merges = mergeable_ranks, pat_str, merges
         self.encoding = tiktoken.Encoding(
             name or "llama_np",
             pat_str=pat_str,
