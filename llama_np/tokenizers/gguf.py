@@ -37,7 +37,7 @@ from .hf_json import (
     check_merge_order,
 )
 from .llama2c import Llama2cTokenizer, PieceType, llama2c_piece_types
-from .sentencepiece_model import SentencePieceTokenizer
+from .sentencepiece_model import SentencePieceTokenizer, piece_types
 from .tiktoken_bpe import LLAMA3_PATTERN, TiktokenTokenizer
 
 MODEL = "tokenizer.ggml.model"
@@ -272,24 +272,12 @@ def gguf_tokenizer_metadata(tokenizer) -> dict[str, object]:
 def _sentencepiece_metadata(tok: SentencePieceTokenizer) -> dict[str, object]:
     sp = tok.sp
     V = sp.vocab_size()
-    types = np.empty(V, dtype=np.int32)  # (V,)
-    for i in range(V):
-        if sp.is_unknown(i):
-            types[i] = PieceType.UNKNOWN
-        elif sp.is_control(i):
-            types[i] = PieceType.CONTROL
-        elif sp.is_unused(i):
-            types[i] = PieceType.UNUSED
-        elif sp.is_byte(i):
-            types[i] = PieceType.BYTE
-        else:
-            types[i] = PieceType.NORMAL
     meta: dict[str, object] = {
         MODEL: "llama",
         PRE: "default",
         TOKENS: [sp.id_to_piece(i) for i in range(V)],
         SCORES: np.array([sp.get_score(i) for i in range(V)], dtype=np.float32),  # (V,)
-        TOKEN_TYPE: types,
+        TOKEN_TYPE: np.array(piece_types(sp), dtype=np.int32),  # (V,)
     }
     for key, i in ((BOS_ID, sp.bos_id()), (EOS_ID, sp.eos_id()), (UNK_ID, sp.unk_id())):
         if i >= 0:
