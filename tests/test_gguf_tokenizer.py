@@ -28,6 +28,7 @@ from util import random_tensors
 
 import llama_np
 from llama_np import TextStream, TokenizerError, load_tokenizer
+from llama_np.chat import make_chat_format
 from llama_np.checkpoints import DEFAULT_CHECKPOINT
 from llama_np.cli import main
 from llama_np.tokenizers.gguf import (
@@ -497,3 +498,17 @@ def test_cli_special_flag(gguf_llama3, monkeypatch):
             assert out.getvalue() == f"{expected}\n"
     finally:
         remove()
+
+
+@pytest.mark.parametrize("chat_format", ["llama2", "zephyr"])
+def test_chat_formats_with_a_gguf_sentencepiece_vocabulary(chat_format, originals, references):
+    """The continuation encoding (no dummy prefix after a special token) works the same."""
+    dialog = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Hi! <s> 1 2 3"},
+        {"role": "assistant", "content": "Hello.\n  How can I help?"},
+        {"role": "user", "content": "日本語 🦙"},
+    ]
+    tok = load_gguf_tokenizer(references["llama2"], 32000)
+    expected = make_chat_format(originals["llama2"], chat_format).dialog(dialog)
+    assert make_chat_format(tok, chat_format).dialog(dialog) == expected

@@ -128,6 +128,20 @@ def test_llama2_known_and_matches_sentencepiece(llama2):
         assert llama2.decode(ids) == f"<s>{' ' if text else ''}{text}</s>"  # as llama.cpp shows it
 
 
+@settings(max_examples=150, deadline=None)
+@given(text=st.text(max_size=30))
+def test_sentencepiece_continuation(llama2, text):
+    """Without the dummy prefix, " " + text must give what the library gives for text (it
+    always prepends the space), and nothing may be lost: encoding "<unk>" + text and dropping
+    the pieces of "<unk>" (transformers' trick) lost the "<" of "<s><" before."""
+    sp = llama2.sp
+    assume(text and "\u2581" not in text)  # the library encodes "" as nothing at all
+    assert llama2.encode(" " + text, bos=False, dummy_prefix=False) == sp.encode(text)
+    ids = llama2.encode(text, bos=False, dummy_prefix=False)
+    assert b"".join(llama2.token_bytes(i) for i in ids) == text.encode()
+    assert llama2.encode("<s><", bos=False, allow_special=True) == [1, 29966]  # <s>, "<"
+
+
 def test_sentencepiece_byte_pieces_and_controls(llama2):
     assert llama2.token_bytes(1) == llama2.token_bytes(2) == b""
     assert llama2.token_bytes(3 + 0x0A) == b"\n"  # <0x0A>

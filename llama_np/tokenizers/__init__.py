@@ -1,16 +1,18 @@
 """Tokenizers: text <-> token ids. Every tokenizer has the same small interface:
 
-encode(text, bos=True, eos=False) -> list[int]
-decode(ids) -> str
-token_bytes(id) -> bytes      the raw bytes one token adds (for streaming)
-vocab_size, bos_id, eos_id, adds_dummy_prefix
+encode(text, bos=True, eos=...) -> list[int]
+decode(ids, skip_special=False) -> str    special tokens shown by name unless skip_special
+token_bytes(id, special=False) -> bytes   the raw bytes one token adds (for streaming); a
+                                          special token adds b"", or its name with special
+vocab_size, bos_id, eos_id, adds_dummy_prefix, special_tokens (name -> id), token_id(name),
+chat_template (from tokenizer_config.json beside the file or GGUF metadata, or None)
 
-and the kinds made for chat models also have: encode(..., allow_special=False) (special-token
-text becomes the special token only when allowed), special_tokens (name -> id),
-token_id(name), and chat_template (from tokenizer_config.json beside the file, or None).
+and encode(..., allow_special=False): special-token text becomes the special token only when
+allowed, so text a user types never does.
 
 Kinds: llama2.c tokenizer.bin, SentencePiece tokenizer.model (Llama 2, TinyLlama), tiktoken
-tokenizer.model (Llama 3) and byte-level BPE tokenizer.json (Llama 3 HF repos, SmolLM).
+tokenizer.model (Llama 3), byte-level BPE tokenizer.json (Llama 3 HF repos, SmolLM), and GGUF
+tokenizer metadata (gguf.py: load_gguf_tokenizer, and gguf_tokenizer_metadata to write one).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import re
 from pathlib import Path
 
 from ..errors import TokenizerError
+from .gguf import gguf_tokenizer_metadata, load_gguf_tokenizer
 from .hf_json import load_hf_json, read_chat_template
 from .llama2c import Llama2cTokenizer
 from .sentencepiece_model import SentencePieceTokenizer
@@ -29,6 +32,8 @@ __all__ = [
     "SentencePieceTokenizer",
     "TiktokenTokenizer",
     "find_tokenizer",
+    "gguf_tokenizer_metadata",
+    "load_gguf_tokenizer",
     "load_tokenizer",
 ]
 
