@@ -252,6 +252,10 @@ def gguf_tokenizer_metadata(tokenizer) -> dict[str, object]:
     the pre-tokenizer name of the split regex (llama-bpe, smollm, gpt-2), BOS/EOS, add_bos.
     The chat template goes to tokenizer.chat_template. The result loads back with
     load_gguf_tokenizer and encodes exactly as `tokenizer` does.
+
+    GGUF value types, as llama.cpp reads them: model, pre, chat_template STRING; tokens,
+    merges ARRAY of STRING; scores ARRAY of FLOAT32; token_type ARRAY of INT32; *_token_id
+    UINT32; add_bos_token, add_eos_token, add_space_prefix BOOL.
     """
     if isinstance(tokenizer, SentencePieceTokenizer):
         meta = _sentencepiece_metadata(tokenizer)
@@ -360,5 +364,6 @@ def _merges_from_ranks(ranks: dict[bytes, int], text: dict[bytes, str]) -> list[
             for k in range(1, len(token))
             if token[:k] in ranks and token[k:] in ranks
         ]
-        merges += [f"{text[token[:k]]} {text[token[k:]]}" for _, _, k in sorted(splits)]
+        t = text[token]  # one character per byte: the split at byte k is the one at char k
+        merges += [f"{t[:k]} {t[k:]}" for _, _, k in sorted(splits)]
     return merges

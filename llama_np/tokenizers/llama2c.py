@@ -163,7 +163,7 @@ class Llama2cTokenizer:
                 f"{path}: {len(pieces)} tokens is too few for a llama2.c vocabulary (need "
                 f"<unk>, <s>, </s> and 256 byte pieces)"
             )
-        return cls(pieces, scores)
+        return cls(pieces, scores, name=str(path))
 
     @property
     def vocab_size(self) -> int:
