@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="maximum number of tokens to generate (default: 256)",
     )
     add_sampling_args(gen)
+    add_special_arg(gen)
     gen.add_argument(
         "--truncate-prompt",
         action="store_true",
@@ -162,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         "model's context)",
     )
     add_sampling_args(chat)
+    add_special_arg(chat)
     chat.set_defaults(run=run_chat)
 
     info = commands.add_parser("info", help="print a model's config, size and KV-cache memory")
@@ -230,6 +232,15 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_special_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--special",
+        action="store_true",
+        help="print special tokens the model generates (<|eot_id|>, </s>) by name; by default "
+        "they are left out of the text",
+    )
+
+
 def add_model_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-m",
@@ -266,6 +277,7 @@ def run_generate(args: argparse.Namespace) -> int:
         stop=args.stop,
         stats=stats,
         truncate_prompt=args.truncate_prompt,
+        special=args.special,
     )
     if stats.prompt_tokens_dropped:
         print(
@@ -346,6 +358,7 @@ def run_chat(args: argparse.Namespace) -> int:
             stats=stats,
             sampling=sampling,
             seed=seed + chat.turns,  # a different draw each turn, reproducible as a whole
+            special=args.special,
         )
         # Ctrl-C ends this reply, not the chat: the conversation keeps what was said so far.
         if not stream_pieces(_strip_first(pieces)):
@@ -377,7 +390,14 @@ def run_generate_batch(
     as far as each got)."""
     texts = [""] * len(prompts)
     pieces = generate_batch_stream(
-        model, prompts, args.n_predict, sampling=sampling, seed=seed, stop=args.stop, stats=stats
+        model,
+        prompts,
+        args.n_predict,
+        sampling=sampling,
+        seed=seed,
+        stop=args.stop,
+        stats=stats,
+        special=args.special,
     )
     finished = True
     try:
