@@ -7,7 +7,9 @@ vocab_size, bos_id, eos_id, adds_dummy_prefix
 
 and the kinds made for chat models also have: encode(..., allow_special=False) (special-token
 text becomes the special token only when allowed), special_tokens (name -> id),
-token_id(name), and chat_template (from tokenizer_config.json beside the file, or None).
+token_id(name), and chat_template (the Jinja chat template beside the file, from
+chat_template.jinja or tokenizer_config.json, or None), with chat_template_source (where it
+came from) and template_tokens (tokenizer_config.json's special-token strings).
 
 Kinds: llama2.c tokenizer.bin, SentencePiece tokenizer.model (Llama 2, TinyLlama), tiktoken
 tokenizer.model (Llama 3) and byte-level BPE tokenizer.json (Llama 3 HF repos, SmolLM).
@@ -19,7 +21,7 @@ import re
 from pathlib import Path
 
 from ..errors import TokenizerError
-from .hf_json import load_hf_json, read_chat_template
+from .hf_json import load_hf_json, read_chat_template, read_template_tokens
 from .llama2c import Llama2cTokenizer
 from .sentencepiece_model import SentencePieceTokenizer
 from .tiktoken_bpe import TiktokenTokenizer
@@ -80,7 +82,9 @@ def load_tokenizer(path: str | Path, vocab_size: int | None = None):
             f"{vocab_size}; it belongs to another model: use the tokenizer the model was "
             f"trained with"
         )
-    tokenizer.chat_template = read_chat_template(path.parent)
+    # The checkpoint's chat template and the special-token strings it is rendered with.
+    tokenizer.chat_template, tokenizer.chat_template_source = read_chat_template(path.parent)
+    tokenizer.template_tokens = read_template_tokens(path.parent)
     return tokenizer
 
 
