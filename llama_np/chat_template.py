@@ -33,7 +33,7 @@ from datetime import datetime
 import jinja2
 import jinja2.ext
 import jinja2.nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from .errors import ArgumentError, TokenizerError
 
@@ -122,7 +122,13 @@ def render_template(
         )
     except TemplateRaised as e:
         raise ArgumentError(f"{source}: the chat template refused the conversation: {e}") from None
-    except jinja2.TemplateError as e:  # the sandbox refused something, an undefined name, ...
+    except SecurityError as e:
+        raise TokenizerError(
+            f"{source}: the chat template tried something the sandbox forbids ({e}); a "
+            f"template may only read its inputs: this one is not usable, pick a built-in format "
+            f"with --chat-format"
+        ) from None
+    except jinja2.TemplateError as e:  # an undefined name, ...
         raise TokenizerError(
             f"{source}: the chat template failed: {type(e).__name__}: {e}; pick a built-in "
             f"format with --chat-format"
