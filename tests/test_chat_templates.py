@@ -349,3 +349,20 @@ def test_cli_chat_renders_what_transformers_renders(tmp_path, tokenizers, monkey
     assert f"turn 1: prefilled only the {len(case['ids'])} new tokens" in err
     turn2 = next(line for line in err.splitlines() if "turn 2:" in line)
     assert f" {len(prefills[1])} " in turn2  # new tokens only, or re-prefilled (and said so)
+
+
+def test_cli_chat_with_a_broken_template(tmp_path, tokenizers, monkeypatch, capsys):
+    model = tiny_model(tokenizers["llama2"])
+    write_llama2c(tmp_path / "tiny.bin", model.config, random_tensors(model.config, scale=0.5))
+    shutil.copy(TOKENIZERS / "llama2" / "tokenizer.model", tmp_path / "tokenizer.model")
+    config = {"chat_template": "{% for m in messages %}{{ m.content }}"}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hi\n"))
+    assert main(["chat", "-m", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    source = f"{tmp_path / 'tokenizer_config.json'} (chat_template)"
+    assert f"llama-np: error: {source}: the chat template is not valid Jinja" in err
+    # a built-in format still works
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hi\n"))
+    assert main(["chat", "-m", str(tmp_path), "--chat-format", "llama2", "-n", "2"]) == 0
+    assert "chat format llama2" in capsys.readouterr().err
