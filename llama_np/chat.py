@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .chat_template import ChatTemplate
-from .errors import ArgumentError, ContextLengthError
+from .errors import ArgumentError, LlamaNpError
 from .generate import GenerationStats, generate
 from .kv_cache import KVCache
 from .model import Model
@@ -345,7 +345,7 @@ class Chat:
         # template rewrote history), but prefill at least one token: its logits start the reply.
         cached = self.cache.length
         keep = _common_prefix(tokens, self.tokens[:cached])
-        keep = min(keep, len(tokens) - 1)
+        keep = max(0, min(keep, len(tokens) - 1))
         self.cache.lengths[0] = keep  # roll back past the first changed token (if any)
         try:
             pieces = generate(
@@ -357,7 +357,7 @@ class Chat:
                 cache=self.cache,
                 **sampling,
             )
-        except ContextLengthError:  # it does not fit: the conversation stays as it was
+        except LlamaNpError:  # it does not fit, ...: the conversation stays as it was
             self.cache.lengths[0] = cached
             raise
         self.last_turn = Turn(keep, len(tokens) - keep, keep if keep < cached else None)

@@ -366,3 +366,16 @@ def test_cli_chat_with_a_broken_template(tmp_path, tokenizers, monkeypatch, caps
     monkeypatch.setattr("sys.stdin", io.StringIO("Hi\n"))
     assert main(["chat", "-m", str(tmp_path), "--chat-format", "llama2", "-n", "2"]) == 0
     assert "chat format llama2" in capsys.readouterr().err
+
+
+def test_a_turn_that_fails_leaves_the_conversation_as_it_was(tokenizers):
+    smollm = tokenizers["smollm"]  # adds no BOS: a template that writes nothing gives no tokens
+    model = tiny_model(smollm)
+    smollm.chat_template = "{% if messages | length > 1 %}{{ messages | length }}{% endif %}"
+    try:
+        chat = Chat(model)
+    finally:
+        smollm.chat_template = None
+    with pytest.raises(ArgumentError, match="the prompt has no tokens"):
+        "".join(chat.send("Hi", 2))
+    assert (chat.tokens, chat.messages, chat.cache.length) == ([], [], 0)
