@@ -128,12 +128,16 @@ def render_template(
             f"template may only read its inputs: this one is not usable, pick a built-in format "
             f"with --chat-format"
         ) from None
-    except jinja2.TemplateError as e:  # an undefined name, ...
-        raise TokenizerError(
-            f"{source}: the chat template failed: {type(e).__name__}: {e}; pick a built-in "
-            f"format with --chat-format"
-        ) from None
-    except (TypeError, ValueError, KeyError, IndexError, ZeroDivisionError) as e:
+    # Jinja's own errors (an undefined name, ...) and those of the Python operations a
+    # template can run ('a' + 1, int('x'), [][0], 1 / 0)
+    except (
+        jinja2.TemplateError,
+        TypeError,
+        ValueError,
+        KeyError,
+        IndexError,
+        ZeroDivisionError,
+    ) as e:
         raise TokenizerError(
             f"{source}: the chat template failed: {type(e).__name__}: {e}; pick a built-in "
             f"format with --chat-format"

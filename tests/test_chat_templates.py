@@ -379,3 +379,17 @@ def test_a_turn_that_fails_leaves_the_conversation_as_it_was(tokenizers):
     with pytest.raises(ArgumentError, match="the prompt has no tokens"):
         "".join(chat.send("Hi", 2))
     assert (chat.tokens, chat.messages, chat.cache.length) == ([], [], 0)
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("{{ messages[5].content }}", "UndefinedError"),
+        ("{{ 'a' + 1 }}", "TypeError"),
+        ("{{ 1 / 0 }}", "ZeroDivisionError"),
+    ],
+)
+def test_a_failing_template_is_a_tokenizer_error(text, error):
+    template = compile_template(text, "t.jinja")
+    with pytest.raises(TokenizerError, match=f"t.jinja: the chat template failed: {error}"):
+        render_template(template, "t.jinja", [{"role": "user", "content": "hi"}], True, {})
