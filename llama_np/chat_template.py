@@ -195,7 +195,7 @@ class ChatTemplate:
         # Splits a rendering into [template text, marked text, template text, ...]; a lone marker
         # (a template that cut a marked span apart) is dropped.
         self._marked_re = re.compile(f"{_MARK}({alternatives}){_MARK}|{_MARK}")
-        self._bos = tokenizer.encode("", bos=True)  # [BOS] if the tokenizer adds one, else []
+        self._bos = tokenizer.encode("", bos=True, eos=False)  # [BOS] if it adds one, else []
 
     def render(self, messages: Sequence[dict], add_generation_prompt: bool = True, now=None) -> str:
         """The prompt text for `messages` (what transformers' apply_chat_template returns)."""
@@ -231,4 +231,4 @@ class ChatTemplate:
     def _encode_piece(self, text: str, special: bool, first: bool) -> list[int]:
         # Text after the start is a continuation: no SentencePiece dummy-prefix space.
         extra = {} if first or not self.tokenizer.adds_dummy_prefix else {"dummy_prefix": False}
-        return self.tokenizer.encode(text, bos=False, allow_special=special, **extra)
+        return self.tokenizer.encode(text, bos=False, eos=False, allow_special=special, **extra)

@@ -19,6 +19,7 @@ from llama_np import ArgumentError, TokenizerError, load_tokenizer
 from llama_np.chat import Chat, make_chat_format
 from llama_np.chat_template import ChatTemplate, compile_template, render_template
 from llama_np.cli import main
+from llama_np.tokenizers.gguf import gguf_tokenizer_metadata, load_gguf_tokenizer
 
 TEMPLATES = Path(__file__).parent / "data" / "chat_templates"
 TOKENIZERS = Path(__file__).parent / "data" / "tokenizers"
@@ -393,3 +394,31 @@ def test_a_failing_template_is_a_tokenizer_error(text, error):
     template = compile_template(text, "t.jinja")
     with pytest.raises(TokenizerError, match=f"t.jinja: the chat template failed: {error}"):
         render_template(template, "t.jinja", [{"role": "user", "content": "hi"}], True, {})
+
+
+@pytest.mark.parametrize(
+    ("tokenizer_name", "template_name"),
+    [("llama2", "tinyllama-chat"), ("llama2", "llama-2-chat"), ("llama3", "llama-3.1-instruct")],
+)
+def test_a_gguf_tokenizer_runs_its_template_like_the_original_files(
+    tokenizers, tokenizer_name, template_name
+):
+    """GGUF metadata made from the committed tokenizer (as llama.cpp's converter writes it)
+    with the template as tokenizer.chat_template: same special-token names, same tokens."""
+    original = tokenizers[tokenizer_name]
+    meta = gguf_tokenizer_metadata(original)
+    meta["tokenizer.chat_template"] = template_text(template_name)
+    gguf = load_gguf_tokenizer(meta, original.vocab_size, name="model.gguf")
+    template = make_chat_format(gguf)
+    assert isinstance(template, ChatTemplate)
+    assert template.source == "model.gguf: tokenizer.chat_template"
+    reference = ChatTemplate(original, template_text(template_name), "files")
+    assert template.special_tokens == {
+        "bos_token": reference.special_tokens["bos_token"],
+        "eos_token": reference.special_tokens["eos_token"],
+    }
+    assert template.stop_ids == reference.stop_ids
+    for case in EXPECTED["templates"][template_name]["cases"]:
+        if "text" in case:
+            args = (case["messages"], case["add_generation_prompt"], NOW)
+            assert template.encode(*args) == reference.encode(*args)
