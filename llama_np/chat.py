@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from .chat_template import ChatTemplate
 from .errors import ArgumentError, LlamaNpError
-from .generate import GenerationStats, generate
+from .generate import GenerationStats, TextStream, generate
 from .kv_cache import KVCache
 from .model import Model
 from .tokenizers import Llama2cTokenizer, SentencePieceTokenizer
@@ -364,14 +364,17 @@ class Chat:
         self.tokens = tokens
         self.messages = messages
         self.turns += 1
-        reply = []
         try:
-            for piece in pieces:
-                reply.append(piece)
-                yield piece
+            yield from pieces
         finally:
             self.tokens += stats.tokens
-            self.messages.append({"role": "assistant", "content": "".join(reply)})
+            self.messages.append({"role": "assistant", "content": self._text(tokens, stats.tokens)})
+
+    def _text(self, prompt: list[int], reply: list[int]) -> str:
+        """A reply's text for the next rendering: as streamed, without special tokens (also
+        when `special=True` showed their names)."""
+        stream = TextStream(self.model.tokenizer, prompt[-1] == self.model.config.bos_id)
+        return "".join(stream.push(t) for t in reply) + stream.flush()
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

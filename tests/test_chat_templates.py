@@ -422,3 +422,23 @@ def test_a_gguf_tokenizer_runs_its_template_like_the_original_files(
         if "text" in case:
             args = (case["messages"], case["add_generation_prompt"], NOW)
             assert template.encode(*args) == reference.encode(*args)
+
+
+def test_special_shows_special_tokens_but_the_conversation_keeps_the_text(tokenizers):
+    llama3 = tokenizers["llama3"]
+    model = tiny_model(llama3)
+    llama3.chat_template = template_text("llama-3.1-instruct")
+    try:
+        chat = Chat(model)
+    finally:
+        llama3.chat_template = None
+    tag, eot = llama3.token_id("<|python_tag|>"), llama3.token_id("<|eot_id|>")
+    reply = [*llama3.encode("Hi", bos=False), tag, *llama3.encode(" there", bos=False), eot]
+    remove = scripted_replies(model, [reply])
+    try:
+        text = "".join(chat.send("Hello", 10, temperature=0.0, special=True))
+    finally:
+        remove()
+    assert text == "Hi<|python_tag|> there"
+    assert chat.messages[-1] == {"role": "assistant", "content": "Hi there"}
+    assert chat.tokens[-len(reply) + 1 :] == reply[:-1]
