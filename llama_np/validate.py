@@ -541,6 +541,11 @@ TOKENIZER_CONFIG = Obj(
     {
         "bos_token": _TOKEN_NAME,
         "eos_token": _TOKEN_NAME,
+        "unk_token": _TOKEN_NAME,
+        "pad_token": _TOKEN_NAME,
+        "additional_special_tokens": Opt(
+            Maybe(List(Either((Str(256), Obj({"content": Str(256)}))), max_len=1 << 16))
+        ),
         "add_bos_token": Opt(Maybe(Bool())),
         "chat_template": Opt(
             Maybe(
