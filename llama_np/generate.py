@@ -277,6 +277,15 @@ def _fit_context(
     return head + tokens[len(tokens) - keep + len(head) :]
 
 
+def decodable_ids(model: Model) -> int:
+    """How many ids generation may use: a model may have more embedding rows than its
+    tokenizer has tokens (padded to a round number); the ids past the tokenizer's cannot be
+    decoded, so they are never sampled (as llama.cpp masks them) nor taken in a prompt."""
+    if model.tokenizer is None:
+        return model.config.vocab_size
+    return min(model.config.vocab_size, model.tokenizer.vocab_size)
+
+
 def prompt_tokens(model: Model, prompt: str | Sequence[int]) -> list[int]:
     """A prompt's token ids (text is encoded with BOS), checked against the vocabulary.
 
@@ -297,7 +306,7 @@ def prompt_tokens(model: Model, prompt: str | Sequence[int]) -> list[int]:
             raise ArgumentError(f"prompt token ids must be integers, got {prompt!r:.80}") from None
     if not tokens:
         raise ArgumentError("the prompt has no tokens: pass text, or at least one id (e.g. BOS)")
-    V = min(model.config.vocab_size, tokenizer.vocab_size)  # ids past the tokenizer's: padding
+    V = decodable_ids(model)
     bad = [t for t in tokens if not 0 <= t < V]
     if bad:
         raise ArgumentError(f"prompt token id {bad[0]} is outside the vocabulary 0..{V - 1}")
@@ -325,9 +334,7 @@ def _loop(
     """
     B = len(prompts)
     rng = np.random.default_rng(seed)
-    # A model may have more embedding rows than its tokenizer has tokens (padded to a round
-    # number); ids past the tokenizer's are never sampled, as llama.cpp masks them.
-    decodable = min(model.tokenizer.vocab_size, model.config.vocab_size)
+    decodable = decodable_ids(model)  # ids past these (padding) are never sampled
     bos = model.config.bos_id
     streams = [TextStream(model.tokenizer, p[-1] == bos, special) for p in prompts]
     held = [""] * B  # text that might be the start of a stop string, not yet yielded
