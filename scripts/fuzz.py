@@ -83,7 +83,9 @@ def run_examples(strategy, feed, n: int, timeout: int) -> tuple[Counter, list[st
         except MemoryError:
             outcomes["BUDGET"] += 1
             failures.append(f"{example!r:.300}: over the address-space limit")
-        except Exception:  # the fuzzer's job: report any other exception, then go on
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:  # the fuzzer's job: report anything else (a Rust panic too)
             outcomes["OTHER EXCEPTION"] += 1
             failures.append(f"{example!r:.300}:\n{traceback.format_exc()}")
         finally:

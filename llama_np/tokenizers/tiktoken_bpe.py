@@ -76,21 +76,18 @@ class TiktokenTokenizer:
         self.special_tokens = dict(special_tokens)
         self.bos_id, self.eos_id, self.add_bos, self.add_eos = bos_id, eos_id, add_bos, add_eos
         self.ranks, self.pattern, self.merges = mergeable_ranks, pat_str, merges
-        self.encoding = tiktoken.Encoding(
-            name or "llama_np",
-            pat_str=pat_str,
-            mergeable_ranks=mergeable_ranks,
-            special_tokens=self.special_tokens,
-        )
+        _check_vocabulary(name, mergeable_ranks, self.special_tokens)
         ids = [*mergeable_ranks.values(), *special_tokens.values()]
         self.vocab_size = max(ids) + 1
-        # A table of vocab_size entries is made below (and by tiktoken): ids must be dense, or
-        # one id near 2**32 in a corrupt file would allocate gigabytes.
-        if self.vocab_size > 2 * len(ids) + 1024:
-            raise TokenizerError(
-                f"{name}: token id {self.vocab_size - 1:,} is far beyond the {len(ids):,} "
-                f"tokens of the vocabulary (ids must be numbered densely from 0); corrupt file"
+        try:
+            self.encoding = tiktoken.Encoding(
+                name or "llama_np",
+                pat_str=pat_str,
+                mergeable_ranks=mergeable_ranks,
+                special_tokens=self.special_tokens,
             )
+        except ValueError as e:  # the split regex does not compile
+            raise TokenizerError(f"{name}: the pre-tokenizer's split regex: {e}") from e
         # Most bytes one token covers (special tokens only with allow_special).
         self.max_token_bytes = max(map(len, mergeable_ranks))
         # What each id adds to the text: its bytes, or nothing (special tokens, unused ids);
@@ -153,6 +150,29 @@ class TiktokenTokenizer:
         `skip_special`."""
         table = self._bytes if skip_special else self._special_bytes
         return b"".join(table[i] for i in ids).decode("utf-8", errors="replace")
+
+
+def _check_vocabulary(name: str, ranks: dict[bytes, int], special: dict[str, int]) -> None:
+    """Refuse what tiktoken would panic on (a Rust panic, not an exception one can name) or
+    what would make the tables below huge: every id used once, every single byte a token
+    (byte-level BPE starts from bytes; tiktoken panics on a missing one), ids numbered
+    densely from 0 (one id near 2**32 would otherwise allocate gigabytes)."""
+    if not ranks:
+        raise TokenizerError(f"{name}: the vocabulary has no tokens")
+    ids = [*ranks.values(), *special.values()]
+    if len(set(ids)) != len(ids):
+        raise TokenizerError(f"{name}: two tokens share an id; the vocabulary is corrupt")
+    if max(ids) + 1 > 2 * len(ids) + 1024:
+        raise TokenizerError(
+            f"{name}: token id {max(ids):,} is far beyond the {len(ids):,} tokens of the "
+            f"vocabulary (ids must be numbered densely from 0); corrupt file"
+        )
+    missing = [b for b in range(256) if bytes([b]) not in ranks]
+    if missing:
+        raise TokenizerError(
+            f"{name}: byte 0x{missing[0]:02x} (and {len(missing) - 1} more) is not a token; "
+            f"a byte-level BPE vocabulary has all 256 single bytes"
+        )
 
 
 # tiktoken's split regex backtracks through a run of whitespace (or of anything else) and
