@@ -119,7 +119,7 @@ def parse_json(
     except _Invalid as e:
         raise error(f"{source}: not valid JSON: {e.expected}") from None
     except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
-        raise error(f"{source}: not valid JSON: {e}") from None
+        raise error(f"{source}: not valid JSON: {e}") from e  # --debug shows the parser's
 
 
 def json_depth(data: bytes) -> int:

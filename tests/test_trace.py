@@ -73,3 +73,25 @@ def test_trace_cli_without_matplotlib_still_writes_arrays(tmp_path, capsys, monk
 def test_trace_cli_bad_layers(tmp_path, capsys):
     assert main(["trace", "-p", PROMPT, "--layers", "7", "--out", str(tmp_path)]) == 1
     assert "--layers '7': indices must be in 0..4" in capsys.readouterr().err
+
+
+def test_ctrl_c_keeps_the_trace_so_far(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during `trace` saves the attention of the tokens that ran and exits 130."""
+    from llama_np.model import Model
+
+    decode, calls = Model.decode, []
+
+    def interrupted_at_third(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return decode(self, *args, **kwargs)
+
+    monkeypatch.setattr(Model, "decode", interrupted_at_third)
+    assert main(["trace", "-p", PROMPT, "-n", "10", "--out", str(tmp_path)]) == 130
+    out, err = capsys.readouterr()
+    assert "interrupted; attention.npz holds the tokens so far" in err
+    saved = np.load(tmp_path / "attention.npz")
+    n = len(saved["tokens"])
+    assert saved["probs"].shape[2] == n and n < int(saved["n_prompt"]) + 10
+    assert not list(tmp_path.glob("*.png"))

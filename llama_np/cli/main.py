@@ -529,6 +529,9 @@ def run_trace(args: argparse.Namespace) -> int:
     n_gen = len(trace.tokens) - trace.n_prompt
     print(f"{trace.n_prompt} prompt tokens, {n_gen} generated: {''.join(trace.pieces)!r}")
     print(f"wrote {save_npz(trace, out / 'attention.npz', heads)}")
+    if trace.interrupted:  # Ctrl-C: the arrays so far are saved; no pictures
+        print("llama-np: interrupted; attention.npz holds the tokens so far", file=sys.stderr)
+        return EXIT_INTERRUPTED
     try:
         import matplotlib  # noqa: F401  (optional: the `plot` extra)
     except ImportError:

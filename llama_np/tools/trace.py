@@ -35,6 +35,7 @@ class AttentionTrace:
     n_prompt: int  # rows 0..n_prompt-1 come from prefill, the rest from decode steps
     layers: list[int]  # model layer of each entry of probs' first axis
     bos_id: int
+    interrupted: bool = False  # Ctrl-C stopped the generation: the trace holds what ran
 
 
 def trace_attention(
@@ -48,15 +49,28 @@ def trace_attention(
 ) -> AttentionTrace:
     """Generate up to `max_new_tokens` after `prompt` (greedy by default), recording attention.
 
-    Every generated token is run through the model too, so each has its own row.
+    Every generated token is run through the model too, so each has its own row. Ctrl-C
+    ends the generation, not the trace: what ran so far is returned, with `interrupted` set
+    (a pass stopped midway leaves zero rows in the layers it had not reached).
     """
+    interrupted = False
     with AttentionRecorder(model, layers) as rec:
         # generate() samples its last token without running it; asking for one more token
         # runs each of the first max_new_tokens through decode, giving each its row.
-        for _ in generate(model, prompt, max_new_tokens + 1, temperature=temperature, seed=seed):
-            pass
+        pieces = generate(model, prompt, max_new_tokens + 1, temperature=temperature, seed=seed)
+        try:
+            for _ in pieces:
+                pass
+        except KeyboardInterrupt:
+            interrupted = True
     return AttentionTrace(
-        rec.probs(), rec.tokens, rec.pieces(), rec.n_prompt, rec.layers, model.config.bos_id
+        rec.probs(),
+        rec.tokens,
+        rec.pieces(),
+        rec.n_prompt,
+        rec.layers,
+        model.config.bos_id,
+        interrupted,
     )
 
 
