@@ -89,7 +89,7 @@ def test_ctrl_c_keeps_the_trace_so_far(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(Model, "decode", interrupted_at_third)
     assert main(["trace", "-p", PROMPT, "-n", "10", "--out", str(tmp_path)]) == 130
-    out, err = capsys.readouterr()
+    err = capsys.readouterr().err
     assert "interrupted; attention.npz holds the tokens so far" in err
     saved = np.load(tmp_path / "attention.npz")
     n = len(saved["tokens"])
