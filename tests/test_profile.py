@@ -108,3 +108,32 @@ def test_cli_without_matplotlib_still_writes_json(tmp_path, capsys, monkeypatch)
     assert main(["profile", "-n", "2", "--out", str(tmp_path)]) == 0
     assert "pip install -e '.[plot]'" in capsys.readouterr().err
     assert (tmp_path / "profile.json").exists() and not (tmp_path / "profile.png").exists()
+
+
+@pytest.mark.parametrize("at_call", [2, 5])
+def test_ctrl_c_keeps_the_profile_so_far(tmp_path, capsys, monkeypatch, at_call):
+    """Ctrl-C during `profile` (decode call 2: only the warm-up decode and prefill done)
+    writes the steps timed so far and exits 130."""
+    from llama_np.cli import main
+    from llama_np.model import Model
+    from llama_np.tools import machine
+
+    decode, calls = Model.decode, []
+
+    def interrupted(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == at_call:
+            raise KeyboardInterrupt
+        return decode(self, *args, **kwargs)
+
+    monkeypatch.setattr(Model, "decode", interrupted)
+    monkeypatch.setattr(machine, "peaks", lambda: machine.MachinePeaks(1e11, 1e10, "stub"))
+    assert main(["profile", "-n", "8", "--out", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    if at_call == 2:  # no decode step timed yet: nothing to report
+        assert "interrupted before the first decode step" in err
+        assert not (tmp_path / "profile.json").exists()
+        return
+    assert "interrupted; the profile holds the steps so far" in err
+    steps = json.loads((tmp_path / "profile.json").read_text())["steps"]
+    assert [s["phase"] for s in steps].count("decode") == at_call - 2

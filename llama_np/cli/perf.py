@@ -164,6 +164,9 @@ def run_profile(args: argparse.Namespace) -> int:
     prompt = model.tokenizer.encode(args.prompt, bos=True)
     peaks = machine.peaks()
     result = profile_generation(model, prompt, args.n_predict, peaks)
+    if result.interrupted and not any(s.phase == "decode" for s in result.steps):
+        print("llama-np: interrupted before the first decode step: no profile", file=sys.stderr)
+        return 130  # 128 + SIGINT
     print(f"prompt: {args.prompt!r} ({len(prompt)} tokens with BOS)")
     print(f"greedy continuation: {result.text!r}\n")
     print(format_profile(result))
@@ -179,4 +182,7 @@ def run_profile(args: argparse.Namespace) -> int:
             "matplotlib) to get profile.png",
             file=sys.stderr,
         )
+    if result.interrupted:
+        print("llama-np: interrupted; the profile holds the steps so far", file=sys.stderr)
+        return 130  # 128 + SIGINT
     return 0

@@ -57,6 +57,7 @@ class Profile:
     generated: list[int] = field(default_factory=list)
     text: str = ""
     steps: list[Step] = field(default_factory=list)
+    interrupted: bool = False  # Ctrl-C ended the run: the steps so far
 
     def phase(self, name: str) -> dict:
         """Totals of one phase: tokens, seconds, FLOPs, bytes, and rates against the peaks."""
@@ -134,7 +135,12 @@ def profile_generation(
         stop_ids=(),
         stats=stats,
     )
-    result.text = "".join(pieces)
+    text = []
+    try:
+        text.extend(pieces)
+    except KeyboardInterrupt:  # Ctrl-C ends the run, not the profile: keep the steps timed
+        result.interrupted = True
+    result.text = "".join(text)
     result.generated = stats.tokens[:n_decode]
     result.steps.append(_step("prefill", config, 0, len(prompt), stats.prefill_seconds))
     for i, seconds in enumerate(stats.step_seconds):
