@@ -101,10 +101,10 @@ def edited_json(draw, base) -> bytes:
         elif op == "bury":  # deeper than any real file, sometimes past the parser's limit
             for _ in range(draw(st.integers(1, 60))):
                 parent[key] = [parent[key]]
-        elif isinstance(parent[key], str):  # grow: a long string
-            parent[key] = parent[key] * draw(st.integers(100, 5000))
-        elif isinstance(parent[key], list):
-            parent[key] = parent[key] * draw(st.integers(2, 50))
+        elif isinstance(parent[key], str | list) and parent[key]:
+            # grow a string (to at most ~200k characters) or a list (~10k items)
+            cap = 200_000 if isinstance(parent[key], str) else 10_000
+            parent[key] = parent[key] * draw(st.integers(1, max(1, cap // len(parent[key]))))
     text = json.dumps(doc)
     if draw(st.integers(0, 9)) == 0 and text.startswith("{") and len(text) > 2:
         first_key = re.match(r'\{("(?:[^"\\]|\\.)*": [^,{}\[\]]*)[,}]', text)
