@@ -33,11 +33,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .chat_template import ChatTemplate
-from .errors import ArgumentError, LlamaNpError
+from .errors import ArgumentError, ContextLengthError, LlamaNpError
 from .generate import GenerationStats, TextStream, generate
 from .kv_cache import KVCache
 from .model import Model
 from .tokenizers import Llama2cTokenizer, SentencePieceTokenizer
+from .validate import check_text
 
 BUILTIN_FORMATS = ("llama3", "llama2", "zephyr", "chatml")
 CHAT_FORMATS = ("template", *BUILTIN_FORMATS)  # "template": the checkpoint's own
@@ -350,6 +351,13 @@ class Chat:
     ) -> Iterator[str]:
         """Add the user's message and stream the model's reply (sampling as in `generate`)."""
         stats = stats if stats is not None else GenerationStats()
+        # Before the (whole-conversation) tokenization: a message that cannot fit anyway.
+        at_least = self.model.tokenizer.min_tokens(check_text(user, "the message"))
+        if at_least > self.cache.max_seq_len:
+            raise ContextLengthError(
+                f"the message is at least {at_least:,} tokens, more than the chat's KV cache "
+                f"of {self.cache.max_seq_len} (-c/--ctx-size) holds; send a shorter one"
+            )
         messages = [*self.messages, {"role": "user", "content": user}]
         tokens = self.format.conversation(messages, self.tokens)
         # Keep the cached tokens the new conversation starts with (all of them, unless the

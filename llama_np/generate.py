@@ -240,8 +240,8 @@ def _fit_text(
     if not isinstance(prompt, str) or tokenizer is None:
         return prompt
     check_text(prompt, "the prompt")
-    min_tokens = getattr(tokenizer, "min_tokens", None)  # tokenizers without a bound: none
-    if min_tokens is None or min_tokens(prompt) + 1 <= room:  # + 1: BOS
+    min_tokens = tokenizer.min_tokens
+    if min_tokens(prompt) + 1 <= room:  # + 1: BOS
         return prompt
     if not truncate:
         raise ContextLengthError(

@@ -44,8 +44,15 @@ class Tokenizer(Protocol):
     adds_dummy_prefix: bool  # SentencePiece-style: a space is put before the text
     chat_template: str | None  # the checkpoint's (or GGUF file's) Jinja chat template, if any
     special_tokens: dict[str, int]  # name -> id: control tokens (<s>, <|eot_id|>, ...)
+    max_token_bytes: int | None  # most bytes of text one token covers (None: no bound)
 
     def encode(self, text: str, bos: bool = True, eos: bool = False) -> list[int]: ...
+
+    def min_tokens(self, text: str) -> int:
+        """A lower bound on len(encode(text, bos=False)), in linear time and without
+        tokenizing (0 when nothing bounds it): generation refuses, or cuts, a prompt that
+        cannot fit before it tokenizes it."""
+        ...
 
     def decode(self, ids: list[int], skip_special: bool = False) -> str:
         """The text of `ids`, special tokens shown by name unless skip_special."""
