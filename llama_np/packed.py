@@ -222,4 +222,19 @@ def pack(kind: str, w: np.ndarray, scratch: Scratch) -> np.ndarray | PackedRows:
         return PackedRows(kind, np.ascontiguousarray(w), None, scratch)
     if kind == "fp16" and w.dtype == np.float16:
         return PackedRows(kind, np.ascontiguousarray(w), None, scratch)
-    return PackedRows.from_float32(kind, to_float32(w), scratch)
+    # A block of rows at a time: a float32 copy of the whole matrix (and int8's temporaries,
+    # several times its size) would raise the peak memory of loading by more than the matrix.
+    N, K = w.shape
+    step = max(1, CHUNK_FLOATS // K)  # rows per block
+    packed = None
+    for start in range(0, N, step):
+        part = PackedRows.from_float32(kind, to_float32(w[start : start + step]), scratch)
+        if packed is None:  # the first block tells the storage dtype and the scales' shape
+            scales = part.scales
+            if scales is not None:
+                scales = np.empty((N, *scales.shape[1:]), dtype=np.float32)  # (N, K/G, 1)
+            packed = PackedRows(kind, np.empty((N, K), dtype=part.data.dtype), scales, scratch)
+        packed.data[start : start + step] = part.data
+        if scales is not None:
+            scales[start : start + step] = part.scales
+    return packed
