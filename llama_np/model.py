@@ -40,6 +40,7 @@ ATTENTION_CHUNK = 128
 # Loading converts checkpoint tensors this many rows at a time (16 float32 = one cache line of
 # each row of a transposed target), in this many threads, one layer each.
 CONVERT_ROWS = 16
+RELEASE_ROWS = 64 * CONVERT_ROWS  # converted rows whose file pages are dropped at once
 LOAD_THREADS = min(4, os.cpu_count() or 1)
 
 
@@ -181,6 +182,8 @@ class Model:
                         f"corrupt; re-download or re-export it"
                     )
                 target[start : start + CONVERT_ROWS] = block
+                if start % RELEASE_ROWS == 0:  # now and then, not at the end: a big tensor
+                    release_pages(source[: start + CONVERT_ROWS])  # is a lot of pages
             release_pages(tensors[name])
             report(1)
 
@@ -204,11 +207,9 @@ class Model:
                 for name, start, n in zip(names, np.cumsum([0, *rows]), rows, strict=False):
                     convert(name, out[:, start : start + n].T)
                 return out  # (in, out)
-            rows = np.concatenate([tensors[n] for n in names], axis=0)  # storage dtype kept
-            for name in names:
-                release_pages(tensors[name])
+            packed = pack(weights_dtype, [tensors[n] for n in names], scratch)
             report(len(names))
-            return pack(weights_dtype, rows, scratch).T
+            return packed.T
 
         def rows_kept(name: str) -> np.ndarray:
             # The exception to (in, out) storage: w_down, whose input (F) is wider than its
