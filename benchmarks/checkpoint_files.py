@@ -4,7 +4,7 @@ Loading is measured from real files, in the formats people download: a Hugging F
 (config.json + model.safetensors, bf16 like the Hub's TinyLlama and SmolLM2), a llama2.c .bin
 (float32), and GGUF (F32; llama.cpp's llama-quantize makes Q8_0 / Q4_K_M from it). Each tensor
 is generated, written and dropped in turn, so writing a 1.1B model needs one tensor of memory.
-The values are N(0, 0.02²) (norms 1), so the model runs like a real one of its shape.
+Values are uniform with standard deviation 0.02 (norms 1): it runs like a real model.
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ def random_tensors(config: LlamaConfig, seed: int = 0) -> Iterator[tuple[str, np
         if name.endswith("norm.weight"):
             yield name, np.ones(shape, dtype=np.float32)
         else:
-            array = rng.standard_normal(shape, dtype=np.float32)  # (out, in)
-            array *= np.float32(0.02)
+            array = rng.random(shape, dtype=np.float32)  # (out, in), uniform: fast to draw
+            array -= np.float32(0.5)
+            array *= np.float32(0.02 * 12**0.5)  # standard deviation 0.02
             yield name, array
 
 
