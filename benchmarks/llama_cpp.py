@@ -14,8 +14,9 @@ the Q8_0 and Q4_K_M files from it. Files are kept in a cache directory between r
 from __future__ import annotations
 
 import json
-import os
 import subprocess
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -120,11 +121,23 @@ def bench(bin_dir: Path, model: Path, n_prompt: int, n_gen: int, repeats: int) -
 
 
 def _measured(cmd: list[str]) -> tuple[str, int]:
-    """Run a command; -> (stdout, its own peak RSS in bytes, from wait4's rusage)."""
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    out = p.stdout.read()
-    _, status, usage = os.wait4(p.pid, 0)
-    p.returncode = os.waitstatus_to_exitcode(status)
-    if p.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} exited with {p.returncode}")
-    return out, usage.ru_maxrss * 1024  # Linux reports KiB
+    """Run a command; -> (stdout, its peak RSS in bytes).
+
+    The peak is the child's VmHWM, read from /proc while it runs: wait4's ru_maxrss would
+    report this Python process's size instead, which a forked child inherits through exec.
+    """
+    with tempfile.TemporaryFile("w+") as out:
+        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.DEVNULL, text=True)
+        status, peak = Path(f"/proc/{p.pid}/status"), 0
+        while p.poll() is None:
+            try:
+                for line in status.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        peak = max(peak, int(line.split()[1]) * 1024)
+            except (FileNotFoundError, ProcessLookupError):  # it has just exited
+                break
+            time.sleep(0.02)
+        if p.wait():
+            raise RuntimeError(f"{' '.join(cmd)} exited with {p.returncode}")
+        out.seek(0)
+        return out.read(), peak

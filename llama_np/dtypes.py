@@ -49,7 +49,12 @@ def release_pages(array: np.ndarray) -> None:
     if base is None or base.closed or not hasattr(mmap, "MADV_DONTNEED"):
         return
     map_start = np.frombuffer(base, dtype=np.uint8).ctypes.data
-    low, high = np.lib.array_utils.byte_bounds(array)
+    low = high = array.ctypes.data  # the first and one past the last byte it spans
+    for n, stride in zip(array.shape, array.strides, strict=True):
+        (low, high) = (
+            (low + stride * (n - 1), high) if stride < 0 else (low, high + stride * (n - 1))
+        )
+    high += array.itemsize
     page = mmap.PAGESIZE
     start = (low - map_start) // page * page  # whole pages, rounded outwards
     stop = min(len(base), -(-(high - map_start) // page) * page)
