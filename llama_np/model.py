@@ -265,7 +265,6 @@ class Model:
                 embedding = f32("tok_embeddings.weight")  # (V, D)
         else:
             embedding = pack(weights_dtype, tensors["tok_embeddings.weight"], scratch)
-            release_pages(tensors["tok_embeddings.weight"])  # used in place: read back as used
             report(1)
             classifier = embedding.T if config.tie_embeddings else fused("output.weight")
         weights = Weights(embedding, layers, f32("norm.weight"), classifier)
