@@ -246,5 +246,8 @@ def pack(
             if scales is not None:
                 scales[row:stop] = block.scales
             row = stop
-            release_pages(source[start : start + step])  # memory-mapped? see release_pages
+            # Memory-mapped? Drop the pages read (see release_pages), the previous block's too:
+            # touching a page maps its in-cache neighbours as well (Linux's fault-around).
+            release_pages(source[max(0, start - step) : start + step])
+        release_pages(source)
     return packed
