@@ -9,7 +9,10 @@ prefill tokens/s (256- and 1024-token prompts where the context allows) and deco
 (prompt excluded), as the median and min/max over several runs, each next to its roofline
 bound: decode cannot beat bandwidth / bytes read per token, prefill cannot beat sgemm FLOP/s /
 FLOPs per token. Models are random weights of known shapes (registry.py), except stories260K,
-the real bundled checkpoint. Writes benchmarks/results/latest.json and latest.md.
+the real bundled checkpoint. Then, each in a fresh process: load time and peak RSS from a bf16
+safetensors file (beside transformers'), the first prefill against warm ones (time to first
+token), decode with each kernel layer (--kernels), and llama.cpp on F32/Q8_0/Q4_K_M GGUFs
+(--llama-cpp DIR or $LLAMA_CPP_BIN). Writes benchmarks/results/latest.json and latest.md.
 """
 
 from __future__ import annotations
