@@ -1,6 +1,7 @@
 """Benchmark llama_np against this machine's limits (and HF transformers, when installed).
 
-    python benchmarks/run.py                 # full run: ~10-20 minutes on 2 cores
+    python benchmarks/run.py                 # full run: ~20 minutes on 2 cores (quiet)
+    LLAMA_CPP_BIN=DIR python benchmarks/run.py   # + llama.cpp (llama-bench, llama-quantize in DIR)
     python benchmarks/run.py --quick         # fewer repetitions, no 8B model
     python benchmarks/run.py --models stories15M,stories110M --batch-sizes 1,4
 
@@ -284,7 +285,9 @@ def hf_benchmark(config: LlamaConfig, prompt_lengths, n_steps: int, repeats: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", default=DEFAULT_MODELS, help=f"default: {DEFAULT_MODELS}")
     parser.add_argument("--quick", action="store_true", help="2 repeats, few steps, no 8B model")
     parser.add_argument("--repeats", type=int, default=None, help="runs per figure (default 5)")
