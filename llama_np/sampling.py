@@ -45,9 +45,11 @@ class SamplingParams:
             raise ArgumentError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
         if not 0 <= self.min_p <= 1:
             raise ArgumentError(f"min_p must be in [0, 1] (0 = off), got {self.min_p}")
-        if not self.repetition_penalty > 0:
+        # logits × or / the penalty must stay finite in float32, as for the temperature
+        if not MIN_TEMPERATURE <= self.repetition_penalty <= 1 / MIN_TEMPERATURE:
             raise ArgumentError(
-                f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}"
+                f"repetition_penalty must be > 0 (1 = off) and in [{MIN_TEMPERATURE:g}, "
+                f"{1 / MIN_TEMPERATURE:g}], got {self.repetition_penalty}"
             )
         if self.repeat_last_n < 0:
             raise ArgumentError(f"repeat_last_n must be >= 0, got {self.repeat_last_n}")

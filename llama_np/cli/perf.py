@@ -147,8 +147,7 @@ def _hardware(args: argparse.Namespace) -> hardware.Hardware | None:
     if custom:
         if args.flops is None or args.bandwidth is None:
             raise ArgumentError("--flops and --bandwidth go together: give both")
-        mem = None if args.device_memory is None else int(args.device_memory)
-        return hardware.custom_hardware(args.flops, args.bandwidth, mem)
+        return hardware.custom_hardware(args.flops, args.bandwidth, args.device_memory)
     if args.device_memory is not None:
         raise ArgumentError("--device-memory goes with --flops and --bandwidth")
     return hardware.get_hardware(args.hardware) if args.hardware else None

@@ -8,6 +8,7 @@ A roofline says a phase can go no faster than its FLOPs ÷ peak FLOP/s (compute)
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -89,12 +90,16 @@ def get_hardware(name: str) -> Hardware:
     raise ArgumentError(f"unknown hardware {name!r}; known: {', '.join(NAMES)}")
 
 
-def custom_hardware(flops: float, bandwidth: float, memory_bytes: int | None = None) -> Hardware:
+def custom_hardware(flops: float, bandwidth: float, memory_bytes: float | None = None) -> Hardware:
     """Hardware from figures given by the user (FLOP/s, bytes/s, bytes)."""
-    if not (flops > 0 and bandwidth > 0):
+    # Finite and at least 1: the estimates divide by them (inf or 1e-45 would give 0 s or inf).
+    if not (1 <= flops < math.inf and 1 <= bandwidth < math.inf):
         raise ArgumentError(
-            f"--flops and --bandwidth must both be > 0, got {flops} and {bandwidth}"
+            f"--flops and --bandwidth must both be finite numbers >= 1, got {flops} and {bandwidth}"
         )
-    if memory_bytes is not None and memory_bytes <= 0:
-        raise ArgumentError(f"--device-memory must be > 0 bytes, got {memory_bytes}")
-    return Hardware("custom", flops, bandwidth, memory_bytes, "custom figures")
+    if memory_bytes is not None and not 1 <= memory_bytes < math.inf:
+        raise ArgumentError(
+            f"--device-memory must be a finite number of bytes >= 1, got {memory_bytes}"
+        )
+    memory = None if memory_bytes is None else int(memory_bytes)
+    return Hardware("custom", flops, bandwidth, memory, "custom figures")
