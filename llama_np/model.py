@@ -35,7 +35,7 @@ from .layers import (
     swiglu,
 )
 from .limits import check_kv_cache_fits
-from .packed import Scratch, check_weights_dtype, pack
+from .packed import Scratch, check_weights_dtype, pack, pack_stacked
 
 # Prompts longer than this run attention in blocks of this many queries (layers.py).
 ATTENTION_CHUNK = 128
@@ -110,12 +110,17 @@ class Model:
         """Build a model from checkpoint tensors named as in `tensor_names` ((out, in) shapes).
 
         Tensors may be float32, float16 or bfloat16 (dtypes.BFLOAT16), e.g. memory-mapped from
-        the file. Checks every name and shape, converts to float32, fuses q/k/v and gate/up.
-        `weights_dtype` "bf16", "fp16" or "int8" keeps the matrices compressed instead and
-        widens them piece by piece as they are used (see weight_formats.py); norms stay fp32.
+        the file, or GGUF block matrices (quants.QuantizedTensor). Checks every name and shape,
+        converts to float32, fuses q/k/v and gate/up. `weights_dtype` "bf16", "fp16" or "int8"
+        keeps the matrices compressed instead, "stored" keeps each as the file stores it, and
+        both widen them piece by piece as they are used (see packed.py); norms stay fp32.
         `progress(tensors_done, n_tensors)`, if given, is called after each tensor is converted.
         """
         check_weights_dtype(weights_dtype)
+        if weights_dtype == "stored" and all(
+            isinstance(t, np.ndarray) and t.dtype == np.float32 for t in tensors.values()
+        ):
+            weights_dtype = "fp32"  # stored as float32: the fastest layout
         expected = tensor_names(config)
         missing = [n for n in expected if n not in tensors]
         extra = [n for n in tensors if n not in expected]
@@ -168,9 +173,8 @@ class Model:
                 for name, start, n in zip(names, np.cumsum([0, *rows]), rows, strict=False):
                     out[:, start : start + n] = f32(name).T  # one tensor at a time: no temp
                 return out  # (in, out)
-            rows = np.concatenate([tensors[n] for n in names], axis=0)  # storage dtype kept
             report(len(names))
-            return pack(weights_dtype, rows, scratch).T
+            return pack_stacked(weights_dtype, [tensors[n] for n in names], scratch).T
 
         def rows_kept(name: str) -> np.ndarray:
             # The exception to (in, out) storage: w_down, whose input (F) is wider than its

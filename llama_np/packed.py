@@ -12,6 +12,12 @@ scratch buffer, and each piece is multiplied right away, while it is still in th
     fp16  IEEE half precision: NumPy's cast (exact, but slower than the bf16 shift)
     int8  Q8_0-style: each run of GROUP_SIZE weights along a row shares one float32 scale,
           w ≈ scale * q with q in -127..127 and scale = max|w| / 127 of the group
+    stored  each matrix as the checkpoint stores it: a GGUF's Q4_K, Q6_K, Q8_0, ... blocks
+          (quants.py widens them), F16/BF16 as fp16/bf16, F32 as plain float32
+
+A GGUF's fused matrices may mix block types (a Q4_K_M file stores wv in Q6_K and wq, wk in
+Q4_K): `StackedRows` stacks such parts along the rows, and widens each piece from the part
+that holds it.
 
 A `PackedRows` holds an (N, K) matrix as rows, like an embedding table; its `.T` is the (K, N)
 matrix that activations multiply, `x @ packed.T`, exactly as the fp32 path does with a
@@ -28,8 +34,9 @@ import numpy as np
 
 from .dtypes import BFLOAT16, bfloat16_from_float32, to_float32
 from .errors import ArgumentError
+from .quants import QUANT_TYPES, QuantizedTensor, dequantize_rows
 
-WEIGHT_DTYPES = ("fp32", "bf16", "fp16", "int8")
+WEIGHT_DTYPES = ("fp32", "bf16", "fp16", "int8", "stored")
 GROUP_SIZE = 32  # int8 weights per scale, as llama.cpp's Q8_0
 # Floats widened per piece: 1 MiB of float32, small enough to stay in the L2 cache between
 # being written and being multiplied.
@@ -76,16 +83,24 @@ def _widen_pool() -> ThreadPoolExecutor:
 
 
 class PackedRows:
-    """An (N, K) matrix stored as bf16, fp16 or int8 rows; rows widen to float32 on demand."""
+    """An (N, K) matrix stored as bf16, fp16, int8 or ggml-block rows; rows widen to float32
+    on demand."""
 
     # Makes `ndarray @ packed.T` call our __rmatmul__ instead of converting us to an array.
     __array_ufunc__ = None
 
     def __init__(self, kind: str, data: np.ndarray, scales: np.ndarray | None, scratch: Scratch):
-        self.kind = kind  # "bf16" | "fp16" | "int8"
-        self.data = data  # (N, K) BFLOAT16, float16 or int8
+        self.kind = kind  # "bf16" | "fp16" | "int8" | "fp32" | a quants.QUANT_TYPES name
+        # (N, K) BFLOAT16, float16, int8 or float32; for block types (N, row_bytes) uint8
+        self.data = data
         self.scales = scales  # (N, K / group, 1) float32 for int8, else None
         self.scratch = scratch
+        N, row = data.shape
+        if kind in QUANT_TYPES:
+            qtype = QUANT_TYPES[kind]
+            self.shape = (N, row // qtype.block_bytes * qtype.block_weights)
+        else:
+            self.shape = (N, row)
 
     @classmethod
     def from_float32(cls, kind: str, w: np.ndarray, scratch: Scratch) -> PackedRows:
@@ -101,10 +116,6 @@ class PackedRows:
         safe = np.where(scales > 0, scales, np.float32(1))
         q = np.rint(groups / safe).astype(np.int8).reshape(N, K)  # (N, K)
         return cls(kind, q, scales.astype(np.float32), scratch)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.data.shape
 
     @property
     def nbytes(self) -> int:
@@ -131,12 +142,47 @@ def _widen(kind: str, rows: np.ndarray, scales: np.ndarray | None, out: np.ndarr
     """Compressed rows (n, K) -> float32, written into out (n, K)."""
     if kind == "bf16":  # bf16 bits are the high half of the float32 bits
         np.left_shift(rows.view(np.uint16), 16, out=out.view(np.uint32), dtype=np.uint32)
-    elif kind == "fp16":
+    elif kind in ("fp16", "fp32"):
         np.copyto(out, rows)
-    else:  # int8 × its group's scale: one multiply over (rows, groups, GROUP_SIZE)
+    elif kind == "int8":  # int8 × its group's scale: one multiply over (rows, groups, GROUP_SIZE)
         n, n_groups = rows.shape[0], scales.shape[1]
         np.multiply(rows.reshape(n, n_groups, -1), scales, out=out.reshape(n, n_groups, -1))
+    else:  # ggml blocks (Q4_K, Q8_0, ...)
+        dequantize_rows(kind, rows, out)
     return out
+
+
+class StackedRows:
+    """Packed (n_i, K) matrices stacked along the rows into one (sum n_i, K) matrix.
+
+    For fused matrices whose parts are stored in different kinds (q/k in Q4_K, v in Q6_K):
+    `widen` fills each part's slice of the output from that part, so nothing is widened
+    whole and `x @ stacked.T` works as for one PackedRows.
+    """
+
+    __array_ufunc__ = None
+
+    def __init__(self, parts: list[PackedRows]) -> None:
+        self.parts = parts
+        self.starts = np.cumsum([0, *(p.shape[0] for p in parts)]).tolist()  # first row of each
+        self.shape = (self.starts[-1], parts[0].shape[1])
+        self.scratch = parts[0].scratch
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in self.parts)
+
+    @property
+    def T(self) -> PackedTransposed:
+        return PackedTransposed(self)
+
+    def widen(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        """Rows start..stop-1 as float32, written into `out` (stop-start, K)."""
+        for part, first in zip(self.parts, self.starts, strict=False):
+            lo, hi = max(start, first), min(stop, first + part.shape[0])
+            if lo < hi:  # this part holds rows lo..hi-1 of the piece
+                part.widen(lo - first, hi - first, out[lo - start : hi - start])
+        return out
 
 
 class PackedTransposed:
@@ -144,7 +190,7 @@ class PackedTransposed:
 
     __array_ufunc__ = None
 
-    def __init__(self, packed: PackedRows) -> None:
+    def __init__(self, packed: PackedRows | StackedRows) -> None:
         self.packed = packed
         self.shape = packed.shape[::-1]
 
@@ -173,12 +219,25 @@ class PackedTransposed:
         return out
 
 
-def pack(kind: str, w: np.ndarray, scratch: Scratch) -> np.ndarray | PackedRows:
-    """Store an (N, K) float32 or bf16/fp16 checkpoint matrix as `kind`.
+def stored_kind(w: np.ndarray | QuantizedTensor) -> str:
+    """The packed kind that keeps a checkpoint tensor exactly as stored."""
+    if isinstance(w, QuantizedTensor):
+        return w.type_name
+    if w.dtype == BFLOAT16:
+        return "bf16"
+    return "fp16" if w.dtype == np.float16 else "fp32"
 
-    fp32 stays a plain float32 array; bf16/fp16 tensors already in that dtype are kept as they
-    are (no float32 copy of the whole matrix is made).
+
+def pack(kind: str, w: np.ndarray | QuantizedTensor, scratch: Scratch) -> np.ndarray | PackedRows:
+    """Store an (N, K) float32, bf16/fp16 or ggml-block checkpoint matrix as `kind`.
+
+    fp32 stays a plain float32 array; tensors already in the target dtype (always, for
+    "stored") are kept as they are (no float32 copy of the whole matrix is made).
     """
+    if kind == "stored":
+        kind = stored_kind(w)
+        if kind in QUANT_TYPES:
+            return PackedRows(kind, np.ascontiguousarray(w.raw), None, scratch)
     if kind == "fp32":
         return to_float32(w)
     if kind == "bf16" and w.dtype == BFLOAT16:
@@ -186,3 +245,32 @@ def pack(kind: str, w: np.ndarray, scratch: Scratch) -> np.ndarray | PackedRows:
     if kind == "fp16" and w.dtype == np.float16:
         return PackedRows(kind, np.ascontiguousarray(w), None, scratch)
     return PackedRows.from_float32(kind, to_float32(w), scratch)
+
+
+def pack_stacked(
+    kind: str, parts: list[np.ndarray | QuantizedTensor], scratch: Scratch
+) -> PackedRows | StackedRows:
+    """(n_i, K) checkpoint matrices stacked along the rows and packed as `kind` (not fp32).
+
+    Neighbouring parts of one stored kind are concatenated into one PackedRows; a mix of
+    kinds (only with "stored") becomes a StackedRows of them.
+    """
+    if kind != "stored":
+        if all(isinstance(p, np.ndarray) and p.dtype == parts[0].dtype for p in parts):
+            return pack(kind, np.concatenate(parts, axis=0), scratch)  # storage dtype kept
+        return pack(kind, np.concatenate([to_float32(p) for p in parts], axis=0), scratch)
+    groups: list[tuple[str, list]] = []  # (kind, parts) runs of one stored kind
+    for p in parts:
+        if groups and groups[-1][0] == stored_kind(p):
+            groups[-1][1].append(p)
+        else:
+            groups.append((stored_kind(p), [p]))
+    packed = []
+    for group_kind, group in groups:
+        if group_kind in QUANT_TYPES:
+            raw = np.concatenate([p.raw for p in group], axis=0)  # (n, row_bytes)
+            packed.append(PackedRows(group_kind, raw, None, scratch))
+        else:
+            data = np.concatenate(group, axis=0)  # (n, K) in the stored dtype
+            packed.append(PackedRows(group_kind, data, None, scratch))
+    return packed[0] if len(packed) == 1 else StackedRows(packed)

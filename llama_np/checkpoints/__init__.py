@@ -3,6 +3,7 @@
 Formats, by what `load(path)` finds:
     directory with config.json                    Hugging Face (hf.py, safetensors.py)
     directory with params.json + consolidated.*.pth   Meta's original download (meta.py, pth.py)
+    a .gguf file, or a directory holding one      GGUF, llama.cpp's format (gguf.py)
     a .bin file, or a directory holding one       llama2.c (llama2c.py)
 Every loader returns tensors under Meta's names (see model.tensor_names), in their file dtype;
 `Model.from_tensors` converts them to float32 one at a time.
@@ -20,6 +21,7 @@ from ..limits import check_model_fits
 from ..model import Model
 from ..packed import check_weights_dtype
 from ..tokenizers import find_tokenizer, load_tokenizer
+from .gguf import gguf_file, is_gguf, load_gguf, stored_bytes
 from .hf import load_hf, read_hf_config
 from .llama2c import load_llama2c, read_header
 from .meta import load_meta
@@ -33,33 +35,47 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "weights" / "stories2
 def load(
     path: str | Path = DEFAULT_CHECKPOINT,
     tokenizer: str | Path | None = None,
-    weights_dtype: str = "fp32",
+    weights_dtype: str | None = None,
 ) -> Model:
     """Load a checkpoint and its tokenizer.
 
     `path` is a Hugging Face model directory (config.json + safetensors), a Meta download
-    (params.json + consolidated.*.pth), or a llama2.c `.bin` file or a directory holding one.
-    The tokenizer is taken from `tokenizer` if given, else from the checkpoint's directory.
-    `weights_dtype` "bf16", "fp16" or "int8" keeps the weight matrices compressed in memory
-    (smaller, slower: see weight_formats.py); the default "fp32" converts them once.
+    (params.json + consolidated.*.pth), a GGUF file, or a llama2.c `.bin` file (either alone
+    or in a directory). The tokenizer is taken from `tokenizer` if given, else from the
+    checkpoint's directory. `weights_dtype` "bf16", "fp16" or "int8" keeps the weight matrices
+    compressed in memory (smaller, slower: see packed.py), "stored" keeps them as the file
+    stores them (a GGUF's quantized blocks), "fp32" converts them once. The default (None) is
+    "stored" for GGUF files and "fp32" for the others.
     """
-    check_weights_dtype(weights_dtype)  # before any reading
+    if weights_dtype is not None:
+        check_weights_dtype(weights_dtype)  # before any reading
     path = Path(path)
     if not path.exists():
         raise CheckpointError(
             f"{path}: no such file or directory; pass a checkpoint file or a directory holding one"
         )
+    weights_nbytes = None  # known only for a GGUF kept as stored
     if path.is_dir() and (path / "config.json").exists():
         config, tensors = load_hf(path)
         directory, exclude = path, None
     elif path.is_dir() and (path / "params.json").exists():
         config, tensors = load_meta(path)
         directory, exclude = path, None
+    elif is_gguf(path):
+        path = gguf_file(path)
+        config, tensors, _metadata, _ = load_gguf(path)
+        directory, exclude = path.parent, path
+        weights_dtype = weights_dtype or "stored"
+        if weights_dtype == "stored":
+            weights_nbytes = stored_bytes(tensors)
+        # The tokenizer stored in the GGUF (_metadata's tokenizer.ggml.* keys) is read by
+        # tokenizers/gguf.py when it lands; until then a tokenizer file beside the GGUF is used.
     else:
         path = _llama2c_file(path)
         config, tensors = load_llama2c(path)
         directory, exclude = path.parent, path
-    check_model_fits(config, str(path), weights_dtype)
+    weights_dtype = weights_dtype or "fp32"
+    check_model_fits(config, str(path), weights_dtype, weights_nbytes)
     tokenizer_path = Path(tokenizer) if tokenizer else find_tokenizer(directory, exclude=exclude)
     tok = load_tokenizer(tokenizer_path, config.vocab_size) if tokenizer_path else None
     progress = _Progress(config.name or path.name)
@@ -77,6 +93,8 @@ def read_config(path: str | Path) -> LlamaConfig:
         # Llama 2's params.json has vocab_size -1: the embedding's shape says it. The tensors
         # are memory-mapped, so this reads the pickle but not the weights.
         return load_meta(path)[0]
+    if is_gguf(path):
+        return load_gguf(gguf_file(path))[0]  # memory-mapped: reads the header only
     return read_header(_llama2c_file(path))[1]
 
 
@@ -87,19 +105,14 @@ def _llama2c_file(path: Path) -> Path:
             found = ", ".join(p.name for p in bins) or "none"
             raise CheckpointError(
                 f"{path}: not a checkpoint directory: looked for config.json (Hugging Face), "
-                f"params.json + consolidated.*.pth (Meta) or exactly one llama2.c .bin "
-                f"(not tok*.bin); found .bin files: {found}"
+                f"params.json + consolidated.*.pth (Meta), exactly one .gguf or exactly one "
+                f"llama2.c .bin (not tok*.bin); found .bin files: {found}"
             )
         path = bins[0]
-    if path.suffix == ".gguf":
-        raise CheckpointError(
-            f"{path}: GGUF (llama.cpp's format) is not supported; use the model's original "
-            f"checkpoint (a Hugging Face directory, a Meta download or a llama2.c .bin)"
-        )
     if path.suffix != ".bin":
         raise CheckpointError(
             f"{path}: unknown checkpoint format {path.suffix or '(no suffix)'!r}: expected a "
-            f"llama2.c .bin file, or a directory "
+            f"GGUF file (.gguf), a llama2.c .bin file, or a directory "
             f"with config.json (Hugging Face) or params.json + consolidated.*.pth (Meta)"
         )
     return path

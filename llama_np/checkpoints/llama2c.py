@@ -90,8 +90,8 @@ def _refuse_other_formats(path: Path, head: bytes) -> None:
     """Name the format of a file that is clearly not llama2.c, instead of misreading it."""
     if head[:4] == b"GGUF":
         raise CheckpointError(
-            f"{path}: this is a GGUF file: GGUF (llama.cpp's format) is not supported; use the "
-            f"model's original checkpoint (a llama2.c .bin)"
+            f"{path}: this is a GGUF file (llama.cpp's format), not a llama2.c .bin; load it "
+            f"with llama_np.load / -m, which reads GGUF"
         )
     if head[:4] == b"PK\x03\x04":
         raise CheckpointError(
