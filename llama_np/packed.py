@@ -50,6 +50,24 @@ def int8_group_size(k: int) -> int:
     return max(g for g in range(1, 65) if k % g == 0)
 
 
+def matrix_nbytes(weights_dtype: str, n: int, k: int) -> int:
+    """Bytes an (n, k) matrix takes in memory stored as `weights_dtype`.
+
+    The one source of truth for bytes per weight: PackedRows allocates exactly this, and the
+    memory check and `llama-np memory` count with it. int8 is n*k int8 values plus one
+    float32 scale per group: 36 bytes per 32 weights (llama.cpp's Q8_0 uses a 2-byte scale: 34).
+    A ggml block type (a GGUF's "Q4_K", ...) takes its blocks' bytes (quants.QUANT_TYPES);
+    "stored" depends on the file, whose loader counts its tensors instead.
+    """
+    if weights_dtype in QUANT_TYPES:
+        return n * QUANT_TYPES[weights_dtype].row_bytes(k)
+    if check_weights_dtype(weights_dtype) == "stored":
+        raise ArgumentError("the bytes of weights kept as stored are counted from the file")
+    if weights_dtype == "int8":
+        return n * k + 4 * n * (k // int8_group_size(k))
+    return n * k * (4 if weights_dtype == "fp32" else 2)
+
+
 def check_weights_dtype(weights_dtype: str) -> str:
     if weights_dtype not in WEIGHT_DTYPES:
         raise ArgumentError(
@@ -125,6 +143,9 @@ class PackedRows:
     def T(self) -> PackedTransposed:
         return PackedTransposed(self)
 
+    def all_finite(self) -> bool:
+        return _all_finite(self)
+
     def widen(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
         """Rows start..stop-1 as float32, written into `out` (stop-start, K)."""
         scales = None if self.scales is None else self.scales[start:stop]
@@ -152,6 +173,18 @@ def _widen(kind: str, rows: np.ndarray, scales: np.ndarray | None, out: np.ndarr
     return out
 
 
+def _all_finite(packed: PackedRows | StackedRows) -> bool:
+    """Whether every weight is finite, widened piece by piece (never the whole matrix)."""
+    N, K = packed.shape
+    step = max(1, CHUNK_FLOATS // K)
+    return all(
+        np.isfinite(
+            packed.widen(i, min(N, i + step), packed.scratch.rows(min(step, N - i), K))
+        ).all()
+        for i in range(0, N, step)
+    )
+
+
 class StackedRows:
     """Packed (n_i, K) matrices stacked along the rows into one (sum n_i, K) matrix.
 
@@ -176,6 +209,9 @@ class StackedRows:
     def T(self) -> PackedTransposed:
         return PackedTransposed(self)
 
+    def all_finite(self) -> bool:
+        return _all_finite(self)
+
     def widen(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
         """Rows start..stop-1 as float32, written into `out` (stop-start, K)."""
         for part, first in zip(self.parts, self.starts, strict=False):
@@ -198,6 +234,9 @@ class PackedTransposed:
     def nbytes(self) -> int:
         return self.packed.nbytes
 
+    def all_finite(self) -> bool:
+        return self.packed.all_finite()
+
     def __rmatmul__(self, x: np.ndarray) -> np.ndarray:
         """x (..., K) @ (K, N) -> (..., N) float32."""
         N, K = self.packed.shape
@@ -217,6 +256,16 @@ class PackedTransposed:
             for start in range(0, N, step):
                 piece(start)
         return out
+
+
+# A weight matrix as the model holds it: a float32 array, or a compressed one that
+# multiplies like an array (`x @ w`) and knows its `shape`, `nbytes` and `all_finite()`.
+Matrix = np.ndarray | PackedRows | StackedRows | PackedTransposed
+
+
+def all_finite(w: Matrix) -> bool:
+    """Whether every weight of `w` is finite, whatever its storage."""
+    return bool(np.isfinite(w).all()) if isinstance(w, np.ndarray) else w.all_finite()
 
 
 def stored_kind(w: np.ndarray | QuantizedTensor) -> str:

@@ -45,8 +45,8 @@ import numpy as np
 from ..config import LlamaConfig, RopeScaling
 from ..dtypes import BFLOAT16
 from ..errors import CheckpointError, ConfigError
-from ..model import tensor_names
 from ..quants import BY_TYPE_ID, QUANT_TYPES, QuantizedTensor
+from ..schema import tensor_names
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
