@@ -67,9 +67,12 @@ def _nibbles(q: np.ndarray) -> np.ndarray:
     return np.stack([q & 0x0F, q >> 4], axis=1)
 
 
-def _bits(q: np.ndarray) -> np.ndarray:
-    """Bytes (n, m) -> every bit, least significant first.   -> (n, m, 8) uint8"""
-    return np.unpackbits(q, axis=1, bitorder="little").reshape(q.shape[0], q.shape[1], 8)
+_BIT_SHIFTS = np.arange(8, dtype=np.uint8)[:, None]  # (8, 1)
+
+
+def _bit_planes(q: np.ndarray) -> np.ndarray:
+    """Bytes (n, m) -> bit b of every byte, as plane b.   -> (n, 8, m) uint8"""
+    return (q[:, None, :] >> _BIT_SHIFTS) & 1
 
 
 _SHIFTS_2BIT = np.array([0, 2, 4, 6], dtype=np.uint8)[:, None]  # (4, 1)
@@ -104,7 +107,8 @@ def _dequant_q8_0(blocks: np.ndarray, out: np.ndarray) -> None:
 
 
 def _dequant_q4_0(blocks: np.ndarray, out: np.ndarray) -> None:
-    q = _nibbles(blocks[:, 2:]).reshape(-1, 32).astype(np.float32) - 8  # (n, 32)
+    q = _nibbles(blocks[:, 2:]).reshape(-1, 32).view(np.int8)  # (n, 32)
+    q -= 8  # in int8: cheaper than a float32 pass
     np.multiply(q, _f16(blocks, 0), out=out)
 
 
@@ -121,7 +125,8 @@ def _q5(blocks: np.ndarray, qh_at: int) -> np.ndarray:
 
 
 def _dequant_q5_0(blocks: np.ndarray, out: np.ndarray) -> None:
-    q = _q5(blocks, 2).astype(np.float32) - 16  # (n, 32)
+    q = _q5(blocks, 2).view(np.int8)  # (n, 32)
+    q -= 16
     np.multiply(q, _f16(blocks, 0), out=out)
 
 
@@ -163,9 +168,10 @@ def _q3_k_scales(s: np.ndarray) -> np.ndarray:
 def _dequant_q3_k(blocks: np.ndarray, out: np.ndarray) -> None:
     n = blocks.shape[0]
     low = _crumbs(blocks[:, 32:96].reshape(n, 2, 32)).reshape(n, 256)  # (n, 256) low 2 bits
-    # Weight h*128 + j*32 + b has its 3rd bit in bit 4h + j of hmask byte b: bits as (bit, byte).
-    high = _bits(blocks[:, 0:32]).transpose(0, 2, 1).reshape(n, 256)  # (n, 256)
-    q = low.astype(np.float32) + 4 * high.astype(np.float32) - 4  # (n, 256) in -4..3
+    # Weight h*128 + j*32 + b has its 3rd bit in bit 4h + j of hmask byte b: planes in order.
+    high = _bit_planes(blocks[:, 0:32]).reshape(n, 256)  # (n, 256)
+    q = (low | (high << 2)).view(np.int8)  # (n, 256)
+    q -= 4  # -4..3: the 3rd bit set means no -4
     scale = _f16(blocks, 108) * _q3_k_scales(blocks[:, 96:108])  # (n, 16)
     np.multiply(q.reshape(n, 16, 16), scale[:, :, None], out=out.reshape(n, 16, 16))
 
@@ -204,8 +210,8 @@ def _dequant_q4_k(blocks: np.ndarray, out: np.ndarray) -> None:
 def _dequant_q5_k(blocks: np.ndarray, out: np.ndarray) -> None:
     n = blocks.shape[0]
     q = _nibbles(blocks[:, 48:176].reshape(n * 4, 32)).reshape(n, 8, 32)  # (n, 8, 32)
-    # Weight l of sub-block s has its 5th bit in bit s of qh byte l: bits as (bit, byte).
-    high = _bits(blocks[:, 16:48]).transpose(0, 2, 1)  # (n, 8, 32)
+    # Weight l of sub-block s has its 5th bit in bit s of qh byte l: bit plane s.
+    high = _bit_planes(blocks[:, 16:48])  # (n, 8, 32)
     _k_scaled(blocks, q | (high << 4), out)
 
 
@@ -216,7 +222,8 @@ def _dequant_q6_k(blocks: np.ndarray, out: np.ndarray) -> None:
     n = blocks.shape[0]
     low = _nibbles(blocks[:, 0:128].reshape(n * 2, 64)).reshape(n, 2, 4, 32)  # (n, h, k, l)
     high = _crumbs(blocks[:, 128:192].reshape(n, 2, 32))  # (n, h, k, l)
-    q = (low | (high << 4)).astype(np.float32) - 32  # (n, 2, 4, 32) in -32..31
+    q = (low | (high << 4)).view(np.int8)  # (n, 2, 4, 32)
+    q -= 32  # -32..31
     scale = _f16(blocks, 208) * blocks[:, 192:208].view(np.int8)  # (n, 16)
     np.multiply(q.reshape(n, 16, 16), scale[:, :, None], out=out.reshape(n, 16, 16))
 
