@@ -1,18 +1,24 @@
 """Checkpoint loaders: files on disk -> a ready `Model` (config, weights and tokenizer).
 
-Formats, by what `load(path)` finds:
-    directory with config.json                    Hugging Face (hf.py, safetensors.py)
-    directory with params.json + consolidated.*.pth   Meta's original download (meta.py, pth.py)
-    a .gguf file, or a directory holding one      GGUF, llama.cpp's format (gguf.py)
-    a .bin file, or a directory holding one       llama2.c (llama2c.py)
-Every loader returns tensors under Meta's names (see model.tensor_names), in their file dtype;
-`Model.from_tensors` converts them to float32 one at a time.
+`load(path)` asks each entry of FORMATS, in order, whether `path` is its kind, and the first
+that says yes reads it. A format is a module with a detector and a reader, and one entry here:
+
+    Hugging Face   directory with config.json                       hf.py, safetensors.py
+    Meta           directory with params.json + consolidated.*.pth  meta.py, pth.py
+    GGUF           a .gguf file (or GGUF bytes), or a directory      gguf.py, ../quants.py
+                   holding one .gguf
+    llama2.c       a .bin file, or a directory holding one          llama2c.py
+
+Every reader returns tensors under Meta's names with (out, in) shapes (schema.py), in their
+file dtype; `Model.from_tensors` checks them against the schema and converts them.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import LlamaConfig
@@ -20,16 +26,90 @@ from ..errors import CheckpointError
 from ..limits import check_model_fits
 from ..model import Model
 from ..packed import check_weights_dtype
-from ..tokenizers import find_tokenizer, load_tokenizer
-from .gguf import gguf_file, is_gguf, load_gguf, stored_bytes
+from ..tokenizers import Tokenizer, find_tokenizer, load_tokenizer
+from ..tokenizers.gguf import load_gguf_tokenizer
+from .gguf import gguf_file, is_gguf, load_gguf
 from .hf import load_hf, read_hf_config
-from .llama2c import load_llama2c, read_header
+from .llama2c import llama2c_file, load_llama2c, read_header
 from .meta import load_meta
 
-__all__ = ["DEFAULT_CHECKPOINT", "load", "read_config"]
+__all__ = ["DEFAULT_CHECKPOINT", "FORMATS", "Checkpoint", "CheckpointFormat", "load", "read_config"]
 
 # The small real model shipped with llama_np (see weights/stories260K/PROVENANCE.md).
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "weights" / "stories260K"
+
+
+@dataclass
+class Checkpoint:
+    """What a format's reader found: the config and tensors, and where a tokenizer may be."""
+
+    config: LlamaConfig
+    tensors: Mapping[str, object]  # Meta names -> arrays (or packed tensors) in file dtypes
+    directory: Path  # where to look for a tokenizer file
+    exclude: Path | None = None  # a file in `directory` that is the checkpoint, not a tokenizer
+    tokenizer: Tokenizer | None = None  # one the checkpoint carries itself, if any
+    # How the weights are kept in memory unless the caller says: "stored" keeps a GGUF's
+    # quantized blocks (memory ≈ file size), "fp32" converts once (fastest).
+    weights_dtype: str = "fp32"
+
+
+@dataclass(frozen=True)
+class CheckpointFormat:
+    name: str
+    detect: Callable[[Path], bool]  # is `path` (an existing file or directory) this format?
+    read: Callable[[Path], Checkpoint]
+    read_config: Callable[[Path], LlamaConfig]  # the config alone, without the weights
+
+
+def _read_hf(path: Path) -> Checkpoint:
+    config, tensors = load_hf(path)
+    return Checkpoint(config, tensors, path)
+
+
+def _read_meta(path: Path) -> Checkpoint:
+    config, tensors = load_meta(path)
+    return Checkpoint(config, tensors, path)
+
+
+def _read_llama2c(path: Path) -> Checkpoint:
+    file = llama2c_file(path)
+    config, tensors = load_llama2c(file)
+    return Checkpoint(config, tensors, file.parent, exclude=file)
+
+
+def _read_gguf(path: Path) -> Checkpoint:
+    file = gguf_file(path)
+    config, tensors, metadata, _ = load_gguf(file)
+    tokenizer = None
+    if "tokenizer.ggml.model" in metadata:  # the vocabulary the file carries
+        tokenizer = load_gguf_tokenizer(metadata, config.vocab_size, name=str(file))
+    return Checkpoint(config, tensors, file.parent, file, tokenizer, weights_dtype="stored")
+
+
+FORMATS: list[CheckpointFormat] = [
+    CheckpointFormat(
+        "Hugging Face",
+        lambda p: p.is_dir() and (p / "config.json").exists(),
+        _read_hf,
+        read_hf_config,
+    ),
+    CheckpointFormat(
+        "Meta",
+        lambda p: p.is_dir() and (p / "params.json").exists(),
+        _read_meta,
+        # Llama 2's params.json has vocab_size -1: the embedding's shape says it. The tensors
+        # are memory-mapped, so this reads the pickle but not the weights.
+        lambda p: load_meta(p)[0],
+    ),
+    CheckpointFormat("GGUF", is_gguf, _read_gguf, lambda p: load_gguf(gguf_file(p))[0]),
+    # Last: it takes any file, and refuses what is not a llama2.c .bin by name.
+    CheckpointFormat(
+        "llama2.c",
+        lambda p: p.is_file() or p.is_dir(),
+        _read_llama2c,
+        lambda p: read_header(llama2c_file(p))[1],
+    ),
+]
 
 
 def load(
@@ -41,81 +121,50 @@ def load(
 
     `path` is a Hugging Face model directory (config.json + safetensors), a Meta download
     (params.json + consolidated.*.pth), a GGUF file, or a llama2.c `.bin` file (either alone
-    or in a directory). The tokenizer is taken from `tokenizer` if given, else from the
-    checkpoint's directory. `weights_dtype` "bf16", "fp16" or "int8" keeps the weight matrices
-    compressed in memory (smaller, slower: see packed.py), "stored" keeps them as the file
-    stores them (a GGUF's quantized blocks), "fp32" converts them once. The default (None) is
-    "stored" for GGUF files and "fp32" for the others.
+    or in a directory). The tokenizer is taken from `tokenizer` if given, else the one the
+    checkpoint carries (GGUF), else a file in the checkpoint's directory. `weights_dtype`
+    "bf16", "fp16" or "int8" keeps the weight matrices compressed in memory (smaller; see
+    packed.py), "stored" keeps them as the file stores them (a GGUF's quantized blocks), "fp32"
+    converts them once. The default (None) is "stored" for GGUF files, "fp32" for the others.
     """
     if weights_dtype is not None:
         check_weights_dtype(weights_dtype)  # before any reading
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(
-            f"{path}: no such file or directory; pass a checkpoint file or a directory holding one"
-        )
-    weights_nbytes = None  # known only for a GGUF kept as stored
-    if path.is_dir() and (path / "config.json").exists():
-        config, tensors = load_hf(path)
-        directory, exclude = path, None
-    elif path.is_dir() and (path / "params.json").exists():
-        config, tensors = load_meta(path)
-        directory, exclude = path, None
-    elif is_gguf(path):
-        path = gguf_file(path)
-        config, tensors, _metadata, _ = load_gguf(path)
-        directory, exclude = path.parent, path
-        weights_dtype = weights_dtype or "stored"
-        if weights_dtype == "stored":
-            weights_nbytes = stored_bytes(tensors)
-        # The tokenizer stored in the GGUF (_metadata's tokenizer.ggml.* keys) is read by
-        # tokenizers/gguf.py when it lands; until then a tokenizer file beside the GGUF is used.
+    found = _format_of(path).read(path)
+    config = found.config
+    weights_dtype = weights_dtype or found.weights_dtype
+    # Kept as stored, the weights take what the file's tensors take.
+    stored = sum(t.nbytes for t in found.tensors.values()) if weights_dtype == "stored" else None
+    check_model_fits(config, str(path), weights_dtype, stored)
+    if tokenizer:
+        tok = load_tokenizer(tokenizer, config.vocab_size)
+    elif found.tokenizer is not None:
+        tok = found.tokenizer
     else:
-        path = _llama2c_file(path)
-        config, tensors = load_llama2c(path)
-        directory, exclude = path.parent, path
-    weights_dtype = weights_dtype or "fp32"
-    check_model_fits(config, str(path), weights_dtype, weights_nbytes)
-    tokenizer_path = Path(tokenizer) if tokenizer else find_tokenizer(directory, exclude=exclude)
-    tok = load_tokenizer(tokenizer_path, config.vocab_size) if tokenizer_path else None
+        tokenizer_path = find_tokenizer(found.directory, exclude=found.exclude)
+        tok = load_tokenizer(tokenizer_path, config.vocab_size) if tokenizer_path else None
     progress = _Progress(config.name or path.name)
-    return Model.from_tensors(config, tensors, tok, weights_dtype, progress)
+    return Model.from_tensors(config, found.tensors, tok, weights_dtype, progress)
 
 
 def read_config(path: str | Path) -> LlamaConfig:
     """A checkpoint's config without loading its weights (for calculators and `info`)."""
     path = Path(path)
+    return _format_of(path).read_config(path)
+
+
+def _format_of(path: Path) -> CheckpointFormat:
     if not path.exists():
-        raise CheckpointError(f"{path}: no such file or directory")
-    if path.is_dir() and (path / "config.json").exists():
-        return read_hf_config(path)
-    if path.is_dir() and (path / "params.json").exists():
-        # Llama 2's params.json has vocab_size -1: the embedding's shape says it. The tensors
-        # are memory-mapped, so this reads the pickle but not the weights.
-        return load_meta(path)[0]
-    if is_gguf(path):
-        return load_gguf(gguf_file(path))[0]  # memory-mapped: reads the header only
-    return read_header(_llama2c_file(path))[1]
-
-
-def _llama2c_file(path: Path) -> Path:
-    if path.is_dir():
-        bins = [p for p in sorted(path.glob("*.bin")) if not p.name.startswith("tok")]
-        if len(bins) != 1:
-            found = ", ".join(p.name for p in bins) or "none"
-            raise CheckpointError(
-                f"{path}: not a checkpoint directory: looked for config.json (Hugging Face), "
-                f"params.json + consolidated.*.pth (Meta), exactly one .gguf or exactly one "
-                f"llama2.c .bin (not tok*.bin); found .bin files: {found}"
-            )
-        path = bins[0]
-    if path.suffix != ".bin":
         raise CheckpointError(
-            f"{path}: unknown checkpoint format {path.suffix or '(no suffix)'!r}: expected a "
-            f"GGUF file (.gguf), a llama2.c .bin file, or a directory "
-            f"with config.json (Hugging Face) or params.json + consolidated.*.pth (Meta)"
+            f"{path}: no such file or directory; pass a checkpoint file or a directory holding one"
         )
-    return path
+    for fmt in FORMATS:
+        if fmt.detect(path):
+            return fmt
+    raise CheckpointError(
+        f"{path}: not a file or directory that holds a checkpoint; formats read: "
+        f"{', '.join(f.name for f in FORMATS)}"
+    )
 
 
 class _Progress:
