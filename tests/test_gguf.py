@@ -457,14 +457,14 @@ def test_directory_holding_one_gguf_and_read_config(tmp_path, tensors):
     # GGUF stores the epsilon as float32
     assert model.config == CONFIG.replace(name="test-llama", norm_eps=float(np.float32(1e-5)))
     assert read_config(tmp_path) == model.config
-    assert model.tokenizer is None  # no tokenizer beside it, and none read from GGUF yet
+    assert model.tokenizer is None  # no tokenizer beside it, and no tokenizer.ggml.* keys
 
 
 def test_memory_check_counts_stored_bytes(tmp_path, tensors, monkeypatch):
     path = tmp_path / "model.gguf"
     write_gguf(path, CONFIG, tensors, "Q4_K")
     stored = sum(t.nbytes for t in read_gguf(path)[1])
-    needed = limits.model_bytes(CONFIG, weights_nbytes=stored)
+    needed = limits.model_bytes(CONFIG, stored_nbytes=stored)
     monkeypatch.setattr(limits, "available_memory", lambda: needed + 1000)
     llama_np.load(path)  # fits as stored
     with pytest.raises(MemoryLimitError, match="fp32"):
