@@ -348,12 +348,13 @@ def write_gguf(
     seed: int = 0,
     arch: str = "llama",
     rope_divisors: np.ndarray | None = None,
-    interleave: bool = False,
+    metadata: dict | None = None,
 ) -> dict[str, np.ndarray]:
     """Write a llama GGUF; -> the float32 weights it holds (by Meta name), dequantized by gguf.
 
     Matrices take the type `types[name]` (or `types` for all); norms stay F32 as llama.cpp
-    keeps them. Block types get random blocks (the given values are ignored).
+    keeps them. Block types get random blocks (the given values are ignored). `metadata`
+    adds keys (e.g. a tokenizer's): str, bool, int (uint32), lists and NumPy arrays.
     """
     rng = np.random.default_rng(seed)
     writer = gguf.GGUFWriter(path, arch)
@@ -370,8 +371,20 @@ def write_gguf(
     writer.add_layer_norm_rms_eps(config.norm_eps)
     writer.add_rope_freq_base(config.rope_theta)
     writer.add_vocab_size(config.vocab_size)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
+    metadata = {"tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2} | (
+        metadata or {}
+    )
+    for key, value in metadata.items():
+        if isinstance(value, np.ndarray):
+            writer.add_array(key, value.tolist())  # floats as FLOAT32, ints as INT32
+        elif isinstance(value, bool):
+            writer.add_bool(key, value)
+        elif isinstance(value, int):
+            writer.add_uint32(key, value)
+        elif isinstance(value, str):
+            writer.add_string(key, value)
+        else:
+            writer.add_array(key, value)
     held = {}
     for name, array in tensors.items():
         kind = "F32" if array.ndim == 1 else types if isinstance(types, str) else types[name]

@@ -486,3 +486,25 @@ def test_info_shows_the_quantization_mix(tmp_path, capsys):
     )
     assert f"Q6_K: 3 tensors, {q6k:,} bytes" in out
     assert "F32: 3 tensors" in out
+
+
+def test_generate_from_a_gguf_with_its_tokenizer(tmp_path, capsys):
+    """`llama-np generate -m model.gguf` with the default flags: the tokenizer comes from the
+    file's metadata (here stories260K's tok512.bin, converted as llama.cpp does)."""
+    from llama_np.cli import main
+    from llama_np.tokenizers import load_tokenizer
+    from llama_np.tokenizers.gguf import gguf_tokenizer_metadata
+
+    tok_file = Path(llama_np.DEFAULT_CHECKPOINT) / "tok512.bin"
+    meta = gguf_tokenizer_metadata(load_tokenizer(tok_file, 512))
+    config = CONFIG.replace(vocab_size=512, n_layers=1)
+    path = tmp_path / "model.gguf"
+    write_gguf(path, config, random_tensors(config, seed=9), "Q4_K", metadata=meta)
+    metadata, _ = read_gguf(path)
+    assert metadata["tokenizer.ggml.tokens"] == meta["tokenizer.ggml.tokens"]
+    np.testing.assert_array_equal(metadata["tokenizer.ggml.scores"], meta["tokenizer.ggml.scores"])
+    model = llama_np.load(path)
+    assert model.tokenizer is not None
+    expected = llama_np.generate_text(model, "Once upon", 6, temperature=0)
+    assert main(["generate", "-m", str(path), "-p", "Once upon", "-n", "6", "--temp", "0"]) == 0
+    assert expected in capsys.readouterr().out
