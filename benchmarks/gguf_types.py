@@ -28,18 +28,24 @@ from checkpoint_writers import write_gguf  # noqa: E402
 from util import random_tensors  # noqa: E402
 
 from llama_np import load  # noqa: E402
+from llama_np.quants import QUANT_TYPES  # noqa: E402
+from llama_np.schema import n_params  # noqa: E402
 from llama_np.tools.known_models import known_config  # noqa: E402
 
 # llama.cpp's Q4_K_M recipe, roughly: v and down (and the classifier) one step up, in Q6_K.
 Q4_K_M = {"attention.wv.weight": "Q6_K", "feed_forward.w2.weight": "Q6_K", "output.weight": "Q6_K"}
 
 
-def types_for(kind: str, tensors: dict) -> dict[str, str] | str:
-    if kind != "Q4_K_M":
-        return kind
-    return {
-        n: Q4_K_M.get(n.split(".", 2)[-1] if n.startswith("layers") else n, "Q4_K") for n in tensors
-    }
+def types_for(kind: str, tensors: dict) -> dict[str, str]:
+    """The type of each matrix. As llama.cpp does, a matrix whose rows are not a multiple of
+    the type's block (K-quants: 256) falls back to Q8_0 (e.g. stories15M's dim 288)."""
+    types = {}
+    for name, array in tensors.items():
+        short = name.split(".", 2)[-1] if name.startswith("layers") else name
+        wanted = Q4_K_M.get(short, "Q4_K") if kind == "Q4_K_M" else kind
+        fits = array.ndim == 2 and array.shape[1] % QUANT_TYPES[wanted].block_weights == 0
+        types[name] = wanted if fits else "Q8_0"
+    return types
 
 
 def measure(model, steps: int, prompt_len: int) -> tuple[float, float]:
@@ -69,7 +75,7 @@ def main() -> None:
     config = known_config(args.model).replace(max_seq_len=256)
     tensors = random_tensors(config, scale=0.02)
     print(
-        f"{args.model}: {config.n_params:,} parameters, {args.steps} decode steps after a "
+        f"{args.model}: {n_params(config):,} parameters, {args.steps} decode steps after a "
         f"{args.prompt}-token prefill"
     )
     print(
