@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .dtypes import BFLOAT16, bfloat16_from_float32, to_float32
+from .dtypes import BFLOAT16, bfloat16_from_float32, release_pages, to_float32
 from .errors import ArgumentError
 from .quants import QUANT_TYPES, QuantizedTensor, dequantize_rows
 
@@ -41,6 +42,8 @@ GROUP_SIZE = 32  # int8 weights per scale, as llama.cpp's Q8_0
 # Floats widened per piece: 1 MiB of float32, small enough to stay in the L2 cache between
 # being written and being multiplied.
 CHUNK_FLOATS = 1 << 18
+# Floats compressed per block while loading (256 KiB of float32: int8's temporaries stay small).
+PACK_FLOATS = 1 << 16
 
 
 def int8_group_size(k: int) -> int:
@@ -277,37 +280,59 @@ def stored_kind(w: np.ndarray | QuantizedTensor) -> str:
     return "fp16" if w.dtype == np.float16 else "fp32"
 
 
-def pack(kind: str, w: np.ndarray | QuantizedTensor, scratch: Scratch) -> np.ndarray | PackedRows:
-    """Store an (N, K) float32, bf16/fp16 or ggml-block checkpoint matrix as `kind`.
+Tensor = np.ndarray | QuantizedTensor  # a checkpoint matrix: float array or GGUF blocks
 
-    fp32 stays a plain float32 array; tensors already in the target dtype (always, for
-    "stored") are kept as they are (no float32 copy of the whole matrix is made).
+
+def pack(
+    kind: str, w: Tensor | Sequence[Tensor], scratch: Scratch
+) -> np.ndarray | PackedRows | StackedRows:
+    """Store an (N, K) float32, bf16/fp16 or GGUF-block checkpoint matrix as `kind`; given
+    several matrices (q, k, v), store them stacked along N, as one matrix.
+
+    fp32 stays a plain float32 array; one bf16/fp16 tensor already in that dtype is kept as
+    it is, e.g. used in place from the memory-mapped file.
     """
+    parts = [w] if isinstance(w, (np.ndarray, QuantizedTensor)) else list(w)
     if kind == "stored":
-        kind = stored_kind(w)
-        if kind in QUANT_TYPES:
-            return PackedRows(kind, np.ascontiguousarray(w.raw), None, scratch)
+        return _pack_stored(parts, scratch)
+    if any(isinstance(p, QuantizedTensor) for p in parts):  # re-packed from float32
+        parts = [to_float32(p) for p in parts]
     if kind == "fp32":
-        return to_float32(w)
-    if kind == "bf16" and w.dtype == BFLOAT16:
-        return PackedRows(kind, np.ascontiguousarray(w), None, scratch)
-    if kind == "fp16" and w.dtype == np.float16:
-        return PackedRows(kind, np.ascontiguousarray(w), None, scratch)
-    return PackedRows.from_float32(kind, to_float32(w), scratch)
+        return to_float32(np.concatenate(parts) if len(parts) > 1 else parts[0])
+    if len(parts) == 1 and (kind, parts[0].dtype) in (("bf16", BFLOAT16), ("fp16", np.float16)):
+        return PackedRows(kind, np.ascontiguousarray(parts[0]), None, scratch)
+    # A block of rows at a time, into the final arrays: a float32 copy of a whole matrix (and
+    # int8's temporaries, several times its size) would raise the peak memory of loading by
+    # more than the matrix itself. (bf16/fp16 -> float32 -> the same type is exact.)
+    N, K = sum(p.shape[0] for p in parts), parts[0].shape[1]
+    step = max(1, PACK_FLOATS // K)  # rows per block
+    packed, row = None, 0
+    for source in parts:
+        for start in range(0, source.shape[0], step):
+            block = PackedRows.from_float32(kind, to_float32(source[start : start + step]), scratch)
+            if packed is None:  # the first block tells the storage dtype and the scales' shape
+                scales = block.scales
+                if scales is not None:
+                    scales = np.empty((N, *scales.shape[1:]), dtype=np.float32)  # (N, K/G, 1)
+                packed = PackedRows(kind, np.empty((N, K), block.data.dtype), scales, scratch)
+            stop = row + block.shape[0]
+            packed.data[row:stop] = block.data
+            if scales is not None:
+                scales[row:stop] = block.scales
+            row = stop
+            # Memory-mapped? Drop the pages read (see release_pages), the previous block's too:
+            # touching a page maps its in-cache neighbours as well (Linux's fault-around).
+            release_pages(source[max(0, start - step) : start + step])
+        release_pages(source)
+    return packed
 
 
-def pack_stacked(
-    kind: str, parts: list[np.ndarray | QuantizedTensor], scratch: Scratch
-) -> PackedRows | StackedRows:
-    """(n_i, K) checkpoint matrices stacked along the rows and packed as `kind` (not fp32).
-
-    Neighbouring parts of one stored kind are concatenated into one PackedRows; a mix of
-    kinds (only with "stored") becomes a StackedRows of them.
-    """
-    if kind != "stored":
-        if all(isinstance(p, np.ndarray) and p.dtype == parts[0].dtype for p in parts):
-            return pack(kind, np.concatenate(parts, axis=0), scratch)  # storage dtype kept
-        return pack(kind, np.concatenate([to_float32(p) for p in parts], axis=0), scratch)
+def _pack_stored(parts: list[Tensor], scratch: Scratch) -> np.ndarray | PackedRows | StackedRows:
+    """Matrices kept as stored, stacked along N: neighbouring parts of one stored kind are
+    concatenated into one PackedRows; a mix of kinds (q/k in Q4_K, v in Q6_K) becomes a
+    StackedRows of them. One float32 matrix alone stays a plain array."""
+    if len(parts) == 1 and stored_kind(parts[0]) == "fp32":
+        return to_float32(parts[0])
     groups: list[tuple[str, list]] = []  # (kind, parts) runs of one stored kind
     for p in parts:
         if groups and groups[-1][0] == stored_kind(p):
@@ -316,10 +341,7 @@ def pack_stacked(
             groups.append((stored_kind(p), [p]))
     packed = []
     for group_kind, group in groups:
-        if group_kind in QUANT_TYPES:
-            raw = np.concatenate([p.raw for p in group], axis=0)  # (n, row_bytes)
-            packed.append(PackedRows(group_kind, raw, None, scratch))
-        else:
-            data = np.concatenate(group, axis=0)  # (n, K) in the stored dtype
-            packed.append(PackedRows(group_kind, data, None, scratch))
+        data = [p.raw if group_kind in QUANT_TYPES else p for p in group]  # (n, row) each
+        rows = data[0] if len(data) == 1 else np.concatenate(data, axis=0)
+        packed.append(PackedRows(group_kind, np.ascontiguousarray(rows), None, scratch))
     return packed[0] if len(packed) == 1 else StackedRows(packed)

@@ -272,9 +272,16 @@ class QuantizedTensor:
         self.raw = raw  # (N, row_bytes) uint8
         self.shape = shape  # (N, K)
 
+    ndim = 2
+
     @property
     def nbytes(self) -> int:
         return self.raw.nbytes
+
+    def __getitem__(self, rows: slice) -> QuantizedTensor:
+        """A range of rows (still blocks, no copy), as loaders convert a tensor piece by piece."""
+        raw = self.raw[rows]  # (n, row_bytes)
+        return QuantizedTensor(self.type_name, raw, (raw.shape[0], self.shape[1]))
 
     def to_float32(self) -> np.ndarray:
         out = np.empty(self.shape, dtype=np.float32)  # (N, K)
