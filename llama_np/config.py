@@ -56,6 +56,7 @@ class RopeScaling:
             raise ConfigError(
                 f"llama3 RoPE scaling needs high_freq_factor > low_freq_factor, got "
                 f"{self.high_freq_factor} and {self.low_freq_factor}"
+            )
         if self.kind == "divisors" and not (
             self.divisors and all(0 < d < float("inf") for d in self.divisors)
         ):

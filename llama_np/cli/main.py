@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from .. import DEFAULT_CHECKPOINT, load
 from ..chat import CHAT_FORMATS, Chat
