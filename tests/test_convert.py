@@ -1,66 +1,373 @@
-"""scripts/convert_llama2c_to_hf.py on the bundled stories260K: both loaders must agree.
+"""`llama-np convert`: GGUF and Hugging Face export, checked with other people's readers.
 
-The llama2.c file uses interleaved RoPE pairs; the converted HF directory uses half-split pairs
-with permuted wq/wk rows. Equal logits on a real trained model check that permutation.
+References: the `gguf` package (llama.cpp's gguf-py) reads the GGUF files, its constants name
+the keys and tensors llama.cpp expects and its quantizer makes the Q8_0 blocks we must match;
+the `safetensors` package reads the HF files; transformers' logits of the committed fixtures
+and the published stories260K story check the converted models end to end.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import json
+import math
 from pathlib import Path
 
+import gguf
 import numpy as np
 import pytest
+from safetensors.numpy import load_file
 
 import llama_np
-from llama_np.checkpoints import DEFAULT_CHECKPOINT
+from llama_np.checkpoints import DEFAULT_CHECKPOINT, open_checkpoint
+from llama_np.checkpoints.export import convert, gguf_name, rope_freq_divisors
+from llama_np.checkpoints.gguf_writer import write_gguf
+from llama_np.checkpoints.hf import hf_name
+from llama_np.cli import main
+from llama_np.errors import ArgumentError
+from llama_np.tools.known_models import KNOWN_MODELS
 
+FIXTURES = Path(__file__).parent / "fixtures" / "hf"
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "convert_llama2c_to_hf.py"
+PROMPT = "Once upon a time, there was a little dog"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("convert_llama2c_to_hf", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def prompt_logits(model: llama_np.Model, tokens: list[int]) -> np.ndarray:
+    return model.prefill(tokens, model.new_cache(len(tokens)), all_logits=True)  # (T, V)
+
+
+def fixture_tokens(case: str) -> list[int]:
+    return json.loads((FIXTURES / case / "reference.json").read_text())["tokens"]
+
+
+def llama_cpp_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """convert_hf_to_gguf.py's `permute`: HF half-split q/k rows -> GGUF's interleaved rows."""
+    return (
+        w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
+
+
+def gguf_tensors(reader: gguf.GGUFReader) -> dict[str, gguf.ReaderTensor]:
+    return {t.name: t for t in reader.tensors}
+
+
+# ---------------------------------------------------------------- Hugging Face export
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    out = tmp_path_factory.mktemp("stories260K-hf")
-    load_script().main([str(DEFAULT_CHECKPOINT / "stories260K.bin"), str(out)])
+def stories_hf(tmp_path_factory) -> Path:
+    """stories260K (llama2.c, interleaved RoPE) exported by the script, as the docs show."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("convert_llama2c_to_hf", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path_factory.mktemp("stories") / "stories260K-hf"
+    script.main([str(DEFAULT_CHECKPOINT / "stories260K.bin"), str(out)])
     return out
 
 
-def test_converted_directory_is_an_hf_checkpoint(converted):
-    assert {p.name for p in converted.iterdir()} == {
+def test_exported_hf_directory_has_the_files_transformers_reads(stories_hf):
+    assert {p.name for p in stories_hf.iterdir()} == {
         "config.json",
+        "generation_config.json",
         "model.safetensors",
-        "tok512.bin",
+        "tok512.bin",  # llama2.c's tokenizer: llama_np reads it, transformers would not
     }
-    model = llama_np.load(converted)
-    assert model.config.rope_interleaved is False
-    assert model.tokenizer is not None
+    config = json.loads((stories_hf / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and config["model_type"] == "llama"
+    assert config["tie_word_embeddings"] is True and config["eos_token_id"] == [2, 1]
+    # The safetensors package (an independent reader) sees every tensor under its HF name.
+    stored = load_file(stories_hf / "model.safetensors")
+    ckpt = open_checkpoint(DEFAULT_CHECKPOINT)
+    assert set(stored) == {hf_name(n) for n in ckpt.tensors}
+    norm = ckpt.tensors["layers.2.ffn_norm.weight"]
+    assert np.array_equal(stored["model.layers.2.post_attention_layernorm.weight"], norm)
 
 
-def test_llama2c_and_converted_hf_give_the_same_logits_and_text(converted):
-    original, hf = llama_np.load(), llama_np.load(converted)
-    tokens = original.tokenizer.encode("Once upon a time, there was a little dog")
-    logits = [m.prefill(tokens, m.new_cache(), all_logits=True) for m in (original, hf)]
+def test_llama2c_and_exported_hf_give_the_same_logits_and_text(stories_hf, stories260k):
+    hf = llama_np.load(stories_hf)
+    assert hf.config.rope_interleaved is False and stories260k.config.rope_interleaved
+    tokens = stories260k.tokenizer.encode(PROMPT)
+    logits = [prompt_logits(m, tokens) for m in (stories260k, hf)]
+    # Half-split and interleaved rotation sum in another order: equal to rounding.
     assert np.abs(logits[0] - logits[1]).max() < 1e-4
     texts = [
-        llama_np.generate_text(m, "Once upon a time", max_new_tokens=40, temperature=0.0)
-        for m in (original, hf)
+        llama_np.generate_text(m, "Once upon a time", 40, temperature=0) for m in (stories260k, hf)
     ]
     assert texts[0] == texts[1] and len(texts[0]) > 40
 
 
-def test_without_the_permutation_the_logits_differ(converted, monkeypatch):
+def test_without_the_rope_permutation_the_logits_differ(tmp_path, stories260k, monkeypatch):
     # The check above can fail: skipping the permutation changes the model's output.
-    module = load_script()
-    monkeypatch.setattr(module, "permute_for_half_split", lambda w, n_heads: w)
-    unpermuted = module.convert(DEFAULT_CHECKPOINT / "stories260K.bin", converted.parent / "raw")
-    original, hf = llama_np.load(), llama_np.load(unpermuted)
-    tokens = original.tokenizer.encode("Once upon a time")
-    logits = [m.prefill(tokens, m.new_cache(), all_logits=True) for m in (original, hf)]
-    assert np.abs(logits[0] - logits[1]).max() > 0.1
+    from llama_np.checkpoints import export
+
+    monkeypatch.setattr(export, "to_half_split", lambda w, n_heads: w)
+    out = convert(DEFAULT_CHECKPOINT, tmp_path / "raw", to="hf")
+    tokens = stories260k.tokenizer.encode("Once upon a time")
+    diff = prompt_logits(stories260k, tokens) - prompt_logits(llama_np.load(out), tokens)
+    assert np.abs(diff).max() > 0.1
+
+
+@pytest.mark.parametrize("case", ["bf16", "tied", "llama3_hub_config", "head_dim"])
+def test_hf_to_hf_round_trip_is_exact(tmp_path, case):
+    out = convert(FIXTURES / case, tmp_path / "out")
+    original, exported = llama_np.load(FIXTURES / case), llama_np.load(out)
+    assert exported.config == original.config.replace(name="out")
+    tokens = fixture_tokens(case)
+    assert np.array_equal(prompt_logits(original, tokens), prompt_logits(exported, tokens))
+
+
+@pytest.mark.parametrize(("out_type", "tolerance"), [("f16", 1e-3), ("bf16", 1e-2)])
+def test_hf_half_precision_export_is_close(tmp_path, out_type, tolerance):
+    out = convert(FIXTURES / "fp32", tmp_path / "out", out_type=out_type)
+    stored = json.loads((out / "config.json").read_text())["torch_dtype"]
+    assert stored == {"f16": "float16", "bf16": "bfloat16"}[out_type]
+    tokens = fixture_tokens("fp32")
+    expected = np.load(FIXTURES / "fp32" / "logits.npy")  # transformers' float32 logits
+    logits = prompt_logits(llama_np.load(out), tokens)
+    assert 0 < np.abs(logits - expected).max() < tolerance * max(1.0, np.abs(expected).max())
+
+
+# ---------------------------------------------------------------- GGUF
+
+
+@pytest.fixture(scope="module")
+def fp32_gguf(tmp_path_factory) -> Path:
+    """The fp32 HF fixture (half-split RoPE, untied) as GGUF F32."""
+    return convert(FIXTURES / "fp32", tmp_path_factory.mktemp("gguf") / "fp32.gguf")
+
+
+def test_gguf_metadata_is_what_llama_cpp_reads(fp32_gguf):
+    reader = gguf.GGUFReader(fp32_gguf)
+    config = llama_np.load(FIXTURES / "fp32").config
+    K, T = gguf.Keys, gguf.GGUFValueType
+    arch = "llama"
+    expected = {
+        K.General.ARCHITECTURE: (T.STRING, "llama"),
+        K.General.NAME: (T.STRING, "fp32"),
+        K.General.FILE_TYPE: (T.UINT32, gguf.LlamaFileType.ALL_F32),
+        K.General.QUANTIZATION_VERSION: (T.UINT32, gguf.GGML_QUANT_VERSION),
+        K.General.ALIGNMENT: (T.UINT32, gguf.GGUF_DEFAULT_ALIGNMENT),
+        K.LLM.VOCAB_SIZE.format(arch=arch): (T.UINT32, config.vocab_size),
+        K.LLM.CONTEXT_LENGTH.format(arch=arch): (T.UINT32, config.max_seq_len),
+        K.LLM.EMBEDDING_LENGTH.format(arch=arch): (T.UINT32, config.dim),
+        K.LLM.BLOCK_COUNT.format(arch=arch): (T.UINT32, config.n_layers),
+        K.LLM.FEED_FORWARD_LENGTH.format(arch=arch): (T.UINT32, config.hidden_dim),
+        K.Rope.DIMENSION_COUNT.format(arch=arch): (T.UINT32, config.head_dim),
+        K.Attention.HEAD_COUNT.format(arch=arch): (T.UINT32, config.n_heads),
+        K.Attention.HEAD_COUNT_KV.format(arch=arch): (T.UINT32, config.n_kv_heads),
+        K.Attention.LAYERNORM_RMS_EPS.format(arch=arch): (T.FLOAT32, np.float32(config.norm_eps)),
+        K.Rope.FREQ_BASE.format(arch=arch): (T.FLOAT32, np.float32(config.rope_theta)),
+    }
+    found = {
+        k: (f.types[0], f.contents()) for k, f in reader.fields.items() if not k.startswith("GGUF.")
+    }
+    assert found == expected
+    assert reader.fields["GGUF.version"].contents() == 3
+
+
+def test_gguf_tensors_have_llama_cpp_names_shapes_and_interleaved_q_k(fp32_gguf):
+    reader = gguf.GGUFReader(fp32_gguf)
+    ckpt = open_checkpoint(FIXTURES / "fp32")
+    config = ckpt.config
+    # Every name is one of gguf-py's tensor names for the llama architecture.
+    known = {
+        gguf.TENSOR_NAMES[t].format(bid=i) + ".weight"
+        for t in gguf.MODEL_TENSORS[gguf.MODEL_ARCH.LLAMA]
+        for i in range(config.n_layers)
+    }
+    tensors = gguf_tensors(reader)
+    assert set(tensors) <= known and len(tensors) == len(ckpt.tensors)
+    for name, source in ckpt.tensors.items():
+        t = tensors[gguf_name(name)]
+        assert t.tensor_type == gguf.GGMLQuantizationType.F32
+        assert tuple(int(d) for d in t.shape) == tuple(reversed(source.shape))  # ggml order
+        expected = np.asarray(source, dtype=np.float32)
+        if name.endswith("wq.weight"):
+            expected = llama_cpp_permute(expected, config.n_heads)
+        elif name.endswith("wk.weight"):
+            expected = llama_cpp_permute(expected, config.n_kv_heads)
+        assert np.array_equal(t.data, expected), name
+    assert reader.data_offset % 32 == 0
+    assert all(int(t.data_offset) % 32 == 0 for t in reader.tensors)
+
+
+def test_gguf_f16_and_q8_0_types_and_values(tmp_path):
+    f16 = gguf_tensors(
+        gguf.GGUFReader(convert(FIXTURES / "fp32", tmp_path / "f16.gguf", out_type="f16"))
+    )
+    q8 = gguf_tensors(
+        gguf.GGUFReader(convert(FIXTURES / "fp32", tmp_path / "q8.gguf", out_type="q8_0"))
+    )
+    f32 = gguf_tensors(gguf.GGUFReader(convert(FIXTURES / "fp32", tmp_path / "f32.gguf")))
+    F32, F16, Q8_0 = (gguf.GGMLQuantizationType[n] for n in ("F32", "F16", "Q8_0"))
+    for name, t in f32.items():
+        w = np.asarray(t.data)  # (out, in) float32
+        if w.ndim == 1:  # norms stay float32 in every file
+            assert f16[name].tensor_type == q8[name].tensor_type == F32
+            assert np.array_equal(f16[name].data, w) and np.array_equal(q8[name].data, w)
+            continue
+        assert f16[name].tensor_type == F16
+        assert np.array_equal(f16[name].data, w.astype(np.float16))
+        assert q8[name].tensor_type == Q8_0  # every row of the fixture is a multiple of 32
+        # Our blocks, byte for byte, are gguf-py's quantization of the same weights ...
+        assert np.array_equal(q8[name].data, gguf.quants.quantize(w, Q8_0)), name
+        # ... and decode to within half a quantization step of each weight.
+        back = gguf.quants.dequantize(q8[name].data, Q8_0)
+        step = np.abs(w.reshape(-1, 32)).max(axis=1, keepdims=True) / 127
+        assert (np.abs(back - w).reshape(-1, 32) <= step * 0.5 + 1e-3 * step).all()
+
+
+def test_q8_0_falls_back_to_f16_where_rows_are_not_blocks_of_32(tmp_path):
+    # stories260K's MLP width is 172: w2 (down) has rows of 172, not a multiple of 32.
+    out = convert(DEFAULT_CHECKPOINT, tmp_path / "q8.gguf", out_type="q8_0")
+    reader = gguf.GGUFReader(out)
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert types["blk.0.ffn_down.weight"] == "F16"
+    assert types["blk.0.ffn_up.weight"] == types["token_embd.weight"] == "Q8_0"
+    assert reader.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_Q8_0
+
+
+def llama_cpp_rope_factors(config) -> list[float]:
+    """convert_hf_to_gguf.py's Llama 3.1 rope_freqs factors, written out independently."""
+    s = config.rope_scaling
+    factors = []
+    for i in range(0, config.head_dim, 2):
+        freq = 1.0 / config.rope_theta ** (i / config.head_dim)
+        wavelen = 2 * math.pi / freq
+        if wavelen < s.original_max_position_embeddings / s.high_freq_factor:
+            factors.append(1.0)
+        elif wavelen > s.original_max_position_embeddings / s.low_freq_factor:
+            factors.append(s.factor)
+        else:
+            smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+                s.high_freq_factor - s.low_freq_factor
+            )
+            factors.append(1 / ((1 - smooth) / s.factor + smooth))
+    return factors
+
+
+def test_llama3_scaling_becomes_llama_cpp_rope_freqs(tmp_path):
+    out = convert(FIXTURES / "llama3_hub_config", tmp_path / "m.gguf")
+    rope_freqs = gguf_tensors(gguf.GGUFReader(out))["rope_freqs.weight"]
+    config = llama_np.load(FIXTURES / "llama3_hub_config").config
+    assert rope_freqs.tensor_type == gguf.GGMLQuantizationType.F32
+    assert np.allclose(rope_freqs.data, llama_cpp_rope_factors(config), rtol=1e-6)
+    # Llama 3.1 8B's real scaling has all three bands: kept, blended and slowed by `factor`.
+    llama31 = KNOWN_MODELS["llama-3.1-8b"]
+    factors = llama_cpp_rope_factors(llama31)
+    assert np.allclose(rope_freq_divisors(llama31), factors, rtol=1e-6)
+    assert factors[0] == 1.0 and factors[-1] == 8.0 and any(1 < f < 8 for f in factors)
+
+
+def test_linear_scaling_is_written_as_llama_cpp_keys(tmp_path):
+    reader = gguf.GGUFReader(convert(FIXTURES / "linear_scaling_hub_config", tmp_path / "m.gguf"))
+    assert reader.fields["llama.rope.scaling.type"].contents() == "linear"
+    assert reader.fields["llama.rope.scaling.factor"].contents() == 4.0
+
+
+def test_head_dim_other_than_dim_over_heads_is_written(tmp_path):
+    reader = gguf.GGUFReader(convert(FIXTURES / "head_dim", tmp_path / "m.gguf"))
+    assert reader.fields["llama.attention.key_length"].contents() == 32
+    assert reader.fields["llama.attention.value_length"].contents() == 32
+    assert reader.fields["llama.rope.dimension_count"].contents() == 32
+
+
+# ---------------------------------------------------------------- the command
+
+
+def test_cli_convert_writes_gguf_and_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "stories.gguf"
+    assert main(["convert", str(DEFAULT_CHECKPOINT), str(out), "--type", "f16"]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    assert gguf.GGUFReader(out).fields["general.file_type"].contents() == 1
+    assert main(["convert", str(DEFAULT_CHECKPOINT), str(out)]) == 1
+    assert "already exists; pass --force" in capsys.readouterr().err
+    assert main(["convert", str(DEFAULT_CHECKPOINT), str(out), "--force"]) == 0
+    assert gguf.GGUFReader(out).fields["general.file_type"].contents() == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["stories.gguf"]  # no partial files left
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["x.gguf", "--type", "q4_0"], "--type 'q4_0' cannot be written to GGUF"),
+        (["x", "--type", "q8_0"], "--type 'q8_0' cannot be written to HF"),
+        (["x", "--to", "onnx"], "unknown output format 'onnx'"),
+        (["missing/x.gguf"], "does not exist; create it first"),
+    ],
+)
+def test_cli_convert_errors_name_the_argument(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(["convert", str(DEFAULT_CHECKPOINT), *args]) == 1
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_force_never_deletes_the_source(tmp_path):
+    source = convert(FIXTURES / "tied", tmp_path / "model")
+    with pytest.raises(ArgumentError, match="holds the checkpoint being converted"):
+        convert(source, tmp_path, force=True)
+    with pytest.raises(ArgumentError, match="holds the checkpoint being converted"):
+        convert(source, source, force=True)
+    assert llama_np.load(source).config.tie_embeddings
+
+
+def test_cli_convert_help_names_formats_and_types(capsys):
+    with pytest.raises(SystemExit):
+        main(["convert", "--help"])
+    text = capsys.readouterr().out
+    assert "GGUF" in text and "q8_0" in text and "--force" in text
+
+
+# ---------------------------------------------------------------- the GGUF writer alone
+
+
+def test_gguf_writer_value_types_read_back_with_gguf_py(tmp_path):
+    T = gguf.GGUFValueType
+    metadata = {
+        "a.u32": 7,
+        "a.i32": -7,
+        "a.f32": 0.5,
+        "a.bool": True,
+        "a.str": "héllo",
+        "a.strings": ["<s>", "▁the", ""],
+        "a.ints": [1, -2, 3],
+        "a.floats": [0.0, -1.5],
+        "a.u8": np.uint8(200),
+        "a.i64": np.int64(-(2**40)),
+        "a.f64": np.float64(1e-300),
+        "a.u16s": np.array([1, 65535], dtype=np.uint16),
+        "a.bools": np.array([True, False]),
+    }
+    path = tmp_path / "values.gguf"
+    write_gguf(path, metadata, [])
+    fields = gguf.GGUFReader(path).fields
+    expected_types = {
+        "a.u32": [T.UINT32],
+        "a.i32": [T.INT32],
+        "a.f32": [T.FLOAT32],
+        "a.bool": [T.BOOL],
+        "a.str": [T.STRING],
+        "a.strings": [T.ARRAY, T.STRING],
+        "a.ints": [T.ARRAY, T.INT32],
+        "a.floats": [T.ARRAY, T.FLOAT32],
+        "a.u8": [T.UINT8],
+        "a.i64": [T.INT64],
+        "a.f64": [T.FLOAT64],
+        "a.u16s": [T.ARRAY, T.UINT16],
+        "a.bools": [T.ARRAY, T.BOOL],
+    }
+    assert {k: fields[k].types for k in metadata} == expected_types
+    for key, value in metadata.items():
+        found = fields[key].contents()
+        assert np.array_equal(np.asarray(found), np.asarray(value)), key
+
+
+def test_gguf_writer_refuses_values_it_cannot_type(tmp_path):
+    with pytest.raises(ArgumentError, match="GGUF arrays hold one type"):
+        write_gguf(tmp_path / "x.gguf", {"k": [1, "a"]}, [])
+    with pytest.raises(ArgumentError, match="no GGUF type"):
+        write_gguf(tmp_path / "y.gguf", {"k": {"a": 1}}, [])

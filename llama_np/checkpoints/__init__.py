@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from ..config import LlamaConfig
 from ..errors import CheckpointError
@@ -24,10 +27,47 @@ from .hf import load_hf, read_hf_config
 from .llama2c import load_llama2c, read_header
 from .meta import load_meta
 
-__all__ = ["DEFAULT_CHECKPOINT", "load", "read_config"]
+__all__ = ["DEFAULT_CHECKPOINT", "Checkpoint", "load", "open_checkpoint", "read_config"]
 
 # The small real model shipped with llama_np (see weights/stories260K/PROVENANCE.md).
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "weights" / "stories260K"
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint opened but not yet built into a Model: what loaders and exporters share."""
+
+    path: Path  # the checkpoint file, or its directory
+    directory: Path  # where its side files (tokenizer, tokenizer_config.json, ...) live
+    config: LlamaConfig
+    tensors: dict[str, np.ndarray]  # by Meta name, (out, in), file dtype, memory-mapped
+    tokenizer: object | None  # a tokenizer (see tokenizers/), or None when there is none
+    tokenizer_path: Path | None  # the file it was read from
+
+
+def open_checkpoint(path: str | Path, tokenizer: str | Path | None = None) -> Checkpoint:
+    """Find a checkpoint's format, config, tensors (memory-mapped) and tokenizer.
+
+    `path` and `tokenizer` as for `load`; nothing is converted to float32 yet.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(
+            f"{path}: no such file or directory; pass a checkpoint file or a directory holding one"
+        )
+    if path.is_dir() and (path / "config.json").exists():
+        config, tensors = load_hf(path)
+        directory, exclude = path, None
+    elif path.is_dir() and (path / "params.json").exists():
+        config, tensors = load_meta(path)
+        directory, exclude = path, None
+    else:
+        path = _llama2c_file(path)
+        config, tensors = load_llama2c(path)
+        directory, exclude = path.parent, path
+    tokenizer_path = Path(tokenizer) if tokenizer else find_tokenizer(directory, exclude=exclude)
+    tok = load_tokenizer(tokenizer_path, config.vocab_size) if tokenizer_path else None
+    return Checkpoint(path, directory, config, tensors, tok, tokenizer_path)
 
 
 def load(
@@ -44,26 +84,10 @@ def load(
     (smaller, slower: see weight_formats.py); the default "fp32" converts them once.
     """
     check_weights_dtype(weights_dtype)  # before any reading
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(
-            f"{path}: no such file or directory; pass a checkpoint file or a directory holding one"
-        )
-    if path.is_dir() and (path / "config.json").exists():
-        config, tensors = load_hf(path)
-        directory, exclude = path, None
-    elif path.is_dir() and (path / "params.json").exists():
-        config, tensors = load_meta(path)
-        directory, exclude = path, None
-    else:
-        path = _llama2c_file(path)
-        config, tensors = load_llama2c(path)
-        directory, exclude = path.parent, path
-    check_model_fits(config, str(path), weights_dtype)
-    tokenizer_path = Path(tokenizer) if tokenizer else find_tokenizer(directory, exclude=exclude)
-    tok = load_tokenizer(tokenizer_path, config.vocab_size) if tokenizer_path else None
-    progress = _Progress(config.name or path.name)
-    return Model.from_tensors(config, tensors, tok, weights_dtype, progress)
+    ckpt = open_checkpoint(path, tokenizer)
+    check_model_fits(ckpt.config, str(ckpt.path), weights_dtype)
+    progress = _Progress(ckpt.config.name or ckpt.path.name)
+    return Model.from_tensors(ckpt.config, ckpt.tensors, ckpt.tokenizer, weights_dtype, progress)
 
 
 def read_config(path: str | Path) -> LlamaConfig:

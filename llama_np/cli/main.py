@@ -14,6 +14,7 @@ from pathlib import Path
 from .. import DEFAULT_CHECKPOINT, load
 from ..chat import CHAT_FORMATS, Chat
 from ..checkpoints.download import KNOWN_CHECKPOINTS, download
+from ..checkpoints.export import convert
 from ..errors import ArgumentError, LlamaNpError
 from ..generate import GenerationStats, generate, generate_batch
 from ..hooks import break_at
@@ -178,6 +179,32 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--endpoint", help="hub URL (default: $HF_ENDPOINT or https://huggingface.co)")
     dl.add_argument("-q", "--quiet", action="store_true", help="no progress or file lines")
     dl.set_defaults(run=run_download)
+
+    conv = commands.add_parser(
+        "convert",
+        help="write a model as GGUF (llama.cpp) or a Hugging Face safetensors directory",
+        description="Write any model llama_np loads as a GGUF file for llama.cpp (and Ollama, "
+        "LM Studio) or as a Hugging Face LlamaForCausalLM directory for transformers. "
+        "Tensors are converted one at a time.",
+    )
+    conv.add_argument("model", metavar="MODEL", help="checkpoint file or directory to convert")
+    conv.add_argument(
+        "out", metavar="OUT", help="output: a .gguf file, or a directory (Hugging Face)"
+    )
+    conv.add_argument(
+        "--to",
+        metavar="FORMAT",
+        help="gguf or hf (default: gguf when OUT ends in .gguf, else hf)",
+    )
+    conv.add_argument(
+        "--type",
+        default="f32",
+        metavar="TYPE",
+        help="weight type: f32, f16 or q8_0 for GGUF; f32, f16 or bf16 for hf (default: f32, "
+        "exact); norms stay f32",
+    )
+    conv.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    conv.set_defaults(run=run_convert)
     cli_perf.add_commands(commands)  # memory, profile
     return parser
 
@@ -321,6 +348,21 @@ def run_download(args: argparse.Namespace) -> int:
         print("\nllama-np: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     print(target)
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        if time.perf_counter() - start < 1.0:  # small models: no progress lines
+            return
+        end = "\n" if done == total else ""
+        print(f"\rwriting {args.out}: {done}/{total} tensors", end=end, file=sys.stderr)
+
+    out = convert(args.model, args.out, args.to, args.type, args.force, progress)
+    size = sum(p.stat().st_size for p in out.rglob("*")) if out.is_dir() else out.stat().st_size
+    print(f"wrote {out} ({nbytes(size)})")
     return 0
 
 

@@ -1,0 +1,356 @@
+"""Export any checkpoint llama_np loads as GGUF (llama.cpp) or a Hugging Face directory.
+
+`convert(src, out)` is `llama-np convert`: the bridge for users who move on to llama.cpp
+(Ollama, LM Studio) or transformers. Tensors are read from the source checkpoint as its loader
+maps them (Meta names, (out, in), memory-mapped in their file dtype) and written one at a
+time, so converting needs about one tensor of memory beyond what the OS caches, not a model.
+
+What changes on the way:
+
+* Names: Meta's (`layers.3.attention.wq.weight`) become GGUF's (`blk.3.attn_q.weight`) or
+  HF's (`model.layers.3.self_attn.q_proj.weight`).
+* RoPE pairing: GGUF stores q/k rows for interleaved pairs (x[2i], x[2i+1]), as Meta and
+  llama2.c do; HF stores them for half-split pairs (x[i], x[i+HD/2]). A model in the other
+  pairing has the rows of its wq and wk permuted within each head (hf.to_interleaved /
+  hf.to_half_split), exactly as llama.cpp's and transformers' converters do.
+* Types: GGUF F32, F16 or Q8_0; HF F32, F16 or BF16. Q8_0 stores each run of 32 weights of a
+  row as one float16 scale d = max|w|/127 and 32 int8 q = round(w/d) (34 bytes for 32
+  weights). As in llama.cpp's convert_hf_to_gguf.py, 1-D tensors (norms, RoPE factors) stay
+  F32 and a matrix whose rows are not a multiple of 32 long falls back to F16.
+* Llama 3.1 RoPE scaling: GGUF has no keys for it; llama.cpp's converter stores the divisor of
+  each pair's frequency as the tensor `rope_freqs.weight`, and so do we.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..config import LlamaConfig
+from ..dtypes import bfloat16_from_float32, to_float32
+from ..errors import ArgumentError, CheckpointError, ConfigError
+from ..layers import rope_frequencies
+from ..schema import tensor_specs
+from ..tokenizers import TOKENIZER_FILES
+from . import Checkpoint, open_checkpoint
+from .gguf_writer import TENSOR_TYPES, TensorEntry, write_gguf
+from .hf import hf_name, to_half_split, to_interleaved
+from .safetensors import write_safetensors
+
+FORMATS = ("gguf", "hf")
+OUT_TYPES = {"gguf": ("f32", "f16", "q8_0"), "hf": ("f32", "f16", "bf16")}
+
+# llama.cpp's llama_ftype: what general.file_type says most matrices are.
+GGUF_FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7}
+GGML_QUANT_VERSION = 2  # general.quantization_version of current llama.cpp files
+
+# Meta's tensor names -> GGUF's (llama.cpp's llama architecture), per layer and global.
+GGUF_LAYER_NAMES = {
+    "attention_norm.weight": "attn_norm.weight",
+    "attention.wq.weight": "attn_q.weight",
+    "attention.wk.weight": "attn_k.weight",
+    "attention.wv.weight": "attn_v.weight",
+    "attention.wo.weight": "attn_output.weight",
+    "ffn_norm.weight": "ffn_norm.weight",
+    "feed_forward.w1.weight": "ffn_gate.weight",
+    "feed_forward.w2.weight": "ffn_down.weight",
+    "feed_forward.w3.weight": "ffn_up.weight",
+}
+GGUF_GLOBAL_NAMES = {
+    "tok_embeddings.weight": "token_embd.weight",
+    "norm.weight": "output_norm.weight",
+    "output.weight": "output.weight",
+}
+ROPE_FREQS = "rope_freqs.weight"
+
+# Side files of an HF directory copied as they are when the source has them.
+HF_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+
+
+def convert(
+    src: str | Path,
+    out: str | Path,
+    to: str | None = None,
+    out_type: str = "f32",
+    force: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Write the checkpoint at `src` to `out` as GGUF or an HF directory; returns `out`.
+
+    `to` is "gguf" or "hf"; by default `out` ending in .gguf means GGUF, anything else an HF
+    directory. `out_type`: "f32", "f16" or "q8_0" for GGUF; "f32", "f16" or "bf16" for HF.
+    An existing `out` is refused unless `force`, which replaces it. The file or directory is
+    written under a temporary name and renamed at the end: a failed conversion leaves nothing.
+    """
+    src, out = Path(src), Path(out)
+    to = to or ("gguf" if out.suffix == ".gguf" else "hf")
+    if to not in FORMATS:
+        raise ArgumentError(f"unknown output format {to!r}: expected one of {', '.join(FORMATS)}")
+    if out_type not in OUT_TYPES[to]:
+        raise ArgumentError(
+            f"--type {out_type!r} cannot be written to {to.upper()}: expected one of "
+            f"{', '.join(OUT_TYPES[to])}"
+        )
+    _check_out(src, out, force)
+    ckpt = open_checkpoint(src)
+    partial = out.with_name(f".{out.name}.partial")
+    _remove(partial)
+    try:
+        if to == "gguf":
+            export_gguf(ckpt, partial, out_type, progress)
+        else:
+            export_hf(ckpt, partial, out_type, progress)
+        if out.exists() or out.is_symlink():
+            _remove(out)  # only reached with force (_check_out)
+        os.replace(partial, out)
+    finally:
+        _remove(partial)
+    return out
+
+
+def _check_out(src: Path, out: Path, force: bool) -> None:
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise ArgumentError(
+                f"{out} already exists; pass --force (force=True) to replace it, or choose "
+                f"another output path"
+            )
+        source = src.resolve()
+        target = out.resolve()
+        if source == target or target in source.parents:
+            raise ArgumentError(
+                f"{out} holds the checkpoint being converted ({src}); --force would delete "
+                f"it: choose another output path"
+            )
+    if not out.parent.is_dir():
+        raise ArgumentError(f"{out}: the directory {out.parent} does not exist; create it first")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+# ---------------------------------------------------------------- tensors
+
+
+def gguf_name(meta_name: str) -> str:
+    """The GGUF name of a tensor named as in `schema.tensor_names`."""
+    if meta_name in GGUF_GLOBAL_NAMES:
+        return GGUF_GLOBAL_NAMES[meta_name]
+    _, i, rest = meta_name.split(".", 2)  # "layers", "3", "attention.wq.weight"
+    if rest not in GGUF_LAYER_NAMES:
+        raise CheckpointError(f"tensor {meta_name} has no GGUF name: export does not support it")
+    return f"blk.{i}.{GGUF_LAYER_NAMES[rest]}"
+
+
+def export_tensor(config: LlamaConfig, name: str, tensor, interleaved: bool) -> np.ndarray:
+    """One checkpoint tensor as float32, its q/k rows in the RoPE pairing asked for.
+
+    `tensor` is a loader's array (float32, float16 or bfloat16, maybe memory-mapped), or a
+    block-quantized tensor with `to_float32()`.
+    """
+    w = tensor.to_float32() if hasattr(tensor, "to_float32") else to_float32(tensor)
+    if interleaved != config.rope_interleaved:
+        heads = {"attention.wq.weight": config.n_heads, "attention.wk.weight": config.n_kv_heads}
+        n_heads = heads.get(name.split(".", 2)[-1])
+        if n_heads is not None:
+            w = (to_interleaved if interleaved else to_half_split)(w, n_heads)
+    return np.ascontiguousarray(w, dtype=np.float32)
+
+
+def _as_float16(name: str, w: np.ndarray) -> np.ndarray:
+    big = np.abs(w) > np.finfo(np.float16).max
+    if big.any():
+        raise CheckpointError(
+            f"tensor {name} has {int(big.sum())} values beyond float16's range "
+            f"(max |w| = {float(np.abs(w).max()):.4g} > 65504); convert with --type f32 or bf16"
+        )
+    return w.astype(np.float16)
+
+
+def _file_order(ckpt: Checkpoint) -> list[str]:
+    """The checkpoint's tensor names in the schema's order: embedding, block by block, head."""
+    return [name for name in tensor_specs(ckpt.config) if name in ckpt.tensors]
+
+
+# ---------------------------------------------------------------- GGUF
+
+
+def gguf_tensor_type(shape: tuple[int, ...], out_type: str) -> str:
+    """The ggml type a tensor is written as: F32 for 1-D tensors, else `out_type`, with F16 for
+    Q8_0 matrices whose rows are not a multiple of 32 long (llama.cpp's converter does both)."""
+    if len(shape) == 1 or out_type == "f32":
+        return "F32"
+    if out_type == "q8_0" and shape[-1] % 32 == 0:
+        return "Q8_0"
+    return "F16"
+
+
+def _gguf_data(ckpt: Checkpoint, name: str, type_name: str) -> np.ndarray:
+    w = export_tensor(ckpt.config, name, ckpt.tensors[name], interleaved=True)
+    if type_name == "F32":
+        return w
+    if type_name == "F16":
+        return _as_float16(name, w)
+    return quantize_q8_0(w)
+
+
+def gguf_metadata(config: LlamaConfig, tokenizer, out_type: str) -> dict[str, object]:
+    """The GGUF key/values of a llama model: general.*, llama.* and the tokenizer's keys."""
+    c = config
+    metadata: dict[str, object] = {
+        "general.architecture": "llama",
+        "general.name": c.name or "llama",
+        "general.file_type": GGUF_FILE_TYPES[out_type],
+        "general.quantization_version": GGML_QUANT_VERSION,
+        "general.alignment": 32,
+        "llama.vocab_size": c.vocab_size,
+        "llama.context_length": c.max_seq_len,
+        "llama.embedding_length": c.dim,
+        "llama.block_count": c.n_layers,
+        "llama.feed_forward_length": c.hidden_dim,
+        "llama.rope.dimension_count": c.head_dim,
+        "llama.attention.head_count": c.n_heads,
+        "llama.attention.head_count_kv": c.n_kv_heads,
+        "llama.attention.layer_norm_rms_epsilon": float(c.norm_eps),
+        "llama.rope.freq_base": float(c.rope_theta),
+    }
+    if c.head_dim != c.dim // c.n_heads:  # llama.cpp assumes dim / heads unless told
+        metadata["llama.attention.key_length"] = c.head_dim
+        metadata["llama.attention.value_length"] = c.head_dim
+    if c.rope_scaling is not None and c.rope_scaling.kind == "linear":
+        metadata["llama.rope.scaling.type"] = "linear"
+        metadata["llama.rope.scaling.factor"] = float(c.rope_scaling.factor)
+    if tokenizer is not None:
+        metadata.update(gguf_tokenizer_metadata(tokenizer))
+        if getattr(tokenizer, "chat_template", None):
+            metadata.setdefault("tokenizer.chat_template", tokenizer.chat_template)
+    return metadata
+
+
+def rope_freq_divisors(config: LlamaConfig) -> np.ndarray:
+    """Llama 3.1 scaling as llama.cpp stores it: each pair's frequency divisor.   (HD/2,)"""
+    plain = rope_frequencies(config.head_dim, config.rope_theta)
+    scaled = rope_frequencies(config.head_dim, config.rope_theta, config.rope_scaling)
+    return (plain / scaled).astype(np.float32)
+
+
+def export_gguf(
+    ckpt: Checkpoint,
+    path: Path,
+    out_type: str = "f32",
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """Write `ckpt` as a GGUF file for llama.cpp's `llama` architecture."""
+    config = ckpt.config
+    entries = []
+    if config.rope_scaling is not None and config.rope_scaling.kind == "llama3":
+        divisors = rope_freq_divisors(config)
+        entries.append(
+            TensorEntry(ROPE_FREQS, divisors.shape, TENSOR_TYPES["F32"], lambda: divisors)
+        )
+    for name in _file_order(ckpt):
+        shape = tuple(ckpt.tensors[name].shape)
+        type_name = gguf_tensor_type(shape, out_type)
+        make = functools.partial(_gguf_data, ckpt, name, type_name)
+        entries.append(TensorEntry(gguf_name(name), shape, TENSOR_TYPES[type_name], make))
+    write_gguf(path, gguf_metadata(config, ckpt.tokenizer, out_type), entries, progress)
+
+
+# ---------------------------------------------------------------- Hugging Face
+
+HF_DTYPES = {"f32": ("F32", "float32"), "f16": ("F16", "float16"), "bf16": ("BF16", "bfloat16")}
+
+
+def hf_config(config: LlamaConfig, torch_dtype: str) -> dict:
+    """config.json of a LlamaForCausalLM with this config (the Hub's spelling)."""
+    c = config
+    cfg = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": c.dim,
+        "intermediate_size": c.hidden_dim,
+        "num_hidden_layers": c.n_layers,
+        "num_attention_heads": c.n_heads,
+        "num_key_value_heads": c.n_kv_heads,
+        "head_dim": c.head_dim,
+        "vocab_size": c.vocab_size,
+        "max_position_embeddings": c.max_seq_len,
+        "rms_norm_eps": c.norm_eps,
+        "rope_theta": c.rope_theta,
+        "hidden_act": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": c.tie_embeddings,
+        "bos_token_id": c.bos_id,
+        "eos_token_id": c.stop_ids[0] if len(c.stop_ids) == 1 else list(c.stop_ids),
+        "torch_dtype": torch_dtype,
+    }
+    scaling = c.rope_scaling
+    if scaling is not None and scaling.kind == "linear":
+        cfg["rope_scaling"] = {"rope_type": "linear", "factor": scaling.factor}
+    elif scaling is not None and scaling.kind == "llama3":
+        cfg["rope_scaling"] = {
+            "rope_type": "llama3",
+            "factor": scaling.factor,
+            "low_freq_factor": scaling.low_freq_factor,
+            "high_freq_factor": scaling.high_freq_factor,
+            "original_max_position_embeddings": scaling.original_max_position_embeddings,
+        }
+    elif scaling is not None:
+        raise ConfigError(
+            f"RoPE scaling {scaling.kind!r} has no config.json spelling in transformers; "
+            f"export this model to GGUF instead"
+        )
+    return cfg
+
+
+def _hf_data(ckpt: Checkpoint, name: str, out_type: str) -> np.ndarray:
+    w = export_tensor(ckpt.config, name, ckpt.tensors[name], interleaved=False)
+    if out_type == "f16":
+        return _as_float16(name, w)
+    if out_type == "bf16":
+        return bfloat16_from_float32(w)
+    return w
+
+
+def export_hf(
+    ckpt: Checkpoint,
+    directory: Path,
+    out_type: str = "f32",
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """Write `ckpt` as an HF LlamaForCausalLM directory: config.json, model.safetensors,
+    generation_config.json and the tokenizer files the source has."""
+    dtype, torch_dtype = HF_DTYPES[out_type]
+    config_json = hf_config(ckpt.config, torch_dtype)
+    directory.mkdir()
+    entries = [
+        (hf_name(name), tuple(t.shape), dtype, functools.partial(_hf_data, ckpt, name, out_type))
+        for name, t in ((n, ckpt.tensors[n]) for n in _file_order(ckpt))
+    ]
+    write_safetensors(directory / "model.safetensors", entries, progress=progress)
+    (directory / "config.json").write_text(json.dumps(config_json, indent=2) + "\n")
+    # The tokenizer the model was loaded with, and the HF tokenizer files beside it
+    # (tokenizer.model and tokenizer.json when a repo has both; tokenizer_config.json holds
+    # the chat template and special tokens).
+    copies = [ckpt.tokenizer_path] if ckpt.tokenizer_path is not None else []
+    copies += [ckpt.directory / n for n in (*TOKENIZER_FILES, *HF_SIDE_FILES)]
+    for source in copies:
+        if source.is_file():
+            shutil.copyfile(source, directory / source.name)
+    if not (directory / "generation_config.json").exists():
+        generation = {
+            "bos_token_id": ckpt.config.bos_id,
+            "eos_token_id": config_json["eos_token_id"],
+        }
+        (directory / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
