@@ -65,6 +65,8 @@ class TextStream:
         self._strip = strip_leading_space
 
     def push(self, token: int) -> str:
+        if self.tokenizer is None:  # a model without one generates ids (stats.tokens) only
+            return ""
         text = self._utf8.decode(self.tokenizer.token_bytes(token))
         if self._strip and text:
             self._strip = False
@@ -228,14 +230,17 @@ def _fit_context(
 
 
 def prompt_tokens(model: Model, prompt: str | Sequence[int]) -> list[int]:
-    """A prompt's token ids (text is encoded with BOS), checked against the vocabulary."""
+    """A prompt's token ids (text is encoded with BOS), checked against the vocabulary.
+
+    A model without a tokenizer takes ids only, and generates ids only (no text).
+    """
     tokenizer = model.tokenizer
-    if tokenizer is None:
-        raise ArgumentError(
-            "this model has no tokenizer to turn tokens into text; load one with "
-            "llama_np.load(path, tokenizer=...) or use Model.prefill/decode with token ids"
-        )
     if isinstance(prompt, str):
+        if tokenizer is None:
+            raise ArgumentError(
+                "this model has no tokenizer to turn text into tokens; load one with "
+                "llama_np.load(path, tokenizer=...) or pass the prompt as token ids"
+            )
         tokens = tokenizer.encode(prompt, bos=True)
     else:
         try:
