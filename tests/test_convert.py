@@ -119,6 +119,19 @@ def test_hf_to_hf_round_trip_is_exact(tmp_path, case):
     assert np.array_equal(prompt_logits(original, tokens), prompt_logits(exported, tokens))
 
 
+def test_meta_download_exports_to_hf_matching_transformers(tmp_path):
+    # Meta's .pth (interleaved RoPE, bf16, Llama 3.1 scaling) -> HF half-split rows, llama3
+    # rope_scaling in config.json; transformers' logits are the reference.
+    out = convert(FIXTURES / "meta", tmp_path / "hf")
+    config = json.loads((out / "config.json").read_text())
+    assert config["rope_scaling"]["rope_type"] == "llama3"
+    model = llama_np.load(out)
+    assert model.config.rope_scaling == llama_np.load(FIXTURES / "meta").config.rope_scaling
+    expected = np.load(FIXTURES / "meta" / "logits.npy")
+    logits = prompt_logits(model, fixture_tokens("meta"))
+    assert np.abs(logits - expected).max() < 1e-3 * max(1.0, np.abs(expected).max())
+
+
 @pytest.mark.parametrize(("out_type", "tolerance"), [("f16", 1e-3), ("bf16", 1e-2)])
 def test_hf_half_precision_export_is_close(tmp_path, out_type, tolerance):
     out = convert(FIXTURES / "fp32", tmp_path / "out", out_type=out_type)
