@@ -18,7 +18,7 @@ import pytest
 from safetensors.numpy import load_file
 
 import llama_np
-from llama_np.checkpoints import DEFAULT_CHECKPOINT, open_checkpoint
+from llama_np.checkpoints import DEFAULT_CHECKPOINT, read_checkpoint
 from llama_np.checkpoints.export import convert, gguf_name, rope_freq_divisors
 from llama_np.checkpoints.gguf_writer import write_gguf
 from llama_np.checkpoints.hf import hf_name
@@ -80,7 +80,7 @@ def test_exported_hf_directory_has_the_files_transformers_reads(stories_hf):
     assert config["tie_word_embeddings"] is True and config["eos_token_id"] == [2, 1]
     # The safetensors package (an independent reader) sees every tensor under its HF name.
     stored = load_file(stories_hf / "model.safetensors")
-    ckpt = open_checkpoint(DEFAULT_CHECKPOINT)
+    ckpt = read_checkpoint(DEFAULT_CHECKPOINT)
     assert set(stored) == {hf_name(n) for n in ckpt.tensors}
     norm = ckpt.tensors["layers.2.ffn_norm.weight"]
     assert np.array_equal(stored["model.layers.2.post_attention_layernorm.weight"], norm)
@@ -183,7 +183,7 @@ def test_gguf_metadata_is_what_llama_cpp_reads(fp32_gguf):
 
 def test_gguf_tensors_have_llama_cpp_names_shapes_and_interleaved_q_k(fp32_gguf):
     reader = gguf.GGUFReader(fp32_gguf)
-    ckpt = open_checkpoint(FIXTURES / "fp32")
+    ckpt = read_checkpoint(FIXTURES / "fp32")
     config = ckpt.config
     # Every name is one of gguf-py's tensor names for the llama architecture.
     known = {

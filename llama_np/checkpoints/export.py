@@ -38,7 +38,7 @@ from ..errors import ArgumentError, CheckpointError, ConfigError
 from ..layers import rope_frequencies
 from ..schema import tensor_specs
 from ..tokenizers import TOKENIZER_FILES
-from . import Checkpoint, open_checkpoint
+from . import Checkpoint, checkpoint_tokenizer, read_checkpoint
 from .gguf_writer import TENSOR_TYPES, TensorEntry, write_gguf
 from .hf import hf_name, to_half_split, to_interleaved
 from .safetensors import write_safetensors
@@ -98,14 +98,15 @@ def convert(
             f"{', '.join(OUT_TYPES[to])}"
         )
     _check_out(src, out, force)
-    ckpt = open_checkpoint(src)
+    ckpt = read_checkpoint(src)
+    tokenizer, tokenizer_path = checkpoint_tokenizer(ckpt)
     partial = out.with_name(f".{out.name}.partial")
     _remove(partial)
     try:
         if to == "gguf":
-            export_gguf(ckpt, partial, out_type, progress)
+            export_gguf(ckpt, tokenizer, partial, out_type, progress)
         else:
-            export_hf(ckpt, partial, out_type, progress)
+            export_hf(ckpt, tokenizer_path, partial, out_type, progress)
         if out.exists() or out.is_symlink():
             _remove(out)  # only reached with force (_check_out)
         os.replace(partial, out)
@@ -246,11 +247,13 @@ def rope_freq_divisors(config: LlamaConfig) -> np.ndarray:
 
 def export_gguf(
     ckpt: Checkpoint,
+    tokenizer,
     path: Path,
     out_type: str = "f32",
     progress: Callable[[int, int], None] | None = None,
 ) -> None:
-    """Write `ckpt` as a GGUF file for llama.cpp's `llama` architecture."""
+    """Write `ckpt` (and `tokenizer`, if not None) as a GGUF file for llama.cpp's `llama`
+    architecture."""
     config = ckpt.config
     entries = []
     if config.rope_scaling is not None and config.rope_scaling.kind == "llama3":
@@ -263,7 +266,7 @@ def export_gguf(
         type_name = gguf_tensor_type(shape, out_type)
         make = functools.partial(_gguf_data, ckpt, name, type_name)
         entries.append(TensorEntry(gguf_name(name), shape, TENSOR_TYPES[type_name], make))
-    write_gguf(path, gguf_metadata(config, ckpt.tokenizer, out_type), entries, progress)
+    write_gguf(path, gguf_metadata(config, tokenizer, out_type), entries, progress)
 
 
 # ---------------------------------------------------------------- Hugging Face
@@ -325,12 +328,14 @@ def _hf_data(ckpt: Checkpoint, name: str, out_type: str) -> np.ndarray:
 
 def export_hf(
     ckpt: Checkpoint,
+    tokenizer_path: Path | None,
     directory: Path,
     out_type: str = "f32",
     progress: Callable[[int, int], None] | None = None,
 ) -> None:
     """Write `ckpt` as an HF LlamaForCausalLM directory: config.json, model.safetensors,
-    generation_config.json and the tokenizer files the source has."""
+    generation_config.json, and the tokenizer file `tokenizer_path` with the HF tokenizer
+    files beside the checkpoint."""
     dtype, torch_dtype = HF_DTYPES[out_type]
     config_json = hf_config(ckpt.config, torch_dtype)
     directory.mkdir()
@@ -343,7 +348,7 @@ def export_hf(
     # The tokenizer the model was loaded with, and the HF tokenizer files beside it
     # (tokenizer.model and tokenizer.json when a repo has both; tokenizer_config.json holds
     # the chat template and special tokens).
-    copies = [ckpt.tokenizer_path] if ckpt.tokenizer_path is not None else []
+    copies = [tokenizer_path] if tokenizer_path is not None else []
     copies += [ckpt.directory / n for n in (*TOKENIZER_FILES, *HF_SIDE_FILES)]
     for source in copies:
         if source.is_file():

@@ -1,13 +1,7 @@
-"""Tokenizers: text <-> token ids. Every tokenizer has the same small interface:
-
-encode(text, bos=True, eos=False) -> list[int]
-decode(ids) -> str
-token_bytes(id) -> bytes      the raw bytes one token adds (for streaming)
-vocab_size, bos_id, eos_id, adds_dummy_prefix
-
-and the kinds made for chat models also have: encode(..., allow_special=False) (special-token
-text becomes the special token only when allowed), special_tokens (name -> id),
-token_id(name), and chat_template (from tokenizer_config.json beside the file, or None).
+"""Tokenizers: text <-> token ids. Every tokenizer has the interface of `Tokenizer` below;
+the kinds made for chat models also have: encode(..., allow_special=False) (special-token
+text becomes the special token only when allowed), special_tokens (name -> id) and
+token_id(name).
 
 Kinds: llama2.c tokenizer.bin, SentencePiece tokenizer.model (Llama 2, TinyLlama), tiktoken
 tokenizer.model (Llama 3) and byte-level BPE tokenizer.json (Llama 3 HF repos, SmolLM).
@@ -17,6 +11,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Protocol
 
 from ..errors import TokenizerError
 from .hf_json import load_hf_json, read_chat_template
@@ -28,9 +23,29 @@ __all__ = [
     "Llama2cTokenizer",
     "SentencePieceTokenizer",
     "TiktokenTokenizer",
+    "Tokenizer",
     "find_tokenizer",
     "load_tokenizer",
 ]
+
+
+class Tokenizer(Protocol):
+    """What every tokenizer provides (the generation loop, chat and tools rely on these)."""
+
+    vocab_size: int  # ids 0 .. vocab_size - 1
+    bos_id: int
+    eos_id: int
+    adds_dummy_prefix: bool  # SentencePiece-style: a space is put before the text
+    chat_template: str | None  # the checkpoint's Jinja chat template, if it has one
+
+    def encode(self, text: str, bos: bool = True, eos: bool = False) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+    def token_bytes(self, token: int) -> bytes:
+        """The raw bytes one token adds to the text (for streaming)."""
+        ...
+
 
 # Looked for in a checkpoint directory, in this order.
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer.bin")

@@ -21,6 +21,7 @@ class Llama2cTokenizer:
     """Encode text to token ids and back with a llama2.c vocabulary."""
 
     adds_dummy_prefix = True  # encode() prepends a space; decode() removes it again
+    chat_template: str | None = None  # llama2.c vocabularies come without one
 
     def __init__(self, pieces: list[bytes], scores: list[float], bos_id: int = 1, eos_id: int = 2):
         if len(pieces) != len(scores):
