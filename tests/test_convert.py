@@ -24,6 +24,7 @@ from llama_np.checkpoints.gguf_writer import write_gguf
 from llama_np.checkpoints.hf import hf_name
 from llama_np.cli import main
 from llama_np.errors import ArgumentError
+from llama_np.tokenizers.sentencepiece_writer import sentencepiece_model_bytes
 from llama_np.tools.known_models import KNOWN_MODELS
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf"
@@ -384,3 +385,49 @@ def test_gguf_writer_refuses_values_it_cannot_type(tmp_path):
         write_gguf(tmp_path / "x.gguf", {"k": [1, "a"]}, [])
     with pytest.raises(ArgumentError, match="no GGUF type"):
         write_gguf(tmp_path / "y.gguf", {"k": {"a": 1}}, [])
+
+
+# ---------------------------------------------------------------- tokenizer files for HF
+
+TOKENIZER_TEXTS = [
+    "Hello world",
+    "  leading spaces and\ttabs\n\nnewlines   ",
+    "héllo wörld ñ 日本語 🤖 \u2581",
+    "12345 3.14159 1,000,000",
+    "def f(x):\n    return x**2  # comment",
+    "<s> not special </s> <unk>",
+    "",
+    " ",
+    "a" * 50,
+]
+
+
+def test_sentencepiece_model_written_from_pieces_encodes_as_the_original():
+    # Llama 2's tokenizer.model, taken apart into pieces/scores/types and written back: the
+    # sentencepiece library (the reference) must encode every text the same way.
+    import sentencepiece
+
+    path = Path(__file__).parent / "data" / "tokenizers" / "llama2" / "tokenizer.model"
+    sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
+    kinds = {
+        sp.is_unknown: 2,
+        sp.is_control: 3,
+        sp.is_unused: 5,
+        sp.is_byte: 6,
+    }
+    types = [next((t for test, t in kinds.items() if test(i)), 1) for i in range(sp.vocab_size())]
+    data = sentencepiece_model_bytes(
+        [sp.id_to_piece(i) for i in range(sp.vocab_size())],
+        [sp.get_score(i) for i in range(sp.vocab_size())],
+        types,
+        unk_id=sp.unk_id(),
+        bos_id=sp.bos_id(),
+        eos_id=sp.eos_id(),
+        pad_id=sp.pad_id(),
+    )
+    written = sentencepiece.SentencePieceProcessor(model_proto=data)
+    assert written.vocab_size() == sp.vocab_size() == 32000
+    assert (written.bos_id(), written.eos_id(), written.unk_id()) == (1, 2, 0)
+    for text in TOKENIZER_TEXTS:
+        assert written.encode(text) == sp.encode(text), text
+    assert [written.is_byte(i) for i in range(300)] == [sp.is_byte(i) for i in range(300)]
