@@ -15,6 +15,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
+from checkpoint_writers import random_tensors, write_hf
 from safetensors.numpy import load_file
 
 import llama_np
@@ -23,6 +24,7 @@ from llama_np.checkpoints.export import convert, gguf_name, rope_freq_divisors
 from llama_np.checkpoints.gguf_writer import write_gguf
 from llama_np.checkpoints.hf import hf_name
 from llama_np.cli import main
+from llama_np.config import LlamaConfig
 from llama_np.errors import ArgumentError
 from llama_np.tokenizers.sentencepiece_writer import sentencepiece_model_bytes
 from llama_np.tools.known_models import KNOWN_MODELS
@@ -431,3 +433,24 @@ def test_sentencepiece_model_written_from_pieces_encodes_as_the_original():
     for text in TOKENIZER_TEXTS:
         assert written.encode(text) == sp.encode(text), text
     assert [written.is_byte(i) for i in range(300)] == [sp.is_byte(i) for i in range(300)]
+
+
+def test_attention_biases_get_gguf_names_and_the_q_k_permutation(tmp_path):
+    config = LlamaConfig(dim=64, n_layers=1, n_heads=4, n_kv_heads=2, hidden_dim=96, vocab_size=128)
+    tensors = random_tensors(config)
+    rng = np.random.default_rng(1)
+    for name, rows in (("wq", 64), ("wk", 32), ("wv", 32), ("wo", 64)):
+        tensors[f"layers.0.attention.{name}.bias"] = rng.standard_normal(rows, dtype=np.float32)
+    source = write_hf(tmp_path / "hf", config, tensors)  # q/k weights and biases half-split
+    stored = load_file(source / "model.safetensors")
+    found = gguf_tensors(gguf.GGUFReader(convert(source, tmp_path / "m.gguf")))
+    q_bias = stored["model.layers.0.self_attn.q_proj.bias"]
+    assert np.array_equal(found["blk.0.attn_q.bias"].data, llama_cpp_permute(q_bias, 4))
+    k_bias = stored["model.layers.0.self_attn.k_proj.bias"]
+    assert np.array_equal(found["blk.0.attn_k.bias"].data, llama_cpp_permute(k_bias, 2))
+    assert np.array_equal(
+        found["blk.0.attn_output.bias"].data, tensors["layers.0.attention.wo.bias"]
+    )
+    assert json.loads((convert(source, tmp_path / "out") / "config.json").read_text())[
+        "attention_bias"
+    ]

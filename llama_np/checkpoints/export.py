@@ -57,6 +57,10 @@ GGUF_LAYER_NAMES = {
     "attention.wk.weight": "attn_k.weight",
     "attention.wv.weight": "attn_v.weight",
     "attention.wo.weight": "attn_output.weight",
+    "attention.wq.bias": "attn_q.bias",  # optional (schema.py), as in llama.cpp
+    "attention.wk.bias": "attn_k.bias",
+    "attention.wv.bias": "attn_v.bias",
+    "attention.wo.bias": "attn_output.bias",
     "ffn_norm.weight": "ffn_norm.weight",
     "feed_forward.w1.weight": "ffn_gate.weight",
     "feed_forward.w2.weight": "ffn_down.weight",
@@ -161,8 +165,9 @@ def export_tensor(config: LlamaConfig, name: str, tensor, interleaved: bool) -> 
     """
     w = tensor.to_float32() if hasattr(tensor, "to_float32") else to_float32(tensor)
     if interleaved != config.rope_interleaved:
-        heads = {"attention.wq.weight": config.n_heads, "attention.wk.weight": config.n_kv_heads}
-        n_heads = heads.get(name.split(".", 2)[-1])
+        # q and k rows (and their biases) are rotated in pairs; v, o and the MLP are not.
+        kind = name.split(".", 2)[-1].rsplit(".", 1)[0]  # "attention.wq"
+        n_heads = {"attention.wq": config.n_heads, "attention.wk": config.n_kv_heads}.get(kind)
         if n_heads is not None:
             w = (to_interleaved if interleaved else to_half_split)(w, n_heads)
     return np.ascontiguousarray(w, dtype=np.float32)
@@ -274,8 +279,10 @@ def export_gguf(
 HF_DTYPES = {"f32": ("F32", "float32"), "f16": ("F16", "float16"), "bf16": ("BF16", "bfloat16")}
 
 
-def hf_config(config: LlamaConfig, torch_dtype: str) -> dict:
-    """config.json of a LlamaForCausalLM with this config (the Hub's spelling)."""
+def hf_config(config: LlamaConfig, torch_dtype: str, tensors=()) -> dict:
+    """config.json of a LlamaForCausalLM with this config (the Hub's spelling); `tensors`
+    names the checkpoint's tensors (attention_bias says whether q/k/v/o biases are among them).
+    """
     c = config
     cfg = {
         "architectures": ["LlamaForCausalLM"],
@@ -291,7 +298,7 @@ def hf_config(config: LlamaConfig, torch_dtype: str) -> dict:
         "rms_norm_eps": c.norm_eps,
         "rope_theta": c.rope_theta,
         "hidden_act": "silu",
-        "attention_bias": False,
+        "attention_bias": any(".bias" in name for name in tensors),
         "mlp_bias": False,
         "tie_word_embeddings": c.tie_embeddings,
         "bos_token_id": c.bos_id,
@@ -337,7 +344,7 @@ def export_hf(
     generation_config.json, and the tokenizer file `tokenizer_path` with the HF tokenizer
     files beside the checkpoint."""
     dtype, torch_dtype = HF_DTYPES[out_type]
-    config_json = hf_config(ckpt.config, torch_dtype)
+    config_json = hf_config(ckpt.config, torch_dtype, ckpt.tensors)
     directory.mkdir()
     entries = [
         (hf_name(name), tuple(t.shape), dtype, functools.partial(_hf_data, ckpt, name, out_type))
