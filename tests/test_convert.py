@@ -329,6 +329,11 @@ def test_force_never_deletes_the_source(tmp_path):
     with pytest.raises(ArgumentError, match="holds the checkpoint being converted"):
         convert(source, source, force=True)
     assert llama_np.load(source).config.tie_embeddings
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("keep me")
+    with pytest.raises(ArgumentError, match="not a Hugging Face model directory"):
+        convert(source, tmp_path / "notes", force=True)
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "keep me"
 
 
 def test_cli_convert_help_names_formats_and_types(capsys):

@@ -89,7 +89,8 @@ def convert(
 
     `to` is "gguf" or "hf"; by default `out` ending in .gguf means GGUF, anything else an HF
     directory. `out_type`: "f32", "f16" or "q8_0" for GGUF; "f32", "f16" or "bf16" for HF.
-    An existing `out` is refused unless `force`, which replaces it. The file or directory is
+    An existing `out` is refused unless `force`, which replaces it (a file, an empty directory
+    or a model directory; never the source or a directory holding it). The file or directory is
     written under a temporary name and renamed at the end: a failed conversion leaves nothing.
     """
     src, out = Path(src), Path(out)
@@ -132,6 +133,13 @@ def _check_out(src: Path, out: Path, force: bool) -> None:
             raise ArgumentError(
                 f"{out} holds the checkpoint being converted ({src}); --force would delete "
                 f"it: choose another output path"
+            )
+        # --force replaces a file or an earlier export, never a directory of other things.
+        if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
+            raise ArgumentError(
+                f"{out} is a directory that is not a Hugging Face model directory (no "
+                f"config.json); --force only replaces files and model directories: choose "
+                f"another output path"
             )
     if not out.parent.is_dir():
         raise ArgumentError(f"{out}: the directory {out.parent} does not exist; create it first")
