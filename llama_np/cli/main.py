@@ -20,6 +20,7 @@ from ..generate import GenerationStats, generate, generate_batch_stream
 from ..hooks import break_at
 from ..packed import WEIGHT_DTYPES
 from ..sampling import SamplingParams
+from ..schema import n_params
 from ..tools.memory import nbytes
 from . import perf as cli_perf
 
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="maximum number of tokens to generate (default: 256)",
     )
     add_sampling_args(gen)
+    add_special_arg(gen)
     gen.add_argument(
         "--truncate-prompt",
         action="store_true",
@@ -162,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         "model's context)",
     )
     add_sampling_args(chat)
+    add_special_arg(chat)
     chat.set_defaults(run=run_chat)
 
     info = commands.add_parser("info", help="print a model's config, size and KV-cache memory")
@@ -256,6 +259,15 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_special_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--special",
+        action="store_true",
+        help="print special tokens the model generates (<|eot_id|>, </s>) by name; by default "
+        "they are left out of the text",
+    )
+
+
 def add_model_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-m",
@@ -292,6 +304,7 @@ def run_generate(args: argparse.Namespace) -> int:
         stop=args.stop,
         stats=stats,
         truncate_prompt=args.truncate_prompt,
+        special=args.special,
     )
     if stats.prompt_tokens_dropped:
         print(
@@ -387,6 +400,7 @@ def run_chat(args: argparse.Namespace) -> int:
             stats=stats,
             sampling=sampling,
             seed=seed + chat.turns,  # a different draw each turn, reproducible as a whole
+            special=args.special,
         )
         # Ctrl-C ends this reply, not the chat: the conversation keeps what was said so far.
         if not stream_pieces(_strip_first(pieces)):
@@ -418,7 +432,14 @@ def run_generate_batch(
     as far as each got)."""
     texts = [""] * len(prompts)
     pieces = generate_batch_stream(
-        model, prompts, args.n_predict, sampling=sampling, seed=seed, stop=args.stop, stats=stats
+        model,
+        prompts,
+        args.n_predict,
+        sampling=sampling,
+        seed=seed,
+        stop=args.stop,
+        stats=stats,
+        special=args.special,
     )
     finished = True
     try:
@@ -518,7 +539,7 @@ def run_info(args: argparse.Namespace) -> int:
         ("tied embeddings", c.tie_embeddings),
         ("BOS / stop ids", f"{c.bos_id} / {list(c.stop_ids)}"),
         ("tokenizer", type(model.tokenizer).__name__ if model.tokenizer else "none"),
-        ("parameters", f"{c.n_params:,}"),
+        ("parameters", f"{n_params(c):,}"),
         ("weights in memory (float32)", nbytes(model.weights_nbytes)),
         ("KV cache per token (float32)", nbytes(c.kv_cache_bytes(1))),
         (f"KV cache at {c.max_seq_len} tokens", nbytes(c.kv_cache_bytes(c.max_seq_len))),

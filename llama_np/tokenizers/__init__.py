@@ -1,10 +1,10 @@
-"""Tokenizers: text <-> token ids. Every tokenizer has the interface of `Tokenizer` below;
-the kinds made for chat models also have: encode(..., allow_special=False) (special-token
-text becomes the special token only when allowed), special_tokens (name -> id) and
-token_id(name).
+"""Tokenizers: text <-> token ids. Every tokenizer has the interface of `Tokenizer` below,
+and encode(..., allow_special=False): special-token text becomes the special token only when
+allowed, so text a user types never does.
 
 Kinds: llama2.c tokenizer.bin, SentencePiece tokenizer.model (Llama 2, TinyLlama), tiktoken
-tokenizer.model (Llama 3) and byte-level BPE tokenizer.json (Llama 3 HF repos, SmolLM).
+tokenizer.model (Llama 3), byte-level BPE tokenizer.json (Llama 3 HF repos, SmolLM), and GGUF
+tokenizer metadata (gguf.py: load_gguf_tokenizer, and gguf_tokenizer_metadata to write one).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..errors import TokenizerError
+from .gguf import gguf_tokenizer_metadata, load_gguf_tokenizer
 from .hf_json import load_hf_json, read_chat_template
 from .llama2c import Llama2cTokenizer
 from .sentencepiece_model import SentencePieceTokenizer
@@ -25,6 +26,8 @@ __all__ = [
     "TiktokenTokenizer",
     "Tokenizer",
     "find_tokenizer",
+    "gguf_tokenizer_metadata",
+    "load_gguf_tokenizer",
     "load_tokenizer",
 ]
 
@@ -33,17 +36,21 @@ class Tokenizer(Protocol):
     """What every tokenizer provides (the generation loop, chat and tools rely on these)."""
 
     vocab_size: int  # ids 0 .. vocab_size - 1
-    bos_id: int
-    eos_id: int
+    bos_id: int | None
+    eos_id: int | None
     adds_dummy_prefix: bool  # SentencePiece-style: a space is put before the text
-    chat_template: str | None  # the checkpoint's Jinja chat template, if it has one
+    chat_template: str | None  # the checkpoint's (or GGUF file's) Jinja chat template, if any
+    special_tokens: dict[str, int]  # name -> id: control tokens (<s>, <|eot_id|>, ...)
 
     def encode(self, text: str, bos: bool = True, eos: bool = False) -> list[int]: ...
 
-    def decode(self, ids: list[int]) -> str: ...
+    def decode(self, ids: list[int], skip_special: bool = False) -> str:
+        """The text of `ids`, special tokens shown by name unless skip_special."""
+        ...
 
-    def token_bytes(self, token: int) -> bytes:
-        """The raw bytes one token adds to the text (for streaming)."""
+    def token_bytes(self, token: int, special: bool = False) -> bytes:
+        """The raw bytes one token adds to the text (for streaming): b"" for a special token,
+        or its name with `special`."""
         ...
 
 
