@@ -26,6 +26,8 @@ from llama_np.checkpoints.hf import hf_name
 from llama_np.cli import main
 from llama_np.config import LlamaConfig
 from llama_np.errors import ArgumentError
+from llama_np.tokenizers.gguf import gguf_tokenizer_metadata
+from llama_np.tokenizers.hf_files import hf_tokenizer_files
 from llama_np.tokenizers.sentencepiece_writer import sentencepiece_model_bytes
 from llama_np.tools.known_models import KNOWN_MODELS
 
@@ -76,7 +78,8 @@ def test_exported_hf_directory_has_the_files_transformers_reads(stories_hf):
         "config.json",
         "generation_config.json",
         "model.safetensors",
-        "tok512.bin",  # llama2.c's tokenizer: llama_np reads it, transformers would not
+        "tokenizer.model",  # llama2.c's tok512.bin as SentencePiece: transformers reads it
+        "tokenizer_config.json",
     }
     config = json.loads((stories_hf / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"] and config["model_type"] == "llama"
@@ -399,7 +402,7 @@ def test_gguf_writer_refuses_values_it_cannot_type(tmp_path):
 TOKENIZER_TEXTS = [
     "Hello world",
     "  leading spaces and\ttabs\n\nnewlines   ",
-    "héllo wörld ñ 日本語 🤖 \u2581",
+    "héllo wörld ñ 日本語 🤖",  # not U+2581: SentencePiece reads it as its space symbol
     "12345 3.14159 1,000,000",
     "def f(x):\n    return x**2  # comment",
     "<s> not special </s> <unk>",
@@ -459,3 +462,40 @@ def test_attention_biases_get_gguf_names_and_the_q_k_permutation(tmp_path):
     assert json.loads((convert(source, tmp_path / "out") / "config.json").read_text())[
         "attention_bias"
     ]
+
+
+def test_stories260k_hf_export_tokenizer_encodes_as_tok512_bin(stories_hf, stories260k):
+    exported = llama_np.load_tokenizer(stories_hf)
+    assert type(exported).__name__ == "SentencePieceTokenizer"  # read by sentencepiece itself
+    for text in TOKENIZER_TEXTS:
+        assert exported.encode(text) == stories260k.tokenizer.encode(text), text
+    config = json.loads((stories_hf / "tokenizer_config.json").read_text())
+    assert (config["bos_token"], config["eos_token"], config["add_bos_token"]) == (
+        "<s>",
+        "</s>",
+        True,
+    )
+
+
+DATA = Path(__file__).parent / "data" / "tokenizers"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "llama2/tokenizer.model",
+        "llama3/tokenizer.model",
+        "hf_smollm/tokenizer.json",
+        "hf_gpt2/tokenizer.json",
+    ],
+)
+def test_hf_tokenizer_files_from_gguf_metadata_encode_as_the_original(tmp_path, source):
+    original = llama_np.load_tokenizer(DATA / source)
+    files = hf_tokenizer_files(gguf_tokenizer_metadata(original))
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    written = llama_np.load_tokenizer(tmp_path)
+    texts = [*TOKENIZER_TEXTS, "<|begin_of_text|>Hi<|eot_id|>", "I'm   don't 2024\n\n\tx"]
+    for text in texts:
+        assert written.encode(text) == original.encode(text), text
+    assert (written.bos_id, written.eos_id) == (original.bos_id, original.eos_id)

@@ -122,7 +122,7 @@ def load(
     found = read_checkpoint(path)
     config = found.config
     check_model_fits(config, str(path), weights_dtype)
-    tok, _ = checkpoint_tokenizer(found, tokenizer)
+    tok = checkpoint_tokenizer(found, tokenizer)
     progress = _Progress(config.name or path.name)
     return Model.from_tensors(config, found.tensors, tok, weights_dtype, progress)
 
@@ -135,17 +135,15 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
 
 def checkpoint_tokenizer(
     found: Checkpoint, tokenizer: str | Path | None = None
-) -> tuple[Tokenizer | None, Path | None]:
-    """The tokenizer of a checkpoint and the file it came from: `tokenizer` if given, else the
-    one the checkpoint carries (no file), else a tokenizer file in its directory, else none."""
+) -> Tokenizer | None:
+    """The tokenizer of a checkpoint: `tokenizer` (a path) if given, else the one the
+    checkpoint carries, else a tokenizer file in its directory, else None."""
     if tokenizer:
-        return load_tokenizer(tokenizer, found.config.vocab_size), Path(tokenizer)
+        return load_tokenizer(tokenizer, found.config.vocab_size)
     if found.tokenizer is not None:
-        return found.tokenizer, None
+        return found.tokenizer
     tokenizer_path = find_tokenizer(found.directory, exclude=found.exclude)
-    if tokenizer_path is None:
-        return None, None
-    return load_tokenizer(tokenizer_path, found.config.vocab_size), tokenizer_path
+    return load_tokenizer(tokenizer_path, found.config.vocab_size) if tokenizer_path else None
 
 
 def read_config(path: str | Path) -> LlamaConfig:

@@ -37,7 +37,9 @@ from ..dtypes import bfloat16_from_float32, to_float32
 from ..errors import ArgumentError, CheckpointError, ConfigError
 from ..layers import rope_frequencies
 from ..schema import tensor_specs
-from ..tokenizers import TOKENIZER_FILES
+from ..tokenizers import SentencePieceTokenizer
+from ..tokenizers.gguf import gguf_tokenizer_metadata
+from ..tokenizers.hf_files import hf_tokenizer_files
 from . import Checkpoint, checkpoint_tokenizer, read_checkpoint
 from .gguf_writer import TENSOR_TYPES, TensorEntry, write_gguf
 from .hf import hf_name, to_half_split, to_interleaved
@@ -73,8 +75,14 @@ GGUF_GLOBAL_NAMES = {
 }
 ROPE_FREQS = "rope_freqs.weight"
 
-# Side files of an HF directory copied as they are when the source has them.
-HF_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+# Files of an HF directory copied as they are when the source has them.
+HF_SIDE_FILES = (
+    "tokenizer.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+)
 
 
 def convert(
@@ -104,14 +112,14 @@ def convert(
         )
     _check_out(src, out, force)
     ckpt = read_checkpoint(src)
-    tokenizer, tokenizer_path = checkpoint_tokenizer(ckpt)
+    tokenizer = checkpoint_tokenizer(ckpt)
     partial = out.with_name(f".{out.name}.partial")
     _remove(partial)
     try:
         if to == "gguf":
             export_gguf(ckpt, tokenizer, partial, out_type, progress)
         else:
-            export_hf(ckpt, tokenizer_path, partial, out_type, progress)
+            export_hf(ckpt, tokenizer, partial, out_type, progress)
         if out.exists() or out.is_symlink():
             _remove(out)  # only reached with force (_check_out)
         os.replace(partial, out)
@@ -244,10 +252,8 @@ def gguf_metadata(config: LlamaConfig, tokenizer, out_type: str) -> dict[str, ob
     if c.rope_scaling is not None and c.rope_scaling.kind == "linear":
         metadata["llama.rope.scaling.type"] = "linear"
         metadata["llama.rope.scaling.factor"] = float(c.rope_scaling.factor)
-    if tokenizer is not None:
+    if tokenizer is not None:  # tokenizer.ggml.* and tokenizer.chat_template
         metadata.update(gguf_tokenizer_metadata(tokenizer))
-        if getattr(tokenizer, "chat_template", None):
-            metadata.setdefault("tokenizer.chat_template", tokenizer.chat_template)
     return metadata
 
 
@@ -343,14 +349,19 @@ def _hf_data(ckpt: Checkpoint, name: str, out_type: str) -> np.ndarray:
 
 def export_hf(
     ckpt: Checkpoint,
-    tokenizer_path: Path | None,
+    tokenizer,
     directory: Path,
     out_type: str = "f32",
     progress: Callable[[int, int], None] | None = None,
 ) -> None:
     """Write `ckpt` as an HF LlamaForCausalLM directory: config.json, model.safetensors,
-    generation_config.json, and the tokenizer file `tokenizer_path` with the HF tokenizer
-    files beside the checkpoint."""
+    generation_config.json and tokenizer files.
+
+    The HF files beside the checkpoint are copied (tokenizer.model, tokenizer.json,
+    tokenizer_config.json with the chat template, ...). A `tokenizer` that has no such file —
+    llama2.c's tokenizer.bin, a GGUF file's vocabulary, Llama 3's tiktoken tokenizer.model —
+    is written as the files transformers reads (tokenizers/hf_files.py).
+    """
     dtype, torch_dtype = HF_DTYPES[out_type]
     config_json = hf_config(ckpt.config, torch_dtype, ckpt.tensors)
     directory.mkdir()
@@ -360,14 +371,15 @@ def export_hf(
     ]
     write_safetensors(directory / "model.safetensors", entries, progress=progress)
     (directory / "config.json").write_text(json.dumps(config_json, indent=2) + "\n")
-    # The tokenizer the model was loaded with, and the HF tokenizer files beside it
-    # (tokenizer.model and tokenizer.json when a repo has both; tokenizer_config.json holds
-    # the chat template and special tokens).
-    copies = [tokenizer_path] if tokenizer_path is not None else []
-    copies += [ckpt.directory / n for n in (*TOKENIZER_FILES, *HF_SIDE_FILES)]
-    for source in copies:
-        if source.is_file():
-            shutil.copyfile(source, directory / source.name)
+    for name in HF_SIDE_FILES:
+        if (ckpt.directory / name).is_file():
+            shutil.copyfile(ckpt.directory / name, directory / name)
+    if tokenizer is not None and not (
+        (directory / "tokenizer.json").exists() or isinstance(tokenizer, SentencePieceTokenizer)
+    ):
+        for name, data in hf_tokenizer_files(gguf_tokenizer_metadata(tokenizer)).items():
+            if not (directory / name).exists():  # a copied tokenizer_config.json says more
+                (directory / name).write_bytes(data)
     if not (directory / "generation_config.json").exists():
         generation = {
             "bos_token_id": ckpt.config.bos_id,
