@@ -499,3 +499,16 @@ def test_hf_tokenizer_files_from_gguf_metadata_encode_as_the_original(tmp_path, 
     for text in texts:
         assert written.encode(text) == original.encode(text), text
     assert (written.bos_id, written.eos_id) == (original.bos_id, original.eos_id)
+
+
+def test_chat_template_goes_into_gguf_and_hf_exports(tmp_path, stories_hf):
+    import shutil
+
+    source = Path(shutil.copytree(stories_hf, tmp_path / "chatty"))
+    template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{{ eos_token }}{% endfor %}"
+    config = json.loads((source / "tokenizer_config.json").read_text())
+    (source / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": template}))
+    fields = gguf.GGUFReader(convert(source, tmp_path / "chatty.gguf")).fields
+    assert fields[gguf.Keys.Tokenizer.CHAT_TEMPLATE].contents() == template
+    hf = convert(source, tmp_path / "chatty-hf")
+    assert llama_np.load_tokenizer(hf).chat_template == template
