@@ -226,6 +226,25 @@ def _gguf_data(ckpt: Checkpoint, name: str, type_name: str) -> np.ndarray:
     return quantize_q8_0(w)
 
 
+def quantize_q8_0(w: np.ndarray) -> np.ndarray:
+    """float32 (N, K) -> Q8_0 blocks (N, K/32 * 34) uint8, as ggml's reference quantizer.
+
+    Per run of 32 weights: d = max|w| / 127 (stored as float16), q = round(w / d) half away
+    from zero (with the float32 d), so q stays in -127..127. The gguf branch's
+    quants.quantize_q8_0 is the same function: when both are on main, use that one.
+    """
+    N, K = w.shape
+    groups = w.reshape(N * K // 32, 32)  # (blocks, 32)
+    d = np.abs(groups).max(axis=1, keepdims=True) / np.float32(127)  # (blocks, 1)
+    inverse = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d > 0)
+    scaled = groups * inverse
+    q = (np.sign(scaled) * np.floor(np.abs(scaled) + np.float32(0.5))).astype(np.int8)
+    blocks = np.empty((N * K // 32, 34), dtype=np.uint8)  # (blocks, 2 + 32)
+    blocks[:, :2] = d.astype("<f2").view(np.uint8)
+    blocks[:, 2:] = q.view(np.uint8)
+    return blocks.reshape(N, K // 32 * 34)
+
+
 def gguf_metadata(config: LlamaConfig, tokenizer, out_type: str) -> dict[str, object]:
     """The GGUF key/values of a llama model: general.*, llama.* and the tokenizer's keys."""
     c = config
