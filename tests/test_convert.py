@@ -513,3 +513,98 @@ def test_chat_template_goes_into_gguf_and_hf_exports(tmp_path, stories_hf):
     assert fields[gguf.Keys.Tokenizer.CHAT_TEMPLATE].contents() == template
     hf = convert(source, tmp_path / "chatty-hf")
     assert llama_np.load_tokenizer(hf).chat_template == template
+
+
+@pytest.mark.parametrize("name", ["llama-3.1-8b", "llama-3.2-1b", "llama3_hub_config"])
+def test_gguf_rope_divisors_become_an_equivalent_config_json_scaling(name):
+    # GGUF keeps Llama 3.1 scaling only as rope_freqs divisors; an HF export must say it as
+    # rope_scaling. The recovered scaling must give the same frequencies as the original.
+    from types import SimpleNamespace
+
+    from llama_np.checkpoints.export import llama3_scaling_from_divisors
+    from llama_np.checkpoints.hf import read_hf_config
+    from llama_np.layers import rope_frequencies
+
+    config = KNOWN_MODELS.get(name) or read_hf_config(FIXTURES / name)
+    divisors = tuple(float(d) for d in rope_freq_divisors(config))
+    from_gguf = SimpleNamespace(  # what the GGUF loader's config holds
+        head_dim=config.head_dim,
+        rope_theta=config.rope_theta,
+        rope_scaling=SimpleNamespace(kind="divisors", divisors=divisors),
+    )
+    scaling = llama3_scaling_from_divisors(from_gguf)
+    assert scaling.kind == "llama3" and scaling.factor == config.rope_scaling.factor
+    expected = rope_frequencies(config.head_dim, config.rope_theta, config.rope_scaling)
+    found = rope_frequencies(config.head_dim, config.rope_theta, scaling)
+    assert np.allclose(found, expected, rtol=1e-5)
+    if name in KNOWN_MODELS:  # Meta's own parameters come back
+        assert scaling == config.rope_scaling
+
+
+# ---------------------------------------------------------------- round trips via the GGUF loader
+
+
+@pytest.fixture(scope="module")
+def gguf_loader() -> None:
+    """These tests run where llama_np loads GGUF (the gguf branch's loader)."""
+    pytest.importorskip("llama_np.checkpoints.gguf", reason="the GGUF loader is not on this branch")
+
+
+@pytest.fixture(scope="module")
+def stories_gguf(tmp_path_factory, gguf_loader) -> Path:
+    return convert(DEFAULT_CHECKPOINT, tmp_path_factory.mktemp("stories") / "stories260K.gguf")
+
+
+def test_stories260k_gguf_f32_round_trip_is_exact(stories_gguf, stories260k):
+    model = llama_np.load(stories_gguf, weights_dtype="fp32")
+    assert model.config.rope_interleaved and model.config.tie_embeddings
+    tokens = stories260k.tokenizer.encode(PROMPT)
+    assert model.tokenizer.encode(PROMPT) == tokens  # the tokenizer from the GGUF metadata
+    assert np.array_equal(prompt_logits(model, tokens), prompt_logits(stories260k, tokens))
+
+
+def test_converted_stories260k_gguf_generates_the_published_story(stories_gguf):
+    from test_stories260k import REFERENCE
+
+    text = llama_np.generate_text(llama_np.load(stories_gguf), "", 200, temperature=0)
+    assert text.startswith(REFERENCE)
+
+
+@pytest.mark.parametrize("case", ["fp32", "tied", "head_dim", "llama3_hub_config", "meta"])
+def test_gguf_of_a_fixture_matches_transformers(tmp_path, gguf_loader, case):
+    model = llama_np.load(convert(FIXTURES / case, tmp_path / "m.gguf"))
+    assert model.config.rope_interleaved  # GGUF's pairing: HF q/k rows were permuted
+    expected = np.load(FIXTURES / case / "logits.npy")
+    logits = prompt_logits(model, fixture_tokens(case))
+    assert np.abs(logits - expected).max() < 1e-3 * max(1.0, np.abs(expected).max())
+
+
+@pytest.mark.parametrize(("out_type", "tolerance"), [("f16", 2e-3), ("q8_0", 2e-2)])
+def test_gguf_f16_and_q8_0_load_close_to_f32(
+    tmp_path, stories_gguf, stories260k, out_type, tolerance
+):
+    model = llama_np.load(convert(DEFAULT_CHECKPOINT, tmp_path / "m.gguf", out_type=out_type))
+    tokens = stories260k.tokenizer.encode(PROMPT)
+    expected = prompt_logits(stories260k, tokens)
+    logits = prompt_logits(model, tokens)
+    assert 0 < np.abs(logits - expected).max() < tolerance * np.abs(expected).max()
+    assert (logits.argmax(-1) == expected.argmax(-1)).all()
+
+
+def test_gguf_exports_again_to_gguf_and_hf(tmp_path, stories_gguf, stories260k):
+    tokens = stories260k.tokenizer.encode(PROMPT)
+    expected = prompt_logits(stories260k, tokens)
+    again = llama_np.load(convert(stories_gguf, tmp_path / "again.gguf"), weights_dtype="fp32")
+    assert np.array_equal(prompt_logits(again, tokens), expected)
+    hf = llama_np.load(convert(stories_gguf, tmp_path / "hf"))
+    assert hf.tokenizer.encode(PROMPT) == tokens  # tokenizer.model made from the metadata
+    assert np.abs(prompt_logits(hf, tokens) - expected).max() < 1e-4
+
+
+def test_llama3_gguf_exports_to_hf_with_rope_scaling(tmp_path, gguf_loader):
+    gguf_file = convert(FIXTURES / "llama3_hub_config", tmp_path / "m.gguf")
+    model = llama_np.load(convert(gguf_file, tmp_path / "hf"))
+    assert model.config.rope_scaling.kind == "llama3"
+    expected = np.load(FIXTURES / "llama3_hub_config" / "logits.npy")
+    logits = prompt_logits(model, fixture_tokens("llama3_hub_config"))
+    assert np.abs(logits - expected).max() < 1e-3 * max(1.0, np.abs(expected).max())

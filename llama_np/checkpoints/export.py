@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import LlamaConfig
+from ..config import LlamaConfig, RopeScaling
 from ..dtypes import bfloat16_from_float32, to_float32
 from ..errors import ArgumentError, CheckpointError, ConfigError
 from ..layers import rope_frequencies
@@ -278,6 +278,8 @@ def gguf_metadata(config: LlamaConfig, tokenizer, out_type: str) -> dict[str, ob
 
 def rope_freq_divisors(config: LlamaConfig) -> np.ndarray:
     """Llama 3.1 scaling as llama.cpp stores it: each pair's frequency divisor.   (HD/2,)"""
+    if config.rope_scaling.kind == "divisors":  # read from a GGUF file: write them back as-is
+        return np.array(config.rope_scaling.divisors, dtype=np.float32)
     plain = rope_frequencies(config.head_dim, config.rope_theta)
     scaled = rope_frequencies(config.head_dim, config.rope_theta, config.rope_scaling)
     return (plain / scaled).astype(np.float32)
@@ -294,7 +296,7 @@ def export_gguf(
     architecture."""
     config = ckpt.config
     entries = []
-    if config.rope_scaling is not None and config.rope_scaling.kind == "llama3":
+    if config.rope_scaling is not None and config.rope_scaling.kind in ("llama3", "divisors"):
         divisors = rope_freq_divisors(config)
         entries.append(
             TensorEntry(ROPE_FREQS, divisors.shape, TENSOR_TYPES["F32"], lambda: divisors)
@@ -339,6 +341,8 @@ def hf_config(config: LlamaConfig, torch_dtype: str, tensors=()) -> dict:
         "torch_dtype": torch_dtype,
     }
     scaling = c.rope_scaling
+    if scaling is not None and scaling.kind == "divisors":  # a GGUF file's rope_freqs
+        scaling = llama3_scaling_from_divisors(c)
     if scaling is not None and scaling.kind == "linear":
         cfg["rope_scaling"] = {"rope_type": "linear", "factor": scaling.factor}
     elif scaling is not None and scaling.kind == "llama3":
@@ -355,6 +359,51 @@ def hf_config(config: LlamaConfig, torch_dtype: str, tensors=()) -> dict:
             f"export this model to GGUF instead"
         )
     return cfg
+
+
+def llama3_scaling_from_divisors(config: LlamaConfig) -> RopeScaling | None:
+    """The config.json scaling whose per-pair divisors are `config`'s (GGUF rope_freqs).
+
+    Llama 3.1 divides frequency f by 1 (short wavelengths), by `factor` (long ones), and in
+    between by 1 / ((1 - s)/factor + s) with s = orig·f/(2π(high - low)) - low/(high - low),
+    a straight line in f, clipped to 0..1. So `factor` is the largest divisor, and a line
+    through the blended pairs (or, with fewer than two, through the band edges) gives
+    (high - low) and low for any orig: 8192, what Llama 3.1 and 3.2 use, gives back their own
+    parameters. All divisors 1 is no scaling, all equal is linear scaling; other shapes
+    cannot be said in config.json.
+    """
+    divisors = np.array(config.rope_scaling.divisors, dtype=np.float64)  # (HD/2,)
+    freqs = rope_frequencies(config.head_dim, config.rope_theta)  # (HD/2,)
+    factor = float(divisors.max())
+    if np.allclose(divisors, 1.0, rtol=1e-6):
+        return None
+    if np.allclose(divisors, factor, rtol=1e-6):
+        return RopeScaling("linear", factor=factor)
+    s = (1 / divisors - 1 / factor) / (1 - 1 / factor)  # (HD/2,) 0: slowed, 1: kept
+    blended = (s > 1e-4) & (s < 1 - 1e-4)
+    if blended.sum() >= 2:
+        slope, intercept = np.polyfit(freqs[blended], s[blended], 1)
+    else:  # a line through the one blended pair (if any) and the edges of the other bands
+        points = [(freqs[i], s[i]) for i in np.flatnonzero(blended)]
+        if (s <= 1e-4).any():
+            points.append((freqs[s <= 1e-4].max(), 0.0))
+        if (s >= 1 - 1e-4).any():
+            points.append((freqs[s >= 1 - 1e-4].min(), 1.0))
+        (f1, s1), (f2, s2) = points[:2]
+        slope = (s2 - s1) / (f2 - f1)
+        intercept = s1 - slope * f1
+    orig = 8192
+    span = orig / (2 * np.pi * slope)  # high_freq_factor - low_freq_factor
+    low = -intercept * span
+    scaling = RopeScaling("llama3", factor, float(round(low, 4)), float(round(low + span, 4)), orig)
+    recomputed = rope_frequencies(config.head_dim, config.rope_theta, scaling)
+    if not (slope > 0 and np.allclose(recomputed, freqs / divisors, rtol=1e-4)):
+        raise ConfigError(
+            f"the RoPE frequency divisors (GGUF rope_freqs) {np.round(divisors, 4).tolist()} "
+            f"are not a Llama 3.1-style scaling, which config.json cannot express otherwise: "
+            f"export this model to GGUF instead"
+        )
+    return scaling
 
 
 def _hf_data(ckpt: Checkpoint, name: str, out_type: str) -> np.ndarray:
