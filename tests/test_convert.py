@@ -20,7 +20,7 @@ from safetensors.numpy import load_file
 
 import llama_np
 from llama_np.checkpoints import DEFAULT_CHECKPOINT, read_checkpoint
-from llama_np.checkpoints.export import convert, gguf_name, rope_freq_divisors
+from llama_np.checkpoints.export import convert, gguf_name, quantize_q8_0, rope_freq_divisors
 from llama_np.checkpoints.gguf_writer import write_gguf
 from llama_np.checkpoints.hf import hf_name
 from llama_np.cli import main
@@ -238,6 +238,16 @@ def test_gguf_f16_and_q8_0_types_and_values(tmp_path):
         back = gguf.quants.dequantize(q8[name].data, Q8_0)
         step = np.abs(w.reshape(-1, 32)).max(axis=1, keepdims=True) / 127
         assert (np.abs(back - w).reshape(-1, 32) <= step * (0.5 + 127 * 2**-11)).all()
+
+
+def test_q8_0_quantizer_in_row_chunks_equals_gguf_py():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((50, 96), dtype=np.float32) * np.float32(0.1)
+    w[3, :32] = 0.0  # an all-zero block: d = 0, q = 0
+    w[7, 5] = 40.0  # an outlier sets its block's scale
+    expected = gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q8_0)
+    for chunk in (1, 7, 256):
+        assert np.array_equal(quantize_q8_0(w, rows_per_chunk=chunk), expected)
 
 
 def test_q8_0_falls_back_to_f16_where_rows_are_not_blocks_of_32(tmp_path):

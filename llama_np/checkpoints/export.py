@@ -226,23 +226,27 @@ def _gguf_data(ckpt: Checkpoint, name: str, type_name: str) -> np.ndarray:
     return quantize_q8_0(w)
 
 
-def quantize_q8_0(w: np.ndarray) -> np.ndarray:
+def quantize_q8_0(w: np.ndarray, rows_per_chunk: int = 256) -> np.ndarray:
     """float32 (N, K) -> Q8_0 blocks (N, K/32 * 34) uint8, as ggml's reference quantizer.
 
     Per run of 32 weights: d = max|w| / 127 (stored as float16), q = round(w / d) half away
-    from zero (with the float32 d), so q stays in -127..127. The gguf branch's
-    quants.quantize_q8_0 is the same function: when both are on main, use that one.
+    from zero (with the float32 d), so q stays in -127..127. Rows are done `rows_per_chunk`
+    at a time, so the temporaries stay small next to a large embedding. The gguf branch's
+    quants.quantize_q8_0 is the same function: when both are on main, keep one.
     """
     N, K = w.shape
-    groups = w.reshape(N * K // 32, 32)  # (blocks, 32)
-    d = np.abs(groups).max(axis=1, keepdims=True) / np.float32(127)  # (blocks, 1)
-    inverse = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d > 0)
-    scaled = groups * inverse
-    q = (np.sign(scaled) * np.floor(np.abs(scaled) + np.float32(0.5))).astype(np.int8)
-    blocks = np.empty((N * K // 32, 34), dtype=np.uint8)  # (blocks, 2 + 32)
-    blocks[:, :2] = d.astype("<f2").view(np.uint8)
-    blocks[:, 2:] = q.view(np.uint8)
-    return blocks.reshape(N, K // 32 * 34)
+    out = np.empty((N, K // 32 * 34), dtype=np.uint8)  # (N, blocks per row * 34)
+    for start in range(0, N, rows_per_chunk):
+        rows = w[start : start + rows_per_chunk]
+        groups = rows.reshape(-1, 32)  # (blocks, 32)
+        d = np.abs(groups).max(axis=1, keepdims=True) / np.float32(127)  # (blocks, 1)
+        inverse = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d > 0)
+        scaled = groups * inverse
+        q = (np.sign(scaled) * np.floor(np.abs(scaled) + np.float32(0.5))).astype(np.int8)
+        blocks = out[start : start + rows_per_chunk].reshape(-1, 34)  # (blocks, 2 + 32) view
+        blocks[:, :2] = d.astype("<f2").view(np.uint8)
+        blocks[:, 2:] = q.view(np.uint8)
+    return out
 
 
 def gguf_metadata(config: LlamaConfig, tokenizer, out_type: str) -> dict[str, object]:
