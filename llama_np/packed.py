@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .dtypes import BFLOAT16, bfloat16_from_float32, to_float32
+from .dtypes import BFLOAT16, bfloat16_from_float32, release_pages, to_float32
 from .errors import ArgumentError
 
 WEIGHT_DTYPES = ("fp32", "bf16", "fp16", "int8")
@@ -34,6 +35,8 @@ GROUP_SIZE = 32  # int8 weights per scale, as llama.cpp's Q8_0
 # Floats widened per piece: 1 MiB of float32, small enough to stay in the L2 cache between
 # being written and being multiplied.
 CHUNK_FLOATS = 1 << 18
+# Floats compressed per block while loading (256 KiB of float32: int8's temporaries stay small).
+PACK_FLOATS = 1 << 16
 
 
 def int8_group_size(k: int) -> int:
@@ -210,16 +213,41 @@ def all_finite(w: Matrix) -> bool:
     return bool(np.isfinite(w).all()) if isinstance(w, np.ndarray) else w.all_finite()
 
 
-def pack(kind: str, w: np.ndarray, scratch: Scratch) -> np.ndarray | PackedRows:
-    """Store an (N, K) float32 or bf16/fp16 checkpoint matrix as `kind`.
+def pack(
+    kind: str, w: np.ndarray | Sequence[np.ndarray], scratch: Scratch
+) -> np.ndarray | PackedRows:
+    """Store an (N, K) float32 or bf16/fp16 checkpoint matrix as `kind`; given several
+    matrices (q, k, v), store them stacked along N, as one matrix.
 
-    fp32 stays a plain float32 array; bf16/fp16 tensors already in that dtype are kept as they
-    are (no float32 copy of the whole matrix is made).
+    fp32 stays a plain float32 array; one bf16/fp16 tensor already in that dtype is kept as
+    it is, e.g. used in place from the memory-mapped file.
     """
+    parts = [w] if isinstance(w, np.ndarray) else list(w)
     if kind == "fp32":
-        return to_float32(w)
-    if kind == "bf16" and w.dtype == BFLOAT16:
-        return PackedRows(kind, np.ascontiguousarray(w), None, scratch)
-    if kind == "fp16" and w.dtype == np.float16:
-        return PackedRows(kind, np.ascontiguousarray(w), None, scratch)
-    return PackedRows.from_float32(kind, to_float32(w), scratch)
+        return to_float32(np.concatenate(parts) if len(parts) > 1 else parts[0])
+    if len(parts) == 1 and (kind, parts[0].dtype) in (("bf16", BFLOAT16), ("fp16", np.float16)):
+        return PackedRows(kind, np.ascontiguousarray(parts[0]), None, scratch)
+    # A block of rows at a time, into the final arrays: a float32 copy of a whole matrix (and
+    # int8's temporaries, several times its size) would raise the peak memory of loading by
+    # more than the matrix itself. (bf16/fp16 -> float32 -> the same type is exact.)
+    N, K = sum(p.shape[0] for p in parts), parts[0].shape[1]
+    step = max(1, PACK_FLOATS // K)  # rows per block
+    packed, row = None, 0
+    for source in parts:
+        for start in range(0, source.shape[0], step):
+            block = PackedRows.from_float32(kind, to_float32(source[start : start + step]), scratch)
+            if packed is None:  # the first block tells the storage dtype and the scales' shape
+                scales = block.scales
+                if scales is not None:
+                    scales = np.empty((N, *scales.shape[1:]), dtype=np.float32)  # (N, K/G, 1)
+                packed = PackedRows(kind, np.empty((N, K), block.data.dtype), scales, scratch)
+            stop = row + block.shape[0]
+            packed.data[row:stop] = block.data
+            if scales is not None:
+                scales[row:stop] = block.scales
+            row = stop
+            # Memory-mapped? Drop the pages read (see release_pages), the previous block's too:
+            # touching a page maps its in-cache neighbours as well (Linux's fault-around).
+            release_pages(source[max(0, start - step) : start + step])
+        release_pages(source)
+    return packed
