@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import ArgumentError
 from ..tools import hardware, machine, memory
 from ..tools.profile import format_profile, plot_profile, profile_generation, write_json
@@ -106,6 +108,47 @@ def add_commands(commands) -> None:
         metavar="DIR",
         help="directory for profile.json and profile.png (default: profile_out)",
     )
+    prof.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="BLAS threads for every phase (default: try 1 and all CPUs, and give each phase "
+        "the count with its best median; the output says which)",
+    )
+    prof.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        metavar="R",
+        help="prefill runs, each on a fresh cache; the median is reported (default: 5)",
+    )
+    prof.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        metavar="B",
+        help="also time decode of B copies of the prompt together (Model.decode_batch) and put "
+        "it on the roofline (default: 1, off)",
+    )
+    prof.add_argument(
+        "--random",
+        metavar="NAME",
+        help="profile random weights of a known model's shape instead of a checkpoint "
+        "(stories110M, tinyllama-1.1b, llama-3.2-1b, ...; fp32, checked against free memory); "
+        "the prompt is --prompt-tokens token ids",
+    )
+    prof.add_argument(
+        "--prompt-tokens",
+        type=int,
+        default=16,
+        metavar="N",
+        help="prompt length in tokens with --random (default: 16)",
+    )
+    prof.add_argument(
+        "--remeasure",
+        action="store_true",
+        help="measure this machine's peaks again instead of using the cached ones",
+    )
     prof.set_defaults(run=run_profile)
 
 
@@ -142,14 +185,47 @@ def _hardware(args: argparse.Namespace) -> hardware.Hardware | None:
 def run_profile(args: argparse.Namespace) -> int:
     from .. import DEFAULT_CHECKPOINT, load
 
-    model = load(args.model or DEFAULT_CHECKPOINT)
-    if model.tokenizer is None:
-        raise ArgumentError(f"{args.model}: no tokenizer found next to the checkpoint")
-    prompt = model.tokenizer.encode(args.prompt, bos=True)
-    peaks = machine.peaks()
-    result = profile_generation(model, prompt, args.n_predict, peaks)
-    print(f"prompt: {args.prompt!r} ({len(prompt)} tokens with BOS)")
-    print(f"greedy continuation: {result.text!r}\n")
+    for flag, value in (("--repeats", args.repeats), ("--batch", args.batch)):
+        if value < 1:
+            raise ArgumentError(f"{flag} must be at least 1, got {value}")
+    if args.random:
+        from ..limits import check_model_fits
+        from ..tools.random_model import random_model
+
+        config = memory.load_config(args.random)
+        if args.prompt_tokens < 1:
+            raise ArgumentError(f"--prompt-tokens must be at least 1, got {args.prompt_tokens}")
+        check_model_fits(config, f"--random {args.random}")
+        model = random_model(config)
+        rng = np.random.default_rng(0)
+        prompt = [int(t) for t in rng.integers(0, config.vocab_size, args.prompt_tokens)]
+        print(f"prompt: {len(prompt)} random token ids; random weights of {config.name}'s shape")
+    else:
+        model = load(args.model or DEFAULT_CHECKPOINT)
+        if model.tokenizer is None:
+            raise ArgumentError(f"{args.model}: no tokenizer found next to the checkpoint")
+        prompt = model.tokenizer.encode(args.prompt, bos=True)
+        print(f"prompt: {args.prompt!r} ({len(prompt)} tokens with BOS)")
+    blas = machine.blas()
+    if args.threads is not None:
+        blas.check_threads(args.threads)
+        threads = [args.threads]
+    elif blas.controllable and machine.cpu_count() > 1:
+        threads = sorted({1, machine.cpu_count()})
+    else:
+        threads = None  # fixed by the environment
+    result = profile_generation(
+        model,
+        prompt,
+        args.n_predict,
+        lambda t, again=False: machine.peaks(args.remeasure or again, t),
+        threads=threads,
+        repeats=args.repeats,
+        batch=args.batch,
+    )
+    if result.text:
+        print(f"greedy continuation: {result.text!r}")
+    print(f"machine: {machine.cpu_model()}, {machine.cpu_count()} CPUs, {blas.describe()}\n")
     print(format_profile(result))
 
     out = Path(args.out)
