@@ -38,14 +38,14 @@ def add_commands(commands) -> None:
     mem.add_argument(
         "--dtype",
         choices=list(memory.WEIGHT_DTYPES),
-        default=memory.DEFAULT_DTYPE,
+        default=None,
         help="weight storage type; int8 = Q8_0, 34 bytes per 32 weights "
         f"(default: {memory.DEFAULT_DTYPE}, as Llama checkpoints are published)",
     )
     mem.add_argument(
         "--kv-dtype",
         choices=list(memory.KV_DTYPES),
-        default=memory.DEFAULT_KV_DTYPE,
+        default=None,
         help=f"KV-cache entry type (default: {memory.DEFAULT_KV_DTYPE}, 2 bytes, as GPU engines "
         "keep it; llama_np itself uses fp32)",
     )
@@ -154,17 +154,20 @@ def add_commands(commands) -> None:
 
 def run_memory(args: argparse.Namespace) -> int:
     config = memory.load_config(args.model)
-    report = memory.memory_report(config, args.context, args.batch, args.dtype, args.kv_dtype)
+    defaulted = args.dtype is None or args.kv_dtype is None
+    dtype = args.dtype or memory.DEFAULT_DTYPE
+    kv_dtype = args.kv_dtype or memory.DEFAULT_KV_DTYPE
+    report = memory.memory_report(config, args.context, args.batch, dtype, kv_dtype)
     device = _hardware(args)
     est = None
     if device is not None:
         est = memory.estimate(
-            config, device, args.context, args.prompt_tokens, args.batch, args.dtype, args.kv_dtype
+            config, device, args.context, args.prompt_tokens, args.batch, dtype, kv_dtype
         )
     if args.json:
         print(json.dumps(memory.to_json(report, est), indent=2))
     else:
-        print(memory.format_report(report, config, est))
+        print(memory.format_report(report, config, est, defaulted))
     return 0
 
 
