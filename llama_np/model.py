@@ -6,8 +6,9 @@ Two entry points run it, and they are the heart of inference:
   multiplied by a (T, D) block of activations (matrix-matrix: compute-bound), a causal mask
   stops each position from seeing later ones, and K/V of all T positions go into the cache.
 * `Model.decode(token, cache)` — one new token. Every weight is multiplied by a single (D,)
-  vector (matrix-vector: each weight byte is read for 2 FLOPs, so memory bandwidth is the
-  limit), and attention reads the keys and values of all earlier positions from the cache.
+  vector (matrix-vector: 2 FLOPs per weight read, 0.5 FLOP per byte in float32, so memory
+  bandwidth is the limit), and attention reads the keys and values of all earlier positions
+  from the cache.
 
 Both run the same transformer block (`Model.block`); they differ in how many positions go
 through it and how the result is used.

@@ -182,7 +182,11 @@ def test_cli_json_worked_example(capsys):
 
 
 def test_cli_json_with_hardware(capsys, monkeypatch):
-    monkeypatch.setattr(machine, "peaks", lambda: MachinePeaks(100e9, 10e9, "test machine"))
+    monkeypatch.setattr(
+        machine,
+        "peaks",
+        lambda remeasure=False, threads=None: MachinePeaks(100e9, 10e9, "test machine"),
+    )
     assert main(["memory", "stories15M", "--hardware", "this-machine", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["hardware"]["flops"] == 100e9

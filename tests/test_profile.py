@@ -92,13 +92,13 @@ def test_rejects_too_long_and_zero_steps():
 def test_batched_decode_counts_b_tokens_per_weight_read():
     p = profile_generation(tiny_model(), [1, 2, 3], n_decode=2, peaks=PEAKS, batch=4)
     single = [s for s in p.steps if s.phase == "decode"]
-    batched = [s for s in p.steps if s.phase == "batch decode"]
+    batched = [s for s in p.steps if s.phase == "batch-decode"]
     assert [(s.start, s.tokens) for s in batched] == [(3, 4), (4, 4)]
     for one, four in zip(single, batched, strict=True):
         assert four.flops == 4 * one.flops  # every sequence does all the arithmetic
         assert four.kv_bytes == 4 * one.kv_bytes  # each has its own cache
         assert four.weight_bytes == one.weight_bytes + 3 * 32  # weights once, 4 embedding rows
-    assert p.phase("batch decode")["intensity"] > 2 * p.phase("decode")["intensity"]
+    assert p.phase("batch-decode")["intensity"] > 2 * p.phase("decode")["intensity"]
 
 
 def test_cli_writes_json_and_chart(tmp_path, capsys, monkeypatch):
@@ -260,7 +260,7 @@ def test_random_weights_of_a_known_shape(tmp_path, capsys, monkeypatch):
     assert "8 random token ids; random weights of stories15M's shape" in out
     data = json.loads((tmp_path / "profile.json").read_text())
     assert data["model"] == "stories15M"
-    assert [ph["phase"] for ph in data["phases"]] == ["prefill", "decode", "batch decode"]
+    assert [ph["phase"] for ph in data["phases"]] == ["prefill", "decode", "batch-decode"]
     assert data["phases"][2]["tokens"] == 4
 
 

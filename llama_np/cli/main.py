@@ -128,8 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="sampling temperature (default: 0, greedy)",
     )
     trace.add_argument("-s", "--seed", type=int, default=None, metavar="S", help="random seed")
+    trace.add_argument("--out", metavar="DIR", help="directory for attention.npz and the PNGs")
     trace.add_argument(
-        "--out", required=True, metavar="DIR", help="directory for attention.npz and the PNGs"
+        "--per-head",
+        action="store_true",
+        help="one PNG per layer and head (default: one overview PNG per layer, all its heads)",
+    )
+    trace.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also write an explorer page (self-contained HTML: pick a layer and head, hover "
+        "tokens; the roofline of a profile of the same generation)",
     )
     trace.set_defaults(run=run_trace)
     chat = commands.add_parser(
@@ -420,13 +429,19 @@ def print_timings(stats: GenerationStats, seed: int | None = None) -> None:
 
 
 def run_trace(args: argparse.Namespace) -> int:
-    from ..tools.trace import parse_indices, plot_attention, save_npz, trace_attention
+    from ..tools.trace import (
+        parse_indices,
+        plot_attention,
+        plot_layer,
+        save_npz,
+        trace_attention,
+    )
 
+    if args.out is None and args.html is None:
+        raise ArgumentError("trace needs --out DIR (arrays and pictures) and/or --html FILE")
     model = load(args.model)
     layers = parse_indices(args.layers, model.config.n_layers, "--layers")
     heads = parse_indices(args.heads, model.config.n_heads, "--heads")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     trace = trace_attention(
         model,
         args.prompt,
@@ -437,6 +452,20 @@ def run_trace(args: argparse.Namespace) -> int:
     )
     n_gen = len(trace.tokens) - trace.n_prompt
     print(f"{trace.n_prompt} prompt tokens, {n_gen} generated: {''.join(trace.pieces)!r}")
+    if args.html:
+        from ..tools import machine
+        from ..tools.explorer import write_html
+        from ..tools.profile import profile_generation
+
+        prompt = [int(t) for t in trace.tokens[: trace.n_prompt]]
+        profile = profile_generation(
+            model, prompt, max(1, n_gen), lambda t, again=False: machine.peaks(again, t), repeats=3
+        )
+        print(f"wrote {write_html(args.html, trace, profile, model.config.n_kv_heads, heads)}")
+    if args.out is None:
+        return 0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     print(f"wrote {save_npz(trace, out / 'attention.npz', heads)}")
     try:
         import matplotlib  # noqa: F401  (optional: the `plot` extra)
@@ -448,6 +477,9 @@ def run_trace(args: argparse.Namespace) -> int:
         )
         return 0
     for layer in layers:
+        if not args.per_head:
+            print(f"wrote {plot_layer(trace, layer, heads, out / f'layer{layer}.png')}")
+            continue
         for head in heads:
             print(
                 f"wrote {plot_attention(trace, layer, head, out / f'layer{layer}_head{head}.png')}"

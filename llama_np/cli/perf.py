@@ -72,6 +72,11 @@ def add_commands(commands) -> None:
         "--device-memory", type=float, metavar="Z", help="custom device memory, bytes, e.g. 80e9"
     )
     mem.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    mem.add_argument(
+        "--remeasure",
+        action="store_true",
+        help="with --hardware this-machine: measure this machine's peaks again",
+    )
     mem.set_defaults(run=run_memory)
 
     prof = commands.add_parser(
@@ -182,7 +187,7 @@ def _hardware(args: argparse.Namespace) -> hardware.Hardware | None:
         return hardware.custom_hardware(args.flops, args.bandwidth, mem)
     if args.device_memory is not None:
         raise ArgumentError("--device-memory goes with --flops and --bandwidth")
-    return hardware.get_hardware(args.hardware) if args.hardware else None
+    return hardware.get_hardware(args.hardware, args.remeasure) if args.hardware else None
 
 
 def run_profile(args: argparse.Namespace) -> int:

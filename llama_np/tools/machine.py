@@ -5,7 +5,7 @@ matrix-vector product does 2 FLOPs per weight, and a float32 weight is 4 bytes: 
 byte). Measuring both with the same NumPy/BLAS, and the same number of BLAS threads, that runs
 the model gives the roofline that llama_np's speed is judged against.
 
-Peaks depend on what produced them, so the cache, ~/.cache/llama_np/machine.json, keeps one
+Peaks depend on what produced them, so the cache, ~/.cache/llama_np/machine-peaks.json, keeps one
 entry per key: CPU model and core count, NumPy version, BLAS library, version and the core
 type it picked at run time, and the thread count. `peaks(remeasure=True)` (the CLI's
 `--remeasure`) measures again; `llama-np profile` does so by itself when a phase runs faster
@@ -36,8 +36,13 @@ import numpy as np
 from ..errors import ArgumentError
 
 CACHE_FILE = (
-    Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llama_np" / "machine.json"
+    Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    / "llama_np"
+    / "machine-peaks.json"
 )
+
+
+BUSY_CORES = 0.25  # CPUs' worth of other processes' use that disturbs a measurement
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,12 @@ class MachinePeaks:
     description: str = ""
     threads: int = 0  # BLAS threads the peaks were measured with (0: unknown)
     key: str = ""  # what they were measured on (see `machine_key`)
+    others_cores: float = 0.0  # CPUs other processes used while they were measured
+
+    @property
+    def busy(self) -> bool:
+        """Measured while other processes took CPU: probably too low."""
+        return self.others_cores > BUSY_CORES
 
     @property
     def ridge(self) -> float:
@@ -219,15 +230,17 @@ def measure(repeats: int = 7, threads: int | None = None) -> MachinePeaks:
     """Time a 2048³ sgemm and a 512 MiB sgemv with `threads` BLAS threads (default: as set);
     report the best of `repeats` runs each (other processes only ever slow a run down)."""
     b = blas()
-    with b.using(threads):
+    with b.using(threads), CpuMeter() as meter:
         n = b.threads
-        return MachinePeaks(
-            matmul_flops=_sgemm_flops(repeats),
-            memory_bandwidth=_sgemv_bandwidth(repeats),
-            description=f"{cpu_model()}, {cpu_count()} cpus, {b.describe()}, {n} threads",
-            threads=n,
-            key=machine_key(n),
-        )
+        flops, bandwidth = _sgemm_flops(repeats), _sgemv_bandwidth(repeats)
+    return MachinePeaks(
+        matmul_flops=flops,
+        memory_bandwidth=bandwidth,
+        description=f"{cpu_model()}, {cpu_count()} cpus, {b.describe()}, {n} threads",
+        threads=n,
+        key=machine_key(n),
+        others_cores=meter.use.others_cores,
+    )
 
 
 def _sgemm_flops(repeats: int, n: int = 2048) -> float:

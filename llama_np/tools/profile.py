@@ -30,18 +30,25 @@ from ..config import LlamaConfig
 from ..errors import ArgumentError, ContextLengthError
 from ..model import Model
 from .costs import forward_bytes, forward_flops
-from .machine import CpuMeter, MachinePeaks, blas, cpu_cache_bytes, cpu_count, load_average
+from .machine import (
+    BUSY_CORES,
+    CpuMeter,
+    MachinePeaks,
+    blas,
+    cpu_cache_bytes,
+    cpu_count,
+    load_average,
+)
 
 VALUE_BYTES = 4  # llama_np keeps weights and KV cache in float32
 PeaksFn = Callable[[int, bool], MachinePeaks]  # (threads, remeasure) -> peaks
-OTHERS_BUSY = 0.25  # cores' worth of CPU used by other processes that contaminates a run
 
 
 @dataclass(frozen=True)
 class Step:
     """One forward pass: the prefill of the prompt, one decode step, or one batched step."""
 
-    phase: str  # "prefill" | "decode" | "batch decode"
+    phase: str  # "prefill" | "decode" | "batch-decode"
     start: int  # position of its first token
     tokens: int  # tokens it ran, all sequences (T for prefill, 1 for decode, B for a batch)
     seconds: float  # wall time of the call (prefill: the median of its repeats)
@@ -215,7 +222,7 @@ def profile_generation(
     if batch > 1:
         bat = best(lambda r: float(np.median([s.seconds for s in r.batch])))
         result.steps += bat.batch
-        result.threads["batch decode"] = bat.threads
+        result.threads["batch-decode"] = bat.threads
     for r in runs:
         trial = {"threads": r.threads, "prefill_ms": 1e3 * float(np.median(r.prefill)),
                  "decode_ms": 1e3 * float(np.median([s.seconds for s in r.decode]))}  # fmt: skip
@@ -266,7 +273,7 @@ def _timed_run(
                 t0 = time.perf_counter()
                 logits = model.decode_batch(tokens, cache)  # (B, V)
                 seconds = time.perf_counter() - t0
-                batched.append(_step("batch decode", config, pos, 1, seconds, threads, batch))
+                batched.append(_step("batch-decode", config, pos, 1, seconds, threads, batch))
                 tokens = [int(t) for t in np.argmax(logits, axis=-1)]
     use = meter.use
     return _Run(threads, prefill, decode, batched, generated, use.others_cores, use.known)
@@ -345,8 +352,15 @@ def _check_peaks(p: Profile, peaks_fn: PeaksFn) -> None:
 
 def _check_contamination(p: Profile, runs: list[_Run], load_before: float | None) -> None:
     cpus = cpu_count()
+    for t, peaks in sorted(p.peaks.items()):
+        if peaks.busy:
+            p.warnings.append(
+                f"the peaks with {t} thread(s) were measured while other processes used "
+                f"{peaks.others_cores:.2f} CPUs: they are probably too low (MFU/MBU too high); "
+                "measure again on a quiet machine with --remeasure"
+            )
     others = max(r.others_cores for r in runs)
-    if any(r.cpu_known for r in runs) and others > OTHERS_BUSY:
+    if any(r.cpu_known for r in runs) and others > BUSY_CORES:
         p.contaminated = True
         p.warnings.append(
             f"measurement contaminated: other processes used {others:.2f} of the {cpus} CPUs "
@@ -443,8 +457,8 @@ def write_json(p: Profile, path: Path) -> None:
     path.write_text(json.dumps(p.to_json(), indent=2))
 
 
-COLORS = {"prefill": "tab:orange", "decode": "tab:blue", "batch decode": "tab:purple"}
-MARKERS = {"prefill": "*", "decode": "s", "batch decode": "D"}
+COLORS = {"prefill": "tab:orange", "decode": "tab:blue", "batch-decode": "tab:purple"}
+MARKERS = {"prefill": "*", "decode": "s", "batch-decode": "D"}
 
 
 def plot_profile(p: Profile, path: Path) -> None:
