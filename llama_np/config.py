@@ -104,13 +104,10 @@ class LlamaConfig:
 
     @property
     def n_params(self) -> int:
-        """Number of parameters, counting a tied embedding/classifier once."""
-        D, F, V, HD = self.dim, self.hidden_dim, self.vocab_size, self.head_dim
-        attn = D * self.n_heads * HD * 2 + D * self.n_kv_heads * HD * 2  # wq, wo, wk, wv
-        mlp = 3 * D * F
-        per_layer = attn + mlp + 2 * D  # + two RMSNorm weights
-        classifier = 0 if self.tie_embeddings else V * D
-        return V * D + self.n_layers * per_layer + D + classifier
+        """Number of parameters, counting a tied embedding/classifier once (see schema.py)."""
+        from .schema import n_params  # schema.py builds on this module
+
+        return n_params(self)
 
     def kv_cache_bytes(self, n_tokens: int, batch_size: int = 1, bytes_per_value: int = 4) -> int:
         """Bytes of K and V for `n_tokens` positions: 2 × L × tokens × KVH × HD × bytes × B."""

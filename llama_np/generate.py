@@ -7,6 +7,10 @@ repeat:
     stop on an end token, a stop string, max_new_tokens or the context limit
     yield its text
     logits = model.decode(token, cache)      # one token, reads the cache
+
+One loop (`_loop`) serves every caller: `generate` (one prompt, streamed), `generate_batch`
+and `generate_batch_stream` (several prompts decoded together), chat (a conversation's
+cache) and the profiler (tools/profile.py).
 """
 
 from __future__ import annotations
@@ -36,9 +40,13 @@ class GenerationStats:
     decode_tokens: int = 0  # tokens run through Model.decode
     decode_seconds: float = 0.0
     sample_seconds: float = 0.0
-    # "end_token", "stop_string", "max_new_tokens", "context_full" ("interrupted": set by the CLI)
+    # "end_token", "stop_string", "max_new_tokens", "context_full" or "interrupted" (Ctrl-C);
+    # for a batch, the reasons of its sequences joined with "," when they differ
     stop_reason: str = ""
-    tokens: list[int] = field(default_factory=list)  # the generated token ids
+    stop_reasons: list[str] = field(default_factory=list)  # one per sequence
+    tokens: list[int] = field(default_factory=list)  # the generated token ids (sequence 0)
+    sequence_tokens: list[list[int]] = field(default_factory=list)  # ... of every sequence
+    step_seconds: list[float] = field(default_factory=list)  # each decode step's time
     prompt_tokens_dropped: int = 0  # cut from the prompt's start by truncate_prompt
 
 
@@ -57,6 +65,8 @@ class TextStream:
         self._strip = strip_leading_space
 
     def push(self, token: int) -> str:
+        if self.tokenizer is None:  # a model without one generates ids (stats.tokens) only
+            return ""
         text = self._utf8.decode(self.tokenizer.token_bytes(token))
         if self._strip and text:
             self._strip = False
@@ -72,21 +82,20 @@ def generate(
     prompt: str | Sequence[int],
     max_new_tokens: int = 256,
     *,
-    temperature: float = 0.8,
-    top_k: int = 40,
-    top_p: float = 0.95,
-    min_p: float = 0.05,
-    repetition_penalty: float = 1.0,
+    sampling: SamplingParams | None = None,
     seed: int | None = None,
-    stop: Sequence[str] = (),
+    stop: str | Sequence[str] = (),
     stats: GenerationStats | None = None,
     stop_ids: Collection[int] | None = None,
     cache: KVCache | None = None,
     truncate_prompt: bool = False,
+    **sampling_kwargs: float,
 ) -> Iterator[str]:
     """Generate a continuation of `prompt`, yielding text pieces as they are produced.
 
-    `prompt` is text (encoded with BOS) or a list of token ids. Stops at an end token
+    `prompt` is text (encoded with BOS) or a list of token ids. Sampling follows `sampling`
+    (a SamplingParams), or its fields given as keywords (temperature=0.8, top_k=40,
+    top_p=0.95, min_p=0.05, repetition_penalty=1.0). Stops at an end token
     (config.stop_ids), when a `stop` string appears (it is not yielded), after
     `max_new_tokens`, or when the model's context is full. Pass a GenerationStats to get the
     timings and the stop reason. The same seed gives the same text.
@@ -102,31 +111,95 @@ def generate(
     (without a `cache`) loses its first tokens (BOS is kept), leaving room for
     min(max_new_tokens, context / 2) new tokens. Arguments are checked before any work is
     done; NaN or Inf in the logits raises NumericalError naming the layer where it first
-    appeared.
+    appeared. Ctrl-C (KeyboardInterrupt) ends the loop with stats.stop_reason "interrupted";
+    the text yielded so far is the result.
     """
-    params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
+    params = sampling_params(sampling, **sampling_kwargs)
     stop = _check_limits(max_new_tokens, stop)
-    tokens = prompt_tokens(model, prompt)
     stats = stats if stats is not None else GenerationStats()
+    tokens = prompt_tokens(model, prompt)
     if cache is None:
-        context = model.config.max_seq_len
-        if len(tokens) > context:
-            if not truncate_prompt:
-                raise ContextLengthError(
-                    f"prompt is {len(tokens)} tokens, longer than the model's context of "
-                    f"{context}; shorten it, or keep only its end with truncate_prompt=True "
-                    f"(CLI: --truncate-prompt)"
-                )
-            keep = context - min(max_new_tokens, context // 2)
-            head = tokens[:1] if tokens[0] == model.config.bos_id else []
-            stats.prompt_tokens_dropped = len(tokens) - keep
-            tokens = head + tokens[len(tokens) - keep + len(head) :]
+        tokens = _fit_context(model, tokens, max_new_tokens, truncate_prompt, stats)
         # The cache only needs room for the prompt and what may be generated.
-        cache = model.new_cache(min(context, len(tokens) + max_new_tokens))
+        cache = model.new_cache(min(model.config.max_seq_len, len(tokens) + max_new_tokens))
     else:
         cache.check_room(len(tokens))
     stop_ids = frozenset(model.config.stop_ids if stop_ids is None else stop_ids)
-    return _generate(model, tokens, max_new_tokens, params, seed, stop, stats, stop_ids, cache)
+    loop = _loop(model, [tokens], max_new_tokens, params, seed, stop, stats, stop_ids, cache)
+    return (piece for _, piece in loop)
+
+
+def generate_batch_stream(
+    model: Model,
+    prompts: Sequence[str | Sequence[int]],
+    max_new_tokens: int = 256,
+    *,
+    sampling: SamplingParams | None = None,
+    seed: int | None = None,
+    stop: str | Sequence[str] = (),
+    stats: GenerationStats | None = None,
+    stop_ids: Collection[int] | None = None,
+    **sampling_kwargs: float,
+) -> Iterator[tuple[int, str]]:
+    """Continue several prompts at once, yielding (prompt index, text piece) as produced.
+
+    Each prompt is prefilled alone into its own row of a batched cache; then every step
+    decodes one token for all of them together (Model.decode_batch), reading each weight once
+    for the whole batch. Prompts may have different lengths. A sequence that ends (end token,
+    stop string) stops producing text (stats.stop_reasons says why, per sequence); the batch
+    runs until all have ended, max_new_tokens, or the longest sequence fills the context.
+    Same arguments as `generate` (`stop_ids` replaces config.stop_ids).
+    """
+    params = sampling_params(sampling, **sampling_kwargs)
+    stop = _check_limits(max_new_tokens, stop)
+    if isinstance(prompts, str) or not prompts:
+        raise ArgumentError("prompts must be a non-empty list of prompts (text or token ids)")
+    config = model.config
+    batch = [prompt_tokens(model, p) for p in prompts]
+    longest = max(len(t) for t in batch)
+    if longest > config.max_seq_len:
+        raise ContextLengthError(
+            f"a prompt is {longest} tokens, longer than the model's context of "
+            f"{config.max_seq_len}; shorten it"
+        )
+    stats = stats if stats is not None else GenerationStats()
+    cache = model.new_cache(min(config.max_seq_len, longest + max_new_tokens), len(batch))
+    stop_ids = frozenset(config.stop_ids if stop_ids is None else stop_ids)
+    return _loop(model, batch, max_new_tokens, params, seed, stop, stats, stop_ids, cache)
+
+
+def generate_batch(
+    model: Model,
+    prompts: Sequence[str | Sequence[int]],
+    max_new_tokens: int = 256,
+    **kwargs,
+) -> list[str]:
+    """Continue several prompts at once; -> one text per prompt (see generate_batch_stream)."""
+    texts = [""] * len(prompts)
+    for b, piece in generate_batch_stream(model, prompts, max_new_tokens, **kwargs):
+        texts[b] += piece
+    return texts
+
+
+def generate_text(
+    model: Model, prompt: str | Sequence[int], max_new_tokens: int = 256, **kwargs
+) -> str:
+    """The whole continuation as one string (same arguments as `generate`)."""
+    return "".join(generate(model, prompt, max_new_tokens, **kwargs))
+
+
+def sampling_params(sampling: SamplingParams | None = None, **kwargs: float) -> SamplingParams:
+    """`sampling`, or a SamplingParams from keyword arguments (checked); not both."""
+    if sampling is None:
+        return SamplingParams(**kwargs)
+    if kwargs:
+        raise ArgumentError(
+            f"pass sampling settings either as sampling=SamplingParams(...) or as keywords, "
+            f"not both (got both sampling and {', '.join(kwargs)})"
+        )
+    if not isinstance(sampling, SamplingParams):
+        raise ArgumentError(f"sampling must be a SamplingParams, got {type(sampling).__name__}")
+    return sampling
 
 
 def _check_limits(max_new_tokens: int, stop: str | Sequence[str]) -> list[str]:
@@ -139,15 +212,36 @@ def _check_limits(max_new_tokens: int, stop: str | Sequence[str]) -> list[str]:
     return stop
 
 
-def prompt_tokens(model: Model, prompt: str | Sequence[int]) -> list[int]:
-    """A prompt's token ids (text is encoded with BOS), checked against the vocabulary."""
-    tokenizer = model.tokenizer
-    if tokenizer is None:
-        raise ArgumentError(
-            "this model has no tokenizer to turn tokens into text; load one with "
-            "llama_np.load(path, tokenizer=...) or use Model.prefill/decode with token ids"
+def _fit_context(
+    model: Model, tokens: list[int], max_new_tokens: int, truncate: bool, stats: GenerationStats
+) -> list[int]:
+    """The prompt, or with `truncate` its BOS and last tokens, if it is longer than the context."""
+    context = model.config.max_seq_len
+    if len(tokens) <= context:
+        return tokens
+    if not truncate:
+        raise ContextLengthError(
+            f"prompt is {len(tokens)} tokens, longer than the model's context of {context}; "
+            f"shorten it, or keep only its end with truncate_prompt=True (CLI: --truncate-prompt)"
         )
+    keep = context - min(max_new_tokens, context // 2)
+    head = tokens[:1] if tokens[0] == model.config.bos_id else []
+    stats.prompt_tokens_dropped = len(tokens) - keep
+    return head + tokens[len(tokens) - keep + len(head) :]
+
+
+def prompt_tokens(model: Model, prompt: str | Sequence[int]) -> list[int]:
+    """A prompt's token ids (text is encoded with BOS), checked against the vocabulary.
+
+    A model without a tokenizer takes ids only, and generates ids only (no text).
+    """
+    tokenizer = model.tokenizer
     if isinstance(prompt, str):
+        if tokenizer is None:
+            raise ArgumentError(
+                "this model has no tokenizer to turn text into tokens; load one with "
+                "llama_np.load(path, tokenizer=...) or pass the prompt as token ids"
+            )
         tokens = tokenizer.encode(prompt, bos=True)
     else:
         try:
@@ -163,58 +257,109 @@ def prompt_tokens(model: Model, prompt: str | Sequence[int]) -> list[int]:
     return tokens
 
 
-def _generate(
-    model, tokens, max_new_tokens, params, seed, stop, stats, stop_ids, cache
-) -> Iterator[str]:
-    config = model.config
+def _loop(
+    model: Model,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    params: SamplingParams,
+    seed: int | None,
+    stop: list[str],
+    stats: GenerationStats,
+    stop_ids: frozenset[int],
+    cache: KVCache,
+) -> Iterator[tuple[int, str]]:
+    """The one generation loop, for B = len(prompts) sequences (1 unless batched).
+
+    Prefills prompt b into row b of the cache (after what that row holds), then samples one
+    token per running sequence and decodes them together, until each sequence meets an end
+    token or a stop string, or max_new_tokens, or the fullest cache row is full. Yields
+    (sequence, text piece); fills `stats` as it goes, so it is complete even after Ctrl-C.
+    """
+    B = len(prompts)
     rng = np.random.default_rng(seed)
-    stream = TextStream(model.tokenizer, strip_leading_space=tokens[-1] == config.bos_id)
-    held = ""  # text that might be the start of a stop string, not yet yielded
+    bos = model.config.bos_id
+    streams = [TextStream(model.tokenizer, strip_leading_space=p[-1] == bos) for p in prompts]
+    held = [""] * B  # text that might be the start of a stop string, not yet yielded
+    history = [list(p) for p in prompts]  # what each sequence has seen: for the penalty
+    stats.sequence_tokens = [[] for _ in range(B)]
+    stats.tokens = stats.sequence_tokens[0]
+    stats.stop_reasons = ["max_new_tokens"] * B
+    running = [True] * B
+    stats.prompt_tokens = sum(len(p) for p in prompts)
 
-    start = cache.length  # the prompt goes at positions start, start + 1, ...
-    stats.prompt_tokens = len(tokens)
-    t0 = time.perf_counter()
-    with np.errstate(over="ignore", invalid="ignore"):  # non-finite logits are checked below
-        logits = model.prefill(tokens, cache)
-    stats.prefill_seconds = time.perf_counter() - t0
-    history = list(tokens)
-    check_logits(model, logits, history)
+    def finish(b: int, reason: str) -> None:
+        running[b] = False
+        stats.stop_reasons[b] = reason
 
-    stats.stop_reason = "max_new_tokens"
-    for step in range(max_new_tokens):
-        if start + len(history) >= cache.max_seq_len:
-            stats.stop_reason = "context_full"
-            break
-        t0 = time.perf_counter()
-        recent = history[-params.repeat_last_n :] if params.repeat_last_n else ()
-        token = sample(logits, params, rng, recent)
-        stats.sample_seconds += time.perf_counter() - t0
-        if token in stop_ids:
-            stats.stop_reason = "end_token"
-            break
-        history.append(token)
-        stats.tokens.append(token)
-        stats.generated_tokens += 1
-
-        held += stream.push(token)
-        text, held, stopped = _split_at_stop(held, stop)
+    def end_text(b: int) -> Iterator[tuple[int, str]]:
+        text = _split_at_stop(held[b] + streams[b].flush(), stop)[0]
         if text:
-            yield text
-        if stopped:
-            stats.stop_reason = "stop_string"
-            return
+            yield b, text
 
-        if step + 1 < max_new_tokens and start + len(history) < cache.max_seq_len:
+    try:
+        t0 = time.perf_counter()
+        with np.errstate(over="ignore", invalid="ignore"):  # non-finite logits: checked below
+            logits = np.stack([model.prefill(p, cache, seq=b) for b, p in enumerate(prompts)])
+        stats.prefill_seconds = time.perf_counter() - t0  # (B, V) logits above
+        for b in range(B):
+            check_logits(model, logits[b], history[b])
+
+        for step in range(max_new_tokens):
+            chosen = [h[-1] for h in history]  # ended sequences run along, unused
+            for b in range(B):
+                if not running[b]:
+                    continue
+                if cache.lengths[b] >= cache.max_seq_len:
+                    finish(b, "context_full")
+                    yield from end_text(b)
+                    continue
+                t0 = time.perf_counter()
+                recent = history[b][-params.repeat_last_n :] if params.repeat_last_n else ()
+                token = sample(logits[b], params, rng, recent)
+                stats.sample_seconds += time.perf_counter() - t0
+                if token in stop_ids:
+                    finish(b, "end_token")
+                    yield from end_text(b)
+                    continue
+                chosen[b] = token
+                history[b].append(token)
+                stats.sequence_tokens[b].append(token)
+                stats.generated_tokens += 1
+                text, held[b], stopped = _split_at_stop(held[b] + streams[b].push(token), stop)
+                if text:
+                    yield b, text
+                if stopped:
+                    finish(b, "stop_string")
+            if not any(running) or step + 1 == max_new_tokens:
+                break  # the last token is sampled: nothing needs its logits
+            if max(cache.lengths) >= cache.max_seq_len:  # a row has no room for its token
+                for b in range(B):
+                    if running[b]:
+                        finish(b, "context_full")
+                break
             t0 = time.perf_counter()
             with np.errstate(over="ignore", invalid="ignore"):
-                logits = model.decode(token, cache)
-            stats.decode_seconds += time.perf_counter() - t0
-            stats.decode_tokens += 1
-            check_logits(model, logits, history)
-    held += stream.flush()
-    text, _, _ = _split_at_stop(held, stop)
-    if text:
-        yield text
+                if B == 1:
+                    logits = model.decode(chosen[0], cache)[None]  # (1, V)
+                else:
+                    logits = model.decode_batch(chosen, cache)  # (B, V)
+            stats.step_seconds.append(time.perf_counter() - t0)
+            stats.decode_seconds += stats.step_seconds[-1]
+            stats.decode_tokens += B
+            for b in range(B):
+                if running[b]:
+                    check_logits(model, logits[b], history[b])
+        for b in range(B):
+            if running[b]:
+                yield from end_text(b)
+    except KeyboardInterrupt:
+        for b in range(B):
+            if running[b]:
+                stats.stop_reasons[b] = "interrupted"
+        raise
+    finally:
+        reasons = list(dict.fromkeys(stats.stop_reasons))  # distinct, in order
+        stats.stop_reason = ",".join(reasons)
 
 
 def _split_at_stop(text: str, stop: list[str]) -> tuple[str, str, bool]:
@@ -234,91 +379,3 @@ def _split_at_stop(text: str, stop: list[str]) -> tuple[str, str, bool]:
                 keep = n
                 break
     return text[: len(text) - keep], text[len(text) - keep :], False
-
-
-def generate_text(
-    model: Model, prompt: str | Sequence[int], max_new_tokens: int = 256, **kwargs
-) -> str:
-    """The whole continuation as one string (same arguments as `generate`)."""
-    return "".join(generate(model, prompt, max_new_tokens, **kwargs))
-
-
-def generate_batch(
-    model: Model,
-    prompts: Sequence[str | Sequence[int]],
-    max_new_tokens: int = 256,
-    *,
-    temperature: float = 0.8,
-    top_k: int = 40,
-    top_p: float = 0.95,
-    min_p: float = 0.05,
-    repetition_penalty: float = 1.0,
-    seed: int | None = None,
-    stop: Sequence[str] = (),
-    stats: GenerationStats | None = None,
-) -> list[str]:
-    """Continue several prompts at once; -> one text per prompt.
-
-    Each prompt is prefilled alone into its own row of a batched cache; then every step
-    decodes one token for all of them together (Model.decode_batch), reading each weight once
-    for the whole batch. Prompts may have different lengths. A sequence that ends (end token,
-    stop string) stops producing text; the batch runs until all have ended, max_new_tokens,
-    or the context is full for the longest prompt. Same arguments as `generate`.
-    """
-    params = SamplingParams(temperature, top_k, top_p, min_p, repetition_penalty)
-    stop = _check_limits(max_new_tokens, stop)
-    if isinstance(prompts, str) or not prompts:
-        raise ArgumentError("prompts must be a non-empty list of prompts (text or token ids)")
-    config, tokenizer = model.config, model.tokenizer
-    batch = [prompt_tokens(model, p) for p in prompts]
-    longest = max(len(t) for t in batch)
-    if longest > config.max_seq_len:
-        raise ContextLengthError(
-            f"a prompt is {longest} tokens, longer than the model's context of "
-            f"{config.max_seq_len}; shorten it"
-        )
-    stats = stats if stats is not None else GenerationStats()
-    cache = model.new_cache(min(config.max_seq_len, longest + max_new_tokens), len(batch))
-    rng = np.random.default_rng(seed)
-    streams = [TextStream(tokenizer, strip_leading_space=t[-1] == config.bos_id) for t in batch]
-    texts, held = [""] * len(batch), [""] * len(batch)
-    running = [True] * len(batch)
-
-    stats.prompt_tokens = sum(len(t) for t in batch)
-    t0 = time.perf_counter()
-    logits = np.stack([model.prefill(t, cache, seq=b) for b, t in enumerate(batch)])  # (B, V)
-    stats.prefill_seconds = time.perf_counter() - t0
-    history = [list(t) for t in batch]
-    stats.stop_reason = "max_new_tokens"
-    for step in range(max_new_tokens):
-        t0 = time.perf_counter()
-        recent = [h[-params.repeat_last_n :] if params.repeat_last_n else () for h in history]
-        chosen = [sample(logits[b], params, rng, recent[b]) for b in range(len(batch))]
-        stats.sample_seconds += time.perf_counter() - t0
-        for b, token in enumerate(chosen):
-            if not running[b]:
-                continue
-            if token in config.stop_ids:
-                running[b] = False
-                continue
-            history[b].append(token)
-            stats.generated_tokens += 1
-            text, held[b], stopped = _split_at_stop(held[b] + streams[b].push(token), stop)
-            texts[b] += text
-            running[b] = not stopped
-        if not any(running):
-            stats.stop_reason = "end_token"
-            break
-        if step + 1 == max_new_tokens:  # its token is sampled; no need to run it
-            break
-        if longest + step + 1 >= cache.max_seq_len:
-            stats.stop_reason = "context_full"
-            break
-        t0 = time.perf_counter()
-        logits = model.decode_batch(chosen, cache)  # ended sequences run along, unused
-        stats.decode_seconds += time.perf_counter() - t0
-        stats.decode_tokens += len(batch)
-    for b in range(len(batch)):
-        if running[b]:
-            texts[b] += _split_at_stop(held[b] + streams[b].flush(), stop)[0]
-    return texts

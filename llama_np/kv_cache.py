@@ -65,35 +65,32 @@ class KVCache:
             )
 
     def update(
-        self, layer: int, start: int, k: np.ndarray, v: np.ndarray, seq: int = 0
+        self, layer: int, seqs: slice, starts: np.ndarray, k: np.ndarray, v: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Write k, v (KVH, T, HD) at positions start..start+T-1 of one layer.
+        """Write k, v (B, KVH, T, HD) of sequences `seqs` at positions starts[b] .. +T-1.
 
-        Returns views of all keys and values through the new positions, (KVH, start+T, HD).
+        Returns views of every sequence's keys and values through the furthest new position,
+        (B, KVH, S, HD) with S = max(starts) + T; a shorter sequence's rows beyond its own
+        end are stale, and attention masks them.
         """
-        end = start + k.shape[1]
+        T = k.shape[2]
+        end = int(starts.max()) + T
         if end > self.max_seq_len:
             raise ContextLengthError(
-                f"KV cache write at positions {start}..{end - 1} is past max_seq_len "
+                f"KV cache write at positions up to {end - 1} is past max_seq_len "
                 f"{self.max_seq_len}"
             )
-        self.k[layer, seq, :, start:end] = k
-        self.v[layer, seq, :, start:end] = v
-        return self.k[layer, seq, :, :end], self.v[layer, seq, :, :end]
-
-    def update_batch(
-        self, layer: int, positions: np.ndarray, k: np.ndarray, v: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Write one position per sequence: k, v (B, KVH, HD) at positions (B,) of one layer.
-
-        Returns views through the furthest position, (B, KVH, S, HD) with S = max(positions)+1;
-        sequence b's keys beyond its own position are stale and must be masked by the reader.
-        """
-        batch = np.arange(self.batch_size)  # (B,)
-        self.k[layer, batch, :, positions] = k
-        self.v[layer, batch, :, positions] = v
-        end = int(positions.max()) + 1
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        if len(starts) == 1:  # one sequence, T consecutive positions: a slice assignment
+            start = int(starts[0])
+            self.k[layer, seqs, :, start:end] = k
+            self.v[layer, seqs, :, start:end] = v
+        else:  # one new position per sequence (batched decode), each at its own length
+            if T != 1:
+                raise ArgumentError("a batched cache write takes one position per sequence")
+            rows = np.arange(seqs.start, seqs.stop)  # (B,)
+            self.k[layer, rows, :, starts] = k[:, :, 0]  # (B, KVH, HD) into (B,) positions
+            self.v[layer, rows, :, starts] = v[:, :, 0]
+        return self.k[layer, seqs, :, :end], self.v[layer, seqs, :, :end]
 
     def reset(self) -> None:
         """Forget every position (the memory stays allocated)."""

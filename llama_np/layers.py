@@ -104,70 +104,73 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, interleaved: boo
     return out
 
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, hook=None) -> np.ndarray:
-    """Causal grouped-query attention of T new queries over S cached positions.
+def attention(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, ends: np.ndarray, hook=None
+) -> np.ndarray:
+    """Causal grouped-query attention of T new queries per sequence over its cached positions.
 
-    q: (T, H, HD) queries of the last T positions; k, v: (KVH, S, HD), the cache through those
-    positions. Returns (T, H * HD).
+    q: (B, T, H, HD), the queries of each sequence's last T positions; k, v: (B, KVH, S, HD),
+    the cache; ends: (B,), sequence b's queries sit at positions ends[b]-T .. ends[b]-1 and
+    its keys 0 .. ends[b]-1 are valid (S = max(ends); a shorter sequence's keys past its end
+    are stale and masked). Returns (B, T, H * HD).
 
     Query head h reads KV head h // G. Instead of repeating K and V G times, the G query heads
     that share a KV head are stacked into one matrix: (KVH, G*T, HD) @ (KVH, HD, S) is one
-    batched matmul over KVH, and K/V are never copied.
+    batched matmul over (B, KVH), and K/V are never copied.
 
-    `hook(name, array)`, when given, receives "scores" and "probs" as (H, T, S) views.
+    `hook(name, array)`, when given, receives "scores" and "probs" as (B, H, T, S) views and
+    returns them or a replacement.
     """
-    T, H, HD = q.shape
-    KVH, S, _ = k.shape
+    B, T, H, HD = q.shape
+    KVH, S = k.shape[1], k.shape[2]
     G = H // KVH
-    # (T, H, HD) -> (KVH, G, T, HD) -> (KVH, G*T, HD); scaling q is cheaper than scaling scores
-    qg = q.reshape(T, KVH, G, HD).transpose(1, 2, 0, 3).reshape(KVH, G * T, HD)
+    # (B, T, H, HD) -> (B, KVH, G, T, HD) -> (B, KVH, G*T, HD); scaling q beats scaling scores
+    qg = q.reshape(B, T, KVH, G, HD).transpose(0, 2, 3, 1, 4).reshape(B, KVH, G * T, HD)
     qg = qg * np.float32(1.0 / math.sqrt(HD))  # math.sqrt: np.sqrt of an int costs ~1 µs
-    scores = np.matmul(qg, k.transpose(0, 2, 1)).reshape(KVH, G, T, S)  # (KVH, G, T, S)
-    if T > 1:
-        # The new queries sit at positions S-T .. S-1, so query t may see keys 0 .. S-T+t:
-        # the mask's diagonal is offset by the S-T positions already in the cache.
-        scores += causal_mask(T, S)  # (T, S) broadcast over (KVH, G)
+    scores = np.matmul(qg, k.transpose(0, 1, 3, 2)).reshape(B, KVH, G, T, S)  # (B,KVH,G,T,S)
+    if T > 1 or (ends != S).any():
+        scores += attention_mask(ends, T, S)[:, None, None]  # (B, 1, 1, T, S)
     if hook is not None:
-        hook("scores", scores.reshape(H, T, S))
-    probs = softmax(scores)  # (KVH, G, T, S)
+        scores = hook("scores", scores.reshape(B, H, T, S)).reshape(B, KVH, G, T, S)
+    probs = softmax(scores)  # (B, KVH, G, T, S)
     if hook is not None:
-        hook("probs", probs.reshape(H, T, S))
-    out = np.matmul(probs.reshape(KVH, G * T, S), v)  # (KVH, G*T, HD)
-    return out.reshape(KVH, G, T, HD).transpose(2, 0, 1, 3).reshape(T, H * HD)
+        probs = hook("probs", probs.reshape(B, H, T, S)).reshape(B, KVH, G, T, S)
+    out = np.matmul(probs.reshape(B, KVH, G * T, S), v)  # (B, KVH, G*T, HD)
+    return out.reshape(B, KVH, G, T, HD).transpose(0, 3, 1, 2, 4).reshape(B, T, H * HD)
 
 
-def chunked_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, chunk: int = 128) -> np.ndarray:
+def chunked_attention(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, ends: np.ndarray, chunk: int = 128, hook=None
+) -> np.ndarray:
     """`attention` for long prompts, `chunk` queries at a time.   Same shapes and result.
 
-    Two savings: each block's scores (H, chunk, S) stay in the CPU cache through mask, softmax
-    and the product with V instead of a (H, T, S) array going through memory five times; and
-    a block reads only the keys up to its last query, skipping the future half of the scores.
+    Two savings: each block's scores (B, H, chunk, S) stay in the CPU cache through mask,
+    softmax and the product with V instead of a (B, H, T, S) array going through memory five
+    times; and a block reads only the keys up to its last query, skipping the future half of
+    the scores. A hook sees each block's scores and probs: (B, H, chunk, keys up to its end).
     """
-    T, H, HD = q.shape
-    S = k.shape[1]
-    out = np.empty((T, H * HD), dtype=np.float32)  # (T, H*HD)
+    B, T, H, HD = q.shape
+    out = np.empty((B, T, H * HD), dtype=np.float32)  # (B, T, H*HD)
     for t0 in range(0, T, chunk):  # blocks of queries, not single positions
         t1 = min(T, t0 + chunk)
-        end = S - T + t1  # the block's last query sits at position end-1: it sees keys < end
-        out[t0:t1] = attention(q[t0:t1], k[:, :end], v[:, :end])
+        block_ends = ends - (T - t1)  # (B,) the block's last query sits at block_end - 1
+        S = int(block_ends.max())  # keys any query of the block can see
+        out[:, t0:t1] = attention(q[:, t0:t1], k[:, :, :S], v[:, :, :S], block_ends, hook)
     return out
 
 
-def attention_batch(q: np.ndarray, k: np.ndarray, v: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """One new query per sequence over its own cache length (batched decode).
+def attention_mask(ends: np.ndarray, T: int, S: int) -> np.ndarray:
+    """0 where a query may attend to a key, -inf where the key is in its future.
 
-    q: (B, H, HD); k, v: (B, KVH, S, HD); lengths: (B,), sequence b sees keys 0..lengths[b]-1
-    (S = max(lengths)). Returns (B, H * HD). Same grouping as `attention`: no K/V copies.
+    ends (B,) -> (B, T, S). Query t of sequence b sits at position ends[b] - T + t and may see
+    keys 0 .. ends[b] - T + t. When the cache already holds earlier positions (a prompt
+    appended to a conversation, a prompt prefilled in pieces), the diagonal is offset by them.
     """
-    B, H, HD = q.shape
-    KVH, S = k.shape[1], k.shape[2]
-    qg = q.reshape(B, KVH, H // KVH, HD) * np.float32(1.0 / math.sqrt(HD))  # (B, KVH, G, HD)
-    scores = np.matmul(qg, k.transpose(0, 1, 3, 2))  # (B, KVH, G, S)
-    # Shorter sequences end before S: their keys past their own length are someone's padding.
-    mask = np.where(np.arange(S) < lengths[:, None], np.float32(0), NEG_INF)  # (B, S)
-    scores += mask[:, None, None, :]  # broadcast over (KVH, G)
-    probs = softmax(scores)  # (B, KVH, G, S)
-    return np.matmul(probs, v).reshape(B, H * HD)  # (B, KVH, G, HD) -> (B, H*HD)
+    if (ends == S).all():  # every sequence is as long as S: the cached causal mask
+        return causal_mask(T, S)[None]
+    query_pos = ends[:, None] - T + np.arange(T)  # (B, T)
+    visible = np.arange(S) <= query_pos[:, :, None]  # (B, T, S)
+    return np.where(visible, np.float32(0), NEG_INF)
 
 
 @functools.lru_cache(maxsize=32)
@@ -175,6 +178,8 @@ def causal_mask(T: int, S: int) -> np.ndarray:
     """0 where query t (at position S-T+t) may attend to key s, -inf where s is in its future.
 
     -> (T, S) float32, read-only: built once per shape and shared (prefill's blocks reuse it).
+    The new queries sit at positions S-T .. S-1: the diagonal is offset by the S-T positions
+    already in the cache.
     """
     mask = np.triu(np.full((T, S), NEG_INF, dtype=np.float32), k=S - T + 1)
     mask.flags.writeable = False

@@ -10,8 +10,9 @@ Two entry points run it, and they are the heart of inference:
   bandwidth is the limit), and attention reads the keys and values of all earlier positions
   from the cache.
 
-Both run the same transformer block (`Model.block`); they differ in how many positions go
-through it and how the result is used.
+`Model.decode_batch(tokens, cache)` is decode for B sequences at once. All three run the same
+`Model.block` on the rows of a `Step` (which sequence and positions the rows are); they differ
+in how many rows go through it and how the result is used.
 """
 
 from __future__ import annotations
@@ -26,20 +27,16 @@ from .dtypes import to_float32
 from .errors import ArgumentError, CheckpointError
 from .hooks import Hook, match_points
 from .kv_cache import KVCache
-from .layers import (
-    apply_rope,
-    attention,
-    attention_batch,
-    chunked_attention,
-    rms_norm,
-    rope_tables,
-    swiglu,
-)
+from .layers import apply_rope, attention, chunked_attention, rms_norm, rope_tables, swiglu
 from .limits import check_kv_cache_fits
-from .packed import Scratch, check_weights_dtype, pack
+from .packed import Matrix, Scratch, check_weights_dtype, pack
+from .schema import tensor_names, tensor_specs
 
 # Prompts longer than this run attention in blocks of this many queries (layers.py).
 ATTENTION_CHUNK = 128
+
+
+__all__ = ["LayerWeights", "Model", "Step", "Weights", "tensor_names"]
 
 
 @dataclass
@@ -47,43 +44,60 @@ class LayerWeights:
     """Weights of one transformer block, stored (in, out) so that activations do x @ W."""
 
     attn_norm: np.ndarray  # (D,)
-    wqkv: np.ndarray  # (D, (H + 2*KVH) * HD)  q, k and v projections side by side: one matmul
-    wo: np.ndarray  # (H*HD, D)
+    wqkv: Matrix  # (D, (H + 2*KVH) * HD)  q, k and v projections side by side: one matmul
+    wo: Matrix  # (H*HD, D)
     mlp_norm: np.ndarray  # (D,)
-    w_gate_up: np.ndarray  # (D, 2F)  gate and up projections side by side: one matmul
-    w_down: np.ndarray  # (F, D), in fp32 a view of (D, F) rows: see from_tensors
+    w_gate_up: Matrix  # (D, 2F)  gate and up projections side by side: one matmul
+    w_down: Matrix  # (F, D), in fp32 a view of (D, F) rows: see from_tensors
+    bqkv: np.ndarray | None = None  # ((H + 2*KVH) * HD,) optional q/k/v biases (schema.py)
+    bo: np.ndarray | None = None  # (D,) optional output-projection bias
+
+
+# Each LayerWeights field and the checkpoint tensors (schema.py names after "layers.{i}.")
+# it is built from: several tensors are stacked into one matrix, multiplied at once.
+LAYER_FIELDS: dict[str, tuple[str, ...]] = {
+    "attn_norm": ("attention_norm.weight",),
+    "wqkv": ("attention.wq.weight", "attention.wk.weight", "attention.wv.weight"),
+    "bqkv": ("attention.wq.bias", "attention.wk.bias", "attention.wv.bias"),
+    "wo": ("attention.wo.weight",),
+    "bo": ("attention.wo.bias",),
+    "mlp_norm": ("ffn_norm.weight",),
+    "w_gate_up": ("feed_forward.w1.weight", "feed_forward.w3.weight"),
+    "w_down": ("feed_forward.w2.weight",),
+}
 
 
 @dataclass
 class Weights:
-    embedding: np.ndarray  # (V, D)
+    embedding: Matrix  # (V, D)
     layers: list[LayerWeights]
     final_norm: np.ndarray  # (D,)
-    classifier: np.ndarray  # (D, V); `embedding` is its transposed view when tied
+    classifier: Matrix  # (D, V); `embedding` is its transposed view when tied
 
 
-def tensor_names(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
-    """The checkpoint tensors a model needs, by Meta's names, with their (out, in) shapes.
+@dataclass(frozen=True)
+class Step:
+    """The rows of one forward pass: `n_tokens` new tokens of each of B sequences of a cache.
 
-    Every loader produces exactly these names, so `Model.from_tensors` has one input format.
+    Prefill and decode run one sequence (B = 1, T = prompt length or 1); batched decode runs
+    one token of every sequence (B = batch size, T = 1). The residual stream x holds R = B*T
+    rows, sequence by sequence. Hooks can read `model.step` to know which rows they see.
     """
-    D, F, V, HD = config.dim, config.hidden_dim, config.vocab_size, config.head_dim
-    H, KVH = config.n_heads, config.n_kv_heads
-    names: dict[str, tuple[int, ...]] = {"tok_embeddings.weight": (V, D), "norm.weight": (D,)}
-    if not config.tie_embeddings:
-        names["output.weight"] = (V, D)
-    for i in range(config.n_layers):
-        p = f"layers.{i}."
-        names[p + "attention_norm.weight"] = (D,)
-        names[p + "attention.wq.weight"] = (H * HD, D)
-        names[p + "attention.wk.weight"] = (KVH * HD, D)
-        names[p + "attention.wv.weight"] = (KVH * HD, D)
-        names[p + "attention.wo.weight"] = (D, H * HD)
-        names[p + "ffn_norm.weight"] = (D,)
-        names[p + "feed_forward.w1.weight"] = (F, D)  # gate
-        names[p + "feed_forward.w2.weight"] = (D, F)  # down
-        names[p + "feed_forward.w3.weight"] = (F, D)  # up
-    return names
+
+    phase: str  # "prefill" | "decode"
+    seqs: slice  # the cache rows (sequences) this pass writes: B = seqs.stop - seqs.start
+    starts: np.ndarray  # (B,) position of each sequence's first new token
+    n_tokens: int  # T
+
+    @property
+    def positions(self) -> np.ndarray:
+        """(R,) the position of every row, sequence by sequence."""
+        return (self.starts[:, None] + np.arange(self.n_tokens)).ravel()
+
+    @property
+    def ends(self) -> np.ndarray:
+        """(B,) positions each sequence holds after this pass: its keys 0..end-1 are visible."""
+        return self.starts + self.n_tokens
 
 
 class Model:
@@ -98,6 +112,7 @@ class Model:
             config.head_dim, config.max_seq_len, config.rope_theta, config.rope_scaling
         )
         self.hooks: dict[str, list[Hook]] = {}
+        self.step: Step | None = None  # the rows of the forward pass running now (for hooks)
 
     @classmethod
     def from_tensors(
@@ -117,20 +132,20 @@ class Model:
         `progress(tensors_done, n_tensors)`, if given, is called after each tensor is converted.
         """
         check_weights_dtype(weights_dtype)
-        expected = tensor_names(config)
-        missing = [n for n in expected if n not in tensors]
-        extra = [n for n in tensors if n not in expected]
+        specs = tensor_specs(config)
+        missing = [n for n, spec in specs.items() if spec.required and n not in tensors]
+        extra = [n for n in tensors if n not in specs]
         if missing or extra:
             raise CheckpointError(
                 "checkpoint tensors do not match the config: "
                 + (f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''} " if missing else "")
                 + (f"unexpected {extra[:5]}{' ...' if len(extra) > 5 else ''}" if extra else "")
             )
-        for name, shape in expected.items():
-            if tuple(tensors[name].shape) != shape:
+        for name in tensors:
+            if tuple(tensors[name].shape) != specs[name].shape:
                 raise CheckpointError(
-                    f"tensor {name} has shape {tuple(tensors[name].shape)}, expected {shape} "
-                    f"from the config"
+                    f"tensor {name} has shape {tuple(tensors[name].shape)}, expected "
+                    f"{specs[name].shape} from the config"
                 )
 
         done = 0
@@ -139,7 +154,7 @@ class Model:
             nonlocal done
             done += n_tensors
             if progress is not None:
-                progress(done, len(expected))
+                progress(done, len(tensors))
 
         def f32(name: str) -> np.ndarray:
             array = to_float32(tensors[name])
@@ -184,23 +199,33 @@ class Model:
             array[...] = f32(name)
             return array.T  # (in, out) view
 
+        def bias(*names: str) -> np.ndarray | None:
+            # Optional in the schema: a checkpoint has all of a group's biases or none.
+            present = [n for n in names if n in tensors]
+            if not present:
+                return None
+            if len(present) < len(names):
+                raise CheckpointError(
+                    f"checkpoint has {', '.join(present)} but not "
+                    f"{', '.join(n for n in names if n not in tensors)}: biases come together"
+                )
+            return np.concatenate([f32(n) for n in names])  # (sum of outs,)
+
         layers = []
         for i in range(config.n_layers):
-            p = f"layers.{i}."
-            layers.append(
-                LayerWeights(
-                    attn_norm=f32(p + "attention_norm.weight"),
-                    wqkv=fused(
-                        p + "attention.wq.weight",
-                        p + "attention.wk.weight",
-                        p + "attention.wv.weight",
-                    ),
-                    wo=fused(p + "attention.wo.weight"),
-                    mlp_norm=f32(p + "ffn_norm.weight"),
-                    w_gate_up=fused(p + "feed_forward.w1.weight", p + "feed_forward.w3.weight"),
-                    w_down=rows_kept(p + "feed_forward.w2.weight"),
-                )
-            )
+            fields = {}
+            for field, names in LAYER_FIELDS.items():
+                names = tuple(f"layers.{i}.{n}" for n in names)
+                role = specs[names[0]].role
+                if role == "norm":
+                    fields[field] = f32(names[0])
+                elif role == "bias":
+                    fields[field] = bias(*names)
+                elif field == "w_down":
+                    fields[field] = rows_kept(names[0])
+                else:
+                    fields[field] = fused(*names)
+            layers.append(LayerWeights(**fields))
         if weights_dtype == "fp32":
             # The classifier is the largest matrix decode reads. Stored (D, V) contiguous, its
             # product runs ~1.7x faster than through (V, D) rows of length D (measured at
@@ -222,7 +247,8 @@ class Model:
     def weights_nbytes(self) -> int:
         """Bytes the weights occupy in memory (a tied embedding/classifier counted once)."""
         w = self.weights
-        arrays = [w.embedding, w.final_norm, *(a for lw in w.layers for a in vars(lw).values())]
+        per_layer = (a for lw in w.layers for a in vars(lw).values() if a is not None)
+        arrays = [w.embedding, w.final_norm, *per_layer]
         if not self.config.tie_embeddings:
             arrays.append(w.classifier)
         return sum(a.nbytes for a in arrays)
@@ -264,33 +290,20 @@ class Model:
         so a prompt can be prefilled in pieces, or appended to an earlier conversation. `seq`
         picks the sequence of a batched cache (each prompt of a batch is prefilled alone).
         """
-        tokens = self._check_tokens(tokens)
-        start = cache.lengths[seq]
-        cache.check_room(len(tokens), seq)
-        x = self.weights.embedding[tokens]  # (T, D) residual stream, one row per token
-        if self.hooks:
-            self._run_hooks("tokens", tokens)
-            self._run_hooks("embed", x)
-        for i in range(self.config.n_layers):
-            x = self.block(i, x, start, cache, seq)
-        cache.lengths[seq] = start + len(tokens)
+        ids = self._check_tokens(tokens)
+        cache.check_room(len(ids), seq)
+        step = Step("prefill", slice(seq, seq + 1), np.array([cache.lengths[seq]]), len(ids))
+        x = self.forward(ids, step, cache)  # (T, D)
         # Only the last position predicts the next token: skip the (D, V) classifier for the
         # rest unless they are asked for.
         return self.head(x if all_logits else x[-1])  # (T, V) or (V,)
 
     def decode(self, token: int, cache: KVCache) -> np.ndarray:
         """Run one token at position cache.length; return (V,) logits for the next position."""
-        (token,) = self._check_tokens([token])
-        pos = cache.length
+        ids = self._check_tokens([token])
         cache.check_room(1)
-        x = self.weights.embedding[[token]]  # (1, D): a block of one row, so `block` serves both
-        if self.hooks:
-            self._run_hooks("tokens", np.array([token]))
-            self._run_hooks("embed", x)
-        for i in range(self.config.n_layers):
-            x = self.block(i, x, pos, cache)
-        cache.lengths[0] = pos + 1
-        return self.head(x[0])  # (V,)
+        step = Step("decode", slice(0, 1), np.array([cache.length]), 1)
+        return self.head(self.forward(ids, step, cache)[0])  # (V,)
 
     def decode_batch(self, tokens: Sequence[int], cache: KVCache) -> np.ndarray:
         """One token for each of the B sequences of a batched cache; -> (B, V) logits.
@@ -308,73 +321,86 @@ class Model:
             )
         for b in range(cache.batch_size):
             cache.check_room(1, b)
-        positions = np.array(cache.lengths)  # (B,) where each sequence's new token goes
-        cfg = self.config
-        H, KVH, HD = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (B, HD/2) each
-        x = self.weights.embedding[ids]  # (B, D): one row per sequence
-        for i, lw in enumerate(self.weights.layers):
-            h = rms_norm(x, lw.attn_norm, cfg.norm_eps)  # (B, D)
-            qkv = h @ lw.wqkv  # (B, (H + 2*KVH) * HD)
-            q = qkv[:, : H * HD].reshape(-1, H, HD)  # (B, H, HD)
-            k = qkv[:, H * HD : (H + KVH) * HD].reshape(-1, KVH, HD)  # (B, KVH, HD)
-            v = qkv[:, (H + KVH) * HD :].reshape(-1, KVH, HD)  # (B, KVH, HD)
-            q = apply_rope(q, cos, sin, cfg.rope_interleaved)  # rows are sequences, not times
-            k = apply_rope(k, cos, sin, cfg.rope_interleaved)
-            k_all, v_all = cache.update_batch(i, positions, k, v)  # (B, KVH, S, HD) views
-            x = x + attention_batch(q, k_all, v_all, positions + 1) @ lw.wo  # (B, D)
-            x = x + swiglu(rms_norm(x, lw.mlp_norm, cfg.norm_eps), lw.w_gate_up, lw.w_down)
-        cache.lengths = [int(p) + 1 for p in positions]
-        return self.head(x)  # (B, V)
+        step = Step("decode", slice(0, cache.batch_size), np.array(cache.lengths), 1)
+        return self.head(self.forward(ids, step, cache))  # (B, V)
+
+    def forward(self, ids: np.ndarray, step: Step, cache: KVCache) -> np.ndarray:
+        """Embed the step's tokens and run every block; the cache then holds their K/V.
+
+        ids (R,) -> the residual stream after the last block, (R, D), before the final norm.
+        """
+        x = self.weights.embedding[ids]  # (R, D) residual stream, one row per token
+        self.step = step
+        if self.hooks:
+            self._run_hooks("tokens", ids)
+            x = self._run_hooks("embed", x)
+        for i in range(self.config.n_layers):
+            x = self.block(i, x, step, cache)
+        for b, end in zip(range(step.seqs.start, step.seqs.stop), step.ends, strict=True):
+            cache.lengths[b] = int(end)
+        return x
 
     # ---------------------------------------------------------------- the pieces
 
-    def block(self, i: int, x: np.ndarray, start: int, cache: KVCache, seq: int = 0) -> np.ndarray:
-        """Transformer block i on the rows of x, which sit at positions start, start+1, ...
+    def block(self, i: int, x: np.ndarray, step: Step, cache: KVCache) -> np.ndarray:
+        """Transformer block i on the R = B*T rows of x (which sequences and positions: `step`).
 
-        x: (T, D) -> (T, D). Writes the block's K/V for these positions into the cache and
-        attends over every position up to the last of them.
+        x: (R, D) -> (R, D). Writes the block's K/V for these positions into the cache and
+        attends over every cached position up to each row's own.
         """
         cfg, lw = self.config, self.weights.layers[i]
-        T = x.shape[0]
+        B, T = step.starts.shape[0], step.n_tokens
         H, KVH, HD = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
 
         # --- attention: each position gathers information from itself and earlier positions
-        h = rms_norm(x, lw.attn_norm, cfg.norm_eps)  # (T, D)
-        qkv = h @ lw.wqkv  # (T, (H + 2*KVH) * HD)
-        v = qkv[:, (H + KVH) * HD :].reshape(T, KVH, HD)  # (T, KVH, HD)
-        cos = self.rope_cos[start : start + T]  # (T, HD/2)
-        sin = self.rope_sin[start : start + T]  # (T, HD/2)
+        h = rms_norm(x, lw.attn_norm, cfg.norm_eps)  # (R, D)
+        qkv = h @ lw.wqkv  # (R, (H + 2*KVH) * HD)
+        if lw.bqkv is not None:
+            qkv += lw.bqkv
+        positions = step.positions  # (R,)
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (R, HD/2) each
         # q and k heads sit side by side in qkv: rotate them in one call (half the calls in
         # decode, where per-call overhead dominates), then split.
         qk = apply_rope(
-            qkv[:, : (H + KVH) * HD].reshape(T, H + KVH, HD), cos, sin, cfg.rope_interleaved
+            qkv[:, : (H + KVH) * HD].reshape(-1, H + KVH, HD), cos, sin, cfg.rope_interleaved
         )
-        q = qk[:, :H]  # (T, H, HD)
-        k = qk[:, H:]  # (T, KVH, HD)
-        # The cache stores (KVH, S, HD) per layer: write the new rows, read all rows so far.
-        k_all, v_all = cache.update(i, start, k.transpose(1, 0, 2), v.transpose(1, 0, 2), seq)
-        if self.hooks:
-            self._run_hooks(f"layers.{i}.attn.q", q)
-            self._run_hooks(f"layers.{i}.attn.k", k)
-            self._run_hooks(f"layers.{i}.attn.v", v)
-        attn_hook = self._attention_hook(i) if self.hooks else None
-        if T > ATTENTION_CHUNK and not self.hooks:  # long prompt: blocks that stay in cache
-            attn_out = chunked_attention(q, k_all, v_all, ATTENTION_CHUNK) @ lw.wo  # (T, D)
+        q = qk[:, :H]  # (R, H, HD)
+        k_new = qk[:, H:]  # (R, KVH, HD) keys of the new positions
+        v_new = qkv[:, (H + KVH) * HD :].reshape(-1, KVH, HD)  # (R, KVH, HD)
+        if self.hooks:  # before the cache write, so that a hook's edit reaches the cache
+            q = self._run_hooks(f"layers.{i}.attn.q", q)
+            k_new = self._run_hooks(f"layers.{i}.attn.k", k_new)
+            v_new = self._run_hooks(f"layers.{i}.attn.v", v_new)
+        # The cache stores (KVH, S, HD) per layer and sequence: write the new rows, read every
+        # row so far. (B, T, KVH, HD) -> (B, KVH, T, HD)
+        k_cache, v_cache = cache.update(
+            i,
+            step.seqs,
+            step.starts,
+            k_new.reshape(B, T, KVH, HD).transpose(0, 2, 1, 3),
+            v_new.reshape(B, T, KVH, HD).transpose(0, 2, 1, 3),
+        )  # (B, KVH, S, HD) views
+        q = q.reshape(B, T, H, HD)
+        hook = self._attention_hook(i, B) if self.hooks else None
+        if T > ATTENTION_CHUNK:  # long prompt: blocks of queries whose scores stay in cache
+            attn = chunked_attention(q, k_cache, v_cache, step.ends, ATTENTION_CHUNK, hook)
         else:
-            attn_out = attention(q, k_all, v_all, attn_hook) @ lw.wo  # (T, D)
+            attn = attention(q, k_cache, v_cache, step.ends, hook)  # (B, T, H*HD)
+        attn_out = attn.reshape(B * T, H * HD) @ lw.wo  # (R, D)
+        if lw.bo is not None:
+            attn_out += lw.bo
         if self.hooks:
-            self._run_hooks(f"layers.{i}.attn.out", attn_out)
+            attn_out = self._run_hooks(f"layers.{i}.attn.out", attn_out)
         x = x + attn_out  # residual connection
 
         # --- MLP: each position is transformed on its own
-        h = rms_norm(x, lw.mlp_norm, cfg.norm_eps)  # (T, D)
-        mlp_out = swiglu(h, lw.w_gate_up, lw.w_down)  # (T, D)
+        h = rms_norm(x, lw.mlp_norm, cfg.norm_eps)  # (R, D)
+        mlp_out = swiglu(h, lw.w_gate_up, lw.w_down)  # (R, D)
         if self.hooks:
-            self._run_hooks(f"layers.{i}.mlp.out", mlp_out)
+            mlp_out = self._run_hooks(f"layers.{i}.mlp.out", mlp_out)
         x = x + mlp_out  # residual connection
         if self.hooks:
-            self._run_hooks(f"layers.{i}.resid", x)
+            x = self._run_hooks(f"layers.{i}.resid", x)
         return x
 
     def head(self, x: np.ndarray) -> np.ndarray:
@@ -383,7 +409,7 @@ class Model:
             rms_norm(x, self.weights.final_norm, self.config.norm_eps) @ self.weights.classifier
         )
         if self.hooks:
-            self._run_hooks("logits", logits)
+            logits = self._run_hooks("logits", logits)
         return logits
 
     # ---------------------------------------------------------------- hooks
@@ -393,7 +419,9 @@ class Model:
 
         `name` may be a pattern such as "layers.*.attn.probs": it is matched once, here,
         against the model's hook points (listed with their shapes in llama_np/hooks.py), so
-        the forward pass only does a dict lookup. Returns a function that removes the hook.
+        the forward pass only does a dict lookup. The array is read-only: to change the
+        model's computation, return a replacement of the same shape (None keeps it).
+        Returns a function that removes the hook.
         """
         names = match_points(name, self.config.n_layers)
         for point in names:
@@ -407,12 +435,37 @@ class Model:
 
         return remove
 
-    def _run_hooks(self, name: str, array: np.ndarray) -> None:
+    def _run_hooks(self, name: str, array: np.ndarray) -> np.ndarray:
+        """Show `array` to the hooks of `name`; -> it, or the replacement a hook returned."""
         for fn in self.hooks.get(name, ()):
-            fn(name, array)
+            view = array.view()
+            view.flags.writeable = False  # the contract: replace by returning, never in place
+            replaced = fn(name, view)
+            if replaced is not None:
+                replaced = np.asarray(replaced, dtype=array.dtype)
+                if replaced.shape != array.shape:
+                    raise ArgumentError(
+                        f"a hook on {name} returned shape {replaced.shape}; it must return an "
+                        f"array of the activation's shape {array.shape}, or None"
+                    )
+                array = replaced
+        return array
 
-    def _attention_hook(self, i: int) -> Hook:
-        return lambda part, array: self._run_hooks(f"layers.{i}.attn.{part}", array)
+    def _attention_hook(self, i: int, batch: int) -> Callable[[str, np.ndarray], np.ndarray]:
+        """The hook attention calls with "scores" and "probs", as (B, H, T, S) arrays.
+
+        One sequence (prefill, decode) shows them as (H, T, S); batched decode as (B, H, 1, S).
+        """
+
+        def hook(part: str, array: np.ndarray) -> np.ndarray:
+            name = f"layers.{i}.attn.{part}"
+            if name not in self.hooks:
+                return array
+            if batch == 1:
+                return self._run_hooks(name, array[0])[None]
+            return self._run_hooks(name, array)
+
+        return hook
 
     def _check_tokens(self, tokens: Sequence[int]) -> np.ndarray:
         ids = np.asarray(tokens)

@@ -13,20 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from .errors import NumericalError
-
-# Which weights feed each sub-layer, as (LayerWeights field, checkpoint tensors)
-_SUBLAYER_WEIGHTS = {
-    "attn": [
-        ("attn_norm", "attention_norm"),
-        ("wqkv", "attention.wq/wk/wv"),
-        ("wo", "attention.wo"),
-    ],
-    "mlp": [
-        ("mlp_norm", "ffn_norm"),
-        ("w_gate_up", "feed_forward.w1/w3"),
-        ("w_down", "feed_forward.w2"),
-    ],
-}
+from .model import LAYER_FIELDS
+from .packed import all_finite
+from .schema import layer_specs
 
 
 def check_logits(model, logits: np.ndarray, tokens: Sequence[int]) -> None:
@@ -76,16 +65,19 @@ def locate_non_finite(model, tokens: Sequence[int]) -> NumericalError:
         )
     layer, part, pos = first[0]
     where = "attention" if part == "attn" else "MLP"
+    # The weights of that sub-layer (schema.py says which tensors belong to it).
+    specs = {s.name.split(".", 2)[2]: s for s in layer_specs(model.config, layer)}
     weights = model.weights.layers[layer]
     corrupt = [
-        tensor
-        for field, tensor in _SUBLAYER_WEIGHTS[part]
-        if not np.isfinite(getattr(weights, field)).all()
+        ", ".join(f"layers.{layer}.{n}" for n in names)
+        for field, names in LAYER_FIELDS.items()
+        if specs[names[0]].sublayer == part
+        and getattr(weights, field) is not None
+        and not all_finite(getattr(weights, field))
     ]
     if corrupt:
         cause = (
-            f"its weights contain NaN/Inf (layers.{layer}.{', '.join(corrupt)}): the "
-            f"checkpoint is corrupt"
+            f"its weights contain NaN/Inf (one of {'; '.join(corrupt)}): the checkpoint is corrupt"
         )
     else:
         cause = (

@@ -43,6 +43,19 @@ def int8_group_size(k: int) -> int:
     return max(g for g in range(1, 65) if k % g == 0)
 
 
+def matrix_nbytes(weights_dtype: str, n: int, k: int) -> int:
+    """Bytes an (n, k) matrix takes in memory stored as `weights_dtype`.
+
+    The one source of truth for bytes per weight: PackedRows allocates exactly this, and the
+    memory check and `llama-np memory` count with it. int8 is n*k int8 values plus one
+    float32 scale per group: 36 bytes per 32 weights (llama.cpp's Q8_0 uses a 2-byte scale: 34).
+    """
+    check_weights_dtype(weights_dtype)
+    if weights_dtype == "int8":
+        return n * k + 4 * n * (k // int8_group_size(k))
+    return n * k * (4 if weights_dtype == "fp32" else 2)
+
+
 def check_weights_dtype(weights_dtype: str) -> str:
     if weights_dtype not in WEIGHT_DTYPES:
         raise ArgumentError(
@@ -114,6 +127,17 @@ class PackedRows:
     def T(self) -> PackedTransposed:
         return PackedTransposed(self)
 
+    def all_finite(self) -> bool:
+        """Whether every weight is finite, widened piece by piece (never the whole matrix)."""
+        N, K = self.shape
+        step = max(1, CHUNK_FLOATS // K)
+        return all(
+            np.isfinite(
+                self.widen(i, min(N, i + step), self.scratch.rows(min(step, N - i), K))
+            ).all()
+            for i in range(0, N, step)
+        )
+
     def widen(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
         """Rows start..stop-1 as float32, written into `out` (stop-start, K)."""
         scales = None if self.scales is None else self.scales[start:stop]
@@ -152,6 +176,9 @@ class PackedTransposed:
     def nbytes(self) -> int:
         return self.packed.nbytes
 
+    def all_finite(self) -> bool:
+        return self.packed.all_finite()
+
     def __rmatmul__(self, x: np.ndarray) -> np.ndarray:
         """x (..., K) @ (K, N) -> (..., N) float32."""
         N, K = self.packed.shape
@@ -171,6 +198,16 @@ class PackedTransposed:
             for start in range(0, N, step):
                 piece(start)
         return out
+
+
+# A weight matrix as the model holds it: a float32 array, or a compressed one that
+# multiplies like an array (`x @ w`) and knows its `shape`, `nbytes` and `all_finite()`.
+Matrix = np.ndarray | PackedRows | PackedTransposed
+
+
+def all_finite(w: Matrix) -> bool:
+    """Whether every weight of `w` is finite, whatever its storage."""
+    return bool(np.isfinite(w).all()) if isinstance(w, np.ndarray) else w.all_finite()
 
 
 def pack(kind: str, w: np.ndarray, scratch: Scratch) -> np.ndarray | PackedRows:

@@ -165,12 +165,17 @@ def stale_markers(text: str) -> list[tuple[str, str, str]]:
 # ---------------------------------------------------------------- rewriting
 
 
-def regenerate(text: str) -> str:
+def regenerate(text: str, only: str = "") -> str:
+    """`text` with the output of every command (matching the regex `only`) run anew."""
+
     def block(m: re.Match) -> str:
         body = []
-        for command, _ in commands(m[1]):
+        for command, shown in commands(m[1]):
             if not re.match(r"(\w+=\S+ )*llama-np (memory|profile|generate) ", command):
                 raise SystemExit(f"do not know how to run {command!r}")
+            if not re.search(only, command):
+                body += [f"$ {command}", *shown]
+                continue
             print(f"$ {command}", file=sys.stderr)
             body += [f"$ {command}", *trim(command, run(command))]
         return "```console\n" + "\n".join(body) + "\n```"
@@ -197,11 +202,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="only check the quoted numbers")
     parser.add_argument(
+        "--only",
+        default="",
+        metavar="REGEX",
+        help="run only the commands matching REGEX (e.g. 'memory (?!.*this-machine)': the "
+        "calculator's machine-independent blocks); others keep their output",
+    )
+    parser.add_argument(
         "--wait", type=float, default=600, help="seconds to wait for a quiet machine (600)"
     )
     args = parser.parse_args()
     bad = False
-    if not args.check:
+    if not args.check and not args.only:
         wait_for_quiet(args.wait)
         # this machine's peaks, measured now, for every thread count profile will try
         run("llama-np memory stories260K --hardware this-machine --remeasure")
@@ -211,7 +223,7 @@ def main() -> int:
     for page in PAGES:
         text = page.read_text()
         if not args.check:
-            text = regenerate(text)
+            text = regenerate(text, args.only)
             page.write_text(text)
             busy = [w for w in ("contaminated", "WHILE BUSY") if w in text]
             if busy:

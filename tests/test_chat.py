@@ -146,9 +146,9 @@ def record_prefills(model, monkeypatch) -> list[list[int]]:
     calls: list[list[int]] = []
     original = model.prefill
 
-    def prefill(tokens, cache, all_logits=False):
+    def prefill(tokens, cache, all_logits=False, seq=0):
         calls.append([int(t) for t in tokens])
-        return original(tokens, cache, all_logits)
+        return original(tokens, cache, all_logits, seq)
 
     monkeypatch.setattr(model, "prefill", prefill)
     return calls

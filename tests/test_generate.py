@@ -102,7 +102,10 @@ def test_load_default_model_api():
     assert cache.nbytes == model.config.kv_cache_bytes(512)
 
 
-def test_model_without_tokenizer_is_a_clear_error():
+def test_model_without_tokenizer_takes_and_generates_ids_only():
     model = random_model(small_config())
     with pytest.raises(ArgumentError, match="no tokenizer"):
-        generate(model, [1, 2], 5)
+        generate(model, "text needs a tokenizer", 5)
+    stats = GenerationStats()
+    assert list(generate(model, [1, 2], 5, temperature=0, stats=stats, stop_ids=())) == []
+    assert len(stats.tokens) == 5

@@ -10,6 +10,7 @@ from llama_np.layers import (
     apply_rope,
     attention,
     causal_mask,
+    chunked_attention,
     rms_norm,
     rope_frequencies,
     rope_tables,
@@ -47,18 +48,58 @@ def test_gqa_equals_multi_head_attention_with_repeated_kv(H, KVH, T, S):
     v = rng.standard_normal((KVH, S, HD), dtype=np.float32)
     # Reference: repeat each KV head for its H/KVH query heads (what GQA avoids doing).
     expected = naive_attention(q, np.repeat(k, H // KVH, axis=0), np.repeat(v, H // KVH, axis=0))
-    got = attention(q, k, v)
+    got = attention(q[None], k[None], v[None], np.array([S]))[0]
     assert got.dtype == np.float32 and got.shape == (T, H * HD)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("T", [1, 3])
+def test_batched_attention_masks_each_sequence_at_its_own_end(T):
+    """Sequences of a batch end at different positions: each equals its own attention alone,
+    and keys past its end (another sequence's length) are never seen."""
+    B, H, KVH, HD, S = 3, 4, 2, 8, 9
+    ends = np.array([9, 4, 6])
+    q = rng.standard_normal((B, T, H, HD), dtype=np.float32)
+    k = rng.standard_normal((B, KVH, S, HD), dtype=np.float32)
+    v = rng.standard_normal((B, KVH, S, HD), dtype=np.float32)
+    got = attention(q, k, v, ends)
+    for b, end in enumerate(ends):
+        rep = H // KVH
+        kb, vb = np.repeat(k[b, :, :end], rep, axis=0), np.repeat(v[b, :, :end], rep, axis=0)
+        np.testing.assert_allclose(got[b], naive_attention(q[b], kb, vb), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("T,chunk", [(7, 3), (9, 4), (5, 5), (6, 1)])
+def test_chunked_attention_equals_attention_and_shows_hooks_every_block(T, chunk):
+    H, KVH, HD, S = 4, 2, 8, 11  # T queries after S - T cached positions
+    q = rng.standard_normal((1, T, H, HD), dtype=np.float32)
+    k = rng.standard_normal((1, KVH, S, HD), dtype=np.float32)
+    v = rng.standard_normal((1, KVH, S, HD), dtype=np.float32)
+    seen = []
+    got = chunked_attention(q, k, v, np.array([S]), chunk, lambda n, a: seen.append(a.copy()) or a)
+    np.testing.assert_allclose(got, attention(q, k, v, np.array([S])), rtol=1e-5, atol=1e-6)
+    probs = [a for i, a in enumerate(seen) if i % 2]  # scores, probs, scores, probs, ...
+    assert sum(p.shape[2] for p in probs) == T and all(p.shape[:2] == (1, H) for p in probs)
+    full = np.zeros((H, T, S), dtype=np.float32)  # the blocks' rows, put together
+    row = 0
+    for p in probs:
+        full[:, row : row + p.shape[2], : p.shape[3]] = p[0]
+        row += p.shape[2]
+    hooked = []
+    attention(q, k, v, np.array([S]), lambda n, a: hooked.append(a.copy()) or a)
+    np.testing.assert_allclose(full, hooked[1][0], rtol=1e-5, atol=1e-7)
 
 
 def test_attention_on_strided_cache_views():
     """Attention reads the cache through views with strides over max_seq_len."""
     cache = rng.standard_normal((2, 16, 8), dtype=np.float32)  # (KVH, S_max, HD)
-    q = rng.standard_normal((3, 4, 8), dtype=np.float32)
-    k_view = cache[:, :7]
+    q = rng.standard_normal((1, 3, 4, 8), dtype=np.float32)  # (B, T, H, HD)
+    k_view = cache[None, :, :7]  # (1, KVH, 7, HD)
+    ends = np.array([7])
     np.testing.assert_allclose(
-        attention(q, k_view, k_view), attention(q, k_view.copy(), k_view.copy()), rtol=1e-6
+        attention(q, k_view, k_view, ends),
+        attention(q, k_view.copy(), k_view.copy(), ends),
+        rtol=1e-6,
     )
 
 

@@ -15,7 +15,7 @@ from .. import DEFAULT_CHECKPOINT, load
 from ..chat import CHAT_FORMATS, Chat
 from ..checkpoints.download import KNOWN_CHECKPOINTS, download
 from ..errors import ArgumentError, LlamaNpError
-from ..generate import GenerationStats, generate, generate_batch
+from ..generate import GenerationStats, generate, generate_batch_stream
 from ..hooks import break_at
 from ..packed import WEIGHT_DTYPES
 from ..sampling import SamplingParams
@@ -248,22 +248,13 @@ def add_model_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def sampling_kwargs(args: argparse.Namespace) -> dict:
-    """The sampling flags as `generate` keyword arguments, checked (before any slow load)."""
-    params = SamplingParams(
-        args.temperature, args.top_k, args.top_p, args.min_p, args.repeat_penalty
-    )
-    return dict(
-        temperature=params.temperature,
-        top_k=params.top_k,
-        top_p=params.top_p,
-        min_p=params.min_p,
-        repetition_penalty=params.repetition_penalty,
-    )
+def sampling_params(args: argparse.Namespace) -> SamplingParams:
+    """The sampling flags as one SamplingParams, checked (before any slow load)."""
+    return SamplingParams(args.temperature, args.top_k, args.top_p, args.min_p, args.repeat_penalty)
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    sampling = sampling_kwargs(args)  # every argument is checked before the (slow) load
+    sampling = sampling_params(args)  # every argument is checked before the (slow) load
     if args.n_predict < 0:
         raise ArgumentError(f"-n/--n-predict must be >= 0, got {args.n_predict}")
     model = load(args.model, weights_dtype=args.weights_dtype)
@@ -273,12 +264,12 @@ def run_generate(args: argparse.Namespace) -> int:
     stats = GenerationStats()
     prompts = args.prompt or [""]
     if len(prompts) > 1:
-        return run_generate_batch(model, prompts, args, seed, stats)
+        return run_generate_batch(model, prompts, args, sampling, seed, stats)
     pieces = generate(
         model,
         prompts[0],
         args.n_predict,
-        **sampling,
+        sampling=sampling,
         seed=seed,
         stop=args.stop,
         stats=stats,
@@ -294,7 +285,7 @@ def run_generate(args: argparse.Namespace) -> int:
     finished = stream_pieces(pieces)
     sys.stdout.write("\n")
     if not finished:
-        stats.stop_reason = "interrupted"
+        stats.stop_reason = "interrupted"  # also when Ctrl-C came before the loop ran
     print_timings(stats, seed)
     if stats.stop_reason == "context_full":
         print(
@@ -334,7 +325,7 @@ def run_download(args: argparse.Namespace) -> int:
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    sampling = sampling_kwargs(args)  # checked before the (slow) load
+    sampling = sampling_params(args)  # checked before the (slow) load
     model = load(args.model)
     chat = Chat(model, args.chat_format, args.system, min(args.ctx_size, model.config.max_seq_len))
     seed = _seed(args)
@@ -361,12 +352,12 @@ def run_chat(args: argparse.Namespace) -> int:
             line.strip(),
             args.n_predict,
             stats=stats,
-            **sampling,
+            sampling=sampling,
             seed=seed + chat.turns,  # a different draw each turn, reproducible as a whole
         )
         # Ctrl-C ends this reply, not the chat: the conversation keeps what was said so far.
         if not stream_pieces(_strip_first(pieces)):
-            stats.stop_reason = "interrupted"
+            stats.stop_reason = "interrupted"  # also when Ctrl-C came before the loop ran
         sys.stdout.write("\n")
         sys.stdout.flush()
         print_timings(stats, seed + chat.turns - 1)
@@ -387,21 +378,27 @@ def _strip_first(pieces: Iterator[str]) -> Iterator[str]:
         yield piece
 
 
-def run_generate_batch(model, prompts, args, seed: int, stats: GenerationStats) -> int:
-    """Several prompts decoded together; each text is printed when all are done."""
-    texts = generate_batch(
-        model,
-        prompts,
-        args.n_predict,
-        **sampling_kwargs(args),
-        seed=seed,
-        stop=args.stop,
-        stats=stats,
+def run_generate_batch(
+    model, prompts: list[str], args, sampling: SamplingParams, seed: int, stats: GenerationStats
+) -> int:
+    """Several prompts decoded together; each text is printed when all are done (or at Ctrl-C,
+    as far as each got)."""
+    texts = [""] * len(prompts)
+    pieces = generate_batch_stream(
+        model, prompts, args.n_predict, sampling=sampling, seed=seed, stop=args.stop, stats=stats
     )
+    finished = True
+    try:
+        for b, piece in pieces:
+            texts[b] += piece
+    except KeyboardInterrupt:
+        finished = False
+        stats.stop_reason = "interrupted"
     for i, (prompt, text) in enumerate(zip(prompts, texts, strict=True)):
         sys.stdout.write(f"--- [{i}]\n{prompt}{text}\n")
+    sys.stdout.flush()
     print_timings(stats, seed)
-    return 0
+    return 0 if finished else EXIT_INTERRUPTED
 
 
 def print_timings(stats: GenerationStats, seed: int | None = None) -> None:
@@ -423,6 +420,7 @@ def print_timings(stats: GenerationStats, seed: int | None = None) -> None:
     print(
         f"llama-np: sampling {stats.sample_seconds * 1e3:.2f} ms for {stats.generated_tokens} "
         f"generated tokens; stopped: {stats.stop_reason}"
+        + (f" (per prompt: {', '.join(stats.stop_reasons)})" if len(stats.stop_reasons) > 1 else "")
         + (f"; seed {seed}" if seed is not None else ""),
         file=err,
     )

@@ -1,25 +1,26 @@
 """Prefill vs decode, measured: time, FLOPs and bytes of every forward pass of a generation.
 
-`profile_generation` runs the prompt through `Model.prefill` several times (a fresh cache
-each time; the median is reported with its spread), then greedy-decodes one token per
-`Model.decode` call, timing each call on its own, and optionally B sequences at once with
-`Model.decode_batch`. Each pass's FLOPs and bytes come from the formulas in costs.py
-(llama_np holds weights and cache in float32: 4 bytes a value). Dividing by the time gives
-achieved GFLOP/s and GB/s, to hold against this machine's measured peaks: MFU (model FLOP/s
-utilisation) = achieved ÷ peak FLOP/s, MBU (model bandwidth utilisation) = achieved ÷ peak
-bytes/s. Prefill multiplies each weight by T rows (many FLOPs per byte: compute-bound),
-decode by one row (2 FLOPs per 4-byte weight, 0.5 FLOP/byte: memory-bound).
+`profile_generation` runs the generation loop (generate.py) greedily: the prompt through
+`Model.prefill` several times (a fresh cache each time; the median is reported with its
+spread), then one token per `Model.decode` call, each timed on its own by the loop, and
+optionally B sequences at once (`Model.decode_batch`, through the same loop). Each pass's
+FLOPs and bytes come from the formulas in costs.py (llama_np holds weights and cache in
+float32: 4 bytes a value). Dividing by the time gives achieved GFLOP/s and GB/s, to hold
+against this machine's measured peaks: MFU (model FLOP/s utilisation) = achieved ÷ peak
+FLOP/s, MBU (model bandwidth utilisation) = achieved ÷ peak bytes/s. Prefill multiplies each
+weight by T rows (many FLOPs per byte: compute-bound), decode by one row (2 FLOPs per 4-byte
+weight, 0.5 FLOP/byte: memory-bound).
 
 Trust: the run notes what can make its figures wrong — other processes taking CPU while it
 ran (measured from /proc/stat, and the load average), prefill coming out slower per token
 than decode (the lesson says that cannot happen on a quiet machine), an achieved rate above
-the cached peak (the peaks are measured again; if still above, it says why).
+the cached peak (the peaks are measured again; if still above, it says why), peaks that were
+themselves measured on a busy machine.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +29,9 @@ import numpy as np
 
 from ..config import LlamaConfig
 from ..errors import ArgumentError, ContextLengthError
+from ..generate import GenerationStats, generate, generate_batch_stream
 from ..model import Model
+from ..sampling import SamplingParams
 from .costs import forward_bytes, forward_flops
 from .machine import (
     BUSY_CORES,
@@ -243,38 +246,43 @@ def _timed_run(
     model: Model, prompt: list[int], n_decode: int, batch: int, repeats: int, threads: int,
     pin: bool,
 ) -> _Run:  # fmt: skip
+    """Time the generation loop (generate.py) with `threads` BLAS threads: `repeats` prefills
+    (each a fresh cache), `n_decode` decode steps, and as many batched steps."""
     config = model.config
+    greedy = SamplingParams(temperature=0.0)  # the same text every run
     with blas().using(threads if pin else None), CpuMeter() as meter:
         # Warm up, untimed: the first pass pays for page faults and BLAS thread start-up.
         model.decode(prompt[0], model.new_cache(1))
         model.prefill(prompt, model.new_cache(len(prompt)))
         prefill = []
-        for _ in range(repeats):  # each repeat on a fresh cache: the same work every time
-            cache = model.new_cache(len(prompt) + n_decode)
-            t0 = time.perf_counter()
-            logits = model.prefill(prompt, cache)
-            prefill.append(time.perf_counter() - t0)
-        generated, decode = [], []
-        for _ in range(n_decode):
-            token = int(np.argmax(logits))  # greedy: the same text every run
-            generated.append(token)
-            pos = cache.length
-            t0 = time.perf_counter()
-            logits = model.decode(token, cache)
-            decode.append(_step("decode", config, pos, 1, time.perf_counter() - t0, threads))
+        for _ in range(repeats - 1):  # prefill alone: one token sampled, none decoded
+            stats = GenerationStats()
+            for _ in generate(model, prompt, 1, sampling=greedy, stop_ids=(), stats=stats):
+                pass
+            prefill.append(stats.prefill_seconds)
+        # No end token, so that the loop runs all n_decode steps; the last sampled token is
+        # not run through the model, hence n_decode + 1.
+        stats = GenerationStats()
+        for _ in generate(model, prompt, n_decode + 1, sampling=greedy, stop_ids=(), stats=stats):
+            pass
+        prefill.append(stats.prefill_seconds)
+        decode = [
+            _step("decode", config, len(prompt) + i, 1, seconds, threads)
+            for i, seconds in enumerate(stats.step_seconds)
+        ]
+        generated = stats.tokens[:n_decode]
         batched = []
         if batch > 1:
-            cache = model.new_cache(len(prompt) + n_decode, batch_size=batch)
-            for b in range(batch):
-                logits_b = model.prefill(prompt, cache, seq=b)
-            tokens = [int(np.argmax(logits_b))] * batch
-            for _ in range(n_decode):
-                pos = cache.lengths[0]
-                t0 = time.perf_counter()
-                logits = model.decode_batch(tokens, cache)  # (B, V)
-                seconds = time.perf_counter() - t0
-                batched.append(_step("batch-decode", config, pos, 1, seconds, threads, batch))
-                tokens = [int(t) for t in np.argmax(logits, axis=-1)]
+            bstats = GenerationStats()
+            pieces = generate_batch_stream(
+                model, [prompt] * batch, n_decode + 1, sampling=greedy, stop_ids=(), stats=bstats
+            )
+            for _ in pieces:
+                pass
+            batched = [
+                _step("batch-decode", config, len(prompt) + i, 1, seconds, threads, batch)
+                for i, seconds in enumerate(bstats.step_seconds)
+            ]
     use = meter.use
     return _Run(threads, prefill, decode, batched, generated, use.others_cores, use.known)
 
