@@ -1,15 +1,25 @@
-"""Hook points: look at the model's intermediates without editing it.
+"""Hook points: look at the model's intermediates, and change them, without editing it.
 
     remove = model.add_hook("layers.*.attn.probs", lambda name, a: print(name, a.shape))
     with record(model, ["layers.0.attn.q", "logits"]) as rec:   # copies every array
         model.prefill(tokens, model.new_cache())
     rec["layers.0.attn.q"][0]                                   # (T, H, HD)
 
-A hook is fn(name, array). It runs each time the forward pass reaches its point, in prefill
-(T = prompt tokens, S = positions after the write) and in decode (T = 1). Hooks receive
-*views* of the model's working buffers, which are reused or overwritten (`scores` becomes
-`probs` in place): copy what you keep — `Recorder` does. With no hook registered the forward
-pass only tests `if self.hooks:`, so hooks cost nothing when unused.
+A hook is fn(name, array) -> None or an array. It runs each time the forward pass reaches its
+point, in prefill (T = prompt tokens, S = positions after the write), in decode (T = 1) and in
+batched decode. The contract:
+
+* `array` is a read-only view of the model's working buffer (`scores` becomes `probs` in
+  place): an in-place edit raises ValueError, and what you keep you must copy (`Recorder` does).
+* To change the model, return a replacement of the same shape: the forward pass continues with
+  it. Returning None keeps the activation.
+* `attn.k` and `attn.v` run before the cache write, so a replacement is what the cache stores
+  and every later position reads.
+* `kv_head(config, h)` names the K/V head that query head h reads (grouped-query attention).
+
+docs/debugging.md has a worked example: ablate one head and measure how the next-token
+distribution moves. With no hook registered the forward pass only tests `if self.hooks:`, so
+hooks cost nothing when unused.
 
 point                    prefill         decode        what it holds
 -----------------------  --------------  ------------  -------------------------------------
@@ -40,9 +50,10 @@ import numpy as np
 from .errors import ArgumentError
 
 if TYPE_CHECKING:
+    from .config import LlamaConfig
     from .model import Model
 
-Hook = Callable[[str, np.ndarray], None]
+Hook = Callable[[str, np.ndarray], "np.ndarray | None"]
 
 MODEL_POINTS = ("tokens", "embed")
 LAYER_POINTS = (
@@ -56,6 +67,14 @@ LAYER_POINTS = (
     "resid",
 )
 HEAD_POINTS = ("logits",)
+
+
+def kv_head(config: LlamaConfig, head: int) -> int:
+    """The K/V head that query head `head` reads: head // G, with G = H / KVH query heads per
+    K/V head (attention stacks those G heads against one K/V head; nothing is copied)."""
+    if not 0 <= head < config.n_heads:
+        raise ArgumentError(f"query head {head} is not in 0..{config.n_heads - 1}")
+    return head // (config.n_heads // config.n_kv_heads)
 
 
 def hook_points(n_layers: int) -> list[str]:

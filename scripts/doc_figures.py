@@ -108,11 +108,26 @@ def ridge(lines: list[str]) -> float:
     return float(re.search(r"ridge ([\d.]+) FLOP", "\n".join(lines))[1])
 
 
+def critical(lines: list[str]) -> str:
+    """The critical batch size at position 0: `  critical batch at position 0   9 sequences`."""
+    return re.search(r"critical batch at position 0 +(\S+)", "\n".join(lines))[1]
+
+
+def total_bytes(lines: list[str]) -> int:
+    return int(re.search(r"total \(weights \+ KV cache\) +([\d,]+) bytes", "\n".join(lines))[1]
+               .replace(",", ""))  # fmt: skip
+
+
+def device_memory(lines: list[str]) -> int:
+    return int(re.search(r"memory ([\d,]+) bytes", "\n".join(lines))[1].replace(",", ""))
+
+
 def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
 FOX, LONG, BATCH, TINY = "quick brown fox", "Once upon a time, there", "--batch 8", "tinyllama"
+INT8 = "--dtype int8 --hardware this-machine"
 
 
 def _row(needle: str, phase: str, column: str) -> Callable[[str], str]:
@@ -142,6 +157,9 @@ FIGURES: dict[str, Callable[[str], str]] = {
     "tiny_decode_bound": lambda t: _fmt(estimate_line(find(t, TINY), "decode")["tps"]),
     "tiny_prefill_bound": lambda t: _fmt(estimate_line(find(t, TINY), "prefill")["tps"]),
     "this_ridge": lambda t: _fmt(ridge(find(t, TINY))),
+    "tiny_critical": lambda t: critical(find(t, TINY)),
+    "int8_total": lambda t: _fmt(total_bytes(find(t, INT8)) / 1e9),
+    "this_ram": lambda t: _fmt(device_memory(find(t, INT8)) / 1e9),
 }
 
 

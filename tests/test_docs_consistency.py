@@ -62,7 +62,7 @@ def test_readme_timing_block_is_what_its_command_prints(capsys):
 
     # the same lines, numbers aside: tokens counted, words, the stop reason
     def shape(line: str) -> str:
-        return re.sub(r"\d+\.\d+", "#", line.split("; seed")[0])
+        return re.sub(r"\s+", " ", re.sub(r"\d+\.\d+", "#", line.split("; seed")[0]))
 
     assert [shape(line) for line in err] == [shape(line) for line in timing]
     for line in timing[:2]:  # each line's arithmetic holds
@@ -89,6 +89,10 @@ def test_numbers_recomputed_from_the_config():
         f"one {row:,}-byte row (2 × {cfg.n_layers} layers × {cfg.n_kv_heads} heads × "
         f"{cfg.head_dim} × 4 bytes)" in text
     )
+    from llama_np.tools.memory import memory_report
+
+    int8 = memory_report(known_config("llama-3.1-8b"), 128000, dtype="int8", kv_dtype="bf16")
+    assert f"<!-- fig int8_total -->{int8.total_bytes / 1e9:.3g}<!-- /fig --> GB" in text
     g = known_config("llama-3-8b")
     G = g.n_heads // g.n_kv_heads
     assert f"G = H / KVH = {G} query heads" in text

@@ -82,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop when TEXT appears (repeatable)",
     )
     gen.add_argument(
+        "--prefill-chunk",
+        type=int,
+        metavar="N",
+        help="prefill the prompt N tokens per pass (chunked prefill; same result, see "
+        "docs/debugging.md for the causal mask's offset)",
+    )
+    gen.add_argument(
         "--break-at",
         metavar="POINT",
         help="stop in the debugger at a hook point, e.g. layers.0.attn.probs (docs/debugging.md)",
@@ -274,6 +281,7 @@ def run_generate(args: argparse.Namespace) -> int:
         stop=args.stop,
         stats=stats,
         truncate_prompt=args.truncate_prompt,
+        prefill_chunk=args.prefill_chunk,
     )
     if stats.prompt_tokens_dropped:
         print(
