@@ -6,8 +6,9 @@
 Each ```console block of docs/prefill_vs_decode.md and README.md holds `$ command` lines and
 what they print. This script runs every `llama-np memory`, `llama-np profile` and
 `llama-np generate` command there (the profile ones also redraw their charts in docs/img/)
-and writes the output back, trimmed as the page shows it. Prose quotes numbers from those
-blocks between markers, <!-- fig NAME -->value<!-- /fig -->; `figures()` computes each from
+and writes the output back, trimmed as the page shows it; it redraws the trace overview
+(docs/img/trace/) and the explorer page with its screenshots (docs/img/explorer/). Prose
+quotes numbers from those blocks between markers, <!-- fig NAME -->value<!-- /fig -->; `figures()` computes each from
 the blocks, so a re-run rewrites the quotes too, and tests/test_docs_consistency.py checks
 that every quote is what the blocks say. Run it on a quiet machine: timings are
 the machine's, and a busy one makes profile say so in its output.
@@ -19,8 +20,10 @@ import argparse
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -216,6 +219,35 @@ def wait_for_quiet(seconds: float) -> bool:
         time.sleep(10)
 
 
+EXPLORER = ROOT / "docs" / "img" / "explorer"
+
+
+def pictures() -> None:
+    """The trace overview of layer 0, and screenshots of the explorer page (needs chromium)."""
+    EXPLORER.mkdir(parents=True, exist_ok=True)
+    page = EXPLORER / "explorer.html"
+    run(f'llama-np trace -p "Once upon a time" -n 12 --layers 0-4 --out {ROOT / "docs/img/trace"} '
+        f"--html {page}")  # fmt: skip
+    (ROOT / "docs" / "img" / "trace" / "attention.npz").unlink()
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        print("no chromium: the explorer screenshots were not redrawn", file=sys.stderr)
+        return
+    for name, view in (
+        ("explorer", "#layer=3&head=1&query=9"),
+        ("explorer-prefill", "#layer=0&head=4&query=3"),
+    ):
+        with tempfile.TemporaryDirectory() as profile:
+            subprocess.run(
+                [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+                 "--window-size=1200,1150", f"--screenshot={EXPLORER / (name + '.png')}",
+                 page.as_uri() + view],
+                check=True, capture_output=True,
+            )  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="only check the quoted numbers")
@@ -238,6 +270,8 @@ def main() -> int:
         run(
             "OPENBLAS_NUM_THREADS=1 llama-np memory stories260K --hardware this-machine --remeasure"
         )
+    if not args.check and not args.only:
+        pictures()
     for page in PAGES:
         text = page.read_text()
         if not args.check:

@@ -151,6 +151,12 @@ def add_commands(commands) -> None:
         help="prompt length in tokens with --random (default: 16)",
     )
     prof.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also write an explorer page (self-contained HTML): the roofline with every phase, "
+        "and the attention of the generation (layers, heads, tokens) unless --random",
+    )
+    prof.add_argument(
         "--remeasure",
         action="store_true",
         help="measure this machine's peaks again instead of using the cached ones",
@@ -237,6 +243,15 @@ def run_profile(args: argparse.Namespace) -> int:
     print(f"machine: {machine.cpu_model()}, {machine.cpu_count()} CPUs, {blas.describe()}\n")
     print(format_profile(result))
 
+    if args.html:
+        from ..tools.explorer import write_html
+
+        trace = None
+        if model.tokenizer is not None:  # random weights have no text to show
+            from ..tools.trace import trace_attention
+
+            trace = trace_attention(model, prompt, args.n_predict)
+        print(f"wrote {write_html(args.html, trace, result, model.config.n_kv_heads)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(result, out / "profile.json")

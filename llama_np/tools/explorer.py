@@ -121,11 +121,11 @@ PAGE = r"""<!doctype html>
     <label>head <select id="head"></select></label>
     <span id="gqa"></span>
   </div>
-  <p>Hover a token: its row of attention probabilities colours the tokens it attends to
+  <p>Hover a token (or a row of the table below): its row of attention probabilities colours the tokens it attends to
   (darker = more). Underlined <span style="color:#1f77b4">blue</span>: prompt tokens, whose
   rows came from one prefill pass; <span style="color:#ff7f0e">orange</span>: generated
   tokens, each row from one decode step reading the KV cache. Grey: the future, hidden by
-  the causal mask.</p>
+  the causal mask. The page's address can pick the view: <code>#layer=0&amp;head=3&amp;query=5</code>.</p>
   <div id="tokens"></div>
   <div id="row-info">query <b id="query-label"></b> (<span id="query-phase"></span> row):
     probabilities sum to <b id="row-sum"></b></div>
@@ -161,7 +161,12 @@ function attentionView(A) {
   A.layers.forEach((l, i) => layerSel.add(new Option("layer " + l, i)));
   A.heads.forEach((h, i) => headSel.add(new Option("head " + h, i)));
   const N = A.tokens.length;
-  let query = N - 1;
+  // #layer=L&head=H&query=N (model layer, query head, token) picks what is shown first
+  const want = Object.fromEntries(new URLSearchParams(location.hash.slice(1)));
+  const li = A.layers.indexOf(+want.layer), hi = A.heads.indexOf(+want.head);
+  if (want.layer !== undefined && li >= 0) layerSel.value = li;
+  if (want.head !== undefined && hi >= 0) headSel.value = hi;
+  let query = want.query !== undefined && +want.query >= 0 && +want.query < N ? +want.query : N - 1;
   const tokenEls = A.tokens.map((text, n) => {
     const el = document.createElement("span");
     el.className = "tok " + (n < A.n_prompt ? "prefill" : "decode");
@@ -181,6 +186,7 @@ function attentionView(A) {
       el.title = n <= query ? "p = " + r[n].toFixed(4) : "future: masked";
     });
     $("query-label").textContent = A.tokens[query];
+    $("query-label").dataset.index = query;
     $("query-phase").textContent = query < A.n_prompt ? "prefill" : "decode";
     $("row-sum").textContent = r.reduce((a, b) => a + b, 0).toFixed(4);
     $("row").innerHTML = "";
@@ -257,8 +263,9 @@ function rooflineView(R) {
     }
     el("polyline", {points: pts.join(" "), fill: "none", stroke: "#000", "stroke-width": 2,
                     "stroke-dasharray": i ? "6 4" : "", class: "ceiling"});
-    el("text", {x: X(ridge) + 4, y: Y(pf) - 6 - 14 * i},
-       p.threads + " thread(s): " + pf.toFixed(1) + " GFLOP/s, " + pb.toFixed(1) + " GB/s, ridge " + ridge.toFixed(1));
+    el("line", {x1: X(ridge), x2: X(ridge), y1: T, y2: H - B, stroke: "#999", "stroke-dasharray": "2 3"});
+    el("text", {x: W - Rm - 4, y: Y(pf) - 6 - 14 * i, "text-anchor": "end"},
+       p.threads + " thread(s): " + pf.toFixed(1) + " GFLOP/s, " + pb.toFixed(1) + " GB/s, ridge " + ridge.toFixed(1) + " FLOP/B");
   });
   const colors = {"prefill": "#ff7f0e", "decode": "#1f77b4", "batch-decode": "#9467bd"};
   R.phases.forEach((p, i) => {

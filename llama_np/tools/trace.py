@@ -139,7 +139,7 @@ def plot_layer(trace: AttentionTrace, layer: int, heads: Sequence[int], path: st
         ax.set_yticks([])
     for ax in axes[:, 0]:  # token labels once per row of heads, on the left
         if ax.has_data() and N <= 40:
-            ax.set_yticks(range(N), labels, fontsize=5)
+            ax.set_yticks(range(N), labels, fontsize=7)
     fig.suptitle(
         f"layer {layer}: attention of every head (rows: queries, prefill blue above the line, "
         "decode orange below; columns: keys)",
