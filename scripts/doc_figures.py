@@ -8,10 +8,10 @@ what they print. This script runs every `llama-np memory`, `llama-np profile` an
 `llama-np generate` command there (the profile ones also redraw their charts in docs/img/)
 and writes the output back, trimmed as the page shows it; it redraws the trace overview
 (docs/img/trace/) and the explorer page with its screenshots (docs/img/explorer/). Prose
-quotes numbers from those blocks between markers, <!-- fig NAME -->value<!-- /fig -->; `figures()` computes each from
-the blocks, so a re-run rewrites the quotes too, and tests/test_docs_consistency.py checks
-that every quote is what the blocks say. Run it on a quiet machine: timings are
-the machine's, and a busy one makes profile say so in its output.
+quotes numbers from those blocks between markers, <!-- fig NAME -->value<!-- /fig -->;
+`figures()` computes each from the blocks, so a re-run rewrites the quotes too, and
+tests/test_docs_consistency.py checks that every quote is what the blocks say. Run it on a
+quiet machine: timings are the machine's, and a busy one makes profile say so in its output.
 """
 
 from __future__ import annotations
