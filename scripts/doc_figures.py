@@ -207,16 +207,20 @@ def regenerate(text: str, only: str = "") -> str:
 
 
 def wait_for_quiet(seconds: float) -> bool:
-    """Wait up to `seconds` for the 1-minute load average to fall under half the CPUs."""
+    """Wait up to `seconds` until other processes use less than a quarter of a CPU over 3 s."""
+    sys.path.insert(0, str(ROOT))
+    from llama_np.tools.machine import CpuMeter
+
     deadline = time.monotonic() + seconds
     while True:
-        load, cpus = os.getloadavg()[0], os.cpu_count() or 1
-        if load < 0.5 * cpus:
+        with CpuMeter() as meter:
+            time.sleep(3)
+        if meter.use.others_cores < 0.25:
             return True
         if time.monotonic() > deadline:
-            print(f"the machine is still busy (load {load:.1f} on {cpus} CPUs)", file=sys.stderr)
+            print(f"still busy: others use {meter.use.others_cores:.2f} CPUs", file=sys.stderr)
             return False
-        time.sleep(10)
+        time.sleep(5)
 
 
 EXPLORER = ROOT / "docs" / "img" / "explorer"

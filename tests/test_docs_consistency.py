@@ -99,6 +99,12 @@ def test_numbers_recomputed_from_the_config():
     assert f"2 × {G} / 2 = {2 * G // 2} FLOPs per" in text
 
 
+def test_pictures_exist():
+    for page in PAGES:
+        for name in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", page.read_text()):
+            assert (page.parent / name).read_bytes()[:4] == b"\x89PNG", (page.name, name)
+
+
 def test_checkpoint_paths_are_what_download_creates():
     for page in PAGES:
         for name in re.findall(r"weights/([A-Za-z0-9._-]+)", page.read_text()):
