@@ -503,11 +503,16 @@ def plot_profile(p: Profile, path: Path) -> None:
     )  # fmt: skip
     ax_t.axhline(1e3 * p.tpot, color=COLORS["decode"], ls="--", lw=1,
                  label=f"decode median (TPOT): {1e3 * p.tpot:.3g} ms")  # fmt: skip
-    ax_t.set(xlabel="position in the sequence", ylabel="ms per token (log scale)")
-    ax_t.set(yscale="log", title="Time per token")
-    ax_t.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    times = [1e3 * prefill.seconds / T] + [1e3 * s.seconds for s in decode]
+    if max(times) / min(times) > 20:  # a log axis only when the range needs one
+        ax_t.set(yscale="log", ylabel="ms per token (log scale)")
+        ax_t.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax_t.yaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax_t.set(ylabel="ms per token")
+        ax_t.set_ylim(bottom=0)
     ax_t.yaxis.set_major_formatter(plain)
-    ax_t.yaxis.set_minor_formatter(NullFormatter())
+    ax_t.set(xlabel="position in the sequence", title="Time per token")
     ax_t.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, ncol=1)
 
     # (b) KV-cache size: prefill writes T rows at once, decode one row per step. Each step
@@ -535,13 +540,15 @@ def plot_profile(p: Profile, path: Path) -> None:
     ridges = [pk.ridge for pk in p.peaks.values()]
     x = np.geomspace(min(*intensities, *ridges) / 4, max(*intensities, *ridges) * 8, 200)
     lowest = min(pk.memory_bandwidth / 1e9 * x[0] for pk in p.peaks.values())
+    achieved = [s.flops / s.seconds / 1e9 for s in p.steps]
+    bottom = min(lowest, *achieved) / 2
     for (t, pk), ls in zip(sorted(p.peaks.items()), ["-", "--", ":"], strict=False):
         peak_f, peak_b = pk.matmul_flops / 1e9, pk.memory_bandwidth / 1e9
         label = f"roofline, {t} thread(s): {peak_f:.1f} GFLOP/s, {peak_b:.1f} GB/s"
         ax_r.loglog(x, np.minimum(peak_f, peak_b * x), color="black", lw=2, ls=ls, label=label)
         ax_r.axvline(pk.ridge, color="gray", ls=":", lw=1)
-        ax_r.text(pk.ridge * 1.08, peak_f / 8, f"ridge {pk.ridge:.1f}", fontsize=8, color="gray",
-                  rotation=90, va="bottom")  # fmt: skip
+        ax_r.text(pk.ridge * 0.93, bottom * 1.15, f"ridge {pk.ridge:.1f} FLOP/B", fontsize=8,
+                  color="gray", rotation=90, va="bottom", ha="right")  # fmt: skip
     peak_f = max(pk.matmul_flops for pk in p.peaks.values()) / 1e9
     ax_r.scatter(
         [s.intensity for s in decode], [s.flops / s.seconds / 1e9 for s in decode],
@@ -560,14 +567,13 @@ def plot_profile(p: Profile, path: Path) -> None:
                      edgecolor="black", label=label, zorder=3)  # fmt: skip
     title = "Roofline (this machine, measured ceilings)"
     if above:
-        title += "\n*" + ", ".join(above) + ": its bytes stay in the CPU cache (see warnings)"
+        title += "\n*" + ", ".join(above) + ": above its measured ceiling; the WARNING says why"
     ax_r.set(
         xlabel="arithmetic intensity (FLOPs per byte read)",
         ylabel="GFLOP/s (line: attainable; points: achieved)",
         title=title,
     )
-    achieved = [s.flops / s.seconds / 1e9 for s in p.steps]
-    ax_r.set_ylim(bottom=min(lowest, *achieved) / 2, top=peak_f * 3)
+    ax_r.set_ylim(bottom=bottom, top=peak_f * 3)
     ax_r.xaxis.set_major_formatter(plain)
     ax_r.yaxis.set_major_formatter(plain)
     ax_r.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8)
