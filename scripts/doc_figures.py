@@ -269,12 +269,10 @@ def main() -> int:
     bad = False
     if not args.check and not args.only:
         wait_for_quiet(args.wait)
-        # this machine's peaks, measured now, for every thread count profile will try
-        run("llama-np memory stories260K --hardware this-machine --remeasure")
-        run(
-            "OPENBLAS_NUM_THREADS=1 llama-np memory stories260K --hardware this-machine --remeasure"
-        )
-    if not args.check and not args.only:
+        # this machine's peaks are measured afresh, now, for every thread count used
+        from llama_np.tools.machine import CACHE_FILE
+
+        CACHE_FILE.unlink(missing_ok=True)
         pictures()
     for page in PAGES:
         text = page.read_text()
