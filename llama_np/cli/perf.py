@@ -60,7 +60,7 @@ def add_commands(commands) -> None:
         "--hardware",
         metavar="NAME",
         help=f"estimate speed on a device: {', '.join(hardware.NAMES)} "
-        "(this-machine is measured once and cached)",
+        "(this-machine is measured and cached per thread count; --remeasure measures again)",
     )
     mem.add_argument("--flops", type=float, metavar="X", help="custom peak FLOP/s, e.g. 989e12")
     mem.add_argument(
