@@ -127,3 +127,30 @@ def test_page_in_a_headless_browser(page):
     phases = [e["data-phase"] for e in doc.all if e["tag"] == "circle"]
     assert phases == ["prefill", "decode", "batch-decode"]
     assert len([e for e in doc.all if e["tag"] == "polyline"]) == len(profile.peaks)
+
+
+def page_json(path) -> dict:
+    import json
+
+    text = path.read_text()
+    data = re.search(r'<script id="data" type="application/json">(.*?)</script>', text, re.S)
+    return json.loads(data[1].replace("<\\/", "</"))
+
+
+def test_trace_and_profile_write_the_page(tmp_path, monkeypatch, capsys):
+    from llama_np.cli import main
+    from llama_np.tools import machine
+
+    monkeypatch.setattr(machine, "peaks", lambda remeasure=False, threads=None: PEAKS)
+    trace_page, profile_page = tmp_path / "trace.html", tmp_path / "random.html"
+    assert main(["trace", "-p", "Once upon a time", "-n", "3", "--heads", "1,6",
+                 "--html", str(trace_page)]) == 0  # fmt: skip
+    data = page_json(trace_page)
+    assert data["attention"]["heads"] == [1, 6] and len(data["attention"]["probs"]) == 5
+    assert [p["phase"] for p in data["roofline"]["phases"]] == ["prefill", "decode"]
+    argv = ["profile", "--random", "stories260K", "-n", "2", "--repeats", "1", "--html",
+            str(profile_page), "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    data = page_json(profile_page)
+    assert data["attention"] is None  # random weights: no text to show, the roofline only
+    assert data["roofline"]["model"] == "stories260K"
