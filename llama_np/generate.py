@@ -56,18 +56,20 @@ class TextStream:
     A multi-byte UTF-8 character can be split across tokens (byte-fallback pieces); its
     first bytes are held back until the character is complete. With `strip_leading_space`,
     the space of a SentencePiece dummy prefix is removed from the very first text (as when
-    the text starts right after BOS).
+    the text starts right after BOS). Special tokens (<|eot_id|>, </s>) add no text, or with
+    `special` their names (llama.cpp's --special).
     """
 
-    def __init__(self, tokenizer, strip_leading_space: bool = False) -> None:
+    def __init__(self, tokenizer, strip_leading_space: bool = False, special: bool = False):
         self.tokenizer = tokenizer
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._strip = strip_leading_space
+        self.special = special
 
     def push(self, token: int) -> str:
         if self.tokenizer is None:  # a model without one generates ids (stats.tokens) only
             return ""
-        text = self._utf8.decode(self.tokenizer.token_bytes(token))
+        text = self._utf8.decode(self.tokenizer.token_bytes(token, special=self.special))
         if self._strip and text:
             self._strip = False
             text = text.removeprefix(" ")
@@ -89,6 +91,7 @@ def generate(
     stop_ids: Collection[int] | None = None,
     cache: KVCache | None = None,
     truncate_prompt: bool = False,
+    special: bool = False,
     prefill_chunk: int | None = None,
     **sampling_kwargs: float,
 ) -> Iterator[str]:
@@ -106,7 +109,8 @@ def generate(
     conversation goes on where it stopped) and generation ends when that cache is full. The
     end token is not run through the model, and the last generated token is not either
     (nothing needs its logits): the cache then holds the prompt and all but the last of
-    stats.tokens.
+    stats.tokens. Special tokens the model generates are left out of the text, or shown by
+    name with `special` (they rarely appear: the end-of-turn tokens stop generation).
 
     `prefill_chunk` runs the prompt through the model that many tokens at a time (chunked
     prefill; the result is the same). A prompt longer than the context raises
@@ -131,7 +135,17 @@ def generate(
     if prefill_chunk is not None and not (isinstance(prefill_chunk, int) and prefill_chunk > 0):
         raise ArgumentError(f"prefill_chunk must be a positive integer, got {prefill_chunk!r}")
     loop = _loop(
-        model, [tokens], max_new_tokens, params, seed, stop, stats, stop_ids, cache, prefill_chunk
+        model,
+        [tokens],
+        max_new_tokens,
+        params,
+        seed,
+        stop,
+        stats,
+        stop_ids,
+        cache,
+        special,
+        prefill_chunk,
     )
     return (piece for _, piece in loop)
 
@@ -145,6 +159,7 @@ def generate_batch_stream(
     seed: int | None = None,
     stop: str | Sequence[str] = (),
     stats: GenerationStats | None = None,
+    special: bool = False,
     stop_ids: Collection[int] | None = None,
     **sampling_kwargs: float,
 ) -> Iterator[tuple[int, str]]:
@@ -172,7 +187,7 @@ def generate_batch_stream(
     stats = stats if stats is not None else GenerationStats()
     cache = model.new_cache(min(config.max_seq_len, longest + max_new_tokens), len(batch))
     stop_ids = frozenset(config.stop_ids if stop_ids is None else stop_ids)
-    return _loop(model, batch, max_new_tokens, params, seed, stop, stats, stop_ids, cache)
+    return _loop(model, batch, max_new_tokens, params, seed, stop, stats, stop_ids, cache, special)
 
 
 def generate_batch(
@@ -286,6 +301,7 @@ def _loop(
     stats: GenerationStats,
     stop_ids: frozenset[int],
     cache: KVCache,
+    special: bool = False,
     prefill_chunk: int | None = None,
 ) -> Iterator[tuple[int, str]]:
     """The one generation loop, for B = len(prompts) sequences (1 unless batched).
@@ -299,7 +315,7 @@ def _loop(
     B = len(prompts)
     rng = np.random.default_rng(seed)
     bos = model.config.bos_id
-    streams = [TextStream(model.tokenizer, strip_leading_space=p[-1] == bos) for p in prompts]
+    streams = [TextStream(model.tokenizer, p[-1] == bos, special) for p in prompts]
     held = [""] * B  # text that might be the start of a stop string, not yet yielded
     history = [list(p) for p in prompts]  # what each sequence has seen: for the penalty
     stats.sequence_tokens = [[] for _ in range(B)]

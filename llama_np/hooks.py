@@ -5,35 +5,37 @@
         model.prefill(tokens, model.new_cache())
     rec["layers.0.attn.q"][0]                                   # (T, H, HD)
 
-A hook is fn(name, array) -> None or an array. It runs each time the forward pass reaches its
-point, in prefill (T = prompt tokens, S = positions after the write), in decode (T = 1) and in
-batched decode. The contract:
+A hook is fn(name, array). It runs each time the forward pass reaches its point: in prefill
+(T = prompt tokens, S = positions after the write), in decode (T = 1) and in batched decode
+(one token of each of B sequences; S = the longest sequence's positions, and a shorter
+sequence's keys past its own end are masked: -inf scores, 0 probabilities). `model.step`
+says which sequences and positions the rows of the running pass are.
 
-* `array` is a read-only view of the model's working buffer (`scores` becomes `probs` in
-  place): an in-place edit raises ValueError, and what you keep you must copy (`Recorder` does).
-* To change the model, return a replacement of the same shape: the forward pass continues with
-  it. Returning None keeps the activation.
-* `attn.k` and `attn.v` run before the cache write, so a replacement is what the cache stores
-  and every later position reads.
-* `kv_head(config, h)` names the K/V head that query head h reads (grouped-query attention).
+The contract: the array a hook receives is a read-only view of the model's working buffer
+(reused or overwritten later: `scores` becomes `probs` in place, so copy what you keep —
+`Recorder` does). To change the computation, return a replacement of the same shape;
+returning None keeps it. q, k and v hooks run before the keys and values are written to the
+KV cache, so a replaced k or v is what later positions read. A prompt longer than
+model.ATTENTION_CHUNK runs attention in blocks of queries: `scores`/`probs` hooks are then
+called once per block with its rows, (H, rows, keys up to the block's last query). With no
+hook registered the forward pass only tests `if self.hooks:`, so hooks cost nothing unused.
+`kv_head(config, h)` names the K/V head that query head h reads (grouped-query attention);
+docs/debugging.md has a worked example: ablate a head and measure how the next-token
+distribution moves.
 
-docs/debugging.md has a worked example: ablate one head and measure how the next-token
-distribution moves. With no hook registered the forward pass only tests `if self.hooks:`, so
-hooks cost nothing when unused.
-
-point                    prefill         decode        what it holds
------------------------  --------------  ------------  -------------------------------------
-tokens                   (T,) int        (1,) int      token ids of this forward pass
-embed                    (T, D)          (1, D)        their embeddings: the stream into layer 0
-layers.{i}.attn.q        (T, H, HD)      (1, H, HD)    queries, after RoPE
-layers.{i}.attn.k        (T, KVH, HD)    (1, KVH, HD)  keys of the new positions (RoPE'd, cached)
-layers.{i}.attn.v        (T, KVH, HD)    (1, KVH, HD)  values of the new positions (cached)
-layers.{i}.attn.scores   (H, T, S)       (H, 1, S)     q·k/√HD, -inf above the causal diagonal
-layers.{i}.attn.probs    (H, T, S)       (H, 1, S)     softmax of scores: each row sums to 1
-layers.{i}.attn.out      (T, D)          (1, D)        attention output, after wo
-layers.{i}.mlp.out       (T, D)          (1, D)        SwiGLU MLP output
-layers.{i}.resid         (T, D)          (1, D)        residual stream leaving block i
-logits                   (V,) or (T, V)  (V,)          next-token logits; (T, V) if all_logits
+point                   prefill         decode        batched decode  what it holds
+----------------------  --------------  ------------  --------------  ---------------------------
+tokens                  (T,) int        (1,) int      (B,) int        token ids of this pass
+embed                   (T, D)          (1, D)        (B, D)          their embeddings: into layer 0
+layers.{i}.attn.q       (T, H, HD)      (1, H, HD)    (B, H, HD)      queries, after RoPE
+layers.{i}.attn.k       (T, KVH, HD)    (1, KVH, HD)  (B, KVH, HD)    keys of the new positions
+layers.{i}.attn.v       (T, KVH, HD)    (1, KVH, HD)  (B, KVH, HD)    values of the new positions
+layers.{i}.attn.scores  (H, T, S)       (H, 1, S)     (B, H, 1, S)    q·k/√HD, -inf in the future
+layers.{i}.attn.probs   (H, T, S)       (H, 1, S)     (B, H, 1, S)    softmax of scores: sums to 1
+layers.{i}.attn.out     (T, D)          (1, D)        (B, D)          attention output, after wo
+layers.{i}.mlp.out      (T, D)          (1, D)        (B, D)          SwiGLU MLP output
+layers.{i}.resid        (T, D)          (1, D)        (B, D)          residual stream after block i
+logits                  (V,) or (T, V)  (V,)          (B, V)          next-token logits
 
 i runs over 0 .. L-1. Names may be fnmatch patterns: `layers.*.attn.probs`, `layers.[01].*`,
 `*.resid`.

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from .config import LlamaConfig
 from .errors import MemoryLimitError
-from .schema import weights_nbytes
+from .schema import n_params, weights_nbytes
 
 
 def available_memory() -> int | None:
@@ -68,7 +68,7 @@ def check_model_fits(config: LlamaConfig, source: str, weights_dtype: str = "fp3
         )
     check_fits(
         needed,
-        f"{source}: the model ({config.n_params:,} parameters as {weights_dtype}, context "
+        f"{source}: the model ({n_params(config):,} parameters as {weights_dtype}, context "
         f"{config.max_seq_len:,})",
         fixes,
     )

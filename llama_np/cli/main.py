@@ -19,6 +19,7 @@ from ..generate import GenerationStats, generate, generate_batch_stream
 from ..hooks import break_at
 from ..packed import WEIGHT_DTYPES
 from ..sampling import SamplingParams
+from ..schema import n_params
 from ..tools.memory import nbytes
 from . import perf as cli_perf
 
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="maximum number of tokens to generate (default: 256)",
     )
     add_sampling_args(gen)
+    add_special_arg(gen)
     gen.add_argument(
         "--truncate-prompt",
         action="store_true",
@@ -157,7 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--chat-format",
         choices=CHAT_FORMATS,
         default=None,
-        help="prompt format (default: the model's own, from its tokenizer files)",
+        help="prompt format: template = the checkpoint's own Jinja chat template, or a "
+        "built-in format (default: the template when the checkpoint has one, else the built-in "
+        "format its tokenizer suggests)",
     )
     chat.add_argument(
         "-n",
@@ -177,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         "model's context)",
     )
     add_sampling_args(chat)
+    add_special_arg(chat)
     chat.set_defaults(run=run_chat)
 
     info = commands.add_parser("info", help="print a model's config, size and KV-cache memory")
@@ -245,6 +250,15 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_special_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--special",
+        action="store_true",
+        help="print special tokens the model generates (<|eot_id|>, </s>) by name; by default "
+        "they are left out of the text",
+    )
+
+
 def add_model_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-m",
@@ -282,6 +296,7 @@ def run_generate(args: argparse.Namespace) -> int:
         stats=stats,
         truncate_prompt=args.truncate_prompt,
         prefill_chunk=args.prefill_chunk,
+        special=args.special,
     )
     if stats.prompt_tokens_dropped:
         print(
@@ -339,7 +354,7 @@ def run_chat(args: argparse.Namespace) -> int:
     seed = _seed(args)
     interactive = sys.stdin.isatty()
     print(
-        f"llama-np: chat format {chat.format.name}, KV cache of {chat.cache.max_seq_len} tokens; "
+        f"llama-np: chat format {chat.format_name}, KV cache of {chat.cache.max_seq_len} tokens; "
         f"one message per line, end with Ctrl-D",
         file=sys.stderr,
     )
@@ -362,6 +377,7 @@ def run_chat(args: argparse.Namespace) -> int:
             stats=stats,
             sampling=sampling,
             seed=seed + chat.turns,  # a different draw each turn, reproducible as a whole
+            special=args.special,
         )
         # Ctrl-C ends this reply, not the chat: the conversation keeps what was said so far.
         if not stream_pieces(_strip_first(pieces)):
@@ -369,11 +385,24 @@ def run_chat(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         sys.stdout.flush()
         print_timings(stats, seed + chat.turns - 1)
-        print(
-            f"llama-np: turn {chat.turns}: prefilled only the {stats.prompt_tokens} new tokens; "
-            f"the KV cache holds {chat.cache.length} tokens of conversation",
-            file=sys.stderr,
+        print(f"llama-np: turn {chat.turns}: {describe_turn(chat)}", file=sys.stderr)
+
+
+def describe_turn(chat: Chat) -> str:
+    """How a chat turn used the KV cache, for the timing lines."""
+    turn, held = chat.last_turn, chat.cache.length
+    if turn is None:  # Ctrl-C came before the turn started
+        return f"nothing prefilled; the KV cache holds {held} tokens of conversation"
+    if turn.rewritten_at is None:
+        return (
+            f"prefilled only the {turn.prefilled} new tokens; the KV cache holds {held} tokens "
+            f"of conversation"
         )
+    return (
+        f"the chat template wrote the earlier conversation differently from token "
+        f"{turn.rewritten_at} on, so the KV cache was rolled back there and {turn.prefilled} "
+        f"tokens were prefilled again (not only the new ones); it holds {held} tokens"
+    )
 
 
 def _strip_first(pieces: Iterator[str]) -> Iterator[str]:
@@ -393,7 +422,14 @@ def run_generate_batch(
     as far as each got)."""
     texts = [""] * len(prompts)
     pieces = generate_batch_stream(
-        model, prompts, args.n_predict, sampling=sampling, seed=seed, stop=args.stop, stats=stats
+        model,
+        prompts,
+        args.n_predict,
+        sampling=sampling,
+        seed=seed,
+        stop=args.stop,
+        stats=stats,
+        special=args.special,
     )
     finished = True
     try:
@@ -516,7 +552,7 @@ def run_info(args: argparse.Namespace) -> int:
         ("tied embeddings", c.tie_embeddings),
         ("BOS / stop ids", f"{c.bos_id} / {list(c.stop_ids)}"),
         ("tokenizer", type(model.tokenizer).__name__ if model.tokenizer else "none"),
-        ("parameters", f"{c.n_params:,}"),
+        ("parameters", f"{n_params(c):,}"),
         ("weights in memory (float32)", nbytes(model.weights_nbytes)),
         ("KV cache per token (float32)", nbytes(c.kv_cache_bytes(1))),
         (f"KV cache at {c.max_seq_len} tokens", nbytes(c.kv_cache_bytes(c.max_seq_len))),

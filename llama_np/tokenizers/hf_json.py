@@ -68,22 +68,11 @@ def load_hf_json(path: str | Path) -> TiktokenTokenizer:
         )
     pattern = _split_pattern(path, spec.get("pre_tokenizer"))
 
-    # Each alphabet character -> the Latin-1 character of its byte, so that
-    # token.translate(...).encode("latin-1") gives the token's bytes.
-    to_latin1 = str.maketrans({c: chr(b) for b, c in bytes_to_unicode().items()})
     added = {t["content"]: t["id"] for t in spec.get("added_tokens", [])}
-    ranks: dict[bytes, int] = {}
-    for token, i in model["vocab"].items():
-        if token in added:
-            continue
-        try:
-            ranks[token.translate(to_latin1).encode("latin-1")] = i
-        except UnicodeEncodeError:
-            raise TokenizerError(
-                f"{path}: vocab entry {token!r} (id {i}) is not in GPT-2's byte-level alphabet; "
-                f"not a byte-level BPE vocabulary"
-            ) from None
-    _check_merge_order(path, model.get("merges", []), model["vocab"])
+    vocab = {token: i for token, i in model["vocab"].items() if token not in added}
+    ranks = byte_level_ranks(vocab, str(path))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    check_merge_order(str(path), merges, model["vocab"])
 
     config = _read_config(path.parent / "tokenizer_config.json")
     # BOS: the special token the post-processor puts first (Llama 3), else the configured one.
@@ -100,6 +89,7 @@ def load_hf_json(path: str | Path) -> TiktokenTokenizer:
         eos_id=added.get(eos_name) if eos_name else None,
         add_bos=bool(add_bos),
         name=str(path),
+        merges=merges,
     )
 
 
@@ -147,17 +137,34 @@ def _split_pattern(path: Path, pre) -> str:
     )
 
 
-def _check_merge_order(path: Path, merges: list, vocab: dict[str, int]) -> None:
+def byte_level_ranks(vocab: dict[str, int], where: str) -> dict[bytes, int]:
+    """tiktoken's mergeable ranks from byte-level token strings: token bytes -> id."""
+    # Each alphabet character -> the Latin-1 character of its byte, so that
+    # token.translate(...).encode("latin-1") gives the token's bytes.
+    to_latin1 = str.maketrans({c: chr(b) for b, c in bytes_to_unicode().items()})
+    ranks: dict[bytes, int] = {}
+    for token, i in vocab.items():
+        try:
+            ranks[token.translate(to_latin1).encode("latin-1")] = i
+        except UnicodeEncodeError:
+            raise TokenizerError(
+                f"{where}: vocab entry {token!r} (id {i}) is not in GPT-2's byte-level "
+                f"alphabet; not a byte-level BPE vocabulary"
+            ) from None
+    return ranks
+
+
+def check_merge_order(where: str, merges: list[str], vocab: dict[str, int]) -> None:
     """tiktoken merges the pair whose merged token has the lowest rank; BPE applies merges in
     list order. With rank = id these agree only if ids never decrease along the merge list
     (several merges may make the same token)."""
     last = -1
     for merge in merges:
-        a, b = merge.split(" ", 1) if isinstance(merge, str) else merge
+        a, _, b = merge.partition(" ")
         i = vocab.get(a + b)
         if i is None or i < last:
             raise TokenizerError(
-                f"{path}: merge {a!r} + {b!r} "
+                f"{where}: merge {a!r} + {b!r} "
                 + ("makes a token not in the vocab" if i is None else "is out of id order")
                 + "; this vocabulary cannot be run as tiktoken ranks"
             )
@@ -191,11 +198,37 @@ def _leading_special(post) -> str | None:
     return None
 
 
-def read_chat_template(directory: Path) -> str | None:
-    """The chat template in tokenizer_config.json, if any (a string, or the "default" one
-    of a list of named templates)."""
-    template = _read_config(directory / "tokenizer_config.json").get("chat_template")
+def read_chat_template(directory: Path) -> tuple[str | None, str | None]:
+    """The chat template beside a tokenizer, and where it came from: chat_template.jinja
+    (where newer transformers saves it), else tokenizer_config.json's "chat_template" (a
+    string, or the "default" one of a list of named templates). (None, None) if there is none."""
+    jinja_file = directory / "chat_template.jinja"
+    if jinja_file.is_file():
+        try:
+            return jinja_file.read_text(encoding="utf-8"), str(jinja_file)
+        except UnicodeDecodeError as e:
+            raise TokenizerError(f"{jinja_file}: not UTF-8 text ({e})") from None
+    config_file = directory / "tokenizer_config.json"
+    template = _read_config(config_file).get("chat_template")
     if isinstance(template, list):
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = named.get("default")
-    return template if isinstance(template, str) else None
+    if not isinstance(template, str):
+        return None, None
+    return template, f"{config_file} (chat_template)"
+
+
+# The special-token strings tokenizer_config.json may set; a chat template sees them by name.
+TEMPLATE_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
+
+
+def read_template_tokens(directory: Path) -> dict:
+    """tokenizer_config.json's special-token strings, as transformers passes them to a chat
+    template (bos_token, eos_token, unk_token, pad_token, additional_special_tokens)."""
+    config = _read_config(directory / "tokenizer_config.json")
+    tokens = {k: _token_name(config.get(k)) for k in TEMPLATE_TOKEN_KEYS}
+    tokens = {k: v for k, v in tokens.items() if isinstance(v, str)}
+    extra = config.get("additional_special_tokens")
+    if isinstance(extra, list) and extra:
+        tokens["additional_special_tokens"] = [_token_name(t) for t in extra]
+    return tokens

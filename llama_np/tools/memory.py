@@ -19,7 +19,7 @@ from pathlib import Path
 from ..config import LlamaConfig
 from ..errors import ArgumentError, ConfigError
 from ..packed import GROUP_SIZE
-from ..schema import weights_nbytes
+from ..schema import n_params, weights_nbytes
 from .costs import attention_share, forward_bytes, forward_flops, kv_intensity
 from .hardware import Hardware
 from .known_models import KNOWN_MODELS, known_config
@@ -81,7 +81,7 @@ def memory_report(
     mha = config.replace(n_kv_heads=config.n_heads).kv_cache_bytes(context, batch, kv_size)
     return MemoryReport(
         model=config.name,
-        n_params=config.n_params,
+        n_params=n_params(config),
         dtype=dtype,
         weight_bytes=weights,
         kv_dtype=kv_dtype,
