@@ -111,6 +111,17 @@ def ridge(lines: list[str]) -> float:
     return float(re.search(r"ridge ([\d.]+) FLOP", "\n".join(lines))[1])
 
 
+BUSY_CAVEAT = (
+    " (measured while other processes were busy: the peaks came out low, so this is less than"
+    " the machine can do; scripts/doc_figures.py on a quiet machine gives the true bound)"
+)
+
+
+def busy_peaks(lines: list[str]) -> bool:
+    """True if `--hardware this-machine` says its peaks were measured on a busy machine."""
+    return any("WHILE BUSY" in line for line in lines)
+
+
 def critical(lines: list[str]) -> str:
     """The critical batch size at position 0: `  critical batch at position 0   9 sequences`."""
     return re.search(r"critical batch at position 0 +(\S+)", "\n".join(lines))[1]
@@ -161,6 +172,7 @@ FIGURES: dict[str, Callable[[str], str]] = {
     "tiny_prefill_bound": lambda t: _fmt(estimate_line(find(t, TINY), "prefill")["tps"]),
     "this_ridge": lambda t: _fmt(ridge(find(t, TINY))),
     "tiny_critical": lambda t: critical(find(t, TINY)),
+    "tiny_caveat": lambda t: BUSY_CAVEAT if busy_peaks(find(t, TINY)) else "",
     "int8_total": lambda t: _fmt(total_bytes(find(t, INT8)) / 1e9),
     "this_ram": lambda t: _fmt(device_memory(find(t, INT8)) / 1e9),
 }
