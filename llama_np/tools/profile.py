@@ -542,13 +542,15 @@ def plot_profile(p: Profile, path: Path) -> None:
     lowest = min(pk.memory_bandwidth / 1e9 * x[0] for pk in p.peaks.values())
     achieved = [s.flops / s.seconds / 1e9 for s in p.steps]
     bottom = min(lowest, *achieved) / 2
-    for (t, pk), ls in zip(sorted(p.peaks.items()), ["-", "--", ":"], strict=False):
+    for i, ((t, pk), ls) in enumerate(zip(sorted(p.peaks.items()), ["-", "--", ":"], strict=False)):
         peak_f, peak_b = pk.matmul_flops / 1e9, pk.memory_bandwidth / 1e9
         label = f"roofline, {t} thread(s): {peak_f:.1f} GFLOP/s, {peak_b:.1f} GB/s"
         ax_r.loglog(x, np.minimum(peak_f, peak_b * x), color="black", lw=2, ls=ls, label=label)
         ax_r.axvline(pk.ridge, color="gray", ls=":", lw=1)
-        ax_r.text(pk.ridge * 0.93, bottom * 1.15, f"ridge {pk.ridge:.1f} FLOP/B", fontsize=8,
-                  color="gray", rotation=90, va="bottom", ha="right")  # fmt: skip
+        left = i % 2 == 0  # two ridges: one label each side of its line, never on top
+        ax_r.text(pk.ridge * (0.93 if left else 1.07), bottom * 1.15,
+                  f"ridge {pk.ridge:.1f} FLOP/B", fontsize=8, color="gray", rotation=90,
+                  va="bottom", ha="right" if left else "left")  # fmt: skip
     peak_f = max(pk.matmul_flops for pk in p.peaks.values()) / 1e9
     ax_r.scatter(
         [s.intensity for s in decode], [s.flops / s.seconds / 1e9 for s in decode],
