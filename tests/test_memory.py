@@ -170,7 +170,7 @@ def test_load_config_from_name_and_checkpoint_header(tmp_path):
         load_config(str(tmp_path))
     (tmp_path / "config.json").unlink()
     (tmp_path / "model.gguf").write_bytes(b"GGUF")
-    with pytest.raises(CheckpointError, match=r"GGUF .* is not supported"):
+    with pytest.raises(CheckpointError, match=r"too short for a GGUF file"):
         load_config(str(tmp_path / "model.gguf"))
     (tmp_path / "model.txt").write_bytes(b"hello")
     with pytest.raises(CheckpointError, match="unknown checkpoint format"):

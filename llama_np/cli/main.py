@@ -14,6 +14,7 @@ from pathlib import Path
 from .. import DEFAULT_CHECKPOINT, load
 from ..chat import CHAT_FORMATS, Chat
 from ..checkpoints.download import KNOWN_CHECKPOINTS, download
+from ..checkpoints.gguf import gguf_file, is_gguf, read_gguf, type_summary
 from ..errors import ArgumentError, LlamaNpError
 from ..generate import GenerationStats, generate, generate_batch_stream
 from ..hooks import break_at
@@ -105,9 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--weights-dtype",
         choices=WEIGHT_DTYPES,
-        default="fp32",
-        help="keep weights in memory as fp32 (fastest), bf16/fp16 (half the memory) or int8 "
-        "(a quarter plus scales); compressed weights are widened to fp32 as they are used",
+        default=None,
+        help="keep weights in memory as fp32 (fastest), bf16/fp16 (half the memory), int8 "
+        "(a quarter plus scales) or stored (as the file stores them: a GGUF's quantized "
+        "blocks); compressed weights are widened to fp32 as they are used (default: stored "
+        "for GGUF, fp32 otherwise)",
     )
     gen.set_defaults(run=run_generate)
 
@@ -532,6 +535,12 @@ def run_trace(args: argparse.Namespace) -> int:
 def run_info(args: argparse.Namespace) -> int:
     model = load(args.model)
     c = model.config
+    path = Path(args.model)
+    if is_gguf(path):  # the quantization mix: tensors and bytes per type, as stored
+        _, infos = read_gguf(gguf_file(path))
+        storage = "; ".join(f"{t}: {n} tensors, {nbytes(b)}" for t, n, b in type_summary(infos))
+    else:
+        storage = None
     rows = [
         ("name", c.name),
         ("dim (D)", c.dim),
@@ -553,7 +562,8 @@ def run_info(args: argparse.Namespace) -> int:
         ("BOS / stop ids", f"{c.bos_id} / {list(c.stop_ids)}"),
         ("tokenizer", type(model.tokenizer).__name__ if model.tokenizer else "none"),
         ("parameters", f"{n_params(c):,}"),
-        ("weights in memory (float32)", nbytes(model.weights_nbytes)),
+        *([("GGUF tensor types", storage)] if storage else []),
+        ("weights in memory", nbytes(model.weights_nbytes)),
         ("KV cache per token (float32)", nbytes(c.kv_cache_bytes(1))),
         (f"KV cache at {c.max_seq_len} tokens", nbytes(c.kv_cache_bytes(c.max_seq_len))),
     ]
