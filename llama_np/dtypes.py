@@ -12,11 +12,16 @@ import mmap
 
 import numpy as np
 
+from .quants import QuantizedTensor
+
 BFLOAT16 = np.dtype([("bf16", "<u2")])
 
 
-def to_float32(array: np.ndarray) -> np.ndarray:
-    """float32 copy of a float32/float16/bfloat16 tensor (no copy if it already is float32)."""
+def to_float32(array: np.ndarray | QuantizedTensor) -> np.ndarray:
+    """float32 copy of a float32/float16/bfloat16 tensor (no copy if it already is float32),
+    or of a ggml-block (GGUF) matrix, dequantized."""
+    if isinstance(array, QuantizedTensor):
+        return array.to_float32()
     if array.dtype == BFLOAT16:
         bits = array.view("<u2").astype(np.uint32)  # (...,) the 16 high bits of each float32
         bits <<= 16

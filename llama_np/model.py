@@ -135,12 +135,17 @@ class Model:
         """Build a model from checkpoint tensors named as in `tensor_names` ((out, in) shapes).
 
         Tensors may be float32, float16 or bfloat16 (dtypes.BFLOAT16), e.g. memory-mapped from
-        the file. Checks every name and shape, converts to float32, fuses q/k/v and gate/up.
-        `weights_dtype` "bf16", "fp16" or "int8" keeps the matrices compressed instead and
-        widens them piece by piece as they are used (see weight_formats.py); norms stay fp32.
+        the file, or GGUF block matrices (quants.QuantizedTensor). Checks every name and shape,
+        converts to float32, fuses q/k/v and gate/up. `weights_dtype` "bf16", "fp16" or "int8"
+        keeps the matrices compressed instead, "stored" keeps each as the file stores it, and
+        both widen them piece by piece as they are used (see packed.py); norms stay fp32.
         `progress(tensors_done, n_tensors)`, if given, is called after each tensor is converted.
         """
         check_weights_dtype(weights_dtype)
+        if weights_dtype == "stored" and all(
+            isinstance(t, np.ndarray) and t.dtype == np.float32 for t in tensors.values()
+        ):
+            weights_dtype = "fp32"  # stored as float32: the fastest layout
         specs = tensor_specs(config)
         missing = [n for n, spec in specs.items() if spec.required and n not in tensors]
         extra = [n for n in tensors if n not in specs]
@@ -172,7 +177,8 @@ class Model:
             # and the transposed writes fill whole cache lines (3x faster than widening the
             # tensor, then copying it transposed). Then its mapped file pages are dropped, so
             # the checkpoint is never in memory beside its converted copy.
-            source, target = np.atleast_2d(tensors[name]), np.atleast_2d(out)
+            source, target = tensors[name], np.atleast_2d(out)
+            source = source if source.ndim == 2 else np.atleast_2d(source)  # GGUF blocks: 2-D
             for start in range(0, source.shape[0], CONVERT_ROWS):
                 block = to_float32(source[start : start + CONVERT_ROWS])  # (rows, in)
                 # A corrupt weight otherwise surfaces only later, as NaN logits.

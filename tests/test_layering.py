@@ -1,6 +1,6 @@
 """The package's layers only look down, and no two modules import each other in a circle.
 
-    core        errors, config, schema, dtypes, packed, layers, kv_cache, hooks, limits,
+    core        errors, config, schema, dtypes, quants, packed, layers, kv_cache, hooks, limits,
                 numerics, model
     formats     checkpoints/, tokenizers/
     generation  sampling, generate, chat, chat_template
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "llama_np"
-CORE = {"errors", "config", "schema", "dtypes", "packed", "layers", "kv_cache", "hooks"}
+CORE = {"errors", "config", "schema", "dtypes", "quants", "packed", "layers", "kv_cache", "hooks"}
 CORE |= {"limits", "numerics", "model"}
 LAYERS = ["core", "formats", "generation", "api", "tools", "cli"]
 
