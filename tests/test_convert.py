@@ -20,7 +20,7 @@ from safetensors.numpy import load_file
 
 import llama_np
 from llama_np.checkpoints import DEFAULT_CHECKPOINT, read_checkpoint
-from llama_np.checkpoints.export import convert, gguf_name, quantize_q8_0, rope_freq_divisors
+from llama_np.checkpoints.export import _quantize_q8_0, convert, gguf_name, rope_freq_divisors
 from llama_np.checkpoints.gguf_writer import write_gguf
 from llama_np.checkpoints.hf import hf_name
 from llama_np.cli import main
@@ -247,7 +247,7 @@ def test_q8_0_quantizer_in_row_chunks_equals_gguf_py():
     w[7, 5] = 40.0  # an outlier sets its block's scale
     expected = gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q8_0)
     for chunk in (1, 7, 256):
-        assert np.array_equal(quantize_q8_0(w, rows_per_chunk=chunk), expected)
+        assert np.array_equal(_quantize_q8_0(w, rows_per_chunk=chunk), expected)
 
 
 def test_q8_0_falls_back_to_f16_where_rows_are_not_blocks_of_32(tmp_path):

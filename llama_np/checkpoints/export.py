@@ -36,11 +36,13 @@ from ..config import LlamaConfig, RopeScaling
 from ..dtypes import bfloat16_from_float32, to_float32
 from ..errors import ArgumentError, CheckpointError, ConfigError
 from ..layers import rope_frequencies
+from ..quants import QuantizedTensor, quantize_q8_0
 from ..schema import tensor_specs
 from ..tokenizers import SentencePieceTokenizer
 from ..tokenizers.gguf import gguf_tokenizer_metadata
 from ..tokenizers.hf_files import hf_tokenizer_files
 from . import Checkpoint, checkpoint_tokenizer, read_checkpoint
+from .gguf import GLOBAL_NAMES, LAYER_NAMES, ROPE_FREQS
 from .gguf_writer import TENSOR_TYPES, TensorEntry, write_gguf
 from .hf import hf_name, to_half_split, to_interleaved
 from .safetensors import write_safetensors
@@ -52,28 +54,9 @@ OUT_TYPES = {"gguf": ("f32", "f16", "q8_0"), "hf": ("f32", "f16", "bf16")}
 GGUF_FILE_TYPES = {"f32": 0, "f16": 1, "q8_0": 7}
 GGML_QUANT_VERSION = 2  # general.quantization_version of current llama.cpp files
 
-# Meta's tensor names -> GGUF's (llama.cpp's llama architecture), per layer and global.
-GGUF_LAYER_NAMES = {
-    "attention_norm.weight": "attn_norm.weight",
-    "attention.wq.weight": "attn_q.weight",
-    "attention.wk.weight": "attn_k.weight",
-    "attention.wv.weight": "attn_v.weight",
-    "attention.wo.weight": "attn_output.weight",
-    "attention.wq.bias": "attn_q.bias",  # optional (schema.py), as in llama.cpp
-    "attention.wk.bias": "attn_k.bias",
-    "attention.wv.bias": "attn_v.bias",
-    "attention.wo.bias": "attn_output.bias",
-    "ffn_norm.weight": "ffn_norm.weight",
-    "feed_forward.w1.weight": "ffn_gate.weight",
-    "feed_forward.w2.weight": "ffn_down.weight",
-    "feed_forward.w3.weight": "ffn_up.weight",
-}
-GGUF_GLOBAL_NAMES = {
-    "tok_embeddings.weight": "token_embd.weight",
-    "norm.weight": "output_norm.weight",
-    "output.weight": "output.weight",
-}
-ROPE_FREQS = "rope_freqs.weight"
+# Meta's tensor names -> GGUF's: the GGUF loader's tables, inverted.
+GGUF_LAYER_NAMES = {meta: name for name, meta in LAYER_NAMES.items()}
+GGUF_GLOBAL_NAMES = {meta: name for name, meta in GLOBAL_NAMES.items()}
 
 # Files of an HF directory copied as they are when the source has them.
 HF_SIDE_FILES = (
@@ -177,9 +160,9 @@ def export_tensor(config: LlamaConfig, name: str, tensor, interleaved: bool) -> 
     """One checkpoint tensor as float32, its q/k rows in the RoPE pairing asked for.
 
     `tensor` is a loader's array (float32, float16 or bfloat16, maybe memory-mapped), or a
-    block-quantized tensor with `to_float32()`.
+    GGUF block-quantized tensor (quants.QuantizedTensor).
     """
-    w = tensor.to_float32() if hasattr(tensor, "to_float32") else to_float32(tensor)
+    w = tensor.to_float32() if isinstance(tensor, QuantizedTensor) else to_float32(tensor)
     if interleaved != config.rope_interleaved:
         # q and k rows (and their biases) are rotated in pairs; v, o and the MLP are not.
         kind = name.split(".", 2)[-1].rsplit(".", 1)[0]  # "attention.wq"
@@ -223,29 +206,16 @@ def _gguf_data(ckpt: Checkpoint, name: str, type_name: str) -> np.ndarray:
         return w
     if type_name == "F16":
         return _as_float16(name, w)
-    return quantize_q8_0(w)
+    return _quantize_q8_0(w)
 
 
-def quantize_q8_0(w: np.ndarray, rows_per_chunk: int = 256) -> np.ndarray:
-    """float32 (N, K) -> Q8_0 blocks (N, K/32 * 34) uint8, as ggml's reference quantizer.
-
-    Per run of 32 weights: d = max|w| / 127 (stored as float16), q = round(w / d) half away
-    from zero (with the float32 d), so q stays in -127..127. Rows are done `rows_per_chunk`
-    at a time, so the temporaries stay small next to a large embedding. The gguf branch's
-    quants.quantize_q8_0 is the same function: when both are on main, keep one.
-    """
+def _quantize_q8_0(w: np.ndarray, rows_per_chunk: int = 256) -> np.ndarray:
+    """quants.quantize_q8_0, `rows_per_chunk` rows at a time: its temporaries stay small
+    next to a large embedding.   (N, K) float32 -> (N, K/32 * 34) uint8"""
     N, K = w.shape
     out = np.empty((N, K // 32 * 34), dtype=np.uint8)  # (N, blocks per row * 34)
     for start in range(0, N, rows_per_chunk):
-        rows = w[start : start + rows_per_chunk]
-        groups = rows.reshape(-1, 32)  # (blocks, 32)
-        d = np.abs(groups).max(axis=1, keepdims=True) / np.float32(127)  # (blocks, 1)
-        inverse = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d > 0)
-        scaled = groups * inverse
-        q = (np.sign(scaled) * np.floor(np.abs(scaled) + np.float32(0.5))).astype(np.int8)
-        blocks = out[start : start + rows_per_chunk].reshape(-1, 34)  # (blocks, 2 + 32) view
-        blocks[:, :2] = d.astype("<f2").view(np.uint8)
-        blocks[:, 2:] = q.view(np.uint8)
+        out[start : start + rows_per_chunk] = quantize_q8_0(w[start : start + rows_per_chunk])
     return out
 
 
