@@ -28,6 +28,7 @@ import numpy as np
 
 from .dtypes import BFLOAT16, bfloat16_from_float32, to_float32
 from .errors import ArgumentError
+from .kernels import compiled
 
 WEIGHT_DTYPES = ("fp32", "bf16", "fp16", "int8")
 GROUP_SIZE = 32  # int8 weights per scale, as llama.cpp's Q8_0
@@ -183,6 +184,10 @@ class PackedTransposed:
         """x (..., K) @ (K, N) -> (..., N) float32."""
         N, K = self.packed.shape
         out = np.empty((*x.shape[:-1], N), dtype=np.float32)  # (..., N)
+        kernel = compiled(self.packed, x.size // K)
+        if kernel is not None:  # compiled: widens each weight inside its dot product (kernels/)
+            kernel(x.reshape(-1, K), out.reshape(-1, N))
+            return out
         step = max(1, CHUNK_FLOATS // K)  # rows per piece
 
         def piece(start: int) -> None:
