@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .. import DEFAULT_CHECKPOINT, load
+from .. import DEFAULT_CHECKPOINT, kernels, load
 from ..chat import CHAT_FORMATS, Chat
 from ..checkpoints.download import KNOWN_CHECKPOINTS, download
 from ..errors import ArgumentError, LlamaNpError
@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "kernels", None) is not None:
+            kernels.use(args.kernels)
         return args.run(args)
     except LlamaNpError as e:
         if args.debug:
@@ -100,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep weights in memory as fp32 (fastest), bf16/fp16 (half the memory) or int8 "
         "(a quarter plus scales); compressed weights are widened to fp32 as they are used",
     )
+    add_kernels_arg(gen)
     gen.set_defaults(run=run_generate)
 
     trace = commands.add_parser(
@@ -161,10 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
         "model's context)",
     )
     add_sampling_args(chat)
+    add_kernels_arg(chat)
     chat.set_defaults(run=run_chat)
 
     info = commands.add_parser("info", help="print a model's config, size and KV-cache memory")
     add_model_arg(info)
+    add_kernels_arg(info)
     info.set_defaults(run=run_info)
 
     dl = commands.add_parser("download", help="fetch a checkpoint from the Hugging Face hub")
@@ -179,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("-q", "--quiet", action="store_true", help="no progress or file lines")
     dl.set_defaults(run=run_download)
     cli_perf.add_commands(commands)  # memory, profile
+    add_kernels_arg(commands.choices["profile"])
     return parser
 
 
@@ -226,6 +232,16 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="S",
         help="random seed; the same seed gives the same text (default: random)",
+    )
+
+
+def add_kernels_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--kernels",
+        choices=kernels.KERNELS,
+        default=None,
+        help="how compressed weights multiply: numba (compiled, the default when installed: "
+        "pip install -e '.[fast]') or numpy (widen pieces + BLAS); also $LLAMA_NP_KERNELS",
     )
 
 
@@ -480,6 +496,7 @@ def run_info(args: argparse.Namespace) -> int:
         ("tokenizer", type(model.tokenizer).__name__ if model.tokenizer else "none"),
         ("parameters", f"{c.n_params:,}"),
         ("weights in memory (float32)", nbytes(model.weights_nbytes)),
+        ("kernels (compressed weights)", kernels.describe()),
         ("KV cache per token (float32)", nbytes(c.kv_cache_bytes(1))),
         (f"KV cache at {c.max_seq_len} tokens", nbytes(c.kv_cache_bytes(c.max_seq_len))),
     ]

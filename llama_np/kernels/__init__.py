@@ -21,7 +21,6 @@ its NumPy path.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Callable
 
@@ -43,15 +42,12 @@ def numba_available() -> bool:
     """Whether the numba kernels can be used (imports numba on first call: ~0.5 s)."""
     global _numba_error
     if _numba_error is None:
-        if importlib.util.find_spec("numba") is None:
-            _numba_error = "numba is not installed"
+        try:
+            from . import numba_jit  # noqa: F401
+        except ImportError as e:  # not installed, or e.g. a numba too old for this NumPy
+            _numba_error = "numba is not installed" if e.name == "numba" else f"{e}"
         else:
-            try:
-                from . import numba_jit  # noqa: F401
-            except ImportError as e:  # e.g. a numba too old for this NumPy
-                _numba_error = f"numba does not import ({e})"
-            else:
-                _numba_error = ""
+            _numba_error = ""
     return not _numba_error
 
 
@@ -93,8 +89,9 @@ def describe() -> str:
         from . import numba_jit
 
         return f"numba ({numba_jit.VERSION}; {', '.join(numba_jit.KINDS)})"
-    why = "selected" if numba_available() else f"{_numba_error}: pip install -e '.[fast]'"
-    return f"numpy (widen + BLAS; numba kernels: {why})"
+    if numba_available():
+        return "numpy (widen + BLAS; numba is installed, not selected: --kernels numba)"
+    return f"numpy (widen + BLAS; {_numba_error}: pip install -e '.[fast]' for compiled ones)"
 
 
 def compiled(rows, n_rows: int) -> Callable[[np.ndarray, np.ndarray], None] | None:
