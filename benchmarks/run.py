@@ -31,6 +31,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere: use this checkou
 
 from llama_np import load  # noqa: E402
 from llama_np.config import LlamaConfig  # noqa: E402
+from llama_np.schema import n_params  # noqa: E402
 from llama_np.tools import costs, machine  # noqa: E402
 from llama_np.tools.known_models import known_config  # noqa: E402
 from llama_np.tools.random_model import random_model  # noqa: E402
@@ -261,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         model = build(name)
         config = model.config
         n_steps = decode_steps(config, args.quick)
-        entry = {"model": name, "params": config.n_params, "weights_bytes": model.weights_nbytes}
+        entry = {"model": name, "params": n_params(config), "weights_bytes": model.weights_nbytes}
         rates = time_decode(model, n_steps, repeats)
         bound = decode_bound(config, peaks, n_steps)
         entry["decode"] = {**spread(rates), "bound": bound, "fraction": np.median(rates) / bound}
@@ -295,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     for dtype in big:
         print(f"{BIG_MODEL} {dtype} ...", file=sys.stderr)
         config = known_config(BIG_MODEL)
-        need = config.n_params * WEIGHT_BYTES[dtype] * 1.15  # + one tensor while building
+        need = n_params(config) * WEIGHT_BYTES[dtype] * 1.15  # + one tensor while building
         if available_memory() < need:  # the machine is shared: never push others into swap
             print(f"  skipped: {need / 2**30:.1f} GiB needed, "
                   f"{available_memory() / 2**30:.1f} GiB available", file=sys.stderr)  # fmt: skip
@@ -309,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "model": BIG_MODEL,
                 "weights_dtype": dtype,
-                "params": config.n_params,
+                "params": n_params(config),
                 "weights_bytes": model.weights_nbytes,
                 "build_seconds": build_seconds,
                 "decode": {**spread(rates), "bound": bound, "fraction": np.median(rates) / bound},
@@ -331,7 +332,7 @@ def decode_steps(config: LlamaConfig, quick: bool) -> int:
     """Enough decode steps for ~1 s per run at roofline speed, fewer with --quick."""
     if quick:
         return 4
-    return 64 if config.n_params < 50e6 else 32 if config.n_params < 500e6 else 8
+    return 64 if n_params(config) < 50e6 else 32 if n_params(config) < 500e6 else 8
 
 
 # ---------------------------------------------------------------- markdown

@@ -19,7 +19,14 @@ from .errors import (
     NumericalError,
     TokenizerError,
 )
-from .generate import GenerationStats, TextStream, generate, generate_batch, generate_text
+from .generate import (
+    GenerationStats,
+    TextStream,
+    generate,
+    generate_batch,
+    generate_batch_stream,
+    generate_text,
+)
 from .kv_cache import KVCache
 from .model import Model
 from .sampling import SamplingParams, sample
@@ -45,6 +52,7 @@ __all__ = [
     "TokenizerError",
     "generate",
     "generate_batch",
+    "generate_batch_stream",
     "generate_text",
     "load",
     "load_tokenizer",

@@ -30,7 +30,7 @@ from .errors import ArgumentError
 from .generate import GenerationStats, generate
 from .kv_cache import KVCache
 from .model import Model
-from .tokenizers import SentencePieceTokenizer
+from .tokenizers import Llama2cTokenizer, SentencePieceTokenizer
 
 CHAT_FORMATS = ("llama3", "llama2", "zephyr", "chatml")
 
@@ -219,10 +219,10 @@ def _continuation(tokenizer):
     """encode(text) for text that sits right after a special token: no dummy-prefix space."""
     if not tokenizer.adds_dummy_prefix:
         return _text(tokenizer)
-    if not isinstance(tokenizer, SentencePieceTokenizer):
+    if not isinstance(tokenizer, (SentencePieceTokenizer, Llama2cTokenizer)):  # GGUF `llama`
         raise ArgumentError(
             f"{type(tokenizer).__name__} cannot encode text without its leading space; "
-            f"this chat format needs a SentencePiece tokenizer.model"
+            f"this chat format needs a SentencePiece vocabulary"
         )
     return lambda text: tokenizer.encode(text, bos=False, dummy_prefix=False)
 

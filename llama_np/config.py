@@ -102,13 +102,6 @@ class LlamaConfig:
         """A copy with some fields changed (e.g. a shorter max_seq_len)."""
         return dataclasses.replace(self, **changes)
 
-    @property
-    def n_params(self) -> int:
-        """Number of parameters, counting a tied embedding/classifier once (see schema.py)."""
-        from .schema import n_params  # schema.py builds on this module
-
-        return n_params(self)
-
     def kv_cache_bytes(self, n_tokens: int, batch_size: int = 1, bytes_per_value: int = 4) -> int:
         """Bytes of K and V for `n_tokens` positions: 2 × L × tokens × KVH × HD × bytes × B."""
         per_token = 2 * self.n_layers * self.n_kv_heads * self.head_dim * bytes_per_value

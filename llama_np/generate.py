@@ -56,16 +56,20 @@ class TextStream:
     A multi-byte UTF-8 character can be split across tokens (byte-fallback pieces); its
     first bytes are held back until the character is complete. With `strip_leading_space`,
     the space of a SentencePiece dummy prefix is removed from the very first text (as when
-    the text starts right after BOS).
+    the text starts right after BOS). Special tokens (<|eot_id|>, </s>) add no text, or with
+    `special` their names (llama.cpp's --special).
     """
 
-    def __init__(self, tokenizer, strip_leading_space: bool = False) -> None:
+    def __init__(self, tokenizer, strip_leading_space: bool = False, special: bool = False):
         self.tokenizer = tokenizer
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._strip = strip_leading_space
+        self.special = special
 
     def push(self, token: int) -> str:
-        text = self._utf8.decode(self.tokenizer.token_bytes(token))
+        if self.tokenizer is None:  # a model without one generates ids (stats.tokens) only
+            return ""
+        text = self._utf8.decode(self.tokenizer.token_bytes(token, special=self.special))
         if self._strip and text:
             self._strip = False
             text = text.removeprefix(" ")
@@ -87,6 +91,7 @@ def generate(
     stop_ids: Collection[int] | None = None,
     cache: KVCache | None = None,
     truncate_prompt: bool = False,
+    special: bool = False,
     **sampling_kwargs: float,
 ) -> Iterator[str]:
     """Generate a continuation of `prompt`, yielding text pieces as they are produced.
@@ -103,7 +108,8 @@ def generate(
     conversation goes on where it stopped) and generation ends when that cache is full. The
     end token is not run through the model, and the last generated token is not either
     (nothing needs its logits): the cache then holds the prompt and all but the last of
-    stats.tokens.
+    stats.tokens. Special tokens the model generates are left out of the text, or shown by
+    name with `special` (they rarely appear: the end-of-turn tokens stop generation).
 
     A prompt longer than the context raises ContextLengthError, or with `truncate_prompt`
     (without a `cache`) loses its first tokens (BOS is kept), leaving room for
@@ -123,7 +129,9 @@ def generate(
     else:
         cache.check_room(len(tokens))
     stop_ids = frozenset(model.config.stop_ids if stop_ids is None else stop_ids)
-    loop = _loop(model, [tokens], max_new_tokens, params, seed, stop, stats, stop_ids, cache)
+    loop = _loop(
+        model, [tokens], max_new_tokens, params, seed, stop, stats, stop_ids, cache, special
+    )
     return (piece for _, piece in loop)
 
 
@@ -136,6 +144,7 @@ def generate_batch_stream(
     seed: int | None = None,
     stop: str | Sequence[str] = (),
     stats: GenerationStats | None = None,
+    special: bool = False,
     **sampling_kwargs: float,
 ) -> Iterator[tuple[int, str]]:
     """Continue several prompts at once, yielding (prompt index, text piece) as produced.
@@ -162,7 +171,7 @@ def generate_batch_stream(
     stats = stats if stats is not None else GenerationStats()
     cache = model.new_cache(min(config.max_seq_len, longest + max_new_tokens), len(batch))
     stop_ids = frozenset(config.stop_ids)
-    return _loop(model, batch, max_new_tokens, params, seed, stop, stats, stop_ids, cache)
+    return _loop(model, batch, max_new_tokens, params, seed, stop, stats, stop_ids, cache, special)
 
 
 def generate_batch(
@@ -228,14 +237,17 @@ def _fit_context(
 
 
 def prompt_tokens(model: Model, prompt: str | Sequence[int]) -> list[int]:
-    """A prompt's token ids (text is encoded with BOS), checked against the vocabulary."""
+    """A prompt's token ids (text is encoded with BOS), checked against the vocabulary.
+
+    A model without a tokenizer takes ids only, and generates ids only (no text).
+    """
     tokenizer = model.tokenizer
-    if tokenizer is None:
-        raise ArgumentError(
-            "this model has no tokenizer to turn tokens into text; load one with "
-            "llama_np.load(path, tokenizer=...) or use Model.prefill/decode with token ids"
-        )
     if isinstance(prompt, str):
+        if tokenizer is None:
+            raise ArgumentError(
+                "this model has no tokenizer to turn text into tokens; load one with "
+                "llama_np.load(path, tokenizer=...) or pass the prompt as token ids"
+            )
         tokens = tokenizer.encode(prompt, bos=True)
     else:
         try:
@@ -261,6 +273,7 @@ def _loop(
     stats: GenerationStats,
     stop_ids: frozenset[int],
     cache: KVCache,
+    special: bool = False,
 ) -> Iterator[tuple[int, str]]:
     """The one generation loop, for B = len(prompts) sequences (1 unless batched).
 
@@ -272,7 +285,7 @@ def _loop(
     B = len(prompts)
     rng = np.random.default_rng(seed)
     bos = model.config.bos_id
-    streams = [TextStream(model.tokenizer, strip_leading_space=p[-1] == bos) for p in prompts]
+    streams = [TextStream(model.tokenizer, p[-1] == bos, special) for p in prompts]
     held = [""] * B  # text that might be the start of a stop string, not yet yielded
     history = [list(p) for p in prompts]  # what each sequence has seen: for the penalty
     stats.sequence_tokens = [[] for _ in range(B)]

@@ -5,25 +5,34 @@
         model.prefill(tokens, model.new_cache())
     rec["layers.0.attn.q"][0]                                   # (T, H, HD)
 
-A hook is fn(name, array). It runs each time the forward pass reaches its point, in prefill
-(T = prompt tokens, S = positions after the write) and in decode (T = 1). Hooks receive
-*views* of the model's working buffers, which are reused or overwritten (`scores` becomes
-`probs` in place): copy what you keep — `Recorder` does. With no hook registered the forward
-pass only tests `if self.hooks:`, so hooks cost nothing when unused.
+A hook is fn(name, array). It runs each time the forward pass reaches its point: in prefill
+(T = prompt tokens, S = positions after the write), in decode (T = 1) and in batched decode
+(one token of each of B sequences; S = the longest sequence's positions, and a shorter
+sequence's keys past its own end are masked: -inf scores, 0 probabilities). `model.step`
+says which sequences and positions the rows of the running pass are.
 
-point                    prefill         decode        what it holds
------------------------  --------------  ------------  -------------------------------------
-tokens                   (T,) int        (1,) int      token ids of this forward pass
-embed                    (T, D)          (1, D)        their embeddings: the stream into layer 0
-layers.{i}.attn.q        (T, H, HD)      (1, H, HD)    queries, after RoPE
-layers.{i}.attn.k        (T, KVH, HD)    (1, KVH, HD)  keys of the new positions (RoPE'd, cached)
-layers.{i}.attn.v        (T, KVH, HD)    (1, KVH, HD)  values of the new positions (cached)
-layers.{i}.attn.scores   (H, T, S)       (H, 1, S)     q·k/√HD, -inf above the causal diagonal
-layers.{i}.attn.probs    (H, T, S)       (H, 1, S)     softmax of scores: each row sums to 1
-layers.{i}.attn.out      (T, D)          (1, D)        attention output, after wo
-layers.{i}.mlp.out       (T, D)          (1, D)        SwiGLU MLP output
-layers.{i}.resid         (T, D)          (1, D)        residual stream leaving block i
-logits                   (V,) or (T, V)  (V,)          next-token logits; (T, V) if all_logits
+The contract: the array a hook receives is a read-only view of the model's working buffer
+(reused or overwritten later: `scores` becomes `probs` in place, so copy what you keep —
+`Recorder` does). To change the computation, return a replacement of the same shape;
+returning None keeps it. q, k and v hooks run before the keys and values are written to the
+KV cache, so a replaced k or v is what later positions read. A prompt longer than
+model.ATTENTION_CHUNK runs attention in blocks of queries: `scores`/`probs` hooks are then
+called once per block with its rows, (H, rows, keys up to the block's last query). With no
+hook registered the forward pass only tests `if self.hooks:`, so hooks cost nothing unused.
+
+point                   prefill         decode        batched decode  what it holds
+----------------------  --------------  ------------  --------------  ---------------------------
+tokens                  (T,) int        (1,) int      (B,) int        token ids of this pass
+embed                   (T, D)          (1, D)        (B, D)          their embeddings: into layer 0
+layers.{i}.attn.q       (T, H, HD)      (1, H, HD)    (B, H, HD)      queries, after RoPE
+layers.{i}.attn.k       (T, KVH, HD)    (1, KVH, HD)  (B, KVH, HD)    keys of the new positions
+layers.{i}.attn.v       (T, KVH, HD)    (1, KVH, HD)  (B, KVH, HD)    values of the new positions
+layers.{i}.attn.scores  (H, T, S)       (H, 1, S)     (B, H, 1, S)    q·k/√HD, -inf in the future
+layers.{i}.attn.probs   (H, T, S)       (H, 1, S)     (B, H, 1, S)    softmax of scores: sums to 1
+layers.{i}.attn.out     (T, D)          (1, D)        (B, D)          attention output, after wo
+layers.{i}.mlp.out      (T, D)          (1, D)        (B, D)          SwiGLU MLP output
+layers.{i}.resid        (T, D)          (1, D)        (B, D)          residual stream after block i
+logits                  (V,) or (T, V)  (V,)          (B, V)          next-token logits
 
 i runs over 0 .. L-1. Names may be fnmatch patterns: `layers.*.attn.probs`, `layers.[01].*`,
 `*.resid`.
@@ -127,9 +136,11 @@ class AttentionRecorder(Recorder):
     rec.tokens     # (N,) the N token ids the model ran: the prompt, then each decoded token
     rec.pieces()   # their text pieces
 
-    Prefill gives the T×T lower-triangular block at the top left; each decode step adds one
-    row over every cached position. Recording must start at an empty cache, and cover one
-    sequence. `layers` limits which layers are kept (and the L axis follows their order).
+    Prefill gives the T×T lower-triangular block at the top left (a long prompt arrives in
+    blocks of rows: chunked attention); each decode step adds one row over every cached
+    position. Recording must start at an empty cache. In a batch (generate_batch) every
+    sequence is recorded on its own: `probs(seq=b)`, `sequence_tokens(b)`, `pieces(b)`.
+    `layers` limits which layers are kept (and the L axis follows their order).
     """
 
     def __init__(self, model: Model, layers: Sequence[int] | None = None) -> None:
@@ -140,37 +151,62 @@ class AttentionRecorder(Recorder):
             raise ArgumentError(
                 f"layers {self.layers} are not all in 0..{n_layers - 1}, the model's layers"
             )
+        self.steps: list = []  # model.step of each forward pass recorded (its rows)
+        self.pass_of: dict[str, list[int]] = {}  # point -> index in steps of each array
         super().__init__(model, ["tokens", *(f"layers.{i}.attn.probs" for i in self.layers)])
+
+    def _record(self, name: str, array: np.ndarray) -> None:
+        if name == "tokens":
+            self.steps.append(self.model.step)
+        self.pass_of.setdefault(name, []).append(len(self.steps) - 1)
+        super()._record(name, array)
+
+    def sequence_tokens(self, seq: int = 0) -> np.ndarray:
+        """(N,) token ids sequence `seq` ran, in order: its prompt, then each decoded token."""
+        parts = []
+        for step, ids in zip(self.steps, self["tokens"], strict=True):
+            if step.seqs.start <= seq < step.seqs.stop:
+                b = seq - step.seqs.start
+                parts.append(ids[b * step.n_tokens : (b + 1) * step.n_tokens])
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     @property
     def tokens(self) -> np.ndarray:
-        """(N,) token ids of every forward pass recorded, in order."""
-        passes = self["tokens"]
-        return np.concatenate(passes) if passes else np.zeros(0, dtype=np.int64)
+        """(N,) token ids of sequence 0, in order."""
+        return self.sequence_tokens(0)
 
     @property
     def n_prompt(self) -> int:
         """Tokens in the first forward pass (the prefilled prompt)."""
-        passes = self["tokens"]
-        return len(passes[0]) if passes else 0
+        return self.steps[0].n_tokens if self.steps else 0
 
-    def pieces(self) -> list[str]:
+    def pieces(self, seq: int = 0) -> list[str]:
         """The text each token adds ("" for BOS and other special tokens)."""
         tok = self.model.tokenizer
-        return [tok.token_bytes(int(t)).decode("utf-8", errors="replace") for t in self.tokens]
+        return [
+            tok.token_bytes(int(t)).decode("utf-8", errors="replace")
+            for t in self.sequence_tokens(seq)
+        ]
 
-    def probs(self) -> np.ndarray:
+    def probs(self, seq: int = 0) -> np.ndarray:
         """(L, H, N, N) float32: [l, h, n, :n+1] is head h of layer l's attention of token n."""
-        N, H = len(self.tokens), self.model.config.n_heads
+        N, H = len(self.sequence_tokens(seq)), self.model.config.n_heads
         out = np.zeros((len(self.layers), H, N, N), dtype=np.float32)  # (L, H, N, N)
         for li, layer in enumerate(self.layers):
+            name = f"layers.{layer}.attn.probs"
             row = 0
-            for p in self[f"layers.{layer}.attn.probs"]:  # (H, T, S)
-                _, T, S = p.shape
+            for p, index in zip(self[name], self.pass_of[name], strict=True):
+                step = self.steps[index]
+                if not step.seqs.start <= seq < step.seqs.stop:
+                    continue
+                if p.ndim == 4:  # batched decode: (B, H, 1, S), S = the longest sequence's
+                    end = int(step.ends[seq - step.seqs.start])
+                    p = p[seq - step.seqs.start, :, :, :end]
+                _, T, S = p.shape  # one sequence: (H, T, S), T rows of a prefill or block
                 if S - T != row:
                     raise ArgumentError(
                         f"AttentionRecorder saw queries at positions {S - T}..{S - 1} after "
-                        f"{row} recorded positions: record one sequence from an empty cache"
+                        f"{row} recorded positions: record from an empty cache"
                     )
                 out[li, :, row : row + T, :S] = p
                 row += T
@@ -187,14 +223,16 @@ def break_at(model: Model, pattern: str, step: int = 0) -> Callable[[], None]:
     """
     if step < 0:
         raise ArgumentError(f"--break-at-step must be >= 0 (0 = prefill), got {step}")
-    passes = -1  # forward passes started; the "tokens" point opens each one
+    decode_steps = 0  # decode passes started (of one sequence, or of a whole batch)
 
     def count_pass(name: str, array: np.ndarray) -> None:
-        nonlocal passes
-        passes += 1
+        nonlocal decode_steps
+        if model.step.phase == "decode":
+            decode_steps += 1
 
     def stop(name: str, array: np.ndarray) -> None:
-        if passes == step:
+        # step 0: every prefill (each prompt of a batch); step k: the k-th decode pass
+        if decode_steps == step:
             breakpoint()  # `array` is `name`'s value; `up` goes to the model's frames
 
     remove_count = model.add_hook("tokens", count_pass)

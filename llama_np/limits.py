@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from .config import LlamaConfig
 from .errors import MemoryLimitError
-from .tools.memory import weight_bytes
+from .schema import n_params, weights_nbytes
 
 
 def available_memory() -> int | None:
@@ -47,13 +47,13 @@ def check_fits(needed: int, what: str, fixes: Sequence[str]) -> None:
 
 
 def model_bytes(config: LlamaConfig, weights_dtype: str = "fp32") -> int:
-    """Bytes a loaded model allocates: its weights (memory.weight_bytes) plus the RoPE tables.
+    """Bytes a loaded model allocates: its weights (schema.weights_nbytes) plus the RoPE tables.
 
     The tables are computed in float64 (angles, then cos or sin) before rounding to float32:
     S_max × HD/2 × (8 + 8 + 4 + 4) bytes at the peak.
     """
     rope = config.max_seq_len * (config.head_dim // 2) * 24
-    return weight_bytes(config, weights_dtype) + rope
+    return weights_nbytes(config, weights_dtype) + rope
 
 
 def check_model_fits(config: LlamaConfig, source: str, weights_dtype: str = "fp32") -> None:
@@ -62,13 +62,13 @@ def check_model_fits(config: LlamaConfig, source: str, weights_dtype: str = "fp3
     fixes = ["use a smaller model", "close other programs to free memory"]
     if weights_dtype != "int8":
         fixes.insert(0, "keep the weights compressed: --weights-dtype int8 (or bf16)")
-    if needed > 2 * weight_bytes(config, weights_dtype):  # the RoPE tables dominate
+    if needed > 2 * weights_nbytes(config, weights_dtype):  # the RoPE tables dominate
         fixes.insert(
             0, f"a checkpoint with a shorter context (its max_seq_len is {config.max_seq_len:,})"
         )
     check_fits(
         needed,
-        f"{source}: the model ({config.n_params:,} parameters as {weights_dtype}, context "
+        f"{source}: the model ({n_params(config):,} parameters as {weights_dtype}, context "
         f"{config.max_seq_len:,})",
         fixes,
     )

@@ -84,6 +84,7 @@ class Step:
     rows, sequence by sequence. Hooks can read `model.step` to know which rows they see.
     """
 
+    phase: str  # "prefill" | "decode"
     seqs: slice  # the cache rows (sequences) this pass writes: B = seqs.stop - seqs.start
     starts: np.ndarray  # (B,) position of each sequence's first new token
     n_tokens: int  # T
@@ -291,7 +292,7 @@ class Model:
         """
         ids = self._check_tokens(tokens)
         cache.check_room(len(ids), seq)
-        step = Step(slice(seq, seq + 1), np.array([cache.lengths[seq]]), len(ids))
+        step = Step("prefill", slice(seq, seq + 1), np.array([cache.lengths[seq]]), len(ids))
         x = self.forward(ids, step, cache)  # (T, D)
         # Only the last position predicts the next token: skip the (D, V) classifier for the
         # rest unless they are asked for.
@@ -301,7 +302,7 @@ class Model:
         """Run one token at position cache.length; return (V,) logits for the next position."""
         ids = self._check_tokens([token])
         cache.check_room(1)
-        step = Step(slice(0, 1), np.array([cache.length]), 1)
+        step = Step("decode", slice(0, 1), np.array([cache.length]), 1)
         return self.head(self.forward(ids, step, cache)[0])  # (V,)
 
     def decode_batch(self, tokens: Sequence[int], cache: KVCache) -> np.ndarray:
@@ -320,7 +321,7 @@ class Model:
             )
         for b in range(cache.batch_size):
             cache.check_room(1, b)
-        step = Step(slice(0, cache.batch_size), np.array(cache.lengths), 1)
+        step = Step("decode", slice(0, cache.batch_size), np.array(cache.lengths), 1)
         return self.head(self.forward(ids, step, cache))  # (B, V)
 
     def forward(self, ids: np.ndarray, step: Step, cache: KVCache) -> np.ndarray:

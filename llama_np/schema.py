@@ -101,6 +101,17 @@ def end_specs(config: LlamaConfig) -> tuple[TensorSpec, list[TensorSpec]]:
     return embedding, last
 
 
+def split_of(name: str) -> str:
+    """How Meta's model-parallel shards cut tensor `name`: "out", "in", or "" (not split;
+    the embedding's axis depends on the Llama version, see checkpoints/meta.py)."""
+    if name == "output.weight":
+        return "out"
+    if not name.startswith("layers."):
+        return ""
+    suffix = name.split(".", 2)[2]
+    return next((split for n, _, _, _, split, _ in LAYER_TENSORS if n == suffix), "")
+
+
 def tensor_names(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
     """Name -> shape of the tensors every checkpoint of this config must have."""
     return {name: s.shape for name, s in tensor_specs(config, optional=False).items()}

@@ -7,6 +7,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -17,6 +19,7 @@ def load_harness():
     return module
 
 
+@pytest.mark.slow
 def test_harness_writes_json_and_markdown(tmp_path):
     harness = load_harness()
     args = ["--models", "stories260K", "--quick", "--repeats", "1", "--no-hf", "--no-memory"]

@@ -297,6 +297,7 @@ def test_prompt_longer_than_context(stories):
         generate(stories, [1] + [50] * 512, 5)
 
 
+@pytest.mark.slow
 def test_truncate_prompt_keeps_bos_and_the_end(stories):
     prompt = [1, *range(3, 503), *range(3, 103)]  # 601 tokens, context 512
     stats = GenerationStats()

@@ -8,6 +8,7 @@ from util import byte_tokenizer, random_model, small_config
 
 import llama_np
 from llama_np import ArgumentError, ContextLengthError, GenerationStats, generate, generate_text
+from llama_np.generate import generate_batch_stream
 
 
 def test_streamed_pieces_join_to_the_decoded_tokens(stories260k):
@@ -21,7 +22,7 @@ def test_streamed_pieces_join_to_the_decoded_tokens(stories260k):
     for _ in range(stats.generated_tokens):
         greedy.append(int(np.argmax(logits)))
         logits = stories260k.decode(greedy[-1], cache)
-    assert "".join(pieces) == stories260k.tokenizer.decode(greedy)
+    assert "".join(pieces) == stories260k.tokenizer.decode(greedy, skip_special=True)
 
 
 def test_stop_string_ends_generation_and_is_not_yielded(stories260k):
@@ -65,25 +66,48 @@ def test_context_limit_stops_generation():
     assert stats.prompt_tokens + stats.generated_tokens == 16
 
 
-@given(
-    context=st.integers(2, 24),
-    prompt_len=st.integers(1, 24),
-    max_new=st.integers(0, 40),
-    seed=st.integers(0, 1000),
-)
-@settings(max_examples=40, deadline=None)
-def test_never_more_than_max_new_tokens_nor_past_the_context(context, prompt_len, max_new, seed):
-    config = small_config(max_seq_len=context, vocab_size=300)
-    model = random_model(config, seed, byte_tokenizer(300))
-    prompt = list(np.random.default_rng(seed).integers(3, 300, size=prompt_len))
-    stats = GenerationStats()
-    if prompt_len > context:
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_generation_stays_within_max_new_tokens_and_the_context(data):
+    """Whatever the model, context, prompt and limits: never more than max_new_tokens, never
+    past the context, and the stop reason says which limit was met. A prompt longer than the
+    context is refused, or truncated with truncate_prompt=True."""
+    context = data.draw(st.integers(1, 24), label="context")
+    stop_ids = data.draw(st.sampled_from([(), (2,), (2, 1)]))
+    config = small_config(max_seq_len=context, vocab_size=300, stop_ids=stop_ids)
+    model = random_model(config, data.draw(st.integers(0, 9)), byte_tokenizer(300))
+    n_prompt = data.draw(st.integers(1, context + 8), label="prompt length")
+    prompt = data.draw(st.lists(st.integers(0, 299), min_size=n_prompt, max_size=n_prompt))
+    max_new = data.draw(st.integers(0, 40), label="max_new_tokens")
+    sampling = dict(seed=0, temperature=1.0, top_k=0, min_p=0)
+    if n_prompt > context:
         with pytest.raises(ContextLengthError, match="longer than the model's context"):
             generate(model, prompt, max_new)
-        return
-    list(generate(model, prompt, max_new, temperature=1.0, seed=seed, stats=stats))
+    stats = GenerationStats()
+    pieces = list(generate(model, prompt, max_new, stats=stats, truncate_prompt=True, **sampling))
+
+    assert stats.prompt_tokens + stats.prompt_tokens_dropped == len(prompt)
+    if stats.prompt_tokens_dropped:  # room is left for new tokens, up to half the context
+        assert stats.prompt_tokens == context - min(max_new, context // 2)
     assert stats.generated_tokens <= max_new
     assert stats.prompt_tokens + stats.generated_tokens <= context
+    assert stats.decode_tokens <= stats.generated_tokens
+    if stats.stop_reason == "context_full":
+        assert stats.prompt_tokens + stats.generated_tokens == context
+    elif stats.stop_reason == "max_new_tokens":
+        assert stats.generated_tokens == max_new
+    else:
+        assert stats.stop_reason == "end_token" and config.stop_ids
+    if stats.generated_tokens == 0:
+        assert pieces == []
+
+    # The same limits hold for every sequence of a batch (the same loop).
+    other = data.draw(st.lists(st.integers(0, 299), min_size=1, max_size=context))
+    batch = GenerationStats()
+    list(generate_batch_stream(model, [prompt[:context], other], max_new, stats=batch, **sampling))
+    for tokens, n in zip(batch.sequence_tokens, [min(n_prompt, context), len(other)], strict=True):
+        assert len(tokens) <= max_new and n + len(tokens) <= context
+    assert batch.generated_tokens == sum(len(t) for t in batch.sequence_tokens)
 
 
 def test_invalid_arguments_fail_before_any_work(stories260k):
@@ -102,7 +126,10 @@ def test_load_default_model_api():
     assert cache.nbytes == model.config.kv_cache_bytes(512)
 
 
-def test_model_without_tokenizer_is_a_clear_error():
+def test_model_without_tokenizer_takes_and_generates_ids_only():
     model = random_model(small_config())
     with pytest.raises(ArgumentError, match="no tokenizer"):
-        generate(model, [1, 2], 5)
+        generate(model, "text needs a tokenizer", 5)
+    stats = GenerationStats()
+    assert list(generate(model, [1, 2], 5, temperature=0, stats=stats, stop_ids=())) == []
+    assert len(stats.tokens) == 5

@@ -258,11 +258,20 @@ def test_missing_tensor_is_named_with_its_hf_name(hf_dir):
 
 def test_extra_tensor_is_named(hf_dir):
     rewrite_tensors(
-        hf_dir, lambda t: t.update({"model.layers.0.self_attn.q_proj.bias": t["model.norm.weight"]})
+        hf_dir, lambda t: t.update({"model.layers.0.mlp.gate_proj.bias": t["model.norm.weight"]})
     )
     with pytest.raises(
-        CheckpointError, match=r"unexpected \['model.layers.0.self_attn.q_proj.bias'\]"
+        CheckpointError, match=r"unexpected \['model.layers.0.mlp.gate_proj.bias'\]"
     ):
+        llama_np.load(hf_dir)
+
+
+def test_some_but_not_all_attention_biases_is_named(hf_dir):
+    """q/k/v biases are optional (schema.py) but come together."""
+    rewrite_tensors(
+        hf_dir, lambda t: t.update({"model.layers.0.self_attn.q_proj.bias": t["model.norm.weight"]})
+    )
+    with pytest.raises(CheckpointError, match=r"wq\.bias but not .*wk\.bias.*come together"):
         llama_np.load(hf_dir)
 
 

@@ -29,17 +29,19 @@ def run(model, n_decode=3):
     return logits
 
 
-def documented_shapes(config, phase, T, S):
-    """Shape of every point from the table in hooks.py's docstring, for "prefill" or "decode"."""
-    sizes = dict(T=T, S=S, D=config.dim, H=config.n_heads, KVH=config.n_kv_heads)
+def documented_shapes(config, phase, T, S, B=1):
+    """Shape of every point from the table in hooks.py's docstring, for "prefill", "decode"
+    or "batched" decode."""
+    sizes = dict(T=T, S=S, B=B, D=config.dim, H=config.n_heads, KVH=config.n_kv_heads)
     sizes.update(HD=config.head_dim, V=config.vocab_size)
     shapes = {}
     for line in hooks.__doc__.splitlines():
         columns = re.split(r"\s{2,}", line.strip())
-        if len(columns) != 4 or not columns[1].startswith("("):
+        if len(columns) != 5 or not columns[1].startswith("("):
             continue
-        point, prefill, decode, _ = columns
-        shape = (prefill if phase == "prefill" else decode).split(" or ")[0].removesuffix(" int")
+        point, prefill, decode, batched, _ = columns
+        shape = {"prefill": prefill, "decode": decode, "batched": batched}[phase]
+        shape = shape.split(" or ")[0].removesuffix(" int")
         for layer in range(config.n_layers):
             shapes[point.replace("{i}", str(layer))] = eval(shape, {}, sizes)
     return shapes
@@ -140,3 +142,91 @@ def test_recorder_copies(model):
     assert not np.array_equal(rec["layers.0.attn.scores"][0], rec["layers.0.attn.probs"][0])
     assert np.array_equal(rec["layers.0.attn.scores"][0], scores)
     assert len(rec["layers.0.attn.probs"]) == 3
+
+
+def test_every_point_fires_in_batched_decode_with_its_documented_shape(model):
+    prompts = ["Once upon a time", "Lily"]
+    lengths = [len(model.tokenizer.encode(p)) for p in prompts]
+    with record(model, "*") as rec:
+        llama_np.generate_batch(model, prompts, 2, temperature=0)
+    # passes: prefill of prompt 0, prefill of prompt 1, one batched decode step
+    seen = {name: arrays[2].shape for name, arrays in rec.arrays.items()}
+    assert seen == documented_shapes(model.config, "batched", 1, max(lengths) + 1, B=2)
+
+
+def test_attention_recorder_records_each_sequence_of_a_batch(model):
+    """Batched decode runs Model.block, so its attention is recorded too; every sequence's
+    rows equal that prompt generated alone."""
+    prompts = ["Once upon a time", "Lily and Tom"]
+    with AttentionRecorder(model) as batch:
+        texts = llama_np.generate_batch(model, prompts, 6, temperature=0)
+    for b, prompt in enumerate(prompts):
+        with AttentionRecorder(model) as alone:
+            assert llama_np.generate_text(model, prompt, 6, temperature=0) == texts[b]
+        assert np.array_equal(batch.sequence_tokens(b), alone.tokens)
+        np.testing.assert_allclose(batch.probs(seq=b), alone.probs(), rtol=1e-4, atol=1e-5)
+
+
+def test_hooks_see_chunked_attention_of_a_long_prompt(monkeypatch):
+    """A 300-token prompt runs chunked with or without hooks; the hooks see the blocks' rows,
+    which put together are the full attention an unchunked run computes."""
+    from util import random_model, small_config
+
+    import llama_np.model as model_module
+
+    m = random_model(small_config(max_seq_len=320))
+    tokens = list(np.random.default_rng(1).integers(0, 64, size=300))
+    calls = []
+    real = model_module.chunked_attention
+    monkeypatch.setattr(model_module, "chunked_attention", lambda *a: calls.append(1) or real(*a))
+    plain = m.prefill(tokens, m.new_cache())
+    assert len(calls) == m.config.n_layers  # un-hooked: chunked
+    with AttentionRecorder(m) as rec:
+        hooked = m.prefill(tokens, m.new_cache())
+    assert len(calls) == 2 * m.config.n_layers  # hooked: still chunked
+    assert np.array_equal(plain, hooked)
+    monkeypatch.setattr(model_module, "ATTENTION_CHUNK", 1000)  # one block: the full matrix
+    with AttentionRecorder(m) as full:
+        m.prefill(tokens, m.new_cache())
+    np.testing.assert_allclose(rec.probs(), full.probs(), atol=1e-6)
+
+
+def test_a_hook_replaces_by_returning_and_cannot_edit_in_place(model):
+    tokens = model.tokenizer.encode(PROMPT)
+    plain = model.prefill(tokens, model.new_cache())
+
+    def edit_in_place(name, a):
+        a[...] = 0
+
+    remove = model.add_hook("layers.0.mlp.out", edit_in_place)
+    with pytest.raises(ValueError, match="read-only"):
+        model.prefill(tokens, model.new_cache())
+    remove()
+    remove = model.add_hook("layers.0.mlp.out", lambda name, a: np.zeros_like(a))
+    ablated = model.prefill(tokens, model.new_cache())
+    remove()
+    assert not np.allclose(plain, ablated)
+    remove = model.add_hook("layers.0.mlp.out", lambda name, a: np.zeros(3))
+    with pytest.raises(ArgumentError, match="must return an array of the activation's shape"):
+        model.prefill(tokens, model.new_cache())
+    remove()
+
+
+def test_a_replaced_key_is_what_the_cache_holds(model):
+    tokens = model.tokenizer.encode(PROMPT)
+    remove = model.add_hook("layers.1.attn.k", lambda name, a: a * 2)
+    cache = model.new_cache(16)
+    with record(model, "layers.1.attn.k") as rec:  # registered second: sees the doubled keys
+        model.prefill(tokens, cache)
+    remove()
+    k = rec["layers.1.attn.k"][0]  # (T, KVH, HD)
+    assert np.array_equal(cache.k[1, 0, :, : len(tokens)], k.transpose(1, 0, 2))
+
+
+def test_break_at_step_1_of_a_batch_stops_in_decode(model, monkeypatch):
+    stops = []
+    monkeypatch.setattr("sys.breakpointhook", lambda: stops.append(model.step.phase))
+    remove = hooks.break_at(model, "layers.0.attn.probs", step=1)
+    llama_np.generate_batch(model, ["Once upon a time", "Lily"], 3, temperature=0)
+    remove()
+    assert stops == ["decode"]

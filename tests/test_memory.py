@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+import llama_np
 from llama_np.cli import main
 from llama_np.errors import ArgumentError, CheckpointError, ConfigError
 from llama_np.tools import machine
@@ -23,8 +24,9 @@ def test_worked_example_llama31_8b_at_128k():
     assert r.kv_bytes / GIB == 15.625
     assert r.kv_bytes_per_token == 2 * 32 * 8 * 128 * 2 == 131_072
     assert r.n_params == 8_030_261_248  # Meta's published count
-    assert r.weight_bytes == 2 * 8_030_261_248
-    assert r.total_bytes == 16_060_522_496 + 16_777_216_000
+    norms = 65 * 4096  # (2L + 1) x D, kept in float32 by llama_np
+    assert r.weight_bytes == 2 * (8_030_261_248 - norms) + 4 * norms
+    assert r.total_bytes == r.weight_bytes + 16_777_216_000
     # multi-head attention would keep 32 K/V heads instead of 8: 4x the cache
     assert r.mha_kv_bytes == 4 * 16_777_216_000
     assert r.gqa_saved_bytes == 3 * 16_777_216_000
@@ -63,30 +65,33 @@ def test_llama2_7b_mha_vs_70b_gqa():
     assert small.gqa_saved_bytes == 0
 
 
-# (n_params, norm weights = (2L + 1) x D) for weights in each dtype
-STORIES260K = (260_032, 11 * 64)
-TINYLLAMA = (1_100_048_384, 45 * 2048)
-
-
 @pytest.mark.parametrize(
     "name, dtype, expected",
     [
         ("stories260K", "fp32", 4 * 260_032),
-        ("stories260K", "bf16", 2 * 260_032),
-        ("stories260K", "fp16", 2 * 260_032),
-        # Q8_0: (260,032 - 704) / 32 = 8,104 groups of 34 bytes, norms in float32
-        ("stories260K", "int8", 8_104 * 34 + 704 * 4),
+        ("stories260K", "bf16", 2 * 260_032 + 2 * 11 * 64),  # norms in float32
+        ("stories260K", "fp16", 2 * 260_032 + 2 * 11 * 64),
         ("tinyllama-1.1b", "fp32", 4 * 1_100_048_384),
-        ("tinyllama-1.1b", "bf16", 2 * 1_100_048_384),
-        # (1,100,048,384 - 92,160) / 32 = 34,373,632 groups
-        ("tinyllama-1.1b", "int8", 34_373_632 * 34 + 92_160 * 4),
-        ("llama-3.1-8b", "fp16", 16_060_522_496),
-        # (8,030,261,248 - 65 x 4096) / 32 = 250,937,344 groups
-        ("llama-3.1-8b", "int8", 250_937_344 * 34 + 65 * 4096 * 4),
+        ("tinyllama-1.1b", "bf16", 2 * 1_100_048_384 + 2 * 92_160),
+        # int8: 32 int8 weights + one float32 scale = 36 bytes per 32; norms ((2L+1) x D =
+        # 92,160 of them) in float32
+        ("tinyllama-1.1b", "int8", (1_100_048_384 - 92_160) * 36 // 32 + 92_160 * 4),
+        ("llama-3.1-8b", "fp16", 2 * (8_030_261_248 - 65 * 4096) + 4 * 65 * 4096),
+        ("llama-3.1-8b", "int8", (8_030_261_248 - 65 * 4096) * 36 // 32 + 65 * 4096 * 4),
     ],
 )
 def test_weight_bytes_per_dtype(name, dtype, expected):
     assert weight_bytes(known_config(name), dtype) == expected
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16", "int8"])
+def test_memory_calculator_agrees_with_the_engine_to_the_byte(dtype, capsys):
+    """`llama-np memory stories260K --dtype X` and a loaded model's weights_nbytes agree
+    (stories260K's hidden dim 172 is not a multiple of 32: int8 groups of 43 there)."""
+    model = llama_np.load(weights_dtype=dtype)
+    assert weight_bytes(known_config("stories260K"), dtype) == model.weights_nbytes
+    assert main(["memory", "stories260K", "--dtype", dtype, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["weight_bytes"] == model.weights_nbytes
 
 
 def test_bad_dtypes_and_sizes():

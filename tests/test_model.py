@@ -4,51 +4,61 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from util import random_model, small_config
+from util import random_model, random_tensors, small_config
 
-from llama_np import ArgumentError, ContextLengthError, KVCache
+import llama_np.model as model_module
+from llama_np import ArgumentError, ContextLengthError, KVCache, Model
+from llama_np.layers import chunked_attention as chunked
 
 
-def reference_forward(model, tokens):
+def reference_forward(config, tensors, tokens):
     """Logits (T, V) for every position, computed in float64 with no cache at all.
 
-    Written independently of layers.py: interleaved or half-split RoPE by explicit rotation
-    matrices per position, and K/V heads repeated for their query groups.
+    Built from the checkpoint tensors (Meta names, (out, in) shapes, as every loader gives
+    them), not from the engine's fused and transposed copies, and written independently of
+    layers.py: RoPE by explicit rotations per position and pair (interleaved or half-split),
+    K/V heads repeated for their query groups, optional q/k/v/o biases added.
     """
-    c, w = model.config, model.weights
+    c = config
     H, KVH, HD = c.n_heads, c.n_kv_heads, c.head_dim
     T = len(tokens)
     freqs = 1.0 / c.rope_theta ** (np.arange(0, HD, 2) / HD)
+    w = {name: np.asarray(a, dtype=np.float64) for name, a in tensors.items()}
 
     def rope(x):  # (T, n, HD)
         out = np.empty_like(x)
-        for t in range(T):
-            for i, f in enumerate(freqs):
-                a, b = (2 * i, 2 * i + 1) if c.rope_interleaved else (i, i + HD // 2)
-                cos, sin = np.cos(t * f), np.sin(t * f)
-                out[t, :, a] = x[t, :, a] * cos - x[t, :, b] * sin
-                out[t, :, b] = x[t, :, a] * sin + x[t, :, b] * cos
+        for i, f in enumerate(freqs):
+            a, b = (2 * i, 2 * i + 1) if c.rope_interleaved else (i, i + HD // 2)
+            cos, sin = np.cos(np.arange(T) * f)[:, None], np.sin(np.arange(T) * f)[:, None]
+            out[:, :, a] = x[:, :, a] * cos - x[:, :, b] * sin
+            out[:, :, b] = x[:, :, a] * sin + x[:, :, b] * cos
         return out
 
     def norm(x, weight):
         return x / np.sqrt(np.mean(x**2, axis=-1, keepdims=True) + c.norm_eps) * weight
 
-    x = w.embedding[tokens].astype(np.float64)
-    for lw in w.layers:
-        qkv = norm(x, lw.attn_norm) @ lw.wqkv.astype(np.float64)
-        q = rope(qkv[:, : H * HD].reshape(T, H, HD))
-        k = rope(qkv[:, H * HD : (H + KVH) * HD].reshape(T, KVH, HD))
-        v = qkv[:, (H + KVH) * HD :].reshape(T, KVH, HD)
+    def linear(x, name):  # x @ W.T (+ b), W stored (out, in)
+        y = x @ w[name + ".weight"].T
+        return y + w[name + ".bias"] if name + ".bias" in w else y
+
+    x = w["tok_embeddings.weight"][tokens]
+    for i in range(c.n_layers):
+        p = f"layers.{i}."
+        h = norm(x, w[p + "attention_norm.weight"])
+        q = rope(linear(h, p + "attention.wq").reshape(T, H, HD))
+        k = rope(linear(h, p + "attention.wk").reshape(T, KVH, HD))
+        v = linear(h, p + "attention.wv").reshape(T, KVH, HD)
         k, v = np.repeat(k, H // KVH, axis=1), np.repeat(v, H // KVH, axis=1)
         scores = np.einsum("thd,shd->hts", q, k) / np.sqrt(HD)
         scores[:, np.triu(np.ones((T, T), dtype=bool), 1)] = -np.inf
-        p = np.exp(scores - scores.max(-1, keepdims=True))
-        p /= p.sum(-1, keepdims=True)
-        x = x + np.einsum("hts,shd->thd", p, v).reshape(T, H * HD) @ lw.wo
-        g = norm(x, lw.mlp_norm) @ lw.w_gate_up
-        F = lw.w_down.shape[0]
-        x = x + (g[:, :F] / (1 + np.exp(-g[:, :F])) * g[:, F:]) @ lw.w_down
-    return norm(x, w.final_norm) @ w.classifier.astype(np.float64)
+        probs = np.exp(scores - scores.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        x = x + linear(np.einsum("hts,shd->thd", probs, v).reshape(T, H * HD), p + "attention.wo")
+        h = norm(x, w[p + "ffn_norm.weight"])
+        gate, up = linear(h, p + "feed_forward.w1"), linear(h, p + "feed_forward.w3")
+        x = x + linear(gate / (1 + np.exp(-gate)) * up, p + "feed_forward.w2")
+    classifier = w["tok_embeddings.weight" if c.tie_embeddings else "output.weight"]
+    return norm(x, w["norm.weight"]) @ classifier.T
 
 
 configs = st.builds(
@@ -69,14 +79,38 @@ configs = st.builds(
 )
 
 
-@given(config=configs, data=st.data())
+@given(config=configs, biases=st.booleans(), data=st.data())
 @settings(max_examples=40, deadline=None)
-def test_prefill_matches_independent_reference(config, data):
-    model = random_model(config, seed=data.draw(st.integers(0, 1000)))
+def test_prefill_matches_independent_reference(config, biases, data):
+    tensors = random_tensors(config, data.draw(st.integers(0, 1000)), biases=biases)
+    model = Model.from_tensors(config, tensors)
     tokens = data.draw(st.lists(st.integers(0, config.vocab_size - 1), min_size=1, max_size=12))
     logits = model.prefill(tokens, model.new_cache(), all_logits=True)
     assert logits.dtype == np.float32 and logits.shape == (len(tokens), config.vocab_size)
-    np.testing.assert_allclose(logits, reference_forward(model, tokens), rtol=2e-4, atol=2e-4)
+    expected = reference_forward(config, tensors, tokens)
+    np.testing.assert_allclose(logits, expected, rtol=2e-4, atol=2e-4)
+
+
+@pytest.mark.parametrize("pieces", [[300], [100, 200], [127, 2, 171]])
+def test_long_prompts_run_chunked_and_match_the_reference(pieces, monkeypatch):
+    """T > ATTENTION_CHUNK runs attention in blocks of queries, also when the prompt arrives
+    in pieces whose blocks start mid-cache (the mask offset inside each block)."""
+    config = small_config(max_seq_len=320, vocab_size=64)
+    tensors = random_tensors(config, seed=3, scale=0.1)
+    model = Model.from_tensors(config, tensors)
+    tokens = np.random.default_rng(0).integers(0, 64, size=sum(pieces)).tolist()
+    blocks = []
+    monkeypatch.setattr(
+        model_module, "chunked_attention", lambda *a: blocks.append(a[0].shape) or chunked(*a)
+    )
+    cache, start, logits = model.new_cache(), 0, []
+    for n in pieces:
+        logits.append(model.prefill(tokens[start : start + n], cache, all_logits=True))
+        start += n
+    expected = reference_forward(config, tensors, tokens)
+    np.testing.assert_allclose(np.concatenate(logits), expected, rtol=5e-4, atol=5e-4)
+    long_pieces = [n for n in pieces if n > model_module.ATTENTION_CHUNK]
+    assert len(blocks) == len(long_pieces) * config.n_layers
 
 
 @given(config=configs, data=st.data())

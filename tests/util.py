@@ -6,19 +6,26 @@ import numpy as np
 
 from llama_np import LlamaConfig, Model
 from llama_np.dtypes import bfloat16_from_float32, to_float32
-from llama_np.model import tensor_names
+from llama_np.schema import tensor_specs
 from llama_np.tokenizers import Llama2cTokenizer
 
 
-def random_tensors(config: LlamaConfig, seed: int = 0, scale: float = 0.2) -> dict[str, np.ndarray]:
+def random_tensors(
+    config: LlamaConfig, seed: int = 0, scale: float = 0.2, biases: bool = False
+) -> dict[str, np.ndarray]:
     """Checkpoint tensors (Meta names, (out, in) shapes) with random float32 values.
 
     Norm weights are near 1, the rest N(0, scale²). Values are rounded to bfloat16, so F32,
     F16-ish and BF16 files written from the same tensors hold (nearly) the same model.
+    `biases` adds the schema's optional q/k/v/o biases.
     """
     rng = np.random.default_rng(seed)
     tensors = {}
-    for name, shape in tensor_names(config).items():
+    specs = tensor_specs(config)
+    for name, spec in specs.items():
+        shape = spec.shape
+        if not spec.required and not biases:
+            continue
         if name.endswith("norm.weight"):
             array = 1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32)
         else:

@@ -1,17 +1,22 @@
 """Checkpoint loaders: files on disk -> a ready `Model` (config, weights and tokenizer).
 
-Formats, by what `load(path)` finds:
-    directory with config.json                    Hugging Face (hf.py, safetensors.py)
-    directory with params.json + consolidated.*.pth   Meta's original download (meta.py, pth.py)
-    a .bin file, or a directory holding one       llama2.c (llama2c.py)
-Every loader returns tensors under Meta's names (see model.tensor_names), in their file dtype;
-`Model.from_tensors` converts them to float32 one at a time.
+`load(path)` asks each entry of FORMATS, in order, whether `path` is its kind, and the first
+that says yes reads it. A format is a module with a detector and a reader, and one entry here:
+
+    Hugging Face   directory with config.json                       hf.py, safetensors.py
+    Meta           directory with params.json + consolidated.*.pth  meta.py, pth.py
+    llama2.c       a .bin file, or a directory holding one          llama2c.py
+
+Every reader returns tensors under Meta's names with (out, in) shapes (schema.py), in their
+file dtype; `Model.from_tensors` checks them against the schema and converts them.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import LlamaConfig
@@ -19,15 +24,75 @@ from ..errors import CheckpointError
 from ..limits import check_model_fits
 from ..model import Model
 from ..packed import check_weights_dtype
-from ..tokenizers import find_tokenizer, load_tokenizer
+from ..tokenizers import Tokenizer, find_tokenizer, load_tokenizer
 from .hf import load_hf, read_hf_config
-from .llama2c import load_llama2c, read_header
+from .llama2c import llama2c_file, load_llama2c, read_header
 from .meta import load_meta
 
-__all__ = ["DEFAULT_CHECKPOINT", "load", "read_config"]
+__all__ = ["DEFAULT_CHECKPOINT", "FORMATS", "Checkpoint", "CheckpointFormat", "load", "read_config"]
 
 # The small real model shipped with llama_np (see weights/stories260K/PROVENANCE.md).
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "weights" / "stories260K"
+
+
+@dataclass
+class Checkpoint:
+    """What a format's reader found: the config and tensors, and where a tokenizer may be."""
+
+    config: LlamaConfig
+    tensors: Mapping[str, object]  # Meta names -> arrays (or packed tensors) in file dtypes
+    directory: Path  # where to look for a tokenizer file
+    exclude: Path | None = None  # a file in `directory` that is the checkpoint, not a tokenizer
+    tokenizer: Tokenizer | None = None  # one the checkpoint carries itself, if any
+
+
+@dataclass(frozen=True)
+class CheckpointFormat:
+    name: str
+    detect: Callable[[Path], bool]  # is `path` (an existing file or directory) this format?
+    read: Callable[[Path], Checkpoint]
+    read_config: Callable[[Path], LlamaConfig]  # the config alone, without the weights
+
+
+def _read_hf(path: Path) -> Checkpoint:
+    config, tensors = load_hf(path)
+    return Checkpoint(config, tensors, path)
+
+
+def _read_meta(path: Path) -> Checkpoint:
+    config, tensors = load_meta(path)
+    return Checkpoint(config, tensors, path)
+
+
+def _read_llama2c(path: Path) -> Checkpoint:
+    file = llama2c_file(path)
+    config, tensors = load_llama2c(file)
+    return Checkpoint(config, tensors, file.parent, exclude=file)
+
+
+FORMATS: list[CheckpointFormat] = [
+    CheckpointFormat(
+        "Hugging Face",
+        lambda p: p.is_dir() and (p / "config.json").exists(),
+        _read_hf,
+        read_hf_config,
+    ),
+    CheckpointFormat(
+        "Meta",
+        lambda p: p.is_dir() and (p / "params.json").exists(),
+        _read_meta,
+        # Llama 2's params.json has vocab_size -1: the embedding's shape says it. The tensors
+        # are memory-mapped, so this reads the pickle but not the weights.
+        lambda p: load_meta(p)[0],
+    ),
+    # Last: it takes any file, and refuses what is not a llama2.c .bin by name.
+    CheckpointFormat(
+        "llama2.c",
+        lambda p: p.is_file() or p.is_dir(),
+        _read_llama2c,
+        lambda p: read_header(llama2c_file(p))[1],
+    ),
+]
 
 
 def load(
@@ -41,68 +106,42 @@ def load(
     (params.json + consolidated.*.pth), or a llama2.c `.bin` file or a directory holding one.
     The tokenizer is taken from `tokenizer` if given, else from the checkpoint's directory.
     `weights_dtype` "bf16", "fp16" or "int8" keeps the weight matrices compressed in memory
-    (smaller, slower: see weight_formats.py); the default "fp32" converts them once.
+    (smaller; see packed.py); the default "fp32" converts them once.
     """
     check_weights_dtype(weights_dtype)  # before any reading
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(
-            f"{path}: no such file or directory; pass a checkpoint file or a directory holding one"
-        )
-    if path.is_dir() and (path / "config.json").exists():
-        config, tensors = load_hf(path)
-        directory, exclude = path, None
-    elif path.is_dir() and (path / "params.json").exists():
-        config, tensors = load_meta(path)
-        directory, exclude = path, None
-    else:
-        path = _llama2c_file(path)
-        config, tensors = load_llama2c(path)
-        directory, exclude = path.parent, path
+    found = _format_of(path).read(path)
+    config = found.config
     check_model_fits(config, str(path), weights_dtype)
-    tokenizer_path = Path(tokenizer) if tokenizer else find_tokenizer(directory, exclude=exclude)
-    tok = load_tokenizer(tokenizer_path, config.vocab_size) if tokenizer_path else None
+    if tokenizer:
+        tok = load_tokenizer(tokenizer, config.vocab_size)
+    elif found.tokenizer is not None:
+        tok = found.tokenizer
+    else:
+        tokenizer_path = find_tokenizer(found.directory, exclude=found.exclude)
+        tok = load_tokenizer(tokenizer_path, config.vocab_size) if tokenizer_path else None
     progress = _Progress(config.name or path.name)
-    return Model.from_tensors(config, tensors, tok, weights_dtype, progress)
+    return Model.from_tensors(config, found.tensors, tok, weights_dtype, progress)
 
 
 def read_config(path: str | Path) -> LlamaConfig:
     """A checkpoint's config without loading its weights (for calculators and `info`)."""
     path = Path(path)
+    return _format_of(path).read_config(path)
+
+
+def _format_of(path: Path) -> CheckpointFormat:
     if not path.exists():
-        raise CheckpointError(f"{path}: no such file or directory")
-    if path.is_dir() and (path / "config.json").exists():
-        return read_hf_config(path)
-    if path.is_dir() and (path / "params.json").exists():
-        # Llama 2's params.json has vocab_size -1: the embedding's shape says it. The tensors
-        # are memory-mapped, so this reads the pickle but not the weights.
-        return load_meta(path)[0]
-    return read_header(_llama2c_file(path))[1]
-
-
-def _llama2c_file(path: Path) -> Path:
-    if path.is_dir():
-        bins = [p for p in sorted(path.glob("*.bin")) if not p.name.startswith("tok")]
-        if len(bins) != 1:
-            found = ", ".join(p.name for p in bins) or "none"
-            raise CheckpointError(
-                f"{path}: not a checkpoint directory: looked for config.json (Hugging Face), "
-                f"params.json + consolidated.*.pth (Meta) or exactly one llama2.c .bin "
-                f"(not tok*.bin); found .bin files: {found}"
-            )
-        path = bins[0]
-    if path.suffix == ".gguf":
         raise CheckpointError(
-            f"{path}: GGUF (llama.cpp's format) is not supported; use the model's original "
-            f"checkpoint (a Hugging Face directory, a Meta download or a llama2.c .bin)"
+            f"{path}: no such file or directory; pass a checkpoint file or a directory holding one"
         )
-    if path.suffix != ".bin":
-        raise CheckpointError(
-            f"{path}: unknown checkpoint format {path.suffix or '(no suffix)'!r}: expected a "
-            f"llama2.c .bin file, or a directory "
-            f"with config.json (Hugging Face) or params.json + consolidated.*.pth (Meta)"
-        )
-    return path
+    for fmt in FORMATS:
+        if fmt.detect(path):
+            return fmt
+    raise CheckpointError(
+        f"{path}: not a file or directory that holds a checkpoint; formats read: "
+        f"{', '.join(f.name for f in FORMATS)}"
+    )
 
 
 class _Progress:

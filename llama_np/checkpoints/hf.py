@@ -27,7 +27,7 @@ import numpy as np
 
 from ..config import LlamaConfig, RopeScaling
 from ..errors import CheckpointError, ConfigError
-from ..model import tensor_names
+from ..schema import tensor_specs
 from .safetensors import read_safetensors_dir
 
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
@@ -39,6 +39,10 @@ LAYER_NAMES = {
     "attention.wk.weight": "self_attn.k_proj.weight",
     "attention.wv.weight": "self_attn.v_proj.weight",
     "attention.wo.weight": "self_attn.o_proj.weight",
+    "attention.wq.bias": "self_attn.q_proj.bias",  # optional: attention_bias checkpoints
+    "attention.wk.bias": "self_attn.k_proj.bias",
+    "attention.wv.bias": "self_attn.v_proj.bias",
+    "attention.wo.bias": "self_attn.o_proj.bias",
     "ffn_norm.weight": "post_attention_layernorm.weight",
     "feed_forward.w1.weight": "mlp.gate_proj.weight",
     "feed_forward.w2.weight": "mlp.down_proj.weight",
@@ -52,7 +56,7 @@ GLOBAL_NAMES = {
 
 
 def hf_name(meta_name: str) -> str:
-    """The Hugging Face name of a tensor named as in `model.tensor_names`."""
+    """The Hugging Face name of a tensor named as in schema.py."""
     if meta_name in GLOBAL_NAMES:
         return GLOBAL_NAMES[meta_name]
     _, i, rest = meta_name.split(".", 2)  # "layers", "3", "attention.wq.weight"
@@ -78,8 +82,8 @@ def load_hf(directory: Path) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
     if config.tie_embeddings:
         stored.pop("lm_head.weight", None)  # some tied checkpoints store the copy anyway
 
-    expected = {hf_name(n): (n, shape) for n, shape in tensor_names(config).items()}
-    missing = [n for n in expected if n not in stored]
+    expected = {hf_name(n): spec for n, spec in tensor_specs(config).items()}
+    missing = [n for n, spec in expected.items() if spec.required and n not in stored]
     extra = [n for n in stored if n not in expected]
     if missing or extra:
         raise CheckpointError(
@@ -88,13 +92,14 @@ def load_hf(directory: Path) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
             + (f"unexpected {_few(extra)}" if extra else "")
         )
     tensors = {}
-    for name, (meta_name, shape) in expected.items():
-        if stored[name].shape != shape:
+    for name, array in stored.items():
+        spec = expected[name]
+        if array.shape != spec.shape:
             raise CheckpointError(
-                f"{directory}: tensor {name} has shape {stored[name].shape}, but config.json "
-                f"implies {shape}"
+                f"{directory}: tensor {name} has shape {array.shape}, but config.json "
+                f"implies {spec.shape}"
             )
-        tensors[meta_name] = stored[name]
+        tensors[spec.name] = array
     return config, tensors
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from ..config import LlamaConfig
 from ..errors import CheckpointError, ConfigError
 from ..limits import check_model_fits
+from ..schema import end_specs, layer_specs
 
 MAGIC = 0x616B3432
 HEADER_BYTES = 256  # versioned files pad their header to this size
@@ -148,42 +149,52 @@ def load_llama2c(path: Path) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
     return config, tensors
 
 
+# llama2.c's file order: the order of its export scripts, by Meta name (schema.py gives the
+# shapes). Block tensors are stacked over the layers: one (L, ...) array each.
+_ORDER_V0 = (
+    "tok_embeddings.weight",
+    "attention_norm.weight",
+    "attention.wq.weight",
+    "attention.wk.weight",
+    "attention.wv.weight",
+    "attention.wo.weight",
+    "ffn_norm.weight",
+    "feed_forward.w1.weight",
+    "feed_forward.w2.weight",
+    "feed_forward.w3.weight",
+    "norm.weight",
+    "rope.cos",
+    "rope.sin",  # RoPE tables, (S_max, HD/2) each: skipped, we compute our own
+)
+_ORDER_V1 = (
+    "attention_norm.weight",
+    "ffn_norm.weight",
+    "norm.weight",
+    "tok_embeddings.weight",
+    "attention.wq.weight",
+    "attention.wk.weight",
+    "attention.wv.weight",
+    "attention.wo.weight",
+    "feed_forward.w1.weight",
+    "feed_forward.w2.weight",
+    "feed_forward.w3.weight",
+)
+
+
 def _file_layout(version: int, config: LlamaConfig) -> list[tuple[str, tuple[int, ...]]]:
     """(name, shape) of each array in file order; "layers.*" arrays are stacked: (L, ...)."""
-    L, D, F, V = config.n_layers, config.dim, config.hidden_dim, config.vocab_size
-    q_rows, kv_rows = config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
-    # Stacked matrices in file order, by kind: (name suffix, per-layer shape)
-    matrices = [
-        ("attention.wq.weight", (q_rows, D)),
-        ("attention.wk.weight", (kv_rows, D)),
-        ("attention.wv.weight", (kv_rows, D)),
-        ("attention.wo.weight", (D, q_rows)),
-        ("feed_forward.w1.weight", (F, D)),
-        ("feed_forward.w2.weight", (D, F)),
-        ("feed_forward.w3.weight", (F, D)),
-    ]
-    layout: list[tuple[str, tuple[int, ...]]]
-    if version == 0:
-        layout = [
-            ("tok_embeddings.weight", (V, D)),
-            ("attention_norm.weight", (L, D)),
-            *[(n, (L, *s)) for n, s in matrices[:4]],
-            ("ffn_norm.weight", (L, D)),
-            *[(n, (L, *s)) for n, s in matrices[4:]],
-            ("norm.weight", (D,)),
-            ("rope.cos", (config.max_seq_len, config.head_dim // 2)),
-            ("rope.sin", (config.max_seq_len, config.head_dim // 2)),
-        ]
-    else:
-        layout = [
-            ("attention_norm.weight", (L, D)),
-            ("ffn_norm.weight", (L, D)),
-            ("norm.weight", (D,)),
-            ("tok_embeddings.weight", (V, D)),
-            *[(n, (L, *s)) for n, s in matrices],
-        ]
+    block = {s.name.split(".", 2)[2]: s.shape for s in layer_specs(config, 0) if s.required}
+    first, last = end_specs(config)
+    ends = {s.name: s.shape for s in [first, *last]}
+    rope = (config.max_seq_len, config.head_dim // 2)
+    layout = []
+    for name in _ORDER_V0 if version == 0 else _ORDER_V1:
+        if name in block:
+            layout.append((name, (config.n_layers, *block[name])))
+        else:
+            layout.append((name, ends.get(name, rope)))
     if not config.tie_embeddings:
-        layout.append(("output.weight", (V, D)))
+        layout.append(("output.weight", ends["output.weight"]))
     return layout
 
 
@@ -205,3 +216,30 @@ def _dequantize_q8_0(raw: np.ndarray, shape: tuple[int, ...], group_size: int) -
     values = records[:, :per_mat].view(np.int8).reshape(n_mats, -1, group_size)
     scales = records[:, per_mat:].view(np.float32).reshape(n_mats, -1, 1)
     return (values.astype(np.float32) * scales).reshape(shape)  # (n_mats, n_groups, group)
+
+
+def llama2c_file(path: Path) -> Path:
+    """The llama2.c checkpoint at `path`: the file, or the one .bin (not tok*.bin) of a
+    directory; anything else is refused with what was expected."""
+    if path.is_dir():
+        bins = [p for p in sorted(path.glob("*.bin")) if not p.name.startswith("tok")]
+        if len(bins) != 1:
+            found = ", ".join(p.name for p in bins) or "none"
+            raise CheckpointError(
+                f"{path}: not a checkpoint directory: looked for config.json (Hugging Face), "
+                f"params.json + consolidated.*.pth (Meta) or exactly one llama2.c .bin "
+                f"(not tok*.bin); found .bin files: {found}"
+            )
+        path = bins[0]
+    if path.suffix == ".gguf":
+        raise CheckpointError(
+            f"{path}: GGUF (llama.cpp's format) is not supported; use the model's original "
+            f"checkpoint (a Hugging Face directory, a Meta download or a llama2.c .bin)"
+        )
+    if path.suffix != ".bin":
+        raise CheckpointError(
+            f"{path}: unknown checkpoint format {path.suffix or '(no suffix)'!r}: expected a "
+            f"llama2.c .bin file, or a directory "
+            f"with config.json (Hugging Face) or params.json + consolidated.*.pth (Meta)"
+        )
+    return path

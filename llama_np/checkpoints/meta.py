@@ -19,18 +19,9 @@ import numpy as np
 
 from ..config import LlamaConfig, RopeScaling
 from ..errors import CheckpointError, ConfigError
+from ..schema import split_of
 from .hf import read_json
 from .pth import read_pth
-
-SPLIT_ALONG_ROWS = (
-    "wq.weight",
-    "wk.weight",
-    "wv.weight",
-    "w1.weight",
-    "w3.weight",
-    "output.weight",
-)
-SPLIT_ALONG_COLUMNS = ("wo.weight", "w2.weight")
 
 
 def load_meta(directory: Path) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
@@ -117,10 +108,9 @@ def _merge_shards(directory: Path, shards: list[dict], dim) -> dict[str, np.ndar
     tensors = {}
     for name in names:
         parts = [shard[name] for shard in shards]
-        if name.endswith(SPLIT_ALONG_ROWS):
-            axis = 0
-        elif name.endswith(SPLIT_ALONG_COLUMNS):
-            axis = 1
+        split = split_of(name)  # schema.py: how each tensor is cut
+        if split:
+            axis = 0 if split == "out" else 1  # (out, in) matrices
         elif name == "tok_embeddings.weight":
             axis = 1 if parts[0].shape[1] * len(parts) == dim else 0
         else:  # norms: every shard has the whole vector

@@ -15,10 +15,11 @@ from .. import DEFAULT_CHECKPOINT, kernels, load
 from ..chat import CHAT_FORMATS, Chat
 from ..checkpoints.download import KNOWN_CHECKPOINTS, download
 from ..errors import ArgumentError, LlamaNpError
-from ..generate import GenerationStats, generate, generate_batch
+from ..generate import GenerationStats, generate, generate_batch_stream
 from ..hooks import break_at
 from ..packed import WEIGHT_DTYPES
 from ..sampling import SamplingParams
+from ..schema import n_params
 from ..tools.memory import nbytes
 from . import perf as cli_perf
 
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="maximum number of tokens to generate (default: 256)",
     )
     add_sampling_args(gen)
+    add_special_arg(gen)
     gen.add_argument(
         "--truncate-prompt",
         action="store_true",
@@ -164,7 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
         "model's context)",
     )
     add_sampling_args(chat)
+<<<<<<< HEAD
     add_kernels_arg(chat)
+=======
+    add_special_arg(chat)
+>>>>>>> main
     chat.set_defaults(run=run_chat)
 
     info = commands.add_parser("info", help="print a model's config, size and KV-cache memory")
@@ -235,6 +241,7 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+<<<<<<< HEAD
 def add_kernels_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--kernels",
@@ -242,6 +249,14 @@ def add_kernels_arg(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="how compressed weights multiply: numba (compiled, the default when installed: "
         "pip install -e '.[fast]') or numpy (widen pieces + BLAS); also $LLAMA_NP_KERNELS",
+=======
+def add_special_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--special",
+        action="store_true",
+        help="print special tokens the model generates (<|eot_id|>, </s>) by name; by default "
+        "they are left out of the text",
+>>>>>>> main
     )
 
 
@@ -255,22 +270,13 @@ def add_model_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def sampling_kwargs(args: argparse.Namespace) -> dict:
-    """The sampling flags as `generate` keyword arguments, checked (before any slow load)."""
-    params = SamplingParams(
-        args.temperature, args.top_k, args.top_p, args.min_p, args.repeat_penalty
-    )
-    return dict(
-        temperature=params.temperature,
-        top_k=params.top_k,
-        top_p=params.top_p,
-        min_p=params.min_p,
-        repetition_penalty=params.repetition_penalty,
-    )
+def sampling_params(args: argparse.Namespace) -> SamplingParams:
+    """The sampling flags as one SamplingParams, checked (before any slow load)."""
+    return SamplingParams(args.temperature, args.top_k, args.top_p, args.min_p, args.repeat_penalty)
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    sampling = sampling_kwargs(args)  # every argument is checked before the (slow) load
+    sampling = sampling_params(args)  # every argument is checked before the (slow) load
     if args.n_predict < 0:
         raise ArgumentError(f"-n/--n-predict must be >= 0, got {args.n_predict}")
     model = load(args.model, weights_dtype=args.weights_dtype)
@@ -280,16 +286,17 @@ def run_generate(args: argparse.Namespace) -> int:
     stats = GenerationStats()
     prompts = args.prompt or [""]
     if len(prompts) > 1:
-        return run_generate_batch(model, prompts, args, seed, stats)
+        return run_generate_batch(model, prompts, args, sampling, seed, stats)
     pieces = generate(
         model,
         prompts[0],
         args.n_predict,
-        **sampling,
+        sampling=sampling,
         seed=seed,
         stop=args.stop,
         stats=stats,
         truncate_prompt=args.truncate_prompt,
+        special=args.special,
     )
     if stats.prompt_tokens_dropped:
         print(
@@ -301,7 +308,7 @@ def run_generate(args: argparse.Namespace) -> int:
     finished = stream_pieces(pieces)
     sys.stdout.write("\n")
     if not finished:
-        stats.stop_reason = "interrupted"
+        stats.stop_reason = "interrupted"  # also when Ctrl-C came before the loop ran
     print_timings(stats, seed)
     if stats.stop_reason == "context_full":
         print(
@@ -341,7 +348,7 @@ def run_download(args: argparse.Namespace) -> int:
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    sampling = sampling_kwargs(args)  # checked before the (slow) load
+    sampling = sampling_params(args)  # checked before the (slow) load
     model = load(args.model)
     chat = Chat(model, args.chat_format, args.system, min(args.ctx_size, model.config.max_seq_len))
     seed = _seed(args)
@@ -368,12 +375,13 @@ def run_chat(args: argparse.Namespace) -> int:
             line.strip(),
             args.n_predict,
             stats=stats,
-            **sampling,
+            sampling=sampling,
             seed=seed + chat.turns,  # a different draw each turn, reproducible as a whole
+            special=args.special,
         )
         # Ctrl-C ends this reply, not the chat: the conversation keeps what was said so far.
         if not stream_pieces(_strip_first(pieces)):
-            stats.stop_reason = "interrupted"
+            stats.stop_reason = "interrupted"  # also when Ctrl-C came before the loop ran
         sys.stdout.write("\n")
         sys.stdout.flush()
         print_timings(stats, seed + chat.turns - 1)
@@ -394,21 +402,34 @@ def _strip_first(pieces: Iterator[str]) -> Iterator[str]:
         yield piece
 
 
-def run_generate_batch(model, prompts, args, seed: int, stats: GenerationStats) -> int:
-    """Several prompts decoded together; each text is printed when all are done."""
-    texts = generate_batch(
+def run_generate_batch(
+    model, prompts: list[str], args, sampling: SamplingParams, seed: int, stats: GenerationStats
+) -> int:
+    """Several prompts decoded together; each text is printed when all are done (or at Ctrl-C,
+    as far as each got)."""
+    texts = [""] * len(prompts)
+    pieces = generate_batch_stream(
         model,
         prompts,
         args.n_predict,
-        **sampling_kwargs(args),
+        sampling=sampling,
         seed=seed,
         stop=args.stop,
         stats=stats,
+        special=args.special,
     )
+    finished = True
+    try:
+        for b, piece in pieces:
+            texts[b] += piece
+    except KeyboardInterrupt:
+        finished = False
+        stats.stop_reason = "interrupted"
     for i, (prompt, text) in enumerate(zip(prompts, texts, strict=True)):
         sys.stdout.write(f"--- [{i}]\n{prompt}{text}\n")
+    sys.stdout.flush()
     print_timings(stats, seed)
-    return 0
+    return 0 if finished else EXIT_INTERRUPTED
 
 
 def print_timings(stats: GenerationStats, seed: int | None = None) -> None:
@@ -430,6 +451,7 @@ def print_timings(stats: GenerationStats, seed: int | None = None) -> None:
     print(
         f"llama-np: sampling {stats.sample_seconds * 1e3:.2f} ms for {stats.generated_tokens} "
         f"generated tokens; stopped: {stats.stop_reason}"
+        + (f" (per prompt: {', '.join(stats.stop_reasons)})" if len(stats.stop_reasons) > 1 else "")
         + (f"; seed {seed}" if seed is not None else ""),
         file=err,
     )
@@ -494,7 +516,7 @@ def run_info(args: argparse.Namespace) -> int:
         ("tied embeddings", c.tie_embeddings),
         ("BOS / stop ids", f"{c.bos_id} / {list(c.stop_ids)}"),
         ("tokenizer", type(model.tokenizer).__name__ if model.tokenizer else "none"),
-        ("parameters", f"{c.n_params:,}"),
+        ("parameters", f"{n_params(c):,}"),
         ("weights in memory (float32)", nbytes(model.weights_nbytes)),
         ("kernels (compressed weights)", kernels.describe()),
         ("KV cache per token (float32)", nbytes(c.kv_cache_bytes(1))),

@@ -37,7 +37,8 @@ def add_commands(commands) -> None:
         "--dtype",
         choices=list(memory.WEIGHT_DTYPES),
         default=memory.DEFAULT_DTYPE,
-        help="weight storage type; int8 = Q8_0, 34 bytes per 32 weights "
+        help="weight storage type, as llama_np stores it (--weights-dtype); int8 = 32 int8 "
+        "weights + a float32 scale, 36 bytes per 32 "
         f"(default: {memory.DEFAULT_DTYPE}, as Llama checkpoints are published)",
     )
     mem.add_argument(

@@ -1,24 +1,20 @@
-"""Tokenizers: text <-> token ids. Every tokenizer has the same small interface:
-
-encode(text, bos=True, eos=False) -> list[int]
-decode(ids) -> str
-token_bytes(id) -> bytes      the raw bytes one token adds (for streaming)
-vocab_size, bos_id, eos_id, adds_dummy_prefix
-
-and the kinds made for chat models also have: encode(..., allow_special=False) (special-token
-text becomes the special token only when allowed), special_tokens (name -> id),
-token_id(name), and chat_template (from tokenizer_config.json beside the file, or None).
+"""Tokenizers: text <-> token ids. Every tokenizer has the interface of `Tokenizer` below,
+and encode(..., allow_special=False): special-token text becomes the special token only when
+allowed, so text a user types never does.
 
 Kinds: llama2.c tokenizer.bin, SentencePiece tokenizer.model (Llama 2, TinyLlama), tiktoken
-tokenizer.model (Llama 3) and byte-level BPE tokenizer.json (Llama 3 HF repos, SmolLM).
+tokenizer.model (Llama 3), byte-level BPE tokenizer.json (Llama 3 HF repos, SmolLM), and GGUF
+tokenizer metadata (gguf.py: load_gguf_tokenizer, and gguf_tokenizer_metadata to write one).
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Protocol
 
 from ..errors import TokenizerError
+from .gguf import gguf_tokenizer_metadata, load_gguf_tokenizer
 from .hf_json import load_hf_json, read_chat_template
 from .llama2c import Llama2cTokenizer
 from .sentencepiece_model import SentencePieceTokenizer
@@ -28,9 +24,35 @@ __all__ = [
     "Llama2cTokenizer",
     "SentencePieceTokenizer",
     "TiktokenTokenizer",
+    "Tokenizer",
     "find_tokenizer",
+    "gguf_tokenizer_metadata",
+    "load_gguf_tokenizer",
     "load_tokenizer",
 ]
+
+
+class Tokenizer(Protocol):
+    """What every tokenizer provides (the generation loop, chat and tools rely on these)."""
+
+    vocab_size: int  # ids 0 .. vocab_size - 1
+    bos_id: int | None
+    eos_id: int | None
+    adds_dummy_prefix: bool  # SentencePiece-style: a space is put before the text
+    chat_template: str | None  # the checkpoint's (or GGUF file's) Jinja chat template, if any
+    special_tokens: dict[str, int]  # name -> id: control tokens (<s>, <|eot_id|>, ...)
+
+    def encode(self, text: str, bos: bool = True, eos: bool = False) -> list[int]: ...
+
+    def decode(self, ids: list[int], skip_special: bool = False) -> str:
+        """The text of `ids`, special tokens shown by name unless skip_special."""
+        ...
+
+    def token_bytes(self, token: int, special: bool = False) -> bytes:
+        """The raw bytes one token adds to the text (for streaming): b"" for a special token,
+        or its name with `special`."""
+        ...
+
 
 # Looked for in a checkpoint directory, in this order.
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer.bin")

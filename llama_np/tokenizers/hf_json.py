@@ -68,22 +68,11 @@ def load_hf_json(path: str | Path) -> TiktokenTokenizer:
         )
     pattern = _split_pattern(path, spec.get("pre_tokenizer"))
 
-    # Each alphabet character -> the Latin-1 character of its byte, so that
-    # token.translate(...).encode("latin-1") gives the token's bytes.
-    to_latin1 = str.maketrans({c: chr(b) for b, c in bytes_to_unicode().items()})
     added = {t["content"]: t["id"] for t in spec.get("added_tokens", [])}
-    ranks: dict[bytes, int] = {}
-    for token, i in model["vocab"].items():
-        if token in added:
-            continue
-        try:
-            ranks[token.translate(to_latin1).encode("latin-1")] = i
-        except UnicodeEncodeError:
-            raise TokenizerError(
-                f"{path}: vocab entry {token!r} (id {i}) is not in GPT-2's byte-level alphabet; "
-                f"not a byte-level BPE vocabulary"
-            ) from None
-    _check_merge_order(path, model.get("merges", []), model["vocab"])
+    vocab = {token: i for token, i in model["vocab"].items() if token not in added}
+    ranks = byte_level_ranks(vocab, str(path))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    check_merge_order(str(path), merges, model["vocab"])
 
     config = _read_config(path.parent / "tokenizer_config.json")
     # BOS: the special token the post-processor puts first (Llama 3), else the configured one.
@@ -100,6 +89,7 @@ def load_hf_json(path: str | Path) -> TiktokenTokenizer:
         eos_id=added.get(eos_name) if eos_name else None,
         add_bos=bool(add_bos),
         name=str(path),
+        merges=merges,
     )
 
 
@@ -147,17 +137,34 @@ def _split_pattern(path: Path, pre) -> str:
     )
 
 
-def _check_merge_order(path: Path, merges: list, vocab: dict[str, int]) -> None:
+def byte_level_ranks(vocab: dict[str, int], where: str) -> dict[bytes, int]:
+    """tiktoken's mergeable ranks from byte-level token strings: token bytes -> id."""
+    # Each alphabet character -> the Latin-1 character of its byte, so that
+    # token.translate(...).encode("latin-1") gives the token's bytes.
+    to_latin1 = str.maketrans({c: chr(b) for b, c in bytes_to_unicode().items()})
+    ranks: dict[bytes, int] = {}
+    for token, i in vocab.items():
+        try:
+            ranks[token.translate(to_latin1).encode("latin-1")] = i
+        except UnicodeEncodeError:
+            raise TokenizerError(
+                f"{where}: vocab entry {token!r} (id {i}) is not in GPT-2's byte-level "
+                f"alphabet; not a byte-level BPE vocabulary"
+            ) from None
+    return ranks
+
+
+def check_merge_order(where: str, merges: list[str], vocab: dict[str, int]) -> None:
     """tiktoken merges the pair whose merged token has the lowest rank; BPE applies merges in
     list order. With rank = id these agree only if ids never decrease along the merge list
     (several merges may make the same token)."""
     last = -1
     for merge in merges:
-        a, b = merge.split(" ", 1) if isinstance(merge, str) else merge
+        a, _, b = merge.partition(" ")
         i = vocab.get(a + b)
         if i is None or i < last:
             raise TokenizerError(
-                f"{path}: merge {a!r} + {b!r} "
+                f"{where}: merge {a!r} + {b!r} "
                 + ("makes a token not in the vocab" if i is None else "is out of id order")
                 + "; this vocabulary cannot be run as tiktoken ranks"
             )

@@ -16,6 +16,7 @@ from pathlib import Path
 import sentencepiece
 
 from ..errors import TokenizerError
+from .llama2c import Llama2cTokenizer, PieceType
 
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
@@ -40,16 +41,16 @@ class SentencePieceTokenizer:
             if processor.is_control(i)
         }
         self._bytes = [self._piece_bytes(i) for i in range(processor.vocab_size())]
+        self._special_bytes = list(self._bytes)  # the same, with control pieces by name
+        for name, i in self.special_tokens.items():
+            self._special_bytes[i] = name.encode()
         # Text of one special token, for encode(allow_special=True); longest names first
         self._special_re = (
             re.compile("|".join(re.escape(s) for s in sorted(self.special_tokens, key=len)[::-1]))
             if self.special_tokens
             else None
         )
-        # A prefix whose pieces are known, to encode text without the dummy prefix: the same
-        # trick transformers uses (encode "<unk>" + text and drop the pieces of "<unk>").
-        self._marker = "<unk>"
-        self._marker_len = len(processor.encode(self._marker))
+        self._continuation: Llama2cTokenizer | None = None  # made when first needed
 
     @classmethod
     def from_file(cls, path: str | Path) -> SentencePieceTokenizer:
@@ -122,13 +123,48 @@ class SentencePieceTokenizer:
             return []
         if dummy_prefix or not self.adds_dummy_prefix:
             return self.sp.encode(text)
-        return self.sp.encode(self._marker + text)[self._marker_len :]
+        # The library always prepends the space. Encoding a marker + text and dropping the
+        # marker's pieces (transformers' trick) loses text when the two merge ("<unk>" + "<"
+        # gives "><"), so run the same score-ordered BPE on this vocabulary ourselves.
+        if self._continuation is None:
+            sp = self.sp
+            self._continuation = Llama2cTokenizer(
+                [sp.id_to_piece(i).replace("\u2581", " ").encode() for i in range(sp.vocab_size())],
+                [sp.get_score(i) for i in range(sp.vocab_size())],
+                types=piece_types(sp),
+                space_symbol=True,
+                unk_id=sp.unk_id(),
+                name=self.name,
+            )
+        return self._continuation.encode(text, bos=False, eos=False, dummy_prefix=False)
 
-    def token_bytes(self, token: int) -> bytes:
-        """The bytes token `token` adds to the text (b"" for control tokens)."""
-        return self._bytes[token]
+    def token_bytes(self, token: int, special: bool = False) -> bytes:
+        """The bytes token `token` adds to the text: b"" for control tokens, or their name
+        with `special`."""
+        return self._special_bytes[token] if special else self._bytes[token]
 
-    def decode(self, ids: list[int]) -> str:
-        """Token ids -> text, dropping control tokens and the dummy-prefix space."""
-        text = b"".join(self._bytes[i] for i in ids).decode("utf-8", errors="replace")
+    def decode(self, ids: list[int], skip_special: bool = False) -> str:
+        """Token ids -> text, control tokens as their names ("<s>") unless `skip_special`.
+        The dummy-prefix space is removed from the very start only, so [<s>, ▁Hello] is
+        "<s> Hello" (as llama.cpp and Hugging Face's fast tokenizer show it) and "Hello"
+        with skip_special."""
+        table = self._bytes if skip_special else self._special_bytes
+        text = b"".join(table[i] for i in ids).decode("utf-8", errors="replace")
         return text[1:] if self.adds_dummy_prefix and text.startswith(" ") else text
+
+
+def piece_types(sp: sentencepiece.SentencePieceProcessor) -> list[PieceType]:
+    """Each piece's type, from the library's is_* queries (what llama.cpp's converter reads)."""
+    types = []
+    for i in range(sp.vocab_size()):
+        if sp.is_unknown(i):
+            types.append(PieceType.UNKNOWN)
+        elif sp.is_control(i):
+            types.append(PieceType.CONTROL)
+        elif sp.is_unused(i):
+            types.append(PieceType.UNUSED)
+        elif sp.is_byte(i):
+            types.append(PieceType.BYTE)
+        else:
+            types.append(PieceType.NORMAL)
+    return types

@@ -46,7 +46,9 @@ LLAMA3_SPECIAL_TOKENS = _LLAMA3_NAMED + [
 class TiktokenTokenizer:
     """Byte-level BPE with tiktoken: mergeable ranks + a split regex + special tokens.
 
-    `bos` adds `bos_id` only if `add_bos` (models like SmolLM start without one).
+    `bos` adds `bos_id` only if `add_bos` (models like SmolLM start without one); `eos=None`
+    adds `eos_id` if `add_eos`. `merges` keeps a tokenizer.json's merge list ("a b" strings in
+    GPT-2's byte alphabet), for writing the vocabulary out again (GGUF).
     """
 
     adds_dummy_prefix = False
@@ -61,10 +63,14 @@ class TiktokenTokenizer:
         eos_id: int | None,
         add_bos: bool = True,
         name: str = "",
+        *,
+        add_eos: bool = False,
+        merges: list[str] | None = None,
     ) -> None:
         self.name = name
         self.special_tokens = dict(special_tokens)
-        self.bos_id, self.eos_id, self.add_bos = bos_id, eos_id, add_bos
+        self.bos_id, self.eos_id, self.add_bos, self.add_eos = bos_id, eos_id, add_bos, add_eos
+        self.ranks, self.pattern, self.merges = mergeable_ranks, pat_str, merges
         self.encoding = tiktoken.Encoding(
             name or "llama_np",
             pat_str=pat_str,
@@ -72,10 +78,14 @@ class TiktokenTokenizer:
             special_tokens=self.special_tokens,
         )
         self.vocab_size = max(max(mergeable_ranks.values()), *special_tokens.values(), -1) + 1
-        # What each id adds to the text: its bytes, or nothing (special tokens, unused ids).
+        # What each id adds to the text: its bytes, or nothing (special tokens, unused ids);
+        # and the same with special tokens shown by name.
         self._bytes = [b""] * self.vocab_size
         for token, rank in mergeable_ranks.items():
             self._bytes[rank] = token
+        self._special_bytes = list(self._bytes)
+        for name, i in self.special_tokens.items():
+            self._special_bytes[i] = name.encode()
 
     @classmethod
     def from_file(cls, path: str | Path) -> TiktokenTokenizer:
@@ -99,25 +109,29 @@ class TiktokenTokenizer:
         return self.special_tokens[name]
 
     def encode(
-        self, text: str, bos: bool = True, eos: bool = False, *, allow_special: bool = False
+        self, text: str, bos: bool = True, eos: bool | None = None, *, allow_special: bool = False
     ) -> list[int]:
         """Text -> token ids. Special-token text such as "<|eot_id|>" is encoded as ordinary
-        text unless `allow_special` is set (so user text cannot inject control tokens)."""
+        text unless `allow_special` is set (so user text cannot inject control tokens).
+        `eos=None` adds EOS only if the tokenizer says so (add_eos)."""
         tokens = [self.bos_id] if bos and self.add_bos and self.bos_id is not None else []
         tokens += self.encoding.encode(
             text, allowed_special="all" if allow_special else set(), disallowed_special=()
         )
-        if eos and self.eos_id is not None:
+        if (self.add_eos if eos is None else eos) and self.eos_id is not None:
             tokens.append(self.eos_id)
         return tokens
 
-    def token_bytes(self, token: int) -> bytes:
-        """The bytes token `token` adds to the text (b"" for special tokens)."""
-        return self._bytes[token]
+    def token_bytes(self, token: int, special: bool = False) -> bytes:
+        """The bytes token `token` adds to the text: b"" for special tokens, or their name
+        with `special`."""
+        return self._special_bytes[token] if special else self._bytes[token]
 
-    def decode(self, ids: list[int]) -> str:
-        """Token ids -> text, dropping special tokens."""
-        return b"".join(self._bytes[i] for i in ids).decode("utf-8", errors="replace")
+    def decode(self, ids: list[int], skip_special: bool = False) -> str:
+        """Token ids -> text, special tokens as their names ("<|eot_id|>") unless
+        `skip_special`."""
+        table = self._bytes if skip_special else self._special_bytes
+        return b"".join(table[i] for i in ids).decode("utf-8", errors="replace")
 
 
 def read_tiktoken_ranks(path: Path) -> dict[bytes, int]:

@@ -7,13 +7,9 @@ FLOPs ÷ matmul FLOP/s, decode's by bytes read ÷ memory bandwidth.
 from __future__ import annotations
 
 from ..config import LlamaConfig
+from ..schema import matmul_params
 
-
-def matmul_params(config: LlamaConfig) -> int:
-    """Weights multiplied per token in the blocks (q, k, v, o, gate, up, down), all layers."""
-    D, F, HD = config.dim, config.hidden_dim, config.head_dim
-    qkvo = D * (config.n_heads + 2 * config.n_kv_heads) * HD + config.n_heads * HD * D
-    return config.n_layers * (qkvo + 3 * D * F)
+__all__ = ["decode_bytes", "forward_bytes", "forward_flops", "matmul_params"]
 
 
 def forward_flops(

@@ -17,37 +17,31 @@ from pathlib import Path
 
 from ..config import LlamaConfig
 from ..errors import ArgumentError, ConfigError
+from ..packed import GROUP_SIZE
+from ..schema import n_params, weights_nbytes
 from .costs import forward_bytes, forward_flops
 from .hardware import Hardware
 from .known_models import KNOWN_MODELS, known_config
 
-# Bytes per value. int8 is Q8_0 (llama.cpp, llama2.c's export): groups of 32 int8 weights with
-# one 2-byte scale each, 34 bytes per 32 weights; norm weights stay float32.
-Q8_GROUP, Q8_GROUP_BYTES = 32, 34
+# Average bytes per weight, for the roofline's bytes read. int8 is llama_np's Q8_0-style
+# storage: groups of packed.GROUP_SIZE int8 weights with one float32 scale each (36 bytes per
+# 32 weights). Exact totals come from schema.weights_nbytes, which the engine allocates.
 WEIGHT_DTYPES: dict[str, float] = {
     "fp32": 4.0,
     "bf16": 2.0,
     "fp16": 2.0,
-    "int8": Q8_GROUP_BYTES / Q8_GROUP,
+    "int8": 1 + 4 / GROUP_SIZE,
 }
 KV_DTYPES: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2}
 DEFAULT_DTYPE = "bf16"  # what Llama checkpoints are published in
 DEFAULT_KV_DTYPE = "bf16"  # what GPU engines keep the cache in (llama_np itself uses fp32)
 
 
-def norm_params(config: LlamaConfig) -> int:
-    """Parameters in RMSNorm weights: two (D,) per layer and the final one."""
-    return (2 * config.n_layers + 1) * config.dim
-
-
 def weight_bytes(config: LlamaConfig, dtype: str = DEFAULT_DTYPE) -> int:
-    """Bytes of all weights stored as `dtype` (a tied embedding/classifier counted once)."""
+    """Bytes of all weights stored as `dtype`, exactly as llama_np allocates them (a tied
+    embedding/classifier counted once; norms in float32)."""
     _check_dtype(dtype, WEIGHT_DTYPES, "--dtype")
-    if dtype == "int8":
-        matrices = config.n_params - norm_params(config)
-        groups = -(-matrices // Q8_GROUP)  # rounded up
-        return groups * Q8_GROUP_BYTES + norm_params(config) * 4
-    return config.n_params * int(WEIGHT_DTYPES[dtype])
+    return weights_nbytes(config, dtype)
 
 
 @dataclass(frozen=True)
@@ -84,7 +78,7 @@ def memory_report(
     mha = config.replace(n_kv_heads=config.n_heads).kv_cache_bytes(context, batch, kv_size)
     return MemoryReport(
         model=config.name,
-        n_params=config.n_params,
+        n_params=n_params(config),
         dtype=dtype,
         weight_bytes=weights,
         kv_dtype=kv_dtype,

@@ -1,17 +1,16 @@
 """Prefill vs decode, measured: time, FLOPs and bytes of every forward pass of a generation.
 
-`profile_generation` runs the prompt through `Model.prefill`, then greedy-decodes one token per
-`Model.decode` call, timing each call on its own. Each step's FLOPs and bytes come from the
-formulas in costs.py (llama_np holds weights and cache in float32: 4 bytes a value). Dividing
-by the time gives achieved GFLOP/s and GB/s, to hold against this machine's measured peaks:
-prefill multiplies each weight by T rows (many FLOPs per byte: compute-bound), decode by one
-row (2 FLOPs per 4-byte weight: memory-bound).
+`profile_generation` runs the generation loop (generate.py) greedily: the prompt through
+`Model.prefill`, then one token per `Model.decode` call, each call timed on its own. Each
+step's FLOPs and bytes come from the formulas in costs.py (llama_np holds weights and cache
+in float32: 4 bytes a value). Dividing by the time gives achieved GFLOP/s and GB/s, to hold
+against this machine's measured peaks: prefill multiplies each weight by T rows (many FLOPs
+per byte: compute-bound), decode by one row (2 FLOPs per 4-byte weight: memory-bound).
 """
 
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -19,7 +18,9 @@ import numpy as np
 
 from ..config import LlamaConfig
 from ..errors import ArgumentError, ContextLengthError
+from ..generate import GenerationStats, generate
 from ..model import Model
+from ..sampling import SamplingParams
 from .costs import forward_bytes, forward_flops
 from .machine import MachinePeaks
 
@@ -118,24 +119,26 @@ def profile_generation(
             f"{config.max_seq_len}; use a shorter prompt or a smaller -n"
         )
     result = Profile(config.name, peaks, list(prompt))
-    cache = model.new_cache(len(prompt) + n_decode)
     # Warm up, untimed: the first pass pays for page faults and BLAS thread start-up.
     model.decode(prompt[0], model.new_cache(1))
     model.prefill(prompt, model.new_cache(len(prompt)))
 
-    t0 = time.perf_counter()
-    logits = model.prefill(prompt, cache)
-    result.steps.append(_step("prefill", config, 0, len(prompt), time.perf_counter() - t0))
-
-    for _ in range(n_decode):
-        token = int(np.argmax(logits))  # greedy: the same text every run
-        result.generated.append(token)
-        pos = cache.length
-        t0 = time.perf_counter()
-        logits = model.decode(token, cache)
-        result.steps.append(_step("decode", config, pos, 1, time.perf_counter() - t0))
-    if model.tokenizer is not None:
-        result.text = model.tokenizer.decode(result.generated)
+    # The generation loop itself, greedy (the same text every run) and with no end token,
+    # so that it runs all n_decode steps; it times prefill and every decode step.
+    stats = GenerationStats()
+    pieces = generate(
+        model,
+        prompt,
+        n_decode + 1,  # the last sampled token is not run: n_decode decode steps
+        sampling=SamplingParams(temperature=0.0),
+        stop_ids=(),
+        stats=stats,
+    )
+    result.text = "".join(pieces)
+    result.generated = stats.tokens[:n_decode]
+    result.steps.append(_step("prefill", config, 0, len(prompt), stats.prefill_seconds))
+    for i, seconds in enumerate(stats.step_seconds):
+        result.steps.append(_step("decode", config, len(prompt) + i, 1, seconds))
     return result
 
 

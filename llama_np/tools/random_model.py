@@ -1,7 +1,7 @@
 """Models with random weights of any shape, built in memory: for benchmarks and tests.
 
 The shape decides the speed, not the values, so a random model of a known config (see
-registry.py) times like the real one. Weights are generated matrix by matrix directly in the
+known_models.py) times like the real one. Weights are generated matrix by matrix directly in the
 storage dtype, so an 8B-parameter shape in int8 or bf16 never needs its 32 GB of float32.
 """
 
@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import LlamaConfig
-from ..model import LayerWeights, Model, Weights, tensor_names
+from ..model import LAYER_FIELDS, LayerWeights, Model, Weights
 from ..packed import PackedRows, Scratch, check_weights_dtype, int8_group_size, pack
+from ..schema import layer_specs, tensor_names
 
 
 def random_model(
@@ -30,8 +31,6 @@ def random_model(
                 tensors[name] *= np.float32(std)
         return Model.from_tensors(config, tensors)
     scratch = Scratch()
-    D, F, V, HD = config.dim, config.hidden_dim, config.vocab_size, config.head_dim
-    H, KVH = config.n_heads, config.n_kv_heads
 
     def rows(n: int, k: int):
         """A random (n, k) matrix in the storage dtype."""
@@ -45,20 +44,21 @@ def random_model(
         w *= np.float32(std)
         return pack(weights_dtype, w, scratch)
 
-    def norm() -> np.ndarray:
-        return np.ones(D, dtype=np.float32)  # (D,)
+    # Each LayerWeights field from the schema's shapes of the tensors it stacks (model.py).
+    specs = {s.name.split(".", 2)[2]: s for s in layer_specs(config, 0) if s.required}
+
+    def field(names: tuple[str, ...]):
+        shapes = [specs[n].shape for n in names]
+        if len(shapes[0]) == 1:  # a norm
+            return np.ones(shapes[0], dtype=np.float32)
+        return rows(sum(shape[0] for shape in shapes), shapes[0][1]).T  # (in, sum of outs)
 
     layers = [
-        LayerWeights(
-            attn_norm=norm(),
-            wqkv=rows((H + 2 * KVH) * HD, D).T,  # (D, (H + 2*KVH) * HD)
-            wo=rows(D, H * HD).T,  # (H*HD, D)
-            mlp_norm=norm(),
-            w_gate_up=rows(2 * F, D).T,  # (D, 2F)
-            w_down=rows(D, F).T,  # (F, D)
-        )
+        LayerWeights(**{f: field(names) for f, names in LAYER_FIELDS.items() if names[0] in specs})
         for _ in range(config.n_layers)
     ]
+    V, D = config.vocab_size, config.dim
     embedding = rows(V, D)  # (V, D)
     classifier = embedding.T if config.tie_embeddings else rows(V, D).T  # (D, V)
-    return Model(config, Weights(embedding, layers, norm(), classifier))
+    final_norm = np.ones(D, dtype=np.float32)  # (D,)
+    return Model(config, Weights(embedding, layers, final_norm, classifier))
