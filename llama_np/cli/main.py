@@ -166,11 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
         "model's context)",
     )
     add_sampling_args(chat)
-<<<<<<< HEAD
-    add_kernels_arg(chat)
-=======
     add_special_arg(chat)
->>>>>>> main
+    add_kernels_arg(chat)
     chat.set_defaults(run=run_chat)
 
     info = commands.add_parser("info", help="print a model's config, size and KV-cache memory")
@@ -241,7 +238,6 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-<<<<<<< HEAD
 def add_kernels_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--kernels",
@@ -249,14 +245,15 @@ def add_kernels_arg(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="how compressed weights multiply: numba (compiled, the default when installed: "
         "pip install -e '.[fast]') or numpy (widen pieces + BLAS); also $LLAMA_NP_KERNELS",
-=======
+    )
+
+
 def add_special_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--special",
         action="store_true",
         help="print special tokens the model generates (<|eot_id|>, </s>) by name; by default "
         "they are left out of the text",
->>>>>>> main
     )
 
 
