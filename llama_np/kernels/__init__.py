@@ -104,7 +104,7 @@ def compiled(rows, n_rows: int) -> Callable[[np.ndarray, np.ndarray], None] | No
         return None
     from . import numba_jit
 
-    kernel = numba_jit.KINDS.get(rows.kind)
+    kernel = numba_jit.KINDS.get(getattr(rows, "kind", None))  # a stack of kinds has none
     if kernel is None:
         return None
 
