@@ -22,6 +22,7 @@ its NumPy path.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -34,6 +35,9 @@ ENV_VAR = "LLAMA_NP_KERNELS"
 # its row of weights once per activation row; past a few rows BLAS on widened pieces wins.
 MAX_ROWS = 8
 
+# Without OpenMP or TBB, numba's own thread pool ("workqueue") aborts the process if two Python
+# threads launch parallel kernels at once: kernels run one at a time (each uses every core).
+_LOCK = threading.Lock()
 _selected: str | None = None  # set by use(); None: from the environment / what is installed
 _numba_error: str | None = None  # why `import numba` failed, once tried
 
@@ -109,7 +113,9 @@ def compiled(rows, n_rows: int) -> Callable[[np.ndarray, np.ndarray], None] | No
         return None
 
     def run(x: np.ndarray, out: np.ndarray) -> None:
-        kernel(rows, np.ascontiguousarray(x, dtype=np.float32), out)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        with _LOCK:
+            kernel(rows, x, out)
 
     return run
 
