@@ -7,6 +7,9 @@ first. The other formats exist so that big models fit in memory: an 8B-parameter
 NumPy can only multiply float32 fast (BLAS); there is no fast float16 or int8 matmul. So a
 compressed matrix is widened to float32 a few rows at a time into one small preallocated
 scratch buffer, and each piece is multiplied right away, while it is still in the CPU cache.
+That is the reference path. With the optional compiled kernels (llama_np/kernels/, numba),
+decode's products instead widen each weight inside the dot product: `PackedTransposed`
+asks `kernels.compiled` first and falls back to this path.
 
     bf16  the top 16 bits of a float32: widening is a shift (exact)
     fp16  IEEE half precision: NumPy's cast (exact, but slower than the bf16 shift)
