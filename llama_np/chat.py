@@ -1,7 +1,9 @@
 """Chat: the prompt formats chat models were trained on, and a conversation with one KV cache.
 
-A chat model sees the whole conversation as one token sequence. Each format marks who speaks
-and where a turn ends:
+A chat model sees the whole conversation as one token sequence. By default it is written by
+the checkpoint's own Jinja chat template (chat_template.py), exactly as transformers writes it.
+A checkpoint without one (Meta's downloads, llama2.c) falls back to a built-in format; they
+also show plainly what the templates do. Each marks who speaks and where a turn ends:
 
 llama3  <|begin_of_text|><|start_header_id|>system<|end_header_id|>\\n\\nSYSTEM<|eot_id|>
         <|start_header_id|>user<|end_header_id|>\\n\\nUSER<|eot_id|>
@@ -16,23 +18,29 @@ chatml  <|im_start|>system\\nSYSTEM<|im_end|>\\n<|im_start|>user\\nUSER<|im_end|
 Special tokens are inserted by id, never parsed out of the user's text: a user who types
 "<|eot_id|>" gets those characters, not the end of their turn.
 
-`Chat` keeps one KV cache for the whole conversation. Each turn appends only the new tokens
-(the end of the previous reply, the user's message, the assistant header) and prefills just
-those; the cache then holds exactly `chat.tokens`, the formatted conversation so far.
+`Chat` keeps one KV cache for the whole conversation. Each turn writes the conversation so far
+as tokens (a built-in format appends the end of the previous reply, the user's message and
+the assistant header; a template re-renders everything), keeps the cached tokens that the new
+tokens start with, and prefills only the rest. A template that rewrites earlier turns (drops
+old reasoning, moves the system prompt, changes the date) makes the cache roll back to the
+first token that differs; `chat.last_turn` says so.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
 
-from .errors import ArgumentError
-from .generate import GenerationStats, generate
+from .chat_template import ChatTemplate
+from .errors import ArgumentError, LlamaNpError
+from .generate import GenerationStats, TextStream, generate
 from .kv_cache import KVCache
 from .model import Model
 from .tokenizers import Llama2cTokenizer, SentencePieceTokenizer
 
-CHAT_FORMATS = ("llama3", "llama2", "zephyr", "chatml")
+BUILTIN_FORMATS = ("llama3", "llama2", "zephyr", "chatml")
+CHAT_FORMATS = ("template", *BUILTIN_FORMATS)  # "template": the checkpoint's own
 
 
 class ChatFormat(ABC):
@@ -62,6 +70,14 @@ class ChatFormat(ABC):
 
     def reply(self, text: str) -> list[int]:
         return _text(self.tokenizer)(text.strip())
+
+    def conversation(self, messages: list[dict[str, str]], history: list[int]) -> list[int]:
+        """The conversation ready for the reply: `history` (the tokens so far, ending with the
+        last reply) + the end of that reply + the new user turn, or the first turn."""
+        if history:
+            return history + self.end_reply() + self.next_turn(messages[-1]["content"])
+        system = messages[0]["content"] if messages[0]["role"] == "system" else None
+        return self.start(system, messages[-1]["content"])
 
     def dialog(self, messages: list[dict[str, str]]) -> list[int]:
         """A whole conversation ([system,] user, assistant, ..., user) ready for the reply."""
@@ -250,26 +266,43 @@ def detect_chat_format(tokenizer) -> str:
     raise ArgumentError(
         "cannot tell this model's chat format from its tokenizer"
         + (" and chat template" if template else " (no chat template)")
-        + f"; pass --chat-format ({'|'.join(CHAT_FORMATS)})"
+        + f"; pass --chat-format ({'|'.join(BUILTIN_FORMATS)})"
     )
 
 
-def make_chat_format(tokenizer, name: str | None = None) -> ChatFormat:
-    """The chat format `name`, or the model's own when None."""
+def make_chat_format(tokenizer, name: str | None = None) -> ChatFormat | ChatTemplate:
+    """The chat format `name`: "template" (the checkpoint's own Jinja template) or a built-in
+    one. None picks the template when the tokenizer has one, else the built-in format that
+    detect_chat_format recognises."""
     if tokenizer is None:
         raise ArgumentError("this model has no tokenizer; chat needs one (pass its path)")
-    name = name or detect_chat_format(tokenizer)
+    if name is None:
+        name = "template" if getattr(tokenizer, "chat_template", None) else None
+        name = name or detect_chat_format(tokenizer)
+    if name == "template":
+        return ChatTemplate(tokenizer)
     if name not in _FORMATS:
         raise ArgumentError(f"unknown chat format {name!r}; expected one of {CHAT_FORMATS}")
     return _FORMATS[name](tokenizer)
 
 
+@dataclass
+class Turn:
+    """How a turn used the KV cache."""
+
+    reused: int  # tokens of the conversation whose keys and values were already cached
+    prefilled: int  # tokens prefilled this turn
+    rewritten_at: int | None = None  # the first cached token the new rendering changed, if any
+
+
 class Chat:
     """A conversation with a model: one KV cache and the tokens in it.
 
-    chat.tokens is the formatted conversation so far; the cache holds its keys and values, so
-    each turn prefills only what is new. The token that ended a reply is not in the cache
-    (generation stops before running it); the next turn starts with end_reply() instead.
+    chat.messages is the conversation ({"role", "content"} dicts, the system prompt first);
+    chat.tokens is it written out as the model sees it; the cache holds their keys and
+    values, so each turn prefills only what is new. The token that ended a reply is not in the
+    cache (generation stops before running it), and neither is the last token of a reply cut
+    off by max_new_tokens: the next turn's tokens start where the cache ends.
     """
 
     def __init__(
@@ -281,11 +314,21 @@ class Chat:
     ) -> None:
         self.model = model
         self.format = make_chat_format(model.tokenizer, chat_format)
-        self.system = system
+        self.messages: list[dict[str, str]] = (
+            [{"role": "system", "content": system}] if system is not None else []
+        )
         self.cache: KVCache = model.new_cache(max_seq_len)
         self.tokens: list[int] = []  # the conversation as the model sees it
         self.stop_ids = self.format.stop_ids | set(model.config.stop_ids)
         self.turns = 0
+        self.last_turn: Turn | None = None
+
+    @property
+    def format_name(self) -> str:
+        """The format, and for a template where it came from."""
+        if isinstance(self.format, ChatTemplate):
+            return f"template ({self.format.source})"
+        return self.format.name
 
     def send(
         self,
@@ -296,24 +339,49 @@ class Chat:
     ) -> Iterator[str]:
         """Add the user's message and stream the model's reply (sampling as in `generate`)."""
         stats = stats if stats is not None else GenerationStats()
-        if self.tokens:
-            turn = self.format.end_reply() + self.format.next_turn(user)
-        else:
-            turn = self.format.start(self.system, user)
-        # Prefill everything the cache has not seen: this turn, and the previous reply's last
-        # token when max_new_tokens cut that reply off (generation does not run it).
-        pieces = generate(
-            self.model,
-            self.tokens[self.cache.length :] + turn,
-            max_new_tokens,
-            stats=stats,
-            stop_ids=self.stop_ids,
-            cache=self.cache,
-            **sampling,
-        )  # raises ContextLengthError, leaving the conversation as it was, if it does not fit
-        self.tokens += turn
+        messages = [*self.messages, {"role": "user", "content": user}]
+        tokens = self.format.conversation(messages, self.tokens)
+        # Keep the cached tokens the new conversation starts with (all of them, unless the
+        # template rewrote history), but prefill at least one token: its logits start the reply.
+        cached = self.cache.length
+        keep = _common_prefix(tokens, self.tokens[:cached])
+        keep = max(0, min(keep, len(tokens) - 1))
+        self.cache.lengths[0] = keep  # roll back past the first changed token (if any)
+        try:
+            pieces = generate(
+                self.model,
+                tokens[keep:],
+                max_new_tokens,
+                stats=stats,
+                stop_ids=self.stop_ids,
+                cache=self.cache,
+                **sampling,
+            )
+        except LlamaNpError:  # it does not fit, ...: the conversation stays as it was
+            self.cache.lengths[0] = cached
+            raise
+        self.last_turn = Turn(keep, len(tokens) - keep, keep if keep < cached else None)
+        self.tokens = tokens
+        self.messages = messages
         self.turns += 1
         try:
             yield from pieces
         finally:
             self.tokens += stats.tokens
+            self.messages.append({"role": "assistant", "content": self._text(tokens, stats.tokens)})
+
+    def _text(self, prompt: list[int], reply: list[int]) -> str:
+        """A reply's text for the next rendering: as streamed, without special tokens (also
+        when `special=True` showed their names)."""
+        stream = TextStream(self.model.tokenizer, prompt[-1] == self.model.config.bos_id)
+        return "".join(stream.push(t) for t in reply) + stream.flush()
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens a and b share."""
+    n = 0
+    for x, y in zip(a, b, strict=False):  # they may differ in length
+        if x != y:
+            break
+        n += 1
+    return n

@@ -74,7 +74,7 @@ class KVCache:
         end are stale, and attention masks them.
         """
         T = k.shape[2]
-        end = int(starts.max()) + T
+        end = int(starts.max() if len(starts) > 1 else starts[0]) + T
         if end > self.max_seq_len:
             raise ContextLengthError(
                 f"KV cache write at positions up to {end - 1} is past max_seq_len "

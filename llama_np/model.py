@@ -17,6 +17,7 @@ in how many rows go through it and how the result is used.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -89,12 +90,12 @@ class Step:
     starts: np.ndarray  # (B,) position of each sequence's first new token
     n_tokens: int  # T
 
-    @property
+    @functools.cached_property  # computed once per pass, read by every block
     def positions(self) -> np.ndarray:
         """(R,) the position of every row, sequence by sequence."""
         return (self.starts[:, None] + np.arange(self.n_tokens)).ravel()
 
-    @property
+    @functools.cached_property
     def ends(self) -> np.ndarray:
         """(B,) positions each sequence holds after this pass: its keys 0..end-1 are visible."""
         return self.starts + self.n_tokens

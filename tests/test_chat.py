@@ -91,7 +91,9 @@ def test_chatml_format_matches_hf_tokenizers(smollm):
         {"role": "user", "content": "Bye"},
     ]
     fixture = EXPECTED["hf_smollm_chatml"]
-    assert make_chat_format(smollm).dialog(dialog) == fixture["ids"]
+    assert make_chat_format(smollm, "chatml").dialog(dialog) == fixture["ids"]
+    # The checkpoint's own template (tokenizer_config.json) is the default and agrees.
+    assert make_chat_format(smollm).encode(dialog) == fixture["ids"]
 
 
 def test_user_text_cannot_inject_special_tokens(llama3):

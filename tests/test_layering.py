@@ -3,7 +3,7 @@
     core        errors, config, schema, dtypes, packed, kernels/, layers, kv_cache, hooks,
                 limits, numerics, model
     formats     checkpoints/, tokenizers/
-    generation  sampling, generate, chat
+    generation  sampling, generate, chat, chat_template
     api         llama_np/__init__.py (what `import llama_np` offers)
     tools       tools/ (costs, memory, machine, profile, trace, ...)
     cli         cli/, __main__
@@ -32,7 +32,7 @@ def layer_of(module: str) -> str:
         return "core"
     if top in ("checkpoints", "tokenizers"):
         return "formats"
-    if top in ("sampling", "generate", "chat"):
+    if top in ("sampling", "generate", "chat", "chat_template"):
         return "generation"
     if top == "tools":
         return "tools"

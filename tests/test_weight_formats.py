@@ -6,7 +6,7 @@ import pytest
 import llama_np
 from llama_np import cli
 from llama_np.dtypes import bfloat16_from_float32, to_float32
-from llama_np.errors import ArgumentError
+from llama_np.errors import ArgumentError, NumericalError
 from llama_np.generate import generate_batch
 from llama_np.packed import GROUP_SIZE, PackedRows, Scratch, pack
 from llama_np.tools.known_models import known_config
@@ -110,3 +110,21 @@ def test_cli_generates_for_several_prompts(capsys):
                      "--weights-dtype", "int8"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "--- [0]\nLily" in out and "--- [1]\nTom" in out
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16", "int8"])
+def test_nan_in_compressed_weights_is_located(dtype):
+    """The NaN locator reads packed matrices too (piece by piece, as they are multiplied)."""
+    model = llama_np.load(weights_dtype=dtype)
+    packed = model.weights.layers[2].w_gate_up.packed  # (2F, D) rows
+    if dtype == "int8":
+        packed.scales[7, 0, 0] = np.nan
+    elif dtype == "bf16":
+        packed.data.view(np.uint16)[7, 3] = 0x7FC0  # a bfloat16 NaN
+    else:
+        packed.data[7, 3] = np.float16(np.nan)
+    with pytest.raises(NumericalError) as e:
+        llama_np.generate_text(model, "Once upon a time", 5)
+    message = str(e.value)
+    assert "layer 2 (MLP) produced NaN/Inf" in message
+    assert "layers.2.feed_forward.w1.weight" in message and "corrupt" in message

@@ -146,7 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--chat-format",
         choices=CHAT_FORMATS,
         default=None,
-        help="prompt format (default: the model's own, from its tokenizer files)",
+        help="prompt format: template = the checkpoint's own Jinja chat template, or a "
+        "built-in format (default: the template when the checkpoint has one, else the built-in "
+        "format its tokenizer suggests)",
     )
     chat.add_argument(
         "-n",
@@ -351,7 +353,7 @@ def run_chat(args: argparse.Namespace) -> int:
     seed = _seed(args)
     interactive = sys.stdin.isatty()
     print(
-        f"llama-np: chat format {chat.format.name}, KV cache of {chat.cache.max_seq_len} tokens; "
+        f"llama-np: chat format {chat.format_name}, KV cache of {chat.cache.max_seq_len} tokens; "
         f"one message per line, end with Ctrl-D",
         file=sys.stderr,
     )
@@ -382,11 +384,24 @@ def run_chat(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         sys.stdout.flush()
         print_timings(stats, seed + chat.turns - 1)
-        print(
-            f"llama-np: turn {chat.turns}: prefilled only the {stats.prompt_tokens} new tokens; "
-            f"the KV cache holds {chat.cache.length} tokens of conversation",
-            file=sys.stderr,
+        print(f"llama-np: turn {chat.turns}: {describe_turn(chat)}", file=sys.stderr)
+
+
+def describe_turn(chat: Chat) -> str:
+    """How a chat turn used the KV cache, for the timing lines."""
+    turn, held = chat.last_turn, chat.cache.length
+    if turn is None:  # Ctrl-C came before the turn started
+        return f"nothing prefilled; the KV cache holds {held} tokens of conversation"
+    if turn.rewritten_at is None:
+        return (
+            f"prefilled only the {turn.prefilled} new tokens; the KV cache holds {held} tokens "
+            f"of conversation"
         )
+    return (
+        f"the chat template wrote the earlier conversation differently from token "
+        f"{turn.rewritten_at} on, so the KV cache was rolled back there and {turn.prefilled} "
+        f"tokens were prefilled again (not only the new ones); it holds {held} tokens"
+    )
 
 
 def _strip_first(pieces: Iterator[str]) -> Iterator[str]:

@@ -1,6 +1,8 @@
 """Tokenizers: text <-> token ids. Every tokenizer has the interface of `Tokenizer` below,
 and encode(..., allow_special=False): special-token text becomes the special token only when
-allowed, so text a user types never does.
+allowed, so text a user types never does. load_tokenizer also sets chat_template_source (where
+the chat template came from: chat_template.jinja or tokenizer_config.json) and template_tokens
+(the special-token strings of tokenizer_config.json, which a chat template is rendered with).
 
 Kinds: llama2.c tokenizer.bin, SentencePiece tokenizer.model (Llama 2, TinyLlama), tiktoken
 tokenizer.model (Llama 3), byte-level BPE tokenizer.json (Llama 3 HF repos, SmolLM), and GGUF
@@ -15,7 +17,7 @@ from typing import Protocol
 
 from ..errors import TokenizerError
 from .gguf import gguf_tokenizer_metadata, load_gguf_tokenizer
-from .hf_json import load_hf_json, read_chat_template
+from .hf_json import load_hf_json, read_chat_template, read_template_tokens
 from .llama2c import Llama2cTokenizer
 from .sentencepiece_model import SentencePieceTokenizer
 from .tiktoken_bpe import TiktokenTokenizer
@@ -102,7 +104,9 @@ def load_tokenizer(path: str | Path, vocab_size: int | None = None):
             f"{vocab_size}; it belongs to another model: use the tokenizer the model was "
             f"trained with"
         )
-    tokenizer.chat_template = read_chat_template(path.parent)
+    # The checkpoint's chat template and the special-token strings it is rendered with.
+    tokenizer.chat_template, tokenizer.chat_template_source = read_chat_template(path.parent)
+    tokenizer.template_tokens = read_template_tokens(path.parent)
     return tokenizer
 
 

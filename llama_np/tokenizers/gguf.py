@@ -117,6 +117,7 @@ def load_gguf_tokenizer(
     if template is not None and not isinstance(template, str):
         raise TokenizerError(f"{name}: {CHAT_TEMPLATE} must be a string, got {type(template)}")
     tokenizer.chat_template = template
+    tokenizer.chat_template_source = f"{name}: {CHAT_TEMPLATE}" if template else None
     return tokenizer
 
 

@@ -198,11 +198,37 @@ def _leading_special(post) -> str | None:
     return None
 
 
-def read_chat_template(directory: Path) -> str | None:
-    """The chat template in tokenizer_config.json, if any (a string, or the "default" one
-    of a list of named templates)."""
-    template = _read_config(directory / "tokenizer_config.json").get("chat_template")
+def read_chat_template(directory: Path) -> tuple[str | None, str | None]:
+    """The chat template beside a tokenizer, and where it came from: chat_template.jinja
+    (where newer transformers saves it), else tokenizer_config.json's "chat_template" (a
+    string, or the "default" one of a list of named templates). (None, None) if there is none."""
+    jinja_file = directory / "chat_template.jinja"
+    if jinja_file.is_file():
+        try:
+            return jinja_file.read_text(encoding="utf-8"), str(jinja_file)
+        except UnicodeDecodeError as e:
+            raise TokenizerError(f"{jinja_file}: not UTF-8 text ({e})") from None
+    config_file = directory / "tokenizer_config.json"
+    template = _read_config(config_file).get("chat_template")
     if isinstance(template, list):
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = named.get("default")
-    return template if isinstance(template, str) else None
+    if not isinstance(template, str):
+        return None, None
+    return template, f"{config_file} (chat_template)"
+
+
+# The special-token strings tokenizer_config.json may set; a chat template sees them by name.
+TEMPLATE_TOKEN_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
+
+
+def read_template_tokens(directory: Path) -> dict:
+    """tokenizer_config.json's special-token strings, as transformers passes them to a chat
+    template (bos_token, eos_token, unk_token, pad_token, additional_special_tokens)."""
+    config = _read_config(directory / "tokenizer_config.json")
+    tokens = {k: _token_name(config.get(k)) for k in TEMPLATE_TOKEN_KEYS}
+    tokens = {k: v for k, v in tokens.items() if isinstance(v, str)}
+    extra = config.get("additional_special_tokens")
+    if isinstance(extra, list) and extra:
+        tokens["additional_special_tokens"] = [_token_name(t) for t in extra]
+    return tokens
