@@ -77,10 +77,9 @@ def half_bits(h) -> np.float32:
 
 
 @njit(**JIT)
-def matmul_int8(q, scales, x, out, shift):
-    """q (N, K) int8, scales (N, K/G, 1) float32: G weights per scale. G = 2^shift (32) runs as
-    one loop over the row, each weight times its group's scale (`j >> shift`); other group
-    sizes (tiny models' rows; shift = -1) as a loop per group."""
+def matmul_int8(q, scales, x, out):
+    """q (N, K) int8, scales (N, K/G, 1) float32: G weights per scale (32, or fewer for tiny
+    models' rows)."""
     N, K = q.shape
     group = K // scales.shape[1]
     for n in prange(N):
@@ -88,23 +87,13 @@ def matmul_int8(q, scales, x, out, shift):
         for b in range(x.shape[0]):
             xb = x[b]
             total = np.float32(0)
-            if shift >= 0:
-                for j in range(K):
-                    total += np.float32(row[j]) * sc[j >> shift] * xb[j]
-            else:
-                for g in range(K // group):
-                    k0 = g * group
-                    s = np.float32(0)
-                    for j in range(group):
-                        s += np.float32(row[u(k0 + j)]) * xb[u(k0 + j)]
-                    total += s * sc[g]
+            for g in range(K // group):
+                k0 = g * group
+                s = np.float32(0)
+                for j in range(group):
+                    s += np.float32(row[u(k0 + j)]) * xb[u(k0 + j)]
+                total += s * sc[g]
             out[b, n] = total
-
-
-def _int8(rows, x, out) -> None:
-    group = rows.data.shape[1] // rows.scales.shape[1]
-    shift = group.bit_length() - 1 if group & (group - 1) == 0 else -1
-    matmul_int8(rows.data, rows.scales, x, out, shift)
 
 
 @njit(**JIT)
@@ -397,7 +386,7 @@ def matmul_q6_k(raw, x, out, sub):
 # ---------------------------------------------------------------- by storage kind
 # packed.PackedRows kind -> kernel(rows, x, out): x (B, K) float32 C-contiguous, out (B, N).
 KINDS = {
-    "int8": _int8,
+    "int8": lambda r, x, out: matmul_int8(r.data, r.scales, x, out),
     "bf16": lambda r, x, out: matmul_bf16(r.data.view(np.uint16), x, out),
     "fp16": lambda r, x, out: matmul_fp16(r.data.view(np.uint16), x, out),
     "fp32": lambda r, x, out: matmul_fp32(r.data, x, out),
