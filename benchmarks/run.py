@@ -1,6 +1,7 @@
 """Benchmark llama_np against this machine's limits (and HF transformers, when installed).
 
-    python benchmarks/run.py                 # full run: ~10-20 minutes on 2 cores
+    python benchmarks/run.py                 # full run: ~20 minutes on 2 cores (quiet)
+    LLAMA_CPP_BIN=DIR python benchmarks/run.py   # + llama.cpp (llama-bench, llama-quantize in DIR)
     python benchmarks/run.py --quick         # fewer repetitions, no 8B model
     python benchmarks/run.py --models stories15M,stories110M --batch-sizes 1,4
 
@@ -9,7 +10,10 @@ prefill tokens/s (256- and 1024-token prompts where the context allows) and deco
 (prompt excluded), as the median and min/max over several runs, each next to its roofline
 bound: decode cannot beat bandwidth / bytes read per token, prefill cannot beat sgemm FLOP/s /
 FLOPs per token. Models are random weights of known shapes (registry.py), except stories260K,
-the real bundled checkpoint. Writes benchmarks/results/latest.json and latest.md.
+the real bundled checkpoint. Then, each in a fresh process: load time and peak RSS from a bf16
+safetensors file (beside transformers'), the first prefill against warm ones (time to first
+token), decode with each kernel layer (--kernels), and llama.cpp on F32/Q8_0/Q4_K_M GGUFs
+(--llama-cpp DIR or $LLAMA_CPP_BIN). Writes benchmarks/results/latest.json and latest.md.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -36,9 +41,17 @@ from llama_np.tools import costs, machine  # noqa: E402
 from llama_np.tools.known_models import known_config  # noqa: E402
 from llama_np.tools.random_model import random_model  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import llama_cpp  # noqa: E402
+from checkpoint_files import write_hf  # noqa: E402
+
 DEFAULT_MODELS = "stories260K,stories15M,stories110M,tinyllama-1.1b"
 KERNEL_DTYPES = ("fp32", "int8", "bf16", "fp16")  # the kernel layer on/off, on --kernel-model
 BIG_MODEL = "llama-3.1-8b"
+DEFAULT_LOAD_MODELS = "stories110M,tinyllama-1.1b"
+DEFAULT_LLAMA_CPP_MODELS = "stories110M,tinyllama-1.1b"
+TTFT_MODEL = "smollm2-135m"  # an 8192-token context
+TTFT_PROMPT = 256
 DECODE_PROMPT = 16  # tokens prefilled before the timed decode steps
 WEIGHT_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 1.0 + 4 / 32}  # per parameter
 
@@ -112,45 +125,105 @@ def available_memory() -> int:
     return 0
 
 
-def memory_probe(name: str, weights_dtype: str, n_prompt: int, n_new: int) -> dict:
-    """Peak RSS while generating, measured in this (fresh) process; printed as JSON."""
+def status(field: str) -> int:
+    """A size field of /proc/self/status (VmRSS, VmHWM), in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
 
-    def status(field: str) -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError(f"{field} not in /proc/self/status")
 
-    baseline = status("VmRSS")  # interpreter + numpy, before any model exists
-    model = build(name, weights_dtype)
-    gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")  # reset the peak: count generation only
+def load_probe(path: str, weights_dtype: str, n_prompt: int, n_new: int) -> dict:
+    """In a fresh process: load a checkpoint file, generate; load time and peak RSS."""
+    interpreter = status("VmRSS")  # Python, NumPy and llama_np imported, no model yet
+    t0 = time.perf_counter()
+    model = load(path, weights_dtype=weights_dtype)
+    load_seconds = time.perf_counter() - t0
+    load_peak = status("VmHWM")
+    n_prompt = min(n_prompt, model.config.max_seq_len - n_new)  # stories15M: 256 positions
     cache = model.new_cache(n_prompt + n_new)
     logits = model.prefill(tokens(model.config, n_prompt), cache)
     for _ in range(n_new):  # greedy decoding, as generate() does (random models lack a tokenizer)
         logits = model.decode(int(logits.argmax()), cache)
-    peak = status("VmHWM")
-    weights = model.weights_nbytes
-    kv = model.config.kv_cache_bytes(n_prompt + n_new)
     return {
-        "model": name,
         "weights_dtype": weights_dtype,
-        "baseline_rss": baseline,
-        "peak_rss": peak,
-        "weights_bytes": weights,
-        "kv_bytes": kv,
-        "overhead": (peak - baseline) / (weights + kv) - 1,
+        "interpreter_rss": interpreter,
+        "load_seconds": load_seconds,
+        "load_peak_rss": load_peak,
+        "peak_rss": status("VmHWM"),
+        "weights_bytes": model.weights_nbytes,
+        "kv_bytes": cache.nbytes,
     }
 
 
-def measure_memory(name: str, weights_dtype: str, n_prompt: int, n_new: int) -> dict | None:
-    cmd = [sys.executable, __file__, "--memory-probe", name, "--weights-dtype", weights_dtype]
-    cmd += ["--probe-tokens", f"{n_prompt},{n_new}"]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+def hf_load_probe(path: str, n_prompt: int, n_new: int) -> dict:
+    """The same in HF transformers: from_pretrained to float32, then greedy generation."""
+    import torch
+    import transformers
+
+    torch.set_num_threads(2)
+    interpreter = status("VmRSS")
+    t0 = time.perf_counter()
+    model = transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    load_seconds = time.perf_counter() - t0
+    load_peak = status("VmHWM")
+    n_prompt = min(n_prompt, model.config.max_position_embeddings - n_new)
+    ids = torch.tensor([tokens(model.config, n_prompt)])
+    with torch.inference_mode():
+        model.generate(ids, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False)
+    return {
+        "interpreter_rss": interpreter,
+        "load_seconds": load_seconds,
+        "load_peak_rss": load_peak,
+        "peak_rss": status("VmHWM"),
+        "versions": f"transformers {transformers.__version__}, torch {torch.__version__}",
+    }
+
+
+def ttft_probe(name: str, n_prompt: int, repeats: int) -> dict:
+    """In a fresh process: the first prefill into a new full-context cache, then warm ones."""
+    model = build(name)
+    prompt = tokens(model.config, n_prompt)
+    cache = model.new_cache()  # the whole context, as generate() allocates it
+    t0 = time.perf_counter()
+    model.prefill(prompt, cache)
+    fresh = time.perf_counter() - t0
+    warm = []
+    for _ in range(repeats):
+        cache.reset()
+        t0 = time.perf_counter()
+        model.prefill(prompt, cache)
+        warm.append(time.perf_counter() - t0)
+    return {"model": name, "n_prompt": n_prompt, "context": cache.max_seq_len,
+            "fresh_seconds": fresh, "warm": spread(warm)}  # fmt: skip
+
+
+def decode_probe(name: str, weights_dtype: str, n_steps: int, repeats: int) -> dict:
+    """Decode tok/s in a fresh process (run with the kernel layer chosen by its environment)."""
+    return spread(time_decode(build(name, weights_dtype), n_steps, repeats))
+
+
+PROBES = {"load": load_probe, "hf-load": hf_load_probe, "ttft": ttft_probe, "decode": decode_probe}
+
+
+def run_probe(kind: str, *args, env: dict | None = None) -> dict | None:
+    """Run a probe in a fresh interpreter (its own peak RSS, nothing warmed up); None if it
+    fails (the reason goes to stderr)."""
+    cmd = [sys.executable, __file__, "--probe", kind, *map(str, args)]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode:
-        print(f"  memory probe failed: {done.stderr.strip()[-300:]}", file=sys.stderr)
+        print(f"  {kind} probe failed: {done.stderr.strip()[-300:]}", file=sys.stderr)
         return None
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def checkpoint_file(name: str, files: Path) -> Path:
+    """A bf16 Hugging Face directory of random weights of shape `name`, written once."""
+    directory = files / f"{name}-bf16"
+    if not (directory / "config.json").exists():
+        print(f"  writing {directory} ...", file=sys.stderr)
+        write_hf(known_config(name), directory, "BF16")
+    return directory
 
 
 # ---------------------------------------------------------------- the kernel layer on/off
@@ -245,7 +318,9 @@ def hf_benchmark(config: LlamaConfig, prompt_lengths, n_steps: int, repeats: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models", default=DEFAULT_MODELS, help=f"default: {DEFAULT_MODELS}")
     parser.add_argument("--quick", action="store_true", help="2 repeats, few steps, no 8B model")
     parser.add_argument("--repeats", type=int, default=None, help="runs per figure (default 5)")
@@ -257,21 +332,57 @@ def main(argv: list[str] | None = None) -> int:
         "--kernel-model", default="stories110M", help="shape for the kernel layer on/off, or ''"
     )
     parser.add_argument(
-        "--kernels",
+        "--kernel-layers",
         default=",".join(kernels.KERNELS),
-        help="kernel layers to compare (default: numpy,numba; numba only when installed)",
+        help="kernel layers interleaved on --kernel-model and the 8B shape (default: "
+        "numpy,numba; numba only when installed)",
     )
     parser.add_argument("--no-hf", action="store_true", help="skip HF transformers")
-    parser.add_argument("--no-memory", action="store_true", help="skip the peak-RSS probes")
+    parser.add_argument(
+        "--load-models",
+        default=DEFAULT_LOAD_MODELS,
+        help="shapes whose bf16 safetensors file is loaded in a fresh process (fp32 and int8): "
+        f"load time and peak RSS while loading and generating, beside HF's (default: "
+        f"{DEFAULT_LOAD_MODELS}; '' to skip)",
+    )
+    parser.add_argument("--no-memory", action="store_true", help="same as --load-models ''")
+    parser.add_argument(
+        "--ttft-model",
+        default=TTFT_MODEL,
+        help=f"shape whose first prefill of {TTFT_PROMPT} tokens into a full-context cache, in a "
+        f"fresh process, is timed against warm ones (default: {TTFT_MODEL}; '' to skip)",
+    )
+    parser.add_argument(
+        "--kernels",
+        default="",
+        help="kernel layers to compare on int8/bf16 decode of --batch-model, each in a fresh "
+        "process with LLAMA_NP_KERNELS set (e.g. numpy,numba; default: skip)",
+    )
+    parser.add_argument(
+        "--llama-cpp",
+        default=os.environ.get("LLAMA_CPP_BIN"),
+        metavar="DIR",
+        help="directory with llama.cpp's built llama-bench and llama-quantize: adds llama.cpp "
+        "as a peer on F32, Q8_0 and Q4_K_M GGUFs of --llama-cpp-models (default: "
+        "$LLAMA_CPP_BIN; unset: skip)",
+    )
+    parser.add_argument("--llama-cpp-models", default=DEFAULT_LLAMA_CPP_MODELS)
+    parser.add_argument(
+        "--files",
+        default=str(Path.home() / ".cache" / "llama_np" / "benchmarks"),
+        help="where generated checkpoint and GGUF files are kept between runs "
+        "(default: ~/.cache/llama_np/benchmarks; TinyLlama needs ~9 GB)",
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    parser.add_argument("--memory-probe", help=argparse.SUPPRESS)
-    parser.add_argument("--weights-dtype", default="fp32", help=argparse.SUPPRESS)
-    parser.add_argument("--probe-tokens", default="256,32", help=argparse.SUPPRESS)
+    parser.add_argument("--probe", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    if args.memory_probe:
-        n_prompt, n_new = map(int, args.probe_tokens.split(","))
-        print(json.dumps(memory_probe(args.memory_probe, args.weights_dtype, n_prompt, n_new)))
+    if args.probe:
+        kind, *probe_args = args.probe
+        fn = PROBES[kind]
+        types = list(fn.__annotations__.values())[: len(probe_args)]
+        values = [int(a) if t == "int" else a for a, t in zip(probe_args, types, strict=True)]
+        print(json.dumps(fn(*values)))
         return 0
 
     repeats = args.repeats or (2 if args.quick else 5)
@@ -280,7 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     big = [] if args.quick else [d for d in args.big.split(",") if d]
     use_hf = not args.no_hf and hf_available()
-    kernel_names = [k for k in args.kernels.split(",") if k != "numba" or kernels.numba_available()]
+    kernel_names = [
+        k for k in args.kernel_layers.split(",") if k != "numba" or kernels.numba_available()
+    ]
 
     print("measuring the machine ...", file=sys.stderr)
     peaks = machine.measure(repeats=3 if args.quick else 7)
@@ -297,8 +410,12 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": repeats,
         "models": [],
         "batch": [],
-        "kernels": [],
+        "kernel_layer": [],
         "big": [],
+        "load": [],
+        "ttft": None,
+        "kernels": [],
+        "llama_cpp": [],
     }
 
     for name in models:
@@ -332,8 +449,6 @@ def main(argv: list[str] | None = None) -> int:
         if use_hf and name != "stories260K":
             print(f"{name} in HF transformers ...", file=sys.stderr)
             entry["hf"] = hf_benchmark(config, lengths, n_steps, repeats)
-        if not args.no_memory and name in ("stories110M", "tinyllama-1.1b"):
-            entry["memory"] = measure_memory(name, "fp32", 256, 32)
         results["models"].append(entry)
         gc.collect()
 
@@ -341,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.kernel_model}: kernel layer on/off ...", file=sys.stderr)
         config = known_config(args.kernel_model)
         n_steps = decode_steps(config, args.quick)
-        results["kernels"] = kernel_comparison(
+        results["kernel_layer"] = kernel_comparison(
             args.kernel_model, kernel_names, peaks, n_steps, repeats
         )
         gc.collect()
@@ -374,6 +489,50 @@ def main(argv: list[str] | None = None) -> int:
         )
         del model
         gc.collect()
+
+    files = Path(args.files)
+    load_models = [] if args.no_memory else [m for m in args.load_models.split(",") if m]
+    for name in load_models:
+        print(f"{name}: loading from a bf16 safetensors file ...", file=sys.stderr)
+        path = checkpoint_file(name, files)
+        entry = {"model": name, "runs": []}
+        for dtype in ("fp32", "int8"):
+            entry["runs"].append(run_probe("load", path, dtype, 256, 32))
+        if use_hf:
+            entry["hf"] = run_probe("hf-load", path, 256, 32)
+        results["load"].append(entry)
+
+    if args.ttft_model:
+        print(f"{args.ttft_model}: first prefill of a fresh process ...", file=sys.stderr)
+        results["ttft"] = run_probe("ttft", args.ttft_model, TTFT_PROMPT, repeats)
+
+    kernel_model = args.batch_model
+    for layer in [k for k in args.kernels.split(",") if k]:
+        print(f"{kernel_model} decode with LLAMA_NP_KERNELS={layer} ...", file=sys.stderr)
+        env = {**os.environ, "LLAMA_NP_KERNELS": layer}
+        n_steps = decode_steps(known_config(kernel_model), args.quick)
+        for dtype in ("fp32", "bf16", "int8"):
+            rates = run_probe("decode", kernel_model, dtype, n_steps, repeats, env=env)
+            if rates:
+                results["kernels"].append(
+                    {"model": kernel_model, "kernels": layer, "weights_dtype": dtype, **rates}
+                )
+
+    if args.llama_cpp:
+        bin_dir = Path(args.llama_cpp)
+        for name in [m for m in args.llama_cpp_models.split(",") if m]:
+            print(f"{name} in llama.cpp ...", file=sys.stderr)
+            config = known_config(name)
+            paths = llama_cpp.gguf_files(config, name, bin_dir, files / "gguf")
+            n_steps = decode_steps(config, args.quick)
+            for quant, path in paths.items():
+                entry = {"model": name, "quant": quant, "file_bytes": path.stat().st_size}
+                entry.update(llama_cpp.bench(bin_dir, path, TTFT_PROMPT, n_steps, repeats))
+                # llama_np beside it, same shape and run: fp32 for F32, int8 for Q8_0
+                dtype = {"F32": "fp32", "Q8_0": "int8"}.get(quant)
+                if dtype:
+                    entry["llama_np_decode"] = run_probe("decode", name, dtype, n_steps, repeats)
+                results["llama_cpp"].append(entry)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -431,7 +590,7 @@ def to_markdown(r: dict) -> str:
     hf_versions = {e["hf"]["versions"] for e in r["models"] if e.get("hf")}
     if hf_versions:
         lines += ["", f"HF: {', '.join(hf_versions)}, fp32, eager attention, 2 threads."]
-    if r.get("kernels"):
+    if r.get("kernel_layer"):
         lines += [
             "",
             f"Kernel layer: {m.get('kernels', '?')}. Decode, batch 1, variants interleaved "
@@ -441,7 +600,7 @@ def to_markdown(r: dict) -> str:
             "roofline tok/s | % of roofline | × fp32 decode |",
             "|---|---|---|---|---|---|---|",
         ]
-        for e in r["kernels"]:
+        for e in r["kernel_layer"]:
             lines.append(
                 f"| {e['model']} | {e['weights_dtype']} | {e['kernels']} | {e['median']:.1f} "
                 f"({e['min']:.1f}–{e['max']:.1f}) | {e['bound']:.1f} | "
@@ -476,20 +635,73 @@ def to_markdown(r: dict) -> str:
                 f"| batch {e['batch']} | {e['median']:.1f} ({e['min']:.1f}–{e['max']:.1f}) | "
                 f"{e['bound']:.1f} | {e['median'] / base:.2f}× |"
             )
-    mem = [e["memory"] for e in r["models"] if e.get("memory")]
-    if mem:
+    mib = 2**20
+    if r.get("load"):
         lines += [
             "",
-            "| peak RSS while generating (256 + 32 tokens) | weights | KV cache | "
-            "peak RSS − interpreter | overhead over weights + KV |",
-            "|---|---|---|---|---|",
+            "| load a bf16 safetensors file, generate 256 + 32 tokens (fresh process) | weights "
+            "| load s | "
+            "peak RSS − interpreter | over weights + KV | HF load s | HF peak RSS − interpreter |",
+            "|---|---|---|---|---|---|---|",
         ]
-        for e in mem:
+        for e in r["load"]:
+            hf = e.get("hf")
+            for i, run in enumerate(x for x in e["runs"] if x):
+                peak = run["peak_rss"] - run["interpreter_rss"]
+                over = peak / (run["weights_bytes"] + run["kv_bytes"]) - 1
+                hf_cells = "— | —"
+                if hf and i == 0:  # HF loads to float32: beside llama_np's fp32 row
+                    hf_peak = (hf["peak_rss"] - hf["interpreter_rss"]) / mib
+                    hf_cells = f"{hf['load_seconds']:.1f} | {hf_peak:.0f} MiB"
+                lines.append(
+                    f"| {e['model']} → {run['weights_dtype']} | "
+                    f"{run['weights_bytes'] / mib:.0f} MiB | {run['load_seconds']:.1f} | "
+                    f"{peak / mib:.0f} MiB | {100 * over:+.1f}% | {hf_cells} |"
+                )
+    t = r.get("ttft")
+    if t:
+        w = t["warm"]
+        lines += [
+            "",
+            f"| time to first token ({t['model']}, {t['n_prompt']}-token prompt, cache of "
+            f"{t['context']} positions) | seconds | × warm |",
+            "|---|---|---|",
+            f"| first prefill of a fresh process | {t['fresh_seconds']:.3f} | "
+            f"{t['fresh_seconds'] / w['median']:.2f}× |",
+            f"| warm prefill (min–max) | {w['median']:.3f} ({w['min']:.3f}–{w['max']:.3f}) "
+            f"| 1.00× |",
+        ]
+    if r.get("kernels"):
+        lines += [
+            "",
+            f"| decode, kernel layer ({r['kernels'][0]['model']}) | weights | tok/s (min–max) "
+            f"| × fp32 |",
+            "|---|---|---|---|",
+        ]
+        fp32 = {e["kernels"]: e["median"] for e in r["kernels"] if e["weights_dtype"] == "fp32"}
+        for e in r["kernels"]:
+            ratio = e["median"] / fp32[e["kernels"]] if e["kernels"] in fp32 else float("nan")
             lines.append(
-                f"| {e['model']} {e['weights_dtype']} | {e['weights_bytes'] / 2**20:.0f} MiB | "
-                f"{e['kv_bytes'] / 2**20:.1f} MiB | "
-                f"{(e['peak_rss'] - e['baseline_rss']) / 2**20:.0f} MiB | "
-                f"{100 * e['overhead']:+.1f}% |"
+                f"| LLAMA_NP_KERNELS={e['kernels']} | {e['weights_dtype']} | "
+                f"{e['median']:.1f} ({e['min']:.1f}–{e['max']:.1f}) | {ratio:.2f}× |"
+            )
+    if r.get("llama_cpp"):
+        lines += [
+            "",
+            "| llama.cpp (llama-bench, 2 threads) | GGUF | prefill 256 tok/s | decode tok/s | "
+            "fresh first prefill s | peak RSS | llama_np decode tok/s | llama_np ÷ llama.cpp |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for e in r["llama_cpp"]:
+            ours = e.get("llama_np_decode")
+            ours_cells = "— | —"
+            if ours:
+                ratio = ours["median"] / e["decode"]["median"]
+                ours_cells = f"{ours['median']:.1f} | {ratio:.2f}×"
+            lines.append(
+                f"| {e['model']} | {e['quant']} | {e['prefill']['median']:.1f} | "
+                f"{e['decode']['median']:.1f} | {e['fresh_prefill_seconds']:.3f} | "
+                f"{e['peak_rss'] / mib:.0f} MiB | {ours_cells} |"
             )
     return "\n".join(lines) + "\n"
 

@@ -21,22 +21,33 @@ class RopeScaling:
     """How RoPE frequencies are rescaled to stretch a model's context.
 
     kind "linear" divides every frequency by `factor`; kind "llama3" (Llama 3.1+) leaves high
-    frequencies alone, divides low ones by `factor`, and blends in between.
+    frequencies alone, divides low ones by `factor`, and blends in between; kind "divisors"
+    divides the frequency of pair i by `divisors[i]` (how GGUF files store Llama 3.1's
+    scaling: llama.cpp's converter computes the llama3 divisors once, the rope_freqs tensor).
     """
 
-    kind: str  # "linear" | "llama3"
-    factor: float
+    kind: str  # "linear" | "llama3" | "divisors"
+    factor: float = 1.0
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
+    divisors: tuple[float, ...] = ()  # (HD/2,) for kind "divisors"
 
     def __post_init__(self) -> None:
-        if self.kind not in ("linear", "llama3"):
+        if self.kind not in ("linear", "llama3", "divisors"):
             raise ConfigError(
-                f"unsupported RoPE scaling type {self.kind!r}: expected 'linear' or 'llama3'"
+                f"unsupported RoPE scaling type {self.kind!r}: expected 'linear', 'llama3' or "
+                f"'divisors'"
             )
         if not self.factor > 0:
             raise ConfigError(f"RoPE scaling factor must be > 0, got {self.factor}")
+        if self.kind == "divisors" and not (
+            self.divisors and all(0 < d < float("inf") for d in self.divisors)
+        ):
+            raise ConfigError(
+                f"RoPE frequency divisors must be finite and > 0, one per pair, got "
+                f"{self.divisors[:8]!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,13 @@ class LlamaConfig:
             raise ConfigError(f"norm_eps must be > 0, got {self.norm_eps}")
         if not self.rope_theta > 0:
             raise ConfigError(f"rope_theta must be > 0, got {self.rope_theta}")
+        scaling = self.rope_scaling
+        if scaling is not None and scaling.kind == "divisors":
+            if len(scaling.divisors) != self.head_dim // 2:
+                raise ConfigError(
+                    f"RoPE frequency divisors: got {len(scaling.divisors)}, expected one per "
+                    f"pair of the head dim: {self.head_dim // 2}"
+                )
 
     def replace(self, **changes) -> LlamaConfig:
         """A copy with some fields changed (e.g. a shorter max_seq_len)."""

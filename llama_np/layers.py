@@ -59,6 +59,8 @@ def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None = 
         return freqs
     if scaling.kind == "linear":
         return freqs / scaling.factor
+    if scaling.kind == "divisors":  # one divisor per pair (GGUF's rope_freqs tensor)
+        return freqs / np.array(scaling.divisors, dtype=np.float64)
     # "llama3" (Llama 3.1+): wavelengths longer than the original context / low_freq_factor
     # are slowed by `factor`; shorter than original / high_freq_factor are kept; those in
     # between blend linearly in 1/wavelength.

@@ -46,23 +46,36 @@ def check_fits(needed: int, what: str, fixes: Sequence[str]) -> None:
     )
 
 
-def model_bytes(config: LlamaConfig, weights_dtype: str = "fp32") -> int:
-    """Bytes a loaded model allocates: its weights (schema.weights_nbytes) plus the RoPE tables.
+def model_bytes(
+    config: LlamaConfig, weights_dtype: str = "fp32", stored_nbytes: int | None = None
+) -> int:
+    """Bytes a loaded model allocates: its weights plus the RoPE tables.
 
-    The tables are computed in float64 (angles, then cos or sin) before rounding to float32:
-    S_max × HD/2 × (8 + 8 + 4 + 4) bytes at the peak.
+    The weights are `stored_nbytes` when the loader counted them in the file (a GGUF kept as
+    stored), else schema.weights_nbytes of the config. The tables are computed in float64
+    (angles, then cos or sin) before rounding to float32: S_max × HD/2 × (8 + 8 + 4 + 4)
+    bytes at the peak.
     """
     rope = config.max_seq_len * (config.head_dim // 2) * 24
-    return weights_nbytes(config, weights_dtype) + rope
+    if stored_nbytes is None:
+        stored_nbytes = weights_nbytes(config, weights_dtype)
+    return stored_nbytes + rope
 
 
-def check_model_fits(config: LlamaConfig, source: str, weights_dtype: str = "fp32") -> None:
+def check_model_fits(
+    config: LlamaConfig,
+    source: str,
+    weights_dtype: str = "fp32",
+    stored_nbytes: int | None = None,
+) -> None:
     """Raise MemoryLimitError if the model in `source` would not fit in memory."""
-    needed = model_bytes(config, weights_dtype)
+    needed = model_bytes(config, weights_dtype, stored_nbytes)
+    if stored_nbytes is None:
+        stored_nbytes = weights_nbytes(config, weights_dtype)
     fixes = ["use a smaller model", "close other programs to free memory"]
-    if weights_dtype != "int8":
+    if weights_dtype not in ("int8", "stored"):
         fixes.insert(0, "keep the weights compressed: --weights-dtype int8 (or bf16)")
-    if needed > 2 * weights_nbytes(config, weights_dtype):  # the RoPE tables dominate
+    if needed > 2 * stored_nbytes:  # the RoPE tables dominate
         fixes.insert(
             0, f"a checkpoint with a shorter context (its max_seq_len is {config.max_seq_len:,})"
         )

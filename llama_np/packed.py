@@ -15,6 +15,12 @@ asks `kernels.compiled` first and falls back to this path.
     fp16  IEEE half precision: NumPy's cast (exact, but slower than the bf16 shift)
     int8  Q8_0-style: each run of GROUP_SIZE weights along a row shares one float32 scale,
           w ≈ scale * q with q in -127..127 and scale = max|w| / 127 of the group
+    stored  each matrix as the checkpoint stores it: a GGUF's Q4_K, Q6_K, Q8_0, ... blocks
+          (quants.py widens them), F16/BF16 as fp16/bf16, F32 as plain float32
+
+A GGUF's fused matrices may mix block types (a Q4_K_M file stores wv in Q6_K and wq, wk in
+Q4_K): `StackedRows` stacks such parts along the rows, and widens each piece from the part
+that holds it.
 
 A `PackedRows` holds an (N, K) matrix as rows, like an embedding table; its `.T` is the (K, N)
 matrix that activations multiply, `x @ packed.T`, exactly as the fp32 path does with a
@@ -25,19 +31,23 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .dtypes import BFLOAT16, bfloat16_from_float32, to_float32
+from .dtypes import BFLOAT16, bfloat16_from_float32, release_pages, to_float32
 from .errors import ArgumentError
 from .kernels import compiled
+from .quants import QUANT_TYPES, QuantizedTensor, dequantize_rows
 
-WEIGHT_DTYPES = ("fp32", "bf16", "fp16", "int8")
+WEIGHT_DTYPES = ("fp32", "bf16", "fp16", "int8", "stored")
 GROUP_SIZE = 32  # int8 weights per scale, as llama.cpp's Q8_0
 # Floats widened per piece: 1 MiB of float32, small enough to stay in the L2 cache between
 # being written and being multiplied.
 CHUNK_FLOATS = 1 << 18
+# Floats compressed per block while loading (256 KiB of float32: int8's temporaries stay small).
+PACK_FLOATS = 1 << 16
 
 
 def int8_group_size(k: int) -> int:
@@ -53,8 +63,13 @@ def matrix_nbytes(weights_dtype: str, n: int, k: int) -> int:
     The one source of truth for bytes per weight: PackedRows allocates exactly this, and the
     memory check and `llama-np memory` count with it. int8 is n*k int8 values plus one
     float32 scale per group: 36 bytes per 32 weights (llama.cpp's Q8_0 uses a 2-byte scale: 34).
+    A ggml block type (a GGUF's "Q4_K", ...) takes its blocks' bytes (quants.QUANT_TYPES);
+    "stored" depends on the file, whose loader counts its tensors instead.
     """
-    check_weights_dtype(weights_dtype)
+    if weights_dtype in QUANT_TYPES:
+        return n * QUANT_TYPES[weights_dtype].row_bytes(k)
+    if check_weights_dtype(weights_dtype) == "stored":
+        raise ArgumentError("the bytes of weights kept as stored are counted from the file")
     if weights_dtype == "int8":
         return n * k + 4 * n * (k // int8_group_size(k))
     return n * k * (4 if weights_dtype == "fp32" else 2)
@@ -93,16 +108,24 @@ def _widen_pool() -> ThreadPoolExecutor:
 
 
 class PackedRows:
-    """An (N, K) matrix stored as bf16, fp16 or int8 rows; rows widen to float32 on demand."""
+    """An (N, K) matrix stored as bf16, fp16, int8 or ggml-block rows; rows widen to float32
+    on demand."""
 
     # Makes `ndarray @ packed.T` call our __rmatmul__ instead of converting us to an array.
     __array_ufunc__ = None
 
     def __init__(self, kind: str, data: np.ndarray, scales: np.ndarray | None, scratch: Scratch):
-        self.kind = kind  # "bf16" | "fp16" | "int8"
-        self.data = data  # (N, K) BFLOAT16, float16 or int8
+        self.kind = kind  # "bf16" | "fp16" | "int8" | "fp32" | a quants.QUANT_TYPES name
+        # (N, K) BFLOAT16, float16, int8 or float32; for block types (N, row_bytes) uint8
+        self.data = data
         self.scales = scales  # (N, K / group, 1) float32 for int8, else None
         self.scratch = scratch
+        N, row = data.shape
+        if kind in QUANT_TYPES:
+            qtype = QUANT_TYPES[kind]
+            self.shape = (N, row // qtype.block_bytes * qtype.block_weights)
+        else:
+            self.shape = (N, row)
 
     @classmethod
     def from_float32(cls, kind: str, w: np.ndarray, scratch: Scratch) -> PackedRows:
@@ -120,10 +143,6 @@ class PackedRows:
         return cls(kind, q, scales.astype(np.float32), scratch)
 
     @property
-    def shape(self) -> tuple[int, int]:
-        return self.data.shape
-
-    @property
     def nbytes(self) -> int:
         return self.data.nbytes + (0 if self.scales is None else self.scales.nbytes)
 
@@ -132,15 +151,7 @@ class PackedRows:
         return PackedTransposed(self)
 
     def all_finite(self) -> bool:
-        """Whether every weight is finite, widened piece by piece (never the whole matrix)."""
-        N, K = self.shape
-        step = max(1, CHUNK_FLOATS // K)
-        return all(
-            np.isfinite(
-                self.widen(i, min(N, i + step), self.scratch.rows(min(step, N - i), K))
-            ).all()
-            for i in range(0, N, step)
-        )
+        return _all_finite(self)
 
     def widen(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
         """Rows start..stop-1 as float32, written into `out` (stop-start, K)."""
@@ -159,12 +170,62 @@ def _widen(kind: str, rows: np.ndarray, scales: np.ndarray | None, out: np.ndarr
     """Compressed rows (n, K) -> float32, written into out (n, K)."""
     if kind == "bf16":  # bf16 bits are the high half of the float32 bits
         np.left_shift(rows.view(np.uint16), 16, out=out.view(np.uint32), dtype=np.uint32)
-    elif kind == "fp16":
+    elif kind in ("fp16", "fp32"):
         np.copyto(out, rows)
-    else:  # int8 × its group's scale: one multiply over (rows, groups, GROUP_SIZE)
+    elif kind == "int8":  # int8 × its group's scale: one multiply over (rows, groups, GROUP_SIZE)
         n, n_groups = rows.shape[0], scales.shape[1]
         np.multiply(rows.reshape(n, n_groups, -1), scales, out=out.reshape(n, n_groups, -1))
+    else:  # ggml blocks (Q4_K, Q8_0, ...)
+        dequantize_rows(kind, rows, out)
     return out
+
+
+def _all_finite(packed: PackedRows | StackedRows) -> bool:
+    """Whether every weight is finite, widened piece by piece (never the whole matrix)."""
+    N, K = packed.shape
+    step = max(1, CHUNK_FLOATS // K)
+    return all(
+        np.isfinite(
+            packed.widen(i, min(N, i + step), packed.scratch.rows(min(step, N - i), K))
+        ).all()
+        for i in range(0, N, step)
+    )
+
+
+class StackedRows:
+    """Packed (n_i, K) matrices stacked along the rows into one (sum n_i, K) matrix.
+
+    For fused matrices whose parts are stored in different kinds (q/k in Q4_K, v in Q6_K):
+    `widen` fills each part's slice of the output from that part, so nothing is widened
+    whole and `x @ stacked.T` works as for one PackedRows.
+    """
+
+    __array_ufunc__ = None
+
+    def __init__(self, parts: list[PackedRows]) -> None:
+        self.parts = parts
+        self.starts = np.cumsum([0, *(p.shape[0] for p in parts)]).tolist()  # first row of each
+        self.shape = (self.starts[-1], parts[0].shape[1])
+        self.scratch = parts[0].scratch
+
+    @property
+    def nbytes(self) -> int:
+        return sum(p.nbytes for p in self.parts)
+
+    @property
+    def T(self) -> PackedTransposed:
+        return PackedTransposed(self)
+
+    def all_finite(self) -> bool:
+        return _all_finite(self)
+
+    def widen(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        """Rows start..stop-1 as float32, written into `out` (stop-start, K)."""
+        for part, first in zip(self.parts, self.starts, strict=False):
+            lo, hi = max(start, first), min(stop, first + part.shape[0])
+            if lo < hi:  # this part holds rows lo..hi-1 of the piece
+                part.widen(lo - first, hi - first, out[lo - start : hi - start])
+        return out
 
 
 class PackedTransposed:
@@ -172,7 +233,7 @@ class PackedTransposed:
 
     __array_ufunc__ = None
 
-    def __init__(self, packed: PackedRows) -> None:
+    def __init__(self, packed: PackedRows | StackedRows) -> None:
         self.packed = packed
         self.shape = packed.shape[::-1]
 
@@ -210,7 +271,7 @@ class PackedTransposed:
 
 # A weight matrix as the model holds it: a float32 array, or a compressed one that
 # multiplies like an array (`x @ w`) and knows its `shape`, `nbytes` and `all_finite()`.
-Matrix = np.ndarray | PackedRows | PackedTransposed
+Matrix = np.ndarray | PackedRows | StackedRows | PackedTransposed
 
 
 def all_finite(w: Matrix) -> bool:
@@ -218,16 +279,77 @@ def all_finite(w: Matrix) -> bool:
     return bool(np.isfinite(w).all()) if isinstance(w, np.ndarray) else w.all_finite()
 
 
-def pack(kind: str, w: np.ndarray, scratch: Scratch) -> np.ndarray | PackedRows:
-    """Store an (N, K) float32 or bf16/fp16 checkpoint matrix as `kind`.
+def stored_kind(w: np.ndarray | QuantizedTensor) -> str:
+    """The packed kind that keeps a checkpoint tensor exactly as stored."""
+    if isinstance(w, QuantizedTensor):
+        return w.type_name
+    if w.dtype == BFLOAT16:
+        return "bf16"
+    return "fp16" if w.dtype == np.float16 else "fp32"
 
-    fp32 stays a plain float32 array; bf16/fp16 tensors already in that dtype are kept as they
-    are (no float32 copy of the whole matrix is made).
+
+Tensor = np.ndarray | QuantizedTensor  # a checkpoint matrix: float array or GGUF blocks
+
+
+def pack(
+    kind: str, w: Tensor | Sequence[Tensor], scratch: Scratch
+) -> np.ndarray | PackedRows | StackedRows:
+    """Store an (N, K) float32, bf16/fp16 or GGUF-block checkpoint matrix as `kind`; given
+    several matrices (q, k, v), store them stacked along N, as one matrix.
+
+    fp32 stays a plain float32 array; one bf16/fp16 tensor already in that dtype is kept as
+    it is, e.g. used in place from the memory-mapped file.
     """
+    parts = [w] if isinstance(w, (np.ndarray, QuantizedTensor)) else list(w)
+    if kind == "stored":
+        return _pack_stored(parts, scratch)
+    if any(isinstance(p, QuantizedTensor) for p in parts):  # re-packed from float32
+        parts = [to_float32(p) for p in parts]
     if kind == "fp32":
-        return to_float32(w)
-    if kind == "bf16" and w.dtype == BFLOAT16:
-        return PackedRows(kind, np.ascontiguousarray(w), None, scratch)
-    if kind == "fp16" and w.dtype == np.float16:
-        return PackedRows(kind, np.ascontiguousarray(w), None, scratch)
-    return PackedRows.from_float32(kind, to_float32(w), scratch)
+        return to_float32(np.concatenate(parts) if len(parts) > 1 else parts[0])
+    if len(parts) == 1 and (kind, parts[0].dtype) in (("bf16", BFLOAT16), ("fp16", np.float16)):
+        return PackedRows(kind, np.ascontiguousarray(parts[0]), None, scratch)
+    # A block of rows at a time, into the final arrays: a float32 copy of a whole matrix (and
+    # int8's temporaries, several times its size) would raise the peak memory of loading by
+    # more than the matrix itself. (bf16/fp16 -> float32 -> the same type is exact.)
+    N, K = sum(p.shape[0] for p in parts), parts[0].shape[1]
+    step = max(1, PACK_FLOATS // K)  # rows per block
+    packed, row = None, 0
+    for source in parts:
+        for start in range(0, source.shape[0], step):
+            block = PackedRows.from_float32(kind, to_float32(source[start : start + step]), scratch)
+            if packed is None:  # the first block tells the storage dtype and the scales' shape
+                scales = block.scales
+                if scales is not None:
+                    scales = np.empty((N, *scales.shape[1:]), dtype=np.float32)  # (N, K/G, 1)
+                packed = PackedRows(kind, np.empty((N, K), block.data.dtype), scales, scratch)
+            stop = row + block.shape[0]
+            packed.data[row:stop] = block.data
+            if scales is not None:
+                scales[row:stop] = block.scales
+            row = stop
+            # Memory-mapped? Drop the pages read (see release_pages), the previous block's too:
+            # touching a page maps its in-cache neighbours as well (Linux's fault-around).
+            release_pages(source[max(0, start - step) : start + step])
+        release_pages(source)
+    return packed
+
+
+def _pack_stored(parts: list[Tensor], scratch: Scratch) -> np.ndarray | PackedRows | StackedRows:
+    """Matrices kept as stored, stacked along N: neighbouring parts of one stored kind are
+    concatenated into one PackedRows; a mix of kinds (q/k in Q4_K, v in Q6_K) becomes a
+    StackedRows of them. One float32 matrix alone stays a plain array."""
+    if len(parts) == 1 and stored_kind(parts[0]) == "fp32":
+        return to_float32(parts[0])
+    groups: list[tuple[str, list]] = []  # (kind, parts) runs of one stored kind
+    for p in parts:
+        if groups and groups[-1][0] == stored_kind(p):
+            groups[-1][1].append(p)
+        else:
+            groups.append((stored_kind(p), [p]))
+    packed = []
+    for group_kind, group in groups:
+        data = [p.raw if group_kind in QUANT_TYPES else p for p in group]  # (n, row) each
+        rows = data[0] if len(data) == 1 else np.concatenate(data, axis=0)
+        packed.append(PackedRows(group_kind, np.ascontiguousarray(rows), None, scratch))
+    return packed[0] if len(packed) == 1 else StackedRows(packed)

@@ -1,9 +1,10 @@
 """Write small checkpoints in every real layout, byte by byte, without torch or transformers.
 
-Each writer takes tensors by Meta name (as `model.tensor_names` lists them, float32 arrays)
+Each writer takes tensors by Meta name (as `schema.tensor_names` lists them, float32 arrays)
 and lays them out as the real tools do: llama2.c's export, Hugging Face safetensors (one file
-or sharded, F32/F16/BF16), Meta's params.json + torch.save zip. The tests then load each with
-llama_np and check that the loaders agree.
+or sharded, F32/F16/BF16), Meta's params.json + torch.save zip, GGUF (with the gguf package's
+writer, any tensor type). The tests then load each with llama_np and check that the loaders
+agree.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import struct
 import zipfile
 from pathlib import Path
 
+import gguf
 import numpy as np
 from util import random_tensors  # noqa: F401  (re-exported for the tests)
 
@@ -284,3 +286,122 @@ def write_meta(
     (directory / "params.json").write_text(json.dumps(params))
     write_pth(directory / "consolidated.00.pth", tensors, dtype)
     return directory
+
+
+# ---------------------------------------------------------------- GGUF (the gguf package's writer)
+
+QT = gguf.GGMLQuantizationType
+# Where each block type keeps its float16 scales, and a typical size for each: random bytes
+# everywhere else give valid blocks whose weights are of order 0.1.
+FP16_FIELDS = {
+    "Q8_0": {0: 0.2 / 127},
+    "Q4_0": {0: 0.2 / 8},
+    "Q4_1": {0: 0.4 / 15, 2: -0.2},
+    "Q5_0": {0: 0.2 / 16},
+    "Q5_1": {0: 0.4 / 31, 2: -0.2},
+    "Q2_K": {80: 0.4 / 45, 82: 0.2 / 15},
+    "Q3_K": {108: 0.2 / 128},
+    "Q4_K": {0: 0.4 / 945, 2: 0.2 / 63},
+    "Q5_K": {0: 0.4 / 1953, 2: 0.2 / 63},
+    "Q6_K": {208: 0.2 / 4096},
+}
+# Meta name -> GGUF name (written out here, apart from the loader's own table)
+GGUF_NAMES = {
+    "tok_embeddings.weight": "token_embd.weight",
+    "norm.weight": "output_norm.weight",
+    "output.weight": "output.weight",
+    "attention_norm.weight": "attn_norm.weight",
+    "attention.wq.weight": "attn_q.weight",
+    "attention.wk.weight": "attn_k.weight",
+    "attention.wv.weight": "attn_v.weight",
+    "attention.wo.weight": "attn_output.weight",
+    "ffn_norm.weight": "ffn_norm.weight",
+    "feed_forward.w1.weight": "ffn_gate.weight",
+    "feed_forward.w2.weight": "ffn_down.weight",
+    "feed_forward.w3.weight": "ffn_up.weight",
+}
+
+
+def gguf_name(meta: str) -> str:
+    if meta in GGUF_NAMES:
+        return GGUF_NAMES[meta]
+    _, i, rest = meta.split(".", 2)
+    return f"blk.{i}.{GGUF_NAMES[rest]}"
+
+
+def random_blocks(type_name: str, shape: tuple[int, int], rng) -> np.ndarray:
+    """Random raw rows (out, row_bytes) of a block type, with float16 scales of sane size."""
+    block_weights, block_bytes = gguf.GGML_QUANT_SIZES[QT[type_name]]
+    n_blocks = shape[0] * shape[1] // block_weights
+    blocks = rng.integers(0, 256, (n_blocks, block_bytes), dtype=np.uint8)
+    for offset, size in FP16_FIELDS[type_name].items():
+        scale = size * rng.uniform(0.5, 1.5, (n_blocks, 1))
+        blocks[:, offset : offset + 2] = scale.astype("<f2").view(np.uint8)
+    return blocks.reshape(shape[0], -1)
+
+
+def write_gguf(
+    path: Path,
+    config: LlamaConfig,
+    tensors: dict[str, np.ndarray],
+    types: dict[str, str] | str = "F32",
+    seed: int = 0,
+    arch: str = "llama",
+    rope_divisors: np.ndarray | None = None,
+    metadata: dict | None = None,
+) -> dict[str, np.ndarray]:
+    """Write a llama GGUF; -> the float32 weights it holds (by Meta name), dequantized by gguf.
+
+    Matrices take the type `types[name]` (or `types` for all); norms stay F32 as llama.cpp
+    keeps them. Block types get random blocks (the given values are ignored). `metadata`
+    adds keys (e.g. a tokenizer's): str, bool, int (uint32), lists and NumPy arrays.
+    """
+    rng = np.random.default_rng(seed)
+    writer = gguf.GGUFWriter(path, arch)
+    writer.add_name("test-llama")
+    writer.add_block_count(config.n_layers)
+    writer.add_context_length(config.max_seq_len)
+    writer.add_embedding_length(config.dim)
+    writer.add_feed_forward_length(config.hidden_dim)
+    writer.add_head_count(config.n_heads)
+    writer.add_head_count_kv(config.n_kv_heads)
+    writer.add_key_length(config.head_dim)
+    writer.add_value_length(config.head_dim)
+    writer.add_rope_dimension_count(config.head_dim)
+    writer.add_layer_norm_rms_eps(config.norm_eps)
+    writer.add_rope_freq_base(config.rope_theta)
+    writer.add_vocab_size(config.vocab_size)
+    metadata = {"tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2} | (
+        metadata or {}
+    )
+    for key, value in metadata.items():
+        if isinstance(value, np.ndarray):
+            writer.add_array(key, value.tolist())  # floats as FLOAT32, ints as INT32
+        elif isinstance(value, bool):
+            writer.add_bool(key, value)
+        elif isinstance(value, int):
+            writer.add_uint32(key, value)
+        elif isinstance(value, str):
+            writer.add_string(key, value)
+        else:
+            writer.add_array(key, value)
+    held = {}
+    for name, array in tensors.items():
+        kind = "F32" if array.ndim == 1 else types if isinstance(types, str) else types[name]
+        if kind == "F32":
+            stored, raw_dtype = np.ascontiguousarray(array, dtype=np.float32), None
+        elif kind == "F16":
+            stored, raw_dtype = array.astype(np.float16), None
+        elif kind == "BF16":
+            stored, raw_dtype = gguf.quants.quantize(array, QT.BF16), QT.BF16
+        else:
+            stored, raw_dtype = random_blocks(kind, array.shape, rng), QT[kind]
+        writer.add_tensor(gguf_name(name), stored, raw_dtype=raw_dtype)
+        held[name] = gguf.quants.dequantize(stored, QT[kind]).astype(np.float32)
+    if rope_divisors is not None:
+        writer.add_tensor("rope_freqs.weight", rope_divisors.astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return held

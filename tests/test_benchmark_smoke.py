@@ -22,10 +22,11 @@ def load_harness():
 @pytest.mark.slow
 def test_harness_writes_json_and_markdown(tmp_path):
     harness = load_harness()
-    args = ["--models", "stories260K", "--quick", "--repeats", "1", "--no-hf", "--no-memory"]
+    args = ["--models", "stories260K", "--quick", "--repeats", "1", "--no-hf"]
     args += ["--batch-model", "stories260K", "--batch-sizes", "1,2", "--prompt-lengths", "16,32"]
+    args += ["--load-models", "stories260K", "--ttft-model", "stories260K"]
     args += ["--kernel-model", "stories260K"]
-    assert harness.main([*args, "--out", str(tmp_path)]) == 0
+    assert harness.main([*args, "--files", str(tmp_path), "--out", str(tmp_path)]) == 0
 
     results = json.loads((tmp_path / "latest.json").read_text())
     assert results["machine"]["sgemm_gflops"] > 0 and results["machine"]["bandwidth_gbs"] > 0
@@ -38,11 +39,21 @@ def test_harness_writes_json_and_markdown(tmp_path):
         assert s["bound"] > 0 and s["fraction"] > 0
     assert [b["batch"] for b in results["batch"]] == [1, 2]
     assert all(b["median"] > 0 for b in results["batch"])
-    rows = {(k["weights_dtype"], k["kernels"]) for k in results["kernels"]}
+    rows = {(k["weights_dtype"], k["kernels"]) for k in results["kernel_layer"]}
     assert ("fp32", "blas") in rows and ("int8", "numpy") in rows and len(rows) >= 4
-    assert all(k["median"] > 0 and k["vs_fp32"] > 0 for k in results["kernels"])
+    assert all(k["median"] > 0 and k["vs_fp32"] > 0 for k in results["kernel_layer"])
+
+    (load,) = results["load"]
+    for run in load["runs"]:  # fp32 and int8, each loaded from the bf16 file it wrote
+        assert run["load_seconds"] > 0 and run["weights_bytes"] > 0
+        assert run["peak_rss"] >= run["load_peak_rss"] > run["interpreter_rss"] > 0
+    assert [run["weights_dtype"] for run in load["runs"]] == ["fp32", "int8"]
+    ttft = results["ttft"]
+    assert ttft["context"] == 512 and ttft["fresh_seconds"] > 0 and ttft["warm"]["min"] > 0
 
     markdown = (tmp_path / "latest.md").read_text()
+    assert "| stories260K → int8 |" in markdown
+    assert "| first prefill of a fresh process |" in markdown
     assert "| stories260K | decode |" in markdown
     assert "| stories260K | prefill 32 |" in markdown
     assert "| batch 2 |" in markdown

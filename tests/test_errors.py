@@ -72,8 +72,13 @@ def nan_in_wk(version: int) -> bytes:
 # (id, file name, file bytes or a function of tmp_path, pieces the message must contain)
 BAD_CHECKPOINTS = [
     ("txt", "model.txt", b"hello", ["model.txt", "unknown checkpoint format '.txt'"]),
-    ("gguf-suffix", "model.gguf", b"GGUF\x03\0\0\0", ["GGUF", "not supported"]),
-    ("gguf-magic", "model.bin", b"GGUF\x03\0\0\0" + bytes(100), ["GGUF", "not supported"]),
+    ("gguf-suffix", "model.gguf", b"GGUF\x03\0\0\0", ["GGUF", "too short"]),
+    (
+        "gguf-magic",
+        "model.bin",
+        b"GGUF\x03\0\0\0" + b"\xff" * 100,
+        ["GGUF", "truncated or corrupt"],
+    ),
     ("zip", "model.bin", zip_bytes, ["zip archive", "not a llama2.c"]),
     ("safetensors", "model.bin", struct.pack("<Q", 2) + b"{}", ["safetensors file"]),
     ("too-short", "model.bin", bytes(10), ["10 bytes is too short", "llama2.c header"]),

@@ -69,9 +69,9 @@ def test_missing_model(capsys, tmp_path):
 @pytest.mark.parametrize(
     "name, content, pieces",
     [
-        ("model.gguf", b"GGUF", ["GGUF", "not supported"]),
+        ("model.gguf", b"GGUF", ["GGUF", "too short"]),
         ("model.txt", b"hi", ["unknown checkpoint format '.txt'"]),
-        ("model.bin", b"GGUF" + bytes(40), ["GGUF", "not supported"]),
+        ("model.bin", b"GGUF\x02\0\0\0" + b"\xff" * 40, ["GGUF", "truncated or corrupt"]),
         ("model.bin", bytes(5000), ["not a valid llama2.c checkpoint header", "dim must be"]),
         ("model.bin", b"\xff" * 5000, ["dim must be a positive integer"]),
     ],

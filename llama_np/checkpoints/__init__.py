@@ -5,6 +5,8 @@ that says yes reads it. A format is a module with a detector and a reader, and o
 
     Hugging Face   directory with config.json                       hf.py, safetensors.py
     Meta           directory with params.json + consolidated.*.pth  meta.py, pth.py
+    GGUF           a .gguf file (or GGUF bytes), or a directory      gguf.py, ../quants.py
+                   holding one .gguf
     llama2.c       a .bin file, or a directory holding one          llama2c.py
 
 Every reader returns tensors under Meta's names with (out, in) shapes (schema.py), in their
@@ -25,6 +27,8 @@ from ..limits import check_model_fits
 from ..model import Model
 from ..packed import check_weights_dtype
 from ..tokenizers import Tokenizer, find_tokenizer, load_tokenizer
+from ..tokenizers.gguf import load_gguf_tokenizer
+from .gguf import gguf_file, is_gguf, load_gguf
 from .hf import load_hf, read_hf_config
 from .llama2c import llama2c_file, load_llama2c, read_header
 from .meta import load_meta
@@ -44,6 +48,9 @@ class Checkpoint:
     directory: Path  # where to look for a tokenizer file
     exclude: Path | None = None  # a file in `directory` that is the checkpoint, not a tokenizer
     tokenizer: Tokenizer | None = None  # one the checkpoint carries itself, if any
+    # How the weights are kept in memory unless the caller says: "stored" keeps a GGUF's
+    # quantized blocks (memory ≈ file size), "fp32" converts once (fastest).
+    weights_dtype: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,15 @@ def _read_llama2c(path: Path) -> Checkpoint:
     return Checkpoint(config, tensors, file.parent, exclude=file)
 
 
+def _read_gguf(path: Path) -> Checkpoint:
+    file = gguf_file(path)
+    config, tensors, metadata, _ = load_gguf(file)
+    tokenizer = None
+    if "tokenizer.ggml.model" in metadata:  # the vocabulary the file carries
+        tokenizer = load_gguf_tokenizer(metadata, config.vocab_size, name=str(file))
+    return Checkpoint(config, tensors, file.parent, file, tokenizer, weights_dtype="stored")
+
+
 FORMATS: list[CheckpointFormat] = [
     CheckpointFormat(
         "Hugging Face",
@@ -85,6 +101,7 @@ FORMATS: list[CheckpointFormat] = [
         # are memory-mapped, so this reads the pickle but not the weights.
         lambda p: load_meta(p)[0],
     ),
+    CheckpointFormat("GGUF", is_gguf, _read_gguf, lambda p: load_gguf(gguf_file(p))[0]),
     # Last: it takes any file, and refuses what is not a llama2.c .bin by name.
     CheckpointFormat(
         "llama2.c",
@@ -98,21 +115,27 @@ FORMATS: list[CheckpointFormat] = [
 def load(
     path: str | Path = DEFAULT_CHECKPOINT,
     tokenizer: str | Path | None = None,
-    weights_dtype: str = "fp32",
+    weights_dtype: str | None = None,
 ) -> Model:
     """Load a checkpoint and its tokenizer.
 
     `path` is a Hugging Face model directory (config.json + safetensors), a Meta download
-    (params.json + consolidated.*.pth), or a llama2.c `.bin` file or a directory holding one.
-    The tokenizer is taken from `tokenizer` if given, else from the checkpoint's directory.
-    `weights_dtype` "bf16", "fp16" or "int8" keeps the weight matrices compressed in memory
-    (smaller; see packed.py); the default "fp32" converts them once.
+    (params.json + consolidated.*.pth), a GGUF file, or a llama2.c `.bin` file (either alone
+    or in a directory). The tokenizer is taken from `tokenizer` if given, else the one the
+    checkpoint carries (GGUF), else a file in the checkpoint's directory. `weights_dtype`
+    "bf16", "fp16" or "int8" keeps the weight matrices compressed in memory (smaller; see
+    packed.py), "stored" keeps them as the file stores them (a GGUF's quantized blocks), "fp32"
+    converts them once. The default (None) is "stored" for GGUF files, "fp32" for the others.
     """
-    check_weights_dtype(weights_dtype)  # before any reading
+    if weights_dtype is not None:
+        check_weights_dtype(weights_dtype)  # before any reading
     path = Path(path)
     found = _format_of(path).read(path)
     config = found.config
-    check_model_fits(config, str(path), weights_dtype)
+    weights_dtype = weights_dtype or found.weights_dtype
+    # Kept as stored, the weights take what the file's tensors take.
+    stored = sum(t.nbytes for t in found.tensors.values()) if weights_dtype == "stored" else None
+    check_model_fits(config, str(path), weights_dtype, stored)
     if tokenizer:
         tok = load_tokenizer(tokenizer, config.vocab_size)
     elif found.tokenizer is not None:

@@ -91,8 +91,8 @@ def _refuse_other_formats(path: Path, head: bytes) -> None:
     """Name the format of a file that is clearly not llama2.c, instead of misreading it."""
     if head[:4] == b"GGUF":
         raise CheckpointError(
-            f"{path}: this is a GGUF file: GGUF (llama.cpp's format) is not supported; use the "
-            f"model's original checkpoint (a llama2.c .bin)"
+            f"{path}: this is a GGUF file (llama.cpp's format), not a llama2.c .bin; load it "
+            f"with llama_np.load / -m, which reads GGUF"
         )
     if head[:4] == b"PK\x03\x04":
         raise CheckpointError(
@@ -227,19 +227,14 @@ def llama2c_file(path: Path) -> Path:
             found = ", ".join(p.name for p in bins) or "none"
             raise CheckpointError(
                 f"{path}: not a checkpoint directory: looked for config.json (Hugging Face), "
-                f"params.json + consolidated.*.pth (Meta) or exactly one llama2.c .bin "
-                f"(not tok*.bin); found .bin files: {found}"
+                f"params.json + consolidated.*.pth (Meta), exactly one .gguf, or exactly one "
+                f"llama2.c .bin (not tok*.bin); found .bin files: {found}"
             )
         path = bins[0]
-    if path.suffix == ".gguf":
-        raise CheckpointError(
-            f"{path}: GGUF (llama.cpp's format) is not supported; use the model's original "
-            f"checkpoint (a Hugging Face directory, a Meta download or a llama2.c .bin)"
-        )
     if path.suffix != ".bin":
         raise CheckpointError(
             f"{path}: unknown checkpoint format {path.suffix or '(no suffix)'!r}: expected a "
-            f"llama2.c .bin file, or a directory "
+            f"GGUF file (.gguf), a llama2.c .bin file, or a directory "
             f"with config.json (Hugging Face) or params.json + consolidated.*.pth (Meta)"
         )
     return path

@@ -14,6 +14,7 @@ from pathlib import Path
 from .. import DEFAULT_CHECKPOINT, kernels, load
 from ..chat import CHAT_FORMATS, Chat
 from ..checkpoints.download import KNOWN_CHECKPOINTS, download
+from ..checkpoints.gguf import gguf_file, is_gguf, read_gguf, type_summary
 from ..errors import ArgumentError, LlamaNpError
 from ..generate import GenerationStats, generate, generate_batch_stream
 from ..hooks import break_at
@@ -86,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop when TEXT appears (repeatable)",
     )
     gen.add_argument(
+        "--prefill-chunk",
+        type=int,
+        metavar="N",
+        help="prefill the prompt N tokens per pass (chunked prefill; same result, see "
+        "docs/debugging.md for the causal mask's offset)",
+    )
+    gen.add_argument(
         "--break-at",
         metavar="POINT",
         help="stop in the debugger at a hook point, e.g. layers.0.attn.probs (docs/debugging.md)",
@@ -100,9 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--weights-dtype",
         choices=WEIGHT_DTYPES,
-        default="fp32",
-        help="keep weights in memory as fp32 (fastest), bf16/fp16 (half the memory) or int8 "
-        "(a quarter plus scales); compressed weights are widened to fp32 as they are used",
+        default=None,
+        help="keep weights in memory as fp32 (fastest), bf16/fp16 (half the memory), int8 "
+        "(a quarter plus scales) or stored (as the file stores them: a GGUF's quantized "
+        "blocks); compressed weights are widened to fp32 as they are used (default: stored "
+        "for GGUF, fp32 otherwise)",
     )
     add_kernels_arg(gen)
     gen.set_defaults(run=run_generate)
@@ -133,8 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="sampling temperature (default: 0, greedy)",
     )
     trace.add_argument("-s", "--seed", type=int, default=None, metavar="S", help="random seed")
+    trace.add_argument("--out", metavar="DIR", help="directory for attention.npz and the PNGs")
     trace.add_argument(
-        "--out", required=True, metavar="DIR", help="directory for attention.npz and the PNGs"
+        "--per-head",
+        action="store_true",
+        help="one PNG per layer and head (default: one overview PNG per layer, all its heads)",
+    )
+    trace.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also write an explorer page (self-contained HTML: pick a layer and head, hover "
+        "tokens; the roofline of a profile of the same generation)",
     )
     trace.set_defaults(run=run_trace)
     chat = commands.add_parser(
@@ -295,6 +314,7 @@ def run_generate(args: argparse.Namespace) -> int:
         stop=args.stop,
         stats=stats,
         truncate_prompt=args.truncate_prompt,
+        prefill_chunk=args.prefill_chunk,
         special=args.special,
     )
     if stats.prompt_tokens_dropped:
@@ -470,13 +490,19 @@ def print_timings(stats: GenerationStats, seed: int | None = None) -> None:
 
 
 def run_trace(args: argparse.Namespace) -> int:
-    from ..tools.trace import parse_indices, plot_attention, save_npz, trace_attention
+    from ..tools.trace import (
+        parse_indices,
+        plot_attention,
+        plot_layer,
+        save_npz,
+        trace_attention,
+    )
 
+    if args.out is None and args.html is None:
+        raise ArgumentError("trace needs --out DIR (arrays and pictures) and/or --html FILE")
     model = load(args.model)
     layers = parse_indices(args.layers, model.config.n_layers, "--layers")
     heads = parse_indices(args.heads, model.config.n_heads, "--heads")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     trace = trace_attention(
         model,
         args.prompt,
@@ -487,6 +513,20 @@ def run_trace(args: argparse.Namespace) -> int:
     )
     n_gen = len(trace.tokens) - trace.n_prompt
     print(f"{trace.n_prompt} prompt tokens, {n_gen} generated: {''.join(trace.pieces)!r}")
+    if args.html:
+        from ..tools import machine
+        from ..tools.explorer import write_html
+        from ..tools.profile import profile_generation
+
+        prompt = [int(t) for t in trace.tokens[: trace.n_prompt]]
+        profile = profile_generation(
+            model, prompt, max(1, n_gen), lambda t, again=False: machine.peaks(again, t), repeats=3
+        )
+        print(f"wrote {write_html(args.html, trace, profile, model.config.n_kv_heads, heads)}")
+    if args.out is None:
+        return 0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     print(f"wrote {save_npz(trace, out / 'attention.npz', heads)}")
     try:
         import matplotlib  # noqa: F401  (optional: the `plot` extra)
@@ -498,6 +538,9 @@ def run_trace(args: argparse.Namespace) -> int:
         )
         return 0
     for layer in layers:
+        if not args.per_head:
+            print(f"wrote {plot_layer(trace, layer, heads, out / f'layer{layer}.png')}")
+            continue
         for head in heads:
             print(
                 f"wrote {plot_attention(trace, layer, head, out / f'layer{layer}_head{head}.png')}"
@@ -508,6 +551,12 @@ def run_trace(args: argparse.Namespace) -> int:
 def run_info(args: argparse.Namespace) -> int:
     model = load(args.model)
     c = model.config
+    path = Path(args.model)
+    if is_gguf(path):  # the quantization mix: tensors and bytes per type, as stored
+        _, infos = read_gguf(gguf_file(path))
+        storage = "; ".join(f"{t}: {n} tensors, {nbytes(b)}" for t, n, b in type_summary(infos))
+    else:
+        storage = None
     rows = [
         ("name", c.name),
         ("dim (D)", c.dim),
@@ -529,7 +578,8 @@ def run_info(args: argparse.Namespace) -> int:
         ("BOS / stop ids", f"{c.bos_id} / {list(c.stop_ids)}"),
         ("tokenizer", type(model.tokenizer).__name__ if model.tokenizer else "none"),
         ("parameters", f"{n_params(c):,}"),
-        ("weights in memory (float32)", nbytes(model.weights_nbytes)),
+        *([("GGUF tensor types", storage)] if storage else []),
+        ("weights in memory", nbytes(model.weights_nbytes)),
         ("kernels (compressed weights)", kernels.describe()),
         ("KV cache per token (float32)", nbytes(c.kv_cache_bytes(1))),
         (f"KV cache at {c.max_seq_len} tokens", nbytes(c.kv_cache_bytes(c.max_seq_len))),
