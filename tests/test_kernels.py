@@ -240,3 +240,30 @@ def test_numpy_only_install_generates(use_kernels):
     model = llama_np.load(weights_dtype="int8")
     expected = llama_np.generate_text(model, "Once", max_new_tokens=8, temperature=0)
     assert done.stdout == expected + "\n" and len(expected) > 8
+
+
+@requires_numba
+@pytest.mark.parametrize("type_name", ["Q8_0", "Q4_K", "Q6_K"])
+def test_gguf_model_decodes_the_same_with_either_kernels(tmp_path, type_name, use_kernels):
+    """A GGUF kept in its blocks: decode with the block kernels equals the NumPy path."""
+    from checkpoint_writers import random_tensors, write_gguf
+
+    from llama_np.config import LlamaConfig
+
+    config = LlamaConfig(
+        dim=256, n_layers=1, n_heads=4, n_kv_heads=2, hidden_dim=512, vocab_size=96, max_seq_len=32
+    )
+    path = tmp_path / "model.gguf"
+    write_gguf(path, config, random_tensors(config), type_name)
+    model = llama_np.load(path)
+    assert model.weights.layers[0].w_gate_up.packed.kind == type_name
+    use_kernels("numba")
+    assert kernels.compiled(model.weights.layers[0].w_gate_up.packed, 1) is not None
+    logits = {}
+    for name in kernels.KERNELS:
+        use_kernels(name)
+        cache = model.new_cache(8)
+        model.prefill([1, 5, 17], cache)
+        logits[name] = np.stack([model.decode(t, cache) for t in (33, 60)])  # (2, V)
+    scale = np.abs(logits["numpy"]).max()
+    np.testing.assert_allclose(logits["numba"], logits["numpy"], rtol=0, atol=1e-4 * scale)
