@@ -1,7 +1,7 @@
 """The package's layers only look down, and no two modules import each other in a circle.
 
-    core        errors, config, schema, dtypes, quants, packed, layers, kv_cache, hooks, limits,
-                numerics, model
+    core        errors, config, schema, dtypes, quants, packed, kernels/, layers, kv_cache,
+                hooks, limits, numerics, model
     formats     checkpoints/, tokenizers/
     generation  sampling, generate, chat, chat_template
     api         llama_np/__init__.py (what `import llama_np` offers)
@@ -19,7 +19,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "llama_np"
 CORE = {"errors", "config", "schema", "dtypes", "quants", "packed", "layers", "kv_cache", "hooks"}
-CORE |= {"limits", "numerics", "model"}
+CORE |= {"limits", "numerics", "model", "kernels"}
 LAYERS = ["core", "formats", "generation", "api", "tools", "cli"]
 
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .. import DEFAULT_CHECKPOINT, load
+from .. import DEFAULT_CHECKPOINT, kernels, load
 from ..chat import CHAT_FORMATS, Chat
 from ..checkpoints.download import KNOWN_CHECKPOINTS, download
 from ..checkpoints.export import convert
@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "kernels", None) is not None:
+            kernels.use(args.kernels)
         return args.run(args)
     except LlamaNpError as e:
         if args.debug:
@@ -113,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
         "blocks); compressed weights are widened to fp32 as they are used (default: stored "
         "for GGUF, fp32 otherwise)",
     )
+    add_kernels_arg(gen)
     gen.set_defaults(run=run_generate)
 
     trace = commands.add_parser(
@@ -186,10 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_sampling_args(chat)
     add_special_arg(chat)
+    add_kernels_arg(chat)
     chat.set_defaults(run=run_chat)
 
     info = commands.add_parser("info", help="print a model's config, size and KV-cache memory")
     add_model_arg(info)
+    add_kernels_arg(info)
     info.set_defaults(run=run_info)
 
     dl = commands.add_parser("download", help="fetch a checkpoint from the Hugging Face hub")
@@ -230,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--force", action="store_true", help="replace OUT if it exists")
     conv.set_defaults(run=run_convert)
     cli_perf.add_commands(commands)  # memory, profile
+    add_kernels_arg(commands.choices["profile"])
     return parser
 
 
@@ -277,6 +283,16 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="S",
         help="random seed; the same seed gives the same text (default: random)",
+    )
+
+
+def add_kernels_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--kernels",
+        choices=kernels.KERNELS,
+        default=None,
+        help="how compressed weights multiply: numba (compiled, the default when installed: "
+        "pip install -e '.[fast]') or numpy (widen pieces + BLAS); also $LLAMA_NP_KERNELS",
     )
 
 
@@ -606,6 +622,7 @@ def run_info(args: argparse.Namespace) -> int:
         ("parameters", f"{n_params(c):,}"),
         *([("GGUF tensor types", storage)] if storage else []),
         ("weights in memory", nbytes(model.weights_nbytes)),
+        ("kernels (compressed weights)", kernels.describe()),
         ("KV cache per token (float32)", nbytes(c.kv_cache_bytes(1))),
         (f"KV cache at {c.max_seq_len} tokens", nbytes(c.kv_cache_bytes(c.max_seq_len))),
     ]
