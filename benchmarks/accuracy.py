@@ -7,6 +7,10 @@ sequence (teacher forcing) and is compared position by position with fp32: the l
 logit difference, the logit difference relative to the spread (std) of fp32's logits, and
 how often its most likely next token is fp32's. A free-running greedy generation also reports
 how many tokens match fp32's before the first difference.
+
+The "int8 activations" variant also rounds every matrix product's input rows to int8 per group
+of 32 (one float32 scale each), as llama.cpp does to run Q8_0 products as integer dot products:
+it measures what that rounding costs in accuracy (llama_np's kernels keep activations float32).
 """
 
 from __future__ import annotations
@@ -24,10 +28,43 @@ if str(ROOT) not in sys.path:
 
 from llama_np import load  # noqa: E402
 from llama_np.model import Model  # noqa: E402
+from llama_np.packed import int8_group_size  # noqa: E402
 from llama_np.tools.known_models import known_config  # noqa: E402
 from llama_np.tools.random_model import random_model  # noqa: E402
 
-VARIANTS = [("bf16", np.float32), ("fp16", np.float32), ("int8", np.float32), ("fp32", np.float16)]
+# (weights, KV cache, activations rounded to int8 before each product)
+VARIANTS = [
+    ("bf16", np.float32, False),
+    ("fp16", np.float32, False),
+    ("int8", np.float32, False),
+    ("int8", np.float32, True),
+    ("fp32", np.float16, False),
+]
+
+
+class Int8Activations:
+    """A weight matrix whose input rows are rounded to int8 per group (scale = max|x| / 127)
+    before the product: the same numbers an integer Q8_0 x Q8_0 dot product multiplies."""
+
+    __array_ufunc__ = None  # `x @ matrix` calls __rmatmul__
+
+    def __init__(self, w) -> None:
+        self.w, self.shape = w, w.shape
+
+    def __rmatmul__(self, x: np.ndarray) -> np.ndarray:
+        K = x.shape[-1]
+        groups = x.reshape(*x.shape[:-1], K // int8_group_size(K), -1)  # (..., K/G, G)
+        scale = np.abs(groups).max(axis=-1, keepdims=True) / np.float32(127)  # (..., K/G, 1)
+        q = np.rint(groups / np.where(scale > 0, scale, np.float32(1)))
+        return (q * scale).reshape(x.shape).astype(np.float32) @ self.w
+
+
+def int8_activations(model: Model) -> Model:
+    for lw in model.weights.layers:
+        for field in ("wqkv", "wo", "w_gate_up", "w_down"):
+            setattr(lw, field, Int8Activations(getattr(lw, field)))
+    model.weights.classifier = Int8Activations(model.weights.classifier)
+    return model
 
 
 def tensors_of(model: Model) -> dict[str, np.ndarray]:
@@ -63,8 +100,10 @@ def compare(ref: Model, prompt: list[int], n: int) -> list[dict]:
     a = ref.prefill(sequence, ref.new_cache(len(sequence)), all_logits=True)  # (T, V)
     tensors = tensors_of(ref)
     rows = []
-    for weights_dtype, kv_dtype in VARIANTS:
+    for weights_dtype, kv_dtype, int8_x in VARIANTS:
         model = Model.from_tensors(ref.config, tensors, weights_dtype=weights_dtype)
+        if int8_x:
+            model = int8_activations(model)
         b = model.prefill(sequence, model.new_cache(len(sequence), dtype=kv_dtype), True)
         free = greedy(model, prompt, n, kv_dtype)
         diverged = np.flatnonzero(np.array(free) != np.array(sequence[len(prompt) :]))
@@ -73,6 +112,7 @@ def compare(ref: Model, prompt: list[int], n: int) -> list[dict]:
             {
                 "weights": weights_dtype,
                 "kv_cache": np.dtype(kv_dtype).name,
+                "activations": "int8" if int8_x else "float32",
                 "max_logit_error": float(np.abs(a - b).max()),
                 "relative_to_logit_std": float(np.abs(a - b).max() / a.std()),
                 "argmax_agreement": float(np.mean(a.argmax(-1) == b.argmax(-1))),
@@ -107,14 +147,15 @@ def main(argv: list[str] | None = None) -> int:
         f"teacher-forced on fp32's greedy sequence ({args.tokens} tokens, fewer if the context "
         "is shorter); stories260K is the real checkpoint, the others random weights (std 0.02).",
         "",
-        "| model | weights | KV cache | max logit error | ÷ logit std | argmax agreement | "
-        "free greedy: identical tokens |",
-        "|---|---|---|---|---|---|---|",
+        "| model | weights | KV cache | activations | max logit error | ÷ logit std | "
+        "argmax agreement | free greedy: identical tokens |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, rows in results.items():
         for r in rows:
             lines.append(
-                f"| {name} | {r['weights']} | {r['kv_cache']} | {r['max_logit_error']:.4f} | "
+                f"| {name} | {r['weights']} | {r['kv_cache']} | {r['activations']} | "
+                f"{r['max_logit_error']:.4f} | "
                 f"{r['relative_to_logit_std']:.4f} | {100 * r['argmax_agreement']:.1f}% | "
                 f"{r['greedy_tokens_identical']} / {r['greedy_tokens']} |"
             )

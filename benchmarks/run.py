@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere: use this checkout's llama_np
     sys.path.insert(0, str(ROOT))
 
-from llama_np import load  # noqa: E402
+from llama_np import kernels, load  # noqa: E402
 from llama_np.config import LlamaConfig  # noqa: E402
 from llama_np.schema import n_params  # noqa: E402
 from llama_np.tools import costs, machine  # noqa: E402
@@ -46,6 +46,7 @@ import llama_cpp  # noqa: E402
 from checkpoint_files import write_hf  # noqa: E402
 
 DEFAULT_MODELS = "stories260K,stories15M,stories110M,tinyllama-1.1b"
+KERNEL_DTYPES = ("fp32", "int8", "bf16", "fp16")  # the kernel layer on/off, on --kernel-model
 BIG_MODEL = "llama-3.1-8b"
 DEFAULT_LOAD_MODELS = "stories110M,tinyllama-1.1b"
 DEFAULT_LLAMA_CPP_MODELS = "stories110M,tinyllama-1.1b"
@@ -225,6 +226,38 @@ def checkpoint_file(name: str, files: Path) -> Path:
     return directory
 
 
+# ---------------------------------------------------------------- the kernel layer on/off
+
+
+def kernel_comparison(name: str, names: list[str], peaks, n_steps: int, rounds: int) -> list:
+    """Decode tokens/s of one shape stored as fp32, int8, bf16 and fp16, each compressed one
+    with every kernel layer in `names`, interleaved: each round times every variant once, so
+    that a busy machine slows all of them alike. `vs_fp32` is the median over rounds of the
+    variant's rate divided by fp32's in the same round."""
+    models = {d: build(name, d) for d in KERNEL_DTYPES}
+    variants = [("fp32", "blas")] + [(d, k) for d in KERNEL_DTYPES[1:] for k in names]
+    rates: dict[tuple[str, str], list[float]] = {v: [] for v in variants}
+    try:
+        for _ in range(rounds):
+            for dtype, kernel in variants:
+                kernels.use(None if kernel == "blas" else kernel)
+                rates[dtype, kernel] += time_decode(models[dtype], n_steps, 1)
+    finally:
+        kernels.use(None)
+    fp32 = np.array(rates["fp32", "blas"])
+    return [
+        {
+            "model": name,
+            "weights_dtype": dtype,
+            "kernels": kernel,
+            **spread(rates[dtype, kernel]),
+            "bound": decode_bound(models[dtype].config, peaks, n_steps, weights_dtype=dtype),
+            "vs_fp32": float(np.median(np.array(rates[dtype, kernel]) / fp32)),
+        }
+        for dtype, kernel in variants
+    ]
+
+
 # ---------------------------------------------------------------- HF transformers (optional)
 
 
@@ -295,6 +328,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", default="1,2,4,8", help="decode batch sizes")
     parser.add_argument("--batch-model", default="stories110M")
     parser.add_argument("--big", default="int8", help=f"{BIG_MODEL} weight dtypes, or ''")
+    parser.add_argument(
+        "--kernel-model", default="stories110M", help="shape for the kernel layer on/off, or ''"
+    )
+    parser.add_argument(
+        "--kernel-layers",
+        default=",".join(kernels.KERNELS),
+        help="kernel layers interleaved on --kernel-model and the 8B shape (default: "
+        "numpy,numba; numba only when installed)",
+    )
     parser.add_argument("--no-hf", action="store_true", help="skip HF transformers")
     parser.add_argument(
         "--load-models",
@@ -349,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     big = [] if args.quick else [d for d in args.big.split(",") if d]
     use_hf = not args.no_hf and hf_available()
+    kernel_names = [
+        k for k in args.kernel_layers.split(",") if k != "numba" or kernels.numba_available()
+    ]
 
     print("measuring the machine ...", file=sys.stderr)
     peaks = machine.measure(repeats=3 if args.quick else 7)
@@ -359,11 +404,13 @@ def main(argv: list[str] | None = None) -> int:
             "bandwidth_gbs": peaks.memory_bandwidth / 1e9,
             "numpy": np.__version__,
             "python": platform.python_version(),
+            "kernels": kernels.describe(),
         },
         "command": " ".join(["python benchmarks/run.py", *(argv or sys.argv[1:])]),
         "repeats": repeats,
         "models": [],
         "batch": [],
+        "kernel_layer": [],
         "big": [],
         "load": [],
         "ttft": None,
@@ -405,8 +452,17 @@ def main(argv: list[str] | None = None) -> int:
         results["models"].append(entry)
         gc.collect()
 
-    for dtype in big:
-        print(f"{BIG_MODEL} {dtype} ...", file=sys.stderr)
+    if args.kernel_model:
+        print(f"{args.kernel_model}: kernel layer on/off ...", file=sys.stderr)
+        config = known_config(args.kernel_model)
+        n_steps = decode_steps(config, args.quick)
+        results["kernel_layer"] = kernel_comparison(
+            args.kernel_model, kernel_names, peaks, n_steps, repeats
+        )
+        gc.collect()
+
+    for dtype, kernel in [(d, k) for d in big for k in kernel_names]:
+        print(f"{BIG_MODEL} {dtype}, {kernel} kernels ...", file=sys.stderr)
         config = known_config(BIG_MODEL)
         need = n_params(config) * WEIGHT_BYTES[dtype] * 1.15  # + one tensor while building
         if available_memory() < need:  # the machine is shared: never push others into swap
@@ -416,12 +472,15 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         model = random_model(config, dtype)
         build_seconds = time.perf_counter() - t0
+        kernels.use(kernel)
         rates = time_decode(model, 3, max(1, repeats // 2))
+        kernels.use(None)
         bound = decode_bound(config, peaks, 3, weights_dtype=dtype)
         results["big"].append(
             {
                 "model": BIG_MODEL,
                 "weights_dtype": dtype,
+                "kernels": kernel,
                 "params": n_params(config),
                 "weights_bytes": model.weights_nbytes,
                 "build_seconds": build_seconds,
@@ -448,15 +507,15 @@ def main(argv: list[str] | None = None) -> int:
         results["ttft"] = run_probe("ttft", args.ttft_model, TTFT_PROMPT, repeats)
 
     kernel_model = args.batch_model
-    for kernels in [k for k in args.kernels.split(",") if k]:
-        print(f"{kernel_model} decode with LLAMA_NP_KERNELS={kernels} ...", file=sys.stderr)
-        env = {**os.environ, "LLAMA_NP_KERNELS": kernels}
+    for layer in [k for k in args.kernels.split(",") if k]:
+        print(f"{kernel_model} decode with LLAMA_NP_KERNELS={layer} ...", file=sys.stderr)
+        env = {**os.environ, "LLAMA_NP_KERNELS": layer}
         n_steps = decode_steps(known_config(kernel_model), args.quick)
         for dtype in ("fp32", "bf16", "int8"):
             rates = run_probe("decode", kernel_model, dtype, n_steps, repeats, env=env)
             if rates:
                 results["kernels"].append(
-                    {"model": kernel_model, "kernels": kernels, "weights_dtype": dtype, **rates}
+                    {"model": kernel_model, "kernels": layer, "weights_dtype": dtype, **rates}
                 )
 
     if args.llama_cpp:
@@ -531,17 +590,34 @@ def to_markdown(r: dict) -> str:
     hf_versions = {e["hf"]["versions"] for e in r["models"] if e.get("hf")}
     if hf_versions:
         lines += ["", f"HF: {', '.join(hf_versions)}, fp32, eager attention, 2 threads."]
+    if r.get("kernel_layer"):
+        lines += [
+            "",
+            f"Kernel layer: {m.get('kernels', '?')}. Decode, batch 1, variants interleaved "
+            "round by round; × fp32 = median over rounds of the ratio to fp32 in the same round.",
+            "",
+            "| model (random weights) | weights | kernels | decode tok/s (min–max) | "
+            "roofline tok/s | % of roofline | × fp32 decode |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for e in r["kernel_layer"]:
+            lines.append(
+                f"| {e['model']} | {e['weights_dtype']} | {e['kernels']} | {e['median']:.1f} "
+                f"({e['min']:.1f}–{e['max']:.1f}) | {e['bound']:.1f} | "
+                f"{100 * e['median'] / e['bound']:.0f}% | {e['vs_fp32']:.2f}× |"
+            )
     if r["big"]:
         lines += [
             "",
-            "| big model (random weights) | weights | weight memory | decode tok/s (min–max) | "
-            "roofline tok/s | % of roofline |",
-            "|---|---|---|---|---|---|",
+            "| big model (random weights) | weights | kernels | weight memory | "
+            "decode tok/s (min–max) | roofline tok/s | % of roofline |",
+            "|---|---|---|---|---|---|---|",
         ]
         for e in r["big"]:
             s = e["decode"]
             lines.append(
                 f"| {e['model']} ({e['params'] / 1e9:.1f}B) | {e['weights_dtype']} | "
+                f"{e.get('kernels', 'numpy')} | "
                 f"{e['weights_bytes'] / 2**30:.1f} GiB | {s['median']:.2f} "
                 f"({s['min']:.2f}–{s['max']:.2f}) | {s['bound']:.2f} | "
                 f"{100 * s['median'] / s['bound']:.0f}% |"

@@ -94,6 +94,7 @@ def generate(
     cache: KVCache | None = None,
     truncate_prompt: bool = False,
     special: bool = False,
+    prefill_chunk: int | None = None,
     **sampling_kwargs: float,
 ) -> Iterator[str]:
     """Generate a continuation of `prompt`, yielding text pieces as they are produced.
@@ -113,7 +114,9 @@ def generate(
     stats.tokens. Special tokens the model generates are left out of the text, or shown by
     name with `special` (they rarely appear: the end-of-turn tokens stop generation).
 
-    A prompt longer than the context raises ContextLengthError, or with `truncate_prompt`
+    `prefill_chunk` runs the prompt through the model that many tokens at a time (chunked
+    prefill; the result is the same). A prompt longer than the context raises
+    ContextLengthError, or with `truncate_prompt`
     (without a `cache`) loses its first tokens (BOS is kept), leaving room for
     min(max_new_tokens, context / 2) new tokens. Arguments are checked before any work is
     done; NaN or Inf in the logits raises NumericalError naming the layer where it first
@@ -133,8 +136,20 @@ def generate(
     else:
         cache.check_room(len(tokens))
     stop_ids = frozenset(model.config.stop_ids if stop_ids is None else stop_ids)
+    if prefill_chunk is not None and not (isinstance(prefill_chunk, int) and prefill_chunk > 0):
+        raise ArgumentError(f"prefill_chunk must be a positive integer, got {prefill_chunk!r}")
     loop = _loop(
-        model, [tokens], max_new_tokens, params, seed, stop, stats, stop_ids, cache, special
+        model,
+        [tokens],
+        max_new_tokens,
+        params,
+        seed,
+        stop,
+        stats,
+        stop_ids,
+        cache,
+        special,
+        prefill_chunk,
     )
     return (piece for _, piece in loop)
 
@@ -149,6 +164,7 @@ def generate_batch_stream(
     stop: str | Sequence[str] = (),
     stats: GenerationStats | None = None,
     special: bool = False,
+    stop_ids: Collection[int] | None = None,
     **sampling_kwargs: float,
 ) -> Iterator[tuple[int, str]]:
     """Continue several prompts at once, yielding (prompt index, text piece) as produced.
@@ -158,7 +174,7 @@ def generate_batch_stream(
     for the whole batch. Prompts may have different lengths. A sequence that ends (end token,
     stop string) stops producing text (stats.stop_reasons says why, per sequence); the batch
     runs until all have ended, max_new_tokens, or the longest sequence fills the context.
-    Same arguments as `generate`.
+    Same arguments as `generate` (`stop_ids` replaces config.stop_ids).
     """
     params = sampling_params(sampling, **sampling_kwargs)
     stop = _check_limits(max_new_tokens, stop, seed)
@@ -176,7 +192,7 @@ def generate_batch_stream(
             f"{config.max_seq_len}; shorten it"
         )
     cache = model.new_cache(min(config.max_seq_len, longest + max_new_tokens), len(batch))
-    stop_ids = frozenset(config.stop_ids)
+    stop_ids = frozenset(config.stop_ids if stop_ids is None else stop_ids)
     return _loop(model, batch, max_new_tokens, params, seed, stop, stats, stop_ids, cache, special)
 
 
@@ -313,6 +329,18 @@ def prompt_tokens(model: Model, prompt: str | Sequence[int]) -> list[int]:
     return tokens
 
 
+def _prefill(
+    model: Model, tokens: list[int], cache: KVCache, seq: int, chunk: int | None
+) -> np.ndarray:
+    """Prefill `tokens` into row `seq` of the cache, in passes of `chunk` tokens (chunked
+    prefill: each pass appends after the last, its causal mask offset by what is cached);
+    -> (V,) logits of the last token."""
+    chunk = chunk or len(tokens)
+    for start in range(0, len(tokens), chunk):
+        logits = model.prefill(tokens[start : start + chunk], cache, seq=seq)
+    return logits
+
+
 def _loop(
     model: Model,
     prompts: list[list[int]],
@@ -324,10 +352,12 @@ def _loop(
     stop_ids: frozenset[int],
     cache: KVCache,
     special: bool = False,
+    prefill_chunk: int | None = None,
 ) -> Iterator[tuple[int, str]]:
     """The one generation loop, for B = len(prompts) sequences (1 unless batched).
 
-    Prefills prompt b into row b of the cache (after what that row holds), then samples one
+    Prefills prompt b into row b of the cache (after what that row holds; in passes of
+    `prefill_chunk` tokens if given: chunked prefill), then samples one
     token per running sequence and decodes them together, until each sequence meets an end
     token or a stop string, or max_new_tokens, or the fullest cache row is full. Yields
     (sequence, text piece); fills `stats` as it goes, so it is complete even after Ctrl-C.
@@ -357,7 +387,9 @@ def _loop(
     try:
         t0 = time.perf_counter()
         with np.errstate(over="ignore", invalid="ignore"):  # non-finite logits: checked below
-            logits = np.stack([model.prefill(p, cache, seq=b) for b, p in enumerate(prompts)])
+            logits = np.stack(
+                [_prefill(model, p, cache, b, prefill_chunk) for b, p in enumerate(prompts)]
+            )
         stats.prefill_seconds = time.perf_counter() - t0  # (B, V) logits above
         for b in range(B):
             check_logits(model, logits[b], history[b])

@@ -1,4 +1,4 @@
-"""Hook points: look at the model's intermediates without editing it.
+"""Hook points: look at the model's intermediates, and change them, without editing it.
 
     remove = model.add_hook("layers.*.attn.probs", lambda name, a: print(name, a.shape))
     with record(model, ["layers.0.attn.q", "logits"]) as rec:   # copies every array
@@ -19,6 +19,9 @@ KV cache, so a replaced k or v is what later positions read. A prompt longer tha
 model.ATTENTION_CHUNK runs attention in blocks of queries: `scores`/`probs` hooks are then
 called once per block with its rows, (H, rows, keys up to the block's last query). With no
 hook registered the forward pass only tests `if self.hooks:`, so hooks cost nothing unused.
+`kv_head(config, h)` names the K/V head that query head h reads (grouped-query attention);
+docs/debugging.md has a worked example: ablate a head and measure how the next-token
+distribution moves.
 
 point                   prefill         decode        batched decode  what it holds
 ----------------------  --------------  ------------  --------------  ---------------------------
@@ -49,9 +52,10 @@ import numpy as np
 from .errors import ArgumentError
 
 if TYPE_CHECKING:
+    from .config import LlamaConfig
     from .model import Model
 
-Hook = Callable[[str, np.ndarray], None]
+Hook = Callable[[str, np.ndarray], "np.ndarray | None"]
 
 MODEL_POINTS = ("tokens", "embed")
 LAYER_POINTS = (
@@ -65,6 +69,14 @@ LAYER_POINTS = (
     "resid",
 )
 HEAD_POINTS = ("logits",)
+
+
+def kv_head(config: LlamaConfig, head: int) -> int:
+    """The K/V head that query head `head` reads: head // G, with G = H / KVH query heads per
+    K/V head (attention stacks those G heads against one K/V head; nothing is copied)."""
+    if not 0 <= head < config.n_heads:
+        raise ArgumentError(f"query head {head} is not in 0..{config.n_heads - 1}")
+    return head // (config.n_heads // config.n_kv_heads)
 
 
 def hook_points(n_layers: int) -> list[str]:

@@ -7,6 +7,9 @@ first. The other formats exist so that big models fit in memory: an 8B-parameter
 NumPy can only multiply float32 fast (BLAS); there is no fast float16 or int8 matmul. So a
 compressed matrix is widened to float32 a few rows at a time into one small preallocated
 scratch buffer, and each piece is multiplied right away, while it is still in the CPU cache.
+That is the reference path. With the optional compiled kernels (llama_np/kernels/, numba),
+decode's products instead widen each weight inside the dot product: `PackedTransposed`
+asks `kernels.compiled` first and falls back to this path.
 
     bf16  the top 16 bits of a float32: widening is a shift (exact)
     fp16  IEEE half precision: NumPy's cast (exact, but slower than the bf16 shift)
@@ -35,6 +38,7 @@ import numpy as np
 
 from .dtypes import BFLOAT16, bfloat16_from_float32, release_pages, to_float32
 from .errors import ArgumentError
+from .kernels import compiled
 from .quants import QUANT_TYPES, QuantizedTensor, dequantize_rows
 
 WEIGHT_DTYPES = ("fp32", "bf16", "fp16", "int8", "stored")
@@ -244,6 +248,10 @@ class PackedTransposed:
         """x (..., K) @ (K, N) -> (..., N) float32."""
         N, K = self.packed.shape
         out = np.empty((*x.shape[:-1], N), dtype=np.float32)  # (..., N)
+        kernel = compiled(self.packed, x.size // K)
+        if kernel is not None:  # compiled: widens each weight inside its dot product (kernels/)
+            kernel(x.reshape(-1, K), out.reshape(-1, N))
+            return out
         step = max(1, CHUNK_FLOATS // K)  # rows per piece
 
         def piece(start: int) -> None:

@@ -576,13 +576,18 @@ HUB_LISTING = List(
 # tools/machine.py's cache of this machine's measured peaks.
 MACHINE_CACHE = Obj(
     {
-        "key": Str(1024),
-        "peaks": Obj(
-            {
-                "matmul_flops": Float(0, 1e18, open_lo=True),
-                "memory_bandwidth": Float(0, 1e16, open_lo=True),
-                "description": Opt(Str(1024), ""),
-            }
-        ),
+        "peaks": Map(
+            Obj(
+                {
+                    "matmul_flops": Float(0, 1e18, open_lo=True),
+                    "memory_bandwidth": Float(0, 1e16, open_lo=True),
+                    "description": Opt(Str(1024), ""),
+                    "threads": Opt(Int(0, 4096), 0),
+                    "key": Opt(Str(1024), ""),
+                    "others_cores": Opt(Float(0, 4096), 0.0),
+                }
+            ),
+            max_len=1024,
+        )
     }
 )

@@ -25,6 +25,7 @@ def test_harness_writes_json_and_markdown(tmp_path):
     args = ["--models", "stories260K", "--quick", "--repeats", "1", "--no-hf"]
     args += ["--batch-model", "stories260K", "--batch-sizes", "1,2", "--prompt-lengths", "16,32"]
     args += ["--load-models", "stories260K", "--ttft-model", "stories260K"]
+    args += ["--kernel-model", "stories260K"]
     assert harness.main([*args, "--files", str(tmp_path), "--out", str(tmp_path)]) == 0
 
     results = json.loads((tmp_path / "latest.json").read_text())
@@ -38,6 +39,9 @@ def test_harness_writes_json_and_markdown(tmp_path):
         assert s["bound"] > 0 and s["fraction"] > 0
     assert [b["batch"] for b in results["batch"]] == [1, 2]
     assert all(b["median"] > 0 for b in results["batch"])
+    rows = {(k["weights_dtype"], k["kernels"]) for k in results["kernel_layer"]}
+    assert ("fp32", "blas") in rows and ("int8", "numpy") in rows and len(rows) >= 4
+    assert all(k["median"] > 0 and k["vs_fp32"] > 0 for k in results["kernel_layer"])
 
     (load,) = results["load"]
     for run in load["runs"]:  # fp32 and int8, each loaded from the bf16 file it wrote

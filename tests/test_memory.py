@@ -1,6 +1,7 @@
 """The memory and roofline calculator against values computed by hand from published configs."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -186,7 +187,11 @@ def test_cli_json_worked_example(capsys):
 
 
 def test_cli_json_with_hardware(capsys, monkeypatch):
-    monkeypatch.setattr(machine, "peaks", lambda: MachinePeaks(100e9, 10e9, "test machine"))
+    monkeypatch.setattr(
+        machine,
+        "peaks",
+        lambda remeasure=False, threads=None: MachinePeaks(100e9, 10e9, "test machine"),
+    )
     assert main(["memory", "stories15M", "--hardware", "this-machine", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["hardware"]["flops"] == 100e9
@@ -206,3 +211,49 @@ def test_cli_table_and_errors(capsys):
     assert "compute-bound" in out and "memory-bound" in out
     assert main(["memory", "llama-3.1-8b", "--flops", "1e12"]) == 1
     assert "--flops and --bandwidth go together" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- critical batch, GQA, attention
+
+
+@pytest.mark.parametrize("name", ["llama-3-8b", "tinyllama-1.1b", "llama-2-7b", "stories110M"])
+@pytest.mark.parametrize("hw", ["h100", "laptop-m2", "tpu-v5e"])
+@pytest.mark.parametrize("position", [0, 1000])
+def test_critical_batch_is_the_first_compute_bound_batch(name, hw, position):
+    """Against a brute-force search: the smallest B whose decode step's FLOPs/bytes reaches
+    the ridge (bytes of B sequences from forward_bytes, FLOPs from forward_flops)."""
+    from llama_np.tools.costs import forward_bytes, forward_flops
+    from llama_np.tools.hardware import get_hardware
+    from llama_np.tools.memory import critical_batch
+
+    config, device = known_config(name), get_hardware(hw)
+
+    def compute_bound(b: int) -> bool:
+        f = forward_flops(config, 1, position, 1, b)
+        return f / forward_bytes(config, 1, position, 2, 2, b) >= device.ridge
+
+    found = critical_batch(config, device, position).batch
+    if found is None:
+        assert not compute_bound(100_000)
+    else:
+        assert compute_bound(found) and not compute_bound(found - 1)
+
+
+def test_memory_prints_the_critical_batch_and_gqa_intensity(capsys):
+    assert main(["memory", "llama-3-8b", "--hardware", "h100"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"critical batch at position 0 +\d+ sequences", out)
+    assert re.search(r"critical batch at position 8,191 +none: ", out)
+    # 32 query heads over 8 KV heads: each bf16 K/V value serves 4 heads, 2 FLOPs each
+    assert "2 FLOPs × 4 query heads per K/V value ÷ 2 bytes = 4 FLOP/byte" in out
+    assert "dtypes" in out and "the defaults" in out
+
+
+def test_attention_share_grows_with_context():
+    from llama_np.tools.costs import attention_flops, attention_share
+
+    cfg = known_config("llama-3-8b")
+    # by hand: 32 layers × 2 matmuls × 2 FLOPs × 32 heads × 128 × (1+2+...+T)
+    assert attention_flops(cfg, 4) == 32 * 2 * 2 * 32 * 128 * 10
+    shares = [attention_share(cfg, t) for t in (1024, 8192, 131072)]
+    assert shares == sorted(shares) and shares[-1] > 0.7 > shares[1]

@@ -2,6 +2,11 @@
 
 import importlib.util
 import json
+import re
+import subprocess
+import sys
+import time
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -53,10 +58,15 @@ def test_flops_and_bytes_by_hand():
     assert decode["tokens"] == 2
     assert decode["flops"] == 3072 + 3136
     assert decode["intensity"] == pytest.approx((3072 + 3136) / (2 * 5664 + 9 * 64))
-    seconds = p.steps[1].seconds + p.steps[2].seconds
-    assert decode["fraction_of_peak_bandwidth"] == pytest.approx(
-        (2 * 5664 + 9 * 64) / seconds / 5e9
-    )
+    # rates at the typical time: the median step, times the number of steps
+    typical = 2 * float(np.median([p.steps[1].seconds, p.steps[2].seconds]))
+    assert decode["mbu"] == pytest.approx((2 * 5664 + 9 * 64) / typical / 5e9)
+    assert decode["mfu"] == pytest.approx((3072 + 3136) / typical / 50e9)
+    # prefill: the median of its repeats, each on a fresh cache
+    assert len(p.prefill_runs) == 5
+    assert p.steps[0].seconds == pytest.approx(float(np.median(p.prefill_runs)))
+    assert p.ttft == p.steps[0].seconds
+    assert p.tpot == pytest.approx(typical / 2)
 
 
 def test_greedy_tokens_match_full_recompute():
@@ -79,8 +89,20 @@ def test_rejects_too_long_and_zero_steps():
         profile_generation(model, [1], n_decode=0, peaks=PEAKS)
 
 
+def test_batched_decode_counts_b_tokens_per_weight_read():
+    p = profile_generation(tiny_model(), [1, 2, 3], n_decode=2, peaks=PEAKS, batch=4)
+    single = [s for s in p.steps if s.phase == "decode"]
+    batched = [s for s in p.steps if s.phase == "batch-decode"]
+    assert [(s.start, s.tokens) for s in batched] == [(3, 4), (4, 4)]
+    for one, four in zip(single, batched, strict=True):
+        assert four.flops == 4 * one.flops  # every sequence does all the arithmetic
+        assert four.kv_bytes == 4 * one.kv_bytes  # each has its own cache
+        assert four.weight_bytes == one.weight_bytes + 3 * 32  # weights once, 4 embedding rows
+    assert p.phase("batch-decode")["intensity"] > 2 * p.phase("decode")["intensity"]
+
+
 def test_cli_writes_json_and_chart(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(machine, "peaks", lambda: PEAKS)
+    monkeypatch.setattr(machine, "peaks", lambda remeasure=False, threads=None: PEAKS)
     out = tmp_path / "prof"
     assert main(["profile", "-p", "The quick brown fox", "-n", "5", "--out", str(out)]) == 0
     printed = capsys.readouterr()
@@ -88,7 +110,9 @@ def test_cli_writes_json_and_chart(tmp_path, capsys, monkeypatch):
     assert data["model"] == "stories260K"
     assert [ph["phase"] for ph in data["phases"]] == ["prefill", "decode"]
     assert len(data["steps"]) == 6 and len(data["generated_tokens"]) == 5
-    assert data["peaks"]["matmul_flops"] == 50e9
+    assert {p["matmul_flops"] for p in data["peaks"].values()} == {50e9}
+    assert data["ttft_seconds"] > 0 and data["tpot_seconds"] > 0
+    assert "TTFT" in printed.out and "TPOT" in printed.out and "MBU" in printed.out
     assert "prefill" in printed.out and "decode" in printed.out
     if importlib.util.find_spec("matplotlib"):
         assert (out / "profile.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -103,37 +127,146 @@ def test_cli_without_matplotlib_still_writes_json(tmp_path, capsys, monkeypatch)
     def no_matplotlib(*args):
         raise ImportError("No module named 'matplotlib'")
 
-    monkeypatch.setattr(machine, "peaks", lambda: PEAKS)
+    monkeypatch.setattr(machine, "peaks", lambda remeasure=False, threads=None: PEAKS)
     monkeypatch.setattr(cli_perf, "plot_profile", no_matplotlib)
     assert main(["profile", "-n", "2", "--out", str(tmp_path)]) == 0
     assert "pip install -e '.[plot]'" in capsys.readouterr().err
     assert (tmp_path / "profile.json").exists() and not (tmp_path / "profile.png").exists()
 
 
-@pytest.mark.parametrize("at_call", [2, 5])
-def test_ctrl_c_keeps_the_profile_so_far(tmp_path, capsys, monkeypatch, at_call):
-    """Ctrl-C during `profile` (decode call 2: only the warm-up decode and prefill done)
-    writes the steps timed so far and exits 130."""
-    from llama_np.cli import main
-    from llama_np.model import Model
-    from llama_np.tools import machine
+# ---------------------------------------------------------------- trustworthy measurement
 
-    decode, calls = Model.decode, []
 
-    def interrupted(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == at_call:
-            raise KeyboardInterrupt
-        return decode(self, *args, **kwargs)
+def phase_rows(out: str) -> dict[str, list[str]]:
+    return {
+        line.split()[0]: line.split()
+        for line in out.splitlines()
+        if re.match(r"(prefill|decode) +\d+ +\d+ ", line)
+    }
 
-    monkeypatch.setattr(Model, "decode", interrupted)
-    monkeypatch.setattr(machine, "peaks", lambda: machine.MachinePeaks(1e11, 1e10, "stub"))
-    assert main(["profile", "-n", "8", "--out", str(tmp_path)]) == 130
-    err = capsys.readouterr().err
-    if at_call == 2:  # no decode step timed yet: nothing to report
-        assert "interrupted before the first decode step" in err
-        assert not (tmp_path / "profile.json").exists()
-        return
-    assert "interrupted; the profile holds the steps so far" in err
-    steps = json.loads((tmp_path / "profile.json").read_text())["steps"]
-    assert [s["phase"] for s in steps].count("decode") == at_call - 2
+
+def test_threads_flag_pins_blas_threads_and_says_so(tmp_path, capsys, monkeypatch):
+    b = machine.blas()
+    if not b.controllable:
+        pytest.skip(f"this NumPy's BLAS ({b.describe()}) cannot change threads in-process")
+    monkeypatch.setattr(machine, "peaks", lambda remeasure=False, threads=None: PEAKS)
+    seen = []
+    real_decode = Model.decode
+
+    def decode(self, token, cache):
+        seen.append(b.threads)
+        return real_decode(self, token, cache)
+
+    monkeypatch.setattr(Model, "decode", decode)
+    before = b.threads
+    assert main(["profile", "-n", "3", "--threads", "1", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "threads used (best median of each phase): prefill 1, decode 1" in out
+    assert set(seen) == {1}
+    assert b.threads == before  # restored afterwards
+    rows = phase_rows(out)
+    assert rows["prefill"][1] == rows["decode"][1] == "1"
+
+
+def test_peaks_are_cached_per_thread_count(tmp_path, monkeypatch):
+    monkeypatch.setattr(machine, "CACHE_FILE", tmp_path / "machine.json")
+    measured = []
+
+    def fake_measure(repeats=7, threads=None):
+        measured.append(threads)
+        return MachinePeaks(1e9 * threads, 1e9, "fake", threads, machine.machine_key(threads))
+
+    monkeypatch.setattr(machine, "measure", fake_measure)
+    assert machine.peaks(threads=1).matmul_flops == 1e9
+    assert machine.peaks(threads=2).matmul_flops == 2e9
+    assert machine.peaks(threads=1).matmul_flops == 1e9  # from the file
+    assert measured == [1, 2]
+    machine.peaks(remeasure=True, threads=1)
+    assert measured == [1, 2, 1]
+    saved = json.loads((tmp_path / "machine.json").read_text())["peaks"]
+    assert len(saved) == 2 and all("numpy" in key and "threads" in key for key in saved)
+
+
+def test_poisoned_cache_is_measured_again(tmp_path, capsys, monkeypatch):
+    """Cached peaks far too low (measured under load): profile notices and measures again."""
+    cache = tmp_path / "machine.json"
+    monkeypatch.setattr(machine, "CACHE_FILE", cache)
+    key = machine.machine_key(1)
+    poisoned = MachinePeaks(1e6, 1e6, "poisoned", 1, key)  # 1 MFLOP/s, 1 MB/s
+    cache.write_text(json.dumps({"peaks": {key: asdict(poisoned)}}))
+    monkeypatch.setattr(machine, "measure", lambda repeats=7, threads=None: MachinePeaks(
+        1e15, 1e13, "fast", threads, machine.machine_key(threads)))  # fmt: skip
+    argv = ["profile", "-n", "3", "--out", str(tmp_path)]
+    if machine.blas().controllable:
+        argv += ["--threads", "1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "re-measured the peaks" in out
+    assert json.loads(cache.read_text())["peaks"][key]["matmul_flops"] == 1e15
+    rows = phase_rows(out)
+    assert all(float(r[-1].rstrip("%")) < 100 and float(r[-2].rstrip("%")) < 100
+               for r in rows.values())  # fmt: skip
+
+
+def test_above_peak_is_never_reported_without_a_warning(tmp_path, capsys, monkeypatch):
+    """Peaks that measuring again cannot fix: every % over 100 has a WARNING naming it."""
+    low = MachinePeaks(1e6, 1e6, "low", 1)
+    monkeypatch.setattr(machine, "peaks", lambda remeasure=False, threads=None: low)
+    assert main(["profile", "-n", "3", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    warnings = [line for line in out.splitlines() if line.startswith("WARNING")]
+    for name, row in phase_rows(out).items():
+        for column, what in ((-2, "FLOP/s"), (-1, "bandwidth")):
+            if float(row[column].rstrip("%")) > 100:
+                assert any(w.startswith(f"WARNING: {name}:") and what in w for w in warnings)
+    assert "re-measured the peaks" in out
+    assert len(warnings) >= 2
+
+
+@pytest.mark.slow
+def test_busy_machine_is_reported_or_the_lesson_holds(tmp_path, capsys, monkeypatch):
+    """With a CPU hog on every core, prefill is still faster per token than decode, or the
+    profile says its measurement is contaminated."""
+    monkeypatch.setattr(machine, "peaks", lambda remeasure=False, threads=None: PEAKS)
+    hogs = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        for _ in range(machine.cpu_count())
+    ]
+    try:
+        time.sleep(0.5)
+        argv = ["profile", "-p", "The quick brown fox", "-n", "20", "--out", str(tmp_path)]
+        assert main(argv) == 0
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    out = capsys.readouterr().out
+    rows = phase_rows(out)
+    prefill_per_token, decode_median = float(rows["prefill"][4]), float(rows["decode"][3])
+    if not prefill_per_token < decode_median:
+        assert "WARNING: measurement contaminated" in out
+    if sys.platform == "linux":  # /proc/stat sees the hogs
+        assert "WARNING: measurement contaminated: other processes used" in out
+    data = json.loads((tmp_path / "profile.json").read_text())
+    assert data["contaminated"] is ("measurement contaminated" in out)
+
+
+def test_random_weights_of_a_known_shape(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(machine, "peaks", lambda remeasure=False, threads=None: PEAKS)
+    argv = ["profile", "--random", "stories15M", "--prompt-tokens", "8", "-n", "2", "--batch",
+            "2", "--repeats", "2", "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "8 random token ids; random weights of stories15M's shape" in out
+    data = json.loads((tmp_path / "profile.json").read_text())
+    assert data["model"] == "stories15M"
+    assert [ph["phase"] for ph in data["phases"]] == ["prefill", "decode", "batch-decode"]
+    assert data["phases"][2]["tokens"] == 4
+
+
+def test_random_refuses_unknown_names_and_models_too_big(tmp_path, capsys, monkeypatch):
+    assert main(["profile", "--random", "gpt-5", "--out", str(tmp_path)]) == 1
+    assert "known: stories260K" in capsys.readouterr().err
+    monkeypatch.setattr("llama_np.limits.available_memory", lambda: 10**9)
+    assert main(["profile", "--random", "llama-3.2-1b", "--out", str(tmp_path)]) == 1
+    assert "needs" in capsys.readouterr().err

@@ -58,8 +58,21 @@ def test_trace_cli_writes_npz_and_pngs(tmp_path, capsys):
         full = trace_attention(llama_np.load(), PROMPT, 4, layers=[0, 3]).probs
         assert np.array_equal(z["probs"], full[:, [1, 2]])
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["layer0_head1.png", "layer0_head2.png", "layer3_head1.png", "layer3_head2.png"]
+    assert pngs == ["layer0.png", "layer3.png"]  # one overview per layer, its heads in a grid
     assert all((out / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_trace_cli_per_head_files_on_request(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    argv = ["trace", "-p", PROMPT, "-n", "2", "--layers", "1", "--heads", "0,3", "--per-head"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert pngs == ["layer1_head0.png", "layer1_head3.png"]
+
+
+def test_trace_needs_somewhere_to_write(capsys):
+    assert main(["trace", "-p", PROMPT]) == 1
+    assert "--out DIR" in capsys.readouterr().err
 
 
 def test_trace_cli_without_matplotlib_still_writes_arrays(tmp_path, capsys, monkeypatch):

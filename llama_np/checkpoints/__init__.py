@@ -33,7 +33,16 @@ from .hf import load_hf, read_hf_config
 from .llama2c import llama2c_file, load_llama2c, read_header
 from .meta import load_meta
 
-__all__ = ["DEFAULT_CHECKPOINT", "FORMATS", "Checkpoint", "CheckpointFormat", "load", "read_config"]
+__all__ = [
+    "DEFAULT_CHECKPOINT",
+    "FORMATS",
+    "Checkpoint",
+    "CheckpointFormat",
+    "checkpoint_tokenizer",
+    "load",
+    "read_checkpoint",
+    "read_config",
+]
 
 # The small real model shipped with llama_np (see weights/stories260K/PROVENANCE.md).
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "weights" / "stories260K"
@@ -130,21 +139,34 @@ def load(
     if weights_dtype is not None:
         check_weights_dtype(weights_dtype)  # before any reading
     path = Path(path)
-    found = _format_of(path).read(path)
+    found = read_checkpoint(path)
     config = found.config
     weights_dtype = weights_dtype or found.weights_dtype
     # Kept as stored, the weights take what the file's tensors take.
     stored = sum(t.nbytes for t in found.tensors.values()) if weights_dtype == "stored" else None
     check_model_fits(config, str(path), weights_dtype, stored)
-    if tokenizer:
-        tok = load_tokenizer(tokenizer, config.vocab_size)
-    elif found.tokenizer is not None:
-        tok = found.tokenizer
-    else:
-        tokenizer_path = find_tokenizer(found.directory, exclude=found.exclude)
-        tok = load_tokenizer(tokenizer_path, config.vocab_size) if tokenizer_path else None
+    tok = checkpoint_tokenizer(found, tokenizer)
     progress = _Progress(config.name or path.name)
     return Model.from_tensors(config, found.tensors, tok, weights_dtype, progress)
+
+
+def read_checkpoint(path: str | Path) -> Checkpoint:
+    """A checkpoint's config and tensors (memory-mapped, in file dtypes), not yet a Model."""
+    path = Path(path)
+    return _format_of(path).read(path)
+
+
+def checkpoint_tokenizer(
+    found: Checkpoint, tokenizer: str | Path | None = None
+) -> Tokenizer | None:
+    """The tokenizer of a checkpoint: `tokenizer` (a path) if given, else the one the
+    checkpoint carries, else a tokenizer file in its directory, else None."""
+    if tokenizer:
+        return load_tokenizer(tokenizer, found.config.vocab_size)
+    if found.tokenizer is not None:
+        return found.tokenizer
+    tokenizer_path = find_tokenizer(found.directory, exclude=found.exclude)
+    return load_tokenizer(tokenizer_path, found.config.vocab_size) if tokenizer_path else None
 
 
 def read_config(path: str | Path) -> LlamaConfig:

@@ -304,6 +304,10 @@ LAYER_NAMES = {
     "attn_k.weight": "attention.wk.weight",
     "attn_v.weight": "attention.wv.weight",
     "attn_output.weight": "attention.wo.weight",
+    "attn_q.bias": "attention.wq.bias",  # optional (schema.py), as in llama.cpp
+    "attn_k.bias": "attention.wk.bias",
+    "attn_v.bias": "attention.wv.bias",
+    "attn_output.bias": "attention.wo.bias",
     "ffn_norm.weight": "ffn_norm.weight",
     "ffn_gate.weight": "feed_forward.w1.weight",
     "ffn_down.weight": "feed_forward.w2.weight",

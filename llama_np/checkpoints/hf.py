@@ -16,6 +16,8 @@ Meta and llama2.c rotate (x[2i], x[2i+1]) ("interleaved"). Meta's weights were c
 permuting the rows of wq and wk within each head so that the half-split rotation gives the same
 result. We do not undo that permutation: the config says `rope_interleaved=False` and
 `layers.apply_rope` rotates the half-split pairs, so the HF weights are used exactly as stored.
+Exporting (export.py) applies it, or its inverse, where the target format uses the other
+pairing: `to_half_split` for HF, `to_interleaved` for GGUF.
 """
 
 from __future__ import annotations
@@ -61,6 +63,30 @@ GLOBAL_NAMES = {
     "norm.weight": "model.norm.weight",
     "output.weight": "lm_head.weight",
 }
+
+
+def to_half_split(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """Reorder each head's rows from interleaved RoPE pairs to half-split.   (n_heads*HD, D)
+
+    Pair members 2i, 2i+1 move to rows i and i + HD/2: half-split rotation of the result gives
+    the same attention scores, since q.k only sums over rows and q and k are permuted alike.
+    This is the permutation of transformers' convert_llama_weights_to_hf.py.
+    """
+    rows = w.shape[0]
+    HD = rows // n_heads
+    # (heads, HD/2 pairs, 2 members, D) -> (heads, 2 members, HD/2 pairs, D)
+    return w.reshape(n_heads, HD // 2, 2, -1).transpose(0, 2, 1, 3).reshape(w.shape)
+
+
+def to_interleaved(w: np.ndarray, n_heads: int) -> np.ndarray:
+    """The inverse of `to_half_split`: HF's rows back to interleaved pairs (Meta, GGUF).
+
+    llama.cpp's convert_hf_to_gguf.py applies this (its `permute`) to HF q/k weights.
+    """
+    rows = w.shape[0]
+    HD = rows // n_heads
+    # (heads, 2 members, HD/2 pairs, D) -> (heads, HD/2 pairs, 2 members, D)
+    return w.reshape(n_heads, 2, HD // 2, -1).transpose(0, 2, 1, 3).reshape(w.shape)
 
 
 def hf_name(meta_name: str) -> str:

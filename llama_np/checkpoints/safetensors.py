@@ -19,7 +19,9 @@ file holds each tensor.
 from __future__ import annotations
 
 import itertools
+import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +137,42 @@ def read_safetensors_dir(directory: Path) -> dict[str, np.ndarray]:
             f"{directory}: tensors listed in {INDEX_FILE} are in none of the shards: {absent[:5]}"
         )
     return tensors
+
+
+def write_safetensors(
+    path: str | Path,
+    tensors: list[tuple[str, tuple[int, ...], str, Callable[[], np.ndarray]]],
+    metadata: dict[str, str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """Write a `.safetensors` file, making and writing one tensor at a time.
+
+    `tensors` is a list of (name, shape, dtype, make): dtype "F32", "F16" or "BF16", and
+    make() returns the tensor's data in that dtype (BF16 as dtypes.BFLOAT16). The header
+    needs only shapes and dtypes, so it is written first and no two tensors are ever held
+    in memory together. `progress(done, total)` is called after each tensor.
+    """
+    header: dict[str, object] = {"__metadata__": metadata or {"format": "pt"}}
+    offset = 0
+    for name, shape, dtype, _ in tensors:
+        n_bytes = math.prod(shape) * DTYPES[dtype].itemsize
+        header[name] = {
+            "dtype": dtype,
+            "shape": list(shape),
+            "data_offsets": [offset, offset + n_bytes],
+        }
+        offset += n_bytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # pad with spaces so that the data starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        for i, (name, shape, dtype, make) in enumerate(tensors):
+            data = np.ascontiguousarray(make())
+            if data.dtype != DTYPES[dtype] or data.shape != tuple(shape):  # a caller's bug
+                raise AssertionError(
+                    f"{name}: made {data.dtype} {data.shape}, expected {dtype} {shape}"
+                )
+            f.write(memoryview(data.view(np.uint8)).cast("B"))
+            if progress is not None:
+                progress(i + 1, len(tensors))

@@ -13,9 +13,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from .. import DEFAULT_CHECKPOINT, load
+from .. import DEFAULT_CHECKPOINT, kernels, load
 from ..chat import CHAT_FORMATS, Chat
 from ..checkpoints.download import KNOWN_CHECKPOINTS, MIN_RATE, RATE_WINDOW, download
+from ..checkpoints.export import convert
 from ..checkpoints.gguf import gguf_file, is_gguf, read_gguf, type_summary
 from ..errors import ArgumentError, LlamaNpError
 from ..generate import GenerationStats, generate, generate_batch_stream
@@ -34,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "kernels", None) is not None:
+            kernels.use(args.kernels)
         return args.run(args)
     except LlamaNpError as e:
         if args.debug:
@@ -98,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop when TEXT appears (repeatable)",
     )
     gen.add_argument(
+        "--prefill-chunk",
+        type=int,
+        metavar="N",
+        help="prefill the prompt N tokens per pass (chunked prefill; same result, see "
+        "docs/debugging.md for the causal mask's offset)",
+    )
+    gen.add_argument(
         "--break-at",
         metavar="POINT",
         help="stop in the debugger at a hook point, e.g. layers.0.attn.probs (docs/debugging.md)",
@@ -118,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         "blocks); compressed weights are widened to fp32 as they are used (default: stored "
         "for GGUF, fp32 otherwise)",
     )
+    add_kernels_arg(gen)
     gen.set_defaults(run=run_generate)
 
     trace = commands.add_parser(
@@ -146,8 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="sampling temperature (default: 0, greedy)",
     )
     trace.add_argument("-s", "--seed", type=int, default=None, metavar="S", help="random seed")
+    trace.add_argument("--out", metavar="DIR", help="directory for attention.npz and the PNGs")
     trace.add_argument(
-        "--out", required=True, metavar="DIR", help="directory for attention.npz and the PNGs"
+        "--per-head",
+        action="store_true",
+        help="one PNG per layer and head (default: one overview PNG per layer, all its heads)",
+    )
+    trace.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also write an explorer page (self-contained HTML: pick a layer and head, hover "
+        "tokens; the roofline of a profile of the same generation)",
     )
     trace.set_defaults(run=run_trace)
     chat = commands.add_parser(
@@ -182,10 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_sampling_args(chat)
     add_special_arg(chat)
+    add_kernels_arg(chat)
     chat.set_defaults(run=run_chat)
 
     info = commands.add_parser("info", help="print a model's config, size and KV-cache memory")
     add_model_arg(info)
+    add_kernels_arg(info)
     info.set_defaults(run=run_info)
 
     dl = commands.add_parser("download", help="fetch a checkpoint from the Hugging Face hub")
@@ -213,7 +235,34 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: {MIN_RATE:,.0f})",
     )
     dl.set_defaults(run=run_download)
+
+    conv = commands.add_parser(
+        "convert",
+        help="write a model as GGUF (llama.cpp) or a Hugging Face safetensors directory",
+        description="Write any model llama_np loads as a GGUF file for llama.cpp (and Ollama, "
+        "LM Studio) or as a Hugging Face LlamaForCausalLM directory for transformers. "
+        "Tensors are converted one at a time.",
+    )
+    conv.add_argument("model", metavar="MODEL", help="checkpoint file or directory to convert")
+    conv.add_argument(
+        "out", metavar="OUT", help="output: a .gguf file, or a directory (Hugging Face)"
+    )
+    conv.add_argument(
+        "--to",
+        metavar="FORMAT",
+        help="gguf or hf (default: gguf when OUT ends in .gguf, else hf)",
+    )
+    conv.add_argument(
+        "--type",
+        default="f32",
+        metavar="TYPE",
+        help="weight type: f32, f16 or q8_0 for GGUF; f32, f16 or bf16 for hf (default: f32, "
+        "exact); norms stay f32",
+    )
+    conv.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    conv.set_defaults(run=run_convert)
     cli_perf.add_commands(commands)  # memory, profile
+    add_kernels_arg(commands.choices["profile"])
     return parser
 
 
@@ -264,6 +313,16 @@ def add_sampling_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_kernels_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--kernels",
+        choices=kernels.KERNELS,
+        default=None,
+        help="how compressed weights multiply: numba (compiled, the default when installed: "
+        "pip install -e '.[fast]') or numpy (widen pieces + BLAS); also $LLAMA_NP_KERNELS",
+    )
+
+
 def add_special_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--special",
@@ -309,6 +368,7 @@ def run_generate(args: argparse.Namespace) -> int:
         stop=args.stop,
         stats=stats,
         truncate_prompt=args.truncate_prompt,
+        prefill_chunk=args.prefill_chunk,
         special=args.special,
     )
     if stats.prompt_tokens_dropped:
@@ -370,6 +430,21 @@ def run_download(args: argparse.Namespace) -> int:
         print("\nllama-np: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     print(target)
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        if time.perf_counter() - start < 1.0:  # small models: no progress lines
+            return
+        end = "\n" if done == total else ""
+        print(f"\rwriting {args.out}: {done}/{total} tensors", end=end, file=sys.stderr)
+
+    out = convert(args.model, args.out, args.to, args.type, args.force, progress)
+    size = sum(p.stat().st_size for p in out.rglob("*")) if out.is_dir() else out.stat().st_size
+    print(f"wrote {out} ({nbytes(size)})")
     return 0
 
 
@@ -516,9 +591,17 @@ def print_timings(stats: GenerationStats, seed: int | None = None) -> None:
 
 
 def run_trace(args: argparse.Namespace) -> int:
-    from ..tools.trace import parse_indices, plot_attention, save_npz, trace_attention
+    from ..tools.trace import (
+        parse_indices,
+        plot_attention,
+        plot_layer,
+        save_npz,
+        trace_attention,
+    )
 
-    out = cli_perf.output_dir(args.out)  # before the (slow) load
+    if args.out is None and args.html is None:
+        raise ArgumentError("trace needs --out DIR (arrays and pictures) and/or --html FILE")
+    out = cli_perf.output_dir(args.out) if args.out is not None else None
     model = load(args.model)
     layers = parse_indices(args.layers, model.config.n_layers, "--layers")
     heads = parse_indices(args.heads, model.config.n_heads, "--heads")
@@ -532,6 +615,18 @@ def run_trace(args: argparse.Namespace) -> int:
     )
     n_gen = len(trace.tokens) - trace.n_prompt
     print(f"{trace.n_prompt} prompt tokens, {n_gen} generated: {''.join(trace.pieces)!r}")
+    if args.html:
+        from ..tools import machine
+        from ..tools.explorer import write_html
+        from ..tools.profile import profile_generation
+
+        prompt = [int(t) for t in trace.tokens[: trace.n_prompt]]
+        profile = profile_generation(
+            model, prompt, max(1, n_gen), lambda t, again=False: machine.peaks(again, t), repeats=3
+        )
+        print(f"wrote {write_html(args.html, trace, profile, model.config.n_kv_heads, heads)}")
+    if out is None:
+        return EXIT_INTERRUPTED if trace.interrupted else 0
     print(f"wrote {save_npz(trace, out / 'attention.npz', heads)}")
     if trace.interrupted:  # Ctrl-C: the arrays so far are saved; no pictures
         print("llama-np: interrupted; attention.npz holds the tokens so far", file=sys.stderr)
@@ -546,6 +641,9 @@ def run_trace(args: argparse.Namespace) -> int:
         )
         return 0
     for layer in layers:
+        if not args.per_head:
+            print(f"wrote {plot_layer(trace, layer, heads, out / f'layer{layer}.png')}")
+            continue
         for head in heads:
             print(
                 f"wrote {plot_attention(trace, layer, head, out / f'layer{layer}_head{head}.png')}"
@@ -585,6 +683,7 @@ def run_info(args: argparse.Namespace) -> int:
         ("parameters", f"{n_params(c):,}"),
         *([("GGUF tensor types", storage)] if storage else []),
         ("weights in memory", nbytes(model.weights_nbytes)),
+        ("kernels (compressed weights)", kernels.describe()),
         ("KV cache per token (float32)", nbytes(c.kv_cache_bytes(1))),
         (f"KV cache at {c.max_seq_len} tokens", nbytes(c.kv_cache_bytes(c.max_seq_len))),
     ]

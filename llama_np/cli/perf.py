@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import ArgumentError
 from ..tools import hardware, machine, memory
 from ..tools.profile import format_profile, plot_profile, profile_generation, write_json
@@ -37,7 +39,7 @@ def add_commands(commands) -> None:
     mem.add_argument(
         "--dtype",
         choices=list(memory.WEIGHT_DTYPES),
-        default=memory.DEFAULT_DTYPE,
+        default=None,
         help="weight storage type, as llama_np stores it (--weights-dtype); int8 = 32 int8 "
         "weights + a float32 scale, 36 bytes per 32 "
         f"(default: {memory.DEFAULT_DTYPE}, as Llama checkpoints are published)",
@@ -45,7 +47,7 @@ def add_commands(commands) -> None:
     mem.add_argument(
         "--kv-dtype",
         choices=list(memory.KV_DTYPES),
-        default=memory.DEFAULT_KV_DTYPE,
+        default=None,
         help=f"KV-cache entry type (default: {memory.DEFAULT_KV_DTYPE}, 2 bytes, as GPU engines "
         "keep it; llama_np itself uses fp32)",
     )
@@ -59,7 +61,7 @@ def add_commands(commands) -> None:
         "--hardware",
         metavar="NAME",
         help=f"estimate speed on a device: {', '.join(hardware.NAMES)} "
-        "(this-machine is measured once and cached)",
+        "(this-machine is measured and cached per thread count; --remeasure measures again)",
     )
     mem.add_argument("--flops", type=float, metavar="X", help="custom peak FLOP/s, e.g. 989e12")
     mem.add_argument(
@@ -72,6 +74,11 @@ def add_commands(commands) -> None:
         "--device-memory", type=float, metavar="Z", help="custom device memory, bytes, e.g. 80e9"
     )
     mem.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    mem.add_argument(
+        "--remeasure",
+        action="store_true",
+        help="with --hardware this-machine: measure this machine's peaks again",
+    )
     mem.set_defaults(run=run_memory)
 
     prof = commands.add_parser(
@@ -108,6 +115,53 @@ def add_commands(commands) -> None:
         metavar="DIR",
         help="directory for profile.json and profile.png (default: profile_out)",
     )
+    prof.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="BLAS threads for every phase (default: try 1 and all CPUs, and give each phase "
+        "the count with its best median; the output says which)",
+    )
+    prof.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        metavar="R",
+        help="prefill runs, each on a fresh cache; the median is reported (default: 5)",
+    )
+    prof.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        metavar="B",
+        help="also time decode of B copies of the prompt together (Model.decode_batch) and put "
+        "it on the roofline (default: 1, off)",
+    )
+    prof.add_argument(
+        "--random",
+        metavar="NAME",
+        help="profile random weights of a known model's shape instead of a checkpoint "
+        "(stories110M, tinyllama-1.1b, llama-3.2-1b, ...; fp32, checked against free memory); "
+        "the prompt is --prompt-tokens token ids",
+    )
+    prof.add_argument(
+        "--prompt-tokens",
+        type=int,
+        default=16,
+        metavar="N",
+        help="prompt length in tokens with --random (default: 16)",
+    )
+    prof.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also write an explorer page (self-contained HTML): the roofline with every phase, "
+        "and the attention of the generation (layers, heads, tokens) unless --random",
+    )
+    prof.add_argument(
+        "--remeasure",
+        action="store_true",
+        help="measure this machine's peaks again instead of using the cached ones",
+    )
     prof.set_defaults(run=run_profile)
 
 
@@ -126,17 +180,20 @@ def output_dir(path: str, flag: str = "--out") -> Path:
 
 def run_memory(args: argparse.Namespace) -> int:
     config = memory.load_config(args.model)
-    report = memory.memory_report(config, args.context, args.batch, args.dtype, args.kv_dtype)
+    defaulted = args.dtype is None or args.kv_dtype is None
+    dtype = args.dtype or memory.DEFAULT_DTYPE
+    kv_dtype = args.kv_dtype or memory.DEFAULT_KV_DTYPE
+    report = memory.memory_report(config, args.context, args.batch, dtype, kv_dtype)
     device = _hardware(args)
     est = None
     if device is not None:
         est = memory.estimate(
-            config, device, args.context, args.prompt_tokens, args.batch, args.dtype, args.kv_dtype
+            config, device, args.context, args.prompt_tokens, args.batch, dtype, kv_dtype
         )
     if args.json:
         print(json.dumps(memory.to_json(report, est), indent=2))
     else:
-        print(memory.format_report(report, config, est))
+        print(memory.format_report(report, config, est, defaulted))
     return 0
 
 
@@ -150,26 +207,65 @@ def _hardware(args: argparse.Namespace) -> hardware.Hardware | None:
         return hardware.custom_hardware(args.flops, args.bandwidth, args.device_memory)
     if args.device_memory is not None:
         raise ArgumentError("--device-memory goes with --flops and --bandwidth")
-    return hardware.get_hardware(args.hardware) if args.hardware else None
+    return hardware.get_hardware(args.hardware, args.remeasure) if args.hardware else None
 
 
 def run_profile(args: argparse.Namespace) -> int:
     from .. import DEFAULT_CHECKPOINT, load
 
-    out = output_dir(args.out)  # before the (slow) load and measurements
-    model = load(args.model or DEFAULT_CHECKPOINT)
-    if model.tokenizer is None:
-        raise ArgumentError(f"{args.model}: no tokenizer found next to the checkpoint")
-    prompt = model.tokenizer.encode(args.prompt, bos=True)
-    peaks = machine.peaks()
-    result = profile_generation(model, prompt, args.n_predict, peaks)
-    if result.interrupted and not any(s.phase == "decode" for s in result.steps):
-        print("llama-np: interrupted before the first decode step: no profile", file=sys.stderr)
-        return 130  # 128 + SIGINT
-    print(f"prompt: {args.prompt!r} ({len(prompt)} tokens with BOS)")
-    print(f"greedy continuation: {result.text!r}\n")
+    for flag, value in (("--repeats", args.repeats), ("--batch", args.batch)):
+        if value < 1:
+            raise ArgumentError(f"{flag} must be at least 1, got {value}")
+    if args.random:
+        from ..limits import check_model_fits
+        from ..tools.random_model import random_model
+
+        config = memory.load_config(args.random)
+        if args.prompt_tokens < 1:
+            raise ArgumentError(f"--prompt-tokens must be at least 1, got {args.prompt_tokens}")
+        check_model_fits(config, f"--random {args.random}")
+        model = random_model(config)
+        rng = np.random.default_rng(0)
+        prompt = [int(t) for t in rng.integers(0, config.vocab_size, args.prompt_tokens)]
+        print(f"prompt: {len(prompt)} random token ids; random weights of {config.name}'s shape")
+    else:
+        model = load(args.model or DEFAULT_CHECKPOINT)
+        if model.tokenizer is None:
+            raise ArgumentError(f"{args.model}: no tokenizer found next to the checkpoint")
+        prompt = model.tokenizer.encode(args.prompt, bos=True)
+        print(f"prompt: {args.prompt!r} ({len(prompt)} tokens with BOS)")
+    blas = machine.blas()
+    if args.threads is not None:
+        blas.check_threads(args.threads)
+        threads = [args.threads]
+    elif blas.controllable and machine.cpu_count() > 1:
+        threads = sorted({1, machine.cpu_count()})
+    else:
+        threads = None  # fixed by the environment
+    result = profile_generation(
+        model,
+        prompt,
+        args.n_predict,
+        lambda t, again=False: machine.peaks(args.remeasure or again, t),
+        threads=threads,
+        repeats=args.repeats,
+        batch=args.batch,
+    )
+    if result.text:
+        print(f"greedy continuation: {result.text!r}")
+    print(f"machine: {machine.cpu_model()}, {machine.cpu_count()} CPUs, {blas.describe()}\n")
     print(format_profile(result))
 
+    if args.html:
+        from ..tools.explorer import write_html
+
+        trace = None
+        if model.tokenizer is not None:  # random weights have no text to show
+            from ..tools.trace import trace_attention
+
+            trace = trace_attention(model, prompt, args.n_predict)
+        print(f"wrote {write_html(args.html, trace, result, model.config.n_kv_heads)}")
+    out = output_dir(args.out)
     write_json(result, out / "profile.json")
     print(f"\nwrote {out / 'profile.json'}")
     try:

@@ -21,12 +21,36 @@ def forward_flops(
     positions, and probs·v), and the classifier for `n_logits` positions. Norms, RoPE and
     softmax are O(D) per token and left out. `batch_size` sequences each do all of it.
     """
-    T, L = n_tokens, config.n_layers
-    weights = 2 * T * matmul_params(config)
-    visible = T * start + T * (T + 1) // 2  # sum over new tokens of positions each one sees
-    attention = L * 2 * 2 * config.n_heads * config.head_dim * visible
+    weights = 2 * n_tokens * matmul_params(config)
     classifier = 2 * n_logits * config.dim * config.vocab_size
-    return batch_size * (weights + attention + classifier)
+    return batch_size * (weights + attention_flops(config, n_tokens, start) + classifier)
+
+
+def attention_flops(config: LlamaConfig, n_tokens: int, start: int = 0) -> int:
+    """FLOPs of attention proper (q·k and probs·v, no weights) for `n_tokens` new tokens at
+    positions start..: each query meets every position it may see, in every head and layer.
+
+    It grows with the square of the prompt, the weight matmuls only linearly: at long
+    context attention is most of prefill's arithmetic (`attention_share`).
+    """
+    T = n_tokens
+    visible = T * start + T * (T + 1) // 2  # sum over new tokens of positions each one sees
+    return config.n_layers * 2 * 2 * config.n_heads * config.head_dim * visible
+
+
+def attention_share(config: LlamaConfig, n_tokens: int, start: int = 0) -> float:
+    """Fraction of a forward pass's FLOPs spent in attention proper (logits of one position)."""
+    return attention_flops(config, n_tokens, start) / forward_flops(config, n_tokens, start)
+
+
+def kv_intensity(config: LlamaConfig, kv_bytes: float = 4) -> float:
+    """FLOPs per byte of K/V read by decode's attention: 2·G / bytes per value.
+
+    Each cached K (or V) element, read once, is multiplied-and-added (2 FLOPs) by each of
+    the G = H/KVH query heads that share its KV head. Multi-head attention (G = 1) in fp32 is
+    0.5 FLOP/byte; Llama 3 8B's G = 4 in bf16 is 4.
+    """
+    return 2 * (config.n_heads // config.n_kv_heads) / kv_bytes
 
 
 def forward_bytes(

@@ -64,9 +64,10 @@ THIS_MACHINE = "this-machine"
 NAMES = (THIS_MACHINE, *PRESETS)
 
 
-def this_machine() -> Hardware:
-    """This machine: float32 matmul FLOP/s and bandwidth measured by NumPy, and its RAM."""
-    peaks = machine.peaks()
+def this_machine(remeasure: bool = False) -> Hardware:
+    """This machine: float32 matmul FLOP/s and bandwidth measured by NumPy with a BLAS thread
+    per CPU (its ceilings: what all its cores can do), and its RAM."""
+    peaks = machine.peaks(remeasure, threads=machine.cpu_count())
     try:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
@@ -76,15 +77,22 @@ def this_machine() -> Hardware:
         peaks.matmul_flops,
         peaks.memory_bandwidth,
         ram,
-        f"this machine ({peaks.description}), float32 NumPy, measured",
+        f"this machine ({peaks.description}), float32 NumPy, measured"
+        + (
+            f" WHILE BUSY (other processes used {peaks.others_cores:.2f} CPUs: too low; "
+            "--remeasure on a quiet machine)"
+            if peaks.busy
+            else ""
+        ),
     )
 
 
-def get_hardware(name: str) -> Hardware:
-    """A preset by name (case-insensitive); "this-machine" measures this machine (cached)."""
+def get_hardware(name: str, remeasure: bool = False) -> Hardware:
+    """A preset by name (case-insensitive); "this-machine" measures this machine (cached;
+    `remeasure` measures again)."""
     key = name.lower()
     if key == THIS_MACHINE:
-        return this_machine()
+        return this_machine(remeasure)
     if key in PRESETS:
         return PRESETS[key]
     raise ArgumentError(f"unknown hardware {name!r}; known: {', '.join(NAMES)}")

@@ -12,6 +12,7 @@ bytes = 15.625 GiB of KV cache, for one sequence, on top of 16 GB of bf16 weight
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from ..config import LlamaConfig
 from ..errors import ArgumentError, ConfigError
 from ..packed import GROUP_SIZE
 from ..schema import n_params, weights_nbytes
-from .costs import forward_bytes, forward_flops
+from .costs import attention_share, forward_bytes, forward_flops, kv_intensity
 from .hardware import Hardware
 from .known_models import KNOWN_MODELS, known_config
 
@@ -59,6 +60,8 @@ class MemoryReport:
     total_bytes: int  # weights + KV cache
     mha_kv_bytes: int  # the KV cache if every query head had its own K/V head
     gqa_saved_bytes: int  # mha_kv_bytes - kv_bytes
+    kv_intensity: float  # decode attention's FLOPs per byte of K/V read: 2·G / kv bytes
+    attention_share: float  # attention's fraction of the FLOPs of a `context`-token prefill
 
 
 def memory_report(
@@ -90,6 +93,8 @@ def memory_report(
         total_bytes=weights + kv,
         mha_kv_bytes=mha,
         gqa_saved_bytes=mha - kv,
+        kv_intensity=kv_intensity(config, kv_size),
+        attention_share=attention_share(config, context),
     )
 
 
@@ -111,11 +116,48 @@ class PhaseEstimate:
 
 
 @dataclass(frozen=True)
+class CriticalBatch:
+    """The batch size at which decode turns compute-bound, at one position.
+
+    B sequences decoding together do B times the FLOPs of one but read the weights once:
+    intensity(B) = B·F1 / (W + B·S), with F1 the FLOPs of one sequence's step, W the weight
+    bytes and S one sequence's bytes (its KV cache and embedding row). It reaches the ridge
+    R at B = R·W / (F1 − R·S), or never when one sequence's own bytes already cap it:
+    F1 / S ≤ R. Without a KV cache this is R × bytes per weight ÷ 2 FLOPs per weight.
+    """
+
+    position: int
+    batch: int | None  # None: never compute-bound at this position
+    ceiling: float  # F1 / S: the intensity that batching approaches but never passes
+
+
+def critical_batch(
+    config: LlamaConfig,
+    hardware: Hardware,
+    position: int,
+    dtype: str = DEFAULT_DTYPE,
+    kv_dtype: str = DEFAULT_KV_DTYPE,
+) -> CriticalBatch:
+    """The smallest batch whose decode step at `position` is compute-bound on `hardware`."""
+    w, kv = WEIGHT_DTYPES[dtype], KV_DTYPES[kv_dtype]
+    f1 = forward_flops(config, 1, position)
+    one, two = (forward_bytes(config, 1, position, w, kv, b) for b in (1, 2))
+    per_seq = two - one  # bytes each further sequence adds
+    weights = one - per_seq
+    ridge = hardware.ridge
+    if f1 <= ridge * per_seq:
+        return CriticalBatch(position, None, f1 / per_seq)
+    batch = math.ceil(ridge * weights / (f1 - ridge * per_seq))
+    return CriticalBatch(position, batch, f1 / per_seq)
+
+
+@dataclass(frozen=True)
 class Estimate:
     hardware: Hardware
     prefill: PhaseEstimate
     decode: PhaseEstimate
     fits: bool | None  # weights + KV cache within device memory; None if memory unknown
+    critical: tuple[CriticalBatch, CriticalBatch]  # at position 0 and at the context's last
 
 
 def estimate(
@@ -150,7 +192,11 @@ def estimate(
         hardware,
     )
     fits = None if hardware.memory_bytes is None else report.total_bytes <= hardware.memory_bytes
-    return Estimate(hardware, prefill, decode, fits)
+    critical = (
+        critical_batch(config, hardware, 0, dtype, kv_dtype),
+        critical_batch(config, hardware, context - 1, dtype, kv_dtype),
+    )
+    return Estimate(hardware, prefill, decode, fits, critical)
 
 
 def _phase(phase: str, tokens: int, flops: int, nbytes: int, hw: Hardware) -> PhaseEstimate:
@@ -181,11 +227,18 @@ def to_json(report: MemoryReport, est: Estimate | None = None) -> dict:
         out["prefill"] = asdict(est.prefill)
         out["decode"] = asdict(est.decode)
         out["fits_in_device_memory"] = est.fits
+        out["critical_batch"] = [asdict(c) for c in est.critical]
     return out
 
 
-def format_report(report: MemoryReport, config: LlamaConfig, est: Estimate | None = None) -> str:
-    """The human-readable table `llama-np memory` prints."""
+def format_report(
+    report: MemoryReport,
+    config: LlamaConfig,
+    est: Estimate | None = None,
+    defaulted: bool = False,
+) -> str:
+    """The human-readable table `llama-np memory` prints; `defaulted`: the dtypes were not
+    given, and the table says what they default to."""
     c, r = config, report
     kv_b = KV_DTYPES[r.kv_dtype]
     seqs = f" × {r.batch} sequences" if r.batch > 1 else ""
@@ -196,6 +249,16 @@ def format_report(report: MemoryReport, config: LlamaConfig, est: Estimate | Non
             f"HD={c.head_dim} F={c.hidden_dim} V={c.vocab_size}",
         ),
         ("parameters", f"{r.n_params:,} ({_count(r.n_params)})"),
+        (
+            "dtypes",
+            f"weights {r.dtype}, KV cache {r.kv_dtype}"
+            + (
+                " (the defaults: as checkpoints are published and GPUs serve them; llama_np "
+                "itself runs fp32: --dtype fp32 --kv-dtype fp32)"
+                if defaulted
+                else ""
+            ),
+        ),
         (f"weights ({r.dtype})", nbytes(r.weight_bytes)),
         (
             f"KV cache per token ({r.kv_dtype})",
@@ -219,6 +282,18 @@ def format_report(report: MemoryReport, config: LlamaConfig, est: Estimate | Non
         )
     else:
         rows.append(("GQA saves", "nothing: multi-head attention (KVH = H)"))
+    G = c.n_heads // c.n_kv_heads
+    rows += [
+        (
+            "attention over the KV cache",
+            f"2 FLOPs × {G} query head{'s' if G > 1 else ''} per K/V value ÷ {kv_b} bytes = "
+            f"{r.kv_intensity:g} FLOP/byte",
+        ),
+        (
+            f"attention share of prefill FLOPs at {r.context:,} tokens",
+            f"{100 * r.attention_share:.1f}%",
+        ),
+    ]
     if est is not None:
         hw = est.hardware
         memory = "unknown" if hw.memory_bytes is None else nbytes(hw.memory_bytes)
@@ -234,8 +309,19 @@ def format_report(report: MemoryReport, config: LlamaConfig, est: Estimate | Non
             (f"  decode at position {r.context - 1:,}", _phase_line(est.decode)),
             ("  weights + KV cache fit in memory", fits),
         ]
+        for c in est.critical:
+            rows.append((f"  critical batch at position {c.position:,}", _critical_line(c, hw)))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def _critical_line(c: CriticalBatch, hw: Hardware) -> str:
+    if c.batch is None:
+        return (
+            f"none: one sequence's KV cache caps batched decode at {c.ceiling:,.1f} FLOP/byte, "
+            f"under the ridge of {hw.ridge:.3g}"
+        )
+    return f"{c.batch:,} sequences (decode turns compute-bound from this batch size on)"
 
 
 def _phase_line(p: PhaseEstimate) -> str:

@@ -1,16 +1,27 @@
 """Prefill vs decode, measured: time, FLOPs and bytes of every forward pass of a generation.
 
 `profile_generation` runs the generation loop (generate.py) greedily: the prompt through
-`Model.prefill`, then one token per `Model.decode` call, each call timed on its own. Each
-step's FLOPs and bytes come from the formulas in costs.py (llama_np holds weights and cache
-in float32: 4 bytes a value). Dividing by the time gives achieved GFLOP/s and GB/s, to hold
-against this machine's measured peaks: prefill multiplies each weight by T rows (many FLOPs
-per byte: compute-bound), decode by one row (2 FLOPs per 4-byte weight: memory-bound).
+`Model.prefill` several times (a fresh cache each time; the median is reported with its
+spread), then one token per `Model.decode` call, each timed on its own by the loop, and
+optionally B sequences at once (`Model.decode_batch`, through the same loop). Each pass's
+FLOPs and bytes come from the formulas in costs.py (llama_np holds weights and cache in
+float32: 4 bytes a value). Dividing by the time gives achieved GFLOP/s and GB/s, to hold
+against this machine's measured peaks: MFU (model FLOP/s utilisation) = achieved ÷ peak
+FLOP/s, MBU (model bandwidth utilisation) = achieved ÷ peak bytes/s. Prefill multiplies each
+weight by T rows (many FLOPs per byte: compute-bound), decode by one row (2 FLOPs per 4-byte
+weight, 0.5 FLOP/byte: memory-bound).
+
+Trust: the run notes what can make its figures wrong — other processes taking CPU while it
+ran (measured from /proc/stat, and the load average), prefill coming out slower per token
+than decode (the lesson says that cannot happen on a quiet machine), an achieved rate above
+the cached peak (the peaks are measured again; if still above, it says why), peaks that were
+themselves measured on a busy machine.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,26 +29,36 @@ import numpy as np
 
 from ..config import LlamaConfig
 from ..errors import ArgumentError, ContextLengthError
-from ..generate import GenerationStats, generate
+from ..generate import GenerationStats, generate, generate_batch_stream
 from ..model import Model
 from ..sampling import SamplingParams
 from .costs import forward_bytes, forward_flops
-from .machine import MachinePeaks
+from .machine import (
+    BUSY_CORES,
+    CpuMeter,
+    MachinePeaks,
+    blas,
+    cpu_cache_bytes,
+    cpu_count,
+    load_average,
+)
 
 VALUE_BYTES = 4  # llama_np keeps weights and KV cache in float32
+PeaksFn = Callable[[int, bool], MachinePeaks]  # (threads, remeasure) -> peaks
 
 
 @dataclass(frozen=True)
 class Step:
-    """One forward pass: the prefill of the prompt, or one decode step."""
+    """One forward pass: the prefill of the prompt, one decode step, or one batched step."""
 
-    phase: str  # "prefill" | "decode"
+    phase: str  # "prefill" | "decode" | "batch-decode"
     start: int  # position of its first token
-    tokens: int  # tokens it ran (T for prefill, 1 for decode)
-    seconds: float  # wall time of the Model.prefill / Model.decode call
+    tokens: int  # tokens it ran, all sequences (T for prefill, 1 for decode, B for a batch)
+    seconds: float  # wall time of the call (prefill: the median of its repeats)
     flops: int
     weight_bytes: int  # weights read: every matrix once, plus one embedding row per token
     kv_bytes: int  # K and V read from the cache: all of it, every position up to the last new one
+    threads: int = 0  # BLAS threads it ran with
 
     @property
     def bytes(self) -> int:
@@ -52,113 +73,327 @@ class Step:
 @dataclass
 class Profile:
     model: str
-    peaks: MachinePeaks
+    peaks: dict[int, MachinePeaks]  # by BLAS thread count
     prompt: list[int]
     generated: list[int] = field(default_factory=list)
     text: str = ""
     steps: list[Step] = field(default_factory=list)
-    interrupted: bool = False  # Ctrl-C ended the run: the steps so far
+    prefill_runs: list[float] = field(default_factory=list)  # seconds of each prefill repeat
+    batch: int = 1
+    threads: dict[str, int] = field(default_factory=dict)  # phase -> BLAS threads used
+    trials: list[dict] = field(default_factory=list)  # median ms per phase for each thread count
+    notes: list[str] = field(default_factory=list)  # how the figures were obtained
+    warnings: list[str] = field(default_factory=list)  # why they may be wrong
+    contaminated: bool = False  # other processes disturbed the timings
+
+    def phases(self) -> list[str]:
+        return list(dict.fromkeys(s.phase for s in self.steps))
 
     def phase(self, name: str) -> dict:
-        """Totals of one phase: tokens, seconds, FLOPs, bytes, and rates against the peaks."""
+        """Totals of one phase, and its rates at its typical (median) time.
+
+        Rates use the median pass: prefill's median repeat, decode's median step times the
+        number of steps. Other processes stall single passes; the median is the typical one.
+        """
         steps = [s for s in self.steps if s.phase == name]
         tokens = sum(s.tokens for s in steps)
         seconds = sum(s.seconds for s in steps)
+        median = float(np.median([s.seconds for s in steps]))
+        typical = median * len(steps)
         flops = sum(s.flops for s in steps)
         weight_bytes = sum(s.weight_bytes for s in steps)
         kv_bytes = sum(s.kv_bytes for s in steps)
         nbytes = weight_bytes + kv_bytes
-        flop_rate, byte_rate = flops / seconds, nbytes / seconds
+        peaks = self.peaks[steps[0].threads]
+        flop_rate, byte_rate = flops / typical, nbytes / typical
         return {
             "phase": name,
+            "threads": steps[0].threads,
+            "passes": len(steps),
             "tokens": tokens,
             "seconds": seconds,
-            "ms_per_token": 1e3 * seconds / tokens,
-            # other processes stall single steps: the median step is the typical one
-            "median_ms_per_step": 1e3 * float(np.median([s.seconds for s in steps])),
-            "tokens_per_second": tokens / seconds,
+            "median_ms_per_pass": 1e3 * median,
+            "ms_per_token": 1e3 * typical / tokens,
+            "tokens_per_second": tokens / typical,
             "flops": flops,
             "weight_bytes": weight_bytes,
             "kv_bytes": kv_bytes,
             "intensity": flops / nbytes,
             "gflops_per_second": flop_rate / 1e9,
             "gb_per_second": byte_rate / 1e9,
-            "fraction_of_peak_flops": flop_rate / self.peaks.matmul_flops,
-            "fraction_of_peak_bandwidth": byte_rate / self.peaks.memory_bandwidth,
+            "mfu": flop_rate / peaks.matmul_flops,
+            "mbu": byte_rate / peaks.memory_bandwidth,
         }
+
+    @property
+    def ttft(self) -> float:
+        """Time to first token, seconds: the prefill pass, which yields the first new token's
+        logits (median of the repeats)."""
+        return self.steps[0].seconds
+
+    @property
+    def tpot(self) -> float:
+        """Time per output token, seconds: the median decode step of one sequence."""
+        return float(np.median([s.seconds for s in self.steps if s.phase == "decode"]))
 
     def to_json(self) -> dict:
         return {
             "model": self.model,
-            "peaks": asdict(self.peaks),
+            "peaks": {str(t): asdict(p) for t, p in self.peaks.items()},
+            "threads": self.threads,
+            "thread_trials": self.trials,
             "prompt_tokens": self.prompt,
             "generated_tokens": self.generated,
             "generated_text": self.text,
-            "phases": [self.phase("prefill"), self.phase("decode")],
+            "ttft_seconds": self.ttft,
+            "tpot_seconds": self.tpot,
+            "prefill_runs_seconds": self.prefill_runs,
+            "batch": self.batch,
+            "phases": [self.phase(name) for name in self.phases()],
+            "notes": self.notes,
+            "warnings": self.warnings,
+            "contaminated": self.contaminated,
             "steps": [asdict(s) for s in self.steps],
         }
 
 
-def profile_generation(
-    model: Model, prompt: list[int], n_decode: int, peaks: MachinePeaks
-) -> Profile:
-    """Prefill `prompt`, then greedily decode `n_decode` tokens, timing every call (after an
-    untimed warm-up pass).
+@dataclass
+class _Run:
+    """Everything timed with one BLAS thread count."""
 
-    Runs all `n_decode` steps even past an end-of-text token, so the profile has as many
-    decode steps as asked.
+    threads: int
+    prefill: list[float]
+    decode: list[Step]
+    batch: list[Step]
+    generated: list[int]
+    others_cores: float
+    cpu_known: bool
+
+
+def profile_generation(
+    model: Model,
+    prompt: list[int],
+    n_decode: int,
+    peaks: MachinePeaks | PeaksFn,
+    *,
+    threads: Sequence[int] | None = None,
+    repeats: int = 5,
+    batch: int = 1,
+) -> Profile:
+    """Prefill `prompt` `repeats` times, then greedily decode `n_decode` tokens, timing every
+    call (after untimed warm-up passes); with `batch` > 1, also decode `n_decode` steps of
+    `batch` copies of the prompt together.
+
+    `threads`: BLAS thread counts to try (each phase reports the count that gave it the best
+    median); None runs once with the BLAS as it is. `peaks` is fixed, or a function
+    (threads, remeasure) -> peaks, called again with remeasure=True when a phase beats the
+    peak it was given. Runs all `n_decode` steps even past an end-of-text token.
     """
     config = model.config
     if not prompt:
         raise ArgumentError("the prompt must have at least one token (e.g. BOS)")
     if n_decode < 1:
         raise ArgumentError(f"-n must be at least 1 decode step, got {n_decode}")
+    if repeats < 1:
+        raise ArgumentError(f"repeats must be at least 1, got {repeats}")
+    if batch < 1:
+        raise ArgumentError(f"--batch must be at least 1, got {batch}")
     if len(prompt) + n_decode > config.max_seq_len:
         raise ContextLengthError(
             f"prompt ({len(prompt)} tokens) + -n {n_decode} decode steps = "
             f"{len(prompt) + n_decode} positions, more than the model's context of "
             f"{config.max_seq_len}; use a shorter prompt or a smaller -n"
         )
-    result = Profile(config.name, peaks, list(prompt))
-    # Warm up, untimed: the first pass pays for page faults and BLAS thread start-up.
-    model.decode(prompt[0], model.new_cache(1))
-    model.prefill(prompt, model.new_cache(len(prompt)))
+    peaks_fn: PeaksFn = peaks if callable(peaks) else (lambda t, remeasure=False: peaks)
+    load_before = load_average()
+    thread_counts = [blas().threads] if threads is None else list(threads)
+    runs = [_timed_run(model, prompt, n_decode, batch, repeats, t, threads is not None)
+            for t in thread_counts]  # fmt: skip
 
-    # The generation loop itself, greedy (the same text every run) and with no end token,
-    # so that it runs all n_decode steps; it times prefill and every decode step.
-    stats = GenerationStats()
-    pieces = generate(
-        model,
-        prompt,
-        n_decode + 1,  # the last sampled token is not run: n_decode decode steps
-        sampling=SamplingParams(temperature=0.0),
-        stop_ids=(),
-        stats=stats,
+    def best(key: Callable[[_Run], float]) -> _Run:
+        return min(runs, key=key)
+
+    pre = best(lambda r: float(np.median(r.prefill)))
+    dec = best(lambda r: float(np.median([s.seconds for s in r.decode])))
+    result = Profile(config.name, {}, list(prompt), batch=batch, generated=dec.generated)
+    result.prefill_runs = pre.prefill
+    result.steps.append(
+        _step("prefill", config, 0, len(prompt), float(np.median(pre.prefill)), pre.threads)
     )
-    text = []
-    try:
-        text.extend(pieces)
-    except KeyboardInterrupt:  # Ctrl-C ends the run, not the profile: keep the steps timed
-        result.interrupted = True
-    result.text = "".join(text)
-    result.generated = stats.tokens[:n_decode]
-    result.steps.append(_step("prefill", config, 0, len(prompt), stats.prefill_seconds))
-    for i, seconds in enumerate(stats.step_seconds):
-        result.steps.append(_step("decode", config, len(prompt) + i, 1, seconds))
+    result.steps += dec.decode
+    result.threads = {"prefill": pre.threads, "decode": dec.threads}
+    if batch > 1:
+        bat = best(lambda r: float(np.median([s.seconds for s in r.batch])))
+        result.steps += bat.batch
+        result.threads["batch-decode"] = bat.threads
+    for r in runs:
+        trial = {"threads": r.threads, "prefill_ms": 1e3 * float(np.median(r.prefill)),
+                 "decode_ms": 1e3 * float(np.median([s.seconds for s in r.decode]))}  # fmt: skip
+        if batch > 1:
+            trial["batch_decode_ms"] = 1e3 * float(np.median([s.seconds for s in r.batch]))
+        result.trials.append(trial)
+    if model.tokenizer is not None:
+        result.text = model.tokenizer.decode(result.generated)
+
+    for t in sorted(set(result.threads.values())):
+        result.peaks[t] = peaks_fn(t, False)
+    _check_peaks(result, peaks_fn)
+    _check_contamination(result, runs, load_before)
     return result
 
 
-def _step(phase: str, config: LlamaConfig, start: int, tokens: int, seconds: float) -> Step:
+def _timed_run(
+    model: Model, prompt: list[int], n_decode: int, batch: int, repeats: int, threads: int,
+    pin: bool,
+) -> _Run:  # fmt: skip
+    """Time the generation loop (generate.py) with `threads` BLAS threads: `repeats` prefills
+    (each a fresh cache), `n_decode` decode steps, and as many batched steps."""
+    config = model.config
+    greedy = SamplingParams(temperature=0.0)  # the same text every run
+    with blas().using(threads if pin else None), CpuMeter() as meter:
+        # Warm up, untimed: the first pass pays for page faults and BLAS thread start-up.
+        model.decode(prompt[0], model.new_cache(1))
+        model.prefill(prompt, model.new_cache(len(prompt)))
+        prefill = []
+        for _ in range(repeats - 1):  # prefill alone: one token sampled, none decoded
+            stats = GenerationStats()
+            for _ in generate(model, prompt, 1, sampling=greedy, stop_ids=(), stats=stats):
+                pass
+            prefill.append(stats.prefill_seconds)
+        # No end token, so that the loop runs all n_decode steps; the last sampled token is
+        # not run through the model, hence n_decode + 1.
+        stats = GenerationStats()
+        for _ in generate(model, prompt, n_decode + 1, sampling=greedy, stop_ids=(), stats=stats):
+            pass
+        prefill.append(stats.prefill_seconds)
+        decode = [
+            _step("decode", config, len(prompt) + i, 1, seconds, threads)
+            for i, seconds in enumerate(stats.step_seconds)
+        ]
+        generated = stats.tokens[:n_decode]
+        batched = []
+        if batch > 1:
+            bstats = GenerationStats()
+            pieces = generate_batch_stream(
+                model, [prompt] * batch, n_decode + 1, sampling=greedy, stop_ids=(), stats=bstats
+            )
+            for _ in pieces:
+                pass
+            batched = [
+                _step("batch-decode", config, len(prompt) + i, 1, seconds, threads, batch)
+                for i, seconds in enumerate(bstats.step_seconds)
+            ]
+    use = meter.use
+    return _Run(threads, prefill, decode, batched, generated, use.others_cores, use.known)
+
+
+def _step(
+    phase: str, config: LlamaConfig, start: int, tokens: int, seconds: float, threads: int,
+    batch: int = 1,
+) -> Step:  # fmt: skip
     end = start + tokens  # positions in the cache after the step, all of them read
     return Step(
         phase=phase,
         start=start,
-        tokens=tokens,
+        tokens=tokens * batch,
         seconds=seconds,
-        flops=forward_flops(config, tokens, start),
-        weight_bytes=forward_bytes(config, tokens, start, VALUE_BYTES, kv_bytes=0),
-        kv_bytes=config.kv_cache_bytes(end, bytes_per_value=VALUE_BYTES),
+        flops=forward_flops(config, tokens, start, 1, batch),
+        weight_bytes=forward_bytes(config, tokens, start, VALUE_BYTES, 0, batch),
+        kv_bytes=config.kv_cache_bytes(end, batch, bytes_per_value=VALUE_BYTES),
+        threads=threads,
     )
+
+
+def _above_peak(p: Profile) -> list[tuple[str, str, float]]:
+    """(phase, "FLOP/s" | "bandwidth", fraction) for every rate above its peak."""
+    over = []
+    for name in p.phases():
+        ph = p.phase(name)
+        if ph["mfu"] > 1:
+            over.append((name, "FLOP/s", ph["mfu"]))
+        if ph["mbu"] > 1:
+            over.append((name, "bandwidth", ph["mbu"]))
+    return over
+
+
+def _check_peaks(p: Profile, peaks_fn: PeaksFn) -> None:
+    """Measure the peaks again when a phase beat them in a way the CPU caches cannot explain;
+    say why whatever is still above 100% is."""
+    caches = cpu_cache_bytes()
+
+    def in_cache(name: str) -> bool:
+        ph = p.phase(name)
+        return (ph["weight_bytes"] + ph["kv_bytes"]) / ph["passes"] <= caches
+
+    suspect = {
+        p.phase(name)["threads"]
+        for name, what, _ in _above_peak(p)
+        if what == "FLOP/s" or not in_cache(name)
+    }
+    for t in sorted(suspect):
+        old = p.peaks[t]
+        p.peaks[t] = peaks_fn(t, True)
+        p.notes.append(
+            f"re-measured the peaks with {t} thread(s): a phase ran faster than the cached "
+            f"{old.matmul_flops / 1e9:.1f} GFLOP/s, {old.memory_bandwidth / 1e9:.1f} GB/s allow; "
+            f"now {p.peaks[t].matmul_flops / 1e9:.1f} GFLOP/s, "
+            f"{p.peaks[t].memory_bandwidth / 1e9:.1f} GB/s"
+        )
+    for name, what, fraction in _above_peak(p):
+        ph = p.phase(name)
+        if what == "bandwidth" and in_cache(name):
+            mb = (ph["weight_bytes"] + ph["kv_bytes"]) / ph["passes"] / 1e6
+            why = (
+                f"each pass reads only {mb:.3g} MB, which fits in the CPU's {caches / 1e6:.3g} MB "
+                "of cache, faster than the main memory the peak measures (a 512 MiB read)"
+            )
+        else:
+            why = (
+                "even after measuring the peaks again: the machine was probably busier while "
+                "they were measured than during the run"
+            )
+        p.warnings.append(
+            f"{name}: {100 * fraction:.0f}% of the measured peak {what}, above 100%: {why}; "
+            "its point is drawn above the roofline"
+        )
+
+
+def _check_contamination(p: Profile, runs: list[_Run], load_before: float | None) -> None:
+    cpus = cpu_count()
+    for t, peaks in sorted(p.peaks.items()):
+        if peaks.busy:
+            p.warnings.append(
+                f"the peaks with {t} thread(s) were measured while other processes used "
+                f"{peaks.others_cores:.2f} CPUs: they are probably too low (MFU/MBU too high); "
+                "measure again on a quiet machine with --remeasure"
+            )
+    others = max(r.others_cores for r in runs)
+    if any(r.cpu_known for r in runs) and others > BUSY_CORES:
+        p.contaminated = True
+        p.warnings.append(
+            f"measurement contaminated: other processes used {others:.2f} of the {cpus} CPUs "
+            "on average while it ran; timings are slower and noisier than this machine can do"
+        )
+    if load_before is not None and load_before > 0.5 * cpus:
+        p.warnings.append(
+            f"the machine was busy: load average {load_before:.2f} on {cpus} CPUs before the "
+            "run started"
+        )
+    pre, dec = p.phase("prefill"), p.phase("decode")
+    if pre["tokens"] > 1 and pre["ms_per_token"] >= dec["median_ms_per_pass"]:
+        p.contaminated = True
+        p.warnings.append(
+            f"measurement contaminated: prefill took {pre['ms_per_token']:.3g} ms per token, "
+            f"not less than decode's {dec['median_ms_per_pass']:.3g} ms; on a quiet machine "
+            "one pass over T tokens costs less per token than T passes. Re-run when the "
+            "machine is quiet"
+        )
+    spread = max(p.prefill_runs) / min(p.prefill_runs)
+    if spread > 3:
+        p.warnings.append(
+            f"prefill repeats ranged {spread:.1f}× from fastest to slowest: something stalled "
+            "some of them"
+        )
 
 
 # ---------------------------------------------------------------- output
@@ -166,36 +401,59 @@ def _step(phase: str, config: LlamaConfig, start: int, tokens: int, seconds: flo
 
 def format_profile(p: Profile) -> str:
     """Per-phase summary and per-step table, as `llama-np profile` prints them."""
-    peak_f, peak_b = p.peaks.matmul_flops / 1e9, p.peaks.memory_bandwidth / 1e9
-    lines = [
-        f"model {p.model}; machine peaks (measured): {peak_f:.1f} GFLOP/s float32 matmul, "
-        f"{peak_b:.1f} GB/s memory bandwidth ({p.peaks.description})",
+    lines = []
+    for t, peaks in sorted(p.peaks.items()):
+        lines.append(
+            f"peaks with {t} BLAS thread(s): {peaks.matmul_flops / 1e9:.1f} GFLOP/s float32 "
+            f"matmul, {peaks.memory_bandwidth / 1e9:.1f} GB/s memory bandwidth "
+            f"(ridge {peaks.ridge:.1f} FLOP/B)"
+        )
+    if len(p.trials) > 1:
+        tried = "; ".join(
+            f"{tr['threads']}: prefill {tr['prefill_ms']:.3g} ms, decode {tr['decode_ms']:.3g} ms"
+            for tr in p.trials
+        )
+        lines.append(f"threads tried (median times): {tried}")
+    lines.append(
+        "threads used (best median of each phase): "
+        + ", ".join(f"{name} {t}" for name, t in p.threads.items())
+    )
+    lo, hi = min(p.prefill_runs), max(p.prefill_runs)
+    n_dec = sum(1 for s in p.steps if s.phase == "decode")
+    lines += [
+        f"TTFT (time to first token: the prefill pass)  {1e3 * p.ttft:.3f} ms, median of "
+        f"{len(p.prefill_runs)} runs ({1e3 * lo:.3f}-{1e3 * hi:.3f})",
+        f"TPOT (time per output token: a decode step)   {1e3 * p.tpot:.3f} ms, median of "
+        f"{n_dec} steps",
         "",
-        f"{'phase':<8} {'tokens':>6} {'ms':>9} {'ms/token':>9} {'median':>7} {'MFLOP':>10} "
-        f"{'weights MB':>10} {'KV MB':>8} {'FLOP/B':>7} {'GFLOP/s':>8} {'GB/s':>7} "
-        f"{'%peak FLOP/s':>12} {'%peak GB/s':>10}",
+        f"{'phase':<13} {'thr':>3} {'tokens':>6} {'median ms':>9} {'ms/token':>9} "
+        f"{'MFLOP':>10} {'weights MB':>10} {'KV MB':>8} {'FLOP/B':>7} {'GFLOP/s':>8} "
+        f"{'GB/s':>7} {'MFU':>7} {'MBU':>7}",
     ]
-    for name in ("prefill", "decode"):
+    for name in p.phases():
         ph = p.phase(name)
         lines.append(
-            f"{name:<8} {ph['tokens']:>6} {ph['seconds'] * 1e3:>9.2f} {ph['ms_per_token']:>9.3f} "
-            f"{ph['median_ms_per_step']:>7.3f} "
-            f"{ph['flops'] / 1e6:>10.2f} {ph['weight_bytes'] / 1e6:>10.3f} "
-            f"{ph['kv_bytes'] / 1e6:>8.3f} {ph['intensity']:>7.2f} "
-            f"{ph['gflops_per_second']:>8.3f} {ph['gb_per_second']:>7.3f} "
-            f"{100 * ph['fraction_of_peak_flops']:>11.2f}% "
-            f"{100 * ph['fraction_of_peak_bandwidth']:>9.2f}%"
+            f"{name:<13} {ph['threads']:>3} {ph['tokens']:>6} {ph['median_ms_per_pass']:>9.3f} "
+            f"{ph['ms_per_token']:>9.4f} {ph['flops'] / 1e6:>10.2f} "
+            f"{ph['weight_bytes'] / 1e6:>10.3f} {ph['kv_bytes'] / 1e6:>8.3f} "
+            f"{ph['intensity']:>7.2f} {ph['gflops_per_second']:>8.3f} "
+            f"{ph['gb_per_second']:>7.3f} {100 * ph['mfu']:>6.2f}% {100 * ph['mbu']:>6.2f}%"
         )
+    lines.append(
+        "(median ms: the median pass, prefill of all its tokens or one decode step; rates use "
+        "it; MFU/MBU = achieved ÷ peak FLOP/s / bandwidth)"
+    )
+    lines += [f"note: {n}" for n in p.notes]
+    lines += [f"WARNING: {w}" for w in p.warnings]
     lines += [
-        "(median: ms of the median step; prefill is one step of all its tokens)",
         "",
         "per step (position = the first token's; KV = cache bytes read):",
-        f"{'step':>4} {'phase':<8} {'pos':>5} {'tokens':>6} {'ms':>8} {'MFLOP':>9} "
+        f"{'step':>4} {'phase':<13} {'pos':>5} {'tokens':>6} {'ms':>8} {'MFLOP':>9} "
         f"{'weights KB':>10} {'KV KB':>8} {'FLOP/B':>7} {'GFLOP/s':>8} {'GB/s':>7}",
     ]
     for i, s in enumerate(p.steps):
         lines.append(
-            f"{i:>4} {s.phase:<8} {s.start:>5} {s.tokens:>6} {s.seconds * 1e3:>8.3f} "
+            f"{i:>4} {s.phase:<13} {s.start:>5} {s.tokens:>6} {s.seconds * 1e3:>8.3f} "
             f"{s.flops / 1e6:>9.3f} {s.weight_bytes / 1e3:>10.1f} {s.kv_bytes / 1e3:>8.1f} "
             f"{s.intensity:>7.2f} {s.flops / s.seconds / 1e9:>8.3f} "
             f"{s.bytes / s.seconds / 1e9:>7.3f}"
@@ -207,6 +465,10 @@ def write_json(p: Profile, path: Path) -> None:
     path.write_text(json.dumps(p.to_json(), indent=2))
 
 
+COLORS = {"prefill": "tab:orange", "decode": "tab:blue", "batch-decode": "tab:purple"}
+MARKERS = {"prefill": "*", "decode": "s", "batch-decode": "D"}
+
+
 def plot_profile(p: Profile, path: Path) -> None:
     """Three panels: time per token over the sequence, KV-cache size, and the roofline.
 
@@ -216,78 +478,107 @@ def plot_profile(p: Profile, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FormatStrFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    prefill, decode, last = p.steps[0], p.steps[1:], p.steps[-1]
-    fig, (ax_t, ax_kv, ax_r) = plt.subplots(1, 3, figsize=(16, 4.8))
-    fig.suptitle(f"{p.model}: prefill of {prefill.tokens} tokens, then {len(decode)} decode steps")
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # one tick format on every log axis
+    prefill = p.steps[0]
+    decode = [s for s in p.steps if s.phase == "decode"]
+    last = decode[-1]
+    fig, (ax_t, ax_kv, ax_r) = plt.subplots(1, 3, figsize=(17, 5.2))
+    fig.suptitle(
+        f"{p.model}: prefill of {prefill.tokens} tokens, then {len(decode)} decode steps"
+        + (" — WARNING: timings contaminated by other processes" if p.contaminated else "")
+    )
 
     # (a) time per token. Prefill's tokens share one pass: its time per token is the average.
     T = prefill.tokens
-    ax_t.axvspan(-0.5, T - 0.5, color="tab:orange", alpha=0.15, label=f"prefill ({T} tokens)")
+    ax_t.axvspan(-0.5, T - 0.5, color=COLORS["prefill"], alpha=0.15)
     ax_t.hlines(
-        1e3 * prefill.seconds / T, -0.5, T - 0.5, color="tab:orange", lw=3,
-        label="prefill: ms per token (one pass ÷ T)",
+        1e3 * prefill.seconds / T, -0.5, T - 0.5, color=COLORS["prefill"], lw=3,
+        label=f"prefill: ms per token (median pass ÷ {T})",
     )  # fmt: skip
     ax_t.plot(
         [s.start for s in decode], [1e3 * s.seconds for s in decode], ".-",
-        color="tab:blue", label="decode: ms per step (one token)",
+        color=COLORS["decode"], label="decode: ms per step (one token)",
     )  # fmt: skip
-    median = p.phase("decode")["median_ms_per_step"]
-    ax_t.axhline(median, color="tab:blue", ls="--", lw=1, label=f"decode median: {median:.2f} ms")
-    ax_t.set(xlabel="position in the sequence", ylabel="ms per token (log scale)")
-    ax_t.set(yscale="log", title="Time per token")
-    ax_t.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-    ax_t.legend(loc="lower right", fontsize=8)
+    ax_t.axhline(1e3 * p.tpot, color=COLORS["decode"], ls="--", lw=1,
+                 label=f"decode median (TPOT): {1e3 * p.tpot:.3g} ms")  # fmt: skip
+    times = [1e3 * prefill.seconds / T] + [1e3 * s.seconds for s in decode]
+    if max(times) / min(times) > 20:  # a log axis only when the range needs one
+        ax_t.set(yscale="log", ylabel="ms per token (log scale)")
+        ax_t.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax_t.yaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax_t.set(ylabel="ms per token")
+        ax_t.set_ylim(bottom=0)
+    ax_t.yaxis.set_major_formatter(plain)
+    ax_t.set(xlabel="position in the sequence", title="Time per token")
+    ax_t.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, ncol=1)
 
     # (b) KV-cache size: prefill writes T rows at once, decode one row per step. Each step
     # reads the whole cache, so its kv_bytes is the cache's size after its write.
-    xs = [-0.5] + [s.start + s.tokens - 0.5 for s in p.steps]
-    ys = [0] + [s.kv_bytes / 1e3 for s in p.steps]
+    single = [prefill, *decode]
+    xs = [-0.5] + [s.start + s.tokens - 0.5 for s in single]
+    ys = [0] + [s.kv_bytes / 1e3 for s in single]
     ax_kv.step(xs, ys, where="post", color="tab:green", label="decode: one row per step")
     ax_kv.axvspan(
-        -0.5, T - 0.5, color="tab:orange", alpha=0.15, label=f"prefill: one pass writes {T} rows"
+        -0.5, T - 0.5, color=COLORS["prefill"], alpha=0.15, label=f"prefill: one pass, {T} rows"
     )
     ax_kv.set(
         xlabel="position in the sequence",
         ylabel="KV cache (kB, float32)",
-        title=f"KV-cache size: {last.kv_bytes // (last.start + last.tokens):,} bytes per token",
+        title=f"KV-cache size: {last.kv_bytes // (last.start + 1):,} bytes per token",
     )
     ax_kv.set_ylim(bottom=0)
-    ax_kv.legend(loc="upper left", fontsize=8)
+    ax_kv.yaxis.set_major_formatter(plain)
+    ax_kv.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8)
 
-    # (c) roofline: attainable FLOP/s = min(peak FLOP/s, bandwidth × intensity)
-    peak_f, peak_b = p.peaks.matmul_flops / 1e9, p.peaks.memory_bandwidth / 1e9
-    ridge = peak_f / peak_b
-    intensities = [s.intensity for s in p.steps]
-    x = np.geomspace(min(min(intensities), ridge) / 4, max(max(intensities), ridge) * 8, 200)
-    ax_r.loglog(x, np.minimum(peak_f, peak_b * x), color="black", lw=2)
-    ax_r.text(x[0], peak_b * x[0] * 1.3, f"memory: {peak_b:.1f} GB/s", fontsize=8, rotation=0)
-    ax_r.text(x[-1], peak_f * 1.15, f"matmul: {peak_f:.1f} GFLOP/s", fontsize=8, ha="right")
-    ax_r.axvline(ridge, color="gray", ls=":", lw=1)
-    ax_r.text(ridge * 1.1, peak_f / 30, f"ridge\n{ridge:.1f} FLOP/B", fontsize=8, color="gray")
+    # (c) roofline: attainable FLOP/s = min(peak FLOP/s, bandwidth × intensity), one line per
+    # BLAS thread count the phases ran with (each phase is held against its own)
+    points = [(name, p.phase(name)) for name in p.phases()]
+    intensities = [ph["intensity"] for _, ph in points]
+    ridges = [pk.ridge for pk in p.peaks.values()]
+    x = np.geomspace(min(*intensities, *ridges) / 4, max(*intensities, *ridges) * 8, 200)
+    lowest = min(pk.memory_bandwidth / 1e9 * x[0] for pk in p.peaks.values())
+    achieved = [s.flops / s.seconds / 1e9 for s in p.steps]
+    bottom = min(lowest, *achieved) / 2
+    for i, ((t, pk), ls) in enumerate(zip(sorted(p.peaks.items()), ["-", "--", ":"], strict=False)):
+        peak_f, peak_b = pk.matmul_flops / 1e9, pk.memory_bandwidth / 1e9
+        label = f"roofline, {t} thread(s): {peak_f:.1f} GFLOP/s, {peak_b:.1f} GB/s"
+        ax_r.loglog(x, np.minimum(peak_f, peak_b * x), color="black", lw=2, ls=ls, label=label)
+        ax_r.axvline(pk.ridge, color="gray", ls=":", lw=1)
+        left = i % 2 == 0  # two ridges: one label each side of its line, never on top
+        ax_r.text(pk.ridge * (0.93 if left else 1.07), bottom * 1.15,
+                  f"ridge {pk.ridge:.1f} FLOP/B", fontsize=8, color="gray", rotation=90,
+                  va="bottom", ha="right" if left else "left")  # fmt: skip
+    peak_f = max(pk.matmul_flops for pk in p.peaks.values()) / 1e9
     ax_r.scatter(
         [s.intensity for s in decode], [s.flops / s.seconds / 1e9 for s in decode],
-        s=10, color="tab:blue", alpha=0.5, label="decode steps",
+        s=10, color=COLORS["decode"], alpha=0.4, label="decode steps",
     )  # fmt: skip
-    typical = sorted(decode, key=lambda s: s.seconds)[len(decode) // 2]  # the median step
-    ax_r.scatter(
-        [typical.intensity], [typical.flops / typical.seconds / 1e9], s=120, marker="s",
-        color="tab:blue", edgecolor="black",
-        label=f"decode (median step): {typical.intensity:.2f} FLOP/B",
-    )  # fmt: skip
-    ax_r.scatter(
-        [prefill.intensity], [prefill.flops / prefill.seconds / 1e9], s=160, marker="*",
-        color="tab:orange", edgecolor="black",
-        label=f"prefill: {prefill.intensity:.2f} FLOP/B",
-    )  # fmt: skip
+    above = []
+    for name, ph in points:
+        pk = p.peaks[ph["threads"]]
+        attainable = min(pk.matmul_flops, pk.memory_bandwidth * ph["intensity"]) / 1e9
+        y = ph["gflops_per_second"]
+        label = f"{name}: {ph['intensity']:.2f} FLOP/B, {y:.3g} GFLOP/s (median)"
+        if y > attainable:
+            label += " — ABOVE its roofline*"
+            above.append(name)
+        ax_r.scatter([ph["intensity"]], [y], s=140, marker=MARKERS[name], color=COLORS[name],
+                     edgecolor="black", label=label, zorder=3)  # fmt: skip
+    title = "Roofline (this machine, measured ceilings)"
+    if above:
+        title += "\n*" + ", ".join(above) + ": above its measured ceiling; the WARNING says why"
     ax_r.set(
         xlabel="arithmetic intensity (FLOPs per byte read)",
         ylabel="GFLOP/s (line: attainable; points: achieved)",
-        title="Roofline (this machine, measured ceilings)",
+        title=title,
     )
-    ax_r.set_ylim(top=peak_f * 3)
-    ax_r.legend(loc="lower right", fontsize=8)
+    ax_r.set_ylim(bottom=bottom, top=peak_f * 3)
+    ax_r.xaxis.set_major_formatter(plain)
+    ax_r.yaxis.set_major_formatter(plain)
+    ax_r.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8)
     ax_r.grid(True, which="both", alpha=0.2)
 
     fig.tight_layout()

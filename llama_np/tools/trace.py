@@ -120,6 +120,59 @@ def token_labels(trace: AttentionTrace) -> list[str]:
     return labels
 
 
+def plot_layer(trace: AttentionTrace, layer: int, heads: Sequence[int], path: str | Path) -> Path:
+    """All `heads` of model layer `layer` in one PNG, a small heatmap each; needs matplotlib.
+
+    Prefill rows in blue, decode rows in orange (one colour scale for both: attention
+    probability, square-root scaled so that small weights stay visible).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import PowerNorm
+    from matplotlib.figure import Figure
+
+    li = trace.layers.index(layer)
+    N, P = trace.probs.shape[2], trace.n_prompt
+    rows = np.arange(N)[:, None]  # (N, 1)
+    future = np.arange(N)[None, :] > rows  # (N, N) the causal mask
+    norm = PowerNorm(gamma=0.5, vmin=0.0, vmax=1.0)
+    cols = min(4, len(heads))
+    nrows = -(-len(heads) // cols)
+    cell = 1.2 + 0.1 * N
+    fig = Figure(figsize=(cols * cell + 1.6, nrows * cell + 1.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, cols, squeeze=False)
+    labels = token_labels(trace)
+    for ax in axes.flat[len(heads) :]:
+        ax.set_axis_off()
+    for ax, head in zip(axes.flat, heads, strict=False):
+        probs = trace.probs[li, head]  # (N, N)
+        ax.set_facecolor("#eeeeee")
+        ax.imshow(np.ma.masked_where(future | (rows >= P), probs), cmap="Blues", norm=norm)
+        ax.imshow(np.ma.masked_where(future | (rows < P), probs), cmap="Oranges", norm=norm)
+        if P < N:
+            ax.axhline(P - 0.5, color="black", linewidth=0.8)
+        ax.set_title(f"head {head}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in axes[:, 0]:  # token labels once per row of heads, on the left
+        if ax.has_data() and N <= 40:
+            ax.set_yticks(range(N), labels, fontsize=7)
+    fig.suptitle(
+        f"layer {layer}: attention of every head (rows: queries, prefill blue above the line, "
+        "decode orange below; columns: keys)",
+        fontsize=10,
+    )
+    for cmap, label in (("Oranges", "decode rows"), ("Blues", "prefill rows")):
+        fig.colorbar(
+            ScalarMappable(norm=norm, cmap=cmap), ax=axes, shrink=0.6,
+            label=f"attention probability, {label} (sqrt scale)",
+        )  # fmt: skip
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def plot_attention(trace: AttentionTrace, layer: int, head: int, path: str | Path) -> Path:
     """Draw head `head` of model layer `layer` as a heatmap PNG; needs matplotlib.
 
@@ -157,8 +210,8 @@ def plot_attention(trace: AttentionTrace, layer: int, head: int, path: str | Pat
     ax.set_ylabel("token (query)")
     ax.set_title(f"layer {layer}, head {head}: attention probabilities", fontsize=10)
     if P < N:  # constrained layout puts the colorbar added last nearest the plot
-        fig.colorbar(decode, ax=ax, shrink=0.8, label="decode rows")
-    fig.colorbar(prefill, ax=ax, shrink=0.8, label="prefill rows")
+        fig.colorbar(decode, ax=ax, shrink=0.8, label="attention probability, decode rows")
+    fig.colorbar(prefill, ax=ax, shrink=0.8, label="attention probability, prefill rows")
     path = Path(path)
     fig.savefig(path, dpi=110)
     return path

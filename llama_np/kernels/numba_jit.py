@@ -1,0 +1,401 @@
+"""Compressed matrix products compiled with numba: each weight is widened inside the dot product.
+
+Every kernel computes out (B, N) = x (B, K) @ W.T for a weight matrix W (N, K) stored
+compressed, one output row of W per iteration of a parallel loop (`prange`: numba's threads
+take rows), reading each stored byte once and never writing a float32 copy of W anywhere.
+
+Three things make LLVM turn these loops into vector code (16 float32 lanes per instruction);
+without them a loop runs ~20x slower, one weight at a time:
+
+* `fastmath={"reassoc", "contract"}`: the compiler may add a dot product's terms in a different
+  order, which is what vector lanes do (16 partial sums added at the end), and fuse multiply-add.
+  Nothing else: no "nnan"/"ninf", so NaN and Inf propagate exactly as in NumPy.
+* Computed indices are made unsigned (`row[u(o + j)]`): numba lets a negative signed index
+  count from the end, and that possible wrap-around hides from LLVM that neighbouring weights
+  sit in neighbouring bytes.
+* The length of a block's inner loop arrives as an argument (`qk`, not the literal 32): a loop
+  of constant length is unrolled into scalar code first, before it can be vectorized.
+
+Block layouts (bytes in order, fp16 = IEEE half little-endian; "nibbles": two 4-bit values per
+byte; the weights of one block are consecutive along the row) follow ggml-common.h:
+
+    int8  (this project) q int8 (N, K) + float32 scales (N, K/G, 1)   w = scale * q
+    Q8_0  d fp16, q[32] int8                                 w = d * q
+    Q4_0  d fp16, 16 bytes: weight j low nibble, j+16 high   w = d * (q - 8)
+    Q4_1  d fp16, m fp16, nibbles as Q4_0                     w = d * q + m
+    Q5_0  d fp16, qh u32 (bit j: 5th bit of weight j), nibbles    w = d * (q - 16)
+    Q5_1  d fp16, m fp16, qh u32, nibbles                     w = d * q + m
+    Q4_K  256 weights: d, dmin fp16, 12 bytes of 6-bit (scale, min) for 8 sub-blocks of 32,
+          128 bytes of nibbles: bytes 32c..32c+31 hold sub-block 2c (low) and 2c+1 (high)
+                                                             w = d * sc * q - dmin * m
+    Q5_K  as Q4_K, with qh[32] (bit s of byte l: 5th bit of weight l of sub-block s) before
+          the nibbles
+    Q6_K  256 weights: ql[128] (low 4 bits), qh[64] (high 2 bits), 16 int8 scales, d fp16
+                                                             w = d * sc * (q - 32)
+"""
+
+from __future__ import annotations
+
+import os
+
+# numba's OpenMP threads otherwise spin for a while after each kernel, competing for the cores
+# with the NumPy/BLAS work between kernels: measured on 2 busy cores, stories110M bf16 decode
+# ran at 4.9 tok/s spinning and 82 tok/s passive. Read when the thread pool starts; a value the
+# user set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+u = np.uint64  # index arithmetic (see above)
+FASTMATH = {"reassoc", "contract"}
+JIT = {"parallel": True, "fastmath": FASTMATH, "cache": True}
+HALF_SCALE = np.float32(2.0**112)  # float32 exponent bias 127 - fp16 bias 15 = 112
+
+VERSION = f"numba {numba.__version__}"
+
+
+@njit(inline="always")
+def half(lo, hi) -> np.float32:
+    """The fp16 of two little-endian bytes, as float32 (exact, Inf/NaN kept)."""
+    return half_bits(np.uint32(lo) | (np.uint32(hi) << 8))
+
+
+@njit(inline="always")
+def half_bits(h) -> np.float32:
+    """fp16 bit pattern -> float32. Sign, exponent and mantissa move to float32 positions;
+    multiplying by 2^112 then rebiases the exponent, subnormals included; an all-ones fp16
+    exponent (Inf/NaN) becomes float32's all-ones exponent, which the multiply keeps."""
+    bits = ((h & 0x8000) << 16) | ((h & 0x7FFF) << 13)
+    if (h & 0x7C00) == 0x7C00:
+        bits |= 0x7F800000
+    return np.uint32(bits).view(np.float32) * HALF_SCALE
+
+
+# ---------------------------------------------------------------- this project's storage
+
+
+@njit(**JIT)
+def matmul_int8(q, scales, x, out):
+    """q (N, K) int8, scales (N, K/G, 1) float32: G weights per scale (32, or fewer for tiny
+    models' rows)."""
+    N, K = q.shape
+    group = K // scales.shape[1]
+    for n in prange(N):
+        row, sc = q[n], scales[n, :, 0]
+        for b in range(x.shape[0]):
+            xb = x[b]
+            total = np.float32(0)
+            for g in range(K // group):
+                k0 = g * group
+                s = np.float32(0)
+                for j in range(group):
+                    s += np.float32(row[u(k0 + j)]) * xb[u(k0 + j)]
+                total += s * sc[g]
+            out[b, n] = total
+
+
+@njit(**JIT)
+def matmul_bf16(w, x, out):
+    """w (N, K) uint16: bf16 bits are the high half of a float32's."""
+    N, K = w.shape
+    for n in prange(N):
+        row = w[n]
+        for b in range(x.shape[0]):
+            xb = x[b]
+            total = np.float32(0)
+            for j in range(K):
+                total += np.uint32(np.uint32(row[u(j)]) << 16).view(np.float32) * xb[u(j)]
+            out[b, n] = total
+
+
+@njit(**JIT)
+def matmul_fp16(w, x, out):
+    """w (N, K) uint16 fp16 bit patterns."""
+    N, K = w.shape
+    for n in prange(N):
+        row = w[n]
+        for b in range(x.shape[0]):
+            xb = x[b]
+            total = np.float32(0)
+            for j in range(K):
+                total += half_bits(np.uint32(row[u(j)])) * xb[u(j)]
+            out[b, n] = total
+
+
+@njit(**JIT)
+def matmul_fp32(w, x, out):
+    """w (N, K) float32 (a GGUF's F32 matrix kept as stored)."""
+    N, K = w.shape
+    for n in prange(N):
+        row = w[n]
+        for b in range(x.shape[0]):
+            xb = x[b]
+            total = np.float32(0)
+            for j in range(K):
+                total += row[u(j)] * xb[u(j)]
+            out[b, n] = total
+
+
+# ---------------------------------------------------------------- GGUF 32-weight blocks
+
+
+@njit(**JIT)
+def matmul_q8_0(raw, x, out, qk):
+    """raw (N, K/32*34) uint8 Q8_0 blocks; qk = 32."""
+    N, K = raw.shape[0], x.shape[1]
+    for n in prange(N):
+        row = raw[n]
+        for b in range(x.shape[0]):
+            xb = x[b]
+            total = np.float32(0)
+            for i in range(K // 32):
+                o, k0 = i * 34, i * 32
+                s = np.float32(0)
+                for j in range(qk):
+                    s += np.float32(np.int8(row[u(o + 2 + j)])) * xb[u(k0 + j)]
+                total += half(row[u(o)], row[u(o + 1)]) * s
+            out[b, n] = total
+
+
+@njit(inline="always")
+def _nibble_dot(row, o, xb, k0, half_qk):
+    """Σ q·x and Σ x over a 32-weight block of nibbles at byte o (weights k0..k0+31)."""
+    s = np.float32(0)
+    sx = np.float32(0)
+    for j in range(half_qk):
+        byte = row[u(o + j)]
+        lo, hi = xb[u(k0 + j)], xb[u(k0 + half_qk + j)]
+        s += np.float32(byte & 0x0F) * lo + np.float32(byte >> 4) * hi
+        sx += lo + hi
+    return s, sx
+
+
+@njit(**JIT)
+def matmul_q4_0(raw, x, out, half_qk):
+    """raw (N, K/32*18) uint8 Q4_0 blocks; half_qk = 16. Σ d(q-8)x = d(Σ qx - 8 Σ x)."""
+    N, K = raw.shape[0], x.shape[1]
+    for n in prange(N):
+        row = raw[n]
+        for b in range(x.shape[0]):
+            xb = x[b]
+            total = np.float32(0)
+            for i in range(K // 32):
+                o, k0 = i * 18, i * 32
+                s, sx = _nibble_dot(row, o + 2, xb, k0, half_qk)
+                total += half(row[u(o)], row[u(o + 1)]) * (s - 8 * sx)
+            out[b, n] = total
+
+
+@njit(**JIT)
+def matmul_q4_1(raw, x, out, half_qk):
+    """raw (N, K/32*20) uint8 Q4_1 blocks; half_qk = 16. Σ (dq + m)x = d Σ qx + m Σ x."""
+    N, K = raw.shape[0], x.shape[1]
+    for n in prange(N):
+        row = raw[n]
+        for b in range(x.shape[0]):
+            xb = x[b]
+            total = np.float32(0)
+            for i in range(K // 32):
+                o, k0 = i * 20, i * 32
+                s, sx = _nibble_dot(row, o + 4, xb, k0, half_qk)
+                d, m = half(row[u(o)], row[u(o + 1)]), half(row[u(o + 2)], row[u(o + 3)])
+                total += d * s + m * sx
+            out[b, n] = total
+
+
+@njit(inline="always")
+def _q5_dot(row, o, xb, k0, half_qk):
+    """Σ q·x and Σ x over a 32-weight Q5 block whose qh (u32) is at byte o, nibbles at o + 4."""
+    qh = (
+        np.uint32(row[u(o)])
+        | (np.uint32(row[u(o + 1)]) << 8)
+        | (np.uint32(row[u(o + 2)]) << 16)
+        | (np.uint32(row[u(o + 3)]) << 24)
+    )
+    s = np.float32(0)
+    sx = np.float32(0)
+    for j in range(half_qk):
+        byte = np.uint32(row[u(o + 4 + j)])
+        lo, hi = xb[u(k0 + j)], xb[u(k0 + half_qk + j)]
+        q_lo = (byte & 0x0F) | (((qh >> np.uint32(j)) & 1) << 4)
+        q_hi = (byte >> 4) | (((qh >> np.uint32(j + half_qk)) & 1) << 4)
+        s += np.float32(q_lo) * lo + np.float32(q_hi) * hi
+        sx += lo + hi
+    return s, sx
+
+
+@njit(**JIT)
+def matmul_q5_0(raw, x, out, half_qk):
+    """raw (N, K/32*22) uint8 Q5_0 blocks; half_qk = 16."""
+    N, K = raw.shape[0], x.shape[1]
+    for n in prange(N):
+        row = raw[n]
+        for b in range(x.shape[0]):
+            xb = x[b]
+            total = np.float32(0)
+            for i in range(K // 32):
+                o, k0 = i * 22, i * 32
+                s, sx = _q5_dot(row, o + 2, xb, k0, half_qk)
+                total += half(row[u(o)], row[u(o + 1)]) * (s - 16 * sx)
+            out[b, n] = total
+
+
+@njit(**JIT)
+def matmul_q5_1(raw, x, out, half_qk):
+    """raw (N, K/32*24) uint8 Q5_1 blocks; half_qk = 16."""
+    N, K = raw.shape[0], x.shape[1]
+    for n in prange(N):
+        row = raw[n]
+        for b in range(x.shape[0]):
+            xb = x[b]
+            total = np.float32(0)
+            for i in range(K // 32):
+                o, k0 = i * 24, i * 32
+                s, sx = _q5_dot(row, o + 4, xb, k0, half_qk)
+                d, m = half(row[u(o)], row[u(o + 1)]), half(row[u(o + 2)], row[u(o + 3)])
+                total += d * s + m * sx
+            out[b, n] = total
+
+
+# ---------------------------------------------------------------- GGUF K-quants (256 weights)
+
+
+@njit(inline="always")
+def _scale_min_k4(row, o, s):
+    """Sub-block s's 6-bit scale and min from the 12 bytes at o (Q4_K, Q5_K)."""
+    if s < 4:
+        return np.float32(row[u(o + s)] & 63), np.float32(row[u(o + s + 4)] & 63)
+    sc = (row[u(o + s + 4)] & 0x0F) | ((row[u(o + s - 4)] >> 6) << 4)
+    m = (row[u(o + s + 4)] >> 4) | ((row[u(o + s)] >> 6) << 4)
+    return np.float32(sc), np.float32(m)
+
+
+@njit(**JIT)
+def matmul_q4_k(raw, x, out, sub):
+    """raw (N, K/256*144) uint8 Q4_K blocks; sub = 32 weights per sub-block."""
+    N, K = raw.shape[0], x.shape[1]
+    for n in prange(N):
+        row = raw[n]
+        for b in range(x.shape[0]):
+            xb = x[b]
+            total = np.float32(0)
+            for i in range(K // 256):
+                o, k0 = i * 144, i * 256
+                d, dmin = half(row[u(o)], row[u(o + 1)]), half(row[u(o + 2)], row[u(o + 3)])
+                for c in range(4):  # 64 weights: sub-blocks 2c (low nibbles), 2c+1 (high)
+                    q, kc = o + 16 + c * 32, k0 + c * 64
+                    s_lo = np.float32(0)
+                    s_hi = np.float32(0)
+                    x_lo = np.float32(0)
+                    x_hi = np.float32(0)
+                    for j in range(sub):
+                        byte = row[u(q + j)]
+                        lo, hi = xb[u(kc + j)], xb[u(kc + 32 + j)]
+                        s_lo += np.float32(byte & 0x0F) * lo
+                        s_hi += np.float32(byte >> 4) * hi
+                        x_lo += lo
+                        x_hi += hi
+                    sc_lo, m_lo = _scale_min_k4(row, o + 4, 2 * c)
+                    sc_hi, m_hi = _scale_min_k4(row, o + 4, 2 * c + 1)
+                    total += d * (sc_lo * s_lo + sc_hi * s_hi) - dmin * (m_lo * x_lo + m_hi * x_hi)
+            out[b, n] = total
+
+
+@njit(**JIT)
+def matmul_q5_k(raw, x, out, sub):
+    """raw (N, K/256*176) uint8 Q5_K blocks; sub = 32."""
+    N, K = raw.shape[0], x.shape[1]
+    for n in prange(N):
+        row = raw[n]
+        for b in range(x.shape[0]):
+            xb = x[b]
+            total = np.float32(0)
+            for i in range(K // 256):
+                o, k0 = i * 176, i * 256
+                d, dmin = half(row[u(o)], row[u(o + 1)]), half(row[u(o + 2)], row[u(o + 3)])
+                for c in range(4):
+                    q, kc = o + 48 + c * 32, k0 + c * 64
+                    shift_lo, shift_hi = np.uint8(2 * c), np.uint8(2 * c + 1)
+                    s_lo = np.float32(0)
+                    s_hi = np.float32(0)
+                    x_lo = np.float32(0)
+                    x_hi = np.float32(0)
+                    for j in range(sub):
+                        byte, high = row[u(q + j)], row[u(o + 16 + j)]
+                        lo, hi = xb[u(kc + j)], xb[u(kc + 32 + j)]
+                        q_lo = (byte & 0x0F) | (((high >> shift_lo) & 1) << 4)
+                        q_hi = (byte >> 4) | (((high >> shift_hi) & 1) << 4)
+                        s_lo += np.float32(q_lo) * lo
+                        s_hi += np.float32(q_hi) * hi
+                        x_lo += lo
+                        x_hi += hi
+                    sc_lo, m_lo = _scale_min_k4(row, o + 4, 2 * c)
+                    sc_hi, m_hi = _scale_min_k4(row, o + 4, 2 * c + 1)
+                    total += d * (sc_lo * s_lo + sc_hi * s_hi) - dmin * (m_lo * x_lo + m_hi * x_hi)
+            out[b, n] = total
+
+
+@njit(**JIT)
+def matmul_q6_k(raw, x, out, sub):
+    """raw (N, K/256*210) uint8 Q6_K blocks; sub = 16 weights per scale.
+
+    Each half h of a block holds 128 weights: ql bytes 64h + l and 64h + 32 + l (l < 32) give
+    the low 4 bits of weights l, l + 32 (low nibbles) and l + 64, l + 96 (high nibbles); qh
+    byte 32h + l gives their high 2 bits (bits 0-1, 2-3, 4-5, 6-7); weight t of the half has
+    scale 8h + t // 16.
+    """
+    N, K = raw.shape[0], x.shape[1]
+    for n in prange(N):
+        row = raw[n]
+        for b in range(x.shape[0]):
+            xb = x[b]
+            total = np.float32(0)
+            for i in range(K // 256):
+                o, k0 = i * 210, i * 256
+                d = half(row[u(o + 208)], row[u(o + 209)])
+                for h in range(2):
+                    ql, qh, kh = o + 64 * h, o + 128 + 32 * h, k0 + 128 * h
+                    for g in range(2):  # l in 16g..16g+15: scales 16g / 16 + 0, 2, 4, 6
+                        s1 = np.float32(0)
+                        s2 = np.float32(0)
+                        s3 = np.float32(0)
+                        s4 = np.float32(0)
+                        for j in range(sub):
+                            l = g * 16 + j
+                            a, c, high = row[u(ql + l)], row[u(ql + 32 + l)], row[u(qh + l)]
+                            q1 = np.int32((a & 0x0F) | ((high & 3) << 4)) - 32
+                            q2 = np.int32((c & 0x0F) | (((high >> 2) & 3) << 4)) - 32
+                            q3 = np.int32((a >> 4) | (((high >> 4) & 3) << 4)) - 32
+                            q4 = np.int32((c >> 4) | (((high >> 6) & 3) << 4)) - 32
+                            s1 += np.float32(q1) * xb[u(kh + l)]
+                            s2 += np.float32(q2) * xb[u(kh + 32 + l)]
+                            s3 += np.float32(q3) * xb[u(kh + 64 + l)]
+                            s4 += np.float32(q4) * xb[u(kh + 96 + l)]
+                        sc = o + 192 + 8 * h + g
+                        total += d * (
+                            np.float32(np.int8(row[u(sc)])) * s1
+                            + np.float32(np.int8(row[u(sc + 2)])) * s2
+                            + np.float32(np.int8(row[u(sc + 4)])) * s3
+                            + np.float32(np.int8(row[u(sc + 6)])) * s4
+                        )
+            out[b, n] = total
+
+
+# ---------------------------------------------------------------- by storage kind
+# packed.PackedRows kind -> kernel(rows, x, out): x (B, K) float32 C-contiguous, out (B, N).
+KINDS = {
+    "int8": lambda r, x, out: matmul_int8(r.data, r.scales, x, out),
+    "bf16": lambda r, x, out: matmul_bf16(r.data.view(np.uint16), x, out),
+    "fp16": lambda r, x, out: matmul_fp16(r.data.view(np.uint16), x, out),
+    "fp32": lambda r, x, out: matmul_fp32(r.data, x, out),
+    "Q8_0": lambda r, x, out: matmul_q8_0(r.data, x, out, 32),
+    "Q4_0": lambda r, x, out: matmul_q4_0(r.data, x, out, 16),
+    "Q4_1": lambda r, x, out: matmul_q4_1(r.data, x, out, 16),
+    "Q5_0": lambda r, x, out: matmul_q5_0(r.data, x, out, 16),
+    "Q5_1": lambda r, x, out: matmul_q5_1(r.data, x, out, 16),
+    "Q4_K": lambda r, x, out: matmul_q4_k(r.data, x, out, 32),
+    "Q5_K": lambda r, x, out: matmul_q5_k(r.data, x, out, 32),
+    "Q6_K": lambda r, x, out: matmul_q6_k(r.data, x, out, 16),
+}

@@ -1,0 +1,156 @@
+"""The explorer page, loaded in a real headless browser (Chromium): no script errors, and the
+DOM holds the heads, the tokens and a row of attention probabilities that sums to 1 and is
+the row the model computed.
+
+Chromium comes from Debian's packages (`.ci/run` installs it); without it this test is
+skipped locally, and fails in CI (CI=true), where it must run.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+
+import llama_np
+from llama_np.tools.explorer import write_html
+from llama_np.tools.machine import MachinePeaks
+from llama_np.tools.profile import profile_generation
+from llama_np.tools.trace import token_labels, trace_attention
+
+BROWSER = next(
+    (shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)),
+    None,
+)
+PEAKS = MachinePeaks(50e9, 5e9, "test")
+
+
+def dump_dom(url: str) -> tuple[str, str]:
+    """The DOM after the page's scripts ran, and the browser's log (console messages)."""
+    if BROWSER is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the explorer test: .ci/run installs chromium")
+        pytest.skip("no chromium here: apt-get install chromium (CI installs it) to run this")
+    with tempfile.TemporaryDirectory() as profile_dir:
+        result = subprocess.run(
+            [BROWSER, "--headless", "--no-sandbox", "--disable-gpu",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--no-first-run", f"--user-data-dir={profile_dir}", "--enable-logging=stderr",
+             "--v=0", "--dump-dom", url],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout, result.stderr
+
+
+class Elements(HTMLParser):
+    """Every element's attributes and text, by id and by class."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[dict] = []
+        self.all: list[dict] = []
+
+    def handle_starttag(self, tag, attrs):
+        element = {"tag": tag, **dict(attrs), "text": ""}
+        self.all.append(element)
+        if tag not in ("br", "img", "input", "meta", "link", "line", "circle", "rect",
+                       "polyline"):  # fmt: skip
+            self.stack.append(element)
+
+    def handle_endtag(self, tag):
+        if self.stack and self.stack[-1]["tag"] == tag:
+            self.stack.pop()
+
+    def handle_data(self, data):
+        for element in self.stack:
+            element["text"] += data
+
+    def by_id(self, id_: str) -> dict:
+        (element,) = [e for e in self.all if e.get("id") == id_]
+        return element
+
+    def by_class(self, name: str) -> list[dict]:
+        return [e for e in self.all if name in e.get("class", "").split()]
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    model = llama_np.load()
+    trace = trace_attention(model, "Once upon a time", 6)
+    prompt = [int(t) for t in trace.tokens[: trace.n_prompt]]
+    profile = profile_generation(model, prompt, 3, PEAKS, repeats=1, batch=2)
+    path = write_html(tmp_path_factory.mktemp("explorer") / "explorer.html", trace, profile,
+                      model.config.n_kv_heads)  # fmt: skip
+    return path, trace, profile
+
+
+def test_page_is_self_contained(page):
+    html = page[0].read_text()
+    assert "<link" not in html and " src=" not in html  # no stylesheet or script files
+    urls = set(re.findall(r"https?://[^\s\"'<>)]+", html))
+    assert urls <= {"http://www.w3.org/2000/svg"}  # an XML namespace name, never fetched
+
+
+def test_page_in_a_headless_browser(page):
+    path, trace, profile = page
+    layer, head, query = 3, 5, 7  # picked by the address, as a student's hover would
+    dom, log = dump_dom(f"{path.as_uri()}#layer={layer}&head={head}&query={query}")
+    assert "Uncaught" not in log, log[-2000:]
+    doc = Elements()
+    doc.feed(dom)
+    assert doc.by_id("errors")["text"] == ""
+    assert 'data-ready="yes"' in dom
+
+    H = trace.probs.shape[1]
+    heads = [e for e in doc.all if e["tag"] == "option" and e["text"].startswith("head ")]
+    assert [e["text"] for e in heads] == [f"head {h}" for h in range(H)]
+    tokens = doc.by_class("tok")
+    assert [e["text"] for e in tokens] == token_labels(trace)
+    assert len(doc.by_class("prefill")) >= trace.n_prompt  # tokens and table rows
+    assert [e["data-index"] for e in tokens if "prefill" in e["class"]] == [
+        str(n) for n in range(trace.n_prompt)
+    ]
+    assert "query head 5 reads K/V head 2" in doc.by_id("gqa")["text"]
+
+    assert doc.by_id("query-label")["data-index"] == str(query)
+    row = np.array([float(e["data-p"]) for e in doc.by_class("p")])
+    assert row.shape == (query + 1,)
+    assert row.sum() == pytest.approx(1, abs=1e-3)
+    assert float(doc.by_id("row-sum")["text"]) == pytest.approx(1, abs=1e-3)
+    np.testing.assert_allclose(row, trace.probs[layer, head, query, : query + 1], atol=1e-4)
+
+    phases = [e["data-phase"] for e in doc.all if e["tag"] == "circle"]
+    assert phases == ["prefill", "decode", "batch-decode"]
+    assert len([e for e in doc.all if e["tag"] == "polyline"]) == len(profile.peaks)
+
+
+def page_json(path) -> dict:
+    import json
+
+    text = path.read_text()
+    data = re.search(r'<script id="data" type="application/json">(.*?)</script>', text, re.S)
+    return json.loads(data[1].replace("<\\/", "</"))
+
+
+def test_trace_and_profile_write_the_page(tmp_path, monkeypatch, capsys):
+    from llama_np.cli import main
+    from llama_np.tools import machine
+
+    monkeypatch.setattr(machine, "peaks", lambda remeasure=False, threads=None: PEAKS)
+    trace_page, profile_page = tmp_path / "trace.html", tmp_path / "random.html"
+    assert main(["trace", "-p", "Once upon a time", "-n", "3", "--heads", "1,6",
+                 "--html", str(trace_page)]) == 0  # fmt: skip
+    data = page_json(trace_page)
+    assert data["attention"]["heads"] == [1, 6] and len(data["attention"]["probs"]) == 5
+    assert [p["phase"] for p in data["roofline"]["phases"]] == ["prefill", "decode"]
+    argv = ["profile", "--random", "stories260K", "-n", "2", "--repeats", "1", "--html",
+            str(profile_page), "--out", str(tmp_path)]  # fmt: skip
+    assert main(argv) == 0
+    data = page_json(profile_page)
+    assert data["attention"] is None  # random weights: no text to show, the roofline only
+    assert data["roofline"]["model"] == "stories260K"

@@ -1,0 +1,269 @@
+"""The kernel layer: every compiled kernel against the NumPy path and independent references.
+
+GGUF block kernels are checked against the `gguf` package's own dequantizer (llama.cpp's
+Python reference) followed by a float64 product; this project's int8/bf16/fp16 kernels against
+its NumPy path (widen + BLAS) and float64. The compiled tests skip when numba is not installed;
+the NumPy-only tests run everywhere.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import llama_np
+from llama_np import kernels
+from llama_np.cli import main as cli_main
+from llama_np.errors import ArgumentError
+from llama_np.packed import PackedRows, Scratch, pack
+
+ROOT = Path(__file__).resolve().parents[1]
+requires_numba = pytest.mark.skipif(
+    not kernels.numba_available(),
+    reason="numba is not installed (pip install -e '.[fast]'): compiled kernels not tested",
+)
+
+
+@pytest.fixture
+def use_kernels():
+    """kernels.use(name) for one test, then back to the default."""
+    yield kernels.use
+    kernels.use(None)
+
+
+def product(packed: PackedRows, x: np.ndarray, name: str) -> np.ndarray:
+    """x @ packed.T with the kernels `name`."""
+    kernels.use(name)
+    try:
+        return x @ packed.T
+    finally:
+        kernels.use(None)
+
+
+def close(out: np.ndarray, ref: np.ndarray, magnitude: np.ndarray, rtol: float = 1e-5) -> bool:
+    """float32 sums agree with float64 up to rtol × the sum of the terms' magnitudes."""
+    return bool(np.all(np.abs(out - ref) <= rtol * magnitude + 1e-30))
+
+
+# ---------------------------------------------------------------- GGUF block formats
+
+# name: (weights per block, bytes per block, byte offsets of the block's fp16 scales/mins)
+BLOCKS = {
+    "Q8_0": (32, 34, (0,)),
+    "Q4_0": (32, 18, (0,)),
+    "Q4_1": (32, 20, (0, 2)),
+    "Q5_0": (32, 22, (0,)),
+    "Q5_1": (32, 24, (0, 2)),
+    "Q4_K": (256, 144, (0, 2)),
+    "Q5_K": (256, 176, (0, 2)),
+    "Q6_K": (256, 210, (208,)),
+}
+# Largest |weight| per unit of a block's fp16 fields (sub-block scale × quant, or min): bounds
+# the terms of a product, to size the float32 rounding allowed.
+FIELD_GAIN = {"Q8_0": 128, "Q4_0": 8, "Q4_1": 16, "Q5_0": 16, "Q5_1": 32}
+FIELD_GAIN |= {"Q4_K": 63 * 32, "Q5_K": 63 * 32, "Q6_K": 128 * 32}
+
+
+def random_blocks(kind: str, n: int, k: int, seed: int, scales: str) -> np.ndarray:
+    """(n, row_bytes) uint8 rows of random blocks whose fp16 fields are finite: random,
+    all zero, or extreme (fp16's largest and smallest subnormal values)."""
+    qk, block_bytes, fields = BLOCKS[kind]
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(0, 256, (n, k // qk, block_bytes), dtype=np.uint8)  # (n, blocks, bytes)
+    for offset in fields:
+        if scales == "random":
+            d = rng.standard_normal((n, k // qk)) * 0.01
+        elif scales == "zero":
+            d = np.zeros((n, k // qk))
+        else:
+            d = rng.choice([65504.0, -65504.0, 6e-8, 0.0], size=(n, k // qk))
+        raw[:, :, offset : offset + 2] = d.astype("<f2").view(np.uint8).reshape(n, -1, 2)
+    return raw.reshape(n, -1)
+
+
+def field_magnitude(kind: str, raw: np.ndarray) -> np.ndarray:
+    """(n,) the largest |fp16 field| of each row × FIELD_GAIN: no weight exceeds it."""
+    _, block_bytes, fields = BLOCKS[kind]
+    blocks = raw.reshape(raw.shape[0], -1, block_bytes)
+    values = [np.abs(blocks[:, :, o : o + 2].copy().view("<f2").astype(np.float64)) for o in fields]
+    return np.max([v.max(axis=(1, 2)) for v in values], axis=0) * FIELD_GAIN[kind]
+
+
+@requires_numba
+@pytest.mark.parametrize("kind", sorted(BLOCKS))
+@settings(max_examples=10, deadline=None)
+@given(
+    blocks=st.integers(1, 4),
+    n=st.integers(1, 9),
+    b=st.integers(1, 8),
+    scales=st.sampled_from(["random", "zero", "extreme"]),
+    seed=st.integers(0, 2**16),
+)
+def test_block_kernels_match_gguf_dequantize(kind, blocks, n, b, scales, seed):
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    k = blocks * BLOCKS[kind][0]
+    raw = random_blocks(kind, n, k, seed, scales)
+    x = np.random.default_rng(seed + 1).standard_normal((b, k)).astype(np.float32)  # (B, K)
+    x[:, :3] = [0.0, -1e4, 1e-20][: min(3, k)]  # a zero, a large and a tiny activation
+
+    out = np.empty((b, n), dtype=np.float32)  # (B, N)
+    kernel = kernels.compiled(PackedRows(kind, raw, None, Scratch()), b)
+    kernel(x, out)
+
+    w = dequantize(raw, GGMLQuantizationType[kind]).astype(np.float64)  # (N, K)
+    assert w.shape == (n, k)
+    ref = x.astype(np.float64) @ w.T  # (B, N)
+    magnitude = np.abs(x).astype(np.float64).sum(axis=1, keepdims=True) * field_magnitude(kind, raw)
+    assert close(out, ref, magnitude)
+
+
+# ---------------------------------------------------------------- int8 / bf16 / fp16
+
+
+def own_weights(kind: str, n: int, k: int, seed: int, values: str) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((n, k)).astype(np.float32)  # (N, K)
+    if values == "zero":
+        w[: n // 2 + 1] = 0  # whole rows (and int8 groups) of zeros: scale 0
+    elif values == "extreme":
+        big = 65504.0 if kind == "fp16" else 1e30  # fp16's largest; huge for bf16/int8
+        w.flat[:: max(1, w.size // 5)] = big
+        w.flat[1 :: max(1, w.size // 7)] = 6e-8  # an fp16 subnormal
+    return w
+
+
+@requires_numba
+@pytest.mark.parametrize("kind", ["int8", "bf16", "fp16"])
+@settings(max_examples=15, deadline=None)
+@given(
+    groups=st.integers(1, 4),
+    group=st.sampled_from([32, 24, 43]),  # K = 24·g or 43·g: int8 groups other than 32
+    n=st.integers(1, 9),
+    b=st.integers(1, 8),
+    values=st.sampled_from(["random", "zero", "extreme"]),
+    seed=st.integers(0, 2**16),
+)
+def test_own_format_kernels_match_numpy_path(kind, groups, group, n, b, values, seed):
+    k = groups * group
+    w = own_weights(kind, n, k, seed, values)
+    packed = pack(kind, w, Scratch())
+    x = np.random.default_rng(seed + 1).standard_normal((b, k)).astype(np.float32)  # (B, K)
+    x[:, 0] = 0.0
+
+    numpy_out = product(packed, x, "numpy")
+    numba_out = product(packed, x, "numba")
+    stored = packed[np.arange(n)].astype(np.float64)  # (N, K) the weights as stored
+    ref = x.astype(np.float64) @ stored.T  # (B, N)
+    magnitude = np.abs(x).astype(np.float64) @ np.abs(stored).T
+    assert close(numba_out, ref, magnitude)
+    assert close(numpy_out, ref, magnitude)
+
+
+@requires_numba
+def test_compiled_kernels_only_for_small_batches(use_kernels):
+    packed = pack("int8", np.ones((4, 64), dtype=np.float32), Scratch())
+    use_kernels("numba")
+    assert kernels.compiled(packed, kernels.MAX_ROWS) is not None
+    assert kernels.compiled(packed, kernels.MAX_ROWS + 1) is None  # prefill: BLAS on pieces
+    use_kernels("numpy")
+    assert kernels.compiled(packed, 1) is None
+
+
+@requires_numba
+@pytest.mark.parametrize("weights_dtype", ["int8", "bf16", "fp16"])
+def test_model_decodes_the_same_with_either_kernels(weights_dtype, use_kernels):
+    """stories260K (int8 groups of 32 and of 43 in its 172-wide MLP rows): prefill + decode."""
+    model = llama_np.load(weights_dtype=weights_dtype)
+    logits = {}
+    for name in kernels.KERNELS:
+        use_kernels(name)
+        cache = model.new_cache(16)
+        model.prefill([1, 403, 407], cache)
+        logits[name] = np.stack([model.decode(t, cache) for t in (300, 301, 302)])  # (3, V)
+    np.testing.assert_allclose(logits["numba"], logits["numpy"], rtol=0, atol=1e-3)
+
+
+# ---------------------------------------------------------------- selection, NumPy only
+
+
+def test_numpy_kernels_forced(use_kernels):
+    assert use_kernels("numpy") == "numpy" == kernels.active()
+    packed = pack("int8", np.ones((4, 64), dtype=np.float32), Scratch())
+    assert kernels.compiled(packed, 1) is None
+    np.testing.assert_array_equal(np.ones((1, 64), dtype=np.float32) @ packed.T, [[64.0] * 4])
+
+
+def test_environment_variable(monkeypatch):
+    monkeypatch.setenv(kernels.ENV_VAR, "numpy")
+    assert kernels.active() == "numpy"
+    monkeypatch.setenv(kernels.ENV_VAR, "cuda")
+    with pytest.raises(ArgumentError, match=r"LLAMA_NP_KERNELS must be one of numpy, numba"):
+        kernels.active()
+
+
+def test_unknown_or_missing_kernels_name_the_fix(monkeypatch, use_kernels):
+    with pytest.raises(ArgumentError, match="kernels must be one of numpy, numba, got 'c'"):
+        use_kernels("c")
+    monkeypatch.setattr(kernels, "_numba_error", "numba is not installed")
+    with pytest.raises(ArgumentError, match=r"pip install -e '\.\[fast\]'"):
+        use_kernels("numba")
+    assert kernels.active() == "numpy"  # the default falls back
+
+
+def test_cli_kernels_flag_and_info(capsys):
+    assert cli_main(["info", "--kernels", "numpy"]) == 0
+    assert "kernels (compressed weights)  numpy" in capsys.readouterr().out
+    kernels.use(None)
+
+
+def test_numpy_only_install_generates(use_kernels):
+    """With numba unimportable (as in a NumPy-only install), everything runs the NumPy path."""
+    script = (
+        "import sys; sys.modules['numba'] = None\n"  # `import numba` now raises ImportError
+        "import llama_np\n"
+        "from llama_np import kernels\n"
+        "assert not kernels.numba_available() and kernels.active() == 'numpy'\n"
+        "model = llama_np.load(weights_dtype='int8')\n"
+        "print(llama_np.generate_text(model, 'Once', max_new_tokens=8, temperature=0))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    use_kernels("numpy")
+    model = llama_np.load(weights_dtype="int8")
+    expected = llama_np.generate_text(model, "Once", max_new_tokens=8, temperature=0)
+    assert done.stdout == expected + "\n" and len(expected) > 8
+
+
+@requires_numba
+@pytest.mark.parametrize("type_name", ["Q8_0", "Q4_K", "Q6_K"])
+def test_gguf_model_decodes_the_same_with_either_kernels(tmp_path, type_name, use_kernels):
+    """A GGUF kept in its blocks: decode with the block kernels equals the NumPy path."""
+    from checkpoint_writers import random_tensors, write_gguf
+
+    from llama_np.config import LlamaConfig
+
+    config = LlamaConfig(
+        dim=256, n_layers=1, n_heads=4, n_kv_heads=2, hidden_dim=512, vocab_size=96, max_seq_len=32
+    )
+    path = tmp_path / "model.gguf"
+    write_gguf(path, config, random_tensors(config), type_name)
+    model = llama_np.load(path)
+    assert model.weights.layers[0].w_gate_up.packed.kind == type_name
+    use_kernels("numba")
+    assert kernels.compiled(model.weights.layers[0].w_gate_up.packed, 1) is not None
+    logits = {}
+    for name in kernels.KERNELS:
+        use_kernels(name)
+        cache = model.new_cache(8)
+        model.prefill([1, 5, 17], cache)
+        logits[name] = np.stack([model.decode(t, cache) for t in (33, 60)])  # (2, V)
+    scale = np.abs(logits["numpy"]).max()
+    np.testing.assert_allclose(logits["numba"], logits["numpy"], rtol=0, atol=1e-4 * scale)
