@@ -161,8 +161,13 @@ class Fixtures:
                 {"type": "directory", "path": "original", "size": 0},
             ],
             "machine cache": {
-                "key": machine.cache_key(),
-                "peaks": {"matmul_flops": 1e11, "memory_bandwidth": 1e10, "description": "x"},
+                "peaks": {
+                    machine.machine_key(machine.blas().threads): {
+                        "matmul_flops": 1e11,
+                        "memory_bandwidth": 1e10,
+                        "description": "x",
+                    }
+                }
             },
         }
 
@@ -220,7 +225,7 @@ def feeders(fx: Fixtures) -> dict[str, Callable[[bytes], None]]:
         cache.write_bytes(data)
         stub = machine.MachinePeaks(1.0, 1.0, "stub")
         saved = machine.CACHE_FILE, machine.measure
-        machine.CACHE_FILE, machine.measure = cache, lambda: stub
+        machine.CACHE_FILE, machine.measure = cache, lambda **kw: stub
         try:
             with contextlib.redirect_stderr(io.StringIO()):
                 peaks = machine.peaks()
