@@ -149,9 +149,11 @@ def config_from_hf(
         raise ConfigError(f"{source}: sliding_window attention is not supported")
     if cfg.get("hidden_act", "silu") != "silu":
         raise ConfigError(f"{source}: hidden_act {cfg['hidden_act']!r} is not supported (silu)")
-    for flag in ("attention_bias", "mlp_bias"):
-        if cfg.get(flag):
-            raise ConfigError(f"{source}: {flag}=true is not supported (Llama has no biases)")
+    # attention_bias: the q/k/v/o biases are optional tensors of the schema, read when present
+    if cfg.get("mlp_bias"):
+        raise ConfigError(
+            f"{source}: mlp_bias=true is not supported (llama_np's MLP has no biases)"
+        )
     required = ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size")
     for key in (*required, "vocab_size"):
         if not isinstance(cfg.get(key), int) or isinstance(cfg[key], bool):
