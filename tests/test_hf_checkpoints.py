@@ -29,7 +29,7 @@ import llama_np
 from llama_np.checkpoints import _Progress
 from llama_np.checkpoints.hf import config_from_hf
 from llama_np.checkpoints.pth import read_pth
-from llama_np.checkpoints.safetensors import read_safetensors
+from llama_np.checkpoints.safetensors import read_safetensors, read_safetensors_dir
 from llama_np.config import LlamaConfig, RopeScaling
 from llama_np.dtypes import BFLOAT16
 from llama_np.errors import CheckpointError, ConfigError
@@ -455,3 +455,19 @@ def test_copied_fixture_directory_still_loads(tmp_path):
     # Loading depends on the directory's contents only, not on its name or place.
     shutil.copytree(FIXTURES / "sharded", tmp_path / "renamed")
     assert llama_np.load(tmp_path / "renamed").config.name == "renamed"
+
+
+@pytest.mark.parametrize("name", ["fp32", "fp16", "head_dim"])
+def test_own_safetensors_reader_equals_the_safetensors_package(name):
+    """llama_np reads safetensors itself (bf16 included); on the dtypes the package's NumPy
+    API returns, both give the same tensors."""
+    from safetensors.numpy import load_file
+
+    directory = FIXTURES / name
+    ours = read_safetensors_dir(directory)
+    theirs = {}
+    for file in sorted(directory.glob("*.safetensors")):
+        theirs.update(load_file(file))
+    assert sorted(ours) == sorted(theirs)
+    for key, array in theirs.items():
+        assert ours[key].dtype == array.dtype and np.array_equal(ours[key], array), key
