@@ -26,6 +26,7 @@ from llama_np.checkpoints.hf import hf_name
 from llama_np.cli import main
 from llama_np.config import LlamaConfig
 from llama_np.errors import ArgumentError
+from llama_np.model import Model
 from llama_np.tokenizers.gguf import gguf_tokenizer_metadata
 from llama_np.tokenizers.hf_files import hf_tokenizer_files
 from llama_np.tokenizers.sentencepiece_writer import sentencepiece_model_bytes
@@ -618,3 +619,24 @@ def test_llama3_gguf_exports_to_hf_with_rope_scaling(tmp_path, gguf_loader):
     expected = np.load(FIXTURES / "llama3_hub_config" / "logits.npy")
     logits = prompt_logits(model, fixture_tokens("llama3_hub_config"))
     assert np.abs(logits - expected).max() < 1e-3 * max(1.0, np.abs(expected).max())
+
+
+def test_a_model_with_attention_biases_survives_both_exports(tmp_path):
+    """q/k/v/o biases (schema.py's optional tensors) load from HF, and the GGUF and HF exports
+    load back with the same logits (HF's config then says attention_bias: true)."""
+    config = LlamaConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=96, vocab_size=128)
+    tensors = random_tensors(config)
+    rng = np.random.default_rng(2)
+    for i in range(config.n_layers):
+        for name, rows in (("wq", 64), ("wk", 32), ("wv", 32), ("wo", 64)):
+            bias = 0.5 * rng.standard_normal(rows, dtype=np.float32)
+            tensors[f"layers.{i}.attention.{name}.bias"] = bias
+    source = write_hf(tmp_path / "hf", config, tensors)
+    tokens = [1, 5, 9, 33, 7]
+    want = llama_np.load(source).prefill(tokens, llama_np.load(source).new_cache(), True)
+    without = Model.from_tensors(config, {n: t for n, t in tensors.items() if "bias" not in n})
+    assert not np.allclose(want, without.prefill(tokens, without.new_cache(), True), atol=1e-3)
+    for out in (tmp_path / "m.gguf", tmp_path / "out"):
+        model = llama_np.load(convert(source, out))
+        got = model.prefill(tokens, model.new_cache(), all_logits=True)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -29,7 +29,7 @@ import llama_np
 from llama_np.checkpoints import _Progress
 from llama_np.checkpoints.hf import config_from_hf
 from llama_np.checkpoints.pth import read_pth
-from llama_np.checkpoints.safetensors import read_safetensors
+from llama_np.checkpoints.safetensors import read_safetensors, read_safetensors_dir
 from llama_np.config import LlamaConfig, RopeScaling
 from llama_np.dtypes import BFLOAT16
 from llama_np.errors import CheckpointError, ConfigError
@@ -217,7 +217,7 @@ def test_generation_config_adds_stop_ids():
         ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "'yarn'"),
         ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, "'dynamic'"),
         ({"rope_parameters": {"rope_type": "llama3", "factor": 8.0}}, "low_freq_factor"),
-        ({"attention_bias": True}, "attention_bias"),
+        ({"mlp_bias": True}, "mlp_bias"),
         ({"hidden_act": "gelu"}, "gelu"),
         ({"num_attention_heads": 5}, "n_heads"),
         ({"hidden_size": None}, "hidden_size"),
@@ -458,3 +458,19 @@ def test_copied_fixture_directory_still_loads(tmp_path):
     # Loading depends on the directory's contents only, not on its name or place.
     shutil.copytree(FIXTURES / "sharded", tmp_path / "renamed")
     assert llama_np.load(tmp_path / "renamed").config.name == "renamed"
+
+
+@pytest.mark.parametrize("name", ["fp32", "fp16", "head_dim"])
+def test_own_safetensors_reader_equals_the_safetensors_package(name):
+    """llama_np reads safetensors itself (bf16 included); on the dtypes the package's NumPy
+    API returns, both give the same tensors."""
+    from safetensors.numpy import load_file
+
+    directory = FIXTURES / name
+    ours = read_safetensors_dir(directory)
+    theirs = {}
+    for file in sorted(directory.glob("*.safetensors")):
+        theirs.update(load_file(file))
+    assert sorted(ours) == sorted(theirs)
+    for key, array in theirs.items():
+        assert ours[key].dtype == array.dtype and np.array_equal(ours[key], array), key

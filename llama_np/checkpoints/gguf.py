@@ -46,7 +46,7 @@ from ..config import LlamaConfig, RopeScaling
 from ..dtypes import BFLOAT16
 from ..errors import CheckpointError, ConfigError
 from ..quants import BY_TYPE_ID, QUANT_TYPES, QuantizedTensor
-from ..schema import tensor_names
+from ..schema import tensor_specs
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
@@ -466,21 +466,21 @@ def load_gguf(
         divisors = np.array(divisors.reshape(-1), dtype=np.float32)  # (HD/2,)
     config = config_from_gguf(metadata, infos, path, divisors)
 
-    expected = tensor_names(config)
+    specs = tensor_specs(config)  # optional ones (q/k/v/o biases) may be present
     tensors: dict[str, object] = {}
     unknown = []
     for name, tensor in stored.items():
         meta = meta_name(name)
-        if meta is None or meta not in expected:
+        if meta is None or meta not in specs:
             unknown.append(name)
             continue
-        if tuple(tensor.shape) != expected[meta]:
+        if tuple(tensor.shape) != specs[meta].shape:
             raise CheckpointError(
                 f"{path}: tensor {name} has shape {tuple(tensor.shape)} (out, in), but the "
-                f"llama.* metadata implies {expected[meta]}"
+                f"llama.* metadata implies {specs[meta].shape}"
             )
         tensors[meta] = tensor
-    missing = [n for n in expected if n not in tensors]
+    missing = [n for n, spec in specs.items() if spec.required and n not in tensors]
     if unknown or missing:
         raise CheckpointError(
             f"{path}: tensors do not match a Llama of this config: "

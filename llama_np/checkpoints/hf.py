@@ -167,9 +167,11 @@ def config_from_hf(
         raise ConfigError(f"{source}: sliding_window attention is not supported")
     if cfg["hidden_act"] != "silu":
         raise ConfigError(f"{source}: hidden_act {cfg['hidden_act']!r} is not supported (silu)")
-    for flag in ("attention_bias", "mlp_bias"):
-        if cfg[flag]:
-            raise ConfigError(f"{source}: {flag}=true is not supported (Llama has no biases)")
+    # attention_bias: the q/k/v/o biases are optional tensors of the schema, read when present
+    if cfg["mlp_bias"]:
+        raise ConfigError(
+            f"{source}: mlp_bias=true is not supported (llama_np's MLP has no biases)"
+        )
 
     # transformers 5 keeps theta and scaling together in rope_parameters; the Hub's configs
     # have a top-level rope_theta and an optional rope_scaling.
