@@ -270,3 +270,28 @@ def test_random_refuses_unknown_names_and_models_too_big(tmp_path, capsys, monke
     monkeypatch.setattr("llama_np.limits.available_memory", lambda: 10**9)
     assert main(["profile", "--random", "llama-3.2-1b", "--out", str(tmp_path)]) == 1
     assert "needs" in capsys.readouterr().err
+
+
+def test_ctrl_c_keeps_the_steps_timed_so_far(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during profile's decode steps: the steps timed so far are printed and written,
+    and the exit status is 130."""
+    from llama_np.model import Model as ModelClass
+
+    monkeypatch.setattr(machine, "peaks", lambda remeasure=False, threads=None: PEAKS)
+    calls = {"n": 0}
+    real = ModelClass.decode
+
+    def decode(self, token, cache):
+        calls["n"] += 1
+        if calls["n"] == 5:  # 1 warm-up decode, then 3 timed steps, then Ctrl-C
+            raise KeyboardInterrupt
+        return real(self, token, cache)
+
+    monkeypatch.setattr(ModelClass, "decode", decode)
+    out = tmp_path / "prof"
+    argv = ["profile", "-p", "Once upon", "-n", "20", "--threads", "1", "--out", str(out)]
+    assert main(argv) == 130
+    printed = capsys.readouterr()
+    assert "interrupted" in printed.err and "3 decode steps" in printed.err
+    steps = json.loads((out / "profile.json").read_text())["steps"]
+    assert [s["phase"] for s in steps] == ["prefill", "decode", "decode", "decode"]

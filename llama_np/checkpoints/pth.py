@@ -59,6 +59,9 @@ _DAMAGED = (
     OverflowError,
     RecursionError,
     NotImplementedError,  # zipfile: an unsupported compression method
+    # A damaged opcode can claim a frame or string of petabytes: the unpickler's allocation
+    # fails at once. data.pkl itself is at most MAX_PICKLE_BYTES, so this is a bad length.
+    MemoryError,
 )
 
 STORAGE_DTYPES = {

@@ -27,8 +27,7 @@ from ..schema import n_params
 from ..tools.memory import nbytes
 from ..validate import check_text
 from . import perf as cli_perf
-
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
+from .perf import EXIT_INTERRUPTED
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -428,7 +427,7 @@ def run_download(args: argparse.Namespace) -> int:
         )
     except KeyboardInterrupt:
         print("\nllama-np: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     print(target)
     return 0
 

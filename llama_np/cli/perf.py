@@ -14,6 +14,8 @@ from ..errors import ArgumentError
 from ..tools import hardware, machine, memory
 from ..tools.profile import format_profile, plot_profile, profile_generation, write_json
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
+
 
 def add_commands(commands) -> None:
     """Add `memory` and `profile` to the CLI's subparsers."""
@@ -277,4 +279,9 @@ def run_profile(args: argparse.Namespace) -> int:
             "matplotlib) to get profile.png",
             file=sys.stderr,
         )
+    if result.interrupted:
+        steps = sum(s.phase != "prefill" for s in result.steps)
+        print(f"llama-np: interrupted: the profile above is of the {steps} decode steps timed "
+              f"so far", file=sys.stderr)  # fmt: skip
+        return EXIT_INTERRUPTED
     return 0

@@ -85,6 +85,7 @@ class Profile:
     notes: list[str] = field(default_factory=list)  # how the figures were obtained
     warnings: list[str] = field(default_factory=list)  # why they may be wrong
     contaminated: bool = False  # other processes disturbed the timings
+    interrupted: bool = False  # Ctrl-C stopped it: the figures are of the steps timed so far
 
     def phases(self) -> list[str]:
         return list(dict.fromkeys(s.phase for s in self.steps))
@@ -168,6 +169,7 @@ class _Run:
     generated: list[int]
     others_cores: float
     cpu_known: bool
+    interrupted: bool = False  # Ctrl-C came during this run
 
 
 def profile_generation(
@@ -207,8 +209,14 @@ def profile_generation(
     peaks_fn: PeaksFn = peaks if callable(peaks) else (lambda t, remeasure=False: peaks)
     load_before = load_average()
     thread_counts = [blas().threads] if threads is None else list(threads)
-    runs = [_timed_run(model, prompt, n_decode, batch, repeats, t, threads is not None)
-            for t in thread_counts]  # fmt: skip
+    runs: list[_Run] = []
+    for t in thread_counts:
+        runs.append(_timed_run(model, prompt, n_decode, batch, repeats, t, threads is not None))
+        if runs[-1].interrupted:  # Ctrl-C: report what this run timed, try no more
+            if not (runs[-1].prefill and runs[-1].decode):
+                raise KeyboardInterrupt  # too early: nothing to report
+            runs = [r for r in runs if r.prefill and r.decode and (r.batch or batch == 1)]
+            break
 
     def best(key: Callable[[_Run], float]) -> _Run:
         return min(runs, key=key)
@@ -222,14 +230,14 @@ def profile_generation(
     )
     result.steps += dec.decode
     result.threads = {"prefill": pre.threads, "decode": dec.threads}
-    if batch > 1:
-        bat = best(lambda r: float(np.median([s.seconds for s in r.batch])))
+    if batch > 1 and any(r.batch for r in runs):
+        bat = best(lambda r: float(np.median([s.seconds for s in r.batch])) if r.batch else np.inf)
         result.steps += bat.batch
         result.threads["batch-decode"] = bat.threads
     for r in runs:
         trial = {"threads": r.threads, "prefill_ms": 1e3 * float(np.median(r.prefill)),
                  "decode_ms": 1e3 * float(np.median([s.seconds for s in r.decode]))}  # fmt: skip
-        if batch > 1:
+        if r.batch:
             trial["batch_decode_ms"] = 1e3 * float(np.median([s.seconds for s in r.batch]))
         result.trials.append(trial)
     if model.tokenizer is not None:
@@ -239,6 +247,7 @@ def profile_generation(
         result.peaks[t] = peaks_fn(t, False)
     _check_peaks(result, peaks_fn)
     _check_contamination(result, runs, load_before)
+    result.interrupted = any(r.interrupted for r in runs)
     return result
 
 
@@ -250,41 +259,58 @@ def _timed_run(
     (each a fresh cache), `n_decode` decode steps, and as many batched steps."""
     config = model.config
     greedy = SamplingParams(temperature=0.0)  # the same text every run
+    prefill: list[float] = []
+    decode: list[Step] = []
+    batched: list[Step] = []
+    stats, bstats = GenerationStats(), None
+    interrupted = False
     with blas().using(threads if pin else None), CpuMeter() as meter:
-        # Warm up, untimed: the first pass pays for page faults and BLAS thread start-up.
-        model.decode(prompt[0], model.new_cache(1))
-        model.prefill(prompt, model.new_cache(len(prompt)))
-        prefill = []
-        for _ in range(repeats - 1):  # prefill alone: one token sampled, none decoded
+        try:
+            # Warm up, untimed: the first pass pays for page faults and BLAS thread start-up.
+            model.decode(prompt[0], model.new_cache(1))
+            model.prefill(prompt, model.new_cache(len(prompt)))
+            for _ in range(repeats - 1):  # prefill alone: one token sampled, none decoded
+                stats = GenerationStats()
+                for _ in generate(model, prompt, 1, sampling=greedy, stop_ids=(), stats=stats):
+                    pass
+                prefill.append(stats.prefill_seconds)
+            # No end token, so that the loop runs all n_decode steps; the last sampled token
+            # is not run through the model, hence n_decode + 1.
             stats = GenerationStats()
-            for _ in generate(model, prompt, 1, sampling=greedy, stop_ids=(), stats=stats):
+            for _ in generate(
+                model, prompt, n_decode + 1, sampling=greedy, stop_ids=(), stats=stats
+            ):
                 pass
+            if batch > 1:
+                bstats = GenerationStats()
+                pieces = generate_batch_stream(
+                    model,
+                    [prompt] * batch,
+                    n_decode + 1,
+                    sampling=greedy,
+                    stop_ids=(),
+                    stats=bstats,
+                )
+                for _ in pieces:
+                    pass
+        except KeyboardInterrupt:  # keep what was timed; the caller reports it
+            interrupted = True
+        if stats.prefill_seconds:
             prefill.append(stats.prefill_seconds)
-        # No end token, so that the loop runs all n_decode steps; the last sampled token is
-        # not run through the model, hence n_decode + 1.
-        stats = GenerationStats()
-        for _ in generate(model, prompt, n_decode + 1, sampling=greedy, stop_ids=(), stats=stats):
-            pass
-        prefill.append(stats.prefill_seconds)
         decode = [
             _step("decode", config, len(prompt) + i, 1, seconds, threads)
             for i, seconds in enumerate(stats.step_seconds)
         ]
-        generated = stats.tokens[:n_decode]
-        batched = []
-        if batch > 1:
-            bstats = GenerationStats()
-            pieces = generate_batch_stream(
-                model, [prompt] * batch, n_decode + 1, sampling=greedy, stop_ids=(), stats=bstats
-            )
-            for _ in pieces:
-                pass
+        generated = stats.tokens[: len(decode)]
+        if bstats is not None:
             batched = [
                 _step("batch-decode", config, len(prompt) + i, 1, seconds, threads, batch)
                 for i, seconds in enumerate(bstats.step_seconds)
             ]
     use = meter.use
-    return _Run(threads, prefill, decode, batched, generated, use.others_cores, use.known)
+    return _Run(
+        threads, prefill, decode, batched, generated, use.others_cores, use.known, interrupted
+    )
 
 
 def _step(
