@@ -57,7 +57,9 @@ def test_top_p_keeps_the_smallest_set_reaching_p(logits, top_p, seed):
     assert set(ids) <= set(order[: len(ids) + np.sum(p == p[ids[-1]])])
     params = SamplingParams(temperature=1.0, top_k=0, top_p=top_p, min_p=0.0)
     rng = np.random.default_rng(seed)
-    assert all(sample(logits, params, rng) in set(ids) for _ in range(5))
+    # sample() rounds to float32 itself: members of a tie at the edge may go either way
+    for _ in range(5):
+        assert p[sample(logits, params, rng)] >= p[ids].min() * (1 - 1e-6)
 
 
 @given(logit_arrays, st.floats(0.01, 1.0), st.integers(0, 2**31))
