@@ -22,32 +22,10 @@ from pathlib import Path
 import numpy as np
 from checkpoint_files import random_tensors
 
+from llama_np.checkpoints.export import gguf_name  # the one Meta -> GGUF name table
 from llama_np.config import LlamaConfig
 
 QUANTS = ("F32", "Q8_0", "Q4_K_M")
-GGUF_NAMES = {  # Meta's per-layer names -> GGUF's
-    "attention_norm.weight": "attn_norm.weight",
-    "attention.wq.weight": "attn_q.weight",
-    "attention.wk.weight": "attn_k.weight",
-    "attention.wv.weight": "attn_v.weight",
-    "attention.wo.weight": "attn_output.weight",
-    "ffn_norm.weight": "ffn_norm.weight",
-    "feed_forward.w1.weight": "ffn_gate.weight",
-    "feed_forward.w2.weight": "ffn_down.weight",
-    "feed_forward.w3.weight": "ffn_up.weight",
-}
-GGUF_GLOBAL = {
-    "tok_embeddings.weight": "token_embd.weight",
-    "norm.weight": "output_norm.weight",
-    "output.weight": "output.weight",
-}
-
-
-def gguf_name(name: str) -> str:
-    if name in GGUF_GLOBAL:
-        return GGUF_GLOBAL[name]
-    _, i, rest = name.split(".", 2)
-    return f"blk.{i}.{GGUF_NAMES[rest]}"
 
 
 def write_gguf_f32(config: LlamaConfig, path: Path, seed: int = 0) -> Path:
