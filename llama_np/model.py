@@ -34,7 +34,7 @@ from .kv_cache import KVCache
 from .layers import apply_rope, attention, chunked_attention, rms_norm, rope_tables, swiglu
 from .limits import check_kv_cache_fits
 from .packed import Matrix, Scratch, check_weights_dtype, pack
-from .schema import tensor_names, tensor_specs
+from .schema import tensor_specs
 
 # Prompts longer than this run attention in blocks of this many queries (layers.py).
 ATTENTION_CHUNK = 128
@@ -45,7 +45,7 @@ RELEASE_ROWS = 64 * CONVERT_ROWS  # converted rows whose file pages are dropped 
 LOAD_THREADS = min(4, os.cpu_count() or 1)
 
 
-__all__ = ["LayerWeights", "Model", "Step", "Weights", "tensor_names"]
+__all__ = ["LAYER_FIELDS", "LayerWeights", "Model", "Step", "Weights"]
 
 
 @dataclass
@@ -132,7 +132,7 @@ class Model:
         weights_dtype: str = "fp32",
         progress: Callable[[int, int], None] | None = None,
     ) -> Model:
-        """Build a model from checkpoint tensors named as in `tensor_names` ((out, in) shapes).
+        """Build a model from checkpoint tensors named as in schema.py ((out, in) shapes).
 
         Tensors may be float32, float16 or bfloat16 (dtypes.BFLOAT16), e.g. memory-mapped from
         the file, or GGUF block matrices (quants.QuantizedTensor). Checks every name and shape,

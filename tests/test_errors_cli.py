@@ -15,7 +15,7 @@ from bad_files import TOKENIZER_512, llama2c_bytes
 
 from llama_np import LlamaConfig
 from llama_np.cli import main
-from llama_np.model import tensor_names
+from llama_np.schema import tensor_names
 
 REPO = TOKENIZER_512.parents[2]
 

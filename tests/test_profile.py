@@ -14,7 +14,8 @@ import pytest
 from llama_np.cli import main
 from llama_np.config import LlamaConfig
 from llama_np.errors import ArgumentError, ContextLengthError
-from llama_np.model import Model, tensor_names
+from llama_np.model import Model
+from llama_np.schema import tensor_names
 from llama_np.tools import machine
 from llama_np.tools.machine import MachinePeaks
 from llama_np.tools.profile import profile_generation
