@@ -6,6 +6,16 @@ for piece in llama_np.generate(model, "Once upon a time", max_new_tokens=50):
     print(piece, end="", flush=True)
 """
 
+import os
+
+# OpenBLAS's threads spin for 2^28 CPU cycles (~0.1 s) after each BLAS call before they sleep.
+# On a 2-core machine that spinning takes the cores from whatever runs next: decode with the
+# compiled kernels right after a BLAS prefill ran at ~115 instead of ~135 tok/s (stories110M
+# int8). 2^20 cycles (~0.3 ms) still bridges the gaps between one token's BLAS calls (fp32
+# decode and prefill measured the same). Read when NumPy loads OpenBLAS, so it only applies
+# if llama_np is imported before numpy; a value the user set is kept.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
+
 from .checkpoints import DEFAULT_CHECKPOINT, load
 from .config import LlamaConfig, RopeScaling
 from .errors import (

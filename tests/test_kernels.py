@@ -19,7 +19,7 @@ import llama_np
 from llama_np import kernels
 from llama_np.cli import main as cli_main
 from llama_np.errors import ArgumentError
-from llama_np.packed import PackedRows, Scratch, pack
+from llama_np.packed import PackedRows, Scratch, StackedRows, pack
 
 ROOT = Path(__file__).resolve().parents[1]
 requires_numba = pytest.mark.skipif(
@@ -123,6 +123,41 @@ def test_block_kernels_match_gguf_dequantize(kind, blocks, n, b, scales, seed):
     assert close(out, ref, magnitude)
 
 
+@requires_numba
+@settings(max_examples=10, deadline=None)
+@given(
+    n=st.lists(st.integers(1, 5), min_size=2, max_size=3),
+    b=st.integers(1, 8),
+    seed=st.integers(0, 2**16),
+)
+def test_mixed_kind_stack_runs_each_parts_kernel(n, b, seed):
+    """A fused matrix stored in several kinds (Q4_K_M's q/k in Q4_K, v in Q6_K): each part's
+    kernel fills its own columns of the output, for one activation row or several."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    kinds = ["Q4_K", "Q6_K", "Q8_0"][: len(n)]
+    raws = [
+        random_blocks(kind, rows, 256, seed + i, "random")
+        for i, (kind, rows) in enumerate(zip(kinds, n, strict=True))
+    ]
+    stack = StackedRows(
+        [PackedRows(kind, raw, None, Scratch()) for kind, raw in zip(kinds, raws, strict=True)]
+    )
+    x = np.random.default_rng(seed).standard_normal((b, 256)).astype(np.float32)  # (B, K)
+    kernel = kernels.compiled(stack, b)
+    assert kernel is not None
+    out = np.full((b, sum(n)), np.nan, dtype=np.float32)  # (B, N)
+    kernel(x, out)
+
+    w = np.concatenate(
+        [dequantize(raw, GGMLQuantizationType[kind]) for kind, raw in zip(kinds, raws, strict=True)]
+    ).astype(np.float64)  # (N, K)
+    ref = x.astype(np.float64) @ w.T  # (B, N)
+    magnitude = np.abs(x).astype(np.float64) @ np.abs(w).T
+    assert close(out, ref, magnitude)
+
+
 # ---------------------------------------------------------------- int8 / bf16 / fp16
 
 
@@ -173,6 +208,17 @@ def test_compiled_kernels_only_for_small_batches(use_kernels):
     assert kernels.compiled(packed, kernels.MAX_ROWS + 1) is None  # prefill: BLAS on pieces
     use_kernels("numpy")
     assert kernels.compiled(packed, 1) is None
+
+
+@requires_numba
+@pytest.mark.parametrize(("k", "compiled"), [(64, True), (16, False), (43, False), (96, True)])
+def test_int8_kernel_needs_groups_of_32(k, compiled, use_kernels):
+    """The int8 kernel finds a weight's scale by shifting its index by 5: groups of 16 or 43
+    (a tiny model's rows that 32 does not divide) take the NumPy path instead."""
+    packed = pack("int8", np.ones((3, k), dtype=np.float32), Scratch())
+    use_kernels("numba")
+    assert (kernels.compiled(packed, 1) is not None) is compiled
+    np.testing.assert_allclose(np.ones((1, k), dtype=np.float32) @ packed.T, [[k] * 3])
 
 
 @requires_numba

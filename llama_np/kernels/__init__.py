@@ -102,20 +102,25 @@ def compiled(rows, n_rows: int) -> Callable[[np.ndarray, np.ndarray], None] | No
     """A compiled `kernel(x, out)` computing out (B, N) = x (B, K) @ rows.T, or None when the
     NumPy path should run (numpy kernels selected, no kernel for this storage, B > MAX_ROWS).
 
-    `rows` is a packed.PackedRows (N, K): its `kind`, `data` and `scales` are read as stored.
+    `rows` is a packed.PackedRows (N, K), whose `kind`, `data` and `scales` are read as
+    stored, or a packed.StackedRows of them (a fused q/k/v stored in Q4_K and Q6_K): each part
+    then fills its own columns of `out` with its own kernel.
     """
     if n_rows > MAX_ROWS or active() != "numba":
         return None
     from . import numba_jit
 
-    kernel = numba_jit.KINDS.get(getattr(rows, "kind", None))  # a stack of kinds has none
-    if kernel is None:
+    parts = getattr(rows, "parts", [rows])  # a StackedRows' parts, or the one PackedRows
+    starts = getattr(rows, "starts", [0])  # the first output column of each part
+    if not all(numba_jit.supports(p) for p in parts):
         return None
+    columns = [(numba_jit.KINDS[p.kind], p, start) for p, start in zip(parts, starts, strict=False)]
 
     def run(x: np.ndarray, out: np.ndarray) -> None:
         x = np.ascontiguousarray(x, dtype=np.float32)
         with _LOCK:
-            kernel(rows, x, out)
+            for kernel, part, start in columns:
+                kernel(part, x, out[:, start : start + part.shape[0]])  # (B, rows of the part)
 
     return run
 

@@ -82,21 +82,21 @@ def half_bits(h) -> np.float32:
 
 @njit(**JIT)
 def matmul_int8(q, scales, x, out):
-    """q (N, K) int8, scales (N, K/G, 1) float32: G weights per scale (32, or fewer for tiny
-    models' rows)."""
+    """q (N, K) int8, scales (N, K/32, 1) float32: 32 weights per scale (packed.GROUP_SIZE).
+
+    One loop over the whole row, each weight times its group's scale (`sc[j >> 5]`), rather
+    than a loop per group: a per-group sum would end every 32 weights in a horizontal add of
+    the vector lanes, which costs more than the scale's multiply (24 -> 27.5 GB/s on
+    stories110M's matrices). The shift must be a constant: a shift by a variable is not
+    vectorized (5 GB/s)."""
     N, K = q.shape
-    group = K // scales.shape[1]
     for n in prange(N):
         row, sc = q[n], scales[n, :, 0]
         for b in range(x.shape[0]):
             xb = x[b]
             total = np.float32(0)
-            for g in range(K // group):
-                k0 = g * group
-                s = np.float32(0)
-                for j in range(group):
-                    s += np.float32(row[u(k0 + j)]) * xb[u(k0 + j)]
-                total += s * sc[g]
+            for j in range(K):
+                total += np.float32(row[u(j)]) * sc[u(j) >> u(5)] * xb[u(j)]
             out[b, n] = total
 
 
@@ -276,34 +276,85 @@ def _scale_min_k4(row, o, s):
     return np.float32(sc), np.float32(m)
 
 
+@njit(inline="always")
+def _nibbles(f):
+    """A byte's value as float32 -> (its low 4 bits, its high 4 bits), as float32.
+
+    Float arithmetic, not `& 15` and `>> 4`: numba does integer arithmetic in 64 bits, so
+    integer unpacking fills a vector register with 8 lanes; floats give 16."""
+    hi = np.floor(f * np.float32(0.0625))
+    return f - np.float32(16) * hi, hi
+
+
+@njit(inline="always")
+def _sums_of_32(x):
+    """x (B, K) -> (B, K/32): each 32-weight sub-block's Σ x, for the min terms of K-quants."""
+    B, K = x.shape
+    sums = np.empty((B, K // 32), dtype=np.float32)  # (B, K/32)
+    for b in range(B):
+        for s in range(K // 32):
+            t = np.float32(0)
+            for j in range(32):
+                t += x[b, u(s * 32 + j)]
+            sums[b, s] = t
+    return sums
+
+
 @njit(**JIT)
 def matmul_q4_k(raw, x, out, sub):
-    """raw (N, K/256*144) uint8 Q4_K blocks; sub = 32 weights per sub-block."""
+    """raw (N, K/256*144) uint8 Q4_K blocks; sub = 32 weights per sub-block.
+
+    Σ (d sc q - dmin m) x = d Σ sc Σ q x - dmin Σ m Σ x: the Σ x of each sub-block is the
+    same for every row, computed once per call. One loop of 32 steps covers a whole block:
+    step j reads byte j of each 32-byte chunk (4 bytes, 8 weights, each with its sub-block's
+    scale), so the loop is long and wide enough for the compiler's 16-lane vector code (a
+    loop per sub-block, 32 weights, fell back to 8-lane code: half the speed)."""
     N, K = raw.shape[0], x.shape[1]
+    x_sums = _sums_of_32(x)  # (B, K/32)
     for n in prange(N):
         row = raw[n]
         for b in range(x.shape[0]):
-            xb = x[b]
+            xb, xs = x[b], x_sums[b]
             total = np.float32(0)
             for i in range(K // 256):
-                o, k0 = i * 144, i * 256
+                o, k0, s0 = i * 144, i * 256, i * 8
                 d, dmin = half(row[u(o)], row[u(o + 1)]), half(row[u(o + 2)], row[u(o + 3)])
-                for c in range(4):  # 64 weights: sub-blocks 2c (low nibbles), 2c+1 (high)
-                    q, kc = o + 16 + c * 32, k0 + c * 64
-                    s_lo = np.float32(0)
-                    s_hi = np.float32(0)
-                    x_lo = np.float32(0)
-                    x_hi = np.float32(0)
-                    for j in range(sub):
-                        byte = row[u(q + j)]
-                        lo, hi = xb[u(kc + j)], xb[u(kc + 32 + j)]
-                        s_lo += np.float32(byte & 0x0F) * lo
-                        s_hi += np.float32(byte >> 4) * hi
-                        x_lo += lo
-                        x_hi += hi
-                    sc_lo, m_lo = _scale_min_k4(row, o + 4, 2 * c)
-                    sc_hi, m_hi = _scale_min_k4(row, o + 4, 2 * c + 1)
-                    total += d * (sc_lo * s_lo + sc_hi * s_hi) - dmin * (m_lo * x_lo + m_hi * x_hi)
+                sc0, m0 = _scale_min_k4(row, o + 4, 0)
+                sc1, m1 = _scale_min_k4(row, o + 4, 1)
+                sc2, m2 = _scale_min_k4(row, o + 4, 2)
+                sc3, m3 = _scale_min_k4(row, o + 4, 3)
+                sc4, m4 = _scale_min_k4(row, o + 4, 4)
+                sc5, m5 = _scale_min_k4(row, o + 4, 5)
+                sc6, m6 = _scale_min_k4(row, o + 4, 6)
+                sc7, m7 = _scale_min_k4(row, o + 4, 7)
+                q = o + 16  # chunk c: bytes q+32c..; low nibbles sub-block 2c, high 2c+1
+                s = np.float32(0)
+                for j in range(sub):
+                    l0, h0 = _nibbles(np.float32(row[u(q + j)]))
+                    l1, h1 = _nibbles(np.float32(row[u(q + 32 + j)]))
+                    l2, h2 = _nibbles(np.float32(row[u(q + 64 + j)]))
+                    l3, h3 = _nibbles(np.float32(row[u(q + 96 + j)]))
+                    s += (
+                        sc0 * l0 * xb[u(k0 + j)]
+                        + sc1 * h0 * xb[u(k0 + 32 + j)]
+                        + sc2 * l1 * xb[u(k0 + 64 + j)]
+                        + sc3 * h1 * xb[u(k0 + 96 + j)]
+                        + sc4 * l2 * xb[u(k0 + 128 + j)]
+                        + sc5 * h2 * xb[u(k0 + 160 + j)]
+                        + sc6 * l3 * xb[u(k0 + 192 + j)]
+                        + sc7 * h3 * xb[u(k0 + 224 + j)]
+                    )
+                mins = (
+                    m0 * xs[u(s0)]
+                    + m1 * xs[u(s0 + 1)]
+                    + m2 * xs[u(s0 + 2)]
+                    + m3 * xs[u(s0 + 3)]
+                    + m4 * xs[u(s0 + 4)]
+                    + m5 * xs[u(s0 + 5)]
+                    + m6 * xs[u(s0 + 6)]
+                    + m7 * xs[u(s0 + 7)]
+                )
+                total += d * s - dmin * mins
             out[b, n] = total
 
 
@@ -388,6 +439,16 @@ def matmul_q6_k(raw, x, out, sub):
 
 
 # ---------------------------------------------------------------- by storage kind
+
+
+def supports(rows) -> bool:
+    """Whether a kernel here multiplies this packed.PackedRows (int8 only in groups of 32:
+    tiny models' rows that 32 does not divide have other group sizes and take the NumPy path)."""
+    if rows.kind == "int8":
+        return rows.shape[1] == 32 * rows.scales.shape[1]
+    return rows.kind in KINDS
+
+
 # packed.PackedRows kind -> kernel(rows, x, out): x (B, K) float32 C-contiguous, out (B, N).
 KINDS = {
     "int8": lambda r, x, out: matmul_int8(r.data, r.scales, x, out),
