@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from checkpoint_files import random_tensors
 
 from llama_np.checkpoints.export import gguf_name  # the one Meta -> GGUF name table
@@ -82,20 +81,24 @@ def gguf_files(config: LlamaConfig, name: str, bin_dir: Path, cache: Path) -> di
     return files
 
 
-def bench(bin_dir: Path, model: Path, n_prompt: int, n_gen: int, repeats: int) -> dict:
-    """llama-bench on 2 threads: prefill and decode tok/s after its warm-up run, its peak RSS,
-    and the first prefill of a fresh process (a second run: one repetition, no warm-up)."""
+def bench(bin_dir: Path, model: Path, n_prompt: int, repeats: int) -> dict:
+    """llama-bench on 2 threads: prefill tok/s of each repetition after its warm-up run, its
+    peak RSS, and the first prefill of a fresh process (a second run: one repetition, no
+    warm-up)."""
     cmd = [str(bin_dir / "llama-bench"), "-m", str(model), "-t", "2", "-o", "json"]
-    out, peak = _measured([*cmd, "-p", str(n_prompt), "-n", str(n_gen), "-r", str(repeats)])
-    result: dict = {"peak_rss": peak}
-    for test in json.loads(out):
-        n = test["n_prompt"] + test["n_gen"]  # a test is prefill (n_gen 0) or decode (n_prompt 0)
-        rates = [n / (ns / 1e9) for ns in test["samples_ns"]]
-        phase = "decode" if test["n_gen"] else "prefill"
-        result[phase] = {"median": float(np.median(rates)), "min": min(rates), "max": max(rates)}
+    out, peak = _measured([*cmd, "-p", str(n_prompt), "-n", "0", "-r", str(repeats)])
+    rates = [n_prompt / (ns / 1e9) for ns in json.loads(out)[0]["samples_ns"]]
+    result: dict = {"peak_rss": peak, "prefill_rates": rates}
     out, _ = _measured([*cmd, "-p", str(n_prompt), "-n", "0", "-r", "1", "--no-warmup"])
     result["fresh_prefill_seconds"] = json.loads(out)[0]["samples_ns"][0] / 1e9
     return result
+
+
+def decode(bin_dir: Path, model: Path, n_gen: int) -> float:
+    """One llama-bench decode run of n_gen tokens on 2 threads, after its warm-up: tok/s."""
+    cmd = [str(bin_dir / "llama-bench"), "-m", str(model), "-t", "2", "-o", "json"]
+    out, _ = _measured([*cmd, "-p", "0", "-n", str(n_gen), "-r", "1"])
+    return n_gen / (json.loads(out)[0]["samples_ns"][0] / 1e9)
 
 
 def _measured(cmd: list[str]) -> tuple[str, int]:

@@ -36,6 +36,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere: use this checkou
 
 from llama_np import kernels, load  # noqa: E402
 from llama_np.config import LlamaConfig  # noqa: E402
+from llama_np.packed import Scratch, pack  # noqa: E402
 from llama_np.schema import n_params  # noqa: E402
 from llama_np.tools import costs, machine  # noqa: E402
 from llama_np.tools.known_models import known_config  # noqa: E402
@@ -49,7 +50,7 @@ DEFAULT_MODELS = "stories260K,stories15M,stories110M,tinyllama-1.1b"
 KERNEL_DTYPES = ("fp32", "int8", "bf16", "fp16")  # the kernel layer on/off, on --kernel-model
 BIG_MODEL = "llama-3.1-8b"
 DEFAULT_LOAD_MODELS = "stories110M,tinyllama-1.1b"
-DEFAULT_LLAMA_CPP_MODELS = "stories110M,tinyllama-1.1b"
+DEFAULT_LLAMA_CPP_MODELS = "stories15M,stories110M,tinyllama-1.1b"
 TTFT_MODEL = "smollm2-135m"  # an 8192-token context
 TTFT_PROMPT = 256
 DECODE_PROMPT = 16  # tokens prefilled before the timed decode steps
@@ -136,6 +137,12 @@ def status(field: str) -> int:
 def load_probe(path: str, weights_dtype: str, n_prompt: int, n_new: int) -> dict:
     """In a fresh process: load a checkpoint file, generate; load time and peak RSS."""
     interpreter = status("VmRSS")  # Python, NumPy and llama_np imported, no model yet
+    if weights_dtype != "fp32" and kernels.active() == "numba":
+        # The kernel layer's fixed cost, whatever the model's size: numba, LLVM and the
+        # compiled kernel (~130 MB). Counted with the interpreter, and reported.
+        tiny = pack(weights_dtype, np.ones((4, 64), dtype=np.float32), Scratch())
+        np.ones((1, 64), dtype=np.float32) @ tiny.T
+    runtime = status("VmRSS")
     t0 = time.perf_counter()
     model = load(path, weights_dtype=weights_dtype)
     load_seconds = time.perf_counter() - t0
@@ -148,6 +155,7 @@ def load_probe(path: str, weights_dtype: str, n_prompt: int, n_new: int) -> dict
     return {
         "weights_dtype": weights_dtype,
         "interpreter_rss": interpreter,
+        "runtime_rss": runtime,
         "load_seconds": load_seconds,
         "load_peak_rss": load_peak,
         "peak_rss": status("VmHWM"),
@@ -256,6 +264,28 @@ def kernel_comparison(name: str, names: list[str], peaks, n_steps: int, rounds: 
         }
         for dtype, kernel in variants
     ]
+
+
+# ---------------------------------------------------------------- llama.cpp (optional)
+
+
+def llama_cpp_decode(bin_dir: Path, path: Path, n_steps: int, rounds: int) -> dict:
+    """Decode tok/s of llama.cpp and of llama_np on the same GGUF file (llama_np keeps its
+    weights as stored: F32 arrays, Q8_0 or Q4_K/Q6_K blocks), interleaved: each round runs
+    llama-bench once, then llama_np once. `ratio` is the median over rounds of llama_np's
+    rate divided by llama.cpp's in the same round."""
+    model = load(path)
+    ours, theirs = [], []
+    for _ in range(rounds):
+        theirs.append(llama_cpp.decode(bin_dir, path, n_steps))
+        ours += time_decode(model, n_steps, 1)
+    del model
+    gc.collect()
+    return {
+        "decode": spread(theirs),
+        "llama_np_decode": spread(ours),
+        "ratio": float(np.median(np.array(ours) / np.array(theirs))),
+    }
 
 
 # ---------------------------------------------------------------- HF transformers (optional)
@@ -521,17 +551,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.llama_cpp:
         bin_dir = Path(args.llama_cpp)
         for name in [m for m in args.llama_cpp_models.split(",") if m]:
-            print(f"{name} in llama.cpp ...", file=sys.stderr)
+            print(f"{name} in llama.cpp and llama_np ...", file=sys.stderr)
             config = known_config(name)
             paths = llama_cpp.gguf_files(config, name, bin_dir, files / "gguf")
             n_steps = decode_steps(config, args.quick)
             for quant, path in paths.items():
                 entry = {"model": name, "quant": quant, "file_bytes": path.stat().st_size}
-                entry.update(llama_cpp.bench(bin_dir, path, TTFT_PROMPT, n_steps, repeats))
-                # llama_np beside it, same shape and run: fp32 for F32, int8 for Q8_0
-                dtype = {"F32": "fp32", "Q8_0": "int8"}.get(quant)
-                if dtype:
-                    entry["llama_np_decode"] = run_probe("decode", name, dtype, n_steps, repeats)
+                entry.update(llama_cpp.bench(bin_dir, path, TTFT_PROMPT, repeats))
+                entry["prefill"] = spread(entry.pop("prefill_rates"))
+                entry.update(llama_cpp_decode(bin_dir, path, n_steps, repeats))
                 results["llama_cpp"].append(entry)
 
     out = Path(args.out)
@@ -640,14 +668,16 @@ def to_markdown(r: dict) -> str:
         lines += [
             "",
             "| load a bf16 safetensors file, generate 256 + 32 tokens (fresh process) | weights "
-            "| load s | "
-            "peak RSS − interpreter | over weights + KV | HF load s | HF peak RSS − interpreter |",
-            "|---|---|---|---|---|---|---|",
+            "| load s | kernel layer's fixed RSS | "
+            "peak RSS − runtime | over weights + KV | HF load s | HF peak RSS − interpreter |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for e in r["load"]:
             hf = e.get("hf")
             for i, run in enumerate(x for x in e["runs"] if x):
-                peak = run["peak_rss"] - run["interpreter_rss"]
+                runtime = run["runtime_rss"]
+                peak = run["peak_rss"] - runtime
+                kernel_layer = (runtime - run["interpreter_rss"]) / mib
                 over = peak / (run["weights_bytes"] + run["kv_bytes"]) - 1
                 hf_cells = "— | —"
                 if hf and i == 0:  # HF loads to float32: beside llama_np's fp32 row
@@ -656,7 +686,8 @@ def to_markdown(r: dict) -> str:
                 lines.append(
                     f"| {e['model']} → {run['weights_dtype']} | "
                     f"{run['weights_bytes'] / mib:.0f} MiB | {run['load_seconds']:.1f} | "
-                    f"{peak / mib:.0f} MiB | {100 * over:+.1f}% | {hf_cells} |"
+                    f"{kernel_layer:.0f} MiB | {peak / mib:.0f} MiB | {100 * over:+.1f}% | "
+                    f"{hf_cells} |"
                 )
     t = r.get("ttft")
     if t:
@@ -688,20 +719,21 @@ def to_markdown(r: dict) -> str:
     if r.get("llama_cpp"):
         lines += [
             "",
-            "| llama.cpp (llama-bench, 2 threads) | GGUF | prefill 256 tok/s | decode tok/s | "
-            "fresh first prefill s | peak RSS | llama_np decode tok/s | llama_np ÷ llama.cpp |",
-            "|---|---|---|---|---|---|---|---|",
+            "Same GGUF file for both engines; decode interleaved round by round (llama-bench once, "
+            "llama_np once), ratio = median over rounds of llama_np ÷ llama.cpp in the same round.",
+            "",
+            "| model, GGUF | llama.cpp prefill 256 tok/s | llama.cpp fresh first prefill s | "
+            "llama.cpp peak RSS | llama.cpp decode tok/s (min–max) | llama_np decode tok/s "
+            "(min–max) | llama_np ÷ llama.cpp |",
+            "|---|---|---|---|---|---|---|",
         ]
         for e in r["llama_cpp"]:
-            ours = e.get("llama_np_decode")
-            ours_cells = "— | —"
-            if ours:
-                ratio = ours["median"] / e["decode"]["median"]
-                ours_cells = f"{ours['median']:.1f} | {ratio:.2f}×"
+            theirs, ours = e["decode"], e["llama_np_decode"]
             lines.append(
-                f"| {e['model']} | {e['quant']} | {e['prefill']['median']:.1f} | "
-                f"{e['decode']['median']:.1f} | {e['fresh_prefill_seconds']:.3f} | "
-                f"{e['peak_rss'] / mib:.0f} MiB | {ours_cells} |"
+                f"| {e['model']} {e['quant']} | {e['prefill']['median']:.1f} | "
+                f"{e['fresh_prefill_seconds']:.3f} | {e['peak_rss'] / mib:.0f} MiB | "
+                f"{theirs['median']:.1f} ({theirs['min']:.1f}–{theirs['max']:.1f}) | "
+                f"{ours['median']:.1f} ({ours['min']:.1f}–{ours['max']:.1f}) | {e['ratio']:.2f}× |"
             )
     return "\n".join(lines) + "\n"
 
