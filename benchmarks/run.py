@@ -28,11 +28,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere: use this checkout's llama_np
     sys.path.insert(0, str(ROOT))
+
+# llama_np before NumPy: it sets OpenBLAS's thread timeout, read when NumPy loads OpenBLAS.
+import llama_np  # noqa: E402, F401
+
+# isort: split
+import numpy as np  # noqa: E402
 
 from llama_np import kernels, load  # noqa: E402
 from llama_np.config import LlamaConfig  # noqa: E402
