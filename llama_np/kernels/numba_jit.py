@@ -16,6 +16,16 @@ without them a loop runs ~20x slower, one weight at a time:
 * The length of a block's inner loop arrives as an argument (`qk`, not the literal 32): a loop
   of constant length is unrolled into scalar code first, before it can be vectorized.
 
+Two more make the vector code fast (the int8, Q8_0 and Q4_K kernels; the others are as first
+written, tested, and slower):
+
+* Few horizontal adds. A sum per 32-weight block ends in adding up the 16 lanes, which costs
+  about as much as the block's multiplies, and LLVM's 16-lane loop needs 64 or more steps (4
+  vectors at a time): a 32-step loop falls back to 8-lane code. So one loop covers several
+  blocks (Q8_0: 4, Q4_K: a whole 256-weight block), each weight multiplied by its own scale.
+* Float arithmetic to unpack bits: numba computes integers in 64 bits (`byte & 15` is an
+  int64), 8 lanes per vector register; `floor(byte / 16)` in float32 fills 16.
+
 Block layouts (bytes in order, fp16 = IEEE half little-endian; "nibbles": two 4-bit values per
 byte; the weights of one block are consecutive along the row) follow ggml-common.h:
 
