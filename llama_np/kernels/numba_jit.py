@@ -16,13 +16,14 @@ without them a loop runs ~20x slower, one weight at a time:
 * The length of a block's inner loop arrives as an argument (`qk`, not the literal 32): a loop
   of constant length is unrolled into scalar code first, before it can be vectorized.
 
-Two more make the vector code fast (the int8, Q8_0 and Q4_K kernels; the others are as first
-written, tested, and slower):
+Two more make the vector code fast (the int8, Q8_0, Q4_0, Q4_1 and Q4_K kernels; Q5_0, Q5_1,
+Q5_K and Q6_K are as first written, tested, and slower):
 
 * Few horizontal adds. A sum per 32-weight block ends in adding up the 16 lanes, which costs
   about as much as the block's multiplies, and LLVM's 16-lane loop needs 64 or more steps (4
   vectors at a time): a 32-step loop falls back to 8-lane code. So one loop covers several
-  blocks (Q8_0: 4, Q4_K: a whole 256-weight block), each weight multiplied by its own scale.
+  blocks (Q8_0, Q4_0, Q4_1: 4; Q4_K: a whole 256-weight block), each weight multiplied by
+  its own scale.
 * Float arithmetic to unpack bits: numba computes integers in 64 bits (`byte & 15` is an
   int64), 8 lanes per vector register; `floor(byte / 16)` in float32 fills 16.
 
@@ -195,6 +196,31 @@ def matmul_q8_0(raw, x, out, qk):
 
 
 @njit(inline="always")
+def _nibbles(f):
+    """A byte's value as float32 -> (its low 4 bits, its high 4 bits), as float32.
+
+    Float arithmetic, not `& 15` and `>> 4`: numba does integer arithmetic in 64 bits, so
+    integer unpacking fills a vector register with 8 lanes; floats give 16."""
+    hi = np.floor(f * np.float32(0.0625))
+    return f - np.float32(16) * hi, hi
+
+
+@njit(inline="always")
+def _sums_of_32(x):
+    """x (B, K) -> (B, K/32): the Σ x of each 32 weights, for the offset and min terms of
+    Q4_0, Q4_1 and Q4_K (the same for every row: computed once per call)."""
+    B, K = x.shape
+    sums = np.empty((B, K // 32), dtype=np.float32)  # (B, K/32)
+    for b in range(B):
+        for s in range(K // 32):
+            t = np.float32(0)
+            for j in range(32):
+                t += x[b, u(s * 32 + j)]
+            sums[b, s] = t
+    return sums
+
+
+@njit(inline="always")
 def _nibble_dot(row, o, xb, k0, half_qk):
     """Σ q·x and Σ x over a 32-weight block of nibbles at byte o (weights k0..k0+31)."""
     s = np.float32(0)
@@ -207,16 +233,49 @@ def _nibble_dot(row, o, xb, k0, half_qk):
     return s, sx
 
 
+@njit(inline="always")
+def _four_nibble_blocks(row, q, size, xb, k0, half_qk, d0, d1, d2, d3):
+    """Σ_b d_b Σ q·x over four consecutive 32-weight blocks of `size` bytes whose nibbles
+    start at byte q (weights k0..k0+127): one 16-step loop for all four (see the docstring
+    at the top)."""
+    s = np.float32(0)
+    for j in range(half_qk):
+        l0, h0 = _nibbles(np.float32(row[u(q + j)]))
+        l1, h1 = _nibbles(np.float32(row[u(q + size + j)]))
+        l2, h2 = _nibbles(np.float32(row[u(q + 2 * size + j)]))
+        l3, h3 = _nibbles(np.float32(row[u(q + 3 * size + j)]))
+        s += (
+            d0 * (l0 * xb[u(k0 + j)] + h0 * xb[u(k0 + 16 + j)])
+            + d1 * (l1 * xb[u(k0 + 32 + j)] + h1 * xb[u(k0 + 48 + j)])
+            + d2 * (l2 * xb[u(k0 + 64 + j)] + h2 * xb[u(k0 + 80 + j)])
+            + d3 * (l3 * xb[u(k0 + 96 + j)] + h3 * xb[u(k0 + 112 + j)])
+        )
+    return s
+
+
 @njit(**JIT)
 def matmul_q4_0(raw, x, out, half_qk):
-    """raw (N, K/32*18) uint8 Q4_0 blocks; half_qk = 16. Σ d(q-8)x = d(Σ qx - 8 Σ x)."""
+    """raw (N, K/32*18) uint8 Q4_0 blocks; half_qk = 16. Σ d(q-8)x = d Σ qx - 8d Σ x, with
+    each block's Σ x computed once per call. Four blocks per loop, as Q8_0; a row whose block
+    count 4 does not divide ends with single blocks."""
     N, K = raw.shape[0], x.shape[1]
+    n_blocks = K // 32
+    x_sums = _sums_of_32(x)  # (B, K/32)
     for n in prange(N):
         row = raw[n]
         for b in range(x.shape[0]):
-            xb = x[b]
+            xb, xs = x[b], x_sums[b]
             total = np.float32(0)
-            for i in range(K // 32):
+            for i in range(n_blocks // 4):
+                o, k0, s0 = i * 72, i * 128, i * 4  # 4 blocks: 72 bytes, 128 weights
+                d0 = half(row[u(o)], row[u(o + 1)])
+                d1 = half(row[u(o + 18)], row[u(o + 19)])
+                d2 = half(row[u(o + 36)], row[u(o + 37)])
+                d3 = half(row[u(o + 54)], row[u(o + 55)])
+                s = _four_nibble_blocks(row, o + 2, 18, xb, k0, half_qk, d0, d1, d2, d3)
+                sx = d0 * xs[u(s0)] + d1 * xs[u(s0 + 1)] + d2 * xs[u(s0 + 2)] + d3 * xs[u(s0 + 3)]
+                total += s - np.float32(8) * sx
+            for i in range(n_blocks // 4 * 4, n_blocks):
                 o, k0 = i * 18, i * 32
                 s, sx = _nibble_dot(row, o + 2, xb, k0, half_qk)
                 total += half(row[u(o)], row[u(o + 1)]) * (s - 8 * sx)
@@ -225,14 +284,31 @@ def matmul_q4_0(raw, x, out, half_qk):
 
 @njit(**JIT)
 def matmul_q4_1(raw, x, out, half_qk):
-    """raw (N, K/32*20) uint8 Q4_1 blocks; half_qk = 16. Σ (dq + m)x = d Σ qx + m Σ x."""
+    """raw (N, K/32*20) uint8 Q4_1 blocks; half_qk = 16. Σ (dq + m)x = d Σ qx + m Σ x; four
+    blocks per loop, as Q4_0."""
     N, K = raw.shape[0], x.shape[1]
+    n_blocks = K // 32
+    x_sums = _sums_of_32(x)  # (B, K/32)
     for n in prange(N):
         row = raw[n]
         for b in range(x.shape[0]):
-            xb = x[b]
+            xb, xs = x[b], x_sums[b]
             total = np.float32(0)
-            for i in range(K // 32):
+            for i in range(n_blocks // 4):
+                o, k0, s0 = i * 80, i * 128, i * 4  # 4 blocks: 80 bytes, 128 weights
+                d0 = half(row[u(o)], row[u(o + 1)])
+                d1 = half(row[u(o + 20)], row[u(o + 21)])
+                d2 = half(row[u(o + 40)], row[u(o + 41)])
+                d3 = half(row[u(o + 60)], row[u(o + 61)])
+                s = _four_nibble_blocks(row, o + 4, 20, xb, k0, half_qk, d0, d1, d2, d3)
+                total += (
+                    s
+                    + half(row[u(o + 2)], row[u(o + 3)]) * xs[u(s0)]
+                    + half(row[u(o + 22)], row[u(o + 23)]) * xs[u(s0 + 1)]
+                    + half(row[u(o + 42)], row[u(o + 43)]) * xs[u(s0 + 2)]
+                    + half(row[u(o + 62)], row[u(o + 63)]) * xs[u(s0 + 3)]
+                )
+            for i in range(n_blocks // 4 * 4, n_blocks):
                 o, k0 = i * 20, i * 32
                 s, sx = _nibble_dot(row, o + 4, xb, k0, half_qk)
                 d, m = half(row[u(o)], row[u(o + 1)]), half(row[u(o + 2)], row[u(o + 3)])
@@ -305,30 +381,6 @@ def _scale_min_k4(row, o, s):
     sc = (row[u(o + s + 4)] & 0x0F) | ((row[u(o + s - 4)] >> 6) << 4)
     m = (row[u(o + s + 4)] >> 4) | ((row[u(o + s)] >> 6) << 4)
     return np.float32(sc), np.float32(m)
-
-
-@njit(inline="always")
-def _nibbles(f):
-    """A byte's value as float32 -> (its low 4 bits, its high 4 bits), as float32.
-
-    Float arithmetic, not `& 15` and `>> 4`: numba does integer arithmetic in 64 bits, so
-    integer unpacking fills a vector register with 8 lanes; floats give 16."""
-    hi = np.floor(f * np.float32(0.0625))
-    return f - np.float32(16) * hi, hi
-
-
-@njit(inline="always")
-def _sums_of_32(x):
-    """x (B, K) -> (B, K/32): each 32-weight sub-block's Σ x, for the min terms of K-quants."""
-    B, K = x.shape
-    sums = np.empty((B, K // 32), dtype=np.float32)  # (B, K/32)
-    for b in range(B):
-        for s in range(K // 32):
-            t = np.float32(0)
-            for j in range(32):
-                t += x[b, u(s * 32 + j)]
-            sums[b, s] = t
-    return sums
 
 
 @njit(**JIT)
