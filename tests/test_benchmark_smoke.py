@@ -57,3 +57,45 @@ def test_harness_writes_json_and_markdown(tmp_path):
     assert "| stories260K | decode |" in markdown
     assert "| stories260K | prefill 32 |" in markdown
     assert "| batch 2 |" in markdown
+
+
+FAKE_LLAMA_BENCH = """#!{python}
+# Stands in for llama.cpp's llama-bench: its JSON output, one test, made-up timings.
+import json, sys
+args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+n_prompt, n_gen, reps = int(args["-p"]), int(args["-n"]), int(args.get("-r", 5))
+samples = [2e6 * (n_prompt + n_gen)] * reps
+print(json.dumps([{{"n_prompt": n_prompt, "n_gen": n_gen, "samples_ns": samples}}]))
+"""
+FAKE_LLAMA_QUANTIZE = """#!{python}
+# Stands in for llama-quantize: copies the F32 file (the harness only needs a GGUF to time).
+import shutil, sys
+shutil.copyfile(sys.argv[1], sys.argv[2])
+"""
+
+
+@pytest.mark.slow
+def test_harness_times_llama_cpp_and_llama_np_on_the_same_gguf(tmp_path):
+    """The llama.cpp section with stand-in binaries: interleaved rounds, a per-round ratio."""
+    pytest.importorskip("gguf")
+    import sys
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("llama-bench", FAKE_LLAMA_BENCH), ("llama-quantize", FAKE_LLAMA_QUANTIZE)):
+        (bin_dir / name).write_text(text.format(python=sys.executable))
+        (bin_dir / name).chmod(0o755)
+    harness = load_harness()
+    args = ["--models", "", "--batch-model", "", "--no-memory", "--ttft-model", ""]
+    args += ["--kernel-model", "", "--big", "", "--no-hf", "--quick", "--repeats", "2"]
+    args += ["--llama-cpp", str(bin_dir), "--llama-cpp-models", "stories260K"]
+    assert harness.main([*args, "--files", str(tmp_path), "--out", str(tmp_path)]) == 0
+
+    entries = json.loads((tmp_path / "latest.json").read_text())["llama_cpp"]
+    assert [e["quant"] for e in entries] == ["F32", "Q8_0", "Q4_K_M"]
+    for e in entries:
+        assert e["decode"]["median"] == pytest.approx(500.0)  # 2 ms per token, as faked
+        assert e["prefill"]["median"] == pytest.approx(500.0)
+        assert e["llama_np_decode"]["min"] > 0 and e["ratio"] > 0
+    markdown = (tmp_path / "latest.md").read_text()
+    assert "| stories260K Q4_K_M | 500.0 |" in markdown
