@@ -16,16 +16,17 @@ without them a loop runs ~20x slower, one weight at a time:
 * The length of a block's inner loop arrives as an argument (`qk`, not the literal 32): a loop
   of constant length is unrolled into scalar code first, before it can be vectorized.
 
-Two more make the vector code fast (the int8, Q8_0, Q4_0, Q4_1 and Q4_K kernels; Q5_0, Q5_1,
-Q5_K and Q6_K are as first written, tested, and slower):
+Two more make the vector code fast (every kernel here but Q5_0 and Q5_1, which are as first
+written, tested, and slower):
 
 * Few horizontal adds. A sum per 32-weight block ends in adding up the 16 lanes, which costs
   about as much as the block's multiplies, and LLVM's 16-lane loop needs 64 or more steps (4
   vectors at a time): a 32-step loop falls back to 8-lane code. So one loop covers several
-  blocks (Q8_0, Q4_0, Q4_1: 4; Q4_K: a whole 256-weight block), each weight multiplied by
-  its own scale.
-* Float arithmetic to unpack bits: numba computes integers in 64 bits (`byte & 15` is an
-  int64), 8 lanes per vector register; `floor(byte / 16)` in float32 fills 16.
+  blocks (Q8_0, Q4_0, Q4_1: 4; K-quants: a half or a whole 256-weight block), each weight
+  multiplied by its own scale.
+* Bits unpacked in narrow lanes: numba computes integers in 64 bits (`byte & 15` is an int64),
+  8 lanes per vector register. `floor(byte / 16)` in float32 (`_nibbles`) fills 16, and a
+  result cast back to uint8 (`_bit`, `_six_bits`) lets the compiler work on bytes.
 
 Block layouts (bytes in order, fp16 = IEEE half little-endian; "nibbles": two 4-bit values per
 byte; the weights of one block are consecutive along the row) follow ggml-common.h:
@@ -441,83 +442,136 @@ def matmul_q4_k(raw, x, out, sub):
             out[b, n] = total
 
 
+@njit(inline="always")
+def _bit(byte, k):
+    """Bit k of a byte, as float32. The uint8 cast lets the compiler keep the byte arithmetic
+    in 8-bit lanes (numba would otherwise widen it to 64 bits)."""
+    return np.float32(np.uint8((byte >> np.uint8(k)) & np.uint8(1)))
+
+
 @njit(**JIT)
 def matmul_q5_k(raw, x, out, sub):
-    """raw (N, K/256*176) uint8 Q5_K blocks; sub = 32."""
+    """raw (N, K/256*176) uint8 Q5_K blocks; sub = 32. As Q4_K, with each weight's fifth
+    bit from qh: bit s of byte j is that of weight j of sub-block s (3.6 -> 7-10 GB/s)."""
     N, K = raw.shape[0], x.shape[1]
+    x_sums = _sums_of_32(x)  # (B, K/32)
     for n in prange(N):
         row = raw[n]
         for b in range(x.shape[0]):
-            xb = x[b]
+            xb, xs = x[b], x_sums[b]
             total = np.float32(0)
             for i in range(K // 256):
-                o, k0 = i * 176, i * 256
+                o, k0, s0 = i * 176, i * 256, i * 8
                 d, dmin = half(row[u(o)], row[u(o + 1)]), half(row[u(o + 2)], row[u(o + 3)])
-                for c in range(4):
-                    q, kc = o + 48 + c * 32, k0 + c * 64
-                    shift_lo, shift_hi = np.uint8(2 * c), np.uint8(2 * c + 1)
-                    s_lo = np.float32(0)
-                    s_hi = np.float32(0)
-                    x_lo = np.float32(0)
-                    x_hi = np.float32(0)
-                    for j in range(sub):
-                        byte, high = row[u(q + j)], row[u(o + 16 + j)]
-                        lo, hi = xb[u(kc + j)], xb[u(kc + 32 + j)]
-                        q_lo = (byte & 0x0F) | (((high >> shift_lo) & 1) << 4)
-                        q_hi = (byte >> 4) | (((high >> shift_hi) & 1) << 4)
-                        s_lo += np.float32(q_lo) * lo
-                        s_hi += np.float32(q_hi) * hi
-                        x_lo += lo
-                        x_hi += hi
-                    sc_lo, m_lo = _scale_min_k4(row, o + 4, 2 * c)
-                    sc_hi, m_hi = _scale_min_k4(row, o + 4, 2 * c + 1)
-                    total += d * (sc_lo * s_lo + sc_hi * s_hi) - dmin * (m_lo * x_lo + m_hi * x_hi)
+                sc0, m0 = _scale_min_k4(row, o + 4, 0)
+                sc1, m1 = _scale_min_k4(row, o + 4, 1)
+                sc2, m2 = _scale_min_k4(row, o + 4, 2)
+                sc3, m3 = _scale_min_k4(row, o + 4, 3)
+                sc4, m4 = _scale_min_k4(row, o + 4, 4)
+                sc5, m5 = _scale_min_k4(row, o + 4, 5)
+                sc6, m6 = _scale_min_k4(row, o + 4, 6)
+                sc7, m7 = _scale_min_k4(row, o + 4, 7)
+                q, qh = o + 48, o + 16  # nibbles as Q4_K's; qh[32] before them
+                sixteen = np.float32(16)
+                s = np.float32(0)
+                for j in range(sub):
+                    h = row[u(qh + j)]
+                    l0, h0 = _nibbles(np.float32(row[u(q + j)]))
+                    l1, h1 = _nibbles(np.float32(row[u(q + 32 + j)]))
+                    l2, h2 = _nibbles(np.float32(row[u(q + 64 + j)]))
+                    l3, h3 = _nibbles(np.float32(row[u(q + 96 + j)]))
+                    s += (
+                        sc0 * (l0 + sixteen * _bit(h, 0)) * xb[u(k0 + j)]
+                        + sc1 * (h0 + sixteen * _bit(h, 1)) * xb[u(k0 + 32 + j)]
+                        + sc2 * (l1 + sixteen * _bit(h, 2)) * xb[u(k0 + 64 + j)]
+                        + sc3 * (h1 + sixteen * _bit(h, 3)) * xb[u(k0 + 96 + j)]
+                        + sc4 * (l2 + sixteen * _bit(h, 4)) * xb[u(k0 + 128 + j)]
+                        + sc5 * (h2 + sixteen * _bit(h, 5)) * xb[u(k0 + 160 + j)]
+                        + sc6 * (l3 + sixteen * _bit(h, 6)) * xb[u(k0 + 192 + j)]
+                        + sc7 * (h3 + sixteen * _bit(h, 7)) * xb[u(k0 + 224 + j)]
+                    )
+                mins = (
+                    m0 * xs[u(s0)]
+                    + m1 * xs[u(s0 + 1)]
+                    + m2 * xs[u(s0 + 2)]
+                    + m3 * xs[u(s0 + 3)]
+                    + m4 * xs[u(s0 + 4)]
+                    + m5 * xs[u(s0 + 5)]
+                    + m6 * xs[u(s0 + 6)]
+                    + m7 * xs[u(s0 + 7)]
+                )
+                total += d * s - dmin * mins
             out[b, n] = total
+
+
+@njit(inline="always")
+def _int8(row, o):
+    """Byte o of a row read as a signed int8, as float32 (Q6_K's scales)."""
+    return np.float32(np.int8(row[u(o)]))
+
+
+@njit(inline="always")
+def _six_bits(low, low_shift, high, high_shift):
+    """A Q6_K weight (0..63) as float32: 4 bits of `low` from low_shift, 2 of `high` from
+    high_shift. Byte arithmetic in 8-bit lanes, as `_bit`."""
+    q_low = np.uint8((low >> np.uint8(low_shift)) & np.uint8(15))
+    q_high = np.uint8((high >> np.uint8(high_shift)) & np.uint8(3))
+    return np.float32(q_low) + np.float32(16) * np.float32(q_high)
 
 
 @njit(**JIT)
 def matmul_q6_k(raw, x, out, sub):
-    """raw (N, K/256*210) uint8 Q6_K blocks; sub = 16 weights per scale.
+    """raw (N, K/256*210) uint8 Q6_K blocks; sub = 32 (one loop step per byte l of a half).
 
     Each half h of a block holds 128 weights: ql bytes 64h + l and 64h + 32 + l (l < 32) give
     the low 4 bits of weights l, l + 32 (low nibbles) and l + 64, l + 96 (high nibbles); qh
     byte 32h + l gives their high 2 bits (bits 0-1, 2-3, 4-5, 6-7); weight t of the half has
-    scale 8h + t // 16.
+    scale 8h + t // 16, so steps l < 16 and l >= 16 pick different scales.
+    Σ d sc (q - 32) x = d Σ sc q x - 32 d Σ sc Σx, with each 16 weights' Σx once per call.
     """
     N, K = raw.shape[0], x.shape[1]
+    B = x.shape[0]
+    x_sums = np.empty((B, K // 16), dtype=np.float32)  # (B, K/16): one per scale
+    for b in range(B):
+        for g in range(K // 16):
+            t = np.float32(0)
+            for j in range(16):
+                t += x[b, u(g * 16 + j)]
+            x_sums[b, g] = t
     for n in prange(N):
         row = raw[n]
-        for b in range(x.shape[0]):
-            xb = x[b]
+        for b in range(B):
+            xb, xs = x[b], x_sums[b]
             total = np.float32(0)
             for i in range(K // 256):
                 o, k0 = i * 210, i * 256
-                d = half(row[u(o + 208)], row[u(o + 209)])
+                d, sc = half(row[u(o + 208)], row[u(o + 209)]), o + 192
+                offsets = np.float32(0)
+                for g in range(16):
+                    offsets += _int8(row, sc + g) * xs[u(i * 16 + g)]
                 for h in range(2):
-                    ql, qh, kh = o + 64 * h, o + 128 + 32 * h, k0 + 128 * h
-                    for g in range(2):  # l in 16g..16g+15: scales 16g / 16 + 0, 2, 4, 6
-                        s1 = np.float32(0)
-                        s2 = np.float32(0)
-                        s3 = np.float32(0)
-                        s4 = np.float32(0)
-                        for j in range(sub):
-                            l = g * 16 + j
-                            a, c, high = row[u(ql + l)], row[u(ql + 32 + l)], row[u(qh + l)]
-                            q1 = np.int32((a & 0x0F) | ((high & 3) << 4)) - 32
-                            q2 = np.int32((c & 0x0F) | (((high >> 2) & 3) << 4)) - 32
-                            q3 = np.int32((a >> 4) | (((high >> 4) & 3) << 4)) - 32
-                            q4 = np.int32((c >> 4) | (((high >> 6) & 3) << 4)) - 32
-                            s1 += np.float32(q1) * xb[u(kh + l)]
-                            s2 += np.float32(q2) * xb[u(kh + 32 + l)]
-                            s3 += np.float32(q3) * xb[u(kh + 64 + l)]
-                            s4 += np.float32(q4) * xb[u(kh + 96 + l)]
-                        sc = o + 192 + 8 * h + g
-                        total += d * (
-                            np.float32(np.int8(row[u(sc)])) * s1
-                            + np.float32(np.int8(row[u(sc + 2)])) * s2
-                            + np.float32(np.int8(row[u(sc + 4)])) * s3
-                            + np.float32(np.int8(row[u(sc + 6)])) * s4
+                    ql, qh, kh, sh = o + 64 * h, o + 128 + 32 * h, k0 + 128 * h, sc + 8 * h
+                    # scales of weights l, l + 32, l + 64, l + 96: (for l < 16, for l >= 16)
+                    a1, b1 = _int8(row, sh), _int8(row, sh + 1)
+                    a2, b2 = _int8(row, sh + 2), _int8(row, sh + 3)
+                    a3, b3 = _int8(row, sh + 4), _int8(row, sh + 5)
+                    a4, b4 = _int8(row, sh + 6), _int8(row, sh + 7)
+                    s = np.float32(0)
+                    for l in range(sub):
+                        first = l < 16
+                        c1 = a1 if first else b1
+                        c2 = a2 if first else b2
+                        c3 = a3 if first else b3
+                        c4 = a4 if first else b4
+                        qa, qc, hb = row[u(ql + l)], row[u(ql + 32 + l)], row[u(qh + l)]
+                        s += (
+                            c1 * _six_bits(qa, 0, hb, 0) * xb[u(kh + l)]
+                            + c2 * _six_bits(qc, 0, hb, 2) * xb[u(kh + 32 + l)]
+                            + c3 * _six_bits(qa, 4, hb, 4) * xb[u(kh + 64 + l)]
+                            + c4 * _six_bits(qc, 4, hb, 6) * xb[u(kh + 96 + l)]
                         )
+                    total += d * s
+                total -= np.float32(32) * d * offsets
             out[b, n] = total
 
 
@@ -545,5 +599,5 @@ KINDS = {
     "Q5_1": lambda r, x, out: matmul_q5_1(r.data, x, out, 16),
     "Q4_K": lambda r, x, out: matmul_q4_k(r.data, x, out, 32),
     "Q5_K": lambda r, x, out: matmul_q5_k(r.data, x, out, 32),
-    "Q6_K": lambda r, x, out: matmul_q6_k(r.data, x, out, 16),
+    "Q6_K": lambda r, x, out: matmul_q6_k(r.data, x, out, 32),
 }
