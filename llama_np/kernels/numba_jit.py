@@ -16,13 +16,12 @@ without them a loop runs ~20x slower, one weight at a time:
 * The length of a block's inner loop arrives as an argument (`qk`, not the literal 32): a loop
   of constant length is unrolled into scalar code first, before it can be vectorized.
 
-Two more make the vector code fast (every kernel here but Q5_0 and Q5_1, which are as first
-written, tested, and slower):
+Two more make the vector code fast (every kernel here uses them):
 
 * Few horizontal adds. A sum per 32-weight block ends in adding up the 16 lanes, which costs
   about as much as the block's multiplies, and LLVM's 16-lane loop needs 64 or more steps (4
   vectors at a time): a 32-step loop falls back to 8-lane code. So one loop covers several
-  blocks (Q8_0, Q4_0, Q4_1: 4; K-quants: a half or a whole 256-weight block), each weight
+  blocks (Q8_0, Q4_*, Q5_*: 4; K-quants: a half or a whole 256-weight block), each weight
   multiplied by its own scale.
 * Bits unpacked in narrow lanes: numba computes integers in 64 bits (`byte & 15` is an int64),
   8 lanes per vector register. `floor(byte / 16)` in float32 (`_nibbles`) fills 16, and a
@@ -318,14 +317,26 @@ def matmul_q4_1(raw, x, out, half_qk):
 
 
 @njit(inline="always")
-def _q5_dot(row, o, xb, k0, half_qk):
-    """Σ q·x and Σ x over a 32-weight Q5 block whose qh (u32) is at byte o, nibbles at o + 4."""
-    qh = (
+def _u32(row, o):
+    """The little-endian uint32 at byte o (a Q5 block's qh: bit j is weight j's fifth bit)."""
+    return (
         np.uint32(row[u(o)])
         | (np.uint32(row[u(o + 1)]) << 8)
         | (np.uint32(row[u(o + 2)]) << 16)
         | (np.uint32(row[u(o + 3)]) << 24)
     )
+
+
+@njit(inline="always")
+def _fifth_bit(qh, j):
+    """16 if bit j of qh is set, else 0, as float32 (kept in byte lanes, as `_bit`)."""
+    return np.float32(16) * np.float32(np.uint8((qh >> np.uint32(j)) & np.uint32(1)))
+
+
+@njit(inline="always")
+def _q5_dot(row, o, xb, k0, half_qk):
+    """Σ q·x and Σ x over a 32-weight Q5 block whose qh (u32) is at byte o, nibbles at o + 4."""
+    qh = _u32(row, o)
     s = np.float32(0)
     sx = np.float32(0)
     for j in range(half_qk):
@@ -338,16 +349,54 @@ def _q5_dot(row, o, xb, k0, half_qk):
     return s, sx
 
 
+@njit(inline="always")
+def _q5_pair(row, q, qh, j, xb, k):
+    """Weights j and j + 16 of a Q5 block (nibbles at byte q, weights from k) times x."""
+    lo, hi = _nibbles(np.float32(row[u(q + j)]))
+    x_lo, x_hi = xb[u(k + j)], xb[u(k + 16 + j)]
+    return (lo + _fifth_bit(qh, j)) * x_lo + (hi + _fifth_bit(qh, j + 16)) * x_hi
+
+
+@njit(inline="always")
+def _four_q5_blocks(row, o, size, xb, k0, half_qk, d0, d1, d2, d3):
+    """Σ_b d_b Σ q·x over four consecutive Q5 blocks of `size` bytes whose qh starts at byte o
+    (nibbles 4 bytes later; weights k0..k0+127): one 16-step loop for all four."""
+    qh0, qh1 = _u32(row, o), _u32(row, o + size)
+    qh2, qh3 = _u32(row, o + 2 * size), _u32(row, o + 3 * size)
+    q = o + 4
+    s = np.float32(0)
+    for j in range(half_qk):
+        s += (
+            d0 * _q5_pair(row, q, qh0, j, xb, k0)
+            + d1 * _q5_pair(row, q + size, qh1, j, xb, k0 + 32)
+            + d2 * _q5_pair(row, q + 2 * size, qh2, j, xb, k0 + 64)
+            + d3 * _q5_pair(row, q + 3 * size, qh3, j, xb, k0 + 96)
+        )
+    return s
+
+
 @njit(**JIT)
 def matmul_q5_0(raw, x, out, half_qk):
-    """raw (N, K/32*22) uint8 Q5_0 blocks; half_qk = 16."""
+    """raw (N, K/32*22) uint8 Q5_0 blocks; half_qk = 16. Σ d(q-16)x = d Σ qx - 16d Σ x; four
+    blocks per loop, as Q4_0 (3.4-4 -> 6 GB/s)."""
     N, K = raw.shape[0], x.shape[1]
+    n_blocks = K // 32
+    x_sums = _sums_of_32(x)  # (B, K/32)
     for n in prange(N):
         row = raw[n]
         for b in range(x.shape[0]):
-            xb = x[b]
+            xb, xs = x[b], x_sums[b]
             total = np.float32(0)
-            for i in range(K // 32):
+            for i in range(n_blocks // 4):
+                o, k0, s0 = i * 88, i * 128, i * 4  # 4 blocks: 88 bytes, 128 weights
+                d0 = half(row[u(o)], row[u(o + 1)])
+                d1 = half(row[u(o + 22)], row[u(o + 23)])
+                d2 = half(row[u(o + 44)], row[u(o + 45)])
+                d3 = half(row[u(o + 66)], row[u(o + 67)])
+                s = _four_q5_blocks(row, o + 2, 22, xb, k0, half_qk, d0, d1, d2, d3)
+                sx = d0 * xs[u(s0)] + d1 * xs[u(s0 + 1)] + d2 * xs[u(s0 + 2)] + d3 * xs[u(s0 + 3)]
+                total += s - np.float32(16) * sx
+            for i in range(n_blocks // 4 * 4, n_blocks):
                 o, k0 = i * 22, i * 32
                 s, sx = _q5_dot(row, o + 2, xb, k0, half_qk)
                 total += half(row[u(o)], row[u(o + 1)]) * (s - 16 * sx)
@@ -356,14 +405,31 @@ def matmul_q5_0(raw, x, out, half_qk):
 
 @njit(**JIT)
 def matmul_q5_1(raw, x, out, half_qk):
-    """raw (N, K/32*24) uint8 Q5_1 blocks; half_qk = 16."""
+    """raw (N, K/32*24) uint8 Q5_1 blocks; half_qk = 16. Σ (dq + m)x = d Σ qx + m Σ x; four
+    blocks per loop, as Q4_1."""
     N, K = raw.shape[0], x.shape[1]
+    n_blocks = K // 32
+    x_sums = _sums_of_32(x)  # (B, K/32)
     for n in prange(N):
         row = raw[n]
         for b in range(x.shape[0]):
-            xb = x[b]
+            xb, xs = x[b], x_sums[b]
             total = np.float32(0)
-            for i in range(K // 32):
+            for i in range(n_blocks // 4):
+                o, k0, s0 = i * 96, i * 128, i * 4  # 4 blocks: 96 bytes, 128 weights
+                d0 = half(row[u(o)], row[u(o + 1)])
+                d1 = half(row[u(o + 24)], row[u(o + 25)])
+                d2 = half(row[u(o + 48)], row[u(o + 49)])
+                d3 = half(row[u(o + 72)], row[u(o + 73)])
+                s = _four_q5_blocks(row, o + 4, 24, xb, k0, half_qk, d0, d1, d2, d3)
+                total += (
+                    s
+                    + half(row[u(o + 2)], row[u(o + 3)]) * xs[u(s0)]
+                    + half(row[u(o + 26)], row[u(o + 27)]) * xs[u(s0 + 1)]
+                    + half(row[u(o + 50)], row[u(o + 51)]) * xs[u(s0 + 2)]
+                    + half(row[u(o + 74)], row[u(o + 75)]) * xs[u(s0 + 3)]
+                )
+            for i in range(n_blocks // 4 * 4, n_blocks):
                 o, k0 = i * 24, i * 32
                 s, sx = _q5_dot(row, o + 4, xb, k0, half_qk)
                 d, m = half(row[u(o)], row[u(o + 1)]), half(row[u(o + 2)], row[u(o + 3)])
