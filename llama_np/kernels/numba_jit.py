@@ -156,6 +156,23 @@ def matmul_fp32(w, x, out):
 # ---------------------------------------------------------------- GGUF 32-weight blocks
 
 
+@njit(inline="always")
+def _four_halves(row, o, size):
+    """The fp16 at byte o of each of four consecutive blocks of `size` bytes, as float32."""
+    return (
+        half(row[u(o)], row[u(o + 1)]),
+        half(row[u(o + size)], row[u(o + size + 1)]),
+        half(row[u(o + 2 * size)], row[u(o + 2 * size + 1)]),
+        half(row[u(o + 3 * size)], row[u(o + 3 * size + 1)]),
+    )
+
+
+@njit(inline="always")
+def _dot4(a0, a1, a2, a3, xs, s0):
+    """a0 xs[s0] + ... + a3 xs[s0 + 3]: four blocks' scales or mins times their Σ x."""
+    return a0 * xs[u(s0)] + a1 * xs[u(s0 + 1)] + a2 * xs[u(s0 + 2)] + a3 * xs[u(s0 + 3)]
+
+
 @njit(**JIT)
 def matmul_q8_0(raw, x, out, qk):
     """raw (N, K/32*34) uint8 Q8_0 blocks; qk = 32.
@@ -173,10 +190,7 @@ def matmul_q8_0(raw, x, out, qk):
             total = np.float32(0)
             for i in range(n_blocks // 4):
                 o, k0 = i * 136, i * 128  # 4 blocks: 136 bytes, 128 weights
-                d0 = half(row[u(o)], row[u(o + 1)])
-                d1 = half(row[u(o + 34)], row[u(o + 35)])
-                d2 = half(row[u(o + 68)], row[u(o + 69)])
-                d3 = half(row[u(o + 102)], row[u(o + 103)])
+                d0, d1, d2, d3 = _four_halves(row, o, 34)
                 s = np.float32(0)
                 for j in range(qk):
                     s += (
@@ -268,13 +282,9 @@ def matmul_q4_0(raw, x, out, half_qk):
             total = np.float32(0)
             for i in range(n_blocks // 4):
                 o, k0, s0 = i * 72, i * 128, i * 4  # 4 blocks: 72 bytes, 128 weights
-                d0 = half(row[u(o)], row[u(o + 1)])
-                d1 = half(row[u(o + 18)], row[u(o + 19)])
-                d2 = half(row[u(o + 36)], row[u(o + 37)])
-                d3 = half(row[u(o + 54)], row[u(o + 55)])
+                d0, d1, d2, d3 = _four_halves(row, o, 18)
                 s = _four_nibble_blocks(row, o + 2, 18, xb, k0, half_qk, d0, d1, d2, d3)
-                sx = d0 * xs[u(s0)] + d1 * xs[u(s0 + 1)] + d2 * xs[u(s0 + 2)] + d3 * xs[u(s0 + 3)]
-                total += s - np.float32(8) * sx
+                total += s - np.float32(8) * _dot4(d0, d1, d2, d3, xs, s0)
             for i in range(n_blocks // 4 * 4, n_blocks):
                 o, k0 = i * 18, i * 32
                 s, sx = _nibble_dot(row, o + 2, xb, k0, half_qk)
@@ -296,18 +306,10 @@ def matmul_q4_1(raw, x, out, half_qk):
             total = np.float32(0)
             for i in range(n_blocks // 4):
                 o, k0, s0 = i * 80, i * 128, i * 4  # 4 blocks: 80 bytes, 128 weights
-                d0 = half(row[u(o)], row[u(o + 1)])
-                d1 = half(row[u(o + 20)], row[u(o + 21)])
-                d2 = half(row[u(o + 40)], row[u(o + 41)])
-                d3 = half(row[u(o + 60)], row[u(o + 61)])
+                d0, d1, d2, d3 = _four_halves(row, o, 20)
+                m0, m1, m2, m3 = _four_halves(row, o + 2, 20)
                 s = _four_nibble_blocks(row, o + 4, 20, xb, k0, half_qk, d0, d1, d2, d3)
-                total += (
-                    s
-                    + half(row[u(o + 2)], row[u(o + 3)]) * xs[u(s0)]
-                    + half(row[u(o + 22)], row[u(o + 23)]) * xs[u(s0 + 1)]
-                    + half(row[u(o + 42)], row[u(o + 43)]) * xs[u(s0 + 2)]
-                    + half(row[u(o + 62)], row[u(o + 63)]) * xs[u(s0 + 3)]
-                )
+                total += s + _dot4(m0, m1, m2, m3, xs, s0)
             for i in range(n_blocks // 4 * 4, n_blocks):
                 o, k0 = i * 20, i * 32
                 s, sx = _nibble_dot(row, o + 4, xb, k0, half_qk)
@@ -389,13 +391,9 @@ def matmul_q5_0(raw, x, out, half_qk):
             total = np.float32(0)
             for i in range(n_blocks // 4):
                 o, k0, s0 = i * 88, i * 128, i * 4  # 4 blocks: 88 bytes, 128 weights
-                d0 = half(row[u(o)], row[u(o + 1)])
-                d1 = half(row[u(o + 22)], row[u(o + 23)])
-                d2 = half(row[u(o + 44)], row[u(o + 45)])
-                d3 = half(row[u(o + 66)], row[u(o + 67)])
+                d0, d1, d2, d3 = _four_halves(row, o, 22)
                 s = _four_q5_blocks(row, o + 2, 22, xb, k0, half_qk, d0, d1, d2, d3)
-                sx = d0 * xs[u(s0)] + d1 * xs[u(s0 + 1)] + d2 * xs[u(s0 + 2)] + d3 * xs[u(s0 + 3)]
-                total += s - np.float32(16) * sx
+                total += s - np.float32(16) * _dot4(d0, d1, d2, d3, xs, s0)
             for i in range(n_blocks // 4 * 4, n_blocks):
                 o, k0 = i * 22, i * 32
                 s, sx = _q5_dot(row, o + 2, xb, k0, half_qk)
@@ -417,18 +415,10 @@ def matmul_q5_1(raw, x, out, half_qk):
             total = np.float32(0)
             for i in range(n_blocks // 4):
                 o, k0, s0 = i * 96, i * 128, i * 4  # 4 blocks: 96 bytes, 128 weights
-                d0 = half(row[u(o)], row[u(o + 1)])
-                d1 = half(row[u(o + 24)], row[u(o + 25)])
-                d2 = half(row[u(o + 48)], row[u(o + 49)])
-                d3 = half(row[u(o + 72)], row[u(o + 73)])
+                d0, d1, d2, d3 = _four_halves(row, o, 24)
+                m0, m1, m2, m3 = _four_halves(row, o + 2, 24)
                 s = _four_q5_blocks(row, o + 4, 24, xb, k0, half_qk, d0, d1, d2, d3)
-                total += (
-                    s
-                    + half(row[u(o + 2)], row[u(o + 3)]) * xs[u(s0)]
-                    + half(row[u(o + 26)], row[u(o + 27)]) * xs[u(s0 + 1)]
-                    + half(row[u(o + 50)], row[u(o + 51)]) * xs[u(s0 + 2)]
-                    + half(row[u(o + 74)], row[u(o + 75)]) * xs[u(s0 + 3)]
-                )
+                total += s + _dot4(m0, m1, m2, m3, xs, s0)
             for i in range(n_blocks // 4 * 4, n_blocks):
                 o, k0 = i * 24, i * 32
                 s, sx = _q5_dot(row, o + 4, xb, k0, half_qk)
