@@ -484,16 +484,7 @@ def matmul_q4_k(raw, x, out, sub):
                         + sc6 * l3 * xb[u(k0 + 192 + j)]
                         + sc7 * h3 * xb[u(k0 + 224 + j)]
                     )
-                mins = (
-                    m0 * xs[u(s0)]
-                    + m1 * xs[u(s0 + 1)]
-                    + m2 * xs[u(s0 + 2)]
-                    + m3 * xs[u(s0 + 3)]
-                    + m4 * xs[u(s0 + 4)]
-                    + m5 * xs[u(s0 + 5)]
-                    + m6 * xs[u(s0 + 6)]
-                    + m7 * xs[u(s0 + 7)]
-                )
+                mins = _dot4(m0, m1, m2, m3, xs, s0) + _dot4(m4, m5, m6, m7, xs, s0 + 4)
                 total += d * s - dmin * mins
             out[b, n] = total
 
@@ -546,16 +537,7 @@ def matmul_q5_k(raw, x, out, sub):
                         + sc6 * (l3 + sixteen * _bit(h, 6)) * xb[u(k0 + 192 + j)]
                         + sc7 * (h3 + sixteen * _bit(h, 7)) * xb[u(k0 + 224 + j)]
                     )
-                mins = (
-                    m0 * xs[u(s0)]
-                    + m1 * xs[u(s0 + 1)]
-                    + m2 * xs[u(s0 + 2)]
-                    + m3 * xs[u(s0 + 3)]
-                    + m4 * xs[u(s0 + 4)]
-                    + m5 * xs[u(s0 + 5)]
-                    + m6 * xs[u(s0 + 6)]
-                    + m7 * xs[u(s0 + 7)]
-                )
+                mins = _dot4(m0, m1, m2, m3, xs, s0) + _dot4(m4, m5, m6, m7, xs, s0 + 4)
                 total += d * s - dmin * mins
             out[b, n] = total
 
