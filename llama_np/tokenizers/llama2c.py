@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..errors import TokenizerError
 from ..validate import check_text
+from .special import special_token_id
 
 _BYTE_PIECE = re.compile(rb"<0x([0-9A-Fa-f]{2})>")
 
@@ -177,11 +178,7 @@ class Llama2cTokenizer:
 
     def token_id(self, name: str) -> int:
         """The id of special token `name` (e.g. "</s>")."""
-        if name not in self.special_tokens:
-            raise TokenizerError(
-                f"{self.name}: no special token {name!r}; it has {sorted(self.special_tokens)}"
-            )
-        return self.special_tokens[name]
+        return special_token_id(self.name, self.special_tokens, name)
 
     def encode(
         self,

@@ -18,6 +18,7 @@ import sentencepiece
 from ..errors import TokenizerError
 from ..validate import check_text
 from .llama2c import Llama2cTokenizer, PieceType
+from .special import special_token_id
 
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
@@ -96,11 +97,7 @@ class SentencePieceTokenizer:
 
     def token_id(self, name: str) -> int:
         """The id of special token `name` (e.g. "</s>")."""
-        if name not in self.special_tokens:
-            raise TokenizerError(
-                f"{self.name}: no special token {name!r}; it has {sorted(self.special_tokens)}"
-            )
-        return self.special_tokens[name]
+        return special_token_id(self.name, self.special_tokens, name)
 
     def encode(
         self,

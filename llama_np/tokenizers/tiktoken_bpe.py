@@ -18,6 +18,7 @@ import tiktoken
 
 from ..errors import TokenizerError
 from ..validate import check_text, read_bytes
+from .special import special_token_id
 
 MAX_RANK_FILE_BYTES = 64 * 2**20  # Llama 3's is 2.2 MB
 
@@ -116,9 +117,7 @@ class TiktokenTokenizer:
 
     def token_id(self, name: str) -> int:
         """The id of special token `name` (e.g. "<|eot_id|>")."""
-        if name not in self.special_tokens:
-            raise TokenizerError(f"{self.name}: no special token {name!r}")
-        return self.special_tokens[name]
+        return special_token_id(self.name, self.special_tokens, name)
 
     def encode(
         self, text: str, bos: bool = True, eos: bool | None = None, *, allow_special: bool = False
