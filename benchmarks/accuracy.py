@@ -10,7 +10,13 @@ how many tokens match fp32's before the first difference.
 
 The "int8 activations" variant also rounds every matrix product's input rows to int8 per group
 of 32 (one float32 scale each), as llama.cpp does to run Q8_0 products as integer dot products:
-it measures what that rounding costs in accuracy (llama_np's kernels keep activations float32).
+it measures what that rounding costs in accuracy.
+
+A second table measures the rounding the vnni kernels really do (Q4_K and Q6_K blocks,
+activations rounded to int8 per 256, llama_np/kernels/vnni.py): a model stored as Q4_K_M
+blocks (random blocks, stories110M's shape) decodes the same sequence token by token with the
+vnni kernels and with the float numba kernels, compared as above. It needs numba, a CPU with
+AVX-512 VNNI and the `gguf` package (test extra), and is skipped otherwise.
 """
 
 from __future__ import annotations
@@ -18,15 +24,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for path in (ROOT, ROOT / "tests", ROOT / "benchmarks"):  # llama_np, the tests' GGUF writer
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
-from llama_np import load  # noqa: E402
+from llama_np import kernels, load  # noqa: E402
 from llama_np.model import Model  # noqa: E402
 from llama_np.packed import int8_group_size  # noqa: E402
 from llama_np.tools.known_models import known_config  # noqa: E402
@@ -106,21 +114,64 @@ def compare(ref: Model, prompt: list[int], n: int) -> list[dict]:
             model = int8_activations(model)
         b = model.prefill(sequence, model.new_cache(len(sequence), dtype=kv_dtype), True)
         free = greedy(model, prompt, n, kv_dtype)
-        diverged = np.flatnonzero(np.array(free) != np.array(sequence[len(prompt) :]))
-        same = int(diverged[0]) if diverged.size else n
         rows.append(
             {
                 "weights": weights_dtype,
                 "kv_cache": np.dtype(kv_dtype).name,
                 "activations": "int8" if int8_x else "float32",
-                "max_logit_error": float(np.abs(a - b).max()),
-                "relative_to_logit_std": float(np.abs(a - b).max() / a.std()),
-                "argmax_agreement": float(np.mean(a.argmax(-1) == b.argmax(-1))),
-                "greedy_tokens_identical": same,
-                "greedy_tokens": n,
+                **errors(a, b, free, sequence[len(prompt) :]),
             }
         )
     return rows
+
+
+def errors(a: np.ndarray, b: np.ndarray, free: list[int], reference: list[int]) -> dict:
+    """Logits b (T, V) against reference logits a; free-running tokens against reference's."""
+    diverged = np.flatnonzero(np.array(free) != np.array(reference))
+    return {
+        "max_logit_error": float(np.abs(a - b).max()),
+        "relative_to_logit_std": float(np.abs(a - b).max() / a.std()),
+        "argmax_agreement": float(np.mean(a.argmax(-1) == b.argmax(-1))),
+        "greedy_tokens_identical": int(diverged[0]) if diverged.size else len(reference),
+        "greedy_tokens": len(reference),
+    }
+
+
+def vnni_rounding(name: str, n: int, kind: str) -> dict | None:
+    """Q4_K_M or Q8_0 blocks of a model shape: the vnni kernels (int8 activations) against the numba
+    kernels (float32 activations), each decoding the float kernels' greedy sequence
+    token by token (decode is where the kernels run; prefill uses BLAS). None when the vnni
+    kernels or `gguf` are missing, or no matrix has a vnni kernel (K-quants and vnni's Q8_0 need
+    rows of whole 256s)."""
+    try:
+        from checkpoint_writers import write_gguf
+        from gguf_types import types_for
+        from util import random_tensors
+    except ImportError:
+        return None
+    config = known_config(name)
+    tensors = random_tensors(config, scale=0.02)
+    types = types_for(kind, tensors)
+    if not kernels.vnni_available() or config.dim % 256:
+        return None
+    prompt = np.random.default_rng(1).integers(3, config.vocab_size, 16).tolist()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.gguf"
+        write_gguf(path, config.replace(max_seq_len=len(prompt) + n + 1), tensors, types)
+        model = load(path)
+    runs = {}
+    try:
+        for name_ in ("numba", "vnni"):
+            kernels.use(name_)
+            if name_ == "numba":
+                sequence = prompt + greedy(model, prompt, n)
+            cache = model.new_cache(len(sequence))
+            logits = np.stack([model.decode(t, cache) for t in sequence[:-1]])  # (T-1, V)
+            runs[name_] = (logits, greedy(model, prompt, n))
+    finally:
+        kernels.use(None)
+    row = errors(runs["numba"][0], runs["vnni"][0], runs["vnni"][1], sequence[len(prompt) :])
+    return {"weights": kind, **row}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="stories260K,stories15M,stories110M")
     parser.add_argument("--tokens", type=int, default=200, help="greedy tokens compared")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--vnni-model", default="stories110M", help="shape for the vnni table")
     args = parser.parse_args(argv)
     results = {}
     for name in args.models.split(","):
@@ -139,9 +191,11 @@ def main(argv: list[str] | None = None) -> int:
             prompt = np.random.default_rng(1).integers(3, model.config.vocab_size, 16).tolist()
         n = min(args.tokens, model.config.max_seq_len - len(prompt))
         results[name] = compare(model, prompt, n)
+    vnni = [vnni_rounding(args.vnni_model, args.tokens, k) for k in ("Q8_0", "Q4_K_M")]
+    vnni = [row for row in vnni if row] if args.vnni_model else []
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "accuracy.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "accuracy.json").write_text(json.dumps({**results, "vnni": vnni}, indent=2) + "\n")
     lines = [
         f"`python benchmarks/accuracy.py` — each variant against fp32 weights and fp32 KV cache, "
         f"teacher-forced on fp32's greedy sequence ({args.tokens} tokens, fewer if the context "
@@ -159,6 +213,23 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['relative_to_logit_std']:.4f} | {100 * r['argmax_agreement']:.1f}% | "
                 f"{r['greedy_tokens_identical']} / {r['greedy_tokens']} |"
             )
+    if vnni:
+        lines += [
+            "",
+            f"The vnni kernels' int8 activations (per 256) against the float numba kernels, "
+            f"both on GGUF blocks ({args.vnni_model} shape, random blocks), decoding the float "
+            "kernels' greedy sequence token by token:",
+            "",
+            "| model | weights | max logit error | ÷ logit std | argmax agreement | "
+            "free greedy: identical tokens |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {args.vnni_model} | {r['weights']} | {r['max_logit_error']:.4f} | "
+            f"{r['relative_to_logit_std']:.4f} | {100 * r['argmax_agreement']:.1f}% | "
+            f"{r['greedy_tokens_identical']} / {r['greedy_tokens']} |"
+            for r in vnni
+        ]
     markdown = "\n".join(lines) + "\n"
     (out / "accuracy.md").write_text(markdown)
     print(markdown)

@@ -276,20 +276,33 @@ def kernel_comparison(name: str, names: list[str], peaks, n_steps: int, rounds: 
 def llama_cpp_decode(bin_dir: Path, path: Path, n_steps: int, rounds: int) -> dict:
     """Decode tok/s of llama.cpp and of llama_np on the same GGUF file (llama_np keeps its
     weights as stored: F32 arrays, Q8_0 or Q4_K/Q6_K blocks), interleaved: each round runs
-    llama-bench once, then llama_np once. `ratio` is the median over rounds of llama_np's
-    rate divided by llama.cpp's in the same round."""
+    llama-bench once, then llama_np once with the default kernels and, when those are vnni,
+    once with numba's float kernels. `ratio` is the median over rounds of llama_np's rate
+    divided by llama.cpp's in the same round (`float_ratio`: with the float kernels)."""
     model = load(path)
-    ours, theirs = [], []
-    for _ in range(rounds):
-        theirs.append(llama_cpp.decode(bin_dir, path, n_steps))
-        ours += time_decode(model, n_steps, 1)
+    default = kernels.active()
+    ours, floats, theirs = [], [], []
+    try:
+        for _ in range(rounds):
+            theirs.append(llama_cpp.decode(bin_dir, path, n_steps))
+            ours += time_decode(model, n_steps, 1)
+            if default == "vnni":
+                kernels.use("numba")
+                floats += time_decode(model, n_steps, 1)
+                kernels.use(None)
+    finally:
+        kernels.use(None)
     del model
     gc.collect()
-    return {
+    result = {
+        "kernels": default,
         "decode": spread(theirs),
         "llama_np_decode": spread(ours),
         "ratio": float(np.median(np.array(ours) / np.array(theirs))),
     }
+    if floats:
+        result["float_ratio"] = float(np.median(np.array(floats) / np.array(theirs)))
+    return result
 
 
 # ---------------------------------------------------------------- HF transformers (optional)
@@ -367,9 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--kernel-layers",
-        default=",".join(kernels.KERNELS),
-        help="kernel layers interleaved on --kernel-model and the 8B shape (default: "
-        "numpy,numba; numba only when installed)",
+        default="numpy,numba",
+        help="kernel layers interleaved on --kernel-model and the 8B shape (int8/bf16/fp16: "
+        "vnni runs numba's kernels for these; default: numpy,numba, numba only when installed)",
     )
     parser.add_argument("--no-hf", action="store_true", help="skip HF transformers")
     parser.add_argument(
@@ -425,9 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     big = [] if args.quick else [d for d in args.big.split(",") if d]
     use_hf = not args.no_hf and hf_available()
-    kernel_names = [
-        k for k in args.kernel_layers.split(",") if k != "numba" or kernels.numba_available()
-    ]
+    usable = {"numpy": True, "numba": kernels.numba_available(), "vnni": kernels.vnni_available()}
+    kernel_names = [k for k in args.kernel_layers.split(",") if usable.get(k)]
 
     print("measuring the machine ...", file=sys.stderr)
     peaks = machine.measure(repeats=3 if args.quick else 7)
@@ -724,12 +736,14 @@ def to_markdown(r: dict) -> str:
         lines += [
             "",
             "Same GGUF file for both engines; decode interleaved round by round (llama-bench once, "
-            "llama_np once), ratio = median over rounds of llama_np ÷ llama.cpp in the same round.",
+            "llama_np once), ratio = median over rounds of llama_np ÷ llama.cpp in the same round. "
+            "llama_np runs its default kernels; the last column, the same rounds with numba's "
+            "float kernels (activations not rounded to int8).",
             "",
             "| model, GGUF | llama.cpp prefill 256 tok/s | llama.cpp fresh first prefill s | "
             "llama.cpp peak RSS | llama.cpp decode tok/s (min–max) | llama_np decode tok/s "
-            "(min–max) | llama_np ÷ llama.cpp |",
-            "|---|---|---|---|---|---|---|",
+            "(min–max) | llama_np ÷ llama.cpp | float kernels ÷ llama.cpp |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for e in r["llama_cpp"]:
             theirs, ours = e["decode"], e["llama_np_decode"]
@@ -737,7 +751,8 @@ def to_markdown(r: dict) -> str:
                 f"| {e['model']} {e['quant']} | {e['prefill']['median']:.1f} | "
                 f"{e['fresh_prefill_seconds']:.3f} | {e['peak_rss'] / mib:.0f} MiB | "
                 f"{theirs['median']:.1f} ({theirs['min']:.1f}–{theirs['max']:.1f}) | "
-                f"{ours['median']:.1f} ({ours['min']:.1f}–{ours['max']:.1f}) | {e['ratio']:.2f}× |"
+                f"{ours['median']:.1f} ({ours['min']:.1f}–{ours['max']:.1f}) | {e['ratio']:.2f}× | "
+                + (f"{e['float_ratio']:.2f}× |" if "float_ratio" in e else "— |")
             )
     return "\n".join(lines) + "\n"
 

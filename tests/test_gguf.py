@@ -19,7 +19,7 @@ from checkpoint_writers import random_blocks, random_tensors, write_gguf, write_
 from test_hf_checkpoints import greedy, prompt_logits
 
 import llama_np
-from llama_np import limits
+from llama_np import kernels, limits
 from llama_np.checkpoints import read_config
 from llama_np.checkpoints.gguf import read_gguf
 from llama_np.checkpoints.safetensors import read_safetensors
@@ -36,6 +36,15 @@ CONFIG = LlamaConfig(
     dim=256, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=512, vocab_size=96, max_seq_len=64
 )
 PROMPT = [1, 5, 17, 33, 60, 2, 91, 45]
+
+
+@pytest.fixture(autouse=True)
+def float_activations():
+    """These tests compare a GGUF's weights exactly: they run the float kernels (numba, or
+    NumPy without it), not vnni's, which rounds activations to int8 (tests/test_kernels.py)."""
+    kernels.use("numba" if kernels.numba_available() else "numpy")
+    yield
+    kernels.use(None)
 
 
 def reference_model(tmp_path: Path, config: LlamaConfig, held: dict, rope: dict | None = None):

@@ -26,6 +26,9 @@ requires_numba = pytest.mark.skipif(
     not kernels.numba_available(),
     reason="numba is not installed (pip install -e '.[fast]'): compiled kernels not tested",
 )
+requires_vnni = pytest.mark.skipif(
+    not kernels.vnni_available(), reason="numba not installed, or this CPU has no AVX-512 VNNI"
+)
 
 
 @pytest.fixture
@@ -113,8 +116,11 @@ def test_block_kernels_match_gguf_dequantize(kind, blocks, n, b, scales, seed):
     x[:, :3] = [0.0, -1e4, 1e-20][: min(3, k)]  # a zero, a large and a tiny activation
 
     out = np.empty((b, n), dtype=np.float32)  # (B, N)
-    kernel = kernels.compiled(PackedRows(kind, raw, None, Scratch()), b)
-    kernel(x, out)
+    kernels.use("numba")  # float activations (vnni's: test_vnni_kernels_...)
+    try:
+        kernels.compiled(PackedRows(kind, raw, None, Scratch()), b)(x, out)
+    finally:
+        kernels.use(None)
 
     w = dequantize(raw, GGMLQuantizationType[kind]).astype(np.float64)  # (N, K)
     assert w.shape == (n, k)
@@ -145,10 +151,14 @@ def test_mixed_kind_stack_runs_each_parts_kernel(n, b, seed):
         [PackedRows(kind, raw, None, Scratch()) for kind, raw in zip(kinds, raws, strict=True)]
     )
     x = np.random.default_rng(seed).standard_normal((b, 256)).astype(np.float32)  # (B, K)
-    kernel = kernels.compiled(stack, b)
-    assert kernel is not None
-    out = np.full((b, sum(n)), np.nan, dtype=np.float32)  # (B, N)
-    kernel(x, out)
+    kernels.use("numba")
+    try:
+        kernel = kernels.compiled(stack, b)
+        assert kernel is not None
+        out = np.full((b, sum(n)), np.nan, dtype=np.float32)  # (B, N)
+        kernel(x, out)
+    finally:
+        kernels.use(None)
 
     w = np.concatenate(
         [dequantize(raw, GGMLQuantizationType[kind]) for kind, raw in zip(kinds, raws, strict=True)]
@@ -156,6 +166,83 @@ def test_mixed_kind_stack_runs_each_parts_kernel(n, b, seed):
     ref = x.astype(np.float64) @ w.T  # (B, N)
     magnitude = np.abs(x).astype(np.float64) @ np.abs(w).T
     assert close(out, ref, magnitude)
+
+
+# ---------------------------------------------------------------- vnni: int8 activations
+
+
+def rounded_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float64 (x as the vnni kernels round it, the rounding's bound), both (B, K): each 256
+    values scaled by max|x| / 127 and rounded to integers, so off by at most half a step."""
+    blocks = x.astype(np.float64).reshape(x.shape[0], -1, 256)  # (B, K/256, 256)
+    step = np.abs(blocks).max(axis=-1, keepdims=True) / 127  # (B, K/256, 1)
+    rounded = np.rint(blocks / np.where(step > 0, step, 1)) * step
+    return rounded.reshape(x.shape), np.broadcast_to(step / 2, blocks.shape).reshape(x.shape)
+
+
+@requires_vnni
+@pytest.mark.parametrize("kind", ["Q4_K", "Q6_K", "Q8_0"])
+@settings(max_examples=10, deadline=None)
+@given(
+    blocks=st.integers(1, 4),
+    n=st.integers(1, 9),
+    b=st.integers(1, 8),
+    scales=st.sampled_from(["random", "zero", "extreme"]),
+    seed=st.integers(0, 2**16),
+)
+def test_vnni_kernels_are_the_product_with_rounded_activations(kind, blocks, n, b, scales, seed):
+    """vnni's integer products equal the float64 product of gguf's dequantized weights with
+    the activations rounded to int8 per 256 (float32 rounding aside), and so differ from the
+    exact product by no more than the rounding allows: Σ |w| × half a step."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    k = blocks * 256
+    raw = random_blocks(kind, n, k, seed, scales)
+    x = np.random.default_rng(seed + 1).standard_normal((b, k)).astype(np.float32)  # (B, K)
+    x[:, :3] = [0.0, -1e3, 1e-20]  # a zero, a large and a tiny activation
+    out = np.empty((b, n), dtype=np.float32)  # (B, N)
+    kernels.use("vnni")
+    try:
+        kernels.compiled(PackedRows(kind, raw, None, Scratch()), b)(x, out)
+    finally:
+        kernels.use(None)
+
+    w = dequantize(raw, GGMLQuantizationType[kind]).astype(np.float64)  # (N, K)
+    rounded, half_step = rounded_rows(x)
+    magnitude = np.abs(rounded).sum(axis=1, keepdims=True) * field_magnitude(kind, raw)
+    assert close(out, rounded @ w.T, magnitude)
+    exact = x.astype(np.float64) @ w.T
+    assert np.all(np.abs(out - exact) <= half_step @ np.abs(w).T + 1e-5 * magnitude + 1e-30)
+
+
+@requires_vnni
+def test_vnni_rounding_keeps_zeros_and_nan(use_kernels):
+    """A row of zeros gives zeros (scale 0, no division); NaN or Inf in a block of 256
+    activations makes the outputs NaN, as a float product would make them NaN or Inf."""
+    raw = random_blocks("Q4_K", 3, 512, 0, "random")
+    packed = PackedRows("Q4_K", raw, None, Scratch())
+    use_kernels("vnni")
+    x = np.zeros((3, 512), dtype=np.float32)
+    x[1, 300], x[2, 5] = np.nan, np.inf
+    out = x @ packed.T  # (3, 3)
+    assert np.all(out[0] == 0) and np.all(np.isnan(out[1:]))
+
+
+@requires_vnni
+@pytest.mark.parametrize(("k", "integer"), [(512, True), (288, False)])
+def test_vnni_q8_0_needs_rows_of_whole_256s(k, integer, use_kernels):
+    """vnni's Q8_0 kernel rounds activations per 256: rows of another length (stories15M's
+    288) keep numba's float kernel, and both give the product."""
+    from llama_np.kernels import numba_jit, vnni
+
+    raw = random_blocks("Q8_0", 3, k, 0, "random")
+    packed = PackedRows("Q8_0", raw, None, Scratch())
+    assert vnni.supports(packed) is integer
+    use_kernels("vnni")
+    kernel = kernels._kernel("vnni", packed)
+    expected = vnni.KINDS["Q8_0"] if integer else numba_jit.KINDS["Q8_0"]
+    assert kernel is expected
 
 
 # ---------------------------------------------------------------- int8 / bf16 / fp16
@@ -227,7 +314,7 @@ def test_model_decodes_the_same_with_either_kernels(weights_dtype, use_kernels):
     """stories260K (int8 groups of 32 and of 43 in its 172-wide MLP rows): prefill + decode."""
     model = llama_np.load(weights_dtype=weights_dtype)
     logits = {}
-    for name in kernels.KERNELS:
+    for name in ("numpy", "numba"):
         use_kernels(name)
         cache = model.new_cache(16)
         model.prefill([1, 403, 407], cache)
@@ -254,10 +341,15 @@ def test_environment_variable(monkeypatch):
 
 
 def test_unknown_or_missing_kernels_name_the_fix(monkeypatch, use_kernels):
-    with pytest.raises(ArgumentError, match="kernels must be one of numpy, numba, got 'c'"):
+    with pytest.raises(ArgumentError, match="must be one of numpy, numba, vnni, got 'c'"):
         use_kernels("c")
+    monkeypatch.setattr(kernels, "vnni_available", lambda: False)
+    with pytest.raises(ArgumentError, match="no AVX-512 VNNI: use --kernels numba"):
+        use_kernels("vnni")
+    if kernels.numba_available():
+        assert kernels.active() == "numba"  # the default without VNNI
     monkeypatch.setattr(kernels, "_numba_error", "numba is not installed")
-    with pytest.raises(ArgumentError, match=r"pip install -e '\.\[fast\]'"):
+    with pytest.raises(ArgumentError, match=r"pip install -e '\.\[fast\]', or use --kernels numpy"):
         use_kernels("numba")
     assert kernels.active() == "numpy"  # the default falls back
 
@@ -306,10 +398,13 @@ def test_gguf_model_decodes_the_same_with_either_kernels(tmp_path, type_name, us
     use_kernels("numba")
     assert kernels.compiled(model.weights.layers[0].w_gate_up.packed, 1) is not None
     logits = {}
-    for name in kernels.KERNELS:
+    for name in kernels.KERNELS if kernels.vnni_available() else ("numpy", "numba"):
         use_kernels(name)
         cache = model.new_cache(8)
         model.prefill([1, 5, 17], cache)
         logits[name] = np.stack([model.decode(t, cache) for t in (33, 60)])  # (2, V)
     scale = np.abs(logits["numpy"]).max()
     np.testing.assert_allclose(logits["numba"], logits["numpy"], rtol=0, atol=1e-4 * scale)
+    if "vnni" in logits:  # activations rounded to int8: ~1% of the largest logit
+        np.testing.assert_allclose(logits["vnni"], logits["numpy"], rtol=0, atol=3e-2 * scale)
+        assert np.abs(logits["vnni"] - logits["numpy"]).max() > 1e-6 * scale  # rounded: not equal

@@ -1,7 +1,7 @@
 """The kernel layer: compressed matrix products that NumPy cannot express.
 
 A compressed weight matrix (packed.py: bf16, fp16, int8, or a GGUF's Q8_0/Q4_K/... blocks)
-multiplies a few activation rows (decode: one token, or a small batch) in one of two ways:
+multiplies a few activation rows (decode: one token, or a small batch) in one of three ways:
 
     numpy  the reference, always there, and the code to read (packed.py): widen a few rows
            into a float32 scratch buffer, multiply them with BLAS, repeat. Every weight is
@@ -9,11 +9,16 @@ multiplies a few activation rows (decode: one token, or a small batch) in one of
            NumPy's widening (~2-3 GB/s), not of memory.
     numba  compiled loops (numba_jit.py) that widen each weight inside the dot product: the
            stored bytes are read once, nothing else is written. Installed by the `fast` extra
-           (`pip install -e '.[fast]'`) and used automatically when numba imports.
+           (`pip install -e '.[fast]'`). Results equal the NumPy path's up to float rounding.
+    vnni   numba, except that Q8_0, Q4_K and Q6_K blocks (Q8_0 and Q4_K_M files) multiply as
+           integers with AVX-512 VNNI, activations rounded to int8 first, as llama.cpp does
+           (vnni.py): 2-8x faster than their float loops, outputs ~1% off
+           (benchmarks/accuracy.py).
 
-`LLAMA_NP_KERNELS=numpy|numba` (or the CLI's `--kernels`, or `use(...)`) picks one; numba is
-the default when installed. Compiled kernels run for up to MAX_ROWS activation rows; prefill's
-larger blocks stay with BLAS, which then does many FLOPs per widened weight.
+`LLAMA_NP_KERNELS=numpy|numba|vnni` (or the CLI's `--kernels`, or `use(...)`) picks one; the
+default is vnni on a CPU that has AVX-512 VNNI, else numba, when numba is installed. Compiled
+kernels run for up to MAX_ROWS activation rows; prefill's larger blocks stay with BLAS, which
+then does many FLOPs per widened weight.
 
 The one entry point is `compiled(rows, n_rows)`: packed.py asks it for a kernel before taking
 its NumPy path.
@@ -29,7 +34,7 @@ import numpy as np
 
 from ..errors import ArgumentError
 
-KERNELS = ("numpy", "numba")
+KERNELS = ("numpy", "numba", "vnni")
 ENV_VAR = "LLAMA_NP_KERNELS"
 # Activation rows up to which a compiled kernel runs (decode, batched decode). A kernel re-reads
 # its row of weights once per activation row; past a few rows BLAS on widened pieces wins.
@@ -55,17 +60,22 @@ def numba_available() -> bool:
     return not _numba_error
 
 
+def vnni_available() -> bool:
+    """Whether the vnni kernels can be used: numba imports and the CPU has AVX-512 VNNI."""
+    if not numba_available():
+        return False
+    from . import vnni
+
+    return vnni.available()
+
+
 def use(name: str | None) -> str:
-    """Select the kernels: "numpy", "numba", or None for the default ($LLAMA_NP_KERNELS, else
-    numba when it imports). Returns the name now active."""
+    """Select the kernels: "numpy", "numba", "vnni", or None for the default ($LLAMA_NP_KERNELS,
+    else vnni or numba when numba imports). Returns the name now active."""
     global _selected
     if name is not None:
         _check(name, "kernels")
-        if name == "numba" and not numba_available():
-            raise ArgumentError(
-                f"kernels 'numba' requested, but {_numba_error}: install it with "
-                "pip install -e '.[fast]', or use --kernels numpy"
-            )
+        _check_installed(name, f"kernels {name!r} requested", "use --kernels ")
     _selected = name
     return active()
 
@@ -77,22 +87,24 @@ def active() -> str:
     wanted = os.environ.get(ENV_VAR)
     if wanted:
         _check(wanted, f"${ENV_VAR}")
-        if wanted == "numba" and not numba_available():
-            raise ArgumentError(
-                f"${ENV_VAR}=numba, but {_numba_error}: install it with "
-                f"pip install -e '.[fast]', or set {ENV_VAR}=numpy"
-            )
+        _check_installed(wanted, f"${ENV_VAR}={wanted}", f"set {ENV_VAR}=")
         return wanted
-    return "numba" if numba_available() else "numpy"
+    if not numba_available():
+        return "numpy"
+    return "vnni" if vnni_available() else "numba"
 
 
 def describe() -> str:
     """One line for `llama-np info`: the active kernels and what else there is."""
     name = active()
-    if name == "numba":
+    if name in ("numba", "vnni"):
         from . import numba_jit
 
-        return f"numba ({numba_jit.VERSION}; {', '.join(numba_jit.KINDS)})"
+        line = f"{name} ({numba_jit.VERSION}; {', '.join(numba_jit.KINDS)}"
+        if name == "vnni":
+            return line + "; Q8_0, Q4_K and Q6_K as int8 dot products, AVX-512 VNNI)"
+        other = "vnni: this CPU has AVX-512 VNNI" if vnni_available() else "no AVX-512 VNNI"
+        return f"{line}; {other})"
     if numba_available():
         return "numpy (widen + BLAS; numba is installed, not selected: --kernels numba)"
     return f"numpy (widen + BLAS; {_numba_error}: pip install -e '.[fast]' for compiled ones)"
@@ -106,7 +118,8 @@ def compiled(rows, n_rows: int) -> Callable[[np.ndarray, np.ndarray], None] | No
     stored, or a packed.StackedRows of them (a fused q/k/v stored in Q4_K and Q6_K): each part
     then fills its own columns of `out` with its own kernel.
     """
-    if n_rows > MAX_ROWS or active() != "numba":
+    name = active()
+    if n_rows > MAX_ROWS or name == "numpy":
         return None
     from . import numba_jit
 
@@ -114,7 +127,7 @@ def compiled(rows, n_rows: int) -> Callable[[np.ndarray, np.ndarray], None] | No
     starts = getattr(rows, "starts", [0])  # the first output column of each part
     if not all(numba_jit.supports(p) for p in parts):
         return None
-    columns = [(numba_jit.KINDS[p.kind], p, start) for p, start in zip(parts, starts, strict=False)]
+    columns = [(_kernel(name, p), p, start) for p, start in zip(parts, starts, strict=False)]
 
     def run(x: np.ndarray, out: np.ndarray) -> None:
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -123,6 +136,29 @@ def compiled(rows, n_rows: int) -> Callable[[np.ndarray, np.ndarray], None] | No
                 kernel(part, x, out[:, start : start + part.shape[0]])  # (B, rows of the part)
 
     return run
+
+
+def _kernel(name: str, rows) -> Callable:
+    """The compiled kernel for one PackedRows: vnni's integer one where it has one."""
+    from . import numba_jit
+
+    if name == "vnni":
+        from . import vnni
+
+        if vnni.supports(rows):
+            return vnni.KINDS[rows.kind]
+    return numba_jit.KINDS[rows.kind]
+
+
+def _check_installed(name: str, what: str, instead: str) -> None:
+    """A clear error when the chosen compiled kernels cannot run here."""
+    if name != "numpy" and not numba_available():
+        raise ArgumentError(
+            f"{what}, but {_numba_error}: install it with pip install -e '.[fast]', "
+            f"or {instead}numpy"
+        )
+    if name == "vnni" and not vnni_available():
+        raise ArgumentError(f"{what}, but this CPU has no AVX-512 VNNI: {instead}numba")
 
 
 def _check(name: str, where: str) -> None:

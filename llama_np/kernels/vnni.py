@@ -1,0 +1,359 @@
+"""Q8_0, Q4_K and Q6_K products as integer dot products (AVX-512 VNNI), as llama.cpp runs them.
+
+A GGUF block weight is a small integer (Q8_0: -128..127, Q4_K: 0..15, Q6_K: 0..63) times
+scales shared by 16 or 32 weights. If the activations are small integers too, a block's dot
+product is a sum of byte products, and one VNNI instruction (`vpdpbusd`) multiplies 64
+unsigned weight bytes by 64 signed activation bytes and adds each 4 neighbouring products into
+one of 16 int32 lanes: 64 multiply-adds, where the float kernels (numba_jit.py) do 16 and must
+first unpack each weight into a float32 lane. Measured on TinyLlama's matrices, same run:
+Q4_K 7.5 -> 24.6 GB/s, Q6_K 3.9 -> 30.3, Q8_0 21.6 -> 40.6 (partly from the CPU's cache).
+
+So each product first rounds its activation rows to int8, one float32 scale per 256 values
+(`quantize_rows`, llama.cpp's "Q8_K"; llama.cpp rounds Q8_0's per 32): x ~ xd * xq. That
+rounding is the price: outputs differ from the float kernels by about 1% of their largest
+value (benchmarks/accuracy.py measures it on whole models). These kernels are the "vnni"
+kernel choice; "numba" keeps activations float32.
+
+numba has no vector types and does integer arithmetic in 64 bits, so the block dot products
+are written in LLVM IR (`numba.extending.intrinsic`): load 64 bytes, unpack with a mask and a
+shift, call `llvm.x86.avx512.vpdpbusd.512`, multiply the int32 lanes by their scales, add the
+lanes up. Everything around them (scales, mins, the parallel loop over rows) is numba as in
+numba_jit.py. The instruction exists only on CPUs with AVX-512 VNNI (`available()`).
+"""
+
+from __future__ import annotations
+
+import llvmlite.binding
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+from .numba_jit import JIT
+
+I8, I32, F32 = ir.IntType(8), ir.IntType(32), ir.FloatType()
+BYTES = ir.VectorType(I8, 64)  # one zmm register as 64 bytes
+LANES = ir.VectorType(I32, 16)  # ... or as 16 int32 lanes
+ZERO = ir.Constant(LANES, [0] * 16)
+QK = 256  # activations rounded per 256 values, one K-quant block
+
+
+def available() -> bool:
+    """Whether this CPU has the AVX-512 VNNI instruction the kernels are built on."""
+    features = llvmlite.binding.get_host_cpu_features()
+    return bool(features.get("avx512vnni")) and bool(features.get("avx512bw"))
+
+
+@njit(cache=True)
+def quantize_rows(x):
+    """x (B, K) float32 -> xq (B, K) int8, xd (B, K/256) float32, xs (B, K/16) int32 with
+    x ~ xd * xq per 256 values (xd = max|x| / 127) and xs the sums of each 16 of xq (for the
+    min and offset terms). A block holding NaN or Inf gets xd = NaN: its products are NaN."""
+    B, K = x.shape
+    xq = np.empty((B, K), dtype=np.int8)
+    xd = np.empty((B, K // QK), dtype=np.float32)
+    xs = np.empty((B, K // 16), dtype=np.int32)
+    for b in range(B):
+        for i in range(K // QK):
+            block = x[b, i * QK : (i + 1) * QK]
+            amax, finite = np.float32(0), True
+            for j in range(QK):
+                amax = max(amax, abs(block[j]))
+                finite &= np.isfinite(block[j])
+            if not finite:
+                xd[b, i] = np.nan
+                xq[b, i * QK : (i + 1) * QK] = 0
+            elif amax == 0:
+                xd[b, i] = 0
+                xq[b, i * QK : (i + 1) * QK] = 0
+            else:
+                inverse = np.float32(127) / amax
+                for j in range(QK):
+                    xq[b, i * QK + j] = np.int8(np.rint(block[j] * inverse))
+                xd[b, i] = amax / np.float32(127)
+        for g in range(K // 16):
+            t = np.int32(0)
+            for j in range(16):
+                t += np.int32(xq[b, g * 16 + j])
+            xs[b, g] = t
+    return xq, xd, xs
+
+
+# ---------------------------------------------------------------- LLVM IR pieces
+
+
+def _load(context, builder, array_type, array, offset, vector):
+    """A vector of the array's elements from `offset` on (no alignment assumed)."""
+    data = context.make_array(array_type)(context, builder, array).data
+    pointer = builder.bitcast(builder.gep(data, [offset]), vector.as_pointer())
+    return builder.load(pointer, align=1)
+
+
+def _at(builder, base, plus: int):
+    return builder.add(base, ir.Constant(base.type, plus))
+
+
+def _half(context, builder, row_type, row, offset):
+    """The fp16 at row[offset:offset + 2] as float (exact: subnormals, Inf and NaN kept)."""
+    bits = _load(context, builder, row_type, row, offset, ir.IntType(16))
+    return builder.fpext(builder.bitcast(bits, ir.HalfType()), ir.FloatType())
+
+
+def _llvm_function(builder, name: str, result, arguments):
+    module = builder.module
+    return module.globals.get(name) or ir.Function(module, ir.FunctionType(result, arguments), name)
+
+
+def _dot_bytes(builder, unsigned, signed):
+    """16 int32 lanes, lane l = Σ_{t<4} unsigned[4l + t] * signed[4l + t] (vpdpbusd)."""
+    vpdpbusd = _llvm_function(builder, "llvm.x86.avx512.vpdpbusd.512", LANES, [LANES] * 3)
+    return builder.call(
+        vpdpbusd, [ZERO, builder.bitcast(unsigned, LANES), builder.bitcast(signed, LANES)]
+    )
+
+
+def _sum_lanes(builder, lanes):
+    n = lanes.type.count
+    add = _llvm_function(builder, f"llvm.vector.reduce.add.v{n}i32", I32, [lanes.type])
+    return builder.call(add, [lanes])
+
+
+def _select(builder, a, b, indices):
+    """Lanes picked from the concatenation of vectors a and b (shufflevector)."""
+    indices = list(indices)
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(I32, len(indices)), indices))
+
+
+def _splat(vector_type, value: int):
+    return ir.Constant(vector_type, [value] * vector_type.count)
+
+
+def _to_float(builder, integer):
+    return builder.sitofp(integer, ir.FloatType())
+
+
+# ---------------------------------------------------------------- Q4_K
+
+
+def _q4k_scales_mins(context, builder, row_type, row, offset):
+    """The 8 sub-blocks' 6-bit scales and mins from the 12 bytes at offset, as <8 x i32>:
+    sub-block s < 4: scale = b[s] & 63, min = b[s+4] & 63; s >= 4: the low 4 bits from
+    b[s+4] (scale: low nibble, min: high nibble), the top 2 from b[s-4] (scale), b[s] (min)."""
+    V8 = ir.VectorType(I8, 8)
+    b = _load(context, builder, row_type, row, offset, ir.VectorType(I8, 16))  # 12 used
+    same = _select(builder, b, b, range(8))  # b[s]
+    after = _select(builder, b, b, range(4, 12))  # b[s + 4]
+    before = _select(builder, b, b, [0, 1, 2, 3] * 2)  # b[s - 4] for s >= 4
+    top_two = _splat(V8, 6)
+    upper = builder.shl(builder.lshr(before, top_two), _splat(V8, 4))
+    scale_high = builder.or_(builder.and_(after, _splat(V8, 15)), upper)
+    upper = builder.shl(builder.lshr(same, top_two), _splat(V8, 4))
+    min_high = builder.or_(builder.lshr(after, _splat(V8, 4)), upper)
+    first_four = ir.Constant(ir.VectorType(ir.IntType(1), 8), [1] * 4 + [0] * 4)
+    scales = builder.select(first_four, builder.and_(same, _splat(V8, 63)), scale_high)
+    mins = builder.select(first_four, builder.and_(after, _splat(V8, 63)), min_high)
+    V8i32 = ir.VectorType(I32, 8)
+    return builder.zext(scales, V8i32), builder.zext(mins, V8i32)
+
+
+@intrinsic
+def _q4k_block(typingctx, row, o, xq, k, xs, xd):
+    """float32 Σ_j w_j x_j over the Q4_K block at row[o : o + 144] and activations
+    x ~ xd * xq[k : k + 256] (xs: sums of each 16 of xq, from xs[k / 16]).
+
+    w = d sc q - dmin m, so Σ w x = xd (d Σ_s sc_s Σ q xq - dmin Σ_s m_s Σ xq)."""
+
+    def codegen(context, builder, signature, args):
+        row_v, o_v, xq_v, k_v, xs_v, xd_v = args
+        row_t, _, xq_t, _, xs_t, _ = signature.args
+        d = _half(context, builder, row_t, row_v, o_v)
+        dmin = _half(context, builder, row_t, row_v, _at(builder, o_v, 2))
+        scales, mins = _q4k_scales_mins(context, builder, row_t, row_v, _at(builder, o_v, 4))
+        lanes = ZERO
+        for c in range(2):  # bytes 64c..64c+63: chunks 2c and 2c+1 of 32 bytes
+            packed = _load(context, builder, row_t, row_v, _at(builder, o_v, 16 + 64 * c), BYTES)
+            low = builder.and_(packed, _splat(BYTES, 15))  # sub-blocks 4c (bytes 0-31), 4c+2
+            high = builder.lshr(packed, _splat(BYTES, 4))  # sub-blocks 4c+1, 4c+3
+            # in weight order: sub-blocks 4c, 4c+1 | 4c+2, 4c+3
+            first = _select(builder, low, high, [*range(32), *range(64, 96)])
+            second = _select(builder, low, high, [*range(32, 64), *range(96, 128)])
+            for h, weights in enumerate((first, second)):
+                s = 4 * c + 2 * h  # this vector's sub-blocks: s (lanes 0-7) and s + 1
+                x = _load(context, builder, xq_t, xq_v, _at(builder, k_v, 128 * c + 64 * h), BYTES)
+                scale = _select(builder, scales, scales, [s] * 8 + [s + 1] * 8)
+                lanes = builder.add(lanes, builder.mul(_dot_bytes(builder, weights, x), scale))
+        g = builder.udiv(k_v, ir.Constant(k_v.type, 16))
+        sums16 = _load(context, builder, xs_t, xs_v, g, LANES)
+        sums32 = builder.add(  # Σ xq of each sub-block of 32
+            _select(builder, sums16, sums16, range(0, 16, 2)),
+            _select(builder, sums16, sums16, range(1, 16, 2)),
+        )
+        dots = _to_float(builder, _sum_lanes(builder, lanes))
+        min_terms = _to_float(builder, _sum_lanes(builder, builder.mul(mins, sums32)))
+        total = builder.fsub(builder.fmul(d, dots), builder.fmul(dmin, min_terms))
+        return builder.fmul(xd_v, total)
+
+    return types.float32(row, o, xq, k, xs, xd), codegen
+
+
+@njit(**JIT)
+def matmul_q4_k(raw, x, out):
+    """raw (N, K/256*144) uint8 Q4_K blocks, x (B, K) float32 -> out (B, N)."""
+    N, K = raw.shape[0], x.shape[1]
+    xq, xd, xs = quantize_rows(x)
+    for n in prange(N):
+        row = raw[n]
+        for b in range(x.shape[0]):
+            total = np.float32(0)
+            for i in range(K // QK):
+                total += _q4k_block(row, i * 144, xq[b], i * QK, xs[b], xd[b, i])
+            out[b, n] = total
+
+
+# ---------------------------------------------------------------- Q6_K
+
+
+@intrinsic
+def _q6k_block(typingctx, row, o, xq, k, xs, xd):
+    """float32 Σ_j w_j x_j over the Q6_K block at row[o : o + 210], as _q4k_block.
+
+    w = d sc (q - 32) with q in 0..63, so Σ w x = xd d (Σ_g sc_g Σ q xq - 32 Σ_g sc_g Σ xq)
+    over the 16 groups g of 16 weights. Each half h of the block (128 weights) holds: ql bytes
+    64h + l (l < 64): low 4 bits of weight l (low nibble) and l + 64 (high nibble); qh byte
+    32h + l (l < 32): the high 2 bits of weights l, l + 32, l + 64, l + 96 (bits 0-1, 2-3, 4-5,
+    6-7); then 16 int8 scales at 192 and d (fp16) at 208."""
+
+    def codegen(context, builder, signature, args):
+        row_v, o_v, xq_v, k_v, xs_v, xd_v = args
+        row_t, _, xq_t, _, xs_t, _ = signature.args
+        V32 = ir.VectorType(I8, 32)
+        raw_scales = _load(
+            context, builder, row_t, row_v, _at(builder, o_v, 192), ir.VectorType(I8, 16)
+        )
+        scales = builder.sext(raw_scales, LANES)
+        lanes = ZERO
+        for h in range(2):
+            low4 = _load(context, builder, row_t, row_v, _at(builder, o_v, 64 * h), BYTES)
+            high2 = _load(context, builder, row_t, row_v, _at(builder, o_v, 128 + 32 * h), V32)
+            shifted = [builder.lshr(high2, _splat(V32, 2 * p)) for p in range(4)]
+            pairs = (  # (low 4 bits, high 2 bits) of weights 0-63, then 64-127
+                (builder.and_(low4, _splat(BYTES, 15)), _select(builder, *shifted[:2], range(64))),
+                (builder.lshr(low4, _splat(BYTES, 4)), _select(builder, *shifted[2:], range(64))),
+            )
+            for p, (nibbles, high) in enumerate(pairs):
+                two_bits = builder.shl(builder.and_(high, _splat(BYTES, 3)), _splat(BYTES, 4))
+                weights = builder.or_(nibbles, two_bits)
+                x = _load(context, builder, xq_t, xq_v, _at(builder, k_v, 128 * h + 64 * p), BYTES)
+                # lane l covers weights 4l..4l+3 of these 64: group 8h + 4p + l // 4
+                scale = _select(
+                    builder, scales, scales, [8 * h + 4 * p + l // 4 for l in range(16)]
+                )
+                lanes = builder.add(lanes, builder.mul(_dot_bytes(builder, weights, x), scale))
+        g = builder.udiv(k_v, ir.Constant(k_v.type, 16))
+        sums16 = _load(context, builder, xs_t, xs_v, g, LANES)
+        offsets = builder.mul(_sum_lanes(builder, builder.mul(scales, sums16)), I32(32))
+        dots = _to_float(builder, builder.sub(_sum_lanes(builder, lanes), offsets))
+        d = _half(context, builder, row_t, row_v, _at(builder, o_v, 208))
+        return builder.fmul(xd_v, builder.fmul(d, dots))
+
+    return types.float32(row, o, xq, k, xs, xd), codegen
+
+
+@njit(**JIT)
+def matmul_q6_k(raw, x, out):
+    """raw (N, K/256*210) uint8 Q6_K blocks, x (B, K) float32 -> out (B, N)."""
+    N, K = raw.shape[0], x.shape[1]
+    xq, xd, xs = quantize_rows(x)
+    for n in prange(N):
+        row = raw[n]
+        for b in range(x.shape[0]):
+            total = np.float32(0)
+            for i in range(K // QK):
+                total += _q6k_block(row, i * 210, xq[b], i * QK, xs[b], xd[b, i])
+            out[b, n] = total
+
+
+# ---------------------------------------------------------------- Q8_0
+
+
+def _sum_floats(builder, lanes):
+    """The sum of a float vector's lanes, halving it (any order: the lanes are partial sums)."""
+    n = lanes.type.count
+    while n > 1:
+        n //= 2
+        lanes = builder.fadd(
+            _select(builder, lanes, lanes, range(n)),
+            _select(builder, lanes, lanes, range(n, 2 * n)),
+        )
+    return builder.extract_element(lanes, I32(0))
+
+
+@intrinsic
+def _q8_0_blocks(typingctx, row, o, xq, k, xs, xd):
+    """float32 Σ_j w_j x_j over the 8 Q8_0 blocks (256 weights) at row[o : o + 272] and
+    activations x ~ xd * xq[k : k + 256], as _q4k_block.
+
+    w = d q with q signed, and vpdpbusd needs one unsigned side: q + 128 (q xor 0x80) is, so
+    Σ q xq = Σ (q + 128) xq - 128 Σ xq per block, with Σ xq from xs."""
+
+    def codegen(context, builder, signature, args):
+        row_v, o_v, xq_v, k_v, xs_v, xd_v = args
+        row_t, _, xq_t, _, xs_t, _ = signature.args
+        F16 = ir.VectorType(ir.FloatType(), 16)
+        d = ir.Constant(ir.VectorType(ir.HalfType(), 8), ir.Undefined)
+        for blk in range(8):
+            bits = _load(
+                context, builder, row_t, row_v, _at(builder, o_v, 34 * blk), ir.IntType(16)
+            )
+            d = builder.insert_element(d, builder.bitcast(bits, ir.HalfType()), I32(blk))
+        d = builder.fpext(d, ir.VectorType(ir.FloatType(), 8))  # (8,) the blocks' scales
+        lanes = ir.Constant(F16, [0.0] * 16)
+        for p in range(4):  # blocks 2p (lanes 0-7) and 2p + 1 (lanes 8-15)
+            V32 = ir.VectorType(I8, 32)
+            first = _load(context, builder, row_t, row_v, _at(builder, o_v, 68 * p + 2), V32)
+            second = _load(context, builder, row_t, row_v, _at(builder, o_v, 68 * p + 36), V32)
+            unsigned = builder.xor(_select(builder, first, second, range(64)), _splat(BYTES, 128))
+            x = _load(context, builder, xq_t, xq_v, _at(builder, k_v, 64 * p), BYTES)
+            dots = builder.sitofp(_dot_bytes(builder, unsigned, x), F16)
+            scale = _select(builder, d, d, [2 * p] * 8 + [2 * p + 1] * 8)
+            lanes = builder.fadd(lanes, builder.fmul(dots, scale))
+        g = builder.udiv(k_v, ir.Constant(k_v.type, 16))
+        sums16 = _load(context, builder, xs_t, xs_v, g, LANES)
+        sums32 = builder.add(
+            _select(builder, sums16, sums16, range(0, 16, 2)),
+            _select(builder, sums16, sums16, range(1, 16, 2)),
+        )
+        shift = builder.fmul(d, builder.sitofp(sums32, d.type))  # d Σ xq per block
+        total = builder.fsub(
+            _sum_floats(builder, lanes), builder.fmul(_sum_floats(builder, shift), F32(128.0))
+        )
+        return builder.fmul(xd_v, total)
+
+    return types.float32(row, o, xq, k, xs, xd), codegen
+
+
+@njit(**JIT)
+def matmul_q8_0(raw, x, out):
+    """raw (N, K/32*34) uint8 Q8_0 blocks, K a multiple of 256; x (B, K) float32 -> out (B, N)."""
+    N, K = raw.shape[0], x.shape[1]
+    xq, xd, xs = quantize_rows(x)
+    for n in prange(N):
+        row = raw[n]
+        for b in range(x.shape[0]):
+            total = np.float32(0)
+            for i in range(K // QK):
+                total += _q8_0_blocks(row, i * 272, xq[b], i * QK, xs[b], xd[b, i])
+            out[b, n] = total
+
+
+def supports(rows) -> bool:
+    """Whether a kernel here multiplies this packed.PackedRows (Q8_0: rows of whole 256s)."""
+    return rows.kind in KINDS and rows.shape[1] % QK == 0
+
+
+# packed.PackedRows kind -> kernel(rows, x, out), as numba_jit.KINDS
+KINDS = {
+    "Q4_K": lambda r, x, out: matmul_q4_k(r.data, x, out),
+    "Q6_K": lambda r, x, out: matmul_q6_k(r.data, x, out),
+    "Q8_0": lambda r, x, out: matmul_q8_0(r.data, x, out),
+}
