@@ -12,11 +12,12 @@ The "int8 activations" variant also rounds every matrix product's input rows to 
 of 32 (one float32 scale each), as llama.cpp does to run Q8_0 products as integer dot products:
 it measures what that rounding costs in accuracy.
 
-A second table measures the rounding the vnni kernels really do (Q4_K and Q6_K blocks,
-activations rounded to int8 per 256, llama_np/kernels/vnni.py): a model stored as Q4_K_M
-blocks (random blocks, stories110M's shape) decodes the same sequence token by token with the
-vnni kernels and with the float numba kernels, compared as above. It needs numba, a CPU with
-AVX-512 VNNI and the `gguf` package (test extra), and is skipped otherwise.
+The GGUF rows measure the rounding the vnni kernels really do (llama_np/kernels/vnni.py:
+Q8_0, Q4_K and Q6_K blocks, activations rounded to int8 per 256): the fp32 model is stored as
+Q8_0 and as Q4_K_M blocks (benchmarks/kquants.py) and decodes the same sequence token by
+token with numba's float kernels and with the vnni kernels. They need numba, a CPU with
+AVX-512 VNNI and the `gguf` package (test extra), and models whose rows are whole 256s
+(stories110M here); they are skipped otherwise.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ for path in (ROOT, ROOT / "tests", ROOT / "benchmarks"):  # llama_np, the tests'
 from llama_np import kernels, load  # noqa: E402
 from llama_np.model import Model  # noqa: E402
 from llama_np.packed import int8_group_size  # noqa: E402
+from llama_np.quants import quantize_q8_0  # noqa: E402
 from llama_np.tools.known_models import known_config  # noqa: E402
 from llama_np.tools.random_model import random_model  # noqa: E402
 
@@ -137,41 +139,53 @@ def errors(a: np.ndarray, b: np.ndarray, free: list[int], reference: list[int]) 
     }
 
 
-def vnni_rounding(name: str, n: int, kind: str) -> dict | None:
-    """Q4_K_M or Q8_0 blocks of a model shape: the vnni kernels (int8 activations) against the numba
-    kernels (float32 activations), each decoding the float kernels' greedy sequence
-    token by token (decode is where the kernels run; prefill uses BLAS). None when the vnni
-    kernels or `gguf` are missing, or no matrix has a vnni kernel (K-quants and vnni's Q8_0 need
-    rows of whole 256s)."""
+def decode_logits(model: Model, sequence: list[int]) -> np.ndarray:
+    """(T - 1, V) the logits after each token of `sequence` but the last, one decode step at a
+    time (teacher forcing where the compiled kernels run: prefill multiplies with BLAS)."""
+    cache = model.new_cache(len(sequence))
+    return np.stack([model.decode(t, cache) for t in sequence[:-1]])
+
+
+def block_rows(ref: Model, prompt: list[int], n: int) -> list[dict]:
+    """The fp32 model stored as GGUF Q8_0 and Q4_K_M blocks (round to nearest: kquants.py),
+    decoded with numba's float kernels and with the vnni kernels (activations rounded to int8
+    per 256), each against fp32. [] without the vnni kernels, `gguf`, or rows of whole 256s."""
     try:
         from checkpoint_writers import write_gguf
         from gguf_types import types_for
-        from util import random_tensors
+        from kquants import quantize_q4_k, quantize_q6_k
     except ImportError:
-        return None
-    config = known_config(name)
-    tensors = random_tensors(config, scale=0.02)
-    types = types_for(kind, tensors)
-    if not kernels.vnni_available() or config.dim % 256:
-        return None
-    prompt = np.random.default_rng(1).integers(3, config.vocab_size, 16).tolist()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.gguf"
-        write_gguf(path, config.replace(max_seq_len=len(prompt) + n + 1), tensors, types)
-        model = load(path)
-    runs = {}
-    try:
-        for name_ in ("numba", "vnni"):
-            kernels.use(name_)
-            if name_ == "numba":
-                sequence = prompt + greedy(model, prompt, n)
-            cache = model.new_cache(len(sequence))
-            logits = np.stack([model.decode(t, cache) for t in sequence[:-1]])  # (T-1, V)
-            runs[name_] = (logits, greedy(model, prompt, n))
-    finally:
-        kernels.use(None)
-    row = errors(runs["numba"][0], runs["vnni"][0], runs["vnni"][1], sequence[len(prompt) :])
-    return {"weights": kind, **row}
+        return []
+    if not kernels.vnni_available() or ref.config.dim % 256 or ref.config.hidden_dim % 256:
+        return []
+    quantize = {"Q8_0": quantize_q8_0, "Q4_K": quantize_q4_k, "Q6_K": quantize_q6_k}
+    sequence = prompt + greedy(ref, prompt, n)
+    a = decode_logits(ref, sequence)
+    tensors = tensors_of(ref)
+    rows = []
+    for kind in ("Q8_0", "Q4_K_M"):
+        types = types_for(kind, tensors)
+        blocks = {k: quantize[types[k]](v) for k, v in tensors.items() if v.ndim == 2}
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.gguf"
+            write_gguf(path, ref.config, tensors, types, blocks=blocks)
+            model = load(path)
+        try:
+            for name, activations in (("numba", "float32"), ("vnni", "int8")):
+                kernels.use(name)
+                b = decode_logits(model, sequence)
+                free = greedy(model, prompt, n)
+                rows.append(
+                    {
+                        "weights": kind,
+                        "kv_cache": "float32",
+                        "activations": f"{activations} ({name} kernels)",
+                        **errors(a, b, free, sequence[len(prompt) :]),
+                    }
+                )
+        finally:
+            kernels.use(None)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,7 +193,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="stories260K,stories15M,stories110M")
     parser.add_argument("--tokens", type=int, default=200, help="greedy tokens compared")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    parser.add_argument("--vnni-model", default="stories110M", help="shape for the vnni table")
     args = parser.parse_args(argv)
     results = {}
     for name in args.models.split(","):
@@ -190,12 +203,10 @@ def main(argv: list[str] | None = None) -> int:
             model = random_model(known_config(name), seed=0)
             prompt = np.random.default_rng(1).integers(3, model.config.vocab_size, 16).tolist()
         n = min(args.tokens, model.config.max_seq_len - len(prompt))
-        results[name] = compare(model, prompt, n)
-    vnni = [vnni_rounding(args.vnni_model, args.tokens, k) for k in ("Q8_0", "Q4_K_M")]
-    vnni = [row for row in vnni if row] if args.vnni_model else []
+        results[name] = compare(model, prompt, n) + block_rows(model, prompt, n)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "accuracy.json").write_text(json.dumps({**results, "vnni": vnni}, indent=2) + "\n")
+    (out / "accuracy.json").write_text(json.dumps(results, indent=2) + "\n")
     lines = [
         f"`python benchmarks/accuracy.py` — each variant against fp32 weights and fp32 KV cache, "
         f"teacher-forced on fp32's greedy sequence ({args.tokens} tokens, fewer if the context "
@@ -213,23 +224,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['relative_to_logit_std']:.4f} | {100 * r['argmax_agreement']:.1f}% | "
                 f"{r['greedy_tokens_identical']} / {r['greedy_tokens']} |"
             )
-    if vnni:
-        lines += [
-            "",
-            f"The vnni kernels' int8 activations (per 256) against the float numba kernels, "
-            f"both on GGUF blocks ({args.vnni_model} shape, random blocks), decoding the float "
-            "kernels' greedy sequence token by token:",
-            "",
-            "| model | weights | max logit error | ÷ logit std | argmax agreement | "
-            "free greedy: identical tokens |",
-            "|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {args.vnni_model} | {r['weights']} | {r['max_logit_error']:.4f} | "
-            f"{r['relative_to_logit_std']:.4f} | {100 * r['argmax_agreement']:.1f}% | "
-            f"{r['greedy_tokens_identical']} / {r['greedy_tokens']} |"
-            for r in vnni
-        ]
     markdown = "\n".join(lines) + "\n"
     (out / "accuracy.md").write_text(markdown)
     print(markdown)

@@ -349,12 +349,14 @@ def write_gguf(
     arch: str = "llama",
     rope_divisors: np.ndarray | None = None,
     metadata: dict | None = None,
+    blocks: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Write a llama GGUF; -> the float32 weights it holds (by Meta name), dequantized by gguf.
 
     Matrices take the type `types[name]` (or `types` for all); norms stay F32 as llama.cpp
-    keeps them. Block types get random blocks (the given values are ignored). `metadata`
-    adds keys (e.g. a tokenizer's): str, bool, int (uint32), lists and NumPy arrays.
+    keeps them. Block types get random blocks (the given values are ignored), or the raw rows
+    `blocks[name]` when given (e.g. the weights quantized). `metadata` adds keys (e.g. a
+    tokenizer's): str, bool, int (uint32), lists and NumPy arrays.
     """
     rng = np.random.default_rng(seed)
     writer = gguf.GGUFWriter(path, arch)
@@ -394,6 +396,8 @@ def write_gguf(
             stored, raw_dtype = array.astype(np.float16), None
         elif kind == "BF16":
             stored, raw_dtype = gguf.quants.quantize(array, QT.BF16), QT.BF16
+        elif blocks and name in blocks:
+            stored, raw_dtype = blocks[name], QT[kind]
         else:
             stored, raw_dtype = random_blocks(kind, array.shape, rng), QT[kind]
         writer.add_tensor(gguf_name(name), stored, raw_dtype=raw_dtype)

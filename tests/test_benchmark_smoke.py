@@ -7,6 +7,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,3 +100,27 @@ def test_harness_times_llama_cpp_and_llama_np_on_the_same_gguf(tmp_path):
         assert e["llama_np_decode"]["min"] > 0 and e["ratio"] > 0
     markdown = (tmp_path / "latest.md").read_text()
     assert "| stories260K Q4_K_M | 500.0 |" in markdown
+
+
+@pytest.mark.parametrize(("kind", "worst"), [("Q4_K", 0.5 / 15), ("Q6_K", 0.5 / 31)])
+def test_kquant_quantizers_round_trip_through_gguf(kind, worst):
+    """benchmarks/kquants.py (accuracy.py's Q4_K_M files): gguf's dequantizer gives back each
+    weight within about half a quantization step of its block's range."""
+    import gguf
+    from gguf.quants import dequantize
+
+    spec = importlib.util.spec_from_file_location("kquants", ROOT / "benchmarks" / "kquants.py")
+    kquants = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(kquants)
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((6, 512)) * 0.02).astype(np.float32)
+    w[0, :256] = 0  # a block of zeros
+    w[1, 7] = 0.5  # an outlier
+    raw = {"Q4_K": kquants.quantize_q4_k, "Q6_K": kquants.quantize_q6_k}[kind](w)
+    back = dequantize(raw, gguf.GGMLQuantizationType[kind]).reshape(w.shape)
+    assert np.all(back[0, :256] == 0)
+    blocks = np.abs(w).reshape(6, 2, 256).max(axis=2, keepdims=True)  # (6, 2, 1) per block
+    # the step: the range / levels, plus the 6- or 8-bit rounding of the scales themselves
+    error = np.abs(back - w).reshape(6, 2, 256)
+    assert np.all(error <= 2 * blocks * (worst * 1.6) + 1e-6)
+    assert np.sqrt(np.mean((back - w) ** 2)) < 0.1 * np.sqrt(np.mean(w**2))

@@ -171,11 +171,11 @@ def test_mixed_kind_stack_runs_each_parts_kernel(n, b, seed):
 # ---------------------------------------------------------------- vnni: int8 activations
 
 
-def rounded_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """float64 (x as the vnni kernels round it, the rounding's bound), both (B, K): each 256
-    values scaled by max|x| / 127 and rounded to integers, so off by at most half a step."""
-    blocks = x.astype(np.float64).reshape(x.shape[0], -1, 256)  # (B, K/256, 256)
-    step = np.abs(blocks).max(axis=-1, keepdims=True) / 127  # (B, K/256, 1)
+def rounded_rows(x: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
+    """float64 (x as the vnni kernels round it, the rounding's bound), both (B, K): each group
+    of values scaled by max|x| / 127 and rounded to integers, so off by at most half a step."""
+    blocks = x.astype(np.float64).reshape(x.shape[0], -1, group)  # (B, K/G, G)
+    step = np.abs(blocks).max(axis=-1, keepdims=True) / 127  # (B, K/G, 1)
     rounded = np.rint(blocks / np.where(step > 0, step, 1)) * step
     return rounded.reshape(x.shape), np.broadcast_to(step / 2, blocks.shape).reshape(x.shape)
 
@@ -192,8 +192,8 @@ def rounded_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 )
 def test_vnni_kernels_are_the_product_with_rounded_activations(kind, blocks, n, b, scales, seed):
     """vnni's integer products equal the float64 product of gguf's dequantized weights with
-    the activations rounded to int8 per 256 (float32 rounding aside), and so differ from the
-    exact product by no more than the rounding allows: Σ |w| × half a step."""
+    the activations rounded to int8 per 256 (Q8_0: per 32) (float32 rounding aside), and so
+    differ from the exact product by no more than the rounding allows: Σ |w| × half a step."""
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize
 
@@ -209,7 +209,7 @@ def test_vnni_kernels_are_the_product_with_rounded_activations(kind, blocks, n, 
         kernels.use(None)
 
     w = dequantize(raw, GGMLQuantizationType[kind]).astype(np.float64)  # (N, K)
-    rounded, half_step = rounded_rows(x)
+    rounded, half_step = rounded_rows(x, 32 if kind == "Q8_0" else 256)
     magnitude = np.abs(rounded).sum(axis=1, keepdims=True) * field_magnitude(kind, raw)
     assert close(out, rounded @ w.T, magnitude)
     exact = x.astype(np.float64) @ w.T

@@ -9,8 +9,8 @@ first unpack each weight into a float32 lane. Measured on TinyLlama's matrices, 
 Q4_K 7.5 -> 24.6 GB/s, Q6_K 3.9 -> 30.3, Q8_0 21.6 -> 40.6 (partly from the CPU's cache).
 
 So each product first rounds its activation rows to int8, one float32 scale per 256 values
-(`quantize_rows`, llama.cpp's "Q8_K"; llama.cpp rounds Q8_0's per 32): x ~ xd * xq. That
-rounding is the price: outputs differ from the float kernels by about 1% of their largest
+for K-quants (`quantize_rows`, llama.cpp's "Q8_K"), per 32 for Q8_0 (as llama.cpp): x ~ xd * xq.
+That rounding is the price: outputs differ from the float kernels by about 1% of their largest
 value (benchmarks/accuracy.py measures it on whole models). These kernels are the "vnni"
 kernel choice; "numba" keeps activations float32.
 
@@ -45,31 +45,31 @@ def available() -> bool:
 
 
 @njit(cache=True)
-def quantize_rows(x):
-    """x (B, K) float32 -> xq (B, K) int8, xd (B, K/256) float32, xs (B, K/16) int32 with
-    x ~ xd * xq per 256 values (xd = max|x| / 127) and xs the sums of each 16 of xq (for the
-    min and offset terms). A block holding NaN or Inf gets xd = NaN: its products are NaN."""
+def quantize_rows(x, group):
+    """x (B, K) float32 -> xq (B, K) int8, xd (B, K/group) float32, xs (B, K/16) int32 with
+    x ~ xd * xq per group of values (xd = max|x| / 127) and xs the sums of each 16 of xq (for
+    the min and offset terms). A group holding NaN or Inf gets xd = NaN: its products are NaN."""
     B, K = x.shape
     xq = np.empty((B, K), dtype=np.int8)
-    xd = np.empty((B, K // QK), dtype=np.float32)
+    xd = np.empty((B, K // group), dtype=np.float32)
     xs = np.empty((B, K // 16), dtype=np.int32)
     for b in range(B):
-        for i in range(K // QK):
-            block = x[b, i * QK : (i + 1) * QK]
+        for i in range(K // group):
+            values = x[b, i * group : (i + 1) * group]
             amax, finite = np.float32(0), True
-            for j in range(QK):
-                amax = max(amax, abs(block[j]))
-                finite &= np.isfinite(block[j])
+            for j in range(group):
+                amax = max(amax, abs(values[j]))
+                finite &= np.isfinite(values[j])
             if not finite:
                 xd[b, i] = np.nan
-                xq[b, i * QK : (i + 1) * QK] = 0
+                xq[b, i * group : (i + 1) * group] = 0
             elif amax == 0:
                 xd[b, i] = 0
-                xq[b, i * QK : (i + 1) * QK] = 0
+                xq[b, i * group : (i + 1) * group] = 0
             else:
                 inverse = np.float32(127) / amax
-                for j in range(QK):
-                    xq[b, i * QK + j] = np.int8(np.rint(block[j] * inverse))
+                for j in range(group):
+                    xq[b, i * group + j] = np.int8(np.rint(values[j] * inverse))
                 xd[b, i] = amax / np.float32(127)
         for g in range(K // 16):
             t = np.int32(0)
@@ -200,7 +200,7 @@ def _q4k_block(typingctx, row, o, xq, k, xs, xd):
 def matmul_q4_k(raw, x, out):
     """raw (N, K/256*144) uint8 Q4_K blocks, x (B, K) float32 -> out (B, N)."""
     N, K = raw.shape[0], x.shape[1]
-    xq, xd, xs = quantize_rows(x)
+    xq, xd, xs = quantize_rows(x, QK)
     for n in prange(N):
         row = raw[n]
         for b in range(x.shape[0]):
@@ -263,7 +263,7 @@ def _q6k_block(typingctx, row, o, xq, k, xs, xd):
 def matmul_q6_k(raw, x, out):
     """raw (N, K/256*210) uint8 Q6_K blocks, x (B, K) float32 -> out (B, N)."""
     N, K = raw.shape[0], x.shape[1]
-    xq, xd, xs = quantize_rows(x)
+    xq, xd, xs = quantize_rows(x, QK)
     for n in prange(N):
         row = raw[n]
         for b in range(x.shape[0]):
@@ -291,22 +291,25 @@ def _sum_floats(builder, lanes):
 @intrinsic
 def _q8_0_blocks(typingctx, row, o, xq, k, xs, xd):
     """float32 Σ_j w_j x_j over the 8 Q8_0 blocks (256 weights) at row[o : o + 272] and
-    activations x ~ xd * xq[k : k + 256], as _q4k_block.
+    activations x ~ xd[k/32 + t] * xq[k + 32t : k + 32t + 32] for block t (scales per 32, as
+    llama.cpp rounds activations for Q8_0 weights; xs: sums of each 16 of xq).
 
     w = d q with q signed, and vpdpbusd needs one unsigned side: q + 128 (q xor 0x80) is, so
-    Σ q xq = Σ (q + 128) xq - 128 Σ xq per block, with Σ xq from xs."""
+    Σ q xq = Σ (q + 128) xq - 128 Σ xq per block."""
 
     def codegen(context, builder, signature, args):
         row_v, o_v, xq_v, k_v, xs_v, xd_v = args
-        row_t, _, xq_t, _, xs_t, _ = signature.args
-        F16 = ir.VectorType(ir.FloatType(), 16)
+        row_t, _, xq_t, _, xs_t, xd_t = signature.args
+        F8, F16 = ir.VectorType(F32, 8), ir.VectorType(F32, 16)
         d = ir.Constant(ir.VectorType(ir.HalfType(), 8), ir.Undefined)
         for blk in range(8):
             bits = _load(
                 context, builder, row_t, row_v, _at(builder, o_v, 34 * blk), ir.IntType(16)
             )
             d = builder.insert_element(d, builder.bitcast(bits, ir.HalfType()), I32(blk))
-        d = builder.fpext(d, ir.VectorType(ir.FloatType(), 8))  # (8,) the blocks' scales
+        block = builder.udiv(k_v, ir.Constant(k_v.type, 32))
+        x_scales = _load(context, builder, xd_t, xd_v, block, F8)
+        d = builder.fmul(builder.fpext(d, F8), x_scales)  # (8,) weight scale × activation scale
         lanes = ir.Constant(F16, [0.0] * 16)
         for p in range(4):  # blocks 2p (lanes 0-7) and 2p + 1 (lanes 8-15)
             V32 = ir.VectorType(I8, 32)
@@ -323,11 +326,10 @@ def _q8_0_blocks(typingctx, row, o, xq, k, xs, xd):
             _select(builder, sums16, sums16, range(0, 16, 2)),
             _select(builder, sums16, sums16, range(1, 16, 2)),
         )
-        shift = builder.fmul(d, builder.sitofp(sums32, d.type))  # d Σ xq per block
-        total = builder.fsub(
+        shift = builder.fmul(d, builder.sitofp(sums32, F8))  # scales × Σ xq per block
+        return builder.fsub(
             _sum_floats(builder, lanes), builder.fmul(_sum_floats(builder, shift), F32(128.0))
         )
-        return builder.fmul(xd_v, total)
 
     return types.float32(row, o, xq, k, xs, xd), codegen
 
@@ -336,13 +338,13 @@ def _q8_0_blocks(typingctx, row, o, xq, k, xs, xd):
 def matmul_q8_0(raw, x, out):
     """raw (N, K/32*34) uint8 Q8_0 blocks, K a multiple of 256; x (B, K) float32 -> out (B, N)."""
     N, K = raw.shape[0], x.shape[1]
-    xq, xd, xs = quantize_rows(x)
+    xq, xd, xs = quantize_rows(x, 32)
     for n in prange(N):
         row = raw[n]
         for b in range(x.shape[0]):
             total = np.float32(0)
             for i in range(K // QK):
-                total += _q8_0_blocks(row, i * 272, xq[b], i * QK, xs[b], xd[b, i])
+                total += _q8_0_blocks(row, i * 272, xq[b], i * QK, xs[b], xd[b])
             out[b, n] = total
 
 
