@@ -141,7 +141,7 @@ def status(field: str) -> int:
 def load_probe(path: str, weights_dtype: str, n_prompt: int, n_new: int) -> dict:
     """In a fresh process: load a checkpoint file, generate; load time and peak RSS."""
     interpreter = status("VmRSS")  # Python, NumPy and llama_np imported, no model yet
-    if weights_dtype != "fp32" and kernels.active() == "numba":
+    if weights_dtype != "fp32" and kernels.active() != "numpy":
         # The kernel layer's fixed cost, whatever the model's size: numba, LLVM and the
         # compiled kernel (~130 MB). Counted with the interpreter, and reported.
         tiny = pack(weights_dtype, np.ones((4, 64), dtype=np.float32), Scratch())

@@ -45,6 +45,7 @@ MAX_ROWS = 8
 _LOCK = threading.Lock()
 _selected: str | None = None  # set by use(); None: from the environment / what is installed
 _numba_error: str | None = None  # why `import numba` failed, once tried
+_vnni: bool | None = None  # whether vnni_available(), once asked
 
 
 def numba_available() -> bool:
@@ -61,12 +62,16 @@ def numba_available() -> bool:
 
 
 def vnni_available() -> bool:
-    """Whether the vnni kernels can be used: numba imports and the CPU has AVX-512 VNNI."""
-    if not numba_available():
-        return False
-    from . import vnni
+    """Whether the vnni kernels can be used: numba imports and the CPU has AVX-512 VNNI
+    (asked once: the default kernels are looked up before every product)."""
+    global _vnni
+    if _vnni is None:
+        _vnni = numba_available()
+        if _vnni:
+            from . import vnni
 
-    return vnni.available()
+            _vnni = vnni.available()
+    return _vnni
 
 
 def use(name: str | None) -> str:

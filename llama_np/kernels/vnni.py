@@ -24,6 +24,7 @@ numba_jit.py. The instruction exists only on CPUs with AVX-512 VNNI (`available(
 from __future__ import annotations
 
 import llvmlite.binding
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -39,7 +40,10 @@ QK = 256  # activations rounded per 256 values, one K-quant block
 
 
 def available() -> bool:
-    """Whether this CPU has the AVX-512 VNNI instruction the kernels are built on."""
+    """Whether this CPU has the AVX-512 VNNI instruction the kernels are built on, and numba
+    compiles for this CPU (not for another one named by $NUMBA_CPU_NAME / _FEATURES)."""
+    if numba.config.CPU_NAME not in (None, "host") or numba.config.CPU_FEATURES:
+        return False
     features = llvmlite.binding.get_host_cpu_features()
     return bool(features.get("avx512vnni")) and bool(features.get("avx512bw"))
 
