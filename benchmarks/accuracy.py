@@ -12,10 +12,10 @@ The "int8 activations" variant also rounds every matrix product's input rows to 
 of 32 (one float32 scale each), as llama.cpp does to run Q8_0 products as integer dot products:
 it measures what that rounding costs in accuracy.
 
-The GGUF rows measure the rounding the vnni kernels really do (llama_np/kernels/vnni.py:
-Q8_0, Q4_K and Q6_K blocks, activations rounded to int8 per 256): the fp32 model is stored as
-Q8_0 and as Q4_K_M blocks (benchmarks/kquants.py) and decodes the same sequence token by
-token with numba's float kernels and with the vnni kernels. They need numba, a CPU with
+The GGUF rows measure the rounding the vnni kernels really do (llama_np/kernels/vnni.py: Q8_0,
+Q4_K, Q5_K and Q6_K blocks, activations rounded to int8 per 256, Q8_0's per 32): the fp32 model
+is stored as Q8_0 and as Q4_K_M blocks (benchmarks/kquants.py) and decodes the same sequence
+token by token with numba's float kernels and with the vnni kernels. They need numba, a CPU with
 AVX-512 VNNI and the `gguf` package (test extra), and models whose rows are whole 256s
 (stories110M here); they are skipped otherwise.
 """

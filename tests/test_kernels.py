@@ -181,7 +181,7 @@ def rounded_rows(x: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @requires_vnni
-@pytest.mark.parametrize("kind", ["Q4_K", "Q6_K", "Q8_0"])
+@pytest.mark.parametrize("kind", ["Q4_K", "Q5_K", "Q6_K", "Q8_0"])
 @settings(max_examples=10, deadline=None)
 @given(
     blocks=st.integers(1, 4),

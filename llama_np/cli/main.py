@@ -317,7 +317,7 @@ def add_kernels_arg(parser: argparse.ArgumentParser) -> None:
         "--kernels",
         choices=kernels.KERNELS,
         default=None,
-        help="how compressed weights multiply: vnni (compiled; Q8_0/Q4_K/Q6_K as int8 dot "
+        help="how compressed weights multiply: vnni (compiled; Q8_0/Q4_K/Q5_K/Q6_K as int8 dot "
         "products, activations rounded to int8 as llama.cpp does; the default on CPUs with "
         "AVX-512 VNNI), "
         "numba (compiled, float activations; the default elsewhere; both need "

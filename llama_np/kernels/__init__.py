@@ -10,9 +10,9 @@ multiplies a few activation rows (decode: one token, or a small batch) in one of
     numba  compiled loops (numba_jit.py) that widen each weight inside the dot product: the
            stored bytes are read once, nothing else is written. Installed by the `fast` extra
            (`pip install -e '.[fast]'`). Results equal the NumPy path's up to float rounding.
-    vnni   numba, except that Q8_0, Q4_K and Q6_K blocks (Q8_0 and Q4_K_M files) multiply as
-           integers with AVX-512 VNNI, activations rounded to int8 first, as llama.cpp does
-           (vnni.py): 2-8x faster than their float loops, outputs ~1% off
+    vnni   numba, except that Q8_0, Q4_K, Q5_K and Q6_K blocks (Q8_0, Q4_K_M and Q5_K_M files)
+           multiply as integers with AVX-512 VNNI, activations rounded to int8 first, as
+           llama.cpp does (vnni.py): 2-8x faster than their float loops, outputs ~1% off
            (benchmarks/accuracy.py).
 
 `LLAMA_NP_KERNELS=numpy|numba|vnni` (or the CLI's `--kernels`, or `use(...)`) picks one; the
@@ -107,7 +107,7 @@ def describe() -> str:
 
         line = f"{name} ({numba_jit.VERSION}; {', '.join(numba_jit.KINDS)}"
         if name == "vnni":
-            return line + "; Q8_0, Q4_K and Q6_K as int8 dot products, AVX-512 VNNI)"
+            return line + "; Q8_0, Q4_K, Q5_K and Q6_K as int8 dot products, AVX-512 VNNI)"
         other = "vnni: this CPU has AVX-512 VNNI" if vnni_available() else "no AVX-512 VNNI"
         return f"{line}; {other})"
     if numba_available():

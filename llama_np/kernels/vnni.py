@@ -1,12 +1,12 @@
-"""Q8_0, Q4_K and Q6_K products as integer dot products (AVX-512 VNNI), as llama.cpp runs them.
+"""Q8_0 and K-quant products as integer dot products (AVX-512 VNNI), as llama.cpp runs them.
 
-A GGUF block weight is a small integer (Q8_0: -128..127, Q4_K: 0..15, Q6_K: 0..63) times
-scales shared by 16 or 32 weights. If the activations are small integers too, a block's dot
-product is a sum of byte products, and one VNNI instruction (`vpdpbusd`) multiplies 64
+A GGUF block weight is a small integer (Q8_0: -128..127, Q4_K: 0..15, Q5_K: 0..31, Q6_K: 0..63)
+times scales shared by 16 or 32 weights. If the activations are small integers too, a block's
+dot product is a sum of byte products, and one VNNI instruction (`vpdpbusd`) multiplies 64
 unsigned weight bytes by 64 signed activation bytes and adds each 4 neighbouring products into
 one of 16 int32 lanes: 64 multiply-adds, where the float kernels (numba_jit.py) do 16 and must
-first unpack each weight into a float32 lane. Measured on TinyLlama's matrices, same run:
-Q4_K 7.5 -> 24.6 GB/s, Q6_K 3.9 -> 30.3, Q8_0 21.6 -> 40.6 (partly from the CPU's cache).
+first unpack each weight into a float32 lane. Measured on TinyLlama's matrices, same run: Q4_K
+7.5 -> 24.6 GB/s, Q6_K 3.9 -> 30.3, Q8_0 21.6 -> 40.6 (partly from the CPU's cache).
 
 So each product first rounds its activation rows to int8, one float32 scale per 256 values
 for K-quants (`quantize_rows`, llama.cpp's "Q8_K"), per 32 for Q8_0 (as llama.cpp): x ~ xd * xq.
@@ -136,7 +136,7 @@ def _to_float(builder, integer):
     return builder.sitofp(integer, ir.FloatType())
 
 
-# ---------------------------------------------------------------- Q4_K
+# ---------------------------------------------------------------- Q4_K and Q5_K
 
 
 def _q4k_scales_mins(context, builder, row_type, row, offset):
@@ -160,12 +160,10 @@ def _q4k_scales_mins(context, builder, row_type, row, offset):
     return builder.zext(scales, V8i32), builder.zext(mins, V8i32)
 
 
-@intrinsic
-def _q4k_block(typingctx, row, o, xq, k, xs, xd):
-    """float32 Σ_j w_j x_j over the Q4_K block at row[o : o + 144] and activations
-    x ~ xd * xq[k : k + 256] (xs: sums of each 16 of xq, from xs[k / 16]).
-
-    w = d sc q - dmin m, so Σ w x = xd (d Σ_s sc_s Σ q xq - dmin Σ_s m_s Σ xq)."""
+def _k4_codegen(fifth_bits: bool):
+    """The codegen of a Q4_K block (fifth_bits False) or a Q5_K block (True: as Q4_K, plus 32
+    bytes qh before the nibbles, bit s of byte j the fifth bit of weight j of sub-block s)."""
+    nibbles_at = 48 if fifth_bits else 16
 
     def codegen(context, builder, signature, args):
         row_v, o_v, xq_v, k_v, xs_v, xd_v = args
@@ -173,9 +171,20 @@ def _q4k_block(typingctx, row, o, xq, k, xs, xd):
         d = _half(context, builder, row_t, row_v, o_v)
         dmin = _half(context, builder, row_t, row_v, _at(builder, o_v, 2))
         scales, mins = _q4k_scales_mins(context, builder, row_t, row_v, _at(builder, o_v, 4))
+        if fifth_bits:
+            V32 = ir.VectorType(I8, 32)
+            qh = _load(context, builder, row_t, row_v, _at(builder, o_v, 16), V32)
+            # (qh >> s) & 1, moved to bit 4: sub-block s's fifth bits, one byte per weight
+            fifth = [
+                builder.shl(
+                    builder.and_(builder.lshr(qh, _splat(V32, s)), _splat(V32, 1)), _splat(V32, 4)
+                )
+                for s in range(8)
+            ]
         lanes = ZERO
         for c in range(2):  # bytes 64c..64c+63: chunks 2c and 2c+1 of 32 bytes
-            packed = _load(context, builder, row_t, row_v, _at(builder, o_v, 16 + 64 * c), BYTES)
+            at = _at(builder, o_v, nibbles_at + 64 * c)
+            packed = _load(context, builder, row_t, row_v, at, BYTES)
             low = builder.and_(packed, _splat(BYTES, 15))  # sub-blocks 4c (bytes 0-31), 4c+2
             high = builder.lshr(packed, _splat(BYTES, 4))  # sub-blocks 4c+1, 4c+3
             # in weight order: sub-blocks 4c, 4c+1 | 4c+2, 4c+3
@@ -183,6 +192,10 @@ def _q4k_block(typingctx, row, o, xq, k, xs, xd):
             second = _select(builder, low, high, [*range(32, 64), *range(96, 128)])
             for h, weights in enumerate((first, second)):
                 s = 4 * c + 2 * h  # this vector's sub-blocks: s (lanes 0-7) and s + 1
+                if fifth_bits:
+                    weights = builder.or_(
+                        weights, _select(builder, fifth[s], fifth[s + 1], range(64))
+                    )
                 x = _load(context, builder, xq_t, xq_v, _at(builder, k_v, 128 * c + 64 * h), BYTES)
                 scale = _select(builder, scales, scales, [s] * 8 + [s + 1] * 8)
                 lanes = builder.add(lanes, builder.mul(_dot_bytes(builder, weights, x), scale))
@@ -197,7 +210,22 @@ def _q4k_block(typingctx, row, o, xq, k, xs, xd):
         total = builder.fsub(builder.fmul(d, dots), builder.fmul(dmin, min_terms))
         return builder.fmul(xd_v, total)
 
-    return types.float32(row, o, xq, k, xs, xd), codegen
+    return codegen
+
+
+@intrinsic
+def _q4k_block(typingctx, row, o, xq, k, xs, xd):
+    """float32 Σ_j w_j x_j over the Q4_K block at row[o : o + 144] and activations
+    x ~ xd * xq[k : k + 256] (xs: sums of each 16 of xq, from xs[k / 16]).
+
+    w = d sc q - dmin m, so Σ w x = xd (d Σ_s sc_s Σ q xq - dmin Σ_s m_s Σ xq)."""
+    return types.float32(row, o, xq, k, xs, xd), _k4_codegen(fifth_bits=False)
+
+
+@intrinsic
+def _q5k_block(typingctx, row, o, xq, k, xs, xd):
+    """The same over the Q5_K block at row[o : o + 176] (q in 0..31: a fifth bit from qh)."""
+    return types.float32(row, o, xq, k, xs, xd), _k4_codegen(fifth_bits=True)
 
 
 @njit(**JIT)
@@ -211,6 +239,20 @@ def matmul_q4_k(raw, x, out):
             total = np.float32(0)
             for i in range(K // QK):
                 total += _q4k_block(row, i * 144, xq[b], i * QK, xs[b], xd[b, i])
+            out[b, n] = total
+
+
+@njit(**JIT)
+def matmul_q5_k(raw, x, out):
+    """raw (N, K/256*176) uint8 Q5_K blocks, x (B, K) float32 -> out (B, N)."""
+    N, K = raw.shape[0], x.shape[1]
+    xq, xd, xs = quantize_rows(x, QK)
+    for n in prange(N):
+        row = raw[n]
+        for b in range(x.shape[0]):
+            total = np.float32(0)
+            for i in range(K // QK):
+                total += _q5k_block(row, i * 176, xq[b], i * QK, xs[b], xd[b, i])
             out[b, n] = total
 
 
@@ -360,6 +402,7 @@ def supports(rows) -> bool:
 # packed.PackedRows kind -> kernel(rows, x, out), as numba_jit.KINDS
 KINDS = {
     "Q4_K": lambda r, x, out: matmul_q4_k(r.data, x, out),
+    "Q5_K": lambda r, x, out: matmul_q5_k(r.data, x, out),
     "Q6_K": lambda r, x, out: matmul_q6_k(r.data, x, out),
     "Q8_0": lambda r, x, out: matmul_q8_0(r.data, x, out),
 }
