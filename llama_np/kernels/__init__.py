@@ -163,7 +163,13 @@ def _check_installed(name: str, what: str, instead: str) -> None:
             f"or {instead}numpy"
         )
     if name == "vnni" and not vnni_available():
-        raise ArgumentError(f"{what}, but this CPU has no AVX-512 VNNI: {instead}numba")
+        cpu = (
+            "numba compiles for another CPU ($NUMBA_CPU_NAME)"
+            if os.environ.get("NUMBA_CPU_NAME", "host") != "host"
+            or os.environ.get("NUMBA_CPU_FEATURES")
+            else "this CPU has no AVX-512 VNNI"
+        )
+        raise ArgumentError(f"{what}, but {cpu}: {instead}numba")
 
 
 def _check(name: str, where: str) -> None:
