@@ -50,7 +50,8 @@ def test_harness_writes_json_and_markdown(tmp_path):
         assert run["peak_rss"] >= run["load_peak_rss"] > run["interpreter_rss"] > 0
     assert [run["weights_dtype"] for run in load["runs"]] == ["fp32", "int8"]
     ttft = results["ttft"]
-    assert ttft["context"] == 512 and ttft["fresh_seconds"] > 0 and ttft["warm"]["min"] > 0
+    assert ttft["context"] == 512 and ttft["fresh"]["min"] > 0 and ttft["warm"]["min"] > 0
+    assert ttft["processes"] == 1 and ttft["ratio"] > 0  # --repeats 1: one process
 
     markdown = (tmp_path / "latest.md").read_text()
     assert "| stories260K → int8 |" in markdown
