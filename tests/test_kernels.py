@@ -343,15 +343,22 @@ def test_environment_variable(monkeypatch):
 def test_unknown_or_missing_kernels_name_the_fix(monkeypatch, use_kernels):
     with pytest.raises(ArgumentError, match="must be one of numpy, numba, vnni, got 'c'"):
         use_kernels("c")
-    monkeypatch.setattr(kernels, "vnni_available", lambda: False)
-    with pytest.raises(ArgumentError, match="no AVX-512 VNNI: use --kernels numba"):
-        use_kernels("vnni")
-    if kernels.numba_available():
-        assert kernels.active() == "numba"  # the default without VNNI
     monkeypatch.setattr(kernels, "_numba_error", "numba is not installed")
     with pytest.raises(ArgumentError, match=r"pip install -e '\.\[fast\]', or use --kernels numpy"):
         use_kernels("numba")
     assert kernels.active() == "numpy"  # the default falls back
+
+
+def test_vnni_needs_the_instruction(monkeypatch, use_kernels):
+    """Without AVX-512 VNNI the vnni kernels are refused by name and the default is numba."""
+    monkeypatch.setattr(kernels, "numba_available", lambda: True)
+    monkeypatch.setattr(kernels, "vnni_available", lambda: False)
+    with pytest.raises(ArgumentError, match="no AVX-512 VNNI: use --kernels numba"):
+        use_kernels("vnni")
+    assert kernels.active() == "numba"
+    monkeypatch.setenv("NUMBA_CPU_NAME", "generic")
+    with pytest.raises(ArgumentError, match=r"another CPU \(\$NUMBA_CPU_NAME\)"):
+        use_kernels("vnni")
 
 
 def test_cli_kernels_flag_and_info(capsys):
