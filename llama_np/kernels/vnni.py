@@ -5,8 +5,9 @@ times scales shared by 16 or 32 weights. If the activations are small integers t
 dot product is a sum of byte products, and one VNNI instruction (`vpdpbusd`) multiplies 64
 unsigned weight bytes by 64 signed activation bytes and adds each 4 neighbouring products into
 one of 16 int32 lanes: 64 multiply-adds, where the float kernels (numba_jit.py) do 16 and must
-first unpack each weight into a float32 lane. Measured on TinyLlama's matrices, same run: Q4_K
-7.5 -> 24.6 GB/s, Q6_K 3.9 -> 30.3, Q8_0 21.6 -> 40.6 (partly from the CPU's cache).
+first unpack each weight into a float32 lane. Measured on TinyLlama's matrices, float kernel ->
+this one in the same run: Q4_K 7.5 -> 24.6 GB/s, Q5_K 9.6 -> 27.2, Q6_K 3.9 -> 30.3, Q8_0 21.6
+-> 45 (partly from the CPU's cache).
 
 So each product first rounds its activation rows to int8, one float32 scale per 256 values
 for K-quants (`quantize_rows`, llama.cpp's "Q8_K"), per 32 for Q8_0 (as llama.cpp): x ~ xd * xq.
