@@ -149,7 +149,8 @@ def decode_logits(model: Model, sequence: list[int]) -> np.ndarray:
 def block_rows(ref: Model, prompt: list[int], n: int) -> list[dict]:
     """The fp32 model stored as GGUF Q8_0 and Q4_K_M blocks (round to nearest: kquants.py),
     decoded with numba's float kernels and with the vnni kernels (activations rounded to int8
-    per 256), each against fp32. [] without the vnni kernels, `gguf`, or rows of whole 256s."""
+    per 32 for Q8_0, per 256 for K-quants), each against fp32. [] without the vnni kernels,
+    `gguf`, or rows of whole 256s."""
     try:
         from checkpoint_writers import write_gguf
         from gguf_types import types_for

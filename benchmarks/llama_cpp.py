@@ -85,7 +85,7 @@ def bench(bin_dir: Path, model: Path, n_prompt: int, repeats: int) -> dict:
     """llama-bench on 2 threads: prefill tok/s of each repetition after its warm-up run, its
     peak RSS, and the first prefill of a fresh process (a second run: one repetition, no
     warm-up)."""
-    cmd = [str(bin_dir / "llama-bench"), "-m", str(model), "-t", "2", "-o", "json"]
+    cmd = _bench_command(bin_dir, model)
     out, peak = _measured([*cmd, "-p", str(n_prompt), "-n", "0", "-r", str(repeats)])
     rates = [n_prompt / (ns / 1e9) for ns in json.loads(out)[0]["samples_ns"]]
     result: dict = {"peak_rss": peak, "prefill_rates": rates}
@@ -96,9 +96,13 @@ def bench(bin_dir: Path, model: Path, n_prompt: int, repeats: int) -> dict:
 
 def decode(bin_dir: Path, model: Path, n_gen: int) -> float:
     """One llama-bench decode run of n_gen tokens on 2 threads, after its warm-up: tok/s."""
-    cmd = [str(bin_dir / "llama-bench"), "-m", str(model), "-t", "2", "-o", "json"]
-    out, _ = _measured([*cmd, "-p", "0", "-n", str(n_gen), "-r", "1"])
+    out, _ = _measured([*_bench_command(bin_dir, model), "-p", "0", "-n", str(n_gen), "-r", "1"])
     return n_gen / (json.loads(out)[0]["samples_ns"][0] / 1e9)
+
+
+def _bench_command(bin_dir: Path, model: Path) -> list[str]:
+    """llama-bench on one GGUF file, 2 threads, JSON output (the tests and -p/-n follow)."""
+    return [str(bin_dir / "llama-bench"), "-m", str(model), "-t", "2", "-o", "json"]
 
 
 def _measured(cmd: list[str]) -> tuple[str, int]:

@@ -45,7 +45,7 @@ MAX_ROWS = 8
 _LOCK = threading.Lock()
 _selected: str | None = None  # set by use(); None: from the environment / what is installed
 _numba_error: str | None = None  # why `import numba` failed, once tried
-_vnni: bool | None = None  # whether vnni_available(), once asked
+_vnni_reason: str | None = None  # why the vnni kernels cannot run ("": they can), once asked
 
 
 def numba_available() -> bool:
@@ -64,14 +64,20 @@ def numba_available() -> bool:
 def vnni_available() -> bool:
     """Whether the vnni kernels can be used: numba imports and the CPU has AVX-512 VNNI
     (asked once: the default kernels are looked up before every product)."""
-    global _vnni
-    if _vnni is None:
-        _vnni = numba_available()
-        if _vnni:
+    return _vnni_unavailable() is None
+
+
+def _vnni_unavailable() -> str | None:
+    """Why the vnni kernels cannot run here, or None (asked once)."""
+    global _vnni_reason
+    if _vnni_reason is None:
+        if numba_available():
             from . import vnni
 
-            _vnni = vnni.available()
-    return _vnni
+            _vnni_reason = vnni.unavailable_reason() or ""
+        else:
+            _vnni_reason = _numba_error
+    return _vnni_reason or None
 
 
 def use(name: str | None) -> str:
@@ -163,13 +169,7 @@ def _check_installed(name: str, what: str, instead: str) -> None:
             f"or {instead}numpy"
         )
     if name == "vnni" and not vnni_available():
-        cpu = (
-            "numba compiles for another CPU ($NUMBA_CPU_NAME)"
-            if os.environ.get("NUMBA_CPU_NAME", "host") != "host"
-            or os.environ.get("NUMBA_CPU_FEATURES")
-            else "this CPU has no AVX-512 VNNI"
-        )
-        raise ArgumentError(f"{what}, but {cpu}: {instead}numba")
+        raise ArgumentError(f"{what}, but {_vnni_unavailable()}: {instead}numba")
 
 
 def _check(name: str, where: str) -> None:

@@ -35,18 +35,24 @@ from .numba_jit import JIT
 
 I8, I32, F32 = ir.IntType(8), ir.IntType(32), ir.FloatType()
 BYTES = ir.VectorType(I8, 64)  # one zmm register as 64 bytes
+HALF_BYTES = ir.VectorType(I8, 32)  # a ymm register: 32 bytes
 LANES = ir.VectorType(I32, 16)  # ... or as 16 int32 lanes
 ZERO = ir.Constant(LANES, [0] * 16)
 QK = 256  # activations rounded per 256 values, one K-quant block
 
 
-def available() -> bool:
-    """Whether this CPU has the AVX-512 VNNI instruction the kernels are built on, and numba
-    compiles for this CPU (not for another one named by $NUMBA_CPU_NAME / _FEATURES)."""
-    if numba.config.CPU_NAME not in (None, "host") or numba.config.CPU_FEATURES:
-        return False
+def unavailable_reason() -> str | None:
+    """Why these kernels cannot run here, or None when they can: they need the AVX-512 VNNI
+    instruction, on this CPU, and numba compiling for this CPU (not for another one named by
+    $NUMBA_CPU_NAME / $NUMBA_CPU_FEATURES)."""
+    if numba.config.CPU_NAME not in (None, "host"):
+        return "numba compiles for another CPU ($NUMBA_CPU_NAME)"
+    if numba.config.CPU_FEATURES:
+        return "numba compiles for other CPU features ($NUMBA_CPU_FEATURES)"
     features = llvmlite.binding.get_host_cpu_features()
-    return bool(features.get("avx512vnni")) and bool(features.get("avx512bw"))
+    if not (features.get("avx512vnni") and features.get("avx512bw")):
+        return "this CPU has no AVX-512 VNNI"
+    return None
 
 
 @njit(cache=True)
@@ -101,7 +107,7 @@ def _at(builder, base, plus: int):
 def _half(context, builder, row_type, row, offset):
     """The fp16 at row[offset:offset + 2] as float (exact: subnormals, Inf and NaN kept)."""
     bits = _load(context, builder, row_type, row, offset, ir.IntType(16))
-    return builder.fpext(builder.bitcast(bits, ir.HalfType()), ir.FloatType())
+    return builder.fpext(builder.bitcast(bits, ir.HalfType()), F32)
 
 
 def _llvm_function(builder, name: str, result, arguments):
@@ -134,7 +140,16 @@ def _splat(vector_type, value: int):
 
 
 def _to_float(builder, integer):
-    return builder.sitofp(integer, ir.FloatType())
+    return builder.sitofp(integer, F32)
+
+
+def _sums_of_32(context, builder, xs_type, xs, k):
+    """<8 x i32>: Σ xq over each 32 values from k on, from xs's sums of each 16."""
+    sums16 = _load(context, builder, xs_type, xs, builder.udiv(k, ir.Constant(k.type, 16)), LANES)
+    return builder.add(
+        _select(builder, sums16, sums16, range(0, 16, 2)),
+        _select(builder, sums16, sums16, range(1, 16, 2)),
+    )
 
 
 # ---------------------------------------------------------------- Q4_K and Q5_K
@@ -173,7 +188,7 @@ def _k4_codegen(fifth_bits: bool):
         dmin = _half(context, builder, row_t, row_v, _at(builder, o_v, 2))
         scales, mins = _q4k_scales_mins(context, builder, row_t, row_v, _at(builder, o_v, 4))
         if fifth_bits:
-            V32 = ir.VectorType(I8, 32)
+            V32 = HALF_BYTES
             qh = _load(context, builder, row_t, row_v, _at(builder, o_v, 16), V32)
             # (qh >> s) & 1, moved to bit 4: sub-block s's fifth bits, one byte per weight
             fifth = [
@@ -200,12 +215,7 @@ def _k4_codegen(fifth_bits: bool):
                 x = _load(context, builder, xq_t, xq_v, _at(builder, k_v, 128 * c + 64 * h), BYTES)
                 scale = _select(builder, scales, scales, [s] * 8 + [s + 1] * 8)
                 lanes = builder.add(lanes, builder.mul(_dot_bytes(builder, weights, x), scale))
-        g = builder.udiv(k_v, ir.Constant(k_v.type, 16))
-        sums16 = _load(context, builder, xs_t, xs_v, g, LANES)
-        sums32 = builder.add(  # Σ xq of each sub-block of 32
-            _select(builder, sums16, sums16, range(0, 16, 2)),
-            _select(builder, sums16, sums16, range(1, 16, 2)),
-        )
+        sums32 = _sums_of_32(context, builder, xs_t, xs_v, k_v)  # Σ xq of each sub-block
         dots = _to_float(builder, _sum_lanes(builder, lanes))
         min_terms = _to_float(builder, _sum_lanes(builder, builder.mul(mins, sums32)))
         total = builder.fsub(builder.fmul(d, dots), builder.fmul(dmin, min_terms))
@@ -229,11 +239,16 @@ def _q5k_block(typingctx, row, o, xq, k, xs, xd):
     return types.float32(row, o, xq, k, xs, xd), _k4_codegen(fifth_bits=True)
 
 
+# The four row loops (matmul_q4_k, _q5_k, _q6_k, _q8_0) differ only in their block function
+# and size, and stay four functions: numba caches on disk only functions defined at module
+# level (one made by a factory around the block function recompiled in every process).
+
+
 @njit(**JIT)
 def matmul_q4_k(raw, x, out):
     """raw (N, K/256*144) uint8 Q4_K blocks, x (B, K) float32 -> out (B, N)."""
     N, K = raw.shape[0], x.shape[1]
-    xq, xd, xs = quantize_rows(x, QK)
+    xq, xd, xs = quantize_rows(x, QK)  # (B, K) int8, (B, K/256) float32, (B, K/16) int32
     for n in prange(N):
         row = raw[n]
         for b in range(x.shape[0]):
@@ -247,7 +262,7 @@ def matmul_q4_k(raw, x, out):
 def matmul_q5_k(raw, x, out):
     """raw (N, K/256*176) uint8 Q5_K blocks, x (B, K) float32 -> out (B, N)."""
     N, K = raw.shape[0], x.shape[1]
-    xq, xd, xs = quantize_rows(x, QK)
+    xq, xd, xs = quantize_rows(x, QK)  # (B, K) int8, (B, K/256) float32, (B, K/16) int32
     for n in prange(N):
         row = raw[n]
         for b in range(x.shape[0]):
@@ -273,7 +288,7 @@ def _q6k_block(typingctx, row, o, xq, k, xs, xd):
     def codegen(context, builder, signature, args):
         row_v, o_v, xq_v, k_v, xs_v, xd_v = args
         row_t, _, xq_t, _, xs_t, _ = signature.args
-        V32 = ir.VectorType(I8, 32)
+        V32 = HALF_BYTES
         raw_scales = _load(
             context, builder, row_t, row_v, _at(builder, o_v, 192), ir.VectorType(I8, 16)
         )
@@ -310,7 +325,7 @@ def _q6k_block(typingctx, row, o, xq, k, xs, xd):
 def matmul_q6_k(raw, x, out):
     """raw (N, K/256*210) uint8 Q6_K blocks, x (B, K) float32 -> out (B, N)."""
     N, K = raw.shape[0], x.shape[1]
-    xq, xd, xs = quantize_rows(x, QK)
+    xq, xd, xs = quantize_rows(x, QK)  # (B, K) int8, (B, K/256) float32, (B, K/16) int32
     for n in prange(N):
         row = raw[n]
         for b in range(x.shape[0]):
@@ -358,8 +373,8 @@ def _q8_0_blocks(typingctx, row, o, xq, k, xs, xd):
         x_scales = _load(context, builder, xd_t, xd_v, block, F8)
         d = builder.fmul(builder.fpext(d, F8), x_scales)  # (8,) weight scale × activation scale
         lanes = ir.Constant(F16, [0.0] * 16)
+        V32 = HALF_BYTES
         for p in range(4):  # blocks 2p (lanes 0-7) and 2p + 1 (lanes 8-15)
-            V32 = ir.VectorType(I8, 32)
             first = _load(context, builder, row_t, row_v, _at(builder, o_v, 68 * p + 2), V32)
             second = _load(context, builder, row_t, row_v, _at(builder, o_v, 68 * p + 36), V32)
             unsigned = builder.xor(_select(builder, first, second, range(64)), _splat(BYTES, 128))
@@ -367,12 +382,7 @@ def _q8_0_blocks(typingctx, row, o, xq, k, xs, xd):
             dots = builder.sitofp(_dot_bytes(builder, unsigned, x), F16)
             scale = _select(builder, d, d, [2 * p] * 8 + [2 * p + 1] * 8)
             lanes = builder.fadd(lanes, builder.fmul(dots, scale))
-        g = builder.udiv(k_v, ir.Constant(k_v.type, 16))
-        sums16 = _load(context, builder, xs_t, xs_v, g, LANES)
-        sums32 = builder.add(
-            _select(builder, sums16, sums16, range(0, 16, 2)),
-            _select(builder, sums16, sums16, range(1, 16, 2)),
-        )
+        sums32 = _sums_of_32(context, builder, xs_t, xs_v, k_v)  # Σ xq of each block
         shift = builder.fmul(d, builder.sitofp(sums32, F8))  # scales × Σ xq per block
         return builder.fsub(
             _sum_floats(builder, lanes), builder.fmul(_sum_floats(builder, shift), F32(128.0))
@@ -385,7 +395,7 @@ def _q8_0_blocks(typingctx, row, o, xq, k, xs, xd):
 def matmul_q8_0(raw, x, out):
     """raw (N, K/32*34) uint8 Q8_0 blocks, K a multiple of 256; x (B, K) float32 -> out (B, N)."""
     N, K = raw.shape[0], x.shape[1]
-    xq, xd, xs = quantize_rows(x, 32)
+    xq, xd, xs = quantize_rows(x, 32)  # (B, K) int8, (B, K/32) float32, (B, K/16) int32
     for n in prange(N):
         row = raw[n]
         for b in range(x.shape[0]):
