@@ -12,12 +12,14 @@ The "int8 activations" variant also rounds every matrix product's input rows to 
 of 32 (one float32 scale each), as llama.cpp does to run Q8_0 products as integer dot products:
 it measures what that rounding costs in accuracy.
 
-The GGUF rows measure the rounding the vnni kernels really do (llama_np/kernels/vnni.py: Q8_0,
-Q4_K, Q5_K and Q6_K blocks, activations rounded to int8 per 256, Q8_0's per 32): the fp32 model
-is stored as Q8_0 and as Q4_K_M blocks (benchmarks/kquants.py) and decodes the same sequence
-token by token with numba's float kernels and with the vnni kernels. They need numba, a CPU with
-AVX-512 VNNI and the `gguf` package (test extra), and models whose rows are whole 256s
-(stories110M here); they are skipped otherwise.
+The rows named after a kernel layer measure the rounding the vnni kernels really do
+(llama_np/kernels/vnni.py: this project's int8 and GGUF Q8_0 weights with activations rounded
+to int8 per 32, Q4_K, Q5_K and Q6_K blocks per 256): the fp32 model is stored as int8, as Q8_0
+and as Q4_K_M blocks (benchmarks/kquants.py) and decodes the same sequence token by token with
+numba's float kernels and with the vnni kernels. They need numba, a CPU with AVX-512 VNNI and
+the `gguf` package (test extra), and models whose rows are whole 256s (stories110M here);
+they are skipped otherwise. Every other row runs with float activations (numba's kernels, or
+NumPy's without numba).
 """
 
 from __future__ import annotations
@@ -110,21 +112,28 @@ def compare(ref: Model, prompt: list[int], n: int) -> list[dict]:
     a = ref.prefill(sequence, ref.new_cache(len(sequence)), all_logits=True)  # (T, V)
     tensors = tensors_of(ref)
     rows = []
-    for weights_dtype, kv_dtype, int8_x in VARIANTS:
-        model = Model.from_tensors(ref.config, tensors, weights_dtype=weights_dtype)
-        if int8_x:
-            model = int8_activations(model)
-        b = model.prefill(sequence, model.new_cache(len(sequence), dtype=kv_dtype), True)
-        free = greedy(model, prompt, n, kv_dtype)
-        rows.append(
-            {
-                "weights": weights_dtype,
-                "kv_cache": np.dtype(kv_dtype).name,
-                "activations": "int8" if int8_x else "float32",
-                **errors(a, b, free, sequence[len(prompt) :]),
-            }
-        )
+    # float activations, even where the default kernels (vnni) would round them
+    kernels.use("numba" if kernels.numba_available() else "numpy")
+    try:
+        rows = [variant(ref, tensors, prompt, sequence, a, *v) for v in VARIANTS]
+    finally:
+        kernels.use(None)
     return rows
+
+
+def variant(ref, tensors, prompt, sequence, a, weights_dtype, kv_dtype, int8_x) -> dict:
+    """One VARIANTS row: teacher-forced logits against a (T, V), and a free greedy run."""
+    model = Model.from_tensors(ref.config, tensors, weights_dtype=weights_dtype)
+    if int8_x:
+        model = int8_activations(model)
+    b = model.prefill(sequence, model.new_cache(len(sequence), dtype=kv_dtype), True)
+    free = greedy(model, prompt, len(sequence) - len(prompt), kv_dtype)
+    return {
+        "weights": weights_dtype,
+        "kv_cache": np.dtype(kv_dtype).name,
+        "activations": "int8" if int8_x else "float32",
+        **errors(a, b, free, sequence[len(prompt) :]),
+    }
 
 
 def errors(a: np.ndarray, b: np.ndarray, free: list[int], reference: list[int]) -> dict:
@@ -147,10 +156,10 @@ def decode_logits(model: Model, sequence: list[int]) -> np.ndarray:
 
 
 def block_rows(ref: Model, prompt: list[int], n: int) -> list[dict]:
-    """The fp32 model stored as GGUF Q8_0 and Q4_K_M blocks (round to nearest: kquants.py),
-    decoded with numba's float kernels and with the vnni kernels (activations rounded to int8
-    per 32 for Q8_0, per 256 for K-quants), each against fp32. [] without the vnni kernels,
-    `gguf`, or rows of whole 256s."""
+    """The fp32 model stored as int8 and as GGUF Q8_0 and Q4_K_M blocks (round to nearest:
+    kquants.py), decoded with numba's float kernels and with the vnni kernels (activations
+    rounded to int8 per 32 for int8 and Q8_0, per 256 for K-quants), each against fp32. []
+    without the vnni kernels, `gguf`, or rows of whole 256s."""
     try:
         from checkpoint_writers import write_gguf
         from gguf_types import types_for
@@ -163,15 +172,17 @@ def block_rows(ref: Model, prompt: list[int], n: int) -> list[dict]:
     sequence = prompt + greedy(ref, prompt, n)
     a = decode_logits(ref, sequence)
     tensors = tensors_of(ref)
-    rows = []
+    models = {"int8": Model.from_tensors(ref.config, tensors, weights_dtype="int8")}
     for kind in ("Q8_0", "Q4_K_M"):
         types = types_for(kind, tensors)
         blocks = {k: quantize[types[k]](v) for k, v in tensors.items() if v.ndim == 2}
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model.gguf"
             write_gguf(path, ref.config, tensors, types, blocks=blocks)
-            model = load(path)
-        try:
+            models[kind] = load(path)
+    rows = []
+    try:
+        for kind, model in models.items():
             for name, activations in (("numba", "float32"), ("vnni", "int8")):
                 kernels.use(name)
                 b = decode_logits(model, sequence)
@@ -184,8 +195,8 @@ def block_rows(ref: Model, prompt: list[int], n: int) -> list[dict]:
                         **errors(a, b, free, sequence[len(prompt) :]),
                     }
                 )
-        finally:
-            kernels.use(None)
+    finally:
+        kernels.use(None)
     return rows
 
 

@@ -256,29 +256,45 @@ def checkpoint_file(name: str, files: Path) -> Path:
 
 
 def kernel_comparison(name: str, names: list[str], peaks, n_steps: int, rounds: int) -> list:
-    """Decode tokens/s of one shape stored as fp32, int8, bf16 and fp16, each compressed one
-    with every kernel layer in `names`, interleaved: each round times every variant once, so
-    that a busy machine slows all of them alike. `vs_fp32` is the median over rounds of the
-    variant's rate divided by fp32's in the same round."""
-    models = {d: build(name, d) for d in KERNEL_DTYPES}
-    variants = [("fp32", "blas")] + [(d, k) for d in KERNEL_DTYPES[1:] for k in names]
+    """Decode tokens/s of one shape stored as fp32, int8, bf16 and fp16, each with every kernel
+    layer in `names`, interleaved: each round times every variant once, so that a busy machine
+    slows all of them alike. `vs_fp32` is the median over rounds of the variant's rate divided
+    by fp32's with the same kernels in the same round. fp32 is loaded once per kernel layer
+    (its layout follows the kernels active at load: model.fp32_matrix); vnni differs from
+    numba only for int8, so the others run it only when numba is not in `names`."""
+    fp32_layer = {k: "numba" if k == "vnni" and "numba" in names else k for k in names}
+    variants = [(d, k) for d in KERNEL_DTYPES for k in names if d == "int8" or fp32_layer[k] == k]
+    models = {}
+    for dtype, kernel in variants:
+        key = (dtype, kernel if dtype == "fp32" else None)
+        if key not in models:
+            kernels.use(kernel)
+            models[key] = build(name, dtype)
+    kernels.use(None)
+
+    def model(dtype: str, kernel: str):
+        return models[dtype, kernel if dtype == "fp32" else None]
+
     rates: dict[tuple[str, str], list[float]] = {v: [] for v in variants}
     try:
         for _ in range(rounds):
             for dtype, kernel in variants:
-                kernels.use(None if kernel == "blas" else kernel)
-                rates[dtype, kernel] += time_decode(models[dtype], n_steps, 1)
+                kernels.use(kernel)
+                rates[dtype, kernel] += time_decode(model(dtype, kernel), n_steps, 1)
     finally:
         kernels.use(None)
-    fp32 = np.array(rates["fp32", "blas"])
     return [
         {
             "model": name,
             "weights_dtype": dtype,
             "kernels": kernel,
             **spread(rates[dtype, kernel]),
-            "bound": decode_bound(models[dtype].config, peaks, n_steps, weights_dtype=dtype),
-            "vs_fp32": float(np.median(np.array(rates[dtype, kernel]) / fp32)),
+            "bound": decode_bound(model(dtype, kernel).config, peaks, n_steps, dtype),
+            "vs_fp32": float(
+                np.median(
+                    np.array(rates[dtype, kernel]) / np.array(rates["fp32", fp32_layer[kernel]])
+                )
+            ),
         }
         for dtype, kernel in variants
     ]
@@ -394,9 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--kernel-layers",
-        default="numpy,numba",
-        help="kernel layers interleaved on --kernel-model and the 8B shape (int8/bf16/fp16: "
-        "vnni runs numba's kernels for these; default: numpy,numba, numba only when installed)",
+        default="numpy,numba,vnni",
+        help="kernel layers interleaved on --kernel-model and the 8B shape (vnni differs from "
+        "numba for int8 only; default: numpy,numba,vnni, each where it can run here)",
     )
     parser.add_argument("--no-hf", action="store_true", help="skip HF transformers")
     parser.add_argument(
@@ -521,32 +537,37 @@ def main(argv: list[str] | None = None) -> int:
         )
         gc.collect()
 
-    for dtype, kernel in [(d, k) for d in big for k in kernel_names]:
-        print(f"{BIG_MODEL} {dtype}, {kernel} kernels ...", file=sys.stderr)
+    for dtype in big:  # compressed: one build serves every kernel layer
         config = known_config(BIG_MODEL)
         need = n_params(config) * WEIGHT_BYTES[dtype] * 1.15  # + one tensor while building
         if available_memory() < need:  # the machine is shared: never push others into swap
-            print(f"  skipped: {need / 2**30:.1f} GiB needed, "
+            print(f"{BIG_MODEL} {dtype} skipped: {need / 2**30:.1f} GiB needed, "
                   f"{available_memory() / 2**30:.1f} GiB available", file=sys.stderr)  # fmt: skip
             continue
         t0 = time.perf_counter()
         model = random_model(config, dtype)
         build_seconds = time.perf_counter() - t0
-        kernels.use(kernel)
-        rates = time_decode(model, 3, max(1, repeats // 2))
-        kernels.use(None)
-        bound = decode_bound(config, peaks, 3, weights_dtype=dtype)
-        results["big"].append(
-            {
-                "model": BIG_MODEL,
-                "weights_dtype": dtype,
-                "kernels": kernel,
-                "params": n_params(config),
-                "weights_bytes": model.weights_nbytes,
-                "build_seconds": build_seconds,
-                "decode": {**spread(rates), "bound": bound, "fraction": np.median(rates) / bound},
-            }
-        )
+        for kernel in kernel_names:
+            print(f"{BIG_MODEL} {dtype}, {kernel} kernels ...", file=sys.stderr)
+            kernels.use(kernel)
+            rates = time_decode(model, 3, max(1, repeats // 2))
+            kernels.use(None)
+            bound = decode_bound(config, peaks, 3, weights_dtype=dtype)
+            results["big"].append(
+                {
+                    "model": BIG_MODEL,
+                    "weights_dtype": dtype,
+                    "kernels": kernel,
+                    "params": n_params(config),
+                    "weights_bytes": model.weights_nbytes,
+                    "build_seconds": build_seconds,
+                    "decode": {
+                        **spread(rates),
+                        "bound": bound,
+                        "fraction": np.median(rates) / bound,
+                    },
+                }
+            )
         del model
         gc.collect()
 
@@ -655,7 +676,8 @@ def to_markdown(r: dict) -> str:
         lines += [
             "",
             f"Kernel layer: {m.get('kernels', '?')}. Decode, batch 1, variants interleaved "
-            "round by round; × fp32 = median over rounds of the ratio to fp32 in the same round.",
+            "round by round; × fp32 = median over rounds of the ratio to fp32 with the same "
+            "kernels (vnni: numba's, the same for fp32) in the same round.",
             "",
             "| model (random weights) | weights | kernels | decode tok/s (min–max) | "
             "roofline tok/s | % of roofline | × fp32 decode |",

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import kernels
 from .config import LlamaConfig
 from .dtypes import release_pages, to_float32
 from .errors import ArgumentError, CheckpointError
@@ -33,7 +34,7 @@ from .hooks import Hook, match_points
 from .kv_cache import KVCache
 from .layers import apply_rope, attention, chunked_attention, rms_norm, rope_tables, swiglu
 from .limits import check_kv_cache_fits
-from .packed import Matrix, Scratch, check_weights_dtype, pack
+from .packed import FP32_KERNEL_MIN, Matrix, Scratch, check_weights_dtype, matmul, pack
 from .schema import tensor_specs
 
 # Prompts longer than this run attention in blocks of this many queries (layers.py).
@@ -50,14 +51,15 @@ __all__ = ["LAYER_FIELDS", "LayerWeights", "Model", "Step", "Weights"]
 
 @dataclass
 class LayerWeights:
-    """Weights of one transformer block, stored (in, out) so that activations do x @ W."""
+    """Weights of one transformer block. Matrices are (in, out), so that activations do x @ W;
+    fp32 ones are laid out in memory for the product that runs them (fp32_matrix)."""
 
     attn_norm: np.ndarray  # (D,)
     wqkv: Matrix  # (D, (H + 2*KVH) * HD)  q, k and v projections side by side: one matmul
     wo: Matrix  # (H*HD, D)
     mlp_norm: np.ndarray  # (D,)
     w_gate_up: Matrix  # (D, 2F)  gate and up projections side by side: one matmul
-    w_down: Matrix  # (F, D), in fp32 a view of (D, F) rows: see from_tensors
+    w_down: Matrix  # (F, D), in fp32 always a view of (D, F) rows: see from_tensors
     bqkv: np.ndarray | None = None  # ((H + 2*KVH) * HD,) optional q/k/v biases (schema.py)
     bo: np.ndarray | None = None  # (D,) optional output-projection bias
 
@@ -74,6 +76,22 @@ LAYER_FIELDS: dict[str, tuple[str, ...]] = {
     "w_gate_up": ("feed_forward.w1.weight", "feed_forward.w3.weight"),
     "w_down": ("feed_forward.w2.weight",),
 }
+
+
+def fp32_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """An empty float32 (out, in) matrix, laid out in memory for the product that will run it
+    in decode.   -> (n_out, n_in); the model uses its (in, out) transpose, x @ W.
+
+    With numpy kernels, BLAS: the transposed view of (in, out) rows, which OpenBLAS's
+    matrix-vector product streams fastest (measured from DRAM at D = 288: up to 2.7x faster
+    than dot products along rows of length D; ~1.1-1.2x at D = 768-2048; the classifier at
+    V=32000, D=768: 59 vs 35 GB/s). With compiled kernels active when the model is loaded,
+    and at least packed.FP32_KERNEL_MIN weights: (out, in) rows, one compiled dot product each
+    (packed.matmul), faster still (stories15M decode 1.3x, stories110M 1.2x, TinyLlama 1.05x).
+    """
+    if kernels.active() != "numpy" and n_out * n_in >= FP32_KERNEL_MIN:
+        return np.empty((n_out, n_in), dtype=np.float32)
+    return np.empty((n_in, n_out), dtype=np.float32).T
 
 
 @dataclass
@@ -201,28 +219,24 @@ class Model:
 
         scratch = Scratch()  # shared by every compressed matrix; unused for fp32
 
-        def fused(*names: str) -> np.ndarray:
+        def fused(*names: str) -> Matrix:
             # Stack (out, in) matrices along `out` (q, k, v or gate, up: one matmul instead of
-            # several), then store them (in, out) contiguous so that x @ W runs down whole
-            # rows of W. For decode's matrix-vector product this streams memory up to 2.7x
-            # faster than dot products along rows of length D (measured from DRAM at
-            # D = 288; ~1.1-1.2x at D = 768-2048). Compressed formats keep (out, in) rows,
-            # which they widen piece by piece.
-            if weights_dtype == "fp32":
-                rows = [tensors[n].shape[0] for n in names]
-                out = np.empty((tensors[names[0]].shape[1], sum(rows)), dtype=np.float32)
-                for name, start, n in zip(names, np.cumsum([0, *rows]), rows, strict=False):
-                    convert(name, out[:, start : start + n].T)
-                return out  # (in, out)
-            packed = pack(weights_dtype, [tensors[n] for n in names], scratch)
-            report(len(names))
-            return packed.T
+            # several). Compressed formats keep (out, in) rows, which they widen piece by piece.
+            if weights_dtype != "fp32":
+                packed = pack(weights_dtype, [tensors[n] for n in names], scratch)
+                report(len(names))
+                return packed.T
+            rows = [tensors[n].shape[0] for n in names]
+            stacked = fp32_matrix(sum(rows), tensors[names[0]].shape[1])  # (out, in)
+            for name, start, n in zip(names, np.cumsum([0, *rows]), rows, strict=False):
+                convert(name, stacked[start : start + n])
+            return stacked.T  # (in, out)
 
-        def rows_kept(name: str) -> np.ndarray:
-            # The exception to (in, out) storage: w_down, whose input (F) is wider than its
-            # output (D). OpenBLAS's matrix-vector product runs faster through its (D, F) rows
-            # (measured: stories110M decode 61 -> 72 tok/s, 15M +3%, TinyLlama unchanged; no
-            # such gain for wo, and a loss for wqkv/w_gate_up). Used via the (in, out) view.
+        def rows_kept(name: str) -> Matrix:
+            # w_down, whose input (F) is wider than its output (D), is kept as (D, F) rows for
+            # BLAS too: OpenBLAS's matrix-vector product runs faster through them (measured:
+            # stories110M decode 61 -> 72 tok/s, 15M +3%, TinyLlama unchanged; no such gain
+            # for wo, and a loss for wqkv/w_gate_up).
             if weights_dtype != "fp32":
                 return fused(name)
             return f32(name).T  # (out, in) array, used as its (in, out) view
@@ -258,15 +272,15 @@ class Model:
         with ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="llama_np-load") as pool:
             layers = list(pool.map(layer, range(config.n_layers)))
         if weights_dtype == "fp32":
-            # The classifier is the largest matrix decode reads. Stored (D, V) contiguous, its
-            # product runs ~1.7x faster than through (V, D) rows of length D (measured at
-            # V=32000, D=768: 59 vs 35 GB/s). A tied embedding is then looked up as the
-            # classifier's columns: a strided gather of D values per token, microseconds.
+            # The classifier is the largest matrix decode reads. A tied embedding is looked up
+            # as its rows (V, D): with the BLAS layout a strided gather of D values per token,
+            # microseconds.
             table = "tok_embeddings.weight" if config.tie_embeddings else "output.weight"
-            classifier = np.empty((config.dim, config.vocab_size), dtype=np.float32)  # (D, V)
-            convert(table, classifier.T)
+            rows = fp32_matrix(config.vocab_size, config.dim)  # (V, D)
+            convert(table, rows)
+            classifier = rows.T  # (D, V)
             if config.tie_embeddings:
-                embedding = classifier.T  # (V, D) view
+                embedding = rows  # (V, D)
             else:
                 embedding = f32("tok_embeddings.weight")  # (V, D)
         else:
@@ -387,7 +401,7 @@ class Model:
 
         # --- attention: each position gathers information from itself and earlier positions
         h = rms_norm(x, lw.attn_norm, cfg.norm_eps)  # (R, D)
-        qkv = h @ lw.wqkv  # (R, (H + 2*KVH) * HD)
+        qkv = matmul(h, lw.wqkv)  # (R, (H + 2*KVH) * HD)
         if lw.bqkv is not None:
             qkv += lw.bqkv
         positions = step.positions  # (R,)
@@ -419,7 +433,7 @@ class Model:
             attn = chunked_attention(q, k_cache, v_cache, step.ends, ATTENTION_CHUNK, hook)
         else:
             attn = attention(q, k_cache, v_cache, step.ends, hook)  # (B, T, H*HD)
-        attn_out = attn.reshape(B * T, H * HD) @ lw.wo  # (R, D)
+        attn_out = matmul(attn.reshape(B * T, H * HD), lw.wo)  # (R, D)
         if lw.bo is not None:
             attn_out += lw.bo
         if self.hooks:
@@ -438,9 +452,8 @@ class Model:
 
     def head(self, x: np.ndarray) -> np.ndarray:
         """Final RMSNorm and classifier.   (..., D) -> (..., V) logits"""
-        logits = (
-            rms_norm(x, self.weights.final_norm, self.config.norm_eps) @ self.weights.classifier
-        )
+        h = rms_norm(x, self.weights.final_norm, self.config.norm_eps)  # (..., D)
+        logits = matmul(h, self.weights.classifier)  # (..., V)
         if self.hooks:
             logits = self._run_hooks("logits", logits)
         return logits

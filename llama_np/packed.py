@@ -9,7 +9,8 @@ compressed matrix is widened to float32 a few rows at a time into one small prea
 scratch buffer, and each piece is multiplied right away, while it is still in the CPU cache.
 That is the reference path. With the optional compiled kernels (llama_np/kernels/, numba),
 decode's products instead widen each weight inside the dot product: `PackedTransposed`
-asks `kernels.compiled` first and falls back to this path.
+asks `kernels.compiled` first and falls back to this path. `matmul` is the one product the
+model calls for every weight, fp32 included (see there).
 
     bf16  the top 16 bits of a float32: widening is a shift (exact)
     fp16  IEEE half precision: NumPy's cast (exact, but slower than the bf16 shift)
@@ -272,6 +273,31 @@ class PackedTransposed:
 # A weight matrix as the model holds it: a float32 array, or a compressed one that
 # multiplies like an array (`x @ w`) and knows its `shape`, `nbytes` and `all_finite()`.
 Matrix = np.ndarray | PackedRows | StackedRows | PackedTransposed
+
+
+# Float32 matrices from this many weights up multiply decode's rows with a compiled kernel
+# when stored as rows (see matmul). Below it, BLAS's call costs less than a kernel's launch
+# (~1.5 us against ~4 us at 64x64; even at 288x288, from the CPU cache; 288x864: 12 vs 10 us).
+FP32_KERNEL_MIN = 1 << 16
+
+
+def matmul(x: np.ndarray, w: Matrix) -> np.ndarray:
+    """x (..., K) @ w (K, N) -> (..., N) float32: every weight product of the model.
+
+    This is `x @ w`, with one exception: a float32 w of FP32_KERNEL_MIN weights or more stored
+    as (N, K) rows (F-contiguous, the transposed view of its rows: model.py lays fp32 weights
+    out so when compiled kernels are active) multiplies a few activation rows, as in decode,
+    with the compiled kernels' dot product per row. Prefill's many rows stay with BLAS. A
+    compressed w has its own product (PackedTransposed.__rmatmul__).
+    """
+    if isinstance(w, np.ndarray) and w.flags.f_contiguous and w.size >= FP32_KERNEL_MIN:
+        K, N = w.shape
+        kernel = compiled(w.T, x.size // K)  # w.T: (N, K) C-contiguous rows
+        if kernel is not None:
+            out = np.empty((*x.shape[:-1], N), dtype=np.float32)  # (..., N)
+            kernel(x.reshape(-1, K), out.reshape(-1, N))
+            return out
+    return x @ w
 
 
 def all_finite(w: Matrix) -> bool:

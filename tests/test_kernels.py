@@ -228,19 +228,51 @@ def test_vnni_rounding_keeps_zeros_and_nan(use_kernels):
 
 
 @requires_vnni
+@pytest.mark.parametrize("kind", ["Q8_0", "int8"])
 @pytest.mark.parametrize(("k", "integer"), [(512, True), (288, False)])
-def test_vnni_q8_0_needs_rows_of_whole_256s(k, integer, use_kernels):
-    """vnni's Q8_0 kernel rounds activations per 256: rows of another length (stories15M's
-    288) keep numba's float kernel, and both give the product."""
+def test_vnni_q8_0_and_int8_need_rows_of_whole_256s(kind, k, integer, use_kernels):
+    """vnni's Q8_0 and int8 kernels take 256 weights at a time: rows of another length
+    (stories15M's 288) keep numba's float kernel."""
     from llama_np.kernels import numba_jit, vnni
 
-    raw = random_blocks("Q8_0", 3, k, 0, "random")
-    packed = PackedRows("Q8_0", raw, None, Scratch())
+    if kind == "Q8_0":
+        packed = PackedRows("Q8_0", random_blocks("Q8_0", 3, k, 0, "random"), None, Scratch())
+    else:
+        packed = pack("int8", np.ones((3, k), dtype=np.float32), Scratch())
     assert vnni.supports(packed) is integer
     use_kernels("vnni")
     kernel = kernels._kernel("vnni", packed)
-    expected = vnni.KINDS["Q8_0"] if integer else numba_jit.KINDS["Q8_0"]
+    expected = vnni.KINDS[kind] if integer else numba_jit.KINDS[kind]
     assert kernel is expected
+
+
+@requires_vnni
+@settings(max_examples=15, deadline=None)
+@given(
+    blocks=st.integers(1, 3),
+    n=st.integers(1, 9),
+    b=st.integers(1, 8),
+    values=st.sampled_from(["random", "zero", "extreme"]),
+    seed=st.integers(0, 2**16),
+)
+def test_vnni_int8_is_the_product_with_rounded_activations(blocks, n, b, values, seed):
+    """This project's int8 weights (one float32 scale per 32) through vnni: the float64
+    product of the stored weights with activations rounded to int8 per 32, as for Q8_0 (float32
+    rounding aside), and within the rounding's bound of the exact product."""
+    k = 256 * blocks
+    packed = pack("int8", own_weights("int8", n, k, seed, values), Scratch())
+    x = np.random.default_rng(seed + 1).standard_normal((b, k)).astype(np.float32)  # (B, K)
+    x[:, :3] = [0.0, -1e3, 1e-20]  # a zero, a large and a tiny activation
+    out = product(packed, x, "vnni")  # (B, N)
+
+    w = packed[np.arange(n)].astype(np.float64)  # (N, K) the weights as stored
+    rounded, half_step = rounded_rows(x, 32)
+    # The kernel multiplies q + 128 (vpdpbusd needs an unsigned side) and subtracts 128 Σ xq
+    # after: its float32 terms reach 256 × the weights' scale.
+    magnitude = np.abs(rounded).sum(axis=1, keepdims=True) * 256 * packed.scales.max(axis=(1, 2))
+    assert close(out, rounded @ w.T, magnitude)
+    exact = x.astype(np.float64) @ w.T
+    assert np.all(np.abs(out - exact) <= half_step @ np.abs(w).T + 1e-5 * magnitude + 1e-30)
 
 
 # ---------------------------------------------------------------- int8 / bf16 / fp16
@@ -304,6 +336,91 @@ def test_int8_kernel_needs_groups_of_32(k, compiled, use_kernels):
     use_kernels("numba")
     assert (kernels.compiled(packed, 1) is not None) is compiled
     np.testing.assert_allclose(np.ones((1, k), dtype=np.float32) @ packed.T, [[k] * 3])
+
+
+# ---------------------------------------------------------------- fp32
+
+
+@requires_numba
+@settings(max_examples=20, deadline=None)
+@given(
+    n=st.integers(1, 40),
+    k=st.integers(1, 300),
+    b=st.integers(0, kernels.MAX_ROWS + 2),  # 0: one (K,) vector; past MAX_ROWS: BLAS
+    special=st.sampled_from([None, np.nan, np.inf, 1e30]),
+    seed=st.integers(0, 2**16),
+)
+def test_fp32_rows_take_the_compiled_dot_products(n, k, b, special, seed):
+    """packed.matmul with a float32 matrix stored as (out, in) rows (its F-contiguous
+    transposed view, as fp32_matrix lays out weights for the compiled kernels): up to MAX_ROWS
+    activation rows run numba's kernel, and it gives the product, NaN and Inf included."""
+    from llama_np import packed as packed_module
+    from llama_np.kernels import numba_jit
+
+    calls, kernel = [], numba_jit.matmul_fp32
+
+    def spy(w, x, out):
+        calls.append(w.shape)
+        kernel(w, x, out)
+
+    rng = np.random.default_rng(seed)
+    rows = rng.standard_normal((n, k)).astype(np.float32)  # (N, K)
+    x = rng.standard_normal((b, k) if b else (k,)).astype(np.float32)
+    if special is not None:
+        x.flat[rng.integers(x.size)] = special
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(packed_module, "FP32_KERNEL_MIN", 0)  # small shapes too
+        patch.setattr(numba_jit, "matmul_fp32", spy)
+        kernels.use("numba")
+        try:
+            out = packed_module.matmul(x, rows.T)
+        finally:
+            kernels.use(None)
+    assert calls == ([(n, k)] if b <= kernels.MAX_ROWS else [])
+    with np.errstate(all="ignore"):
+        ref = x.astype(np.float64) @ rows.T.astype(np.float64)
+        magnitude = np.abs(x).astype(np.float64) @ np.abs(rows.T).astype(np.float64)
+    assert out.shape == ref.shape and out.dtype == np.float32
+    finite, inf = np.isfinite(ref), np.isinf(ref)
+    assert np.array_equal(np.isnan(out), np.isnan(ref))
+    assert np.array_equal(out[inf], ref[inf])  # ±Inf where the product has it
+    assert close(out[finite], ref[finite], magnitude[finite])
+
+
+SMALL_FP32 = llama_np.LlamaConfig(  # matrices of 64Ki weights and more: compiled in decode
+    dim=256, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=512, vocab_size=512, max_seq_len=32
+)
+
+
+@requires_numba
+def test_fp32_layout_follows_the_kernels_at_load(use_kernels):
+    """Loaded with compiled kernels active, fp32 matrices of FP32_KERNEL_MIN weights or more
+    are (out, in) rows (F-contiguous (in, out) views); with numpy kernels, (in, out) rows for
+    BLAS (w_down: (out, in) either way). Same shapes, same logits, and weights edited in place
+    act the same in both."""
+    from llama_np.tools.random_model import random_model
+
+    models = {}
+    for name in ("numpy", "numba"):
+        use_kernels(name)
+        models[name] = random_model(SMALL_FP32, std=0.1)
+    use_kernels(None)
+    blas, rows = models["numpy"].weights, models["numba"].weights
+    for field in ("wqkv", "wo", "w_gate_up"):
+        assert getattr(blas.layers[0], field).flags.c_contiguous
+        assert getattr(rows.layers[0], field).flags.f_contiguous
+        assert getattr(blas.layers[0], field).shape == getattr(rows.layers[0], field).shape
+    assert blas.layers[0].w_down.flags.f_contiguous and rows.layers[0].w_down.flags.f_contiguous
+    assert blas.classifier.flags.c_contiguous and rows.classifier.flags.f_contiguous
+    for weights in (blas, rows):
+        weights.layers[1].wo[:, :7] = 0  # an edit in place, through the (in, out) view
+    logits = {}
+    for name, model in models.items():
+        use_kernels(name)
+        cache = model.new_cache(8)
+        model.prefill([1, 2, 3], cache)
+        logits[name] = np.stack([model.decode(t, cache) for t in (4, 5)])  # (2, V)
+    np.testing.assert_allclose(logits["numba"], logits["numpy"], rtol=0, atol=1e-4)
 
 
 @requires_numba

@@ -10,15 +10,21 @@ multiplies a few activation rows (decode: one token, or a small batch) in one of
     numba  compiled loops (numba_jit.py) that widen each weight inside the dot product: the
            stored bytes are read once, nothing else is written. Installed by the `fast` extra
            (`pip install -e '.[fast]'`). Results equal the NumPy path's up to float rounding.
-    vnni   numba, except that Q8_0, Q4_K, Q5_K and Q6_K blocks (Q8_0, Q4_K_M and Q5_K_M files)
-           multiply as integers with AVX-512 VNNI, activations rounded to int8 first, as
-           llama.cpp does (vnni.py): 2-8x faster than their float loops, outputs ~1% off
-           (benchmarks/accuracy.py).
+    vnni   numba, except that this project's int8 and Q8_0, Q4_K, Q5_K and Q6_K blocks (Q8_0,
+           Q4_K_M and Q5_K_M files) multiply as integers with AVX-512 VNNI, activations rounded
+           to int8 first, as llama.cpp does (vnni.py): 1.5-8x faster than their float loops,
+           outputs ~1% off (benchmarks/accuracy.py).
 
 `LLAMA_NP_KERNELS=numpy|numba|vnni` (or the CLI's `--kernels`, or `use(...)`) picks one; the
 default is vnni on a CPU that has AVX-512 VNNI, else numba, when numba is installed. Compiled
 kernels run for up to MAX_ROWS activation rows; prefill's larger blocks stay with BLAS, which
 then does many FLOPs per widened weight.
+
+The same compiled loops multiply float32 weights too, in decode: a dot product per stored row
+runs faster than OpenBLAS's matrix-vector product at these sizes (no hand-off of each small
+product to its threads; stories15M decode 1.3x, stories110M 1.2x, TinyLlama 1.05x). For that
+the model stores its fp32 matrices as (out, in) rows when it is loaded with compiled kernels
+active (model.fp32_matrix); loaded with numpy kernels, they are laid out for BLAS.
 
 The one entry point is `compiled(rows, n_rows)`: packed.py asks it for a kernel before taking
 its NumPy path.
@@ -113,7 +119,7 @@ def describe() -> str:
 
         line = f"{name} ({numba_jit.VERSION}; {', '.join(numba_jit.KINDS)}"
         if name == "vnni":
-            return line + "; Q8_0, Q4_K, Q5_K and Q6_K as int8 dot products, AVX-512 VNNI)"
+            return line + "; int8, Q8_0, Q4_K, Q5_K and Q6_K as int8 dot products, AVX-512 VNNI)"
         other = "vnni: this CPU has AVX-512 VNNI" if vnni_available() else "no AVX-512 VNNI"
         return f"{line}; {other})"
     if numba_available():
@@ -125,20 +131,23 @@ def compiled(rows, n_rows: int) -> Callable[[np.ndarray, np.ndarray], None] | No
     """A compiled `kernel(x, out)` computing out (B, N) = x (B, K) @ rows.T, or None when the
     NumPy path should run (numpy kernels selected, no kernel for this storage, B > MAX_ROWS).
 
-    `rows` is a packed.PackedRows (N, K), whose `kind`, `data` and `scales` are read as
-    stored, or a packed.StackedRows of them (a fused q/k/v stored in Q4_K and Q6_K): each part
-    then fills its own columns of `out` with its own kernel.
+    `rows` is a C-contiguous float32 array (N, K), a packed.PackedRows (N, K), whose `kind`,
+    `data` and `scales` are read as stored, or a packed.StackedRows of them (a fused q/k/v
+    stored in Q4_K and Q6_K): each part then fills its own columns of `out` with its own kernel.
     """
     name = active()
     if n_rows > MAX_ROWS or name == "numpy":
         return None
     from . import numba_jit
 
-    parts = getattr(rows, "parts", [rows])  # a StackedRows' parts, or the one PackedRows
-    starts = getattr(rows, "starts", [0])  # the first output column of each part
-    if not all(numba_jit.supports(p) for p in parts):
-        return None
-    columns = [(_kernel(name, p), p, start) for p, start in zip(parts, starts, strict=False)]
+    if isinstance(rows, np.ndarray):  # float32 rows: one kernel, nothing stored to decode
+        columns = [(numba_jit.matmul_fp32, rows, 0)]
+    else:
+        parts = getattr(rows, "parts", [rows])  # a StackedRows' parts, or the one PackedRows
+        starts = getattr(rows, "starts", [0])  # the first output column of each part
+        if not all(numba_jit.supports(p) for p in parts):
+            return None
+        columns = [(_kernel(name, p), p, s) for p, s in zip(parts, starts, strict=False)]
 
     def run(x: np.ndarray, out: np.ndarray) -> None:
         x = np.ascontiguousarray(x, dtype=np.float32)

@@ -1,16 +1,19 @@
-"""Q8_0 and K-quant products as integer dot products (AVX-512 VNNI), as llama.cpp runs them.
+"""int8, Q8_0 and K-quant products as integer dot products (AVX-512 VNNI), as llama.cpp runs them.
 
 A GGUF block weight is a small integer (Q8_0: -128..127, Q4_K: 0..15, Q5_K: 0..31, Q6_K: 0..63)
-times scales shared by 16 or 32 weights. If the activations are small integers too, a block's
+times scales shared by 16 or 32 weights; so is this project's int8 (packed.py: -127..127, one
+float32 scale per 32). If the activations are small integers too, a block's
 dot product is a sum of byte products, and one VNNI instruction (`vpdpbusd`) multiplies 64
 unsigned weight bytes by 64 signed activation bytes and adds each 4 neighbouring products into
 one of 16 int32 lanes: 64 multiply-adds, where the float kernels (numba_jit.py) do 16 and must
 first unpack each weight into a float32 lane. Measured on TinyLlama's matrices, float kernel ->
 this one in the same run: Q4_K 7.5 -> 24.6 GB/s, Q5_K 9.6 -> 27.2, Q6_K 3.9 -> 30.3, Q8_0 21.6
--> 45 (partly from the CPU's cache).
+-> 45 (partly from the CPU's cache); int8 on stories110M's 2304x768 and 768x2048 matrices
+(from the CPU's cache) 51 -> 30 and 43 -> 30 us.
 
 So each product first rounds its activation rows to int8, one float32 scale per 256 values
-for K-quants (`quantize_rows`, llama.cpp's "Q8_K"), per 32 for Q8_0 (as llama.cpp): x ~ xd * xq.
+for K-quants (`quantize_rows`, llama.cpp's "Q8_K"), per 32 for Q8_0 and int8 (as llama.cpp
+for Q8_0): x ~ xd * xq.
 That rounding is the price: outputs differ from the float kernels by about 1% of their largest
 value (benchmarks/accuracy.py measures it on whole models). These kernels are the "vnni"
 kernel choice; "numba" keeps activations float32.
@@ -350,19 +353,39 @@ def _sum_floats(builder, lanes):
     return builder.extract_element(lanes, I32(0))
 
 
+def _signed_groups(context, builder, weights, d, xq, k, xs):
+    """float32 Σ_j w_j x_j over 8 groups of 32 signed int8 weights (256 values): `weights(p)`
+    gives the 64 bytes of groups 2p and 2p + 1, d (<8 x float>) each group's weight scale times
+    its activations' scale, and x ~ xq[k : k + 256] (xs: sums of each 16 of xq).
+
+    vpdpbusd needs one unsigned side: q + 128 (q xor 0x80) is, so Σ q xq = Σ (q + 128) xq -
+    128 Σ xq per group."""
+    (xq_t, xq_v), (xs_t, xs_v) = xq, xs
+    F8, F16 = ir.VectorType(F32, 8), ir.VectorType(F32, 16)
+    lanes = ir.Constant(F16, [0.0] * 16)
+    for p in range(4):  # groups 2p (lanes 0-7) and 2p + 1 (lanes 8-15)
+        unsigned = builder.xor(weights(p), _splat(BYTES, 128))
+        x = _load(context, builder, xq_t, xq_v, _at(builder, k, 64 * p), BYTES)
+        dots = builder.sitofp(_dot_bytes(builder, unsigned, x), F16)
+        scale = _select(builder, d, d, [2 * p] * 8 + [2 * p + 1] * 8)
+        lanes = builder.fadd(lanes, builder.fmul(dots, scale))
+    sums32 = _sums_of_32(context, builder, xs_t, xs_v, k)  # Σ xq of each group
+    shift = builder.fmul(d, builder.sitofp(sums32, F8))  # scales × Σ xq per group
+    return builder.fsub(
+        _sum_floats(builder, lanes), builder.fmul(_sum_floats(builder, shift), F32(128.0))
+    )
+
+
 @intrinsic
 def _q8_0_blocks(typingctx, row, o, xq, k, xs, xd):
     """float32 Σ_j w_j x_j over the 8 Q8_0 blocks (256 weights) at row[o : o + 272] and
     activations x ~ xd[k/32 + t] * xq[k + 32t : k + 32t + 32] for block t (scales per 32, as
-    llama.cpp rounds activations for Q8_0 weights; xs: sums of each 16 of xq).
-
-    w = d q with q signed, and vpdpbusd needs one unsigned side: q + 128 (q xor 0x80) is, so
-    Σ q xq = Σ (q + 128) xq - 128 Σ xq per block."""
+    llama.cpp rounds activations for Q8_0 weights; xs: sums of each 16 of xq). w = d q."""
 
     def codegen(context, builder, signature, args):
         row_v, o_v, xq_v, k_v, xs_v, xd_v = args
         row_t, _, xq_t, _, xs_t, xd_t = signature.args
-        F8, F16 = ir.VectorType(F32, 8), ir.VectorType(F32, 16)
+        F8 = ir.VectorType(F32, 8)
         d = ir.Constant(ir.VectorType(ir.HalfType(), 8), ir.Undefined)
         for blk in range(8):
             bits = _load(
@@ -372,21 +395,15 @@ def _q8_0_blocks(typingctx, row, o, xq, k, xs, xd):
         block = builder.udiv(k_v, ir.Constant(k_v.type, 32))
         x_scales = _load(context, builder, xd_t, xd_v, block, F8)
         d = builder.fmul(builder.fpext(d, F8), x_scales)  # (8,) weight scale × activation scale
-        lanes = ir.Constant(F16, [0.0] * 16)
-        V32 = HALF_BYTES
-        for p in range(4):  # blocks 2p (lanes 0-7) and 2p + 1 (lanes 8-15)
-            first = _load(context, builder, row_t, row_v, _at(builder, o_v, 68 * p + 2), V32)
-            second = _load(context, builder, row_t, row_v, _at(builder, o_v, 68 * p + 36), V32)
-            unsigned = builder.xor(_select(builder, first, second, range(64)), _splat(BYTES, 128))
-            x = _load(context, builder, xq_t, xq_v, _at(builder, k_v, 64 * p), BYTES)
-            dots = builder.sitofp(_dot_bytes(builder, unsigned, x), F16)
-            scale = _select(builder, d, d, [2 * p] * 8 + [2 * p + 1] * 8)
-            lanes = builder.fadd(lanes, builder.fmul(dots, scale))
-        sums32 = _sums_of_32(context, builder, xs_t, xs_v, k_v)  # Σ xq of each block
-        shift = builder.fmul(d, builder.sitofp(sums32, F8))  # scales × Σ xq per block
-        return builder.fsub(
-            _sum_floats(builder, lanes), builder.fmul(_sum_floats(builder, shift), F32(128.0))
-        )
+
+        def weights(p):  # blocks 2p and 2p + 1: 32 bytes each, after their 2-byte scale
+            first = _load(context, builder, row_t, row_v, _at(builder, o_v, 68 * p + 2), HALF_BYTES)
+            second = _load(
+                context, builder, row_t, row_v, _at(builder, o_v, 68 * p + 36), HALF_BYTES
+            )
+            return _select(builder, first, second, range(64))
+
+        return _signed_groups(context, builder, weights, d, (xq_t, xq_v), k_v, (xs_t, xs_v))
 
     return types.float32(row, o, xq, k, xs, xd), codegen
 
@@ -405,8 +422,49 @@ def matmul_q8_0(raw, x, out):
             out[b, n] = total
 
 
+# ---------------------------------------------------------------- this project's int8
+
+
+@intrinsic
+def _int8_groups(typingctx, q, scales, xq, k, xs, xd):
+    """float32 Σ_j w_j x_j over weights q[k : k + 256] (int8, 8 groups of 32, w = scale * q with
+    scales[k/32 + t] for group t: packed.py's int8) and activations rounded as for Q8_0."""
+
+    def codegen(context, builder, signature, args):
+        q_v, scales_v, xq_v, k_v, xs_v, xd_v = args
+        q_t, scales_t, xq_t, _, xs_t, xd_t = signature.args
+        F8 = ir.VectorType(F32, 8)
+        group = builder.udiv(k_v, ir.Constant(k_v.type, 32))
+        d = builder.fmul(  # (8,) weight scale × activation scale
+            _load(context, builder, scales_t, scales_v, group, F8),
+            _load(context, builder, xd_t, xd_v, group, F8),
+        )
+
+        def weights(p):  # groups 2p and 2p + 1: 64 consecutive bytes
+            return _load(context, builder, q_t, q_v, _at(builder, k_v, 64 * p), BYTES)
+
+        return _signed_groups(context, builder, weights, d, (xq_t, xq_v), k_v, (xs_t, xs_v))
+
+    return types.float32(q, scales, xq, k, xs, xd), codegen
+
+
+@njit(**JIT)
+def matmul_int8(q, scales, x, out):
+    """q (N, K) int8, scales (N, K/32) float32, K a multiple of 256; x (B, K) float32 -> out."""
+    N, K = q.shape
+    xq, xd, xs = quantize_rows(x, 32)  # (B, K) int8, (B, K/32) float32, (B, K/16) int32
+    for n in prange(N):
+        row, row_scales = q[n], scales[n]
+        for b in range(x.shape[0]):
+            total = np.float32(0)
+            for i in range(K // QK):
+                total += _int8_groups(row, row_scales, xq[b], i * QK, xs[b], xd[b])
+            out[b, n] = total
+
+
 def supports(rows) -> bool:
-    """Whether a kernel here multiplies this packed.PackedRows (Q8_0: rows of whole 256s)."""
+    """Whether a kernel here multiplies this packed.PackedRows (Q8_0 and int8: rows of whole
+    256s; numba_jit.supports has checked that int8 has one scale per 32)."""
     return rows.kind in KINDS and rows.shape[1] % QK == 0
 
 
@@ -416,4 +474,5 @@ KINDS = {
     "Q5_K": lambda r, x, out: matmul_q5_k(r.data, x, out),
     "Q6_K": lambda r, x, out: matmul_q6_k(r.data, x, out),
     "Q8_0": lambda r, x, out: matmul_q8_0(r.data, x, out),
+    "int8": lambda r, x, out: matmul_int8(r.data, r.scales.reshape(r.shape[0], -1), x, out),
 }

@@ -7,7 +7,8 @@ the model gives the roofline that llama_np's speed is judged against.
 
 Peaks depend on what produced them, so the cache, ~/.cache/llama_np/machine-peaks.json, keeps one
 entry per key: CPU model and core count, NumPy version, BLAS library, version and the core
-type it picked at run time, and the thread count. `peaks(remeasure=True)` (the CLI's
+type it picked at run time, the thread count, and the kernel layer (with compiled kernels,
+the bandwidth is the faster of BLAS's read and theirs). `peaks(remeasure=True)` (the CLI's
 `--remeasure`) measures again; `llama-np profile` does so by itself when a phase runs faster
 than the cached peak says it can.
 
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import kernels
 from ..errors import ArgumentError
 from ..validate import MACHINE_CACHE, read_json, validate
 
@@ -221,7 +223,7 @@ def machine_key(threads: int) -> str:
     b = blas()
     return (
         f"{cpu_model()} | {cpu_count()} cpus | numpy {np.__version__} | {b.describe()} | "
-        f"{threads} threads"
+        f"{threads} threads | {kernels.active()} kernels"
     )
 
 
@@ -257,11 +259,19 @@ def _sgemv_bandwidth(repeats: int, rows: int = 32768, cols: int = 4096) -> float
     # A matrix-vector product reads every byte of the matrix once: that is decode's access
     # pattern, and its rate is the memory bandwidth a decode step can use. 512 MiB is far
     # larger than any cache. Stored (cols, rows) and multiplied from the left, x @ W, as the
-    # model stores its weights (in, out).
+    # model stores its fp32 weights for BLAS (in, out).
     w = np.ones((cols, rows), dtype=np.float32)  # (in, out)
     x = np.ones(cols, dtype=np.float32)  # (in,)
     y = np.empty(rows, dtype=np.float32)  # (out,)
-    return w.nbytes / _best_time(lambda: np.matmul(x, w, out=y), repeats)
+    best = w.nbytes / _best_time(lambda: np.matmul(x, w, out=y), repeats)
+    # With compiled kernels the model's fp32 decode reads (out, in) rows through them
+    # (packed.matmul), which can stream faster than OpenBLAS: the peak is the faster read.
+    kernel = kernels.compiled(w, 1)  # the same bytes, read as `cols` rows of `rows`
+    if kernel is not None:
+        x_rows = np.ones((1, rows), dtype=np.float32)  # (1, rows)
+        out = np.empty((1, cols), dtype=np.float32)  # (1, cols)
+        best = max(best, w.nbytes / _best_time(lambda: kernel(x_rows, out), repeats))
+    return best
 
 
 def _best_time(fn, repeats: int) -> float:
