@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 
 from llama_np import kernels, load  # noqa: E402
 from llama_np.config import LlamaConfig  # noqa: E402
-from llama_np.packed import Scratch, pack  # noqa: E402
+from llama_np.packed import Scratch, matmul, pack  # noqa: E402
 from llama_np.schema import n_params  # noqa: E402
 from llama_np.tools import costs, machine  # noqa: E402
 from llama_np.tools.known_models import known_config  # noqa: E402
@@ -141,11 +141,13 @@ def status(field: str) -> int:
 def load_probe(path: str, weights_dtype: str, n_prompt: int, n_new: int) -> dict:
     """In a fresh process: load a checkpoint file, generate; load time and peak RSS."""
     interpreter = status("VmRSS")  # Python, NumPy and llama_np imported, no model yet
-    if weights_dtype != "fp32" and kernels.active() != "numpy":
+    if kernels.active() != "numpy":
         # The kernel layer's fixed cost, whatever the model's size: numba, LLVM and the
-        # compiled kernel (~130 MB). Counted with the interpreter, and reported.
-        tiny = pack(weights_dtype, np.ones((4, 64), dtype=np.float32), Scratch())
-        np.ones((1, 64), dtype=np.float32) @ tiny.T
+        # compiled kernel (~130 MB). Counted with the interpreter, and reported. fp32 decodes
+        # through it too, from (out, in) rows (model.fp32_matrix).
+        w = np.ones((256, 256), dtype=np.float32)  # (out, in): FP32_KERNEL_MIN weights
+        small = w if weights_dtype == "fp32" else pack(weights_dtype, w, Scratch())
+        matmul(np.ones((1, 256), dtype=np.float32), small.T)
     runtime = status("VmRSS")
     t0 = time.perf_counter()
     model = load(path, weights_dtype=weights_dtype)

@@ -87,7 +87,8 @@ def fp32_matrix(n_out: int, n_in: int) -> np.ndarray:
     than dot products along rows of length D; ~1.1-1.2x at D = 768-2048; the classifier at
     V=32000, D=768: 59 vs 35 GB/s). With compiled kernels active when the model is loaded,
     and at least packed.FP32_KERNEL_MIN weights: (out, in) rows, one compiled dot product each
-    (packed.matmul), faster still (stories15M decode 1.3x, stories110M 1.2x, TinyLlama 1.05x).
+    (packed.matmul), faster still (decode: stories15M 1.2-1.3x, stories110M 1.0-1.3x as the
+    machine's load varies, TinyLlama ~1.05x).
     """
     if kernels.active() != "numpy" and n_out * n_in >= FP32_KERNEL_MIN:
         return np.empty((n_out, n_in), dtype=np.float32)
@@ -140,6 +141,8 @@ class Model:
         )
         self.hooks: dict[str, list[Hook]] = {}
         self.step: Step | None = None  # the rows of the forward pass running now (for hooks)
+        if self.uses_compiled_kernels:
+            kernels.warm_up()  # now, rather than in the first token
 
     @classmethod
     def from_tensors(
@@ -289,6 +292,19 @@ class Model:
             classifier = embedding.T if config.tie_embeddings else fused("output.weight")
         weights = Weights(embedding, layers, f32("norm.weight"), classifier)
         return cls(config, weights, tokenizer)
+
+    @property
+    def uses_compiled_kernels(self) -> bool:
+        """Whether decode multiplies weights with the compiled kernels (kernels/): compressed
+        ones, or fp32 matrices laid out as rows for them (fp32_matrix)."""
+        if kernels.active() == "numpy":
+            return False
+        w = self.weights
+        matrices = [w.classifier, *(m for lw in w.layers for m in (lw.wqkv, lw.wo, lw.w_gate_up))]
+        return any(
+            not isinstance(m, np.ndarray) or (m.flags.f_contiguous and m.size >= FP32_KERNEL_MIN)
+            for m in matrices
+        )
 
     @property
     def weights_nbytes(self) -> int:

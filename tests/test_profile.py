@@ -296,3 +296,26 @@ def test_ctrl_c_keeps_the_steps_timed_so_far(tmp_path, capsys, monkeypatch):
     assert "interrupted" in printed.err and "3 decode steps" in printed.err
     steps = json.loads((out / "profile.json").read_text())["steps"]
     assert [s["phase"] for s in steps] == ["prefill", "decode", "decode", "decode"]
+
+
+@pytest.mark.parametrize("name", ["numpy", "numba"])
+def test_notes_say_when_decode_ran_in_the_kernel_layer(name):
+    """fp32 matrices of FP32_KERNEL_MIN+ weights loaded with compiled kernels decode through
+    them, not BLAS: the profile says so, since its thread counts are BLAS's."""
+    from llama_np import kernels
+    from llama_np.tools.random_model import random_model
+
+    if name == "numba" and not kernels.numba_available():
+        pytest.skip("numba is not installed")
+    config = LlamaConfig(dim=256, n_layers=1, n_heads=4, n_kv_heads=2, hidden_dim=256,
+                         vocab_size=256, max_seq_len=16)  # fmt: skip
+    kernels.use(name)
+    try:
+        model = random_model(config)
+        p = profile_generation(model, [1, 2, 3], n_decode=2, peaks=PEAKS)
+        tiny = profile_generation(tiny_model(), [1, 2, 3], n_decode=2, peaks=PEAKS)
+    finally:
+        kernels.use(None)
+    said = any(note.startswith(f"kernel layer {name}") for note in p.notes)
+    assert said is (name == "numba")
+    assert not any(note.startswith("kernel layer") for note in tiny.notes)  # BLAS only

@@ -317,11 +317,11 @@ def add_kernels_arg(parser: argparse.ArgumentParser) -> None:
         "--kernels",
         choices=kernels.KERNELS,
         default=None,
-        help="how compressed weights multiply: vnni (compiled; Q8_0/Q4_K/Q5_K/Q6_K as int8 dot "
-        "products, activations rounded to int8 as llama.cpp does; the default on CPUs with "
-        "AVX-512 VNNI), "
-        "numba (compiled, float activations; the default elsewhere; both need "
-        "pip install -e '.[fast]') or numpy (widen pieces + BLAS); also $LLAMA_NP_KERNELS",
+        help="how decode multiplies compressed weights and large fp32 matrices: vnni "
+        "(compiled; int8/Q8_0/Q4_K/Q5_K/Q6_K as int8 dot products, activations rounded to int8 "
+        "as llama.cpp does; the default on CPUs with AVX-512 VNNI), numba (compiled, float "
+        "activations; the default elsewhere; both need pip install -e '.[fast]') or numpy "
+        "(BLAS; compressed weights widened in pieces); also $LLAMA_NP_KERNELS",
     )
 
 

@@ -22,9 +22,10 @@ then does many FLOPs per widened weight.
 
 The same compiled loops multiply float32 weights too, in decode: a dot product per stored row
 runs faster than OpenBLAS's matrix-vector product at these sizes (no hand-off of each small
-product to its threads; stories15M decode 1.3x, stories110M 1.2x, TinyLlama 1.05x). For that
-the model stores its fp32 matrices as (out, in) rows when it is loaded with compiled kernels
-active (model.fp32_matrix); loaded with numpy kernels, they are laid out for BLAS.
+product to its threads; decode: stories15M 1.2-1.3x, stories110M 1.0-1.3x, TinyLlama
+~1.05x). So the model stores its fp32 matrices as (out, in) rows when it is loaded with
+compiled kernels active (model.fp32_matrix); loaded with numpy kernels, they are laid out for
+BLAS.
 
 The one entry point is `compiled(rows, n_rows)`: packed.py asks it for a kernel before taking
 its NumPy path.
@@ -156,6 +157,20 @@ def compiled(rows, n_rows: int) -> Callable[[np.ndarray, np.ndarray], None] | No
                 kernel(part, x, out[:, start : start + part.shape[0]])  # (B, rows of the part)
 
     return run
+
+
+def warm_up() -> None:
+    """Start the compiled kernels' runtime now, if they are active: a process's first parallel
+    kernel spends ~0.4 s starting numba's thread pool and loading cached code, which would
+    otherwise land on the first token (fresh-process time to first token measured 1.73x a
+    warm one's). The model calls this when it is built; later calls cost microseconds."""
+    if active() == "numpy":
+        return
+    from . import numba_jit
+
+    one = np.ones((1, 1), dtype=np.float32)
+    with _LOCK:
+        numba_jit.matmul_fp32(one, one, np.empty((1, 1), dtype=np.float32))
 
 
 def _kernel(name: str, rows) -> Callable:

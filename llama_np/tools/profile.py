@@ -27,10 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import kernels
 from ..config import LlamaConfig
 from ..errors import ArgumentError, ContextLengthError
 from ..generate import GenerationStats, generate, generate_batch_stream
 from ..model import Model
+from ..packed import FP32_KERNEL_MIN
 from ..sampling import SamplingParams
 from .costs import forward_bytes, forward_flops
 from .machine import (
@@ -243,6 +245,12 @@ def profile_generation(
     if model.tokenizer is not None:
         result.text = model.tokenizer.decode(result.generated)
 
+    if model.uses_compiled_kernels:
+        result.notes.append(
+            f"kernel layer {kernels.active()}: decode's products with compressed weights and with "
+            f"fp32 matrices of {FP32_KERNEL_MIN:,}+ weights ran in its compiled kernels, on "
+            "numba's threads; the BLAS thread counts are those of prefill and the other products"
+        )
     for t in sorted(set(result.threads.values())):
         result.peaks[t] = peaks_fn(t, False)
     _check_peaks(result, peaks_fn)
