@@ -90,7 +90,8 @@ def fp32_matrix(n_out: int, n_in: int) -> np.ndarray:
     (packed.matmul), faster still (decode: stories15M 1.2-1.3x, stories110M 1.0-1.3x as the
     machine's load varies, TinyLlama ~1.05x).
     """
-    if kernels.active() != "numpy" and n_out * n_in >= FP32_KERNEL_MIN:
+    # size first: a small model never imports numba (kernels.active's first call, ~0.3 s)
+    if n_out * n_in >= FP32_KERNEL_MIN and kernels.active() != "numpy":
         return np.empty((n_out, n_in), dtype=np.float32)
     return np.empty((n_in, n_out), dtype=np.float32).T
 
@@ -297,14 +298,13 @@ class Model:
     def uses_compiled_kernels(self) -> bool:
         """Whether decode multiplies weights with the compiled kernels (kernels/): compressed
         ones, or fp32 matrices laid out as rows for them (fp32_matrix)."""
-        if kernels.active() == "numpy":
-            return False
         w = self.weights
         matrices = [w.classifier, *(m for lw in w.layers for m in (lw.wqkv, lw.wo, lw.w_gate_up))]
-        return any(
+        candidates = any(
             not isinstance(m, np.ndarray) or (m.flags.f_contiguous and m.size >= FP32_KERNEL_MIN)
             for m in matrices
         )
+        return candidates and kernels.active() != "numpy"
 
     @property
     def weights_nbytes(self) -> int:
