@@ -248,6 +248,7 @@ class PackedTransposed:
     def __rmatmul__(self, x: np.ndarray) -> np.ndarray:
         """x (..., K) @ (K, N) -> (..., N) float32."""
         N, K = self.packed.shape
+        x = _check_inner(x, K)
         out = np.empty((*x.shape[:-1], N), dtype=np.float32)  # (..., N)
         kernel = compiled(self.packed, x.size // K)
         if kernel is not None:  # compiled: widens each weight inside its dot product (kernels/)
@@ -292,12 +293,22 @@ def matmul(x: np.ndarray, w: Matrix) -> np.ndarray:
     """
     if isinstance(w, np.ndarray) and w.flags.f_contiguous and w.size >= FP32_KERNEL_MIN:
         K, N = w.shape
+        x = _check_inner(x, K)
         kernel = compiled(w.T, x.size // K)  # w.T: (N, K) C-contiguous rows
         if kernel is not None:
             out = np.empty((*x.shape[:-1], N), dtype=np.float32)  # (..., N)
             kernel(x.reshape(-1, K), out.reshape(-1, N))
             return out
     return x @ w
+
+
+def _check_inner(x, k: int) -> np.ndarray:
+    """x as an array whose rows have k values, as the matrix has rows, else NumPy's error: the
+    compiled kernels trust the shapes they are given (a mismatch would write past `out`)."""
+    x = np.asarray(x)
+    if x.ndim == 0 or x.shape[-1] != k:
+        raise ValueError(f"matmul: x {x.shape} @ a ({k}, N) matrix: x's last dimension must be {k}")
+    return x
 
 
 def all_finite(w: Matrix) -> bool:

@@ -387,6 +387,25 @@ def test_fp32_rows_take_the_compiled_dot_products(n, k, b, special, seed):
     assert close(out[finite], ref[finite], magnitude[finite])
 
 
+@pytest.mark.parametrize("kernel", ["numpy", "numba"])
+@pytest.mark.parametrize("storage", ["fp32 rows", "int8"])
+def test_a_product_of_mismatched_shapes_is_refused(kernel, storage, use_kernels):
+    """x's rows must have as many values as the matrix has rows: a (1, 128) x against a
+    (64, N) matrix has the right number of values for two rows, which a compiled kernel would
+    have multiplied into an output of one (writing past it)."""
+    from llama_np import packed as packed_module
+
+    if kernel == "numba" and not kernels.numba_available():
+        pytest.skip("numba is not installed")
+    use_kernels(kernel)
+    rows = np.ones((300, 256), dtype=np.float32)  # (N, K): FP32_KERNEL_MIN weights and more
+    w = rows.T if storage == "fp32 rows" else pack("int8", rows, Scratch()).T  # (K, N)
+    for x in (np.ones((1, 512), dtype=np.float32), np.ones((2, 128), dtype=np.float32)):
+        with pytest.raises(ValueError, match="last dimension must be 256"):
+            packed_module.matmul(x, w)
+    assert packed_module.matmul(np.ones(256, dtype=np.float32), w).shape == (300,)
+
+
 SMALL_FP32 = llama_np.LlamaConfig(  # matrices of 64Ki weights and more: compiled in decode
     dim=256, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=512, vocab_size=512, max_seq_len=32
 )
