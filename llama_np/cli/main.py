@@ -21,7 +21,8 @@ from ..checkpoints.gguf import gguf_file, is_gguf, read_gguf, type_summary
 from ..errors import ArgumentError, LlamaNpError
 from ..generate import GenerationStats, generate, generate_batch_stream
 from ..hooks import break_at
-from ..packed import WEIGHT_DTYPES
+from ..model import Model
+from ..packed import FP32_KERNEL_MIN, WEIGHT_DTYPES
 from ..sampling import SamplingParams
 from ..schema import n_params
 from ..tools.memory import nbytes
@@ -685,7 +686,7 @@ def run_info(args: argparse.Namespace) -> int:
         ("parameters", f"{n_params(c):,}"),
         *([("GGUF tensor types", storage)] if storage else []),
         ("weights in memory", nbytes(model.weights_nbytes)),
-        ("kernels (compressed weights)", kernels.describe()),
+        ("kernels (decode products)", kernels.describe() + _kernel_use(model)),
         ("KV cache per token (float32)", nbytes(c.kv_cache_bytes(1))),
         (f"KV cache at {c.max_seq_len} tokens", nbytes(c.kv_cache_bytes(c.max_seq_len))),
     ]
@@ -693,6 +694,13 @@ def run_info(args: argparse.Namespace) -> int:
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
     return 0
+
+
+def _kernel_use(model: Model) -> str:
+    """What `info` adds when the active compiled kernels would not run for this model."""
+    if kernels.active() == "numpy" or model.uses_compiled_kernels:
+        return ""
+    return f"; unused by this model (fp32 matrices under {FP32_KERNEL_MIN:,} weights: BLAS)"
 
 
 def _seed(args: argparse.Namespace) -> int:
