@@ -34,7 +34,15 @@ from .hooks import Hook, match_points
 from .kv_cache import KVCache
 from .layers import apply_rope, attention, chunked_attention, rms_norm, rope_tables, swiglu
 from .limits import check_kv_cache_fits
-from .packed import FP32_KERNEL_MIN, Matrix, Scratch, check_weights_dtype, matmul, pack
+from .packed import (
+    FP32_KERNEL_MIN,
+    Matrix,
+    Scratch,
+    check_weights_dtype,
+    fp32_rows,
+    matmul,
+    pack,
+)
 from .schema import tensor_specs
 
 # Prompts longer than this run attention in blocks of this many queries (layers.py).
@@ -300,10 +308,7 @@ class Model:
         ones, or fp32 matrices laid out as rows for them (fp32_matrix)."""
         w = self.weights
         matrices = [w.classifier, *(m for lw in w.layers for m in (lw.wqkv, lw.wo, lw.w_gate_up))]
-        candidates = any(
-            not isinstance(m, np.ndarray) or (m.flags.f_contiguous and m.size >= FP32_KERNEL_MIN)
-            for m in matrices
-        )
+        candidates = any(not isinstance(m, np.ndarray) or fp32_rows(m) for m in matrices)
         return candidates and kernels.active() != "numpy"
 
     @property

@@ -282,6 +282,12 @@ Matrix = np.ndarray | PackedRows | StackedRows | PackedTransposed
 FP32_KERNEL_MIN = 1 << 16
 
 
+def fp32_rows(w: Matrix) -> bool:
+    """Whether w is a float32 matrix stored as (out, in) rows for the compiled kernels: its
+    (in, out) view is F-contiguous, and it has FP32_KERNEL_MIN weights or more."""
+    return isinstance(w, np.ndarray) and w.flags.f_contiguous and w.size >= FP32_KERNEL_MIN
+
+
 def matmul(x: np.ndarray, w: Matrix) -> np.ndarray:
     """x (..., K) @ w (K, N) -> (..., N) float32: every weight product of the model.
 
@@ -291,7 +297,7 @@ def matmul(x: np.ndarray, w: Matrix) -> np.ndarray:
     with the compiled kernels' dot product per row. Prefill's many rows stay with BLAS. A
     compressed w has its own product (PackedTransposed.__rmatmul__).
     """
-    if isinstance(w, np.ndarray) and w.flags.f_contiguous and w.size >= FP32_KERNEL_MIN:
+    if fp32_rows(w):
         K, N = w.shape
         x = _check_inner(x, K)
         kernel = compiled(w.T, x.size // K)  # w.T: (N, K) C-contiguous rows
