@@ -28,7 +28,7 @@ compiled kernels active (model.fp32_matrix); loaded with numpy kernels, they are
 BLAS.
 
 The one entry point is `compiled(rows, n_rows)`: packed.py asks it for a kernel before taking
-its NumPy path.
+its NumPy path. `warm_up()` starts the compiled runtime when a model that uses it is built.
 """
 
 from __future__ import annotations

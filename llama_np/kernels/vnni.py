@@ -242,9 +242,9 @@ def _q5k_block(typingctx, row, o, xq, k, xs, xd):
     return types.float32(row, o, xq, k, xs, xd), _k4_codegen(fifth_bits=True)
 
 
-# The four row loops (matmul_q4_k, _q5_k, _q6_k, _q8_0) differ only in their block function
-# and size, and stay four functions: numba caches on disk only functions defined at module
-# level (one made by a factory around the block function recompiled in every process).
+# The five row loops (matmul_q4_k, _q5_k, _q6_k, _q8_0, _int8) differ only in their block
+# function and size, and stay five functions: numba caches on disk only functions defined at
+# module level (one made by a factory around the block function recompiled in every process).
 
 
 @njit(**JIT)
