@@ -144,7 +144,7 @@ def load_probe(path: str, weights_dtype: str, n_prompt: int, n_new: int) -> dict
     if kernels.active() != "numpy":
         # The kernel layer's fixed cost, whatever the model's size: numba, LLVM and the
         # compiled kernel (~130 MB). Counted with the interpreter, and reported. fp32 decodes
-        # through it too, from (out, in) rows (model.fp32_matrix).
+        # through it too, from (out, in) rows (weights.fp32_matrix).
         w = np.ones((256, 256), dtype=np.float32)  # (out, in): FP32_KERNEL_MIN weights
         small = w if weights_dtype == "fp32" else pack(weights_dtype, w, Scratch())
         matmul(np.ones((1, 256), dtype=np.float32), small.T)
@@ -262,7 +262,7 @@ def kernel_comparison(name: str, names: list[str], peaks, n_steps: int, rounds: 
     layer in `names`, interleaved: each round times every variant once, so that a busy machine
     slows all of them alike. `vs_fp32` is the median over rounds of the variant's rate divided
     by fp32's with the same kernels in the same round. fp32 is loaded once per kernel layer
-    (its layout follows the kernels active at load: model.fp32_matrix); vnni differs from
+    (its layout follows the kernels active at load: weights.fp32_matrix); vnni differs from
     numba only for int8, so the others run it only when numba is not in `names`."""
     fp32_layer = {k: "numba" if k == "vnni" and "numba" in names else k for k in names}
     variants = [(d, k) for d in KERNEL_DTYPES for k in names if d == "int8" or fp32_layer[k] == k]

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from .errors import NumericalError
-from .model import LAYER_FIELDS
 from .packed import all_finite
 from .schema import layer_specs
+from .weights import LAYER_FIELDS
 
 
 def check_logits(model, logits: np.ndarray, tokens: Sequence[int]) -> None:

@@ -288,8 +288,9 @@ def test_multi_turn_prefills_only_new_tokens(tokenizers, tokenizer_name, templat
     assert n == len(chat.tokens)
     fresh = model.new_cache(n)
     model.prefill(chat.tokens, fresh)
-    np.testing.assert_allclose(chat.cache.k[..., :n, :], fresh.k, atol=1e-5)
-    np.testing.assert_allclose(chat.cache.v[..., :n, :], fresh.v, atol=1e-5)
+    # decode's products (compiled dot products) and prefill's (BLAS) sum in different orders
+    np.testing.assert_allclose(chat.cache.k[..., :n, :], fresh.k, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(chat.cache.v[..., :n, :], fresh.v, rtol=1e-4, atol=1e-5)
 
 
 def test_a_template_that_rewrites_history_rolls_the_cache_back(tokenizers):

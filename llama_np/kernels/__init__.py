@@ -24,7 +24,7 @@ The same compiled loops multiply float32 weights too, in decode: a dot product p
 runs faster than OpenBLAS's matrix-vector product at these sizes (no hand-off of each small
 product to its threads; decode: stories15M 1.2-1.3x, stories110M 1.0-1.3x, TinyLlama
 ~1.05x). So the model stores its fp32 matrices as (out, in) rows when it is loaded with
-compiled kernels active (model.fp32_matrix); loaded with numpy kernels, they are laid out for
+compiled kernels active (weights.fp32_matrix); loaded with numpy kernels, they are laid out for
 BLAS.
 
 The one entry point is `compiled(rows, n_rows)`: packed.py asks it for a kernel before taking

@@ -10,9 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..config import LlamaConfig
-from ..model import LAYER_FIELDS, LayerWeights, Model, Weights
+from ..model import Model
 from ..packed import PackedRows, Scratch, check_weights_dtype, int8_group_size, pack
 from ..schema import layer_specs, tensor_names
+from ..weights import LAYER_FIELDS, LayerWeights, Weights
 
 
 def random_model(
