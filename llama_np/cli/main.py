@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import bdb
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -54,9 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         # stdout was closed early (`llama-np info | head -3`): stop quietly, as `head` expects.
         # Point stdout at /dev/null so the interpreter's final flush does not fail again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        # (Commands that write files print with cli_perf.say, which goes on instead.)
+        cli_perf.stdout_to_devnull()
         return 0
 
 
@@ -616,41 +614,50 @@ def run_trace(args: argparse.Namespace) -> int:
         seed=args.seed,
         layers=layers,
     )
+    # Every file is written before anything is printed, and printing goes on if stdout closes
+    # (`| head -1`): what the files hold must not depend on who reads the output.
     n_gen = len(trace.tokens) - trace.n_prompt
-    print(f"{trace.n_prompt} prompt tokens, {n_gen} generated: {''.join(trace.pieces)!r}")
+    wrote = []
     if args.html:
         from ..tools import machine
         from ..tools.explorer import write_html
         from ..tools.profile import profile_generation
 
         prompt = [int(t) for t in trace.tokens[: trace.n_prompt]]
-        profile = profile_generation(
-            model, prompt, max(1, n_gen), lambda t, again=False: machine.peaks(again, t), repeats=3
-        )
-        print(f"wrote {write_html(args.html, trace, profile, model.config.n_kv_heads, heads)}")
-    if out is None:
-        return EXIT_INTERRUPTED if trace.interrupted else 0
-    print(f"wrote {save_npz(trace, out / 'attention.npz', heads)}")
-    if trace.interrupted:  # Ctrl-C: the arrays so far are saved; no pictures
-        print("llama-np: interrupted; attention.npz holds the tokens so far", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    try:
-        import matplotlib  # noqa: F401  (optional: the `plot` extra)
-    except ImportError:
-        print(
-            "llama-np: matplotlib is not installed, so no heatmaps were drawn; install it with "
-            "pip install -e '.[plot]'",
-            file=sys.stderr,
-        )
-        return 0
-    for layer in layers:
-        if not args.per_head:
-            print(f"wrote {plot_layer(trace, layer, heads, out / f'layer{layer}.png')}")
-            continue
-        for head in heads:
-            print(
-                f"wrote {plot_attention(trace, layer, head, out / f'layer{layer}_head{head}.png')}"
+        profile = profile_generation(model, prompt, max(1, n_gen), machine.machine_peaks, repeats=3)
+        wrote.append(write_html(args.html, trace, profile, model.config.n_kv_heads, heads))
+    no_plot = None
+    if out is not None:
+        wrote.append(save_npz(trace, out / "attention.npz", heads))
+        try:
+            import matplotlib  # noqa: F401  (optional: the `plot` extra)
+        except ImportError:
+            no_plot = (
+                "llama-np: matplotlib is not installed, so no heatmaps were drawn; install it "
+                "with pip install -e '.[plot]'"
             )
+        if not trace.interrupted and no_plot is None:  # Ctrl-C: the arrays so far, no pictures
+            for layer in layers:
+                if not args.per_head:
+                    wrote.append(plot_layer(trace, layer, heads, out / f"layer{layer}.png"))
+                    continue
+                for head in heads:
+                    path = out / f"layer{layer}_head{head}.png"
+                    wrote.append(plot_attention(trace, layer, head, path))
+    prompt_text = "".join(trace.pieces[: trace.n_prompt])
+    generated_text = "".join(trace.pieces[trace.n_prompt :])
+    cli_perf.say(
+        f"prompt: {trace.n_prompt} tokens (BOS included), {prompt_text!r}; "
+        f"generated: {n_gen} tokens, {generated_text!r}"
+    )
+    for path in wrote:
+        cli_perf.say(f"wrote {path}")
+    if trace.interrupted:
+        if out is not None:
+            print("llama-np: interrupted; attention.npz holds the tokens so far", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if no_plot:
+        print(no_plot, file=sys.stderr)
     return 0
 
 

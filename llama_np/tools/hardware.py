@@ -67,7 +67,7 @@ NAMES = (THIS_MACHINE, *PRESETS)
 def this_machine(remeasure: bool = False) -> Hardware:
     """This machine: float32 matmul FLOP/s and bandwidth measured by NumPy with a BLAS thread
     per CPU (its ceilings: what all its cores can do), and its RAM."""
-    peaks = machine.peaks(remeasure, threads=machine.cpu_count())
+    peaks = machine.machine_peaks(remeasure)
     try:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
