@@ -44,14 +44,15 @@ def add_commands(commands) -> None:
         default=None,
         help="weight storage type, as llama_np stores it (--weights-dtype); int8 = 32 int8 "
         "weights + a float32 scale, 36 bytes per 32 "
-        f"(default: {memory.DEFAULT_DTYPE}, as Llama checkpoints are published)",
+        f"(default: {memory.DEFAULT_DTYPE}, as Llama checkpoints are published; with "
+        f"--hardware this-machine {memory.ENGINE_DTYPE}, as llama_np runs)",
     )
     mem.add_argument(
         "--kv-dtype",
         choices=list(memory.KV_DTYPES),
         default=None,
         help=f"KV-cache entry type (default: {memory.DEFAULT_KV_DTYPE}, 2 bytes, as GPU engines "
-        "keep it; llama_np itself uses fp32)",
+        f"keep it; with --hardware this-machine {memory.ENGINE_DTYPE}, as llama_np keeps it)",
     )
     mem.add_argument(
         "--prompt-tokens",
@@ -205,9 +206,12 @@ def output_dir(path: str, flag: str = "--out") -> Path:
 
 def run_memory(args: argparse.Namespace) -> int:
     config = memory.load_config(args.model)
-    defaulted = args.dtype is None or args.kv_dtype is None
-    dtype = args.dtype or memory.DEFAULT_DTYPE
-    kv_dtype = args.kv_dtype or memory.DEFAULT_KV_DTYPE
+    # Defaults: bf16, as models are published and GPUs serve them; on this machine, float32,
+    # what llama_np runs here (a roofline of bf16 weights would be of an engine it is not).
+    engine = (args.hardware or "").lower() == hardware.THIS_MACHINE
+    defaulted = "" if args.dtype and args.kv_dtype else "engine" if engine else "published"
+    dtype = args.dtype or (memory.ENGINE_DTYPE if engine else memory.DEFAULT_DTYPE)
+    kv_dtype = args.kv_dtype or (memory.ENGINE_DTYPE if engine else memory.DEFAULT_KV_DTYPE)
     report = memory.memory_report(config, args.context, args.batch, dtype, kv_dtype)
     device = _hardware(args)
     est = None
