@@ -387,6 +387,13 @@ def run_generate(args: argparse.Namespace) -> int:
     if not finished:
         stats.stop_reason = "interrupted"  # also when Ctrl-C came before the loop ran
     print_timings(stats, seed)
+    if not prompts[0] and stats.prompt_tokens == 1:  # the first number a learner sees
+        print(
+            "llama-np: the prompt was BOS alone (no -p): a 1-token prefill is one pass like a "
+            "decode step, and the first, so it pays the start-up; give -p to see a prompt's "
+            "tokens share one pass, faster per token than decode",
+            file=sys.stderr,
+        )
     if stats.stop_reason == "context_full":
         print(
             f"llama-np: stopped: context full ({model.config.max_seq_len} tokens: "
@@ -497,10 +504,15 @@ def describe_turn(chat: Chat) -> str:
     turn, held = chat.last_turn, chat.cache.length
     if turn is None:  # Ctrl-C came before the turn started
         return f"nothing prefilled; the KV cache holds {held} tokens of conversation"
+    if turn.rewritten_at is None and turn.reused == 0:  # the first turn: nothing was cached
+        return (
+            f"prefilled the {turn.prefilled} tokens of the conversation so far (the KV cache was "
+            f"empty); it holds {held} tokens of conversation"
+        )
     if turn.rewritten_at is None:
         return (
-            f"prefilled only the {turn.prefilled} new tokens; the KV cache holds {held} tokens "
-            f"of conversation"
+            f"prefilled only the {turn.prefilled} new tokens, after the {turn.reused} already "
+            f"cached; the KV cache holds {held} tokens of conversation"
         )
     return (
         f"the chat template wrote the earlier conversation differently from token "
