@@ -402,3 +402,37 @@ def test_profile_writes_its_files_when_stdout_closes(tmp_path):
     assert json.loads((out / "profile.json").read_text())["peaks"]["matmul_flops"] == 50e9
     if importlib.util.find_spec("matplotlib"):
         assert (out / "profile.png").exists()
+
+
+def test_chart_shows_prefill_s_rows_batched_decode_and_the_bound_regions():
+    """The KV panel rises through prefill (its T rows, written in one pass, one per position),
+    a --batch run's steps are in the time panel, and the roofline names its two regions."""
+    pytest.importorskip("matplotlib")
+    from llama_np.tools.profile import profile_figure
+
+    p = profile_generation(tiny_model(), [1, 2, 3], n_decode=3, peaks=PEAKS, repeats=1, batch=2)
+    ax_t, ax_kv, ax_r = profile_figure(p).axes[:3]
+    (prefill,) = [line for line in ax_kv.get_lines() if line.get_label().startswith("prefill")]
+    xs, ys = prefill.get_data()
+    assert list(xs) == [-0.5, 2.5] and ys[0] == 0 and ys[-1] == p.steps[0].kv_bytes / 1e3
+    batched = [line for line in ax_t.get_lines() if line.get_label().startswith("batch-decode")]
+    assert len(batched) == 1 and len(batched[0].get_xdata()) == 3
+    batch_steps = [s for s in p.steps if s.phase == "batch-decode"]
+    assert list(batched[0].get_ydata()) == [1e3 * s.seconds / 2 for s in batch_steps]
+    assert {t.get_text() for t in ax_r.texts} >= {"memory-bound", "compute-bound"}
+
+
+def test_one_thread_is_invalid_only_when_it_had_to_share_its_core(monkeypatch):
+    """With one BLAS thread, a core taken elsewhere leaves it a core of its own (noise); all
+    of them taken, it runs on a share of one (invalid)."""
+    cpus = machine.cpu_count()
+    if not machine.blas().controllable:
+        pytest.skip("needs a BLAS whose threads can be set")
+    model = tiny_model()
+    if cpus > 1:
+        others_use(monkeypatch, cpus - 1.0, load_average=0.0)
+        p = profile_generation(model, [1, 2, 3], n_decode=3, peaks=PEAKS, repeats=2, threads=[1])
+        assert p.contaminated and not p.invalid
+    others_use(monkeypatch, cpus - 0.1, load_average=0.0)
+    p = profile_generation(model, [1, 2, 3], n_decode=3, peaks=PEAKS, repeats=2, threads=[1])
+    assert p.invalid and "while this ran on one: its thread shared a CPU" in p.warnings[0]

@@ -48,10 +48,11 @@ from .machine import BUSY_CORES, CpuMeter, MachinePeaks, blas, cpu_cache_bytes, 
 
 VALUE_BYTES = 4  # llama_np keeps weights and KV cache in float32
 PeaksFn = Callable[[bool], MachinePeaks]  # (remeasure) -> this machine's peaks
-# Other processes' use, in CPUs, that makes a run's timings invalid when it used every core:
-# a thread pool whose threads wait for each other (OpenBLAS's, numba's) stalls whenever one
-# of its threads is descheduled, and runs 10-20× slower, not 1.5×.
-COLLAPSE_CORES = 0.75
+# A run's timings are invalid when other processes' CPUs and the CPUs it wanted (its threads)
+# exceed the machine's by this much: with every core in use, a thread pool whose threads wait
+# for each other (OpenBLAS's, numba's) stalls whenever one of them is descheduled and runs
+# 10-20× slower, not 1.5×; a single thread that must share its core runs at a fraction of it.
+OVERSUBSCRIBED_CORES = 0.75
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ class Profile:
     notes: list[str] = field(default_factory=list)  # how the figures were obtained
     warnings: list[str] = field(default_factory=list)  # why they may be wrong
     contaminated: bool = False  # other processes disturbed the timings
-    invalid: bool = False  # so much that they say nothing about this machine (see COLLAPSE_CORES)
+    invalid: bool = False  # so much that they say nothing about this machine (OVERSUBSCRIBED_CORES)
     interrupted: bool = False  # Ctrl-C stopped it: the figures are of the steps timed so far
 
     def phases(self) -> list[str]:
@@ -410,16 +411,25 @@ def _check_contamination(p: Profile, runs: list[_Run], compiled: bool) -> None:
         )
     known = [r for r in runs if r.cpu_known]
     others = max((r.others_cores for r in known), default=0.0)
-    # a pool of a thread per CPU: BLAS's with that many, or the kernel layer's (numba's)
-    every_core = compiled or any(r.threads >= cpus for r in known)
-    if known and others >= COLLAPSE_CORES and every_core and cpus > 1:
+
+    def wanted(r: _Run) -> int:  # CPUs the run's threads wanted (the kernel layer's: all)
+        return cpus if compiled else min(r.threads, cpus)
+
+    over = [r for r in known if r.others_cores + wanted(r) >= cpus + OVERSUBSCRIBED_CORES]
+    if over:
         p.contaminated = p.invalid = True
+        r = max(over, key=lambda r: r.others_cores)
+        if wanted(r) > 1:
+            why = (
+                f"while this ran on {wanted(r)}. Threads that wait for each other stall whenever "
+                "one of them is descheduled, which makes a step 10-20× slower, not a little"
+            )
+        else:
+            why = "while this ran on one: its thread shared a CPU, a fraction of a core's speed"
         p.warnings.insert(
             0,
-            f"TIMINGS INVALID: other processes used {others:.2f} of the {cpus} CPUs while this "
-            f"ran on all {cpus}. Threads that wait for each other stall whenever one of them "
-            "is descheduled, which makes a step 10-20× slower, not a little: these times say "
-            "nothing about this machine. Re-run when the machine is quiet (or with --threads 1)",
+            f"TIMINGS INVALID: other processes used {r.others_cores:.2f} of the {cpus} CPUs "
+            f"{why}: these times say nothing about this machine. Re-run when it is quiet",
         )
     elif known and others > BUSY_CORES:
         p.contaminated = True
@@ -495,7 +505,7 @@ def format_profile(p: Profile) -> str:
         "it; MFU/MBU = achieved ÷ peak FLOP/s / bandwidth)"
     )
     lines += [f"note: {n}" for n in p.notes]
-    lines += [f"WARNING: {w}" for w in p.warnings]
+    lines += [f"WARNING: {w}" for w in p.warnings if not (p.invalid and w.startswith("TIMINGS"))]
     lines += [
         "",
         "per step (position = the first token's; KV = cache bytes read):",
