@@ -14,7 +14,6 @@ business (engine/blocks.py), and a Step carries each sequence's table to the mod
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -79,23 +78,24 @@ class PagedKVCache:
         self.v[layer][:, blocks, offsets] = v.transpose(1, 0, 2)
 
     def read(self, layer: int, step: Step, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Keys and values of the step's sequences `group` (indices into step.seqs), their
-        blocks gathered in table order: 2 × (B, KVH, S, HD), S a whole number of blocks
-        covering the furthest position any of them holds after the step.
+        """Keys and values of the step's sequences `group` (indices into step.seqs) through
+        the furthest position any of them holds after the step, their blocks gathered in
+        table order: 2 × (B, KVH, S, HD).
 
         A copy (NumPy cannot multiply scattered blocks in place, as vLLM's kernel reads
-        them); positions past a sequence's end (the rest of its last block, a shorter
-        sequence's padding) are masked by attention.
+        them); a shorter sequence's positions past its own end are padding, and attention
+        masks them.
         """
-        n = math.ceil(int(step.ends[group].max()) / self.block_size)  # blocks to read
+        S = int(step.ends[group].max())
+        n = -(-S // self.block_size)  # blocks to read
         tables = step.block_tables[group, :n]  # (B, n)
         k = self.k[layer][:, tables]  # (KVH, B, n, block_size, HD)
         v = self.v[layer][:, tables]
         KVH, B, HD = k.shape[0], len(group), k.shape[-1]
-        S = n * self.block_size
+        shape = (KVH, B, n * self.block_size, HD)
         return (
-            k.reshape(KVH, B, S, HD).transpose(1, 0, 2, 3),  # (B, KVH, S, HD)
-            v.reshape(KVH, B, S, HD).transpose(1, 0, 2, 3),
+            k.reshape(shape)[:, :, :S].transpose(1, 0, 2, 3),  # (B, KVH, S, HD)
+            v.reshape(shape)[:, :, :S].transpose(1, 0, 2, 3),
         )
 
     def zero(self, blocks: list[int]) -> None:
