@@ -9,7 +9,12 @@ A hook is fn(name, array). It runs each time the forward pass reaches its point:
 (T = prompt tokens, S = positions after the write), in decode (T = 1) and in batched decode
 (one token of each of B sequences; S = the longest sequence's positions, and a shorter
 sequence's keys past its own end are masked: -inf scores, 0 probabilities). `model.step`
-says which sequences and positions the rows of the running pass are.
+says which sequences and positions the rows of the running pass are. A serving step
+(engine/) mixes sequences with different numbers of new tokens T_b (a prefill chunk beside
+decode tokens): row-wise points hold all R = sum of T_b rows, sequence by sequence
+(`model.step.seqs` are request ids, `.starts`, `.counts`), and `scores`/`probs` are called
+once per group of sequences with the same T_b (`model.attending`: which of step.seqs), as
+(B, H, T, S), or (H, T, S) for a group of one.
 
 The contract: the array a hook receives is a read-only view of the model's working buffer
 (reused or overwritten later: `scores` becomes `probs` in place, so copy what you keep —
