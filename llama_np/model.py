@@ -10,9 +10,11 @@ Two entry points run it, and they are the heart of inference:
   bandwidth is the limit), and attention reads the keys and values of all earlier positions
   from the cache.
 
-`Model.decode_batch(tokens, cache)` is decode for B sequences at once. All three run the same
-`Model.block` on the rows of a `Step` (which sequence and positions the rows are); they differ
-in how many rows go through it and how the result is used.
+`Model.decode_batch(tokens, cache)` is decode for B sequences at once, and `Model.run(ids,
+step, cache)` runs a serving engine's step (engine/): a chunk of one prompt beside the next
+token of each of many others, over a paged KV cache. All four run the same `Model.block` on
+the rows of a `Step` (which sequences and positions the rows are); they differ in how many
+rows go through it and how the result is used.
 """
 
 from __future__ import annotations

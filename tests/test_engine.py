@@ -19,6 +19,7 @@ from llama_np import ContextLengthError, GenerationStats, generate
 from llama_np.engine import Engine
 from llama_np.engine.blocks import BlockPool
 from llama_np.engine.scheduler import Scheduler, SchedulerConfig
+from llama_np.hooks import AttentionRecorder
 
 STORIES15M = dict(dim=288, n_layers=6, n_heads=6, n_kv_heads=6, hidden_dim=768, vocab_size=512)
 
@@ -299,3 +300,33 @@ def test_scheduler_preempts_the_newest_request():
     assert step.preempted == [new] and step.requests == [old]
     assert new.status == "waiting" and new.blocks == [] and new.n_computed == 0
     pool.check()
+
+
+def test_hooks_see_which_rows_belong_to_which_request():
+    """In a mixed step attention runs per group of equal T: model.attending names it, and
+    an AttentionRecorder rebuilds each request's attention exactly as for generate() alone."""
+    model = MODELS["stories260K"]
+    prompts = ["Lily", "Once upon a time there was"]
+    groups = []
+
+    def look(name, probs):
+        step, group = model.step, model.attending
+        groups.append((step.phase, tuple(step.seqs[group]), int(step.counts[group[0]])))
+        assert probs.ndim == (3 if len(group) == 1 else 4)
+
+    remove = model.add_hook("layers.0.attn.probs", look)
+    try:
+        with AttentionRecorder(model) as rec:
+            engine = Engine(model, max_batch_tokens=4)
+            requests = [engine.add_request(p, 6, temperature=0) for p in prompts]
+            while engine.has_unfinished():
+                engine.step()
+    finally:
+        remove()
+    # request 0's decode token beside a chunk of request 1's prompt: two groups
+    assert ("mixed", (0,), 1) in groups and ("mixed", (1,), 3) in groups
+    for request, prompt in zip(requests, prompts, strict=True):
+        with AttentionRecorder(model) as alone:
+            llama_np.generate_text(model, prompt, 6, temperature=0)
+        np.testing.assert_array_equal(rec.sequence_tokens(request.id), alone.tokens)
+        np.testing.assert_allclose(rec.probs(request.id), alone.probs(), atol=1e-5)
