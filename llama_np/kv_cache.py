@@ -121,6 +121,11 @@ class KVCache:
             rows = slice(int(rows[0]), int(rows[-1]) + 1)
         return self.k[layer, rows, :, :S], self.v[layer, rows, :, :S]
 
+    def attend(self, layer: int, step: Step, group: np.ndarray, q: np.ndarray) -> None:
+        """None: `read` returns views, which layers.attention multiplies in place (a paged
+        cache has a compiled kernel for its scattered blocks instead: paged_kv_cache.py)."""
+        return None
+
     def advance(self, step: Step) -> None:
         """After a pass: each sequence of the step now holds positions up to its end."""
         for b, end in zip(step.seqs, step.ends, strict=True):

@@ -275,13 +275,16 @@ class Model:
         # their cached (B, KVH, S, HD) keys and values. Prefill and decode are one group.
         for seqs, rows in step.groups:
             B, T = len(seqs), int(step.counts[seqs[0]])
-            k_cache, v_cache = cache.read(i, step, seqs)  # (B, KVH, S, HD)
             hook = self._attention_hook(i, seqs) if self.hooks else None
             q_group, ends = q[rows].reshape(B, T, H, HD), step.ends[seqs]
-            if T > ATTENTION_CHUNK:  # long prompt: blocks of queries whose scores stay in cache
-                out = chunked_attention(q_group, k_cache, v_cache, ends, ATTENTION_CHUNK, hook)
-            else:
-                out = attention(q_group, k_cache, v_cache, ends, hook)  # (B, T, H*HD)
+            # decode over a paged cache: a compiled kernel reads the blocks where they lie
+            out = cache.attend(i, step, seqs, q_group) if T == 1 and hook is None else None
+            if out is None:
+                k_cache, v_cache = cache.read(i, step, seqs)  # (B, KVH, S, HD)
+                if T > ATTENTION_CHUNK:  # long prompt: blocks of queries, scores kept in cache
+                    out = chunked_attention(q_group, k_cache, v_cache, ends, ATTENTION_CHUNK, hook)
+                else:
+                    out = attention(q_group, k_cache, v_cache, ends, hook)  # (B, T, H*HD)
             attn[rows] = out.reshape(B * T, H * HD)
         attn_out = matmul(attn, lw.wo)  # (R, D)
         if lw.bo is not None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import kernels
 from .config import LlamaConfig
 from .errors import ArgumentError
 from .kv_cache import lazy_zeros
@@ -97,6 +98,21 @@ class PagedKVCache:
             k.reshape(shape)[:, :, :S].transpose(1, 0, 2, 3),  # (B, KVH, S, HD)
             v.reshape(shape)[:, :, :S].transpose(1, 0, 2, 3),
         )
+
+    def attend(self, layer: int, step: Step, group: np.ndarray, q: np.ndarray) -> np.ndarray | None:
+        """Decode: attention of one query per sequence, q (B, 1, H, HD), over the group's
+        blocks read where they lie by the compiled kernel (kernels/attention.py), no gather;
+        -> (B, 1, H*HD). None when no compiled kernel is active or the pool is float16: then
+        `read` gathers the blocks and layers.attention runs (the same arithmetic)."""
+        kernel = kernels.paged_attention()
+        if kernel is None or self.k.dtype != np.float32:
+            return None
+        B, _, H, HD = q.shape
+        out = np.empty((B, H, HD), dtype=np.float32)  # (B, H, HD)
+        tables = np.ascontiguousarray(step.block_tables[group])  # (B, blocks)
+        ends = np.ascontiguousarray(step.ends[group])  # (B,)
+        kernel(np.ascontiguousarray(q[:, 0]), self.k[layer], self.v[layer], tables, ends, out)
+        return out.reshape(B, 1, H * HD)
 
     def zero(self, blocks: list[int]) -> None:
         """Clear blocks about to be handed to a new sequence. A freed block still holds its
