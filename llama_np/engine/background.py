@@ -9,20 +9,19 @@ One thread runs `engine.step()` while any request is in flight and sleeps when n
 Other threads only submit, receive and cancel: `submit` registers a callback that gets each
 TokenEvent of that request (called in the engine thread: hand it on, e.g. with asyncio's
 `loop.call_soon_threadsafe`, and return), `cancel` ends a request at the next step and frees
-its KV blocks, `stream` is the blocking iterator for plain threads.
+its KV blocks, `stream` is the blocking iterator for plain threads. A bug in a step ends the
+thread with its traceback; every request in flight then gets a last event with finish_reason
+"error", and `submit` refuses new ones.
 """
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
 from .engine import Engine, TokenEvent
 from .request import Request
-
-log = logging.getLogger("llama_np.engine")
 
 Callback = Callable[[TokenEvent], None]
 
@@ -46,9 +45,10 @@ class EngineThread:
         self, prompt: str | Sequence[int], max_new_tokens: int, on_event: Callback, **kwargs
     ) -> Request:
         """Add a request (Engine.add_request's arguments, checked now: errors raise here);
-        `on_event(event)` is called with each of its events, the last with finished=True."""
+        `on_event(event)` is called in the engine thread with each of its events, the last
+        with finished=True; it must return quickly and not raise."""
         if self._stopping:
-            raise RuntimeError("the engine is stopping: no new requests")
+            raise RuntimeError("the engine thread is stopping or stopped: no new requests")
         with self._lock:
             request = self.engine.add_request(prompt, max_new_tokens, **kwargs)
             self._callbacks[request.id] = on_event
@@ -94,6 +94,13 @@ class EngineThread:
             return len(self._callbacks)
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:  # stopped, or a bug in a step (its traceback is printed): no one waits forever
+            self._stopping = True
+            self._dispatch(self._fail_all())
+
+    def _loop(self) -> None:
         while True:
             if not self.engine.has_unfinished():
                 if self._stopping:
@@ -101,27 +108,23 @@ class EngineThread:
                 self._wake.wait()
                 self._wake.clear()
                 continue
-            try:
-                events = self.engine.step()
-            except Exception as error:  # a bug: fail what is in flight, keep serving
-                log.exception("engine step failed")
-                events = self._fail_all(error)
-            with self._lock:
-                for event in events:
-                    callback = self._callbacks.get(event.request_id)
-                    if event.finished:
-                        self._callbacks.pop(event.request_id, None)
-                    if callback is not None:
-                        try:
-                            callback(event)
-                        except Exception:  # a receiver's problem must not stop the engine
-                            log.exception("event callback failed")
+            self._dispatch(self.engine.step())
 
-    def _fail_all(self, error: Exception) -> list[TokenEvent]:
-        """After an unexpected error in a step: end every request with finish_reason "error"."""
+    def _dispatch(self, events: list[TokenEvent]) -> None:
+        """Hand each event to its request's callback (which must not raise)."""
+        with self._lock:
+            for event in events:
+                callback = self._callbacks.get(event.request_id)
+                if event.finished:
+                    self._callbacks.pop(event.request_id, None)
+                if callback is not None:
+                    callback(event)
+
+    def _fail_all(self) -> list[TokenEvent]:
+        """End every request still in flight with finish_reason "error"."""
         events = []
         for request in list(self.engine.requests.values()):
-            request.error = error
+            request.error = RuntimeError("the engine thread stopped")
             self.engine.scheduler.finish(request, "error")
             self.engine.requests.pop(request.id, None)
             events.append(TokenEvent(request.id, "", None, True, "error"))

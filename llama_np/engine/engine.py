@@ -405,11 +405,11 @@ class Engine:
                 for event in self.step():
                     if event.request_id in texts:
                         texts[event.request_id] += event.text
-        except BaseException:  # Ctrl-C: leave nothing running
+        finally:  # after Ctrl-C too: leave nothing running
             for request in requests:
-                self.abort(request.id)
+                if not request.finished:
+                    self.abort(request.id)
             self._take_inbox([], [])
-            raise
         for request in requests:
             if request.error is not None:
                 raise request.error
