@@ -166,7 +166,7 @@ class Engine:
         self.decodable = decodable_ids(model)  # ids past these (padding) are never sampled
         self._ids = itertools.count()
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()  # adds, aborts: any thread
-        self._seeds = np.random.SeedSequence()  # seeds of requests that give none
+        self._entropy = np.random.SeedSequence().entropy  # seeds requests that give none
         self._t0 = time.perf_counter()
         self.n_steps = 0
 
@@ -177,8 +177,8 @@ class Engine:
         full = tokens // config.max_seq_len
         return (
             f"KV cache: {format_bytes(self.cache.nbytes)} = {pool.n_blocks:,} blocks of "
-            f"{pool.block_size} positions = {tokens:,} tokens: {full:,} sequences at the full "
-            f"context of {config.max_seq_len:,} (more, shorter ones), "
+            f"{pool.block_size} positions = {tokens:,} tokens, {full:,} sequences at the full "
+            f"context of {config.max_seq_len:,} (more if shorter), "
             f"{format_bytes(self.cache.block_nbytes // pool.block_size)} per token"
         )
 
@@ -212,12 +212,12 @@ class Engine:
             raise ArgumentError(f"logprobs must be an integer in 0..20 or None, got {logprobs!r}")
         tokens = prompt_tokens(self.model, prompt)
         config = self.model.config
-        if seed is None:
-            seed = int(self._seeds.generate_state(1)[0])
-            self._seeds = self._seeds.spawn(1)[0]
+        request_id = next(self._ids)
+        if seed is None:  # its own, from the engine's entropy and its id: thread-safe
+            seed = int(np.random.SeedSequence([self._entropy, request_id]).generate_state(1)[0])
         stream = TextStream(self.model.tokenizer, tokens[-1] == config.bos_id, special)
         request = Request(
-            id=next(self._ids),
+            id=request_id,
             prompt=tokens,
             max_new_tokens=max_new_tokens,
             params=params,
