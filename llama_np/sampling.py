@@ -91,6 +91,11 @@ def candidates(probs: np.ndarray, top_k: int, top_p: float, min_p: float) -> np.
     return ids
 
 
+def penalty_window(tokens: Sequence[int], params: SamplingParams) -> Sequence[int]:
+    """The tokens the repetition penalty looks at: the last repeat_last_n of `tokens`."""
+    return tokens[-params.repeat_last_n :] if params.repeat_last_n else ()
+
+
 def sample(
     logits: np.ndarray,
     params: SamplingParams,

@@ -17,8 +17,9 @@ from ..chat import CHAT_FORMATS, Chat
 from ..checkpoints.download import KNOWN_CHECKPOINTS, MIN_RATE, RATE_WINDOW, download
 from ..checkpoints.export import convert
 from ..checkpoints.gguf import gguf_file, is_gguf, read_gguf, type_summary
+from ..engine import generate_batch_stream
 from ..errors import ArgumentError, LlamaNpError
-from ..generate import GenerationStats, generate, generate_batch_stream
+from ..generate import GenerationStats, generate
 from ..hooks import break_at
 from ..model import Model
 from ..packed import FP32_KERNEL_MIN, WEIGHT_DTYPES

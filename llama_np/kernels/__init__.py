@@ -159,6 +159,21 @@ def compiled(rows, n_rows: int) -> Callable[[np.ndarray, np.ndarray], None] | No
     return run
 
 
+def paged_attention() -> Callable | None:
+    """Decode attention over a paged KV cache's blocks, read in place (attention.py):
+    `run(q, k_pool, v_pool, tables, ends, out)`, or None when the numpy kernels are active
+    (PagedKVCache then gathers the blocks for layers.attention)."""
+    if active() == "numpy":
+        return None
+    from . import attention
+
+    def run(q, k_pool, v_pool, tables, ends, out) -> None:
+        with _LOCK:
+            attention.paged_decode(q, k_pool, v_pool, tables, ends, out)
+
+    return run
+
+
 def warm_up() -> None:
     """Start the compiled kernels' runtime now, if they are active: a process's first parallel
     kernel spends ~0.4 s starting numba's thread pool and loading cached code, which would

@@ -37,8 +37,9 @@ import numpy as np
 
 from .. import kernels
 from ..config import LlamaConfig
+from ..engine import generate_batch_stream
 from ..errors import ArgumentError, ContextLengthError
-from ..generate import GenerationStats, generate, generate_batch_stream
+from ..generate import GenerationStats, generate
 from ..model import Model
 from ..packed import FP32_KERNEL_MIN
 from ..sampling import SamplingParams
