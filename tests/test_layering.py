@@ -1,6 +1,6 @@
 """The package's layers only look down, and no two modules import each other in a circle.
 
-CORE |= {"limits", "numerics", "model", "kernels", "validate", "weights"}
+CORE |= {"limits", "numerics", "model", "kernels", "validate", "weights", "arguments"}
     formats     checkpoints/, tokenizers/
     generation  sampling, generate, chat, chat_template
     api         llama_np/__init__.py (what `import llama_np` offers)
@@ -18,7 +18,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "llama_np"
 CORE = {"errors", "config", "schema", "dtypes", "quants", "packed", "layers", "kv_cache", "hooks"}
-CORE |= {"limits", "numerics", "model", "kernels", "validate", "weights"}
+CORE |= {"limits", "numerics", "model", "kernels", "validate", "weights", "arguments"}
 LAYERS = ["core", "formats", "generation", "api", "tools", "cli"]
 
 
