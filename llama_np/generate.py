@@ -20,16 +20,21 @@ import codecs
 import operator
 import time
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from . import arguments
 from .errors import ArgumentError, ContextLengthError
 from .kv_cache import KVCache
 from .model import Model
 from .numerics import check_logits
 from .sampling import SamplingParams, penalty_window, sample
 from .validate import check_text
+
+SAMPLING_FIELDS = tuple(f.name for f in fields(SamplingParams))
+PROMPT = "text or a list of token ids"
+PROMPTS = "a non-empty list of prompts (text or token ids)"
 
 
 @dataclass
@@ -174,7 +179,15 @@ def generate(
     the text yielded so far is the result.
     """
     params = sampling_params(sampling, **sampling_kwargs)
-    stop = check_limits(max_new_tokens, stop, seed)
+    max_new_tokens, stop, seed, stop_ids = check_arguments(
+        model, max_new_tokens, stop, seed, stats, stop_ids, special
+    )
+    check_prompt(model, prompt, "prompt")
+    cache = arguments.kv_cache(cache, "cache", model.config, optional=True)
+    arguments.flag(truncate_prompt, "truncate_prompt")
+    prefill_chunk = arguments.integer(
+        prefill_chunk, "prefill_chunk", 1, optional=True, allowed="a positive integer"
+    )
     stats = stats if stats is not None else GenerationStats()
     room = model.config.max_seq_len if cache is None else cache.max_seq_len - cache.length
     prompt = fit_text(model, prompt, room, truncate_prompt and cache is None, stats)
@@ -186,8 +199,6 @@ def generate(
     else:
         cache.check_room(len(tokens))
     stop_ids = frozenset(model.config.stop_ids if stop_ids is None else stop_ids)
-    if prefill_chunk is not None and not (isinstance(prefill_chunk, int) and prefill_chunk > 0):
-        raise ArgumentError(f"prefill_chunk must be a positive integer, got {prefill_chunk!r}")
     return _loop(
         model,
         tokens,
@@ -212,6 +223,12 @@ def generate_text(
 
 def sampling_params(sampling: SamplingParams | None = None, **kwargs: float) -> SamplingParams:
     """`sampling`, or a SamplingParams from keyword arguments (checked); not both."""
+    unknown = [name for name in kwargs if name not in SAMPLING_FIELDS]
+    if unknown:
+        raise ArgumentError(
+            f"{unknown[0]} is not an argument of generation; sampling settings are "
+            f"{', '.join(SAMPLING_FIELDS)}"
+        )
     if sampling is None:
         return SamplingParams(**kwargs)
     if kwargs:
@@ -219,21 +236,39 @@ def sampling_params(sampling: SamplingParams | None = None, **kwargs: float) -> 
             f"pass sampling settings either as sampling=SamplingParams(...) or as keywords, "
             f"not both (got both sampling and {', '.join(kwargs)})"
         )
-    if not isinstance(sampling, SamplingParams):
-        raise ArgumentError(f"sampling must be a SamplingParams, got {type(sampling).__name__}")
-    return sampling
+    return arguments.instance(sampling, "sampling", SamplingParams)
 
 
-def check_limits(max_new_tokens: int, stop: str | Sequence[str], seed: int | None) -> list[str]:
-    """Validate max_new_tokens, the seed and the stop strings; -> the stop strings as a list."""
-    if not (isinstance(max_new_tokens, int) and max_new_tokens >= 0):
-        raise ArgumentError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    if seed is not None and not (isinstance(seed, int) and seed >= 0):
-        raise ArgumentError(f"seed must be an integer >= 0 (or None), got {seed!r}")
-    stop = [stop] if isinstance(stop, str) else list(stop)
-    if any(not s for s in stop):
-        raise ArgumentError("stop strings must be non-empty")
-    return stop
+def check_arguments(
+    model: Model,
+    max_new_tokens: int,
+    stop: str | Sequence[str],
+    seed: int | None,
+    stats: GenerationStats | None,
+    stop_ids: Collection[int] | None,
+    special: bool,
+) -> tuple[int, list[str], int | None, list[int] | None]:
+    """The arguments every generation takes, checked; -> max_new_tokens, the stop strings as
+    a list, the seed and the stop ids, as plain Python values."""
+    arguments.instance(model, "model", Model)
+    max_new_tokens = arguments.integer(max_new_tokens, "max_new_tokens", 0)
+    seed = arguments.integer(seed, "seed", 0, optional=True)
+    stop = arguments.strings(stop, "stop", non_empty=True)
+    arguments.instance(stats, "stats", GenerationStats, optional=True)
+    if stop_ids is not None:  # any collection: a set has no order, and needs none here
+        ids = list(stop_ids) if isinstance(stop_ids, (set, frozenset)) else stop_ids
+        stop_ids = arguments.token_ids(ids, "stop_ids", model.config.vocab_size, min_len=0)
+        stop_ids = stop_ids.tolist()
+    arguments.flag(special, "special")
+    return max_new_tokens, stop, seed, stop_ids
+
+
+def check_prompt(model: Model, prompt: str | Sequence[int], name: str) -> None:
+    """A prompt is text (valid Unicode) or token ids that the model can take."""
+    if isinstance(prompt, str):
+        arguments.text(prompt, name)
+    else:
+        arguments.token_ids(prompt, name, decodable_ids(model), min_len=0, allowed=PROMPT)
 
 
 def fit_text(

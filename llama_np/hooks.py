@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import arguments
 from .errors import ArgumentError
 
 if TYPE_CHECKING:
@@ -118,7 +119,7 @@ class Recorder:
 
     def __init__(self, model: Model, patterns: str | Sequence[str]) -> None:
         self.model = model
-        self.patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+        self.patterns = arguments.strings(patterns, "patterns", non_empty=True)
         self.arrays: dict[str, list[np.ndarray]] = {}
         self._removers: list[Callable[[], None]] = []
 

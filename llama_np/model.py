@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import kernels
+from . import arguments, kernels
 from .config import LlamaConfig
 from .errors import ArgumentError
 from .hooks import Hook, match_points
@@ -147,20 +147,13 @@ class Model:
 
         `dtype` np.float16 halves the cache's memory; attention then widens K/V to float32.
         """
-        max_seq_len = self.config.max_seq_len if max_seq_len is None else max_seq_len
-        if not (
-            isinstance(max_seq_len, (int, np.integer))
-            and 0 < max_seq_len <= self.config.max_seq_len
-        ):
-            raise ArgumentError(
-                f"max_seq_len must be in 1..{self.config.max_seq_len} (the model's context), "
-                f"got {max_seq_len!r}"
-            )
-        if not (isinstance(batch_size, (int, np.integer)) and batch_size > 0):
-            raise ArgumentError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if np.dtype(dtype) not in (np.float32, np.float16):
-            raise ArgumentError(f"KV cache dtype must be float32 or float16, got {dtype}")
-        check_kv_cache_fits(self.config, max_seq_len, batch_size, np.dtype(dtype).itemsize)
+        S = self.config.max_seq_len
+        max_seq_len = S if max_seq_len is None else max_seq_len
+        allowed = f"in 1..{S} (the model's context), or None for all of it"
+        max_seq_len = arguments.integer(max_seq_len, "max_seq_len", 1, S, allowed=allowed)
+        batch_size = arguments.integer(batch_size, "batch_size", 1, allowed="a positive integer")
+        dtype = arguments.dtype(dtype, "dtype", (np.float32, np.float16))
+        check_kv_cache_fits(self.config, max_seq_len, batch_size, dtype.itemsize)
         return KVCache(self.config, max_seq_len, batch_size, dtype)
 
     # ---------------------------------------------------------------- prefill and decode
@@ -176,6 +169,9 @@ class Model:
         picks the sequence of a batched cache (each prompt of a batch is prefilled alone).
         """
         ids = self._check_tokens(tokens)
+        cache = arguments.kv_cache(cache, "cache", self.config)
+        arguments.flag(all_logits, "all_logits")
+        seq = arguments.integer(seq, "seq", 0, cache.batch_size - 1)
         cache.check_room(len(ids), seq)
         step = Step(
             "prefill", np.array([seq]), np.array([cache.lengths[seq]]), np.array([len(ids)])
@@ -188,7 +184,8 @@ class Model:
 
     def decode(self, token: int, cache: KVCache) -> np.ndarray:
         """Run one token at position cache.length; return (V,) logits for the next position."""
-        ids = self._check_tokens([token])
+        ids = np.array([arguments.token_id(token, "token", self.config.vocab_size)])
+        cache = arguments.kv_cache(cache, "cache", self.config)
         cache.check_room(1)
         step = Step("decode", np.array([0]), np.array([cache.length]), np.array([1]))
         x = self.forward(ids, step, cache)  # (1, D)
@@ -205,6 +202,7 @@ class Model:
         full as requests come and go: engine/.
         """
         ids = self._check_tokens(tokens)
+        cache = arguments.kv_cache(cache, "cache", self.config)
         B = cache.batch_size
         if len(ids) != B:
             raise ArgumentError(
@@ -322,7 +320,8 @@ class Model:
         model's computation, return a replacement of the same shape (None keeps it).
         Returns a function that removes the hook.
         """
-        names = match_points(name, self.config.n_layers)
+        arguments.function(fn, "fn")
+        names = match_points(arguments.string(name, "name"), self.config.n_layers)
         for point in names:
             self.hooks.setdefault(point, []).append(fn)
 
@@ -370,12 +369,4 @@ class Model:
         return hook
 
     def _check_tokens(self, tokens: Sequence[int]) -> np.ndarray:
-        ids = np.asarray(tokens)
-        if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
-            raise ArgumentError(f"tokens must be a non-empty sequence of ints, got {tokens!r:.80}")
-        if ids.min() < 0 or ids.max() >= self.config.vocab_size:
-            bad = ids[(ids < 0) | (ids >= self.config.vocab_size)][0]
-            raise ArgumentError(
-                f"token id {bad} is outside the vocabulary 0..{self.config.vocab_size - 1}"
-            )
-        return ids
+        return arguments.token_ids(tokens, "tokens", self.config.vocab_size)  # (T,) int64

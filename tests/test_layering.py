@@ -1,6 +1,7 @@
 """The package's layers only look down, and no two modules import each other in a circle.
 
 CORE |= {"limits", "numerics", "model", "kernels", "validate", "weights", "paged_kv_cache"}
+CORE |= {"arguments"}
     formats     checkpoints/, tokenizers/
     generation  sampling, generate, chat, chat_template
     serving     engine/ (scheduler, block pool, requests: many prompts on one model)
@@ -20,6 +21,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "llama_np"
 CORE = {"errors", "config", "schema", "dtypes", "quants", "packed", "layers", "kv_cache", "hooks"}
 CORE |= {"limits", "numerics", "model", "kernels", "validate", "weights", "paged_kv_cache"}
+CORE |= {"arguments"}
 LAYERS = ["core", "formats", "generation", "serving", "api", "tools", "cli"]
 
 

@@ -12,8 +12,15 @@ from collections.abc import Collection, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import ArgumentError
-from ..generate import GenerationStats, fit_text, prompt_tokens
+from .. import arguments
+from ..generate import (
+    PROMPTS,
+    GenerationStats,
+    check_arguments,
+    check_prompt,
+    fit_text,
+    prompt_tokens,
+)
 from ..model import Model
 from ..paged_kv_cache import BLOCK_SIZE, blocks_for
 from ..sampling import SamplingParams
@@ -44,8 +51,10 @@ def generate_batch_stream(
     prompt b samples with the seed derived from (seed, b), so its text does not depend on
     the other prompts.
     """
-    if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not prompts:
-        raise ArgumentError("prompts must be a non-empty list of prompts (text or token ids)")
+    prompts = arguments.sequence(prompts, "prompts", min_len=1, allowed=PROMPTS)
+    for b, prompt in enumerate(prompts):
+        check_prompt(model, prompt, f"prompts[{b}]")
+    check_arguments(model, max_new_tokens, stop, seed, stats, stop_ids, special)
     config = model.config
     stats = stats if stats is not None else GenerationStats()
     batch = [
@@ -77,6 +86,7 @@ def generate_batch(
     **kwargs,
 ) -> list[str]:
     """Continue several prompts at once; -> one text per prompt (see generate_batch_stream)."""
+    prompts = arguments.sequence(prompts, "prompts", min_len=1, allowed=PROMPTS)
     texts = [""] * len(prompts)
     for b, piece in generate_batch_stream(model, prompts, max_new_tokens, **kwargs):
         texts[b] += piece

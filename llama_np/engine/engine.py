@@ -31,12 +31,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import arguments
 from ..errors import ArgumentError, LlamaNpError
 from ..generate import (
+    PROMPTS,
     TextOutput,
     TextStream,
     accept_token,
-    check_limits,
+    check_arguments,
+    check_prompt,
     decodable_ids,
     prompt_tokens,
     sampling_params,
@@ -51,6 +54,7 @@ from .request import FINISHED, Request
 from .scheduler import ScheduledStep, Scheduler, SchedulerConfig
 
 DEFAULT_KV_MEMORY = 2**30  # 1 GiB, or one full context if that is more
+KV_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 
 
 @dataclass(frozen=True)
@@ -129,12 +133,14 @@ class Engine:
         prefix_caching: bool = True,
         kv_dtype=np.float32,
     ) -> None:
-        if not isinstance(model, Model):
-            raise ArgumentError(f"model must be a llama_np Model, got {type(model).__name__}")
-        if not (isinstance(block_size, int | np.integer) and 0 < block_size <= 1024):
-            raise ArgumentError(f"block_size must be an integer in 1..1024, got {block_size!r}")
-        if np.dtype(kv_dtype) not in (np.float32, np.float16):
-            raise ArgumentError(f"kv_dtype must be float32 or float16, got {kv_dtype!r}")
+        arguments.instance(model, "model", Model)
+        block_size = arguments.integer(block_size, "block_size", 1, 1024)
+        max_seqs = arguments.integer(max_seqs, "max_seqs", 1)
+        max_batch_tokens = arguments.integer(max_batch_tokens, "max_batch_tokens", 1)
+        arguments.flags(chunked_prefill=chunked_prefill, prefix_caching=prefix_caching)
+        kv_dtype = arguments.dtype(
+            kv_dtype, "kv_dtype", (np.dtype(np.float32), np.dtype(np.float16))
+        )
         config = model.config
         self.model = model
         block_bytes = config.kv_cache_bytes(block_size, 1, np.dtype(kv_dtype).itemsize)
@@ -207,9 +213,11 @@ class Engine:
         one of its own (request.seed), so it can be repeated.
         """
         params = sampling_params(sampling, **sampling_kwargs)
-        stop = check_limits(max_new_tokens, stop, seed)
-        if logprobs is not None and not (isinstance(logprobs, int) and 0 <= logprobs <= 20):
-            raise ArgumentError(f"logprobs must be an integer in 0..20 or None, got {logprobs!r}")
+        max_new_tokens, stop, seed, stop_ids = check_arguments(
+            self.model, max_new_tokens, stop, seed, None, stop_ids, special
+        )
+        check_prompt(self.model, prompt, "prompt")
+        logprobs = arguments.integer(logprobs, "logprobs", 0, 20, optional=True)
         tokens = prompt_tokens(self.model, prompt)
         config = self.model.config
         request_id = next(self._ids)
@@ -396,8 +404,7 @@ class Engine:
         """Continue every prompt (vLLM's LLM.generate): all are added, then steps run until
         each has ended; -> one Completion per prompt, in order. Keyword arguments are
         add_request's. A request that failed raises its error."""
-        if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not prompts:
-            raise ArgumentError("prompts must be a non-empty list of prompts (text or token ids)")
+        prompts = arguments.sequence(prompts, "prompts", min_len=1, allowed=PROMPTS)
         requests = [self.add_request(p, max_new_tokens, **kwargs) for p in prompts]
         texts = {r.id: "" for r in requests}
         try:

@@ -39,6 +39,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .. import arguments
 from ..errors import ArgumentError
 
 KERNELS = ("numpy", "numba", "vnni")
@@ -212,5 +213,5 @@ def _check_installed(name: str, what: str, instead: str) -> None:
 
 
 def _check(name: str, where: str) -> None:
-    if name not in KERNELS:
-        raise ArgumentError(f"{where} must be one of {', '.join(KERNELS)}, got {name!r}")
+    if not (isinstance(name, str) and name in KERNELS):
+        raise arguments.refuse(where, name, f"one of {', '.join(KERNELS)}")

@@ -16,8 +16,9 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .. import arguments
 from ..config import LlamaConfig
-from ..errors import ArgumentError, ConfigError
+from ..errors import ConfigError
 from ..packed import GROUP_SIZE
 from ..schema import n_params, weights_nbytes
 from .costs import attention_share, forward_bytes, forward_flops, kv_intensity
@@ -42,6 +43,7 @@ ENGINE_DTYPE = "fp32"  # what llama_np runs (weights and cache): the defaults fo
 def weight_bytes(config: LlamaConfig, dtype: str = DEFAULT_DTYPE) -> int:
     """Bytes of all weights stored as `dtype`, exactly as llama_np allocates them (a tied
     embedding/classifier counted once; norms in float32)."""
+    arguments.instance(config, "config", LlamaConfig)
     _check_dtype(dtype, WEIGHT_DTYPES, "--dtype")
     return weights_nbytes(config, dtype)
 
@@ -73,6 +75,7 @@ def memory_report(
     kv_dtype: str = DEFAULT_KV_DTYPE,
 ) -> MemoryReport:
     """Weights and KV cache of `config` at `context` tokens (default: its max_seq_len)."""
+    arguments.instance(config, "config", LlamaConfig)
     context = config.max_seq_len if context is None else context
     _check_positive(context=context, batch=batch)
     _check_dtype(kv_dtype, KV_DTYPES, "--kv-dtype")
@@ -140,6 +143,11 @@ def critical_batch(
     kv_dtype: str = DEFAULT_KV_DTYPE,
 ) -> CriticalBatch:
     """The smallest batch whose decode step at `position` is compute-bound on `hardware`."""
+    arguments.instance(config, "config", LlamaConfig)
+    arguments.instance(hardware, "hardware", Hardware)
+    arguments.integer(position, "position", 0)
+    _check_dtype(dtype, WEIGHT_DTYPES, "--dtype")
+    _check_dtype(kv_dtype, KV_DTYPES, "--kv-dtype")
     w, kv = WEIGHT_DTYPES[dtype], KV_DTYPES[kv_dtype]
     f1 = forward_flops(config, 1, position)
     one, two = (forward_bytes(config, 1, position, w, kv, b) for b in (1, 2))
@@ -175,6 +183,7 @@ def estimate(
     """Roofline times: prefill of a `prompt_tokens` prompt (default: the whole context) per
     sequence, and one decode step at the last position of the context, for `batch` sequences.
     """
+    arguments.instance(hardware, "hardware", Hardware)
     report = memory_report(config, context, batch, dtype, kv_dtype)
     context = report.context
     prompt_tokens = context if prompt_tokens is None else prompt_tokens
@@ -404,16 +413,15 @@ def nbytes(n: int) -> str:
 
 
 def _check_dtype(dtype: str, table: dict, flag: str) -> None:
-    if dtype not in table:
-        raise ArgumentError(f"{flag} must be one of {', '.join(table)}, got {dtype!r}")
+    if not (isinstance(dtype, str) and dtype in table):
+        raise arguments.refuse(flag, dtype, f"one of {', '.join(table)}")
 
 
 def _check_positive(**values: int) -> None:
+    """Each value a positive integer; named by its command-line flag (these functions serve
+    `llama-np memory`), e.g. --prompt-tokens for prompt_tokens."""
     for name, value in values.items():
-        if not (isinstance(value, int) and value > 0):
-            raise ArgumentError(
-                f"--{name.replace('_', '-')} must be a positive integer, got {value!r}"
-            )
+        arguments.integer(value, f"--{name.replace('_', '-')}", 1, allowed="a positive integer")
 
 
 def load_config(model: str) -> LlamaConfig:
