@@ -12,6 +12,8 @@ import os
 import re
 from collections.abc import Sequence
 
+import numpy as np
+
 from .config import LlamaConfig
 from .errors import ArgumentError, MemoryLimitError
 from .schema import n_params, weights_nbytes
@@ -121,10 +123,12 @@ _UNITS |= {"tib": 2**40}
 
 def parse_bytes(text: str | int, what: str = "size") -> int:
     """A byte count from "1GiB", "512 MiB", "1.5GB" or a plain number of bytes."""
-    if isinstance(text, int) and not isinstance(text, bool):
-        value = text
+    if isinstance(text, int | np.integer) and not isinstance(text, bool | np.bool_):
+        value = int(text)
     else:
-        match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([a-zA-Z]*)\s*", str(text))
+        match = isinstance(text, str) and re.fullmatch(
+            r"\s*([0-9]+(?:\.[0-9]*)?)\s*([a-zA-Z]*)\s*", text
+        )
         unit = match and match.group(2).lower()
         if not match or unit not in _UNITS:
             raise ArgumentError(

@@ -39,7 +39,9 @@ from llama_np import (
 from llama_np import arguments as args
 from llama_np.chat import Chat, make_chat_format
 from llama_np.chat_template import ChatTemplate, check_messages
+from llama_np.engine import Engine
 from llama_np.hooks import Recorder
+from llama_np.limits import parse_bytes
 from llama_np.tools.hardware import PRESETS, Hardware
 from llama_np.tools.memory import critical_batch, estimate, memory_report, weight_bytes
 from llama_np.tools.random_model import random_model as tools_random_model
@@ -278,6 +280,23 @@ class Dtype:
 
 
 @dataclass(frozen=True)
+class Bytes:
+    """A KV memory size: None, or bytes (an int, or text such as "1MiB") for one block or more."""
+
+    at_least: int
+
+    def accepts(self, v) -> bool:
+        if v is None:
+            return True
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, str)):
+            return False
+        try:
+            return parse_bytes(v) >= self.at_least
+        except ArgumentError:
+            return False
+
+
+@dataclass(frozen=True)
 class Instance:
     cls: type
     optional: bool = False
@@ -453,6 +472,39 @@ def _cases() -> list[Case]:
             max_new_tokens=2,
         ),
         batch,
+    )
+    add(
+        "Engine",
+        calls(lambda w, **kw: Engine(w.stories, **kw), kv_memory="1MiB"),
+        {
+            "kv_memory": Bytes(w_block := 2 * 5 * 4 * 16 * 8 * 4),  # stories260K's 16 positions
+            "block_size": Int(1, 1024),
+            "max_seqs": Int(1),
+            "max_batch_tokens": Int(1),
+            "chunked_prefill": Flag(),
+            "prefix_caching": Flag(),
+            "kv_dtype": Dtype(),
+        },
+    )
+    assert w_block == llama_np.load().config.kv_cache_bytes(16)
+    request = {k: v for k, v in generation.items() if k != "stats"}
+    add(
+        "Engine.add_request",
+        calls(
+            lambda w, **kw: Engine(w.stories, kv_memory="1MiB").add_request(**kw),
+            prompt="Hi",
+            max_new_tokens=2,
+        ),
+        {"prompt": TokenIds(V, text=True), **request, "logprobs": Int(0, 20, optional=True)},
+    )
+    add(
+        "Engine.generate",
+        calls(
+            lambda w, **kw: Engine(w.stories, kv_memory="1MiB").generate(**kw),
+            prompts=["Hi", [1, 2]],
+            max_new_tokens=2,
+        ),
+        {"prompts": Prompts(V), "max_new_tokens": Int(0)},
     )
     add("SamplingParams", calls(lambda w, **kw: SamplingParams(**kw)), sampling)
     add(
@@ -683,6 +735,7 @@ def test_the_table_covers_the_public_api():
     public = {"generate", "generate_text", "generate_batch", "generate_batch_stream", "load"}
     public |= {"load_tokenizer", "SamplingParams", "sample", "new_cache", "prefill", "decode"}
     public |= {"decode_batch", "add_hook", "Chat", "Chat.send", "ChatTemplate.render"}
+    public |= {"Engine", "Engine.add_request", "Engine.generate"}
     assert public <= covered, public - covered
 
 

@@ -405,6 +405,8 @@ class Engine:
         each has ended; -> one Completion per prompt, in order. Keyword arguments are
         add_request's. A request that failed raises its error."""
         prompts = arguments.sequence(prompts, "prompts", min_len=1, allowed=PROMPTS)
+        for b, prompt in enumerate(prompts):
+            check_prompt(self.model, prompt, f"prompts[{b}]")
         requests = [self.add_request(p, max_new_tokens, **kwargs) for p in prompts]
         texts = {r.id: "" for r in requests}
         try:
