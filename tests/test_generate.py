@@ -57,6 +57,33 @@ def test_prompt_as_token_ids(stories260k):
     )
 
 
+def test_generate_applies_the_repetition_penalty(stories260k):
+    """Greedy generation with a repetition penalty equals a loop written here: the model's
+    logits, each token of the last repeat_last_n (the prompt's included) penalized as CTRL
+    defines it (positive logits divided, negative multiplied), then the argmax."""
+    model, penalty, last_n, n = stories260k, 1.5, 12, 40
+    sampling = dict(temperature=0, repetition_penalty=penalty, repeat_last_n=last_n)
+    stats = GenerationStats()
+    list(generate(model, "Once upon a time", n, stop_ids=(), stats=stats, **sampling))
+
+    history = model.tokenizer.encode("Once upon a time", bos=True)
+    cache = model.new_cache()
+    logits = model.prefill(history, cache)
+    expected = []
+    for _ in range(n):
+        penalized = logits.astype(np.float64)
+        for token in set(history[-last_n:]):
+            value = penalized[token]
+            penalized[token] = value / penalty if value > 0 else value * penalty
+        expected.append(int(np.argmax(penalized)))
+        history.append(expected[-1])
+        logits = model.decode(expected[-1], cache)
+    assert stats.tokens == expected
+    unpenalized = GenerationStats()
+    list(generate(model, "Once upon a time", n, temperature=0, stop_ids=(), stats=unpenalized))
+    assert unpenalized.tokens != expected  # the penalty changes this text: the test can fail
+
+
 def test_context_limit_stops_generation():
     config = small_config(max_seq_len=16, vocab_size=300, stop_ids=())  # no end token
     model = random_model(config, 3, byte_tokenizer(300))
