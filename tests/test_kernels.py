@@ -2,10 +2,13 @@
 
 GGUF block kernels are checked against the `gguf` package's own dequantizer (llama.cpp's
 Python reference) followed by a float64 product; this project's int8/bf16/fp16 kernels against
-its NumPy path (widen + BLAS) and float64. The compiled tests skip when numba is not installed;
-the NumPy-only tests run everywhere.
+its NumPy path (widen + BLAS) and float64. The compiled tests skip when numba is not installed
+(the vnni ones also on a CPU without AVX-512 VNNI), saying why in the summary; a numba that is
+installed but does not import fails test_installed_numba_imports in CI. The NumPy-only tests
+run everywhere.
 """
 
+import os
 import re
 import subprocess
 import sys
@@ -23,13 +26,71 @@ from llama_np.errors import ArgumentError
 from llama_np.packed import PackedRows, Scratch, StackedRows, pack
 
 ROOT = Path(__file__).resolve().parents[1]
-requires_numba = pytest.mark.skipif(
-    not kernels.numba_available(),
-    reason="numba is not installed (pip install -e '.[fast]'): compiled kernels not tested",
+NUMBA_PROBLEM = kernels.numba_unavailable()  # None, not installed, or a broken install
+VNNI_PROBLEM = kernels.vnni_unavailable()  # ... or this CPU has no AVX-512 VNNI
+NUMBA_SKIP = f"{NUMBA_PROBLEM}: compiled kernels not tested" + (
+    " (pip install -e '.[fast]')" if NUMBA_PROBLEM == kernels.NUMBA_NOT_INSTALLED else ""
 )
+requires_numba = pytest.mark.skipif(NUMBA_PROBLEM is not None, reason=NUMBA_SKIP)
 requires_vnni = pytest.mark.skipif(
-    not kernels.vnni_available(), reason="numba not installed, or this CPU has no AVX-512 VNNI"
+    VNNI_PROBLEM is not None, reason=f"{VNNI_PROBLEM}: vnni kernels not tested"
 )
+
+
+def test_installed_numba_imports():
+    """The `fast` extra installed but broken (e.g. a numba too old for this NumPy) would skip
+    every compiled-kernel test as if numba were absent: in CI ($CI set) that is a failure;
+    locally a skip that says so. numba not installed at all is a skip everywhere."""
+    if NUMBA_PROBLEM is None:
+        assert kernels.numba_available() and kernels.active() in ("numba", "vnni")
+    elif NUMBA_PROBLEM == kernels.NUMBA_NOT_INSTALLED:
+        pytest.skip(NUMBA_SKIP)
+    elif os.environ.get("CI"):
+        pytest.fail(f"{NUMBA_PROBLEM}: every compiled-kernel test would be skipped")
+    else:
+        pytest.skip(f"{NUMBA_SKIP}; in CI a failure")
+
+
+@pytest.mark.parametrize(
+    "block, reason",
+    [
+        ("sys.modules['numba'] = None", "numba is not installed"),  # nothing named numba
+        ("class Finder:\n"
+         "    def find_spec(self, name, path=None, target=None):\n"
+         "        if name == 'numba':\n"
+         "            raise ImportError('Numba needs NumPy 2.3 or less. Got NumPy 2.4.')\n"
+         "sys.meta_path.insert(0, Finder())", "numba is installed but broken: ImportError: "
+         "Numba needs NumPy 2.3 or less"),
+    ],
+    ids=["not installed", "broken install"],
+)  # fmt: skip
+def test_unavailable_numba_says_why_and_falls_back_to_numpy(block, reason):
+    """numba absent and numba present but failing to import are told apart (what makes the
+    test above a failure in CI); either way the NumPy path runs."""
+    script = (
+        "import sys\n"
+        f"{block}\n"
+        "from llama_np import kernels\n"
+        "print(kernels.numba_unavailable()); print(kernels.vnni_unavailable())\n"
+        "print(kernels.active()); print(kernels.describe())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    why, vnni_why, active, described = done.stdout.splitlines()
+    assert why.startswith(reason) and vnni_why == why
+    assert active == "numpy" and reason in described
+
+
+@requires_numba
+def test_vnni_skip_reason_names_the_cpu():
+    """Where numba works, the vnni kernels run or the reason names what is missing."""
+    assert VNNI_PROBLEM is None or VNNI_PROBLEM in (
+        "this CPU has no AVX-512 VNNI",
+        "numba compiles for another CPU ($NUMBA_CPU_NAME)",
+        "numba compiles for other CPU features ($NUMBA_CPU_FEATURES)",
+    )
 
 
 @pytest.fixture
@@ -396,8 +457,8 @@ def test_a_product_of_mismatched_shapes_is_refused(kernel, storage, use_kernels)
     have multiplied into an output of one (writing past it)."""
     from llama_np import packed as packed_module
 
-    if kernel == "numba" and not kernels.numba_available():
-        pytest.skip("numba is not installed")
+    if kernel == "numba" and NUMBA_PROBLEM:
+        pytest.skip(NUMBA_SKIP)
     use_kernels(kernel)
     rows = np.ones((300, 256), dtype=np.float32)  # (N, K): FP32_KERNEL_MIN weights and more
     w = rows.T if storage == "fp32 rows" else pack("int8", rows, Scratch()).T  # (K, N)

@@ -361,7 +361,7 @@ def test_notes_say_when_decode_ran_in_the_kernel_layer(name):
     from llama_np.tools.random_model import random_model
 
     if name == "numba" and not kernels.numba_available():
-        pytest.skip("numba is not installed")
+        pytest.skip(f"{kernels.numba_unavailable()}: compiled kernels not tested")
     config = LlamaConfig(dim=256, n_layers=1, n_heads=4, n_kv_heads=2, hidden_dim=256,
                          vocab_size=256, max_seq_len=16)  # fmt: skip
     kernels.use(name)

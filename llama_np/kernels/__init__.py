@@ -33,6 +33,7 @@ its NumPy path. `warm_up()` starts the compiled runtime when a model that uses i
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 from collections.abc import Callable
@@ -56,27 +57,44 @@ _numba_error: str | None = None  # why `import numba` failed, once tried
 _vnni_reason: str | None = None  # why the vnni kernels cannot run ("": they can), once asked
 
 
+NUMBA_NOT_INSTALLED = "numba is not installed"
+
+
 def numba_available() -> bool:
     """Whether the numba kernels can be used (imports numba on first call: ~0.5 s)."""
+    return numba_unavailable() is None
+
+
+def numba_unavailable() -> str | None:
+    """Why the numba kernels cannot run here, or None when they can (asked once):
+    NUMBA_NOT_INSTALLED, or "numba is installed but broken: ..." with the import's error (e.g.
+    a numba too old for this NumPy, or llvmlite's library missing)."""
     global _numba_error
     if _numba_error is None:
         try:
             from . import numba_jit  # noqa: F401
-        except ImportError as e:  # not installed, or e.g. a numba too old for this NumPy
-            _numba_error = "numba is not installed" if e.name == "numba" else f"{e}"
+        except (ImportError, OSError) as e:
+            # Not installed: nothing named numba to import. Anything else is a broken install
+            # (numba refuses this NumPy, a module inside numba or llvmlite fails to load).
+            missing = isinstance(e, ImportError) and e.name == "numba"
+            if missing and importlib.util.find_spec("numba") is None:
+                _numba_error = NUMBA_NOT_INSTALLED
+            else:
+                _numba_error = f"numba is installed but broken: {type(e).__name__}: {e}"
         else:
             _numba_error = ""
-    return not _numba_error
+    return _numba_error or None
 
 
 def vnni_available() -> bool:
     """Whether the vnni kernels can be used: numba imports and the CPU has AVX-512 VNNI
     (asked once: the default kernels are looked up before every product)."""
-    return _vnni_unavailable() is None
+    return vnni_unavailable() is None
 
 
-def _vnni_unavailable() -> str | None:
-    """Why the vnni kernels cannot run here, or None (asked once)."""
+def vnni_unavailable() -> str | None:
+    """Why the vnni kernels cannot run here, or None (asked once): numba's reason, or e.g.
+    "this CPU has no AVX-512 VNNI"."""
     global _vnni_reason
     if _vnni_reason is None:
         if numba_available():
@@ -209,7 +227,7 @@ def _check_installed(name: str, what: str, instead: str) -> None:
             f"or {instead}numpy"
         )
     if name == "vnni" and not vnni_available():
-        raise ArgumentError(f"{what}, but {_vnni_unavailable()}: {instead}numba")
+        raise ArgumentError(f"{what}, but {vnni_unavailable()}: {instead}numba")
 
 
 def _check(name: str, where: str) -> None:
