@@ -1,5 +1,7 @@
 """The pure building blocks, each against an independent reference or a mathematical property."""
 
+import math
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -91,16 +93,16 @@ def test_chunked_attention_equals_attention_and_shows_hooks_every_block(T, chunk
 
 
 def test_attention_on_strided_cache_views():
-    """Attention reads the cache through views with strides over max_seq_len."""
-    cache = rng.standard_normal((2, 16, 8), dtype=np.float32)  # (KVH, S_max, HD)
+    """Attention reads the cache through views with strides over max_seq_len: the result is
+    the reference attention of the positions the views show (and nothing past them)."""
+    k_cache = rng.standard_normal((2, 16, 8), dtype=np.float32)  # (KVH, S_max, HD)
+    v_cache = rng.standard_normal((2, 16, 8), dtype=np.float32)
     q = rng.standard_normal((1, 3, 4, 8), dtype=np.float32)  # (B, T, H, HD)
-    k_view = cache[None, :, :7]  # (1, KVH, 7, HD)
-    ends = np.array([7])
-    np.testing.assert_allclose(
-        attention(q, k_view, k_view, ends),
-        attention(q, k_view.copy(), k_view.copy(), ends),
-        rtol=1e-6,
-    )
+    k_view, v_view = k_cache[None, :, :7], v_cache[None, :, :7]  # (1, KVH, 7, HD), strided
+    assert not k_view.flags.c_contiguous
+    got = attention(q, k_view, v_view, np.array([7]))[0]
+    k, v = np.repeat(k_cache[:, :7], 2, axis=0), np.repeat(v_cache[:, :7], 2, axis=0)
+    np.testing.assert_allclose(got, naive_attention(q[0], k, v), rtol=1e-4, atol=1e-5)
 
 
 def test_causal_mask_offset_by_cached_positions():
@@ -198,23 +200,116 @@ def test_rope_position_zero_is_identity():
 
 def test_rope_tables_float32_and_match_formula():
     cos, sin = rope_tables(8, 100, 10000.0)
-    assert cos.dtype == sin.dtype == np.float32 and cos.shape == (100, 4)
+    assert cos.dtype == sin.dtype == np.float32 and cos.shape == sin.shape == (100, 4)
     freqs = 10000.0 ** (-np.arange(0, 8, 2) / 8)
     np.testing.assert_allclose(cos[77], np.cos(77 * freqs), atol=1e-6)
+    np.testing.assert_allclose(sin[77], np.sin(77 * freqs), atol=1e-6)
+
+
+def reference_rope(x, positions, theta, interleaved):
+    """RoPE one number at a time, from its definition: pair i of a head rotates by the angle
+    position × theta^(-2i/HD), counter-clockwise: (a, b) -> (a cos - b sin, a sin + b cos).
+    Pairs are (2i, 2i+1) interleaved (Meta, llama2.c, GGUF), (i, i + HD/2) half-split (HF)."""
+    T, n_heads, HD = x.shape
+    out = np.zeros((T, n_heads, HD))
+    for t, pos in enumerate(positions):
+        for h in range(n_heads):
+            for i in range(HD // 2):
+                a, b = (2 * i, 2 * i + 1) if interleaved else (i, i + HD // 2)
+                angle = pos * theta ** (-2 * i / HD)
+                xa, xb = float(x[t, h, a]), float(x[t, h, b])
+                out[t, h, a] = xa * math.cos(angle) - xb * math.sin(angle)
+                out[t, h, b] = xa * math.sin(angle) + xb * math.cos(angle)
+    return out
+
+
+@pytest.mark.parametrize("interleaved", [True, False], ids=["interleaved", "half-split"])
+def test_rope_matches_the_definition(interleaved):
+    x = rng.standard_normal((6, 3, 16), dtype=np.float32)
+    positions = [0, 1, 2, 7, 40, 63]
+    cos, sin = rope_tables(16, 64, 10000.0)
+    got = apply_rope(x, cos[positions], sin[positions], interleaved)
+    assert got.dtype == np.float32 and got.shape == x.shape
+    np.testing.assert_allclose(got, reference_rope(x, positions, 10000.0, interleaved), atol=2e-6)
+
+
+@pytest.mark.parametrize(
+    "interleaved, expected",
+    [
+        (True, [-1.14264, 1.922076, 2.959851, 4.0298]),  # pairs (0, 1) and (2, 3)
+        (False, [-1.984111, 1.959901, 2.462378, 4.0198]),  # pairs (0, 2) and (1, 3)
+    ],
+    ids=["interleaved", "half-split"],
+)
+def test_rope_values_by_hand(interleaved, expected):
+    """HD = 4, theta = 10000, position 1: pair 0 turns by 1 radian, pair 1 by 0.01, both
+    counter-clockwise: x = (1, 2) -> (cos 1 - 2 sin 1, sin 1 + 2 cos 1) = (-1.14264, 1.92208)."""
+    x = np.array([1, 2, 3, 4], dtype=np.float32).reshape(1, 1, 4)
+    cos, sin = rope_tables(4, 2, 10000.0)
+    np.testing.assert_allclose(apply_rope(x, cos[1:], sin[1:], interleaved).ravel(), expected,
+                               atol=1e-5)  # fmt: skip
+
+
+def reference_llama3_frequencies(head_dim, theta, factor, low_freq_factor, high_freq_factor,
+                                 original):  # fmt: skip
+    """Meta's llama3 `apply_scaling` (llama/model.py), one frequency at a time."""
+    low_freq_wavelen = original / low_freq_factor
+    high_freq_wavelen = original / high_freq_factor
+    out = []
+    for i in range(0, head_dim, 2):
+        freq = 1.0 / theta ** (i / head_dim)
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_freq_wavelen:
+            out.append(freq)
+        elif wavelen > low_freq_wavelen:
+            out.append(freq / factor)
+        else:
+            smooth = (original / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+            out.append((1 - smooth) * freq / factor + smooth * freq)
+    return out
+
+
+# Llama 3.1 (HD 128, theta 500000, factor 8, low 1, high 4, original 8192): frequencies of
+# pairs in each band, computed with the formula above. Wavelengths under 2048 positions are
+# kept (pairs 0-28), over 8192 divided by 8 (35-63), and blended between (29-34).
+LLAMA31 = {
+    0: 1.0,  # kept: wavelength 6.28
+    28: 0.0032114459947525913,  # kept: wavelength 1956.5, just under 2048
+    29: 0.002166570763503359,  # blended: wavelength 2401.7, smooth 0.8036
+    31: 0.0008567514129196321,  # blended: wavelength 3619.2, smooth 0.4212
+    34: 0.00017850781276799638,  # blended: wavelength 6695.1, smooth 0.0745
+    35: 9.556212353964683e-05,  # divided by 8: wavelength 8218.7, just over 8192
+    63: 3.068925988914511e-07,  # divided by 8
+}
 
 
 def test_llama3_rope_scaling_matches_reference_values():
     """Llama 3.1 scaling: high frequencies kept, low ones divided by 8, a blend between."""
-    s = RopeScaling("llama3", 8.0, 1.0, 4.0, 8192)
-    base = rope_frequencies(128, 500000.0)
-    scaled = rope_frequencies(128, 500000.0, s)
-    wavelen = 2 * np.pi / base
-    high = wavelen < 8192 / 4
-    low = wavelen > 8192 / 1
-    np.testing.assert_allclose(scaled[high], base[high])
-    np.testing.assert_allclose(scaled[low], base[low] / 8)
-    mid = ~high & ~low
-    assert mid.any() and np.all((scaled[mid] < base[mid]) & (scaled[mid] > base[mid] / 8))
+    scaled = rope_frequencies(128, 500000.0, RopeScaling("llama3", 8.0, 1.0, 4.0, 8192))
+    for pair, value in LLAMA31.items():
+        assert scaled[pair] == pytest.approx(value, rel=1e-12), pair
+    np.testing.assert_allclose(
+        scaled, reference_llama3_frequencies(128, 500000.0, 8.0, 1.0, 4.0, 8192), rtol=1e-12
+    )
+
+
+@pytest.mark.parametrize(
+    "head_dim, theta, factor, low, high, original",
+    [(64, 500000.0, 32.0, 1.0, 4.0, 8192), (128, 10000.0, 4.0, 2.0, 8.0, 4096)],
+)
+def test_llama3_rope_scaling_other_settings(head_dim, theta, factor, low, high, original):
+    """Llama 3.2's factor 32, and settings whose bands fall elsewhere: every pair equals the
+    published formula, and each of the three bands holds some pairs."""
+    scaling = RopeScaling("llama3", factor, low, high, original)
+    scaled = rope_frequencies(head_dim, theta, scaling)
+    expected = reference_llama3_frequencies(head_dim, theta, factor, low, high, original)
+    np.testing.assert_allclose(scaled, expected, rtol=1e-12)
+    base = rope_frequencies(head_dim, theta)
+    kept, divided = scaled == base, np.isclose(scaled, base / factor, rtol=1e-15)
+    assert kept.any() and divided.any() and (~kept & ~divided).any()
+
+
+def test_linear_rope_scaling_divides_every_frequency():
     np.testing.assert_allclose(
         rope_frequencies(64, 1e4, RopeScaling("linear", 4.0)), rope_frequencies(64, 1e4) / 4
     )
