@@ -185,16 +185,32 @@ def test_kv_cache_writes_slices_and_reads_views():
     assert (cache.v[1, 0, :, 2:5] == 2).all()
 
 
-def test_kv_cache_batched_write_puts_each_row_at_its_sequence_and_position():
-    cache = KVCache(small_config(), max_seq_len=8, batch_size=3)
-    k = np.arange(1, 4, dtype=np.float32)[:, None, None] * np.ones((3, 2, 8), np.float32)
-    step = Step("decode", np.arange(3), np.array([4, 0, 6]), np.ones(3, dtype=np.int64))
-    cache.write(0, step, k, -k)  # (B, KVH, HD): one new position per sequence
-    for b, pos in enumerate([4, 0, 6]):
-        assert (cache.k[0, b, :, pos] == b + 1).all() and (cache.v[0, b, :, pos] == -b - 1).all()
-        assert np.count_nonzero(cache.k[0, b]) == 2 * 8  # nothing else written
-    k_all, _ = cache.read(0, step, np.arange(3))
-    assert k_all.shape == (3, 2, 7, 8) and np.shares_memory(k_all, cache.k)
+@pytest.mark.parametrize("rows", [[0, 1, 2], [1, 2, 3]], ids=["rows 0-2", "rows 1-3"])
+def test_kv_cache_batched_write_puts_each_sequence_at_its_own_position(rows):
+    """Batched decode: one new position per sequence, each at its own start. Exactly those
+    (layer, row, position) slots change, every one of them (the last sequence's too), and
+    `read` shows each row through the furthest new position, as views of the cache."""
+    cache = KVCache(small_config(), max_seq_len=8, batch_size=4)  # k: (L, B, KVH, S_max, HD)
+    gen = np.random.default_rng(0)
+    cache.k[:] = gen.standard_normal(cache.k.shape, dtype=np.float32)  # what was cached before
+    cache.v[:] = gen.standard_normal(cache.v.shape, dtype=np.float32)
+    expected_k, expected_v = cache.k.copy(), cache.v.copy()
+    starts = np.array([5, 0, 3])  # (B,) each sequence's length before this token
+    k = gen.standard_normal((3, 2, 8), dtype=np.float32)  # (R = B, KVH, HD)
+    v = gen.standard_normal((3, 2, 8), dtype=np.float32)
+    for b, start in enumerate(starts):
+        expected_k[1, rows[b], :, start] = k[b]
+        expected_v[1, rows[b], :, start] = v[b]
+
+    step = Step("decode", np.array(rows), starts, np.ones(3, dtype=np.int64))
+    cache.write(1, step, k, v)
+    np.testing.assert_array_equal(cache.k, expected_k)
+    np.testing.assert_array_equal(cache.v, expected_v)
+    k_all, v_all = cache.read(1, step, np.arange(3))
+    assert k_all.shape == v_all.shape == (3, 2, 6, 8)  # (B, KVH, max(starts) + 1, HD)
+    assert np.shares_memory(k_all, cache.k) and np.shares_memory(v_all, cache.v)
+    np.testing.assert_array_equal(k_all, expected_k[1, rows, :, :6])
+    np.testing.assert_array_equal(v_all, expected_v[1, rows, :, :6])
 
 
 def test_cache_overflow_raises_clear_error():
@@ -221,12 +237,52 @@ def test_new_cache_rejects_sizes_beyond_the_context():
         model.new_cache(max_seq_len=65)
 
 
-def test_hooks_cost_nothing_when_removed():
+def test_unused_hooks_cost_nothing(monkeypatch):
+    """With no hook registered (none yet, or every one removed) no hook machinery runs in
+    prefill, chunked prefill, decode or batched decode: Model._run_hooks and
+    Model._attention_hook are never called and attention is handed no hook. Counted, not
+    timed; one registered hook makes the same counters move."""
+    calls = []
+
+    def spy(name, real):
+        def wrapper(*args):
+            calls.append(name)
+            return real(*args)
+
+        return wrapper
+
+    def attention_spy(real):
+        def wrapper(q, k, v, ends, *rest):  # (..., hook) or (..., chunk, hook)
+            if rest and rest[-1] is not None:
+                calls.append("attention given a hook")
+            return real(q, k, v, ends, *rest)
+
+        return wrapper
+
+    monkeypatch.setattr(Model, "_run_hooks", spy("_run_hooks", Model._run_hooks))
+    monkeypatch.setattr(Model, "_attention_hook", spy("_attention_hook", Model._attention_hook))
+    monkeypatch.setattr(model_module, "attention", attention_spy(model_module.attention))
+    monkeypatch.setattr(model_module, "chunked_attention", attention_spy(chunked))
+    monkeypatch.setattr(model_module, "ATTENTION_CHUNK", 4)  # prompts of 5+ tokens: chunked
+
+    def run(model):
+        model.prefill([1, 2, 3], model.new_cache(), all_logits=True)
+        cache = model.new_cache()
+        model.prefill([1, 2, 3, 4, 5, 6], cache)  # attention in blocks of 4 queries
+        model.decode(7, cache)
+        batch = model.new_cache(16, batch_size=2)
+        model.prefill([1, 2], batch, seq=0)
+        model.prefill([3], batch, seq=1)
+        model.decode_batch([4, 5], batch)
+
     model = random_model(small_config())
-    before = model.prefill([1, 2, 3], model.new_cache(), all_logits=True)
-    remove = model.add_hook("layers.0.attn.probs", lambda n, a: None)
+    run(model)
+    assert calls == []
+    remove = model.add_hook("layers.*.attn.probs", lambda n, a: None)
+    run(model)
+    assert "_attention_hook" in calls and "attention given a hook" in calls  # the spies work
+    calls.clear()
     remove()
     assert model.hooks == {}
-    np.testing.assert_array_equal(
-        model.prefill([1, 2, 3], model.new_cache(), all_logits=True), before
-    )
+    run(model)
+    assert calls == []
