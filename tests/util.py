@@ -1,11 +1,14 @@
 """Helpers shared by the tests: random-weight models of any config; a CLI run whose reader
-closes stdout early."""
+closes stdout early; a guard against hangs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -70,3 +73,31 @@ def closed_after_first_line(argv: list[str], env: dict | None = None):
     proc.stdout.close()  # the reader is gone: every later write to stdout fails
     err = proc.stderr.read().decode()
     return proc.wait(timeout=300), first.decode(), err
+
+
+class Hang(Exception):
+    """A block ran past its hang_guard: stuck, not merely slow."""
+
+
+@contextlib.contextmanager
+def hang_guard(seconds: float, what: str = "the block") -> Iterator[None]:
+    """Raise Hang inside the block if it is still running after `seconds` of wall time.
+
+    A bound for hangs (an endless loop, a read that never returns), set far above any normal
+    run, so that a busy machine never trips it: tests assert results and operation counts,
+    never speed. Main thread only (SIGALRM); without SIGALRM (Windows) the block runs unguarded.
+    """
+    if not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def alarm(signum, frame):
+        raise Hang(f"{what} was still running after {seconds:g} s: hung?")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
