@@ -192,3 +192,15 @@ def test_checkpoint_paths_are_what_download_creates():
 def test_corrected_statements_stay_corrected(false_statement):
     sources = [*PAGES, *(ROOT / "llama_np").rglob("*.py")]
     assert not [p for p in sources if false_statement in p.read_text()]
+
+
+def test_tests_readme_names_tests_that_exist():
+    """tests/README.md (what a green run proves) names test files and tests that exist."""
+    text = (ROOT / "tests" / "README.md").read_text()
+    files = re.findall(r"\b(test_[a-z0-9_]+\.py)", text)
+    assert files and all((ROOT / "tests" / f).exists() for f in files), files
+    for pattern in re.findall(r"\b(test_[a-z0-9_]+)\*\.py", text):  # test_errors*.py
+        assert list((ROOT / "tests").glob(f"{pattern}*.py")), pattern
+    every_test = "".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
+    for name in re.findall(r"`(test_[a-z0-9_]+)`", text):
+        assert f"def {name}(" in every_test, name
