@@ -345,19 +345,20 @@ def _exit(code: int, output: bytes) -> str:
     return f"exit {code}"
 
 
-# `python -m llama_np ARGS`, that writes "decoding" to stderr when the first batched decode step
-# starts (a batch prints nothing before it ends): Ctrl-C then lands in the loop, however slowly
-# the machine started the process.
+# `python -m llama_np ARGS`, that writes "decoding" to stderr when the first decode step (one
+# new token per sequence) starts; a batch prints nothing before it ends. Ctrl-C then lands in
+# the loop, however slowly the machine started the process.
 SAYS_WHEN_DECODING = """
 import sys
 from llama_np.cli.main import main
 from llama_np.model import Model
-decode_batch = Model.decode_batch
-def announce(self, tokens, cache):
-    Model.decode_batch = decode_batch
-    sys.stderr.write("decoding\\n"); sys.stderr.flush()
-    return decode_batch(self, tokens, cache)
-Model.decode_batch = announce
+forward = Model.forward
+def announce(self, ids, step, cache):
+    if (step.counts == 1).all():
+        Model.forward = forward
+        sys.stderr.write("decoding\\n"); sys.stderr.flush()
+    return forward(self, ids, step, cache)
+Model.forward = announce
 sys.exit(main(sys.argv[1:]))
 """
 

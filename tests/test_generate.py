@@ -8,7 +8,7 @@ from util import byte_tokenizer, random_model, small_config
 
 import llama_np
 from llama_np import ArgumentError, ContextLengthError, GenerationStats, generate, generate_text
-from llama_np.engine import generate_batch_stream
+from llama_np.engine import Engine, generate_batch_stream
 
 
 def test_streamed_pieces_join_to_the_decoded_tokens(stories260k):
@@ -57,31 +57,43 @@ def test_prompt_as_token_ids(stories260k):
     )
 
 
-def test_generate_applies_the_repetition_penalty(stories260k):
-    """Greedy generation with a repetition penalty equals a loop written here: the model's
-    logits, each token of the last repeat_last_n (the prompt's included) penalized as CTRL
-    defines it (positive logits divided, negative multiplied), then the argmax."""
-    model, penalty, last_n, n = stories260k, 1.5, 12, 40
-    sampling = dict(temperature=0, repetition_penalty=penalty, repeat_last_n=last_n)
-    stats = GenerationStats()
-    list(generate(model, "Once upon a time", n, stop_ids=(), stats=stats, **sampling))
-
-    history = model.tokenizer.encode("Once upon a time", bos=True)
+def penalized_greedy(model, prompt, n, penalty, last_n):
+    """Greedy tokens with a repetition penalty, by hand: the model's logits, each token of the
+    last `last_n` seen (the prompt's included) penalized as CTRL defines it (positive logits
+    divided, negative multiplied), then the argmax."""
+    history = model.tokenizer.encode(prompt, bos=True)
     cache = model.new_cache()
     logits = model.prefill(history, cache)
-    expected = []
+    tokens = []
     for _ in range(n):
         penalized = logits.astype(np.float64)
         for token in set(history[-last_n:]):
             value = penalized[token]
             penalized[token] = value / penalty if value > 0 else value * penalty
-        expected.append(int(np.argmax(penalized)))
-        history.append(expected[-1])
-        logits = model.decode(expected[-1], cache)
-    assert stats.tokens == expected
-    unpenalized = GenerationStats()
-    list(generate(model, "Once upon a time", n, temperature=0, stop_ids=(), stats=unpenalized))
-    assert unpenalized.tokens != expected  # the penalty changes this text: the test can fail
+        tokens.append(int(np.argmax(penalized)))
+        history.append(tokens[-1])
+        logits = model.decode(tokens[-1], cache)
+    return tokens
+
+
+PENALIZED = dict(temperature=0, repetition_penalty=1.5, repeat_last_n=12)
+
+
+def test_generate_applies_the_repetition_penalty(stories260k):
+    stats = GenerationStats()
+    list(generate(stories260k, "Once upon a time", 40, stop_ids=(), stats=stats, **PENALIZED))
+    assert stats.tokens == penalized_greedy(stories260k, "Once upon a time", 40, 1.5, 12)
+    plain = GenerationStats()
+    list(generate(stories260k, "Once upon a time", 40, temperature=0, stop_ids=(), stats=plain))
+    assert plain.tokens != stats.tokens  # the penalty changes this text: the test can fail
+
+
+def test_the_serving_engine_applies_the_repetition_penalty(stories260k):
+    """Each request of a batch on the engine is penalized by its own history."""
+    prompts = ["Once upon a time", "The little dog"]
+    done = Engine(stories260k).generate(prompts, 30, stop_ids=(), **PENALIZED)
+    for prompt, completion in zip(prompts, done, strict=True):
+        assert completion.tokens == penalized_greedy(stories260k, prompt, 30, 1.5, 12)
 
 
 def test_context_limit_stops_generation():

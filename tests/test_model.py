@@ -8,6 +8,7 @@ from util import random_model, random_tensors, small_config
 
 import llama_np.model as model_module
 from llama_np import ArgumentError, ContextLengthError, KVCache, Model
+from llama_np.engine import Engine
 from llama_np.layers import chunked_attention as chunked
 from llama_np.model import Step
 
@@ -239,7 +240,8 @@ def test_new_cache_rejects_sizes_beyond_the_context():
 
 def test_unused_hooks_cost_nothing(monkeypatch):
     """With no hook registered (none yet, or every one removed) no hook machinery runs in
-    prefill, chunked prefill, decode or batched decode: Model._run_hooks and
+    prefill, chunked prefill, decode, batched decode or a serving engine's steps (a paged
+    cache): Model._run_hooks and
     Model._attention_hook are never called and attention is handed no hook. Counted, not
     timed; one registered hook makes the same counters move."""
     calls = []
@@ -274,6 +276,7 @@ def test_unused_hooks_cost_nothing(monkeypatch):
         model.prefill([1, 2], batch, seq=0)
         model.prefill([3], batch, seq=1)
         model.decode_batch([4, 5], batch)
+        Engine(model).generate([[1, 2, 3], [4, 5, 6, 7, 8]], 3, temperature=0, stop_ids=())
 
     model = random_model(small_config())
     run(model)

@@ -37,7 +37,10 @@ def test_rows_land_in_their_blocks_and_read_back_in_table_order():
     assert not cache.k[:, :, 4].any() and cache.k[:, :, 1].any()
 
 
-@pytest.mark.skipif(kernels.active() == "numpy", reason="the compiled kernels are not active")
+@pytest.mark.skipif(
+    kernels.active() == "numpy",
+    reason=f"compiled kernels not active: {kernels.numba_unavailable() or 'numpy selected'}",
+)
 @settings(max_examples=40, deadline=None)
 @given(
     B=st.integers(1, 5),
