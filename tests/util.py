@@ -75,8 +75,9 @@ def closed_after_first_line(argv: list[str], env: dict | None = None):
     return proc.wait(timeout=300), first.decode(), err
 
 
-class Hang(Exception):
-    """A block ran past its hang_guard: stuck, not merely slow."""
+class Hang(BaseException):
+    """A block ran past its hang_guard: stuck, not merely slow. A BaseException, as
+    KeyboardInterrupt is, so that no `except Exception` in the code under test swallows it."""
 
 
 @contextlib.contextmanager
