@@ -37,6 +37,7 @@ from checkpoint_writers import (
 from util import random_tensors
 
 from llama_np import LlamaConfig, Model, generate_text, load, load_tokenizer
+from llama_np.chat_template import compile_template, render_template
 from llama_np.checkpoints import download as dl
 from llama_np.checkpoints.hf import hf_name
 from llama_np.generate import GenerationStats
@@ -192,6 +193,17 @@ def encode_without_byte_0(tmp: Path) -> str:
         if ids == tok.encode("a", bos=False) + tok.encode("b", bos=False)
         else str(ids)
     )
+
+
+def chat_template(text: str) -> Callable[[Path], str]:
+    """Render chat template `text` (as a downloaded tokenizer_config.json would carry it)."""
+
+    def run(tmp: Path) -> str:
+        source = str(tmp / "tokenizer_config.json")
+        render_template(compile_template(text, source), source, [], True, {})
+        return "renders"
+
+    return run
 
 
 def tiktoken_ranks(lines: bytes) -> Callable[[Path], str]:
@@ -621,6 +633,19 @@ CASES: list[Case] = [
     Case("tokenizer_config.json", "`chat_template: 5`",
          hf_tokenizer_with(lambda s: None, {"chat_template": 5}), "TokenizerError",
          ("chat_template",)),
+    # chat templates (a program from a downloaded file)
+    Case("chat template", "two nested `range(100000)` loops printing",
+         chat_template("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}"
+                       "{% endfor %}"), "TokenizerError",
+         ("tokenizer_config.json: the chat template was stopped", "1,000,000 steps"), 10.0, 768),
+    Case("chat template", "`{{ 'x' * 10000000000 }}`", chat_template("{{ 'x' * 10000000000 }}"),
+         "TokenizerError", ("a repetition would make 10,000,000,000 items",), 5.0, 768),
+    Case("chat template", "a loop printing 10 GB in pieces",
+         chat_template("{% for c in 'x' * 10000000 %}{{ 'y' * 1000 }}{% endfor %}"),
+         "TokenizerError", ("its output passed 16,777,216 characters",), 10.0, 768),
+    Case("chat template", "a macro that calls itself",
+         chat_template("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}"),
+         "TokenizerError", ("it recursed too deeply",), 10.0, 768),
     Case("tiktoken tokenizer.model", "a rank of 2**32 - 1",
          tiktoken_ranks(b"YQ== 0\nYg== 4294967295\n"), "TokenizerError",
          ("rank below 10**9",)),
