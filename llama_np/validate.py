@@ -494,7 +494,15 @@ SAFETENSORS_ENTRY = Obj(
 )
 SAFETENSORS_METADATA = Maybe(Map(Str(1 << 16), max_len=1024))
 SAFETENSORS_HEADER = Map(SAFETENSORS_ENTRY, max_len=1 << 20)  # after __metadata__ is taken out
-SAFETENSORS_INDEX = Obj({"weight_map": Map(FILE_NAME, max_len=1 << 20)})
+# A shard: a file in the directory or in a subfolder of it ("sub/model-00001.safetensors", as
+# transformers reads them), never above it: no "/" first, no "." or ".." or empty part, no
+# "\\", ":" or NUL.
+SHARD_PATH = Str(
+    1024,
+    pattern=r"(?:(?!\.\.?/)[^/\\:\x00]+/)*(?!\.\.?$)[^/\\:\x00]+",
+    what="a relative path inside the checkpoint directory (no '..', no absolute path)",
+)
+SAFETENSORS_INDEX = Obj({"weight_map": Map(SHARD_PATH, max_len=1 << 20)})
 
 # tokenizer.json (byte-level BPE; tokenizers/hf_json.py) and tokenizer_config.json.
 _TYPE = Opt(Maybe(Str(64)))

@@ -120,6 +120,20 @@ def header_bytes(header: bytes | dict, data: bytes = bytes(64)) -> bytes:
     return struct.pack("<Q", len(text)) + text + data
 
 
+def load_shards_in_a_subfolder(tmp: Path) -> str:
+    """A sharded directory whose shards sit in sub/ and whose index names them so."""
+    directory = write_hf(tmp / "hf", TINY, random_tensors(TINY), n_shards=2)
+    index_path = directory / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    (directory / "sub").mkdir()
+    for shard in set(index["weight_map"].values()):
+        (directory / shard).rename(directory / "sub" / shard)
+    index["weight_map"] = {name: f"sub/{shard}" for name, shard in index["weight_map"].items()}
+    index_path.write_text(json.dumps(index))
+    load(directory, tokenizer=TOK512)
+    return "loads"
+
+
 def load_gguf_with(key: str, fmt: str, value) -> Callable[[Path], str]:
     """A tiny valid GGUF whose metadata value `key` (stored as struct format `fmt`: "<I" for
     uint32, "<f" for float32) is overwritten with `value` in the file's bytes."""
@@ -456,7 +470,15 @@ class _Dripping(BaseHTTPRequestHandler):
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            step = 1 if getattr(self.server, "drip_listing", False) else len(body)
+            try:
+                for i in range(0, len(body), step):
+                    self.wfile.write(body[i : i + step])
+                    self.wfile.flush()
+                    if step == 1:
+                        time.sleep(0.1)
+            except OSError:  # the client gave up
+                pass
             return
         self.send_response(200)
         self.send_header("Content-Length", "1000")
@@ -470,10 +492,13 @@ class _Dripping(BaseHTTPRequestHandler):
             pass
 
 
-def with_hub(listing: bytes, fetch: Callable[[str, Path], None]) -> Callable[[Path], str]:
+def with_hub(
+    listing: bytes, fetch: Callable[[str, Path], None], drip_listing: bool = False
+) -> Callable[[Path], str]:
     def run(tmp: Path) -> str:
         server = ThreadingHTTPServer(("127.0.0.1", 0), _Dripping)
         server.listing = listing  # type: ignore[attr-defined]
+        server.drip_listing = drip_listing  # type: ignore[attr-defined]
         server.daemon_threads = True
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
         thread.start()
@@ -495,6 +520,14 @@ def download_repo(**kwargs) -> Callable[[str, Path], None]:
         dl.download("org/tiny", tmp, endpoint=url, quiet=True, timeout=5, **kwargs)
 
     return fetch
+
+
+def download_from(endpoint: str) -> Callable[[Path], str]:
+    def run(tmp: Path) -> str:
+        dl.download("org/tiny", tmp, endpoint=endpoint, quiet=True, timeout=5)
+        return "downloads"
+
+    return run
 
 
 def download_slowly(url: str, tmp: Path) -> None:
@@ -587,11 +620,16 @@ CASES: list[Case] = [
          load_safetensors({"__metadata__": {"format": 5}}), "CheckpointError",
          ("__metadata__: ['format']: expected a string",)),
     Case("safetensors index", 'shard `""`', load_sharded(""), "CheckpointError",
-         ("weight_map", "expected a file name in the same directory")),
+         ("weight_map", "expected a relative path inside the checkpoint directory")),
     Case("safetensors index", 'shard `".."`', load_sharded(".."), "CheckpointError",
-         ("expected a file name in the same directory",)),
-    Case("safetensors index", 'shard `"sub/x.safetensors"`', load_sharded("sub/x.safetensors"),
-         "CheckpointError", ("expected a file name in the same directory",)),
+         ("expected a relative path inside the checkpoint directory",)),
+    Case("safetensors index", 'shard `"sub/../../x.safetensors"`',
+         load_sharded("sub/../../x.safetensors"), "CheckpointError",
+         ("expected a relative path inside the checkpoint directory",)),
+    Case("safetensors index", 'shard `"/etc/x.safetensors"`', load_sharded("/etc/x.safetensors"),
+         "CheckpointError", ("expected a relative path inside the checkpoint directory",)),
+    Case("safetensors index", "shards in a subfolder, `\"sub/model-00001-of-00002.safetensors\"` "
+         "(as transformers reads them)", load_shards_in_a_subfolder, "loads"),
     # GGUF
     Case("GGUF", "`llama.block_count` 10**9 (refused before listing tensors)",
          load_gguf_with("llama.block_count", "<I", 10**9), "CheckpointError",
@@ -730,6 +768,14 @@ CASES: list[Case] = [
     Case("download", "`deadline=1` on that server",
          with_hub(LISTING, download_repo(deadline=1.0, min_rate=0.0)), "DownloadError",
          ("deadline of 1 s",), 5.0),
+    Case("download", "`deadline=1` on a hub dripping its file listing a byte every 0.1 s",
+         with_hub(LISTING, download_repo(deadline=1.0, min_rate=0.0), drip_listing=True),
+         "DownloadError", ("deadline of 1 s",), 5.0),
+    Case("download", "an endpoint with a malformed IPv6 host, `http://[::1`",
+         download_from("http://[::1"), "DownloadError",
+         ("endpoint 'http://[::1'", "not a valid URL")),
+    Case("download", "an endpoint with port 99999", download_from("http://localhost:99999"),
+         "DownloadError", ("not a valid URL",)),
     Case("download", "`llama-np download --deadline 0`",
          cli("download", "org/x", "--deadline", "0", "--dir", "{tmp}"), "exit 1",
          ("--deadline must be > 0",)),
