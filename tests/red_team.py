@@ -33,6 +33,7 @@ from checkpoint_writers import (
     write_hf,
     write_llama2c,
     write_meta,
+    write_pth,
 )
 from util import random_tensors
 
@@ -113,6 +114,18 @@ def load_meta_with(**changes) -> Callable[[Path], str]:
         return "loads"
 
     return run
+
+
+def meta_two_shards_with_1d_embedding(tmp: Path) -> str:
+    """A Meta checkpoint in two shards whose tok_embeddings.weight is 1-D in both."""
+    config = TINY.replace(hidden_dim=64)
+    directory = write_meta(tmp / "meta", config, random_tensors(config))
+    tensors = random_tensors(config)
+    tensors["tok_embeddings.weight"] = tensors["tok_embeddings.weight"].reshape(-1)
+    for i in (0, 1):
+        write_pth(directory / f"consolidated.{i:02d}.pth", tensors)
+    load(directory, tokenizer=TOK512)
+    return "loads"
 
 
 def header_bytes(header: bytes | dict, data: bytes = bytes(64)) -> bytes:
@@ -603,6 +616,9 @@ CASES: list[Case] = [
          ("n_layers: expected an integer in 1..",)),
     Case("params.json", "`use_scaled_rope: 1`", load_meta_with(use_scaled_rope=1), "ConfigError",
          ("use_scaled_rope: expected true or false",)),
+    Case(".pth", "two shards whose `tok_embeddings.weight` is 1-D",
+         meta_two_shards_with_1d_embedding, "CheckpointError",
+         ("tok_embeddings.weight has [1, 1] dimensions", "expected 2 in every shard")),
     # safetensors
     Case("safetensors header", "a tensor name given twice",
          load_safetensors(b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, '
