@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_text
 from .profile import Profile
 from .trace import AttentionTrace, token_labels
 
@@ -77,7 +78,7 @@ def write_html(
     payload = payload.replace("</", "<\\/")  # token text cannot close the script element
     html = PAGE.replace("__DATA__", payload)
     path = Path(path)
-    path.write_text(html, encoding="utf-8")
+    write_text(path, html)
     return path
 
 

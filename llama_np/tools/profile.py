@@ -34,6 +34,7 @@ from ..generate import GenerationStats, generate, generate_batch_stream
 from ..model import Model
 from ..packed import FP32_KERNEL_MIN
 from ..sampling import SamplingParams
+from . import atomic
 from .costs import forward_bytes, forward_flops
 from .machine import (
     BUSY_CORES,
@@ -496,7 +497,7 @@ def format_profile(p: Profile) -> str:
 
 
 def write_json(p: Profile, path: Path) -> None:
-    path.write_text(json.dumps(p.to_json(), indent=2))
+    atomic.write_text(path, json.dumps(p.to_json(), indent=2))
 
 
 COLORS = {"prefill": "tab:orange", "decode": "tab:blue", "batch-decode": "tab:purple"}
@@ -616,5 +617,6 @@ def plot_profile(p: Profile, path: Path) -> None:
     ax_r.grid(True, which="both", alpha=0.2)
 
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)

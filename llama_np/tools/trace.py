@@ -23,6 +23,7 @@ from ..errors import ArgumentError
 from ..generate import generate
 from ..hooks import AttentionRecorder
 from ..model import Model
+from .atomic import atomic_path
 
 
 @dataclass
@@ -98,15 +99,16 @@ def save_npz(trace: AttentionTrace, path: str | Path, heads: Sequence[int] | Non
     """Write probs (L', H', N, N), tokens, pieces, n_prompt, layers and heads to `path`."""
     heads = list(range(trace.probs.shape[1])) if heads is None else list(heads)
     path = Path(path)
-    np.savez_compressed(
-        path,
-        probs=trace.probs[:, heads],
-        tokens=trace.tokens,
-        pieces=np.array(trace.pieces, dtype=str),
-        n_prompt=trace.n_prompt,
-        layers=np.array(trace.layers),
-        heads=np.array(heads),
-    )
+    with atomic_path(path) as tmp:  # two runs into one --out cannot mix their arrays
+        np.savez_compressed(
+            tmp,
+            probs=trace.probs[:, heads],
+            tokens=trace.tokens,
+            pieces=np.array(trace.pieces, dtype=str),
+            n_prompt=trace.n_prompt,
+            layers=np.array(trace.layers),
+            heads=np.array(heads),
+        )
     return path
 
 
@@ -169,7 +171,8 @@ def plot_layer(trace: AttentionTrace, layer: int, heads: Sequence[int], path: st
             label=f"attention probability, {label} (sqrt scale)",
         )  # fmt: skip
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     return path
 
 
@@ -213,5 +216,6 @@ def plot_attention(trace: AttentionTrace, layer: int, head: int, path: str | Pat
         fig.colorbar(decode, ax=ax, shrink=0.8, label="attention probability, decode rows")
     fig.colorbar(prefill, ax=ax, shrink=0.8, label="attention probability, prefill rows")
     path = Path(path)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     return path
