@@ -36,7 +36,10 @@ import numpy as np
 from .errors import ArgumentError, LlamaNpError
 
 MAX_DEPTH = 32  # real files nest 3 (config.json) to 7 (tokenizer.json) levels
-MAX_INT_DIGITS = 20  # every count, id and offset fits in 64 bits
+# Every count, id and offset fits in 64 bits (20 digits), but transformers writes "no limit"
+# as int(1e30) = 1000000000000000019884624838656 (31 digits: tokenizer_config.json's
+# model_max_length in Llama 2's and Mistral's files); the schemas range-check what is used.
+MAX_INT_DIGITS = 40
 MAX_JSON_BYTES = 64 * 2**20  # a Llama 3 tokenizer.json is 9 MB
 MAX_ID = 2**31 - 1  # token ids, dims: int32, as llama.cpp and llama2.c store them
 
@@ -532,7 +535,9 @@ HF_TOKENIZER = Obj(
         "added_tokens": Opt(
             Maybe(List(Obj({"content": Str(1024), "id": Int(0, MAX_TOKEN_ID)}), 1 << 20)), []
         ),
-        "normalizer": Opt(Maybe(Obj({"type": _TYPE}))),
+        "normalizer": Opt(
+            Maybe(Obj({"type": _TYPE, "normalizers": Opt(List(Obj({"type": _TYPE}), 64), [])}))
+        ),
         "pre_tokenizer": Opt(
             Maybe(Obj({**_PRE_STEP, "pretokenizers": Opt(List(Obj(_PRE_STEP), 64), [])}))
         ),

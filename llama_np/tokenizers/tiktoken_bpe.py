@@ -12,6 +12,7 @@ import base64
 import binascii
 import re
 import sys
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,8 +80,10 @@ class TiktokenTokenizer:
         *,
         add_eos: bool = False,
         merges: list[str] | None = None,
+        normalization: tuple[str, ...] = (),
     ) -> None:
         self.name = name
+        self.normalization = normalization  # Unicode forms applied to text first ("NFC", ...)
         self.special_tokens = dict(special_tokens)
         self.bos_id, self.eos_id, self.add_bos, self.add_eos = bos_id, eos_id, add_bos, add_eos
         self.ranks, self.pattern, self.merges = mergeable_ranks, pat_str, merges
@@ -136,7 +139,7 @@ class TiktokenTokenizer:
         """Text -> token ids. Special-token text such as "<|eot_id|>" is encoded as ordinary
         text unless `allow_special` is set (so user text cannot inject control tokens).
         `eos=None` adds EOS only if the tokenizer says so (add_eos)."""
-        check_text(text)
+        text = self._normalize(check_text(text))
         tokens = [self.bos_id] if bos and self.add_bos and self.bos_id is not None else []
         allowed = "all" if allow_special else set()
         for piece in _split_for_tiktoken(text):
@@ -149,6 +152,11 @@ class TiktokenTokenizer:
         if (self.add_eos if eos is None else eos) and self.eos_id is not None:
             tokens.append(self.eos_id)
         return tokens
+
+    def _normalize(self, text: str) -> str:
+        for form in self.normalization:
+            text = unicodedata.normalize(form, text)
+        return text
 
     def _has_missing_byte(self, text: str) -> bool:
         """Whether `text` holds a byte that has no token (and say so, the first time)."""
@@ -202,7 +210,7 @@ class TiktokenTokenizer:
     def min_tokens(self, text: str) -> int:
         """A lower bound on len(encode(text, bos=False)), in linear time: byte-level BPE does
         not normalize, so every token covers at most max_token_bytes bytes of the text."""
-        return -(-len(text.encode("utf-8")) // self.max_token_bytes)
+        return -(-len(self._normalize(text).encode("utf-8")) // self.max_token_bytes)
 
     def token_bytes(self, token: int, special: bool = False) -> bytes:
         """The bytes token `token` adds to the text: b"" for special tokens, or their name
