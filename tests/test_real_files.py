@@ -348,3 +348,14 @@ def test_gguf_without_token_types_reads_every_token_as_normal(converters_metadat
     for text, ids in zip(EXPECTED["texts"], EXPECTED["ids"], strict=True):
         if "<|" not in text:
             assert tok.encode(text, bos=False) == ids, text
+
+
+def test_qwen2_style_tokenizer_json(smollm2_dir, tmp_path):
+    """SmolLM2's vocabulary spelled as Qwen2's tokenizer.json is (an NFC normalizer, a Split
+    regex before a ByteLevel without its own regex) encodes as `tokenizers` encoded it."""
+    qwen2 = EXPECTED["qwen2_style"]
+    spec = json.loads((smollm2_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec | qwen2["spelling"]))
+    tok = load_tokenizer(tmp_path / "tokenizer.json")
+    for text, ids in zip(qwen2["texts"], qwen2["ids"], strict=True):
+        assert tok.encode(text, bos=False) == ids, text
