@@ -124,7 +124,7 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
     range() and namespace assignment counted against the rendering's Budget."""
 
     intercepted_binops = frozenset({"*", "**", "+"})
-    budget = Budget(MAX_CHARS, MAX_STEPS, MAX_SECONDS)  # replaced at each rendering
+    budget = Budget(MAX_CHARS, MAX_STEPS, math.inf)  # render_template sets each rendering's
 
     def call_binop(self, context, operator: str, left, right):
         self.budget.tick()
@@ -138,9 +138,10 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
             bits = right * math.log2(abs(left)) if abs(left) > 1 and right > 0 else 0
             if bits > MAX_POWER_BITS:
                 raise TemplateTooBig(f"a power would have {bits:,.0f} bits")
-        if operator == "+":
-            if isinstance(left, str | list | tuple) and isinstance(right, type(left)):
-                self.budget.check_size(range(len(left) + len(right)), "a sum")
+        if operator == "+" and isinstance(left, str | list | tuple) and type(right) is type(left):
+            size = len(left) + len(right)
+            if size > self.budget.max_chars:
+                raise TemplateTooBig(f"a sum would make {size:,} items")
         return super().call_binop(context, operator, left, right)
 
     def call(__self, __context, __obj, *args, **kwargs):  # jinja2's signature
@@ -159,19 +160,42 @@ class _BoundedEnvironment(ImmutableSandboxedEnvironment):
         self.budget.tick()
         return super().getitem(obj, argument)
 
-    def range(self, *args: int) -> Iterator[int]:
-        """jinja2's range (at most MAX_RANGE items), each step counted."""
+    def range(self, *args: int) -> _CountedRange:
+        """jinja2's range (at most MAX_RANGE items), each step of a loop over it counted."""
         steps = range(*args)
         if len(steps) > MAX_RANGE:
             raise OverflowError(f"range too big, maximum size for range is {MAX_RANGE}")
-        for i in steps:
-            self.budget.step()
-            yield i
+        return _CountedRange(steps, self)
 
     def namespace(self, *args, **kwargs) -> Namespace:
         ns = _BoundedNamespace(*args, **kwargs)
         object.__setattr__(ns, "_environment", self)  # Namespace hides its own attributes
         return ns
+
+
+class _CountedRange(Sequence):
+    """A range whose iteration counts each step against the rendering's budget; a sequence
+    like range (len, indexing, `in`, |length, |reverse work). Its attributes start with "_",
+    which the sandbox does not let a template read."""
+
+    def __init__(self, steps: range, env: _BoundedEnvironment) -> None:
+        self._steps, self._env = steps, env
+
+    def __len__(self) -> int:
+        return len(self._steps)
+
+    def __getitem__(self, i):
+        return self._steps[i]
+
+    def __iter__(self) -> Iterator[int]:
+        for i in self._steps:
+            self._env.budget.step()
+            yield i
+
+    def __reversed__(self) -> Iterator[int]:
+        for i in reversed(self._steps):
+            self._env.budget.step()
+            yield i
 
 
 class _BoundedNamespace(Namespace):

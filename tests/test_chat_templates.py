@@ -418,6 +418,11 @@ UNBOUNDED = [
         "namespace attribute 's' would hold 33,554,432 items",
     ),
     (
+        "{% set ns = namespace(s=['x']) %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}"
+        "{% endfor %}",
+        "a sum would make 33,554,432 items",
+    ),
+    (
         "{% macro f(s, n) %}{% if n %}{{ f(s ~ s, n - 1) }}{% endif %}{% endmacro %}"
         "{{ f('x', 40) }}",
         "an argument of a call would hold",
@@ -439,6 +444,12 @@ def test_a_template_past_its_time_is_stopped(monkeypatch):
     template = compile_template("{% for c in 'x' * 100 %}{{ c.upper() }}{% endfor %}", "slow")
     with pytest.raises(TokenizerError, match="slow: the chat template was stopped: it ran for"):
         render_template(template, "slow", [], True, {})
+
+
+def test_range_is_still_a_sequence():
+    text = "{{ range(5)|length }} {{ range(5)|reverse|list }} {{ range(5)[2] }} {{ 3 in range(5) }}"
+    template = compile_template(text, "t")
+    assert render_template(template, "t", [], True, {}) == "5 [4, 3, 2, 1, 0] 2 True"
 
 
 def test_the_output_bound_is_a_parameter():

@@ -104,6 +104,11 @@ def test_a_missing_byte_is_said_once_on_stderr(smollm2, capsys):
     assert "byte 0x13, which has no token in this vocabulary (21 of the 256 bytes" in err
 
 
+def test_min_tokens_stays_a_lower_bound(smollm2):
+    for text in EXPECTED["texts"]:
+        assert smollm2.min_tokens(text) <= len(smollm2.encode(text, bos=False)), text
+
+
 def test_decode_of_what_was_encoded(smollm2):
     """Decoding gives the text without the bytes that had no token."""
     for text in ["a\x04b", "ctrl \x06\x16\x1d chars\x04", "12\x0434"]:

@@ -208,9 +208,10 @@ class TiktokenTokenizer:
             yield text[done:], None
 
     def min_tokens(self, text: str) -> int:
-        """A lower bound on len(encode(text, bos=False)), in linear time: byte-level BPE does
-        not normalize, so every token covers at most max_token_bytes bytes of the text."""
-        return -(-len(self._normalize(text).encode("utf-8")) // self.max_token_bytes)
+        """A lower bound on len(encode(text, bos=False)), in linear time: every token covers
+        at most max_token_bytes bytes of the (normalized) text, bytes without a token none."""
+        data = self._normalize(text).encode("utf-8").translate(None, self.missing_bytes)
+        return -(-len(data) // self.max_token_bytes)
 
     def token_bytes(self, token: int, special: bool = False) -> bytes:
         """The bytes token `token` adds to the text: b"" for special tokens, or their name
