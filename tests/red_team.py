@@ -652,7 +652,7 @@ CASES: list[Case] = [
     # GGUF
     Case("GGUF", "`llama.block_count` 10**9 (refused before listing tensors)",
          load_gguf_with("llama.block_count", "<I", 10**9), "CheckpointError",
-         ("llama.block_count is 1000000000", "tensors of 1 layers"), 5.0, 768),
+         ("llama.block_count is 1000000000", "the tensors of 1 layer"), 5.0, 768),
     Case("GGUF", "`llama.attention.head_count` 0", load_gguf_with("llama.attention.head_count",
          "<I", 0), "ConfigError", ("llama.attention.head_count must be an integer in 1..",)),
     Case("GGUF", "`llama.attention.layer_norm_rms_epsilon` NaN",

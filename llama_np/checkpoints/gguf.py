@@ -403,8 +403,8 @@ def config_from_gguf(
     layers = {int(name.split(".")[1]) for name in shapes if _LAYER_TENSOR.fullmatch(name)}
     if len(layers) != n_layers or (layers and max(layers) != n_layers - 1):
         raise CheckpointError(
-            f"{source}: llama.block_count is {n_layers}, but the file holds tensors of "
-            f"{len(layers)} layers"
+            f"{source}: llama.block_count is {n_layers}, but the file holds the tensors of "
+            f"{len(layers)} layer{'' if len(layers) == 1 else 's'}"
             + (f" (blk.{min(layers)} to blk.{max(layers)})" if layers else "")
         )
     if get("attention.value_length", int, head_dim) != head_dim:
