@@ -478,6 +478,16 @@ class _Dripping(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self):
+        if getattr(self.server, "drip_headers", False):  # the status line a byte at a time
+            try:
+                head = b"HTTP/1.1 200 OK\r\nX-Pad: " + b"x" * 100 + b"\r\nContent-Length: 2\r\n\r\n"
+                for byte in head + b"[]":  # 15 s
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:  # the client gave up
+                pass
+            return
         if "/api/models/" in self.path:
             body = self.server.listing  # type: ignore[attr-defined]
             self.send_response(200)
@@ -506,12 +516,16 @@ class _Dripping(BaseHTTPRequestHandler):
 
 
 def with_hub(
-    listing: bytes, fetch: Callable[[str, Path], None], drip_listing: bool = False
+    listing: bytes,
+    fetch: Callable[[str, Path], None],
+    drip_listing: bool = False,
+    drip_headers: bool = False,
 ) -> Callable[[Path], str]:
     def run(tmp: Path) -> str:
         server = ThreadingHTTPServer(("127.0.0.1", 0), _Dripping)
         server.listing = listing  # type: ignore[attr-defined]
         server.drip_listing = drip_listing  # type: ignore[attr-defined]
+        server.drip_headers = drip_headers  # type: ignore[attr-defined]
         server.daemon_threads = True
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
         thread.start()
@@ -794,6 +808,9 @@ CASES: list[Case] = [
          ("deadline of 1 s",), 5.0),
     Case("download", "`deadline=1` on a hub dripping its file listing a byte every 0.1 s",
          with_hub(LISTING, download_repo(deadline=1.0, min_rate=0.0), drip_listing=True),
+         "DownloadError", ("deadline of 1 s",), 5.0),
+    Case("download", "`deadline=1` on a hub dripping its status line and headers",
+         with_hub(LISTING, download_repo(deadline=1.0, min_rate=0.0), drip_headers=True),
          "DownloadError", ("deadline of 1 s",), 5.0),
     Case("download", "an endpoint with a malformed IPv6 host, `http://[::1`",
          download_from("http://[::1"), "DownloadError",

@@ -20,7 +20,9 @@ import hashlib
 import http.client
 import os
 import re
+import socket
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -599,7 +601,46 @@ def _origin(url: str) -> tuple[str, str]:
     return parts.scheme, parts.netloc
 
 
-_OPENER = urllib.request.build_opener(_RedirectKeepingAuthOnSameHost)
+# Thread id -> the socket of the request that thread is opening (set as each connection
+# connects, so also after a redirect), for the watchdog of _open.
+_CONNECTING: dict[int, socket.socket] = {}
+
+
+class _WatchedHTTPConnection(http.client.HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        _CONNECTING[threading.get_ident()] = self.sock
+
+
+class _WatchedHTTPSConnection(http.client.HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        _CONNECTING[threading.get_ident()] = self.sock
+
+
+class _WatchedHTTPHandler(urllib.request.HTTPHandler):
+    def do_open(self, http_class, req, **kwargs):
+        return super().do_open(_WatchedHTTPConnection, req, **kwargs)
+
+
+class _WatchedHTTPSHandler(urllib.request.HTTPSHandler):
+    def do_open(self, http_class, req, **kwargs):
+        return super().do_open(_WatchedHTTPSConnection, req, **kwargs)
+
+
+_OPENER = urllib.request.build_opener(
+    _RedirectKeepingAuthOnSameHost, _WatchedHTTPHandler, _WatchedHTTPSHandler
+)
+
+
+def _shut_down(thread: int) -> None:
+    """The watchdog: end the request `thread` is opening (its blocked read returns at once)."""
+    sock = _CONNECTING.get(thread)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 def _open(url: str, headers: dict[str, str], token: str | None, budget: Budget, page: str | None):
@@ -609,14 +650,28 @@ def _open(url: str, headers: dict[str, str], token: str | None, budget: Budget, 
     if token:
         # Unredirected: urllib would otherwise copy it to every redirect target.
         req.add_unredirected_header("Authorization", f"Bearer {token}")
+    # Each read may stall `timeout` seconds, but a server dripping its status line and headers
+    # a byte at a time stalls none: with a deadline, a watchdog shuts the socket down then.
+    timeout = budget.socket_timeout(url)
+    watchdog = None
+    if budget.deadline is not None:
+        left = max(budget.deadline - time.monotonic(), 0.0)
+        watchdog = threading.Timer(left, _shut_down, (threading.get_ident(),))
+        watchdog.daemon = True
+        watchdog.start()
     try:
-        return _OPENER.open(req, timeout=budget.socket_timeout(url))
+        return _OPENER.open(req, timeout=timeout)
     except urllib.error.HTTPError as e:
         if e.code == 416 and "Range" in headers:
             return None
         raise _network_error(url, e, page) from None
     except (OSError, http.client.HTTPException) as e:
+        budget.socket_timeout(url)  # the deadline passed (the watchdog's doing): say that
         raise _network_error(url, e, page) from None
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+        _CONNECTING.pop(threading.get_ident(), None)
 
 
 def _network_error(url: str, e: Exception, page: str | None = None) -> DownloadError:
