@@ -18,6 +18,7 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 
 from .checkpoints import DEFAULT_CHECKPOINT, load
 from .config import LlamaConfig, RopeScaling
+from .engine import Engine, generate_batch, generate_batch_stream
 from .errors import (
     ArgumentError,
     CheckpointError,
@@ -29,14 +30,7 @@ from .errors import (
     NumericalError,
     TokenizerError,
 )
-from .generate import (
-    GenerationStats,
-    TextStream,
-    generate,
-    generate_batch,
-    generate_batch_stream,
-    generate_text,
-)
+from .generate import GenerationStats, TextStream, generate, generate_text
 from .kv_cache import KVCache
 from .model import Model
 from .sampling import SamplingParams, sample
@@ -49,6 +43,7 @@ __all__ = [
     "ConfigError",
     "ContextLengthError",
     "DownloadError",
+    "Engine",
     "GenerationStats",
     "KVCache",
     "LlamaConfig",

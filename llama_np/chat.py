@@ -32,13 +32,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .chat_template import ChatTemplate
+from . import arguments
+from .chat_template import ChatTemplate, check_messages
 from .errors import ArgumentError, ContextLengthError, LlamaNpError
 from .generate import GenerationStats, TextStream, generate
 from .kv_cache import KVCache
 from .model import Model
 from .tokenizers import Llama2cTokenizer, SentencePieceTokenizer
-from .validate import check_text
 
 BUILTIN_FORMATS = ("llama3", "llama2", "zephyr", "chatml")
 CHAT_FORMATS = ("template", *BUILTIN_FORMATS)  # "template": the checkpoint's own
@@ -83,6 +83,7 @@ class ChatFormat(ABC):
 
     def dialog(self, messages: list[dict[str, str]]) -> list[int]:
         """A whole conversation ([system,] user, assistant, ..., user) ready for the reply."""
+        messages = check_messages(messages, text_only=True)
         system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
         turns = messages[1:] if system is not None else messages
         roles = [m["role"] for m in turns]
@@ -280,6 +281,7 @@ def make_chat_format(tokenizer, name: str | None = None) -> ChatFormat | ChatTem
     detect_chat_format recognises."""
     if tokenizer is None:
         raise ArgumentError("this model has no tokenizer; chat needs one (pass its path)")
+    arguments.string(name, "chat_format", optional=True)
     if name is None:
         name = "template" if getattr(tokenizer, "chat_template", None) else None
         name = name or detect_chat_format(tokenizer)
@@ -324,7 +326,8 @@ class Chat:
         system: str | None = None,
         max_seq_len: int | None = None,
     ) -> None:
-        self.model = model
+        self.model = arguments.instance(model, "model", Model)
+        arguments.text(system, "system", optional=True)
         self.format = make_chat_format(model.tokenizer, chat_format)
         self.messages: list[dict[str, str]] = (
             [{"role": "system", "content": system}] if system is not None else []
@@ -349,10 +352,17 @@ class Chat:
         stats: GenerationStats | None = None,
         **sampling,
     ) -> Iterator[str]:
-        """Add the user's message and stream the model's reply (sampling as in `generate`)."""
+        """Add the user's message and stream the model's reply (sampling as in `generate`).
+
+        The arguments are checked when the reply starts (the first next()), before any work;
+        `generate` checks the sampling settings.
+        """
+        arguments.text(user, "user")
+        arguments.integer(max_new_tokens, "max_new_tokens", 0)
+        stats = arguments.instance(stats, "stats", GenerationStats, optional=True)
         stats = stats if stats is not None else GenerationStats()
         # Before the (whole-conversation) tokenization: a message that cannot fit anyway.
-        at_least = self.model.tokenizer.min_tokens(check_text(user, "the message"))
+        at_least = self.model.tokenizer.min_tokens(user)
         if at_least > self.cache.max_seq_len:
             raise ContextLengthError(
                 f"the message is at least {at_least:,} tokens, more than the chat's KV cache "

@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 
 import jinja2
@@ -44,6 +45,7 @@ import jinja2.nodes
 from jinja2.sandbox import MAX_RANGE, ImmutableSandboxedEnvironment, SecurityError
 from jinja2.utils import Namespace
 
+from . import arguments
 from .errors import ArgumentError, TokenizerError
 
 # Tokens that end an assistant turn, when a template writes them (besides the tokenizer's EOS).
@@ -218,8 +220,46 @@ def _environment() -> ImmutableSandboxedEnvironment:
     return env
 
 
+class _Missing:
+    def __repr__(self) -> str:
+        return "nothing (the key is missing)"
+
+
+_MISSING = _Missing()
+_CONTENT = (str, list, tuple, Mapping, numbers.Real)  # what a message's content may be
+
+
+def check_messages(
+    messages: Sequence[Mapping], name: str = "messages", *, text_only: bool = False
+) -> list[dict]:
+    """The conversation checked as far as rendering it needs; -> a list of dicts.
+
+    As permissive as transformers' apply_chat_template: a message is a mapping that the
+    template reads, with a string "role". Its "content" may be a string, absent or None (an
+    assistant turn that only calls tools), a list of content parts ({"type": "text", "text":
+    ...}), or for a tool's result a JSON value (a dict, a number), which templates write with
+    tojson; other keys (tool_calls, name, ...) go to the template unchecked. Refused: what
+    would render as Python's repr (bytes, a set, an arbitrary object). With `text_only` (the
+    built-in formats) content must be a string.
+    """
+    items = arguments.sequence(messages, name, allowed='a list of messages ({"role", "content"})')
+    for i, message in enumerate(items):
+        at = f"{name}[{i}]"
+        if not isinstance(message, Mapping):
+            raise arguments.refuse(at, message, 'a message: a dict with "role" and "content"')
+        arguments.string(message.get("role", _MISSING), f"{at}['role']")
+        content = message.get("content", _MISSING if text_only else None)
+        if text_only:
+            arguments.string(content, f"{at}['content']")
+        elif not (content is None or isinstance(content, _CONTENT)):
+            allowed = "a string, None, a list of content parts or a JSON value"
+            raise arguments.refuse(f"{at}['content']", content, allowed)
+    return [dict(m) for m in items]
+
+
 def compile_template(text: str, source: str) -> jinja2.Template:
     """Parse a chat template; a syntax error is a TokenizerError naming `source` and the line."""
+    arguments.string(text, "text")
     try:
         return _environment().from_string(text)
     except jinja2.TemplateSyntaxError as e:
@@ -246,6 +286,10 @@ def render_template(
     past the other bounds of Budget.
     """
 
+    messages = check_messages(messages)
+    arguments.flag(add_generation_prompt, "add_generation_prompt")
+    arguments.instance(now, "now", datetime, optional=True)
+
     def strftime_now(fmt: str) -> str:
         return (now or datetime.now()).strftime(fmt)
 
@@ -255,7 +299,7 @@ def render_template(
         context = template.new_context(
             dict(
                 **special_tokens,
-                messages=[dict(m) for m in messages],
+                messages=messages,
                 add_generation_prompt=add_generation_prompt,
                 tools=None,
                 documents=None,
@@ -343,6 +387,8 @@ class ChatTemplate:
     name = "template"
 
     def __init__(self, tokenizer, text: str | None = None, source: str | None = None) -> None:
+        arguments.string(text, "text", optional=True)
+        arguments.string(source, "source", optional=True)
         self.tokenizer = tokenizer
         self.text = text if text is not None else getattr(tokenizer, "chat_template", None)
         if not self.text:
@@ -381,7 +427,10 @@ class ChatTemplate:
         self, messages: Sequence[dict], add_generation_prompt: bool = True, now=None
     ) -> list[int]:
         """The prompt tokens for `messages`; special-token text typed in a message stays text."""
-        marked = [{**m, "content": self._mark(m["content"])} for m in messages]
+        marked = [
+            {**m, "content": self._mark(m["content"])} if "content" in m else m
+            for m in check_messages(messages)
+        ]
         pieces = self._marked_re.split(self.render(marked, add_generation_prompt, now))
         tokens: list[int] = []
         for i, piece in enumerate(pieces):  # even: template text; odd: typed special-token text
@@ -397,6 +446,13 @@ class ChatTemplate:
         return self.encode(messages, add_generation_prompt=True)
 
     def _mark(self, content):
+        if isinstance(content, (list, tuple)):  # content parts: mark the text of each
+            return [
+                {**p, "text": self._mark(p["text"])}
+                if isinstance(p, Mapping) and isinstance(p.get("text"), str)
+                else p
+                for p in content
+            ]
         if not isinstance(content, str):
             return content
         content = content.replace(_MARK, "")  # a typed marker cannot forge a marked span

@@ -8,9 +8,10 @@ repeat:
     yield its text
     logits = model.decode(token, cache)      # one token, reads the cache
 
-One loop (`_loop`) serves every caller: `generate` (one prompt, streamed), `generate_batch`
-and `generate_batch_stream` (several prompts decoded together), chat (a conversation's
-cache) and the profiler (tools/profile.py).
+`_loop` is that loop for one sequence: `generate` (one prompt, streamed), chat (a
+conversation's cache) and the profiler (tools/profile.py) run it. Many prompts at once run
+on the serving engine (engine/: `generate_batch`), which applies the same rules to each
+sampled token (`accept_token`).
 """
 
 from __future__ import annotations
@@ -19,16 +20,21 @@ import codecs
 import operator
 import time
 from collections.abc import Collection, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from . import arguments
 from .errors import ArgumentError, ContextLengthError
 from .kv_cache import KVCache
 from .model import Model
 from .numerics import check_logits
-from .sampling import SamplingParams, sample
+from .sampling import SamplingParams, penalty_window, sample
 from .validate import check_text
+
+SAMPLING_FIELDS = tuple(f.name for f in fields(SamplingParams))
+PROMPT = "text or a list of token ids"
+PROMPTS = "a non-empty list of prompts (text or token ids)"
 
 
 @dataclass
@@ -81,6 +87,55 @@ class TextStream:
         return self._utf8.decode(b"", final=True)
 
 
+class TextOutput:
+    """A sequence's generated text: token ids in, text pieces out, never a stop string.
+
+    Text that might be the start of a stop string is held back until it is not; when a stop
+    string appears, the text before it is the last piece.
+    """
+
+    def __init__(self, stream: TextStream, stop: list[str]) -> None:
+        self.stream = stream
+        self.stop = stop
+        self.held = ""  # text that might grow into a stop string, not yet given out
+
+    def push(self, token: int) -> tuple[str, bool]:
+        """-> (text to give out now, whether a stop string appeared)."""
+        text, self.held, stopped = _split_at_stop(self.held + self.stream.push(token), self.stop)
+        return text, stopped
+
+    def flush(self) -> str:
+        """The rest, at the end (cut at a stop string)."""
+        text = _split_at_stop(self.held + self.stream.flush(), self.stop)[0]
+        self.held = ""
+        return text
+
+
+def accept_token(
+    token: int,
+    tokens: list[int],
+    n_prompt: int,
+    max_new_tokens: int,
+    output: TextOutput,
+    stop_ids: Collection[int],
+) -> tuple[str, str | None]:
+    """What every generation loop does with a sampled token; -> (text to give out, why the
+    sequence ends, or None).
+
+    An end token ends it and is not kept; any other joins `tokens` (prompt + generated) and
+    its text goes out, unless a stop string appears in it or it is the max_new_tokens-th.
+    """
+    if token in stop_ids:
+        return output.flush(), "end_token"
+    tokens.append(token)
+    text, stopped = output.push(token)
+    if stopped:
+        return text, "stop_string"
+    if len(tokens) - n_prompt >= max_new_tokens:
+        return text + output.flush(), "max_new_tokens"
+    return text, None
+
+
 def generate(
     model: Model,
     prompt: str | Sequence[int],
@@ -124,10 +179,18 @@ def generate(
     the text yielded so far is the result.
     """
     params = sampling_params(sampling, **sampling_kwargs)
-    stop = _check_limits(max_new_tokens, stop, seed)
+    max_new_tokens, stop, seed, stop_ids = check_arguments(
+        model, max_new_tokens, stop, seed, stats, stop_ids, special
+    )
+    check_prompt(model, prompt, "prompt")
+    cache = arguments.kv_cache(cache, "cache", model.config, optional=True)
+    arguments.flag(truncate_prompt, "truncate_prompt")
+    prefill_chunk = arguments.integer(
+        prefill_chunk, "prefill_chunk", 1, optional=True, allowed="a positive integer"
+    )
     stats = stats if stats is not None else GenerationStats()
     room = model.config.max_seq_len if cache is None else cache.max_seq_len - cache.length
-    prompt = _fit_text(model, prompt, room, truncate_prompt and cache is None, stats)
+    prompt = fit_text(model, prompt, room, truncate_prompt and cache is None, stats)
     tokens = prompt_tokens(model, prompt)
     if cache is None:
         tokens = _fit_context(model, tokens, max_new_tokens, truncate_prompt, stats)
@@ -136,11 +199,9 @@ def generate(
     else:
         cache.check_room(len(tokens))
     stop_ids = frozenset(model.config.stop_ids if stop_ids is None else stop_ids)
-    if prefill_chunk is not None and not (isinstance(prefill_chunk, int) and prefill_chunk > 0):
-        raise ArgumentError(f"prefill_chunk must be a positive integer, got {prefill_chunk!r}")
-    loop = _loop(
+    return _loop(
         model,
-        [tokens],
+        tokens,
         max_new_tokens,
         params,
         seed,
@@ -151,62 +212,6 @@ def generate(
         special,
         prefill_chunk,
     )
-    return (piece for _, piece in loop)
-
-
-def generate_batch_stream(
-    model: Model,
-    prompts: Sequence[str | Sequence[int]],
-    max_new_tokens: int = 256,
-    *,
-    sampling: SamplingParams | None = None,
-    seed: int | None = None,
-    stop: str | Sequence[str] = (),
-    stats: GenerationStats | None = None,
-    special: bool = False,
-    stop_ids: Collection[int] | None = None,
-    **sampling_kwargs: float,
-) -> Iterator[tuple[int, str]]:
-    """Continue several prompts at once, yielding (prompt index, text piece) as produced.
-
-    Each prompt is prefilled alone into its own row of a batched cache; then every step
-    decodes one token for all of them together (Model.decode_batch), reading each weight once
-    for the whole batch. Prompts may have different lengths. A sequence that ends (end token,
-    stop string) stops producing text (stats.stop_reasons says why, per sequence); the batch
-    runs until all have ended, max_new_tokens, or the longest sequence fills the context.
-    Same arguments as `generate` (`stop_ids` replaces config.stop_ids).
-    """
-    params = sampling_params(sampling, **sampling_kwargs)
-    stop = _check_limits(max_new_tokens, stop, seed)
-    if isinstance(prompts, str) or not prompts:
-        raise ArgumentError("prompts must be a non-empty list of prompts (text or token ids)")
-    config = model.config
-    stats = stats if stats is not None else GenerationStats()
-    batch = [
-        prompt_tokens(model, _fit_text(model, p, config.max_seq_len, False, stats)) for p in prompts
-    ]
-    longest = max(len(t) for t in batch)
-    if longest > config.max_seq_len:
-        raise ContextLengthError(
-            f"a prompt is {longest} tokens, longer than the model's context of "
-            f"{config.max_seq_len}; shorten it"
-        )
-    cache = model.new_cache(min(config.max_seq_len, longest + max_new_tokens), len(batch))
-    stop_ids = frozenset(config.stop_ids if stop_ids is None else stop_ids)
-    return _loop(model, batch, max_new_tokens, params, seed, stop, stats, stop_ids, cache, special)
-
-
-def generate_batch(
-    model: Model,
-    prompts: Sequence[str | Sequence[int]],
-    max_new_tokens: int = 256,
-    **kwargs,
-) -> list[str]:
-    """Continue several prompts at once; -> one text per prompt (see generate_batch_stream)."""
-    texts = [""] * len(prompts)
-    for b, piece in generate_batch_stream(model, prompts, max_new_tokens, **kwargs):
-        texts[b] += piece
-    return texts
 
 
 def generate_text(
@@ -218,6 +223,12 @@ def generate_text(
 
 def sampling_params(sampling: SamplingParams | None = None, **kwargs: float) -> SamplingParams:
     """`sampling`, or a SamplingParams from keyword arguments (checked); not both."""
+    unknown = [name for name in kwargs if name not in SAMPLING_FIELDS]
+    if unknown:
+        raise ArgumentError(
+            f"{unknown[0]} is not an argument of generation; sampling settings are "
+            f"{', '.join(SAMPLING_FIELDS)}"
+        )
     if sampling is None:
         return SamplingParams(**kwargs)
     if kwargs:
@@ -225,24 +236,42 @@ def sampling_params(sampling: SamplingParams | None = None, **kwargs: float) -> 
             f"pass sampling settings either as sampling=SamplingParams(...) or as keywords, "
             f"not both (got both sampling and {', '.join(kwargs)})"
         )
-    if not isinstance(sampling, SamplingParams):
-        raise ArgumentError(f"sampling must be a SamplingParams, got {type(sampling).__name__}")
-    return sampling
+    return arguments.instance(sampling, "sampling", SamplingParams)
 
 
-def _check_limits(max_new_tokens: int, stop: str | Sequence[str], seed: int | None) -> list[str]:
-    """Validate max_new_tokens, the seed and the stop strings; -> the stop strings as a list."""
-    if not (isinstance(max_new_tokens, int) and max_new_tokens >= 0):
-        raise ArgumentError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    if seed is not None and not (isinstance(seed, int) and seed >= 0):
-        raise ArgumentError(f"seed must be an integer >= 0 (or None), got {seed!r}")
-    stop = [stop] if isinstance(stop, str) else list(stop)
-    if any(not s for s in stop):
-        raise ArgumentError("stop strings must be non-empty")
-    return stop
+def check_arguments(
+    model: Model,
+    max_new_tokens: int,
+    stop: str | Sequence[str],
+    seed: int | None,
+    stats: GenerationStats | None,
+    stop_ids: Collection[int] | None,
+    special: bool,
+) -> tuple[int, list[str], int | None, list[int] | None]:
+    """The arguments every generation takes, checked; -> max_new_tokens, the stop strings as
+    a list, the seed and the stop ids, as plain Python values."""
+    arguments.instance(model, "model", Model)
+    max_new_tokens = arguments.integer(max_new_tokens, "max_new_tokens", 0)
+    seed = arguments.integer(seed, "seed", 0, optional=True)
+    stop = arguments.strings(stop, "stop", non_empty=True)
+    arguments.instance(stats, "stats", GenerationStats, optional=True)
+    if stop_ids is not None:  # any collection: a set has no order, and needs none here
+        ids = list(stop_ids) if isinstance(stop_ids, (set, frozenset)) else stop_ids
+        stop_ids = arguments.token_ids(ids, "stop_ids", model.config.vocab_size, min_len=0)
+        stop_ids = stop_ids.tolist()
+    arguments.flag(special, "special")
+    return max_new_tokens, stop, seed, stop_ids
 
 
-def _fit_text(
+def check_prompt(model: Model, prompt: str | Sequence[int], name: str) -> None:
+    """A prompt is text (valid Unicode) or token ids that the model can take."""
+    if isinstance(prompt, str):
+        arguments.text(prompt, name)
+    else:
+        arguments.token_ids(prompt, name, decodable_ids(model), min_len=0, allowed=PROMPT)
+
+
+def fit_text(
     model: Model, prompt: str | Sequence[int], room: int, truncate: bool, stats: GenerationStats
 ) -> str | Sequence[int]:
     """A text prompt checked against `room` tokens BEFORE it is tokenized, or with `truncate`
@@ -329,21 +358,19 @@ def prompt_tokens(model: Model, prompt: str | Sequence[int]) -> list[int]:
     return tokens
 
 
-def _prefill(
-    model: Model, tokens: list[int], cache: KVCache, seq: int, chunk: int | None
-) -> np.ndarray:
-    """Prefill `tokens` into row `seq` of the cache, in passes of `chunk` tokens (chunked
-    prefill: each pass appends after the last, its causal mask offset by what is cached);
-    -> (V,) logits of the last token."""
+def _prefill(model: Model, tokens: list[int], cache: KVCache, chunk: int | None) -> np.ndarray:
+    """Prefill `tokens` into the cache, in passes of `chunk` tokens (chunked prefill: each pass
+    appends after the last, its causal mask offset by what is cached); -> (V,) logits of the
+    last token."""
     chunk = chunk or len(tokens)
     for start in range(0, len(tokens), chunk):
-        logits = model.prefill(tokens[start : start + chunk], cache, seq=seq)
+        logits = model.prefill(tokens[start : start + chunk], cache)
     return logits
 
 
 def _loop(
     model: Model,
-    prompts: list[list[int]],
+    prompt: list[int],
     max_new_tokens: int,
     params: SamplingParams,
     seed: int | None,
@@ -353,103 +380,58 @@ def _loop(
     cache: KVCache,
     special: bool = False,
     prefill_chunk: int | None = None,
-) -> Iterator[tuple[int, str]]:
-    """The one generation loop, for B = len(prompts) sequences (1 unless batched).
-
-    Prefills prompt b into row b of the cache (after what that row holds; in passes of
-    `prefill_chunk` tokens if given: chunked prefill), then samples one
-    token per running sequence and decodes them together, until each sequence meets an end
-    token or a stop string, or max_new_tokens, or the fullest cache row is full. Yields
-    (sequence, text piece); fills `stats` as it goes, so it is complete even after Ctrl-C.
-    """
-    B = len(prompts)
+) -> Iterator[str]:
+    """The generation loop of one sequence: prefill the prompt (after what the cache holds;
+    in passes of `prefill_chunk` tokens if given), then sample a token, decode it, and again,
+    until an end token, a stop string, max_new_tokens or a full cache. Yields text pieces;
+    fills `stats` as it goes, so it is complete even after Ctrl-C."""
     rng = np.random.default_rng(seed)
     decodable = decodable_ids(model)  # ids past these (padding) are never sampled
-    bos = model.config.bos_id
-    streams = [TextStream(model.tokenizer, p[-1] == bos, special) for p in prompts]
-    held = [""] * B  # text that might be the start of a stop string, not yet yielded
-    history = [list(p) for p in prompts]  # what each sequence has seen: for the penalty
-    stats.sequence_tokens = [[] for _ in range(B)]
-    stats.tokens = stats.sequence_tokens[0]
-    stats.stop_reasons = ["max_new_tokens"] * B
-    running = [True] * B
-    stats.prompt_tokens = sum(len(p) for p in prompts)
-
-    def finish(b: int, reason: str) -> None:
-        running[b] = False
-        stats.stop_reasons[b] = reason
-
-    def end_text(b: int) -> Iterator[tuple[int, str]]:
-        text = _split_at_stop(held[b] + streams[b].flush(), stop)[0]
-        if text:
-            yield b, text
-
+    stream = TextStream(model.tokenizer, prompt[-1] == model.config.bos_id, special)
+    output = TextOutput(stream, stop)
+    tokens = list(prompt)  # what the sequence has seen: for the penalty
+    stats.tokens = []
+    stats.sequence_tokens = [stats.tokens]
+    stats.prompt_tokens = len(prompt)
+    reason = None
     try:
         t0 = time.perf_counter()
         with np.errstate(over="ignore", invalid="ignore"):  # non-finite logits: checked below
-            logits = np.stack(
-                [_prefill(model, p, cache, b, prefill_chunk) for b, p in enumerate(prompts)]
-            )
-        stats.prefill_seconds = time.perf_counter() - t0  # (B, V) logits above
-        for b in range(B):
-            check_logits(model, logits[b], history[b])
-
-        for step in range(max_new_tokens):
-            chosen = [h[-1] for h in history]  # ended sequences run along, unused
-            for b in range(B):
-                if not running[b]:
-                    continue
-                if cache.lengths[b] >= cache.max_seq_len:
-                    finish(b, "context_full")
-                    yield from end_text(b)
-                    continue
-                t0 = time.perf_counter()
-                recent = history[b][-params.repeat_last_n :] if params.repeat_last_n else ()
-                token = sample(logits[b, :decodable], params, rng, recent)
-                stats.sample_seconds += time.perf_counter() - t0
-                if token in stop_ids:
-                    finish(b, "end_token")
-                    yield from end_text(b)
-                    continue
-                chosen[b] = token
-                history[b].append(token)
-                stats.sequence_tokens[b].append(token)
-                stats.generated_tokens += 1
-                text, held[b], stopped = _split_at_stop(held[b] + streams[b].push(token), stop)
-                if text:
-                    yield b, text
-                if stopped:
-                    finish(b, "stop_string")
-            if not any(running) or step + 1 == max_new_tokens:
-                break  # the last token is sampled: nothing needs its logits
-            if max(cache.lengths) >= cache.max_seq_len:  # a row has no room for its token
-                for b in range(B):
-                    if running[b]:
-                        finish(b, "context_full")
+            logits = _prefill(model, prompt, cache, prefill_chunk)  # (V,)
+        stats.prefill_seconds = time.perf_counter() - t0
+        check_logits(model, logits, tokens)
+        while len(tokens) - len(prompt) < max_new_tokens:
+            if cache.length >= cache.max_seq_len:  # the context is full: no room for more
+                reason = "context_full"
+                if text := output.flush():
+                    yield text
                 break
             t0 = time.perf_counter()
+            token = sample(logits[:decodable], params, rng, penalty_window(tokens, params))
+            stats.sample_seconds += time.perf_counter() - t0
+            text, reason = accept_token(
+                token, tokens, len(prompt), max_new_tokens, output, stop_ids
+            )
+            if reason != "end_token":  # kept
+                stats.tokens.append(token)
+                stats.generated_tokens += 1
+            if text:
+                yield text
+            if reason is not None:
+                break  # the last token is sampled: nothing needs its logits
+            t0 = time.perf_counter()
             with np.errstate(over="ignore", invalid="ignore"):
-                if B == 1:
-                    logits = model.decode(chosen[0], cache)[None]  # (1, V)
-                else:
-                    logits = model.decode_batch(chosen, cache)  # (B, V)
+                logits = model.decode(token, cache)  # (V,)
             stats.step_seconds.append(time.perf_counter() - t0)
             stats.decode_seconds += stats.step_seconds[-1]
-            stats.decode_tokens += B
-            for b in range(B):
-                if running[b]:
-                    check_logits(model, logits[b], history[b])
-        for b in range(B):
-            if running[b]:
-                yield from end_text(b)
+            stats.decode_tokens += 1
+            check_logits(model, logits, tokens)
+        stats.stop_reason = reason or "max_new_tokens"
     except KeyboardInterrupt:
-        for b in range(B):
-            if running[b]:
-                stats.stop_reasons[b] = "interrupted"
+        stats.stop_reason = "interrupted"
         raise
     finally:
-        reasons = list(dict.fromkeys(stats.stop_reasons))  # distinct, in order
-        stats.stop_reason = ",".join(reasons)
+        stats.stop_reasons = [stats.stop_reason]
 
 
 def _split_at_stop(text: str, stop: list[str]) -> tuple[str, str, bool]:

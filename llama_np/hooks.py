@@ -9,7 +9,12 @@ A hook is fn(name, array). It runs each time the forward pass reaches its point:
 (T = prompt tokens, S = positions after the write), in decode (T = 1) and in batched decode
 (one token of each of B sequences; S = the longest sequence's positions, and a shorter
 sequence's keys past its own end are masked: -inf scores, 0 probabilities). `model.step`
-says which sequences and positions the rows of the running pass are.
+says which sequences and positions the rows of the running pass are. A serving step
+(engine/) mixes sequences with different numbers of new tokens T_b (a prefill chunk beside
+decode tokens): row-wise points hold all R = sum of T_b rows, sequence by sequence
+(`model.step.seqs` are request ids, `.starts`, `.counts`), and `scores`/`probs` are called
+once per group of sequences with the same T_b (`model.attending`: which of step.seqs), as
+(B, H, T, S), or (H, T, S) for a group of one.
 
 The contract: the array a hook receives is a read-only view of the model's working buffer
 (reused or overwritten later: `scores` becomes `probs` in place, so copy what you keep —
@@ -49,6 +54,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import arguments
 from .errors import ArgumentError
 
 if TYPE_CHECKING:
@@ -113,7 +119,7 @@ class Recorder:
 
     def __init__(self, model: Model, patterns: str | Sequence[str]) -> None:
         self.model = model
-        self.patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+        self.patterns = arguments.strings(patterns, "patterns", non_empty=True)
         self.arrays: dict[str, list[np.ndarray]] = {}
         self._removers: list[Callable[[], None]] = []
 
@@ -165,11 +171,14 @@ class AttentionRecorder(Recorder):
             )
         self.steps: list = []  # model.step of each forward pass recorded (its rows)
         self.pass_of: dict[str, list[int]] = {}  # point -> index in steps of each array
+        self.groups: dict[str, list[np.ndarray]] = {}  # point -> model.attending of each
         super().__init__(model, ["tokens", *(f"layers.{i}.attn.probs" for i in self.layers)])
 
     def _record(self, name: str, array: np.ndarray) -> None:
         if name == "tokens":
             self.steps.append(self.model.step)
+        else:  # attention probs: of the step's sequences model.attending
+            self.groups.setdefault(name, []).append(self.model.attending)
         self.pass_of.setdefault(name, []).append(len(self.steps) - 1)
         super()._record(name, array)
 
@@ -177,9 +186,8 @@ class AttentionRecorder(Recorder):
         """(N,) token ids sequence `seq` ran, in order: its prompt, then each decoded token."""
         parts = []
         for step, ids in zip(self.steps, self["tokens"], strict=True):
-            if step.seqs.start <= seq < step.seqs.stop:
-                b = seq - step.seqs.start
-                parts.append(ids[b * step.n_tokens : (b + 1) * step.n_tokens])
+            for b in np.flatnonzero(step.seqs == seq):
+                parts.append(ids[step.first_rows[b] : step.first_rows[b + 1]])
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     @property
@@ -190,7 +198,7 @@ class AttentionRecorder(Recorder):
     @property
     def n_prompt(self) -> int:
         """Tokens in the first forward pass (the prefilled prompt)."""
-        return self.steps[0].n_tokens if self.steps else 0
+        return int(self.steps[0].first_rows[-1]) if self.steps else 0
 
     def pieces(self, seq: int = 0) -> list[str]:
         """The text each token adds ("" for BOS and other special tokens)."""
@@ -207,13 +215,15 @@ class AttentionRecorder(Recorder):
         for li, layer in enumerate(self.layers):
             name = f"layers.{layer}.attn.probs"
             row = 0
-            for p, index in zip(self[name], self.pass_of[name], strict=True):
+            arrays = zip(self[name], self.pass_of[name], self.groups[name], strict=True)
+            for p, index, group in arrays:
                 step = self.steps[index]
-                if not step.seqs.start <= seq < step.seqs.stop:
+                found = np.flatnonzero(step.seqs[group] == seq)  # its place in the group
+                if not len(found):
                     continue
-                if p.ndim == 4:  # batched decode: (B, H, 1, S), S = the longest sequence's
-                    end = int(step.ends[seq - step.seqs.start])
-                    p = p[seq - step.seqs.start, :, :, :end]
+                if p.ndim == 4:  # several sequences: (B, H, T, S), S the longest's
+                    b = int(found[0])
+                    p = p[b, :, :, : int(step.ends[group[b]])]
                 _, T, S = p.shape  # one sequence: (H, T, S), T rows of a prefill or block
                 if S - T != row:
                     raise ArgumentError(

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import math
 import mmap
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .config import LlamaConfig
 from .errors import ArgumentError, ContextLengthError
+
+if TYPE_CHECKING:
+    from .model import Step
 
 
 def lazy_zeros(shape: tuple[int, ...], dtype) -> np.ndarray:
@@ -86,33 +90,46 @@ class KVCache:
                 f"a larger cache (model.new_cache(max_seq_len=...), up to the model's context)"
             )
 
-    def update(
-        self, layer: int, seqs: slice, starts: np.ndarray, k: np.ndarray, v: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Write k, v (B, KVH, T, HD) of sequences `seqs` at positions starts[b] .. +T-1.
-
-        Returns views of every sequence's keys and values through the furthest new position,
-        (B, KVH, S, HD) with S = max(starts) + T; a shorter sequence's rows beyond its own
-        end are stale, and attention masks them.
-        """
-        T = k.shape[2]
-        end = int(starts.max() if len(starts) > 1 else starts[0]) + T
-        if end > self.max_seq_len:
+    def write(self, layer: int, step: Step, k: np.ndarray, v: np.ndarray) -> None:
+        """Write the keys and values k, v (R, KVH, HD) of the step's rows into layer `layer`,
+        each at its sequence's row and position."""
+        if step.positions[-1] >= self.max_seq_len:  # the model checks room; this is a guard
             raise ContextLengthError(
-                f"KV cache write at positions up to {end - 1} is past max_seq_len "
+                f"KV cache write at position {step.positions[-1]} is past max_seq_len "
                 f"{self.max_seq_len}"
             )
-        if len(starts) == 1:  # one sequence, T consecutive positions: a slice assignment
-            start = int(starts[0])
-            self.k[layer, seqs, :, start:end] = k
-            self.v[layer, seqs, :, start:end] = v
-        else:  # one new position per sequence (batched decode), each at its own length
-            if T != 1:
-                raise ArgumentError("a batched cache write takes one position per sequence")
-            rows = np.arange(seqs.start, seqs.stop)  # (B,)
-            self.k[layer, rows, :, starts] = k[:, :, 0]  # (B, KVH, HD) into (B,) positions
-            self.v[layer, rows, :, starts] = v[:, :, 0]
-        return self.k[layer, seqs, :, :end], self.v[layer, seqs, :, :end]
+        if len(step.seqs) == 1:  # one sequence, T consecutive positions: a slice assignment
+            b, start, end = step.seqs[0], step.starts[0], step.ends[0]
+            self.k[layer, b, :, start:end] = k.transpose(1, 0, 2)  # (KVH, T, HD)
+            self.v[layer, b, :, start:end] = v.transpose(1, 0, 2)
+        else:  # several sequences (batched decode): each row to its (sequence, position)
+            seq_of_row = step.seqs[step.row_seqs]  # (R,)
+            self.k[layer, seq_of_row, :, step.positions] = k  # (R, KVH, HD)
+            self.v[layer, seq_of_row, :, step.positions] = v
+
+    def read(self, layer: int, step: Step, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Keys and values of the step's sequences `group` (indices into step.seqs) through
+        the furthest position any of them holds after the step: 2 × (B, KVH, S, HD).
+
+        Views of the cache when the sequences are neighbouring rows (prefill, decode and
+        batched decode are); a shorter sequence's rows beyond its own end are stale, and
+        attention masks them.
+        """
+        rows = step.seqs[group]  # (B,) cache rows
+        S = int(step.ends[group].max())
+        if (np.diff(rows) == 1).all():  # neighbours, in order: a view
+            rows = slice(int(rows[0]), int(rows[-1]) + 1)
+        return self.k[layer, rows, :, :S], self.v[layer, rows, :, :S]
+
+    def attend(self, layer: int, step: Step, group: np.ndarray, q: np.ndarray) -> None:
+        """None: `read` returns views, which layers.attention multiplies in place (a paged
+        cache has a compiled kernel for its scattered blocks instead: paged_kv_cache.py)."""
+        return None
+
+    def advance(self, step: Step) -> None:
+        """After a pass: each sequence of the step now holds positions up to its end."""
+        for b, end in zip(step.seqs, step.ends, strict=True):
+            self.lengths[b] = int(end)
 
     def reset(self) -> None:
         """Forget every position (the memory stays allocated)."""

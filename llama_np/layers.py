@@ -131,7 +131,7 @@ def attention(
     qg = q.reshape(B, T, KVH, G, HD).transpose(0, 2, 3, 1, 4).reshape(B, KVH, G * T, HD)
     qg = qg * np.float32(1.0 / math.sqrt(HD))  # math.sqrt: np.sqrt of an int costs ~1 µs
     scores = np.matmul(qg, k.transpose(0, 1, 3, 2)).reshape(B, KVH, G, T, S)  # (B,KVH,G,T,S)
-    if T > 1 or B > 1:  # one query of one sequence sees every cached position: no mask
+    if T > 1 or (ends != S).any():  # else every query sees every key: no mask (decode)
         scores += attention_mask(ends, T, S)[:, None, None]  # (B, 1, 1, T, S)
     if hook is not None:
         scores = hook("scores", scores.reshape(B, H, T, S)).reshape(B, KVH, G, T, S)

@@ -9,10 +9,13 @@ MemoryLimitError (how much is needed, how much there is, what would reduce it) i
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 
+import numpy as np
+
 from .config import LlamaConfig
-from .errors import MemoryLimitError
+from .errors import ArgumentError, MemoryLimitError
 from .schema import n_params, weights_nbytes
 
 
@@ -111,3 +114,28 @@ def format_bytes(n: int) -> str:
         if n >= size:
             return f"{n / size:.2f} {unit}"
     return f"{n} bytes"
+
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6}
+_UNITS |= {"mib": 2**20, "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12}
+_UNITS |= {"tib": 2**40}
+
+
+def parse_bytes(text: str | int, what: str = "size") -> int:
+    """A byte count from "1GiB", "512 MiB", "1.5GB" or a plain number of bytes."""
+    if isinstance(text, int | np.integer) and not isinstance(text, bool | np.bool_):
+        value = int(text)
+    else:
+        match = isinstance(text, str) and re.fullmatch(
+            r"\s*([0-9]+(?:\.[0-9]*)?)\s*([a-zA-Z]*)\s*", text
+        )
+        unit = match and match.group(2).lower()
+        if not match or unit not in _UNITS:
+            raise ArgumentError(
+                f"{what} must be a number of bytes with an optional unit (1GiB, 512MiB, "
+                f"2GB, 1000000), got {text!r}"
+            )
+        value = int(float(match.group(1)) * _UNITS[unit])
+    if value <= 0:
+        raise ArgumentError(f"{what} must be more than 0 bytes, got {text!r}")
+    return value

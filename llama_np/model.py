@@ -10,9 +10,11 @@ Two entry points run it, and they are the heart of inference:
   bandwidth is the limit), and attention reads the keys and values of all earlier positions
   from the cache.
 
-`Model.decode_batch(tokens, cache)` is decode for B sequences at once. All three run the same
-`Model.block` on the rows of a `Step` (which sequence and positions the rows are); they differ
-in how many rows go through it and how the result is used.
+`Model.decode_batch(tokens, cache)` is decode for B sequences at once, and `Model.run(ids,
+step, cache)` runs a serving engine's step (engine/): a chunk of one prompt beside the next
+token of each of many others, over a paged KV cache. All four run the same `Model.block` on
+the rows of a `Step` (which sequences and positions the rows are); they differ in how many
+rows go through it and how the result is used.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import kernels
+from . import arguments, kernels
 from .config import LlamaConfig
 from .errors import ArgumentError
 from .hooks import Hook, match_points
@@ -31,6 +33,7 @@ from .kv_cache import KVCache
 from .layers import apply_rope, attention, chunked_attention, rms_norm, rope_tables, swiglu
 from .limits import check_kv_cache_fits
 from .packed import matmul
+from .paged_kv_cache import PagedKVCache
 from .weights import Weights, build_weights
 
 # Prompts longer than this run attention in blocks of this many queries (layers.py).
@@ -40,29 +43,59 @@ ATTENTION_CHUNK = 128
 __all__ = ["Model", "Step"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Step:
-    """The rows of one forward pass: `n_tokens` new tokens of each of B sequences of a cache.
+    """The rows of one forward pass: T_b new tokens of each of B sequences.
 
-    Prefill and decode run one sequence (B = 1, T = prompt length or 1); batched decode runs
-    one token of every sequence (B = batch size, T = 1). The residual stream x holds R = B*T
-    rows, sequence by sequence. Hooks can read `model.step` to know which rows they see.
+    Prefill runs one sequence (B = 1, T = the prompt, or a chunk of it), decode one token of
+    one sequence, batched decode one token of each of B sequences; a serving step (engine/)
+    mixes them: a prefill chunk of one request beside single decode tokens of others. The
+    residual stream x holds R = sum of T_b rows, sequence by sequence. Hooks read
+    `model.step` to know which rows they see.
     """
 
-    phase: str  # "prefill" | "decode"
-    seqs: slice  # the cache rows (sequences) this pass writes: B = seqs.stop - seqs.start
+    phase: str  # "prefill" | "decode" | "mixed" (a serving step with both)
+    seqs: np.ndarray  # (B,) the sequences: rows of a KVCache, request ids in a paged cache
     starts: np.ndarray  # (B,) position of each sequence's first new token
-    n_tokens: int  # T
+    counts: np.ndarray  # (B,) T_b, new tokens of each sequence
+    # (B, blocks) a paged cache's blocks of each sequence, position p in block p // block_size
+    # (paged_kv_cache.py); None for a KVCache
+    block_tables: np.ndarray | None = None
 
     @functools.cached_property  # computed once per pass, read by every block
-    def positions(self) -> np.ndarray:
-        """(R,) the position of every row, sequence by sequence."""
-        return (self.starts[:, None] + np.arange(self.n_tokens)).ravel()
-
-    @functools.cached_property
     def ends(self) -> np.ndarray:
         """(B,) positions each sequence holds after this pass: its keys 0..end-1 are visible."""
-        return self.starts + self.n_tokens
+        return self.starts + self.counts
+
+    @functools.cached_property
+    def first_rows(self) -> np.ndarray:
+        """(B + 1,) where each sequence's rows start in x, and R at the end."""
+        return np.concatenate([[0], np.cumsum(self.counts)])
+
+    @functools.cached_property
+    def positions(self) -> np.ndarray:
+        """(R,) the position of every row, sequence by sequence."""
+        shift = np.repeat(self.starts - self.first_rows[:-1], self.counts)  # (R,)
+        return shift + np.arange(self.first_rows[-1])
+
+    @functools.cached_property
+    def row_seqs(self) -> np.ndarray:
+        """(R,) which of the B sequences each row belongs to (0..B-1)."""
+        return np.repeat(np.arange(len(self.counts)), self.counts)
+
+    @functools.cached_property
+    def groups(self) -> list[tuple[np.ndarray, slice | np.ndarray]]:
+        """[(sequences, their rows of x)] of the sequences that attend together: those with
+        the same number of new tokens (one batched attention over their caches). Prefill,
+        decode and batched decode are one group; a serving step has a group of decode tokens
+        and one per distinct prefill chunk length. Rows are a slice when they are one run."""
+        groups = []
+        for t in np.unique(self.counts):
+            seqs = np.flatnonzero(self.counts == t)  # (B_g,)
+            rows = (self.first_rows[seqs, None] + np.arange(t)).ravel()  # (B_g * T,)
+            run = rows[-1] - rows[0] + 1 == len(rows)
+            groups.append((seqs, slice(int(rows[0]), int(rows[-1]) + 1) if run else rows))
+        return groups
 
 
 class Model:
@@ -78,6 +111,7 @@ class Model:
         )
         self.hooks: dict[str, list[Hook]] = {}
         self.step: Step | None = None  # the rows of the forward pass running now (for hooks)
+        self.attending: np.ndarray | None = None  # which of step's sequences attention runs for
         if self.uses_compiled_kernels:
             kernels.warm_up()  # now, rather than in the first token
 
@@ -113,20 +147,13 @@ class Model:
 
         `dtype` np.float16 halves the cache's memory; attention then widens K/V to float32.
         """
-        max_seq_len = self.config.max_seq_len if max_seq_len is None else max_seq_len
-        if not (
-            isinstance(max_seq_len, (int, np.integer))
-            and 0 < max_seq_len <= self.config.max_seq_len
-        ):
-            raise ArgumentError(
-                f"max_seq_len must be in 1..{self.config.max_seq_len} (the model's context), "
-                f"got {max_seq_len!r}"
-            )
-        if not (isinstance(batch_size, (int, np.integer)) and batch_size > 0):
-            raise ArgumentError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if np.dtype(dtype) not in (np.float32, np.float16):
-            raise ArgumentError(f"KV cache dtype must be float32 or float16, got {dtype}")
-        check_kv_cache_fits(self.config, max_seq_len, batch_size, np.dtype(dtype).itemsize)
+        S = self.config.max_seq_len
+        max_seq_len = S if max_seq_len is None else max_seq_len
+        allowed = f"in 1..{S} (the model's context), or None for all of it"
+        max_seq_len = arguments.integer(max_seq_len, "max_seq_len", 1, S, allowed=allowed)
+        batch_size = arguments.integer(batch_size, "batch_size", 1, allowed="a positive integer")
+        dtype = arguments.dtype(dtype, "dtype", (np.float32, np.float16))
+        check_kv_cache_fits(self.config, max_seq_len, batch_size, dtype.itemsize)
         return KVCache(self.config, max_seq_len, batch_size, dtype)
 
     # ---------------------------------------------------------------- prefill and decode
@@ -142,19 +169,28 @@ class Model:
         picks the sequence of a batched cache (each prompt of a batch is prefilled alone).
         """
         ids = self._check_tokens(tokens)
+        cache = arguments.kv_cache(cache, "cache", self.config)
+        arguments.flag(all_logits, "all_logits")
+        seq = arguments.integer(seq, "seq", 0, cache.batch_size - 1)
         cache.check_room(len(ids), seq)
-        step = Step("prefill", slice(seq, seq + 1), np.array([cache.lengths[seq]]), len(ids))
+        step = Step(
+            "prefill", np.array([seq]), np.array([cache.lengths[seq]]), np.array([len(ids)])
+        )
         x = self.forward(ids, step, cache)  # (T, D)
+        cache.advance(step)
         # Only the last position predicts the next token: skip the (D, V) classifier for the
         # rest unless they are asked for.
         return self.head(x if all_logits else x[-1])  # (T, V) or (V,)
 
     def decode(self, token: int, cache: KVCache) -> np.ndarray:
         """Run one token at position cache.length; return (V,) logits for the next position."""
-        ids = self._check_tokens([token])
+        ids = np.array([arguments.token_id(token, "token", self.config.vocab_size)])
+        cache = arguments.kv_cache(cache, "cache", self.config)
         cache.check_room(1)
-        step = Step("decode", slice(0, 1), np.array([cache.length]), 1)
-        return self.head(self.forward(ids, step, cache)[0])  # (V,)
+        step = Step("decode", np.array([0]), np.array([cache.length]), np.array([1]))
+        x = self.forward(ids, step, cache)  # (1, D)
+        cache.advance(step)
+        return self.head(x[0])  # (V,)
 
     def decode_batch(self, tokens: Sequence[int], cache: KVCache) -> np.ndarray:
         """One token for each of the B sequences of a batched cache; -> (B, V) logits.
@@ -162,21 +198,32 @@ class Model:
         Each sequence is at its own position (cache.lengths[b]), so prompts of different
         lengths decode together. Every weight matrix is read once per step for all B tokens,
         which is why servers batch (stories110M with the kernel layer: 2.4x the tokens/s of
-        batch 1 at batch 2, 3.5x at 4; with OpenBLAS alone the gain shows from about batch 8,
-        its sgemm for 2-4 rows costing 2-3x a matrix-vector product; see benchmarks/).
+        batch 1 at batch 2, 3.5x at 4; see benchmarks/). A serving engine keeps such a batch
+        full as requests come and go: engine/.
         """
         ids = self._check_tokens(tokens)
-        if len(ids) != cache.batch_size:
+        cache = arguments.kv_cache(cache, "cache", self.config)
+        B = cache.batch_size
+        if len(ids) != B:
             raise ArgumentError(
-                f"decode_batch got {len(ids)} tokens for a cache of batch size "
-                f"{cache.batch_size}; pass one token per sequence"
+                f"decode_batch got {len(ids)} tokens for a cache of batch size {B}; pass one "
+                f"token per sequence"
             )
-        for b in range(cache.batch_size):
+        for b in range(B):
             cache.check_room(1, b)
-        step = Step("decode", slice(0, cache.batch_size), np.array(cache.lengths), 1)
-        return self.head(self.forward(ids, step, cache))  # (B, V)
+        step = Step("decode", np.arange(B), np.array(cache.lengths), np.ones(B, dtype=np.int64))
+        x = self.forward(ids, step, cache)  # (B, D)
+        cache.advance(step)
+        return self.head(x)  # (B, V)
 
-    def forward(self, ids: np.ndarray, step: Step, cache: KVCache) -> np.ndarray:
+    def run(self, ids: np.ndarray, step: Step, cache: KVCache | PagedKVCache) -> np.ndarray:
+        """One serving step (engine/): the step's rows through every block, their K/V into
+        the cache; -> (B, V) logits of each sequence's last new token. The caller (the engine)
+        tracks where each sequence is; nothing is checked here."""
+        x = self.forward(ids, step, cache)  # (R, D)
+        return self.head(x[step.first_rows[1:] - 1])  # (B, V)
+
+    def forward(self, ids: np.ndarray, step: Step, cache: KVCache | PagedKVCache) -> np.ndarray:
         """Embed the step's tokens and run every block; the cache then holds their K/V.
 
         ids (R,) -> the residual stream after the last block, (R, D), before the final norm.
@@ -188,20 +235,17 @@ class Model:
             x = self._run_hooks("embed", x)
         for i in range(self.config.n_layers):
             x = self.block(i, x, step, cache)
-        for b, end in zip(range(step.seqs.start, step.seqs.stop), step.ends, strict=True):
-            cache.lengths[b] = int(end)
         return x
 
     # ---------------------------------------------------------------- the pieces
 
-    def block(self, i: int, x: np.ndarray, step: Step, cache: KVCache) -> np.ndarray:
-        """Transformer block i on the R = B*T rows of x (which sequences and positions: `step`).
+    def block(self, i: int, x: np.ndarray, step: Step, cache: KVCache | PagedKVCache) -> np.ndarray:
+        """Transformer block i on the R rows of x (which sequences and positions: `step`).
 
         x: (R, D) -> (R, D). Writes the block's K/V for these positions into the cache and
         attends over every cached position up to each row's own.
         """
         cfg, lw = self.config, self.weights.layers[i]
-        B, T = step.starts.shape[0], step.n_tokens
         H, KVH, HD = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
 
         # --- attention: each position gathers information from itself and earlier positions
@@ -223,22 +267,24 @@ class Model:
             q = self._run_hooks(f"layers.{i}.attn.q", q)
             k_new = self._run_hooks(f"layers.{i}.attn.k", k_new)
             v_new = self._run_hooks(f"layers.{i}.attn.v", v_new)
-        # The cache stores (KVH, S, HD) per layer and sequence: write the new rows, read every
-        # row so far. (B, T, KVH, HD) -> (B, KVH, T, HD)
-        k_cache, v_cache = cache.update(
-            i,
-            step.seqs,
-            step.starts,
-            k_new.reshape(B, T, KVH, HD).transpose(0, 2, 1, 3),
-            v_new.reshape(B, T, KVH, HD).transpose(0, 2, 1, 3),
-        )  # (B, KVH, S, HD) views
-        q = q.reshape(B, T, H, HD)
-        hook = self._attention_hook(i, B) if self.hooks else None
-        if T > ATTENTION_CHUNK:  # long prompt: blocks of queries whose scores stay in cache
-            attn = chunked_attention(q, k_cache, v_cache, step.ends, ATTENTION_CHUNK, hook)
-        else:
-            attn = attention(q, k_cache, v_cache, step.ends, hook)  # (B, T, H*HD)
-        attn_out = matmul(attn.reshape(B * T, H * HD), lw.wo)  # (R, D)
+        cache.write(i, step, k_new, v_new)  # every row's K/V at its sequence's position
+        attn = np.empty((len(x), H * HD), dtype=np.float32)  # (R, H*HD)
+        # Sequences with as many new tokens attend together: (B, T, H, HD) queries against
+        # their cached (B, KVH, S, HD) keys and values. Prefill and decode are one group.
+        for seqs, rows in step.groups:
+            B, T = len(seqs), int(step.counts[seqs[0]])
+            hook = self._attention_hook(i, seqs) if self.hooks else None
+            q_group, ends = q[rows].reshape(B, T, H, HD), step.ends[seqs]
+            # decode over a paged cache: a compiled kernel reads the blocks where they lie
+            out = cache.attend(i, step, seqs, q_group) if T == 1 and hook is None else None
+            if out is None:
+                k_cache, v_cache = cache.read(i, step, seqs)  # (B, KVH, S, HD)
+                if T > ATTENTION_CHUNK:  # long prompt: blocks of queries, scores kept in cache
+                    out = chunked_attention(q_group, k_cache, v_cache, ends, ATTENTION_CHUNK, hook)
+                else:
+                    out = attention(q_group, k_cache, v_cache, ends, hook)  # (B, T, H*HD)
+            attn[rows] = out.reshape(B * T, H * HD)
+        attn_out = matmul(attn, lw.wo)  # (R, D)
         if lw.bo is not None:
             attn_out += lw.bo
         if self.hooks:
@@ -274,7 +320,8 @@ class Model:
         model's computation, return a replacement of the same shape (None keeps it).
         Returns a function that removes the hook.
         """
-        names = match_points(name, self.config.n_layers)
+        arguments.function(fn, "fn")
+        names = match_points(arguments.string(name, "name"), self.config.n_layers)
         for point in names:
             self.hooks.setdefault(point, []).append(fn)
 
@@ -302,29 +349,24 @@ class Model:
                 array = replaced
         return array
 
-    def _attention_hook(self, i: int, batch: int) -> Callable[[str, np.ndarray], np.ndarray]:
+    def _attention_hook(self, i: int, seqs: np.ndarray) -> Callable[[str, np.ndarray], np.ndarray]:
         """The hook attention calls with "scores" and "probs", as (B, H, T, S) arrays.
 
-        One sequence (prefill, decode) shows them as (H, T, S); batched decode as (B, H, 1, S).
+        One sequence (prefill, decode) shows them as (H, T, S); several (batched decode, a
+        serving step's group `seqs` of model.step's sequences, kept in model.attending) as
+        (B, H, T, S).
         """
+        self.attending = seqs
 
         def hook(part: str, array: np.ndarray) -> np.ndarray:
             name = f"layers.{i}.attn.{part}"
             if name not in self.hooks:
                 return array
-            if batch == 1:
+            if len(seqs) == 1:
                 return self._run_hooks(name, array[0])[None]
             return self._run_hooks(name, array)
 
         return hook
 
     def _check_tokens(self, tokens: Sequence[int]) -> np.ndarray:
-        ids = np.asarray(tokens)
-        if ids.ndim != 1 or ids.size == 0 or not np.issubdtype(ids.dtype, np.integer):
-            raise ArgumentError(f"tokens must be a non-empty sequence of ints, got {tokens!r:.80}")
-        if ids.min() < 0 or ids.max() >= self.config.vocab_size:
-            bad = ids[(ids < 0) | (ids >= self.config.vocab_size)][0]
-            raise ArgumentError(
-                f"token id {bad} is outside the vocabulary 0..{self.config.vocab_size - 1}"
-            )
-        return ids
+        return arguments.token_ids(tokens, "tokens", self.config.vocab_size)  # (T,) int64

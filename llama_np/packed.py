@@ -37,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from . import arguments
 from .dtypes import BFLOAT16, bfloat16_from_float32, release_pages, to_float32
 from .errors import ArgumentError
 from .kernels import compiled
@@ -77,11 +78,7 @@ def matrix_nbytes(weights_dtype: str, n: int, k: int) -> int:
 
 
 def check_weights_dtype(weights_dtype: str) -> str:
-    if weights_dtype not in WEIGHT_DTYPES:
-        raise ArgumentError(
-            f"weights_dtype must be one of {', '.join(WEIGHT_DTYPES)}, got {weights_dtype!r}"
-        )
-    return weights_dtype
+    return arguments.choice(weights_dtype, "weights_dtype", WEIGHT_DTYPES)
 
 
 # Threads that widen pieces side by side when only a few activation rows are multiplied

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import arguments
 from .errors import ArgumentError
 from .layers import softmax
 
@@ -20,7 +21,12 @@ MIN_TEMPERATURE = 1e-6
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Sampling settings; the defaults are llama.cpp's."""
+    """Sampling settings; the defaults are llama.cpp's.
+
+    Each field is checked when the object is made (ArgumentError naming it). NumPy scalars
+    are accepted and stored as the Python numbers they hold (np.int64(40) as 40, np.float32(0.5)
+    as 0.5), so that equal settings compare and hash equal.
+    """
 
     temperature: float = 0.8  # 0 = greedy (always the most likely token)
     top_k: int = 40  # keep the k most likely tokens; 0 = no limit
@@ -30,29 +36,35 @@ class SamplingParams:
     repeat_last_n: int = 64
 
     def __post_init__(self) -> None:
-        if not self.temperature >= 0:  # also catches NaN
-            raise ArgumentError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        temperature = arguments.as_float(self.temperature)
+        if temperature is None or not temperature >= 0:  # also catches NaN
+            raise arguments.refuse("temperature", self.temperature, ">= 0 (0 = greedy)")
         # logits / temperature must stay finite in float32: below MIN_TEMPERATURE sampling is
         # greedy anyway, and infinity would make every token equally likely.
-        if not (self.temperature == 0 or MIN_TEMPERATURE <= self.temperature < math.inf):
+        if not (temperature == 0 or MIN_TEMPERATURE <= temperature < math.inf):
             raise ArgumentError(
                 f"temperature must be 0 (greedy) or in [{MIN_TEMPERATURE:g}, inf), got "
                 f"{self.temperature}; for greedy decoding use 0"
             )
-        if not (isinstance(self.top_k, int) and self.top_k >= 0):
-            raise ArgumentError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise ArgumentError(f"top_p must be in (0, 1] (1 = off), got {self.top_p}")
-        if not 0 <= self.min_p <= 1:
-            raise ArgumentError(f"min_p must be in [0, 1] (0 = off), got {self.min_p}")
-        # logits × or / the penalty must stay finite in float32, as for the temperature
-        if not MIN_TEMPERATURE <= self.repetition_penalty <= 1 / MIN_TEMPERATURE:
-            raise ArgumentError(
-                f"repetition_penalty must be > 0 (1 = off) and in [{MIN_TEMPERATURE:g}, "
-                f"{1 / MIN_TEMPERATURE:g}], got {self.repetition_penalty}"
-            )
-        if self.repeat_last_n < 0:
-            raise ArgumentError(f"repeat_last_n must be >= 0, got {self.repeat_last_n}")
+        checked = {
+            "temperature": temperature,
+            "top_k": arguments.integer(self.top_k, "top_k", 0, allowed="an integer >= 0 (0 = off)"),
+            "top_p": arguments.real(
+                self.top_p, "top_p", 0, 1, open_lo=True, allowed="in (0, 1] (1 = off)"
+            ),
+            "min_p": arguments.real(self.min_p, "min_p", 0, 1, allowed="in [0, 1] (0 = off)"),
+            # logits × or / the penalty must stay finite in float32, as for the temperature
+            "repetition_penalty": arguments.real(
+                self.repetition_penalty,
+                "repetition_penalty",
+                MIN_TEMPERATURE,
+                1 / MIN_TEMPERATURE,
+                allowed=f"> 0 (1 = off) and in [{MIN_TEMPERATURE:g}, {1 / MIN_TEMPERATURE:g}]",
+            ),
+            "repeat_last_n": arguments.integer(self.repeat_last_n, "repeat_last_n", 0),
+        }
+        for name, value in checked.items():  # frozen: set through object, as dataclasses do
+            object.__setattr__(self, name, value)
 
 
 def apply_repetition_penalty(
@@ -91,6 +103,11 @@ def candidates(probs: np.ndarray, top_k: int, top_p: float, min_p: float) -> np.
     return ids
 
 
+def penalty_window(tokens: Sequence[int], params: SamplingParams) -> Sequence[int]:
+    """The tokens the repetition penalty looks at: the last repeat_last_n of `tokens`."""
+    return tokens[-params.repeat_last_n :] if params.repeat_last_n else ()
+
+
 def sample(
     logits: np.ndarray,
     params: SamplingParams,
@@ -98,6 +115,8 @@ def sample(
     recent: Sequence[int] = (),
 ) -> int:
     """Pick the next token id from (V,) logits."""
+    arguments.instance(params, "params", SamplingParams)
+    arguments.instance(rng, "rng", np.random.Generator, allowed="a np.random.Generator")
     if params.repetition_penalty != 1.0 and len(recent):
         logits = apply_repetition_penalty(logits, recent, params.repetition_penalty)
     if params.temperature == 0:

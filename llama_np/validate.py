@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ArgumentError, LlamaNpError
+from . import arguments
+from .errors import LlamaNpError
 
 MAX_DEPTH = 32  # real files nest 3 (config.json) to 7 (tokenizer.json) levels
 # Every count, id and offset fits in 64 bits (20 digits), but transformers writes "no limit"
@@ -167,19 +168,8 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
 def check_text(text: object, what: str = "text") -> str:
     """`text` if it is a str that encodes as UTF-8; ArgumentError for anything else, e.g. a
     lone surrogate (from the API, or non-UTF-8 bytes in a command-line argument, which
-    Python hands over as surrogate escapes)."""
-    if not isinstance(text, str):
-        raise ArgumentError(f"{what} must be a str, got {type(text).__name__}")
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as e:
-            raise ArgumentError(
-                f"{what} is not valid Unicode text: character {e.start} is a lone surrogate "
-                f"({text[e.start]!r}), which is how Python hands over bytes that are not UTF-8 "
-                f"(in an argument or on stdin): pass UTF-8 text"
-            ) from None
-    return text
+    Python hands over as surrogate escapes). The check is arguments.text."""
+    return arguments.text(text, what)
 
 
 # ---------------------------------------------------------------- schemas
@@ -403,12 +393,8 @@ def validate(value, spec: Spec, source: object, error: type[LlamaNpError]):
         at = f"{e.at}: " if e.at else ""
         if e.found is _MISSING:
             raise error(f"{source}: {at}required key is missing") from None
-        raise error(f"{source}: {at}expected {e.expected}, found {_show(e.found)}") from None
-
-
-def _show(value) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+        found = arguments.shown(e.found)  # bounded: repr of a 30 MB list took 15 s
+        raise error(f"{source}: {at}expected {e.expected}, found {found}") from None
 
 
 # ---------------------------------------------------------------- the schema of each input

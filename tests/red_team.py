@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 from checkpoint_writers import (
     PickleWriter,
     hf_config,
@@ -37,8 +38,8 @@ from checkpoint_writers import (
 )
 from util import random_tensors
 
-from llama_np import LlamaConfig, Model, generate_text, load, load_tokenizer
-from llama_np.chat_template import compile_template, render_template
+from llama_np import KVCache, LlamaConfig, Model, generate_text, load, load_tokenizer
+from llama_np.chat_template import ChatTemplate, compile_template, render_template
 from llama_np.checkpoints import download as dl
 from llama_np.checkpoints.hf import hf_name
 from llama_np.generate import GenerationStats
@@ -352,6 +353,16 @@ def api(**kwargs) -> Callable[[Path], str]:
         model = tiny_model(load_tokenizer(TOK512))
         generate_text(model, kwargs.pop("prompt", "Once"), 2, **kwargs)
         return "generates"
+
+    return run
+
+
+def on_model(call: Callable[[Model], object]) -> Callable[[Path], str]:
+    """call(model) on a tiny model with the llama2.c tokenizer, as a notebook user would."""
+
+    def run(tmp: Path) -> str:
+        call(tiny_model(load_tokenizer(TOK512)))
+        return "runs"
 
     return run
 
@@ -740,6 +751,30 @@ CASES: list[Case] = [
          ("temperature must be 0 (greedy) or in",)),
     Case("API", "`temperature=inf`", api(temperature=float("inf")), "ArgumentError",
          ("temperature must be 0 (greedy) or in",)),
+    Case("API", "`temperature=\"0.7\"`", api(temperature="0.7"), "ArgumentError",
+         ("temperature must be >= 0 (0 = greedy), got '0.7'",)),
+    Case("API", "`top_p=None`", api(top_p=None), "ArgumentError", ("top_p must be in (0, 1]",)),
+    Case("API", "`stop=None`", api(stop=None), "ArgumentError",
+         ("stop must be a string or a list of non-empty strings, got None",)),
+    Case("API", "`max_new_tokens=True`", on_model(lambda m: generate_text(m, "Once", True)),
+         "ArgumentError",
+         ("max_new_tokens must be an integer >= 0, got True",)),
+    Case("API", "`max_new_tokens=np.int64(3)`, `temperature=np.float32(0.7)`, an int32 prompt",
+         on_model(lambda m: generate_text(m, np.array([1, 5], dtype=np.int32), np.int64(3),
+                                          temperature=np.float32(0.7))), "runs"),
+    Case("API", "`load(None)`", lambda tmp: load(None), "ArgumentError",
+         ("path must be a path (a non-empty str or pathlib.Path), got None",)),
+    Case("API", "`new_cache(dtype=\"bogus\")`", on_model(lambda m: m.new_cache(dtype="bogus")),
+         "ArgumentError", ("dtype must be one of np.float32, np.float16, got 'bogus'",)),
+    Case("API", "`prefill(tokens, cache, seq=7)` on a one-sequence cache",
+         on_model(lambda m: m.prefill([1], m.new_cache(8), seq=7)), "ArgumentError",
+         ("seq must be an integer in 0..0, got 7",)),
+    Case("API", "`prefill(tokens, cache)` with a cache of another model",
+         on_model(lambda m: m.prefill([1], KVCache(TINY.replace(n_layers=2), 8))),
+         "ArgumentError", ("cache must be a KV cache of this model: (L, KVH, HD) = (1, 1, 8)",)),
+    Case("API", "a chat message without `role`",
+         on_model(lambda m: ChatTemplate(m.tokenizer, "{{ messages }}", "t").render([{}])),
+         "ArgumentError", ("messages[0]['role'] must be a string, got nothing",)),
     # command line
     Case("CLI", "`--seed -1`", cli("generate", "-s", "-1", "-n", "2"), "exit 1",
          ("-s/--seed must be in 0..",)),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -223,8 +224,15 @@ def test_cli_chat_with_piped_stdin(tmp_path, llama2, monkeypatch, capsys):
     assert "chat format llama2" in err
     assert err.count("llama-np: prefill") == 2
     first = len(model.tokenizer.encode("[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi there [/INST]"))
-    assert f"turn 1: prefilled only the {first} new tokens" in err
-    assert "turn 2: prefilled only the" in err
+    # the first turn fills an empty cache: all its tokens are new, none were saved
+    assert (
+        f"turn 1: prefilled the {first} tokens of the conversation so far (the KV cache was "
+        "empty)" in err
+    )
+    assert "turn 1: prefilled only" not in err
+    assert re.search(
+        r"turn 2: prefilled only the \d+ new tokens, after the \d+ already cached", err
+    )
     assert len(out.splitlines()) == 2  # one line per reply
 
 

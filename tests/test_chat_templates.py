@@ -348,7 +348,7 @@ def test_cli_chat_renders_what_transformers_renders(tmp_path, tokenizers, monkey
     err = capsys.readouterr().err
     assert f"chat format template ({tmp_path / 'tokenizer_config.json'} (chat_template))" in err
     assert prefills[0] == case["ids"]
-    assert f"turn 1: prefilled only the {len(case['ids'])} new tokens" in err
+    assert f"turn 1: prefilled the {len(case['ids'])} tokens of the conversation so far" in err
     turn2 = next(line for line in err.splitlines() if "turn 2:" in line)
     assert f" {len(prefills[1])} " in turn2  # new tokens only, or re-prefilled (and said so)
 

@@ -50,10 +50,11 @@ RANDOM_PROFILE = [(c, out) for c, out in PROFILE if "--random" in c]
 
 
 def test_doc_has_the_commands():
-    assert len(MEMORY) >= 8 and len(RUN_PROFILE) == 2 and len(RANDOM_PROFILE) == 1
+    assert len(MEMORY) >= 8 and len(RUN_PROFILE) == 2 and len(RANDOM_PROFILE) == 2
     assert "llama-np memory llama-3.1-8b --context 128000" in [c for c, _ in MEMORY]
     assert "llama-np memory llama-3-8b --hardware h100" in [c for c, _ in MEMORY]
-    assert "--batch 8" in RANDOM_PROFILE[0][0]
+    assert "--prompt-tokens 240" in RANDOM_PROFILE[0][0]  # each phase at its ceiling
+    assert "--batch 8" in RANDOM_PROFILE[1][0]
 
 
 def fake_peaks(remeasure=False, threads=None):
@@ -92,17 +93,20 @@ def test_profile_counts_are_what_the_doc_shows(command, shown, capsys, monkeypat
     assert all(line in printed for line in prompt_lines)
 
 
-def test_random_profile_counts_are_the_formulas():
-    """The --random block's counts, recomputed from the config by costs.py (running an
+@pytest.mark.parametrize("command, shown", RANDOM_PROFILE, ids=["stories15M", "stories110M"])
+def test_random_profile_counts_are_the_formulas(command, shown):
+    """The --random blocks' counts, recomputed from the config by costs.py (running an
     110M-parameter model here would take a minute)."""
     from llama_np.tools.costs import forward_bytes, forward_flops
     from llama_np.tools.known_models import known_config
 
-    command, shown = RANDOM_PROFILE[0]
     argv = shlex.split(command)
     cfg = known_config(argv[argv.index("--random") + 1])
-    n, batch = int(argv[argv.index("-n") + 1]), int(argv[argv.index("--batch") + 1])
-    T = 16  # --prompt-tokens' default
+
+    def flag(name: str, default: int) -> int:
+        return int(argv[argv.index(name) + 1]) if name in argv else default
+
+    n, batch, T = flag("-n", 64), flag("--batch", 1), flag("--prompt-tokens", 16)
     assert f"prompt: {T} random token ids; random weights of {cfg.name}'s shape" in shown
 
     def row(tokens, flops, weights, kv):
@@ -120,13 +124,14 @@ def test_random_profile_counts_are_the_formulas():
             n * forward_bytes(cfg, 1, T, 4, 0),
             sum(kv),
         ),
-        "batch-decode": row(
+    }
+    if batch > 1:
+        expected["batch-decode"] = row(
             batch * n,
             sum(forward_flops(cfg, 1, T + i, 1, batch) for i in range(n)),
             n * forward_bytes(cfg, 1, T, 4, 0, batch),
             batch * sum(kv),
-        ),
-    }
+        )
     assert counts(shown) == expected
 
 

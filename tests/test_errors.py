@@ -349,11 +349,11 @@ def test_max_new_tokens_past_context_stops_and_says_so(stories):
         ({"repetition_penalty": -1.0}, "repetition_penalty must be > 0"),
         ({"max_new_tokens": -1}, "max_new_tokens must be an integer >= 0"),
         ({"max_new_tokens": 2.5}, "max_new_tokens must be an integer >= 0"),
-        ({"stop": [""]}, "stop strings must be non-empty"),
+        ({"stop": [""]}, "stop must be a string or a list of non-empty strings"),
         ({"prompt": []}, "the prompt has no tokens"),
         ({"prompt": [1, 512]}, r"token id 512 is outside the vocabulary 0\.\.511"),
         ({"prompt": [1, -3]}, r"token id -3 is outside the vocabulary"),
-        ({"prompt": [1, 2.5]}, "prompt token ids must be integers"),
+        ({"prompt": [1, 2.5]}, r"prompt must be text or a list of token ids, got \[1, 2\.5\]"),
     ],
 )
 def test_invalid_generation_arguments_fail_before_any_work(stories, monkeypatch, kwargs, message):

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import llama_np
+from llama_np.tools.colors import PHASE_COLORS
 from llama_np.tools.explorer import write_html
 from llama_np.tools.machine import MachinePeaks
 from llama_np.tools.profile import profile_generation
@@ -29,8 +30,9 @@ BROWSER = next(
 PEAKS = MachinePeaks(50e9, 5e9, "test")
 
 
-def dump_dom(url: str) -> tuple[str, str]:
-    """The DOM after the page's scripts ran, and the browser's log (console messages)."""
+def dump_dom(url: str, width: int = 1200) -> tuple[str, str]:
+    """The DOM after the page's scripts ran, in a window `width` pixels wide, and the
+    browser's log (console messages)."""
     if BROWSER is None:
         if os.environ.get("CI"):
             pytest.fail("CI must run the explorer test: .ci/run installs chromium")
@@ -40,7 +42,7 @@ def dump_dom(url: str) -> tuple[str, str]:
             [BROWSER, "--headless", "--no-sandbox", "--disable-gpu",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              "--no-first-run", f"--user-data-dir={profile_dir}", "--enable-logging=stderr",
-             "--v=0", "--dump-dom", url],
+             "--v=0", f"--window-size={width},900", "--dump-dom", url],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
@@ -124,9 +126,50 @@ def test_page_in_a_headless_browser(page):
     assert float(doc.by_id("row-sum")["text"]) == pytest.approx(1, abs=1e-3)
     np.testing.assert_allclose(row, trace.probs[layer, head, query, : query + 1], atol=1e-4)
 
-    phases = [e["data-phase"] for e in doc.all if e["tag"] == "circle"]
-    assert phases == ["prefill", "decode", "batch-decode"]
-    assert len([e for e in doc.all if e["tag"] == "polyline"]) == len(profile.peaks)
+    # the heat map labels its columns with the keys, one per token
+    keys = [e for e in doc.by_class("key") if e["tag"] == "th"]
+    assert [e["text"] for e in keys] == token_labels(trace)
+
+    # the roofline: one roof (the machine's), its two regions named, each phase in its colour
+    circles = [e for e in doc.all if e["tag"] == "circle"]
+    assert [e["data-phase"] for e in circles] == ["prefill", "decode", "batch-decode"]
+    assert all(e["fill"] == PHASE_COLORS[e["data-phase"]] for e in circles)
+    assert len([e for e in doc.all if e["tag"] == "polyline"]) == 1
+    assert [e["text"] for e in doc.by_class("region-label")] == ["memory-bound", "compute-bound"]
+    regions = [e for e in doc.by_class("region") if e["tag"] == "rect"]
+    assert [e["data-bound"] for e in regions] == ["memory"]
+    ridge = profile.peaks.ridge  # the shaded region ends at the ridge
+    assert float(regions[0]["width"]) > 0 and ridge > 0
+    # the token strip and the legend take the phase colours from the same table
+    style = doc.all[0].get("style", "")  # <html style="--prefill: ...">
+    for phase, color in PHASE_COLORS.items():
+        assert f"--{phase}: {color}" in style
+
+
+PROBE = """<script>
+const strip = document.getElementById("tokens");
+document.body.dataset.stripOverflow = String(strip.scrollWidth - strip.clientWidth);
+document.body.dataset.stripRows = String(new Set([...strip.children].map(e => e.offsetTop)).size);
+document.body.dataset.pageOverflow = String(document.documentElement.scrollWidth - innerWidth);
+</script></body>"""
+
+
+def test_long_generations_wrap_instead_of_overflowing(tmp_path):
+    """Sixty tokens in a 700-pixel window: the token strip wraps onto several lines, and
+    nothing makes the page scroll sideways (the heat map scrolls inside its own box)."""
+    model = llama_np.load()
+    trace = trace_attention(model, "Once upon a time", 60, layers=[0])
+    html = write_html(tmp_path / "page.html", trace, None, model.config.n_kv_heads).read_text()
+    probed = tmp_path / "probed.html"
+    probed.write_text(html.replace("</body>", PROBE), encoding="utf-8")
+    dom, log = dump_dom(probed.as_uri(), width=700)
+    assert "Uncaught" not in log, log[-2000:]
+    body = re.search(r"<body([^>]*)>", dom)[1]
+    attrs = dict(re.findall(r'data-([\w-]+)="([^"]*)"', body))
+    assert attrs["ready"] == "yes"
+    assert int(attrs["strip-overflow"]) <= 0
+    assert int(attrs["strip-rows"]) > 1
+    assert int(attrs["page-overflow"]) <= 0
 
 
 def page_json(path) -> dict:

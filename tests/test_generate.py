@@ -8,7 +8,7 @@ from util import byte_tokenizer, random_model, small_config
 
 import llama_np
 from llama_np import ArgumentError, ContextLengthError, GenerationStats, generate, generate_text
-from llama_np.generate import generate_batch_stream
+from llama_np.engine import generate_batch_stream
 
 
 def test_streamed_pieces_join_to_the_decoded_tokens(stories260k):

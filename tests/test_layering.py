@@ -1,8 +1,10 @@
 """The package's layers only look down, and no two modules import each other in a circle.
 
-CORE |= {"limits", "numerics", "model", "kernels", "validate", "weights"}
+CORE |= {"limits", "numerics", "model", "kernels", "validate", "weights", "paged_kv_cache"}
+CORE |= {"arguments"}
     formats     checkpoints/, tokenizers/
     generation  sampling, generate, chat, chat_template
+    serving     engine/ (scheduler, block pool, requests: many prompts on one model)
     api         llama_np/__init__.py (what `import llama_np` offers)
     tools       tools/ (costs, memory, machine, profile, trace, ...)
     cli         cli/, __main__
@@ -18,8 +20,9 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "llama_np"
 CORE = {"errors", "config", "schema", "dtypes", "quants", "packed", "layers", "kv_cache", "hooks"}
-CORE |= {"limits", "numerics", "model", "kernels", "validate", "weights"}
-LAYERS = ["core", "formats", "generation", "api", "tools", "cli"]
+CORE |= {"limits", "numerics", "model", "kernels", "validate", "weights", "paged_kv_cache"}
+CORE |= {"arguments"}
+LAYERS = ["core", "formats", "generation", "serving", "api", "tools", "cli"]
 
 
 def layer_of(module: str) -> str:
@@ -33,6 +36,8 @@ def layer_of(module: str) -> str:
         return "formats"
     if top in ("sampling", "generate", "chat", "chat_template"):
         return "generation"
+    if top == "engine":
+        return "serving"
     if top == "tools":
         return "tools"
     if top in ("cli", "__main__"):

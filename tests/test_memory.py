@@ -138,17 +138,28 @@ def test_batch_shares_weight_reads_not_kv():
 
 
 def test_fits_in_device_memory():
+    """Against the bytes the card offers (nvidia-smi's 81,559 MiB), not '80 GB' read as 80e9:
+    16.06 GB of weights + 4 × 16.78 GB of 128k-token caches = 83.17 GB fits in 85.52 GB."""
     config = known_config("llama-3.1-8b")
-    # 16.06 GB of weights + 16.78 GB per 128k-token sequence against 80 GB
-    assert estimate(config, get_hardware("h100"), 128000, batch=3).fits
-    assert not estimate(config, get_hardware("h100"), 128000, batch=4).fits
+    h100 = get_hardware("h100")
+    four = estimate(config, h100, 128000, batch=4)
+    assert four.fits and four.spare_bytes == 81559 * 2**20 - 83_169_918_976 == 2_350_891_008
+    assert four.max_sequences == 4  # (85,520,809,984 - 16,061,054,976) // 16,777,216,000
+    five = estimate(config, h100, 128000, batch=5)
+    assert not five.fits and five.spare_bytes < 0 and five.max_sequences == 4
     assert not estimate(config, get_hardware("tpu-v5e"), 128000).fits
-    assert estimate(config, custom_hardware(1e12, 1e11), 128000).fits is None
+    unknown = estimate(config, custom_hardware(1e12, 1e11), 128000)
+    assert unknown.fits is None and unknown.max_sequences is None
 
 
 def test_presets_have_published_figures():
     assert PRESETS["h100"].flops == 989e12 and PRESETS["h100"].bandwidth == 3.35e12
-    assert PRESETS["tpu-v5e"].memory_bytes == 16e9 and PRESETS["tpu-v5e"].bandwidth == 819e9
+    assert PRESETS["tpu-v5e"].memory_bytes == 16 * 2**30 and PRESETS["tpu-v5e"].bandwidth == 819e9
+    # capacities are exact bytes (what nvidia-smi shows), each with where it comes from
+    assert PRESETS["h100"].memory_bytes == 85_520_809_984
+    assert PRESETS["a100-80gb"].memory_bytes == 81920 * 2**20
+    assert PRESETS["rtx-4090"].memory_bytes == 24564 * 2**20
+    assert all(isinstance(h.memory_bytes, int) and h.memory_source for h in PRESETS.values())
     with pytest.raises(ArgumentError, match="unknown hardware"):
         get_hardware("cray-1")
 
@@ -202,6 +213,48 @@ def test_cli_json_with_hardware(capsys, monkeypatch):
     out = json.loads(capsys.readouterr().out)
     assert out["hardware"]["name"] == "custom"
     assert out["fits_in_device_memory"] is False  # 30 MB of weights in 1 MB
+
+
+def test_a_batch_prints_the_step_each_user_waits_and_the_batch_s_rate(capsys):
+    """--batch 4: prefill is 4 prompts of 128,000 tokens (not 'prefill 512,000 tokens'), and
+    decode prints the time of a step, which is each user's time per token, beside the
+    throughput of the whole batch."""
+    config = known_config("llama-3.1-8b")
+    est = estimate(config, get_hardware("h100"), 128000, batch=4)
+    assert main(["memory", "llama-3.1-8b", "--context", "128000", "--batch", "4",
+                 "--hardware", "h100"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "prefill 512,000 tokens" not in out
+    prefill = re.search(r"prefill of 4 × 128,000 tokens +([\d.]+) s for the pass", out)
+    assert float(prefill[1]) == pytest.approx(est.prefill.seconds, rel=1e-3)
+    decode = re.search(
+        r"decode at position 127,999 +([\d.]+) ms per step, a token for each of 4 sequences "
+        r"\(([\d,]+) tokens/s across the batch\)",
+        out,
+    )
+    assert float(decode[1]) == pytest.approx(1e3 * est.decode.seconds, rel=1e-3)  # 24.51 ms
+    assert int(decode[2].replace(",", "")) == round(4 / est.decode.seconds)
+    assert "weights + KV cache fit in memory                  yes: 2,350,891,008 bytes" in out
+    assert re.search(r"sequences of 128,000 tokens that fit +4 beside the weights", out)
+
+
+def test_this_machine_defaults_to_what_the_engine_runs(capsys, monkeypatch):
+    """llama_np runs float32 on the CPU: a this-machine roofline of bf16 weights would be of
+    an engine that is not there."""
+    monkeypatch.setattr(
+        machine, "peaks", lambda remeasure=False, threads=None: MachinePeaks(100e9, 10e9, "t")
+    )
+    assert main(["memory", "stories15M", "--hardware", "this-machine", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["dtype"], out["kv_dtype"]) == ("fp32", "fp32")
+    assert main(["memory", "stories15M", "--hardware", "this-machine"]) == 0
+    assert "weights fp32, KV cache fp32 (the defaults for this-machine" in capsys.readouterr().out
+    assert main(["memory", "stories15M", "--hardware", "h100", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["dtype"], out["kv_dtype"]) == ("bf16", "bf16")  # as GPUs serve it
+    assert main(["memory", "stories15M", "--hardware", "this-machine", "--dtype", "int8",
+                 "--json"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["kv_dtype"] == "fp32"
 
 
 def test_cli_table_and_errors(capsys):

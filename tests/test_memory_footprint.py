@@ -10,6 +10,7 @@ import pytest
 from util import small_config
 
 from llama_np import KVCache
+from llama_np.model import Step
 
 SMAPS = Path("/proc/self/smaps")
 PAGE = 4096
@@ -37,9 +38,10 @@ def test_kv_cache_first_write_touches_only_the_rows_written():
     cache = KVCache(config, max_seq_len=8192)
     assert resident_bytes(cache.k, cache.v) == 0  # creating it touches nothing
     T = 16  # positions written: 16 x 64 x 4 bytes = one 4 KiB page per slab
-    k = np.ones((1, config.n_kv_heads, T, config.head_dim), dtype=np.float32)  # (B, KVH, T, HD)
+    k = np.ones((T, config.n_kv_heads, config.head_dim), dtype=np.float32)  # (T, KVH, HD)
+    step = Step("prefill", np.array([0]), np.array([0]), np.array([T]))
     for layer in range(config.n_layers):
-        cache.update(layer, slice(0, 1), np.array([0]), k, k)
+        cache.write(layer, step, k, k)
     n_slabs = 2 * config.n_layers * config.n_kv_heads  # K and V
     written = n_slabs * T * config.head_dim * 4
     assert written == n_slabs * PAGE

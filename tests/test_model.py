@@ -9,6 +9,7 @@ from util import random_model, random_tensors, small_config
 import llama_np.model as model_module
 from llama_np import ArgumentError, ContextLengthError, KVCache, Model
 from llama_np.layers import chunked_attention as chunked
+from llama_np.model import Step
 
 
 def reference_forward(config, tensors, tokens):
@@ -173,13 +174,27 @@ def test_kv_cache_is_preallocated_and_counted():
     assert cache.lengths == [0, 0]
 
 
-def test_kv_cache_update_writes_slices_and_returns_views():
+def test_kv_cache_writes_slices_and_reads_views():
     cache = KVCache(small_config(), max_seq_len=8)
-    k = np.ones((1, 2, 3, 8), dtype=np.float32)  # (B, KVH, T, HD)
-    k_all, v_all = cache.update(1, slice(0, 1), np.array([2]), k, 2 * k)
+    k = np.ones((3, 2, 8), dtype=np.float32)  # (T, KVH, HD)
+    step = Step("prefill", np.array([0]), np.array([2]), np.array([3]))
+    cache.write(1, step, k, 2 * k)
+    k_all, v_all = cache.read(1, step, np.array([0]))
     assert k_all.shape == v_all.shape == (1, 2, 5, 8) and np.shares_memory(k_all, cache.k)
     assert (cache.k[1, 0, :, 2:5] == 1).all() and (cache.k[1, 0, :, :2] == 0).all()
     assert (cache.v[1, 0, :, 2:5] == 2).all()
+
+
+def test_kv_cache_batched_write_puts_each_row_at_its_sequence_and_position():
+    cache = KVCache(small_config(), max_seq_len=8, batch_size=3)
+    k = np.arange(1, 4, dtype=np.float32)[:, None, None] * np.ones((3, 2, 8), np.float32)
+    step = Step("decode", np.arange(3), np.array([4, 0, 6]), np.ones(3, dtype=np.int64))
+    cache.write(0, step, k, -k)  # (B, KVH, HD): one new position per sequence
+    for b, pos in enumerate([4, 0, 6]):
+        assert (cache.k[0, b, :, pos] == b + 1).all() and (cache.v[0, b, :, pos] == -b - 1).all()
+        assert np.count_nonzero(cache.k[0, b]) == 2 * 8  # nothing else written
+    k_all, _ = cache.read(0, step, np.arange(3))
+    assert k_all.shape == (3, 2, 7, 8) and np.shares_memory(k_all, cache.k)
 
 
 def test_cache_overflow_raises_clear_error():

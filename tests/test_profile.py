@@ -10,6 +10,7 @@ from dataclasses import asdict
 
 import numpy as np
 import pytest
+from util import closed_after_first_line
 
 from llama_np.cli import main
 from llama_np.config import LlamaConfig
@@ -111,7 +112,7 @@ def test_cli_writes_json_and_chart(tmp_path, capsys, monkeypatch):
     assert data["model"] == "stories260K"
     assert [ph["phase"] for ph in data["phases"]] == ["prefill", "decode"]
     assert len(data["steps"]) == 6 and len(data["generated_tokens"]) == 5
-    assert {p["matmul_flops"] for p in data["peaks"].values()} == {50e9}
+    assert data["peaks"]["matmul_flops"] == 50e9  # one roof, the machine's
     assert data["ttft_seconds"] > 0 and data["tpot_seconds"] > 0
     assert "TTFT" in printed.out and "TPOT" in printed.out and "MBU" in printed.out
     assert "prefill" in printed.out and "decode" in printed.out
@@ -192,8 +193,9 @@ def test_poisoned_cache_is_measured_again(tmp_path, capsys, monkeypatch):
     """Cached peaks far too low (measured under load): profile notices and measures again."""
     cache = tmp_path / "machine.json"
     monkeypatch.setattr(machine, "CACHE_FILE", cache)
-    key = machine.machine_key(1)
-    poisoned = MachinePeaks(1e6, 1e6, "poisoned", 1, key)  # 1 MFLOP/s, 1 MB/s
+    n = machine.cpu_count() if machine.blas().controllable else machine.blas().threads
+    key = machine.machine_key(n)  # the machine's peaks: a BLAS thread per CPU
+    poisoned = MachinePeaks(1e6, 1e6, "poisoned", n, key)  # 1 MFLOP/s, 1 MB/s
     cache.write_text(json.dumps({"peaks": {key: asdict(poisoned)}}))
     monkeypatch.setattr(machine, "measure", lambda repeats=7, threads=None: MachinePeaks(
         1e15, 1e13, "fast", threads, machine.machine_key(threads)))  # fmt: skip
@@ -246,10 +248,63 @@ def test_busy_machine_is_reported_or_the_lesson_holds(tmp_path, capsys, monkeypa
     prefill_per_token, decode_median = float(rows["prefill"][4]), float(rows["decode"][3])
     if not prefill_per_token < decode_median:
         assert "WARNING: measurement contaminated" in out
-    if sys.platform == "linux":  # /proc/stat sees the hogs
-        assert "WARNING: measurement contaminated: other processes used" in out
+    if sys.platform == "linux" and machine.cpu_count() > 1:  # /proc/stat sees the hogs
+        assert out.startswith("prompt:") and "WARNING: TIMINGS INVALID: other processes used" in out
     data = json.loads((tmp_path / "profile.json").read_text())
-    assert data["contaminated"] is ("measurement contaminated" in out)
+    assert data["contaminated"] is ("measurement contaminated" in out or "INVALID" in out)
+    assert data["invalid"] is ("TIMINGS INVALID" in out)
+
+
+def others_use(monkeypatch, cores: float, load_average: float) -> None:
+    """Make /proc/stat say that other processes used `cores` CPUs during the run, and the
+    load average (which counts our own earlier runs too) say `load_average`."""
+    import os
+
+    start = time.perf_counter()
+    monkeypatch.setattr(
+        machine, "_busy_seconds",
+        lambda: machine._our_seconds() + cores * (time.perf_counter() - start),
+    )  # fmt: skip
+    monkeypatch.setattr(os, "getloadavg", lambda: (load_average,) * 3)
+
+
+def busy_warnings(p) -> list[str]:
+    return [w for w in p.warnings if "other processes" in w or "busy" in w or "load" in w]
+
+
+def test_our_own_earlier_load_is_not_contention(monkeypatch):
+    """The load average stays high for a minute after our own last run; only CPU that other
+    processes take during this run counts."""
+    others_use(monkeypatch, 0.0, load_average=8.0)
+    p = profile_generation(tiny_model(), [1, 2, 3], n_decode=3, peaks=PEAKS, repeats=2)
+    assert busy_warnings(p) == [] and not p.invalid
+
+
+def test_a_little_contention_is_noise(monkeypatch):
+    others_use(monkeypatch, 0.5, load_average=0.0)
+    p = profile_generation(tiny_model(), [1, 2, 3], n_decode=3, peaks=PEAKS, repeats=2)
+    (warning,) = busy_warnings(p)
+    assert warning.startswith("measurement contaminated: other processes used 0.5")
+    assert p.contaminated and not p.invalid
+
+
+def test_a_core_taken_from_a_run_on_every_core_invalidates_it_loudly(monkeypatch):
+    """Threads that wait for each other collapse (10-20×) when a core is taken: the profile
+    says so first, in its report, its JSON and its chart's title, not as noise."""
+    from llama_np.tools.profile import format_profile, profile_figure
+
+    cpus = machine.cpu_count()
+    if cpus == 1 or not machine.blas().controllable:
+        pytest.skip("needs 2+ CPUs and a BLAS whose threads can be set")
+    others_use(monkeypatch, 1.5, load_average=0.0)
+    p = profile_generation(tiny_model(), [1, 2, 3], n_decode=3, peaks=PEAKS, repeats=2,
+                           threads=[cpus])  # fmt: skip
+    assert p.invalid and p.contaminated
+    assert p.warnings[0].startswith("TIMINGS INVALID: other processes used 1.5")
+    assert format_profile(p).splitlines()[0] == f"WARNING: {p.warnings[0]}"
+    assert p.to_json()["invalid"] is True
+    if importlib.util.find_spec("matplotlib"):
+        assert "TIMINGS INVALID" in profile_figure(p)._suptitle.get_text()
 
 
 def test_random_weights_of_a_known_shape(tmp_path, capsys, monkeypatch):
@@ -319,3 +374,65 @@ def test_notes_say_when_decode_ran_in_the_kernel_layer(name):
     said = any(note.startswith(f"kernel layer {name}") for note in p.notes)
     assert said is (name == "numba")
     assert not any(note.startswith("kernel layer") for note in tiny.notes)  # BLAS only
+
+
+def test_profile_writes_its_files_when_stdout_closes(tmp_path):
+    """`llama-np profile ... | head -1`: the profile is still written, and the exit is 0."""
+    cache = tmp_path / "cache"  # peaks from a cache of our own: nothing is measured
+    (cache / "llama_np").mkdir(parents=True)
+    from llama_np import kernels
+
+    kernels.use("numpy")
+    try:
+        n = machine.cpu_count() if machine.blas().controllable else machine.blas().threads
+        key = machine.machine_key(n)
+    finally:
+        kernels.use(None)
+    peaks = MachinePeaks(50e9, 5e9, "test", n, key)
+    (cache / "llama_np" / "machine-peaks.json").write_text(
+        json.dumps({"peaks": {key: asdict(peaks)}})
+    )
+    out = tmp_path / "prof"
+    argv = ["profile", "-n", "3", "--repeats", "1", "--threads", "1", "--out", str(out)]
+    status, first, err = closed_after_first_line(
+        argv, {"XDG_CACHE_HOME": str(cache), "LLAMA_NP_KERNELS": "numpy"}
+    )
+    assert status == 0, err
+    assert first.startswith("prompt: ") and "Traceback" not in err
+    assert json.loads((out / "profile.json").read_text())["peaks"]["matmul_flops"] == 50e9
+    if importlib.util.find_spec("matplotlib"):
+        assert (out / "profile.png").exists()
+
+
+def test_chart_shows_prefill_s_rows_batched_decode_and_the_bound_regions():
+    """The KV panel rises through prefill (its T rows, written in one pass, one per position),
+    a --batch run's steps are in the time panel, and the roofline names its two regions."""
+    pytest.importorskip("matplotlib")
+    from llama_np.tools.profile import profile_figure
+
+    p = profile_generation(tiny_model(), [1, 2, 3], n_decode=3, peaks=PEAKS, repeats=1, batch=2)
+    ax_t, ax_kv, ax_r = profile_figure(p).axes[:3]
+    (prefill,) = [line for line in ax_kv.get_lines() if line.get_label().startswith("prefill")]
+    xs, ys = prefill.get_data()
+    assert list(xs) == [-0.5, 2.5] and ys[0] == 0 and ys[-1] == p.steps[0].kv_bytes / 1e3
+    batched = [line for line in ax_t.get_lines() if line.get_label().startswith("batch-decode")]
+    assert len(batched) == 1 and len(batched[0].get_xdata()) == 3
+    batch_steps = [s for s in p.steps if s.phase == "batch-decode"]
+    assert list(batched[0].get_ydata()) == [1e3 * s.seconds / 2 for s in batch_steps]
+    assert {t.get_text() for t in ax_r.texts} >= {"memory-bound", "compute-bound"}
+
+
+def test_one_thread_is_invalid_only_when_it_had_to_share_its_core(monkeypatch):
+    """With one BLAS thread, a core taken elsewhere leaves it a core of its own (noise); all
+    of them taken, it runs on a share of one (invalid)."""
+    cpus = machine.cpu_count()
+    if not machine.blas().controllable:
+        pytest.skip("needs a BLAS whose threads can be set")
+    model = tiny_model()
+    if cpus > 1:
+        others_use(monkeypatch, cpus - 1.0, load_average=0.0)
+        p = profile_generation(model, [1, 2, 3], n_decode=3, peaks=PEAKS, repeats=2, threads=[1])
+        assert p.contaminated and not p.invalid
+    others_use(monkeypatch, cpus - 0.1, load_average=0.0)
+    p = profile_generation(model, [1, 2, 3], n_decode=3, peaks=PEAKS, repeats=2, threads=[1])
+    assert p.invalid and "while this ran on one: its thread shared a CPU" in p.warnings[0]

@@ -4,6 +4,7 @@ import sys
 
 import numpy as np
 import pytest
+from util import closed_after_first_line
 
 import llama_np
 from llama_np.cli import main
@@ -108,3 +109,26 @@ def test_ctrl_c_keeps_the_trace_so_far(tmp_path, capsys, monkeypatch):
     n = len(saved["tokens"])
     assert saved["probs"].shape[2] == n and n < int(saved["n_prompt"]) + 10
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_trace_says_which_tokens_were_prompt_and_which_generated(tmp_path, capsys):
+    """The summary line counts the prompt apart from the generated tokens, text included."""
+    model = llama_np.load()
+    n_prompt = len(model.tokenizer.encode(PROMPT))
+    generated = llama_np.generate_text(model, PROMPT, 5, temperature=0)
+    assert main(["trace", "-p", PROMPT, "-n", "5", "--out", str(tmp_path)]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == (
+        f"prompt: {n_prompt} tokens (BOS included), ' {PROMPT}'; generated: 5 tokens, {generated!r}"
+    )
+
+
+def test_trace_writes_every_file_when_stdout_closes(tmp_path):
+    pytest.importorskip("matplotlib")
+    status, first, err = closed_after_first_line(
+        ["trace", "-p", PROMPT, "-n", "3", "--layers", "0-2", "--out", str(tmp_path)]
+    )
+    assert status == 0, err
+    assert first.startswith("prompt: ") and "Traceback" not in err
+    assert (tmp_path / "attention.npz").exists()
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [f"layer{i}.png" for i in range(3)]

@@ -6,8 +6,8 @@ import pytest
 import llama_np
 from llama_np import cli
 from llama_np.dtypes import bfloat16_from_float32, to_float32
+from llama_np.engine import generate_batch
 from llama_np.errors import ArgumentError, NumericalError
-from llama_np.generate import generate_batch
 from llama_np.packed import GROUP_SIZE, PackedRows, Scratch, pack
 from llama_np.tools.known_models import known_config
 from llama_np.tools.random_model import random_model

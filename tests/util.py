@@ -1,6 +1,12 @@
-"""Helpers shared by the tests: random-weight models of any config."""
+"""Helpers shared by the tests: random-weight models of any config; a CLI run whose reader
+closes stdout early."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -51,3 +57,16 @@ def small_config(**overrides) -> LlamaConfig:
     )
     fields.update(overrides)
     return LlamaConfig(**fields)
+
+
+def closed_after_first_line(argv: list[str], env: dict | None = None):
+    """Run `python -m llama_np ARGV` with its stdout a pipe that the reader closes after one
+    line, as `| head -1` does."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), **(env or {})}
+    proc = subprocess.Popen([sys.executable, "-m", "llama_np", *argv], cwd=root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    first = proc.stdout.readline()
+    proc.stdout.close()  # the reader is gone: every later write to stdout fails
+    err = proc.stderr.read().decode()
+    return proc.wait(timeout=300), first.decode(), err

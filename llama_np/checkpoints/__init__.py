@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import arguments
 from ..config import LlamaConfig
 from ..errors import CheckpointError
 from ..limits import check_model_fits
@@ -136,9 +137,10 @@ def load(
     packed.py), "stored" keeps them as the file stores them (a GGUF's quantized blocks), "fp32"
     converts them once. The default (None) is "stored" for GGUF files, "fp32" for the others.
     """
+    path = arguments.path(path, "path")  # every argument before any reading
+    tokenizer = arguments.path(tokenizer, "tokenizer", optional=True)
     if weights_dtype is not None:
-        check_weights_dtype(weights_dtype)  # before any reading
-    path = Path(path)
+        check_weights_dtype(weights_dtype)
     found = read_checkpoint(path)
     config = found.config
     weights_dtype = weights_dtype or found.weights_dtype

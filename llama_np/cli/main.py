@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import bdb
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -18,8 +17,9 @@ from ..chat import CHAT_FORMATS, Chat
 from ..checkpoints.download import KNOWN_CHECKPOINTS, MIN_RATE, RATE_WINDOW, download
 from ..checkpoints.export import convert
 from ..checkpoints.gguf import gguf_file, is_gguf, read_gguf, type_summary
+from ..engine import generate_batch_stream
 from ..errors import ArgumentError, LlamaNpError
-from ..generate import GenerationStats, generate, generate_batch_stream
+from ..generate import GenerationStats, generate
 from ..hooks import break_at
 from ..model import Model
 from ..packed import FP32_KERNEL_MIN, WEIGHT_DTYPES
@@ -54,9 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         # stdout was closed early (`llama-np info | head -3`): stop quietly, as `head` expects.
         # Point stdout at /dev/null so the interpreter's final flush does not fail again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+        # (Commands that write files print with cli_perf.say, which goes on instead.)
+        cli_perf.stdout_to_devnull()
         return 0
 
 
@@ -395,6 +394,13 @@ def run_generate(args: argparse.Namespace) -> int:
     if not finished:
         stats.stop_reason = "interrupted"  # also when Ctrl-C came before the loop ran
     print_timings(stats, seed)
+    if not prompts[0] and stats.prompt_tokens == 1:  # the first number a learner sees
+        print(
+            "llama-np: the prompt was BOS alone (no -p): a 1-token prefill is one pass like a "
+            "decode step, and the first, so it pays the start-up; give -p to see a prompt's "
+            "tokens share one pass, faster per token than decode",
+            file=sys.stderr,
+        )
     if stats.stop_reason == "context_full":
         print(
             f"llama-np: stopped: context full ({model.config.max_seq_len} tokens: "
@@ -507,10 +513,15 @@ def describe_turn(chat: Chat) -> str:
     turn, held = chat.last_turn, chat.cache.length
     if turn is None:  # Ctrl-C came before the turn started
         return f"nothing prefilled; the KV cache holds {held} tokens of conversation"
+    if turn.rewritten_at is None and turn.reused == 0:  # the first turn: nothing was cached
+        return (
+            f"prefilled the {turn.prefilled} tokens of the conversation so far (the KV cache was "
+            f"empty); it holds {held} tokens of conversation"
+        )
     if turn.rewritten_at is None:
         return (
-            f"prefilled only the {turn.prefilled} new tokens; the KV cache holds {held} tokens "
-            f"of conversation"
+            f"prefilled only the {turn.prefilled} new tokens, after the {turn.reused} already "
+            f"cached; the KV cache holds {held} tokens of conversation"
         )
     return (
         f"the chat template wrote the earlier conversation differently from token "
@@ -625,41 +636,50 @@ def run_trace(args: argparse.Namespace) -> int:
         seed=args.seed,
         layers=layers,
     )
+    # Every file is written before anything is printed, and printing goes on if stdout closes
+    # (`| head -1`): what the files hold must not depend on who reads the output.
     n_gen = len(trace.tokens) - trace.n_prompt
-    print(f"{trace.n_prompt} prompt tokens, {n_gen} generated: {''.join(trace.pieces)!r}")
+    wrote = []
     if args.html:
         from ..tools import machine
         from ..tools.explorer import write_html
         from ..tools.profile import profile_generation
 
         prompt = [int(t) for t in trace.tokens[: trace.n_prompt]]
-        profile = profile_generation(
-            model, prompt, max(1, n_gen), lambda t, again=False: machine.peaks(again, t), repeats=3
-        )
-        print(f"wrote {write_html(args.html, trace, profile, model.config.n_kv_heads, heads)}")
-    if out is None:
-        return EXIT_INTERRUPTED if trace.interrupted else 0
-    print(f"wrote {save_npz(trace, out / 'attention.npz', heads)}")
-    if trace.interrupted:  # Ctrl-C: the arrays so far are saved; no pictures
-        print("llama-np: interrupted; attention.npz holds the tokens so far", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    try:
-        import matplotlib  # noqa: F401  (optional: the `plot` extra)
-    except ImportError:
-        print(
-            "llama-np: matplotlib is not installed, so no heatmaps were drawn; install it with "
-            "pip install -e '.[plot]'",
-            file=sys.stderr,
-        )
-        return 0
-    for layer in layers:
-        if not args.per_head:
-            print(f"wrote {plot_layer(trace, layer, heads, out / f'layer{layer}.png')}")
-            continue
-        for head in heads:
-            print(
-                f"wrote {plot_attention(trace, layer, head, out / f'layer{layer}_head{head}.png')}"
+        profile = profile_generation(model, prompt, max(1, n_gen), machine.machine_peaks, repeats=3)
+        wrote.append(write_html(args.html, trace, profile, model.config.n_kv_heads, heads))
+    no_plot = None
+    if out is not None:
+        wrote.append(save_npz(trace, out / "attention.npz", heads))
+        try:
+            import matplotlib  # noqa: F401  (optional: the `plot` extra)
+        except ImportError:
+            no_plot = (
+                "llama-np: matplotlib is not installed, so no heatmaps were drawn; install it "
+                "with pip install -e '.[plot]'"
             )
+        if not trace.interrupted and no_plot is None:  # Ctrl-C: the arrays so far, no pictures
+            for layer in layers:
+                if not args.per_head:
+                    wrote.append(plot_layer(trace, layer, heads, out / f"layer{layer}.png"))
+                    continue
+                for head in heads:
+                    path = out / f"layer{layer}_head{head}.png"
+                    wrote.append(plot_attention(trace, layer, head, path))
+    prompt_text = "".join(trace.pieces[: trace.n_prompt])
+    generated_text = "".join(trace.pieces[trace.n_prompt :])
+    cli_perf.say(
+        f"prompt: {trace.n_prompt} tokens (BOS included), {prompt_text!r}; "
+        f"generated: {n_gen} tokens, {generated_text!r}"
+    )
+    for path in wrote:
+        cli_perf.say(f"wrote {path}")
+    if trace.interrupted:
+        if out is not None:
+            print("llama-np: interrupted; attention.npz holds the tokens so far", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if no_plot:
+        print(no_plot, file=sys.stderr)
     return 0
 
 

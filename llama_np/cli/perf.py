@@ -44,14 +44,15 @@ def add_commands(commands) -> None:
         default=None,
         help="weight storage type, as llama_np stores it (--weights-dtype); int8 = 32 int8 "
         "weights + a float32 scale, 36 bytes per 32 "
-        f"(default: {memory.DEFAULT_DTYPE}, as Llama checkpoints are published)",
+        f"(default: {memory.DEFAULT_DTYPE}, as Llama checkpoints are published; with "
+        f"--hardware this-machine {memory.ENGINE_DTYPE}, as llama_np runs)",
     )
     mem.add_argument(
         "--kv-dtype",
         choices=list(memory.KV_DTYPES),
         default=None,
         help=f"KV-cache entry type (default: {memory.DEFAULT_KV_DTYPE}, 2 bytes, as GPU engines "
-        "keep it; llama_np itself uses fp32)",
+        f"keep it; with --hardware this-machine {memory.ENGINE_DTYPE}, as llama_np keeps it)",
     )
     mem.add_argument(
         "--prompt-tokens",
@@ -167,6 +168,29 @@ def add_commands(commands) -> None:
     prof.set_defaults(run=run_profile)
 
 
+def say(*args, **kwargs) -> None:
+    """print() to stdout, flushed, that outlives its reader: once stdout is closed
+    (`llama-np profile ... | head -3`), the rest of the output goes to /dev/null and the
+    command goes on, so the files it writes never depend on who reads what it prints."""
+    try:
+        print(*args, **kwargs, flush=True)
+    except BrokenPipeError:
+        stdout_to_devnull()
+
+
+def stdout_to_devnull() -> None:
+    """Point stdout at /dev/null: what is still buffered, and whatever follows, is dropped
+    without another BrokenPipeError (also at the interpreter's final flush)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test's capture)
+        sys.stdout = open(os.devnull, "w")
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def output_dir(path: str, flag: str = "--out") -> Path:
     """`path` as a directory to write into, created if needed; ArgumentError if it cannot be
     (a file of that name, no permission, a parent that is a file)."""
@@ -182,9 +206,12 @@ def output_dir(path: str, flag: str = "--out") -> Path:
 
 def run_memory(args: argparse.Namespace) -> int:
     config = memory.load_config(args.model)
-    defaulted = args.dtype is None or args.kv_dtype is None
-    dtype = args.dtype or memory.DEFAULT_DTYPE
-    kv_dtype = args.kv_dtype or memory.DEFAULT_KV_DTYPE
+    # Defaults: bf16, as models are published and GPUs serve them; on this machine, float32,
+    # what llama_np runs here (a roofline of bf16 weights would be of an engine it is not).
+    engine = (args.hardware or "").lower() == hardware.THIS_MACHINE
+    defaulted = "" if args.dtype and args.kv_dtype else "engine" if engine else "published"
+    dtype = args.dtype or (memory.ENGINE_DTYPE if engine else memory.DEFAULT_DTYPE)
+    kv_dtype = args.kv_dtype or (memory.ENGINE_DTYPE if engine else memory.DEFAULT_KV_DTYPE)
     report = memory.memory_report(config, args.context, args.batch, dtype, kv_dtype)
     device = _hardware(args)
     est = None
@@ -229,13 +256,14 @@ def run_profile(args: argparse.Namespace) -> int:
         model = random_model(config)
         rng = np.random.default_rng(0)
         prompt = [int(t) for t in rng.integers(0, config.vocab_size, args.prompt_tokens)]
-        print(f"prompt: {len(prompt)} random token ids; random weights of {config.name}'s shape")
+        say(f"prompt: {len(prompt)} random token ids; random weights of {config.name}'s shape")
     else:
         model = load(args.model or DEFAULT_CHECKPOINT)
         if model.tokenizer is None:
             raise ArgumentError(f"{args.model}: no tokenizer found next to the checkpoint")
         prompt = model.tokenizer.encode(args.prompt, bos=True)
-        print(f"prompt: {args.prompt!r} ({len(prompt)} tokens with BOS)")
+        say(f"prompt: {args.prompt!r} ({len(prompt)} tokens with BOS)")
+    out = output_dir(args.out)  # before a run that can take minutes, not after
     blas = machine.blas()
     if args.threads is not None:
         blas.check_threads(args.threads)
@@ -248,16 +276,13 @@ def run_profile(args: argparse.Namespace) -> int:
         model,
         prompt,
         args.n_predict,
-        lambda t, again=False: machine.peaks(args.remeasure or again, t),
+        lambda again=False: machine.machine_peaks(args.remeasure or again),
         threads=threads,
         repeats=args.repeats,
         batch=args.batch,
     )
-    if result.text:
-        print(f"greedy continuation: {result.text!r}")
-    print(f"machine: {machine.cpu_model()}, {machine.cpu_count()} CPUs, {blas.describe()}\n")
-    print(format_profile(result))
-
+    # The files first: what they hold must not depend on stdout staying open (| head).
+    wrote = []
     if args.html:
         from ..tools.explorer import write_html
 
@@ -266,19 +291,27 @@ def run_profile(args: argparse.Namespace) -> int:
             from ..tools.trace import trace_attention
 
             trace = trace_attention(model, prompt, args.n_predict)
-        print(f"wrote {write_html(args.html, trace, result, model.config.n_kv_heads)}")
-    out = output_dir(args.out)
+        wrote.append(write_html(args.html, trace, result, model.config.n_kv_heads))
     write_json(result, out / "profile.json")
-    print(f"\nwrote {out / 'profile.json'}")
+    wrote.append(out / "profile.json")
     try:
         plot_profile(result, out / "profile.png")
-        print(f"wrote {out / 'profile.png'}")
+        wrote.append(out / "profile.png")
     except ImportError:
         print(
             "no chart: matplotlib is not installed; pip install -e '.[plot]' (or pip install "
             "matplotlib) to get profile.png",
             file=sys.stderr,
         )
+    if result.invalid:  # said loudly, also where stdout is a file nobody reads
+        print(f"llama-np: WARNING: {result.warnings[0]}", file=sys.stderr)
+    if result.text:
+        say(f"greedy continuation: {result.text!r}")
+    say(f"machine: {machine.cpu_model()}, {machine.cpu_count()} CPUs, {blas.describe()}\n")
+    say(format_profile(result))
+    say()
+    for path in wrote:
+        say(f"wrote {path}")
     if result.interrupted:
         steps = sum(s.phase != "prefill" for s in result.steps)
         print(f"llama-np: interrupted: the profile above is of the {steps} decode steps timed "

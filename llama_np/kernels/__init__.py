@@ -39,6 +39,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .. import arguments
 from ..errors import ArgumentError
 
 KERNELS = ("numpy", "numba", "vnni")
@@ -159,6 +160,21 @@ def compiled(rows, n_rows: int) -> Callable[[np.ndarray, np.ndarray], None] | No
     return run
 
 
+def paged_attention() -> Callable | None:
+    """Decode attention over a paged KV cache's blocks, read in place (attention.py):
+    `run(q, k_pool, v_pool, tables, ends, out)`, or None when the numpy kernels are active
+    (PagedKVCache then gathers the blocks for layers.attention)."""
+    if active() == "numpy":
+        return None
+    from . import attention
+
+    def run(q, k_pool, v_pool, tables, ends, out) -> None:
+        with _LOCK:
+            attention.paged_decode(q, k_pool, v_pool, tables, ends, out)
+
+    return run
+
+
 def warm_up() -> None:
     """Start the compiled kernels' runtime now, if they are active: a process's first parallel
     kernel spends ~0.4 s starting numba's thread pool and loading cached code, which would
@@ -197,5 +213,5 @@ def _check_installed(name: str, what: str, instead: str) -> None:
 
 
 def _check(name: str, where: str) -> None:
-    if name not in KERNELS:
-        raise ArgumentError(f"{where} must be one of {', '.join(KERNELS)}, got {name!r}")
+    if not (isinstance(name, str) and name in KERNELS):
+        raise arguments.refuse(where, name, f"one of {', '.join(KERNELS)}")

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Protocol
 
+from .. import arguments
 from ..errors import TokenizerError
 from ..validate import regular_file
 from .gguf import gguf_tokenizer_metadata, load_gguf_tokenizer
@@ -36,7 +37,11 @@ __all__ = [
 
 
 class Tokenizer(Protocol):
-    """What every tokenizer provides (the generation loop, chat and tools rely on these)."""
+    """What every tokenizer provides (the generation loop, chat and tools rely on these).
+
+    Each method checks its arguments first (llama_np/arguments.py): text must be a str,
+    flags True or False, ids integers (NumPy's too) in 0..vocab_size-1; ArgumentError names
+    the one that is not."""
 
     vocab_size: int  # ids 0 .. vocab_size - 1
     bos_id: int | None
@@ -78,7 +83,8 @@ def load_tokenizer(path: str | Path, vocab_size: int | None = None):
     `vocab_size`, a tokenizer with more tokens than the model's embedding has rows is refused
     (it belongs to another model); llama2.c vocabularies must match exactly.
     """
-    path = Path(path)
+    path = arguments.path(path, "path")
+    vocab_size = arguments.integer(vocab_size, "vocab_size", 1, optional=True)
     if path.is_dir():
         found = find_tokenizer(path)
         if found is None:

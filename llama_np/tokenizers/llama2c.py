@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from enum import IntEnum
 from pathlib import Path
 
+from .. import arguments
 from ..errors import TokenizerError
 from ..validate import check_text
 from .special import special_token_id
@@ -196,6 +197,8 @@ class Llama2cTokenizer:
         default it is ordinary text. `dummy_prefix=False` encodes `text` as a continuation.
         """
         check_text(text)
+        arguments.flags(bos=bos, allow_special=allow_special, dummy_prefix=dummy_prefix)
+        arguments.flag(eos, "eos", optional=True)
         tokens = [self.bos_id] if bos and self.add_bos and self.bos_id is not None else []
         if allow_special and self._special_re is not None:
             pos = 0
@@ -213,6 +216,7 @@ class Llama2cTokenizer:
     def min_tokens(self, text: str) -> int:
         """A lower bound on len(encode(text, bos=False)), in linear time: every token covers
         at most max_token_bytes bytes of " " + text."""
+        check_text(text)
         return -(-(len(text.encode("utf-8")) + 1) // self.max_token_bytes)
 
     def _encode_text(self, text: str, dummy_prefix: bool) -> list[int]:
@@ -270,11 +274,14 @@ class Llama2cTokenizer:
     def token_bytes(self, token: int, special: bool = False) -> bytes:
         """The bytes token `token` adds to the text: b"" for special tokens (BOS, EOS), or
         their name with `special`."""
-        return self._special_bytes[token] if special else self._bytes[token]
+        token = arguments.token_id(token, "token", self.vocab_size)
+        table = self._special_bytes if arguments.flag(special, "special") else self._bytes
+        return table[token]
 
     def decode(self, ids: list[int], skip_special: bool = False) -> str:
         """Token ids -> text, with special tokens as their names ("<s>") unless
         `skip_special`; the dummy-prefix space at the very start is removed."""
-        table = self._bytes if skip_special else self._special_bytes
+        ids = arguments.token_ids(ids, "ids", self.vocab_size, min_len=0).tolist()
+        table = self._bytes if arguments.flag(skip_special, "skip_special") else self._special_bytes
         text = b"".join(table[i] for i in ids).decode("utf-8", errors="replace")
         return text[1:] if self.adds_dummy_prefix and text.startswith(" ") else text

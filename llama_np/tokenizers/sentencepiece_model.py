@@ -15,6 +15,7 @@ from pathlib import Path
 
 import sentencepiece
 
+from .. import arguments
 from ..errors import TokenizerError
 from ..validate import check_text
 from .llama2c import Llama2cTokenizer, PieceType
@@ -115,6 +116,7 @@ class SentencePieceTokenizer:
         (no space is prepended), as chat templates need for text that follows a special token.
         """
         check_text(text)
+        arguments.flags(bos=bos, eos=eos, allow_special=allow_special, dummy_prefix=dummy_prefix)
         tokens = [self.bos_id] if bos and self.bos_id >= 0 else []
         if allow_special and self._special_re is not None:
             pos = 0
@@ -132,6 +134,7 @@ class SentencePieceTokenizer:
     def min_tokens(self, text: str) -> int:
         """A lower bound on len(encode(text, bos=False)), in linear time: each token covers
         at most max_token_bytes bytes of the normalized text (0 when nothing bounds it)."""
+        check_text(text)
         if self.max_token_bytes is None:
             return 0
         return -(-len(self.sp.normalize(text).encode("utf-8")) // self.max_token_bytes)
@@ -159,14 +162,17 @@ class SentencePieceTokenizer:
     def token_bytes(self, token: int, special: bool = False) -> bytes:
         """The bytes token `token` adds to the text: b"" for control tokens, or their name
         with `special`."""
-        return self._special_bytes[token] if special else self._bytes[token]
+        token = arguments.token_id(token, "token", self.vocab_size)
+        table = self._special_bytes if arguments.flag(special, "special") else self._bytes
+        return table[token]
 
     def decode(self, ids: list[int], skip_special: bool = False) -> str:
         """Token ids -> text, control tokens as their names ("<s>") unless `skip_special`.
         The dummy-prefix space is removed from the very start only, so [<s>, ▁Hello] is
         "<s> Hello" (as llama.cpp and Hugging Face's fast tokenizer show it) and "Hello"
         with skip_special."""
-        table = self._bytes if skip_special else self._special_bytes
+        ids = arguments.token_ids(ids, "ids", self.vocab_size, min_len=0).tolist()
+        table = self._bytes if arguments.flag(skip_special, "skip_special") else self._special_bytes
         text = b"".join(table[i] for i in ids).decode("utf-8", errors="replace")
         return text[1:] if self.adds_dummy_prefix and text.startswith(" ") else text
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import regex  # tiktoken's own dependency: the split regexes use \p{L}, which `re` lacks
 import tiktoken
 
+from .. import arguments
 from ..errors import TokenizerError
 from ..validate import check_text, read_bytes
 from .special import special_token_id
@@ -139,7 +140,10 @@ class TiktokenTokenizer:
         """Text -> token ids. Special-token text such as "<|eot_id|>" is encoded as ordinary
         text unless `allow_special` is set (so user text cannot inject control tokens).
         `eos=None` adds EOS only if the tokenizer says so (add_eos)."""
-        text = self._normalize(check_text(text))
+        check_text(text)
+        arguments.flags(bos=bos, allow_special=allow_special)
+        arguments.flag(eos, "eos", optional=True)
+        text = self._normalize(text)
         tokens = [self.bos_id] if bos and self.add_bos and self.bos_id is not None else []
         allowed = "all" if allow_special else set()
         for piece in _split_for_tiktoken(text):
@@ -210,18 +214,22 @@ class TiktokenTokenizer:
     def min_tokens(self, text: str) -> int:
         """A lower bound on len(encode(text, bos=False)), in linear time: every token covers
         at most max_token_bytes bytes of the (normalized) text, bytes without a token none."""
+        check_text(text)
         data = self._normalize(text).encode("utf-8").translate(None, self.missing_bytes)
         return -(-len(data) // self.max_token_bytes)
 
     def token_bytes(self, token: int, special: bool = False) -> bytes:
         """The bytes token `token` adds to the text: b"" for special tokens, or their name
         with `special`."""
-        return self._special_bytes[token] if special else self._bytes[token]
+        token = arguments.token_id(token, "token", self.vocab_size)
+        table = self._special_bytes if arguments.flag(special, "special") else self._bytes
+        return table[token]
 
     def decode(self, ids: list[int], skip_special: bool = False) -> str:
         """Token ids -> text, special tokens as their names ("<|eot_id|>") unless
         `skip_special`."""
-        table = self._bytes if skip_special else self._special_bytes
+        ids = arguments.token_ids(ids, "ids", self.vocab_size, min_len=0).tolist()
+        table = self._bytes if arguments.flag(skip_special, "skip_special") else self._special_bytes
         return b"".join(table[i] for i in ids).decode("utf-8", errors="replace")
 
 

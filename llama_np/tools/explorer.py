@@ -5,8 +5,9 @@
 The page needs no network: its script, its styles and the data (attention probabilities of
 every recorded layer and head, the profile's phases and peaks) are inline. In it a student
 picks a layer and a head, hovers a token to see where it attends (prefill rows and decode
-rows drawn in different colours), reads that row's probabilities, and sees both phases on
-the roofline. Errors the script meets are written into the page (#errors), so a headless
+rows in the phase colours every chart uses, colors.PHASE_COLORS), reads that row's
+probabilities, and sees both phases on the roofline, its memory-bound and compute-bound
+regions shaded. Errors the script meets are written into the page (#errors), so a headless
 browser test can read them.
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import write_text
+from .colors import PHASE_COLORS
 from .profile import Profile
 from .trace import AttentionTrace, token_labels
 
@@ -29,7 +31,7 @@ def page_data(
     heads: list[int] | None = None,
 ) -> dict:
     """The JSON the page embeds: `heads` of every traced layer (default: all)."""
-    data: dict = {"attention": None, "roofline": None}
+    data: dict = {"attention": None, "roofline": None, "colors": PHASE_COLORS}
     if trace is not None:
         N = len(trace.tokens)
         heads = list(range(trace.probs.shape[1])) if heads is None else list(heads)
@@ -53,10 +55,11 @@ def page_data(
     if profile is not None:
         data["roofline"] = {
             "model": profile.model,
-            "peaks": [
-                {"threads": t, "flops": p.matmul_flops, "bandwidth": p.memory_bandwidth}
-                for t, p in sorted(profile.peaks.items())
-            ],
+            "peaks": {
+                "threads": profile.peaks.threads,
+                "flops": profile.peaks.matmul_flops,
+                "bandwidth": profile.peaks.memory_bandwidth,
+            },
             "phases": [profile.phase(name) for name in profile.phases()],
             "ttft_ms": 1e3 * profile.ttft,
             "tpot_ms": 1e3 * profile.tpot,
@@ -92,20 +95,25 @@ PAGE = r"""<!doctype html>
   h1 { font-size: 20px; margin: 0 0 8px; }
   h2 { font-size: 16px; margin: 18px 0 6px; }
   .controls label { margin-right: 14px; }
-  #tokens { line-height: 2.1; margin: 8px 0; }
-  .tok { padding: 2px 3px; margin: 1px; border: 1px solid #ccc; border-radius: 3px;
-         cursor: pointer; white-space: pre; font-family: ui-monospace, monospace; }
-  .tok.prefill { border-bottom: 3px solid #1f77b4; }
-  .tok.decode { border-bottom: 3px solid #ff7f0e; }
+  #tokens { display: flex; flex-wrap: wrap; gap: 2px; margin: 8px 0; }
+  .tok { padding: 2px 3px; border: 1px solid #ccc; border-radius: 3px; cursor: pointer;
+         white-space: pre; font-family: ui-monospace, monospace; }
+  .tok.prefill { border-bottom: 3px solid var(--prefill); }
+  .tok.decode { border-bottom: 3px solid var(--decode); }
+  .prefill-text { color: var(--prefill); }
+  .decode-text { color: var(--decode); }
   .tok.query { outline: 2px solid #000; }
   .tok.future { color: #bbb; }
-  #row { font-family: ui-monospace, monospace; font-size: 12px; }
+  #row { font-family: ui-monospace, monospace; font-size: 12px; overflow-wrap: anywhere; }
   #row .p { display: inline-block; margin-right: 8px; }
+  .heat-wrap { overflow-x: auto; max-width: 100%; }
   table.heat { border-collapse: collapse; font-size: 10px; }
   table.heat td { width: 14px; height: 14px; padding: 0; border: 1px solid #fff; }
   table.heat th { font-weight: normal; font-family: ui-monospace, monospace; text-align: right;
                   padding-right: 4px; white-space: pre; }
-  table.heat tr.sel th { font-weight: bold; }
+  table.heat thead th { writing-mode: vertical-rl; transform: rotate(180deg); text-align: left;
+                        padding: 0 0 4px; vertical-align: bottom; width: 14px; }
+  table.heat tr.sel th, table.heat th.sel { font-weight: bold; }
   .legend span { display: inline-block; width: 14px; height: 10px; margin: 0 4px; }
   #errors { color: #b00; white-space: pre-wrap; }
   .warn { color: #b00; }
@@ -123,19 +131,19 @@ PAGE = r"""<!doctype html>
     <span id="gqa"></span>
   </div>
   <p>Hover a token (or a row of the table below): its row of attention probabilities colours the tokens it attends to
-  (darker = more). Underlined <span style="color:#1f77b4">blue</span>: prompt tokens, whose
-  rows came from one prefill pass; <span style="color:#ff7f0e">orange</span>: generated
+  (darker = more). Underlined <span class="prefill-text">blue</span>: prompt tokens, whose
+  rows came from one prefill pass; <span class="decode-text">orange</span>: generated
   tokens, each row from one decode step reading the KV cache. Grey: the future, hidden by
   the causal mask. The page's address can pick the view: <code>#layer=0&amp;head=3&amp;query=5</code>.</p>
   <div id="tokens"></div>
   <div id="row-info">query <b id="query-label"></b> (<span id="query-phase"></span> row):
     probabilities sum to <b id="row-sum"></b></div>
   <div id="row"></div>
-  <h2>The whole head: rows are queries, columns keys</h2>
+  <h2>The whole head: rows are queries (the token attending), columns keys (the token attended to)</h2>
   <div class="legend">colour = attention probability, 0 <span style="background:#fff;border:1px solid #ccc"></span>
-    to 1 <span style="background:rgb(31,119,180)"></span> prefill rows,
-    <span style="background:rgb(255,127,14)"></span> decode rows</div>
-  <table class="heat" id="heat"></table>
+    to 1 <span style="background:var(--prefill)"></span> prefill rows,
+    <span style="background:var(--decode)"></span> decode rows</div>
+  <div class="heat-wrap"><table class="heat" id="heat"></table></div>
 </section>
 <section id="roofline-section">
   <h2>Roofline</h2>
@@ -155,7 +163,11 @@ function mix(c, p) {  // white -> colour c at probability p (sqrt scale: small o
   const t = Math.sqrt(Math.max(0, Math.min(1, p)));
   return "rgb(" + c.map(v => Math.round(255 + (v - 255) * t)).join(",") + ")";
 }
-const BLUE = [31, 119, 180], ORANGE = [255, 127, 14];
+// One colour per phase, the same on every chart (llama_np/tools/colors.py, embedded in DATA)
+const C = DATA.colors;
+const rgbOf = hex => [1, 3, 5].map(i => parseInt(hex.slice(i, i + 2), 16));
+const BLUE = rgbOf(C.prefill), ORANGE = rgbOf(C.decode);
+for (const phase in C) document.documentElement.style.setProperty("--" + phase, C[phase]);
 
 function attentionView(A) {
   const layerSel = $("layer"), headSel = $("head");
@@ -198,13 +210,24 @@ function attentionView(A) {
       s.textContent = A.tokens[n] + ": " + p.toFixed(3);
       $("row").appendChild(s);
     });
-    [...$("heat").rows].forEach((tr, n) => tr.classList.toggle("sel", n === query));
+    [...$("heat").tBodies[0].rows].forEach((tr, n) => tr.classList.toggle("sel", n === query));
+    [...$("heat").tHead.rows[0].cells].forEach((th, s) => th.classList.toggle("sel", s === query + 1));
   }
   function drawHeat() {
     const table = $("heat");
     table.innerHTML = "";
+    const head = table.createTHead().insertRow();  // the keys, one label per column
+    head.appendChild(document.createElement("th"));
+    A.tokens.forEach((text, s) => {
+      const th = document.createElement("th");
+      th.textContent = text;
+      th.className = "key " + (s < A.n_prompt ? "prefill" : "decode");
+      th.title = "key " + text;
+      head.appendChild(th);
+    });
+    const body = table.createTBody();
     for (let n = 0; n < N; n++) {
-      const tr = table.insertRow();
+      const tr = body.insertRow();
       tr.className = n < A.n_prompt ? "prefill" : "decode";
       const th = document.createElement("th");
       th.textContent = A.tokens[n];
@@ -241,12 +264,20 @@ function rooflineView(R) {
     if (text !== undefined) e.textContent = text;
     svg.appendChild(e); return e;
   };
-  const xs = R.phases.map(p => p.intensity).concat(R.peaks.map(p => p.flops / p.bandwidth));
-  const ys = R.phases.map(p => p.gflops_per_second).concat(R.peaks.map(p => p.flops / 1e9));
+  const pf = R.peaks.flops / 1e9, pb = R.peaks.bandwidth / 1e9, ridge = pf / pb;
+  const xs = R.phases.map(p => p.intensity).concat([ridge]);
+  const ys = R.phases.map(p => p.gflops_per_second).concat([pf]);
   const x0 = Math.min(...xs) / 4, x1 = Math.max(...xs) * 8;
-  const y0 = Math.min(...ys, ...R.peaks.map(p => p.bandwidth / 1e9 * x0)) / 2, y1 = Math.max(...ys) * 3;
+  const y0 = Math.min(...ys, pb * x0) / 2, y1 = Math.max(...ys) * 3;
   const X = v => L + (Math.log10(v) - Math.log10(x0)) / (Math.log10(x1) - Math.log10(x0)) * (W - L - Rm);
   const Y = v => H - B - (Math.log10(v) - Math.log10(y0)) / (Math.log10(y1) - Math.log10(y0)) * (H - T - B);
+  // The two regions: left of the ridge a pass waits for memory, right of it for arithmetic.
+  el("rect", {x: L, y: T, width: X(ridge) - L, height: H - T - B, fill: "#eeeeee", class: "region",
+              "data-bound": "memory"});
+  el("text", {x: X(ridge) - 6, y: T + 16, "text-anchor": "end", fill: "#666", class: "region-label"},
+     "memory-bound");
+  el("text", {x: X(ridge) + 6, y: T + 16, "text-anchor": "start", fill: "#666", class: "region-label"},
+     "compute-bound");
   el("rect", {x: L, y: T, width: W - L - Rm, height: H - T - B, fill: "none", stroke: "#999"});
   for (let e = Math.ceil(Math.log10(x0)); e <= Math.log10(x1); e++) {
     el("text", {x: X(10 ** e), y: H - B + 16, "text-anchor": "middle"}, String(10 ** e));
@@ -256,22 +287,18 @@ function rooflineView(R) {
   }
   el("text", {x: (W + L) / 2, y: H - 12, "text-anchor": "middle"}, "arithmetic intensity (FLOPs per byte read)");
   el("text", {x: 14, y: (H - B + T) / 2, transform: "rotate(-90 14 " + (H - B + T) / 2 + ")", "text-anchor": "middle"}, "GFLOP/s");
-  R.peaks.forEach((p, i) => {
-    const pf = p.flops / 1e9, pb = p.bandwidth / 1e9, ridge = pf / pb, pts = [];
-    for (let k = 0; k <= 60; k++) {
-      const x = x0 * (x1 / x0) ** (k / 60);
-      pts.push(X(x) + "," + Y(Math.min(pf, pb * x)));
-    }
-    el("polyline", {points: pts.join(" "), fill: "none", stroke: "#000", "stroke-width": 2,
-                    "stroke-dasharray": i ? "6 4" : "", class: "ceiling"});
-    el("line", {x1: X(ridge), x2: X(ridge), y1: T, y2: H - B, stroke: "#999", "stroke-dasharray": "2 3"});
-    el("text", {x: W - Rm - 4, y: Y(pf) - 6 - 14 * i, "text-anchor": "end"},
-       p.threads + " thread(s): " + pf.toFixed(1) + " GFLOP/s, " + pb.toFixed(1) + " GB/s, ridge " + ridge.toFixed(1) + " FLOP/B");
-  });
-  const colors = {"prefill": "#ff7f0e", "decode": "#1f77b4", "batch-decode": "#9467bd"};
+  const pts = [];
+  for (let k = 0; k <= 60; k++) {
+    const x = x0 * (x1 / x0) ** (k / 60);
+    pts.push(X(x) + "," + Y(Math.min(pf, pb * x)));
+  }
+  el("polyline", {points: pts.join(" "), fill: "none", stroke: "#000", "stroke-width": 2, class: "ceiling"});
+  el("line", {x1: X(ridge), x2: X(ridge), y1: T, y2: H - B, stroke: "#999", "stroke-dasharray": "2 3"});
+  el("text", {x: W - Rm - 4, y: Y(pf) - 6, "text-anchor": "end"},
+     "this machine: " + pf.toFixed(1) + " GFLOP/s, " + pb.toFixed(1) + " GB/s, ridge " + ridge.toFixed(1) + " FLOP/B");
   R.phases.forEach((p, i) => {
     const cx = X(p.intensity), cy = Y(p.gflops_per_second);
-    el("circle", {cx: cx, cy: cy, r: 7, fill: colors[p.phase] || "#555", stroke: "#000", class: "phase", "data-phase": p.phase});
+    el("circle", {cx: cx, cy: cy, r: 7, fill: C[p.phase] || "#555", stroke: "#000", class: "phase", "data-phase": p.phase});
     el("text", {x: cx + 10, y: cy + 4 + 12 * (i % 2)}, p.phase + ": " + p.intensity.toFixed(2) + " FLOP/B, " + p.gflops_per_second.toPrecision(3) + " GFLOP/s");
   });
   $("roofline-summary").textContent = R.model + ": TTFT " + R.ttft_ms.toPrecision(3) + " ms (prefill), TPOT " +

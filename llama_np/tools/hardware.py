@@ -4,6 +4,10 @@ A roofline says a phase can go no faster than its FLOPs ÷ peak FLOP/s (compute)
 ÷ bandwidth (memory); whichever is slower bounds it. Published figures are peaks, dense (no
 2:4 sparsity), at the precision a model runs in on that device; real kernels reach 50-80%.
 "this-machine" is measured (see machine.py) with the float32 NumPy that runs llama_np.
+
+Memory is the exact number of bytes the device offers, not the round figure on the box: an
+"80 GB" H100 shows 81,559 MiB in nvidia-smi, 85,520,809,984 bytes, so whether something fits
+is decided against that. Each preset says where its capacity comes from.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ class Hardware:
     name: str
     flops: float  # peak FLOP/s of matrix-matrix products
     bandwidth: float  # bytes/s from device memory
-    memory_bytes: int | None  # device memory; None if unknown
+    memory_bytes: int | None  # device memory, exact bytes; None if unknown
     description: str
+    memory_source: str = ""  # where memory_bytes comes from
 
     @property
     def ridge(self) -> float:
@@ -33,31 +38,66 @@ class Hardware:
 GB = 10**9  # vendors quote decimal gigabytes, for memory size and for bandwidth
 TB = 10**12
 
+MiB, GiB = 2**20, 2**30
+
 PRESETS: dict[str, Hardware] = {
     h.name: h
     for h in [
         # Apple M2 (MacBook Air 2022), CPU only. 100 GB/s unified LPDDR5 and 8/16/24 GB are
-        # Apple's figures (apple.com newsroom, 2022-06-06); we take the 16 GB configuration.
+        # Apple's figures (apple.com newsroom, 2022-06-06); we take the 16 GB configuration,
+        # which is 16 GiB (`sysctl hw.memsize`: 17,179,869,184), shared with the OS.
         # Apple publishes no CPU FLOP/s: 4 performance cores × 3.49 GHz × 32 float32 FLOP per
         # cycle (4 NEON FMA pipes × 4 lanes × 2) = 447 GFLOP/s, derived, NEON only (the AMX
         # matrix unit that Accelerate's BLAS uses is faster but undocumented).
         Hardware(
-            "laptop-m2", 447e9, 100 * GB, 16 * GB, "Apple M2 laptop CPU, float32 NEON (derived)"
+            "laptop-m2",
+            447e9,
+            100 * GB,
+            16 * GiB,
+            "Apple M2 laptop CPU, float32 NEON (derived)",
+            "Apple's '16GB': 16 GiB of unified memory, shared with the OS",
         ),
         # NVIDIA H100 SXM5 datasheet: BF16 Tensor Core 989 TFLOP/s dense (1979 with sparsity),
-        # HBM3 3.35 TB/s, 80 GB.
-        Hardware("h100", 989 * TB, 3.35 * TB, 80 * GB, "NVIDIA H100 SXM, bf16 Tensor Core"),
-        # NVIDIA A100 80GB SXM datasheet: BF16 Tensor Core 312 TFLOP/s dense, HBM2e 2,039 GB/s.
+        # HBM3 3.35 TB/s, "80GB". nvidia-smi shows 81,559 MiB on an H100 80GB HBM3 (e.g. the
+        # totals collected in modal-labs/modal-client#2797, NVIDIA/nccl#1264's nvidia-smi).
         Hardware(
-            "a100-80gb", 312 * TB, 2039 * GB, 80 * GB, "NVIDIA A100 80GB SXM, bf16 Tensor Core"
+            "h100",
+            989 * TB,
+            3.35 * TB,
+            81559 * MiB,
+            "NVIDIA H100 SXM, bf16 Tensor Core",
+            "nvidia-smi shows 81,559 MiB; the datasheet says '80GB'",
+        ),
+        # NVIDIA A100 80GB SXM datasheet: BF16 Tensor Core 312 TFLOP/s dense, HBM2e 2,039 GB/s;
+        # nvidia-smi shows 81,920 MiB (modal-labs/modal-client#2797).
+        Hardware(
+            "a100-80gb",
+            312 * TB,
+            2039 * GB,
+            81920 * MiB,
+            "NVIDIA A100 80GB SXM, bf16 Tensor Core",
+            "nvidia-smi shows 81,920 MiB; the datasheet says '80GB'",
         ),
         # NVIDIA Ada (RTX 4090) whitepaper: BF16 Tensor with FP32 accumulate 165.2 TFLOP/s dense,
-        # GDDR6X 1,008 GB/s, 24 GB.
+        # GDDR6X 1,008 GB/s, "24 GB"; nvidia-smi shows 24,564 MiB (e.g. RLinf/RLinf#255).
         Hardware(
-            "rtx-4090", 165.2 * TB, 1008 * GB, 24 * GB, "NVIDIA GeForce RTX 4090, bf16 Tensor"
+            "rtx-4090",
+            165.2 * TB,
+            1008 * GB,
+            24564 * MiB,
+            "NVIDIA GeForce RTX 4090, bf16 Tensor",
+            "nvidia-smi shows 24,564 MiB; the whitepaper says '24 GB'",
         ),
-        # Google Cloud TPU v5e docs: 197 TFLOP/s bf16 per chip, HBM2 16 GB at 819 GB/s.
-        Hardware("tpu-v5e", 197 * TB, 819 * GB, 16 * GB, "Google TPU v5e (one chip), bf16"),
+        # Google Cloud TPU v5e docs: 197 TFLOP/s bf16 per chip, HBM2 "16 GB" at 819 GB/s. HBM
+        # comes in power-of-two stacks: 16 GiB, some of which the runtime keeps for itself.
+        Hardware(
+            "tpu-v5e",
+            197 * TB,
+            819 * GB,
+            16 * GiB,
+            "Google TPU v5e (one chip), bf16",
+            "Google's '16 GB' of HBM2: 16 GiB",
+        ),
     ]
 }
 THIS_MACHINE = "this-machine"
@@ -67,7 +107,7 @@ NAMES = (THIS_MACHINE, *PRESETS)
 def this_machine(remeasure: bool = False) -> Hardware:
     """This machine: float32 matmul FLOP/s and bandwidth measured by NumPy with a BLAS thread
     per CPU (its ceilings: what all its cores can do), and its RAM."""
-    peaks = machine.peaks(remeasure, threads=machine.cpu_count())
+    peaks = machine.machine_peaks(remeasure)
     try:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
@@ -84,6 +124,7 @@ def this_machine(remeasure: bool = False) -> Hardware:
             if peaks.busy
             else ""
         ),
+        "this machine's RAM (sysconf), shared with the OS and every other process",
     )
 
 
@@ -110,4 +151,4 @@ def custom_hardware(flops: float, bandwidth: float, memory_bytes: float | None =
             f"--device-memory must be a finite number of bytes >= 1, got {memory_bytes}"
         )
     memory = None if memory_bytes is None else int(memory_bytes)
-    return Hardware("custom", flops, bandwidth, memory, "custom figures")
+    return Hardware("custom", flops, bandwidth, memory, "custom figures", "--device-memory")

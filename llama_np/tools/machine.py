@@ -10,7 +10,8 @@ entry per key: CPU model and core count, NumPy version, BLAS library, version an
 type it picked at run time, the thread count, and the kernel layer (with compiled kernels,
 the bandwidth is the faster of BLAS's read and theirs). `peaks(remeasure=True)` (the CLI's
 `--remeasure`) measures again; `llama-np profile` does so by itself when a phase runs faster
-than the cached peak says it can.
+than the cached peak says it can. `machine_peaks()` is the machine's roof, the one figure
+every tool quotes: the peaks with a BLAS thread per CPU.
 
 BLAS threads are read and set through the BLAS library's own functions (OpenBLAS's
 `openblas_set_num_threads`, found in the loaded library with ctypes), so one process can
@@ -288,6 +289,14 @@ def _best_time(fn, repeats: int) -> float:
 # ---------------------------------------------------------------- the cache
 
 
+def machine_peaks(remeasure: bool = False) -> MachinePeaks:
+    """This machine's ceilings: the peaks with a BLAS thread per CPU (where the BLAS lets this
+    process choose; else as the environment set it). The one roof every figure is held
+    against: `llama-np profile` (every phase, whatever threads it ran with), `llama-np memory
+    --hardware this-machine` and the benchmarks."""
+    return peaks(remeasure, threads=cpu_count() if blas().controllable else None)
+
+
 def peaks(remeasure: bool = False, threads: int | None = None) -> MachinePeaks:
     """This machine's peaks with `threads` BLAS threads (default: the current count), from
     the cache file if it holds them for this machine, else measured (a few seconds)."""
@@ -377,11 +386,3 @@ def _busy_seconds() -> float | None:
 def _our_seconds() -> float:
     t = os.times()
     return t.user + t.system
-
-
-def load_average() -> float | None:
-    """The 1-minute load average (runnable processes), or None where unknown."""
-    try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None

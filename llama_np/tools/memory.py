@@ -16,8 +16,9 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .. import arguments
 from ..config import LlamaConfig
-from ..errors import ArgumentError, ConfigError
+from ..errors import ConfigError
 from ..packed import GROUP_SIZE
 from ..schema import n_params, weights_nbytes
 from .costs import attention_share, forward_bytes, forward_flops, kv_intensity
@@ -36,11 +37,13 @@ WEIGHT_DTYPES: dict[str, float] = {
 KV_DTYPES: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2}
 DEFAULT_DTYPE = "bf16"  # what Llama checkpoints are published in
 DEFAULT_KV_DTYPE = "bf16"  # what GPU engines keep the cache in (llama_np itself uses fp32)
+ENGINE_DTYPE = "fp32"  # what llama_np runs (weights and cache): the defaults for this-machine
 
 
 def weight_bytes(config: LlamaConfig, dtype: str = DEFAULT_DTYPE) -> int:
     """Bytes of all weights stored as `dtype`, exactly as llama_np allocates them (a tied
     embedding/classifier counted once; norms in float32)."""
+    arguments.instance(config, "config", LlamaConfig)
     _check_dtype(dtype, WEIGHT_DTYPES, "--dtype")
     return weights_nbytes(config, dtype)
 
@@ -72,6 +75,7 @@ def memory_report(
     kv_dtype: str = DEFAULT_KV_DTYPE,
 ) -> MemoryReport:
     """Weights and KV cache of `config` at `context` tokens (default: its max_seq_len)."""
+    arguments.instance(config, "config", LlamaConfig)
     context = config.max_seq_len if context is None else context
     _check_positive(context=context, batch=batch)
     _check_dtype(kv_dtype, KV_DTYPES, "--kv-dtype")
@@ -139,6 +143,11 @@ def critical_batch(
     kv_dtype: str = DEFAULT_KV_DTYPE,
 ) -> CriticalBatch:
     """The smallest batch whose decode step at `position` is compute-bound on `hardware`."""
+    arguments.instance(config, "config", LlamaConfig)
+    arguments.instance(hardware, "hardware", Hardware)
+    arguments.integer(position, "position", 0)
+    _check_dtype(dtype, WEIGHT_DTYPES, "--dtype")
+    _check_dtype(kv_dtype, KV_DTYPES, "--kv-dtype")
     w, kv = WEIGHT_DTYPES[dtype], KV_DTYPES[kv_dtype]
     f1 = forward_flops(config, 1, position)
     one, two = (forward_bytes(config, 1, position, w, kv, b) for b in (1, 2))
@@ -158,6 +167,8 @@ class Estimate:
     decode: PhaseEstimate
     fits: bool | None  # weights + KV cache within device memory; None if memory unknown
     critical: tuple[CriticalBatch, CriticalBatch]  # at position 0 and at the context's last
+    spare_bytes: int | None  # device memory - weights - KV cache (negative: short); None: unknown
+    max_sequences: int | None  # sequences of `context` tokens whose caches fit beside the weights
 
 
 def estimate(
@@ -172,6 +183,7 @@ def estimate(
     """Roofline times: prefill of a `prompt_tokens` prompt (default: the whole context) per
     sequence, and one decode step at the last position of the context, for `batch` sequences.
     """
+    arguments.instance(hardware, "hardware", Hardware)
     report = memory_report(config, context, batch, dtype, kv_dtype)
     context = report.context
     prompt_tokens = context if prompt_tokens is None else prompt_tokens
@@ -191,12 +203,16 @@ def estimate(
         forward_bytes(config, 1, context - 1, w, kv, batch),
         hardware,
     )
-    fits = None if hardware.memory_bytes is None else report.total_bytes <= hardware.memory_bytes
     critical = (
         critical_batch(config, hardware, 0, dtype, kv_dtype),
         critical_batch(config, hardware, context - 1, dtype, kv_dtype),
     )
-    return Estimate(hardware, prefill, decode, fits, critical)
+    if hardware.memory_bytes is None:
+        return Estimate(hardware, prefill, decode, None, critical, None, None)
+    spare = hardware.memory_bytes - report.total_bytes
+    per_sequence = report.kv_bytes // batch
+    room = max(0, hardware.memory_bytes - report.weight_bytes) // per_sequence
+    return Estimate(hardware, prefill, decode, spare >= 0, critical, spare, room)
 
 
 def _phase(phase: str, tokens: int, flops: int, nbytes: int, hw: Hardware) -> PhaseEstimate:
@@ -227,6 +243,8 @@ def to_json(report: MemoryReport, est: Estimate | None = None) -> dict:
         out["prefill"] = asdict(est.prefill)
         out["decode"] = asdict(est.decode)
         out["fits_in_device_memory"] = est.fits
+        out["spare_bytes"] = est.spare_bytes
+        out["max_sequences"] = est.max_sequences
         out["critical_batch"] = [asdict(c) for c in est.critical]
     return out
 
@@ -235,10 +253,10 @@ def format_report(
     report: MemoryReport,
     config: LlamaConfig,
     est: Estimate | None = None,
-    defaulted: bool = False,
+    defaulted: str = "",
 ) -> str:
-    """The human-readable table `llama-np memory` prints; `defaulted`: the dtypes were not
-    given, and the table says what they default to."""
+    """The human-readable table `llama-np memory` prints; `defaulted`: "published" or
+    "engine" when the dtypes were not given, and the table says what they default to."""
     c, r = config, report
     kv_b = KV_DTYPES[r.kv_dtype]
     seqs = f" × {r.batch} sequences" if r.batch > 1 else ""
@@ -251,13 +269,7 @@ def format_report(
         ("parameters", f"{r.n_params:,} ({_count(r.n_params)})"),
         (
             "dtypes",
-            f"weights {r.dtype}, KV cache {r.kv_dtype}"
-            + (
-                " (the defaults: as checkpoints are published and GPUs serve them; llama_np "
-                "itself runs fp32: --dtype fp32 --kv-dtype fp32)"
-                if defaulted
-                else ""
-            ),
+            f"weights {r.dtype}, KV cache {r.kv_dtype}" + DEFAULT_NOTES.get(defaulted, ""),
         ),
         (f"weights ({r.dtype})", nbytes(r.weight_bytes)),
         (
@@ -296,23 +308,54 @@ def format_report(
     ]
     if est is not None:
         hw = est.hardware
-        memory = "unknown" if hw.memory_bytes is None else nbytes(hw.memory_bytes)
         fits = {None: "unknown", True: "yes", False: "NO"}[est.fits]
+        if est.spare_bytes is not None:
+            fits += (
+                f": {nbytes(est.spare_bytes)} to spare"
+                if est.fits
+                else f": {nbytes(-est.spare_bytes)} short"
+            )
+        prompts = f"{r.batch} × {est.prefill.tokens // r.batch:,}" if r.batch > 1 else (
+            f"{est.prefill.tokens:,}"
+        )  # fmt: skip
         rows += [
             ("hardware", f"{hw.name}: {hw.description}"),
             (
                 "  peaks",
                 f"{hw.flops / 1e12:.3g} TFLOP/s, {hw.bandwidth / 1e9:.4g} GB/s, "
-                f"ridge {hw.ridge:.3g} FLOP/byte, memory {memory}",
+                f"ridge {hw.ridge:.3g} FLOP/byte",
             ),
-            (f"  prefill {est.prefill.tokens:,} tokens", _phase_line(est.prefill)),
-            (f"  decode at position {r.context - 1:,}", _phase_line(est.decode)),
+            (
+                "  memory",
+                "unknown"
+                if hw.memory_bytes is None
+                else nbytes(hw.memory_bytes)
+                + (f" — {hw.memory_source}" if hw.memory_source else ""),
+            ),
+            (f"  prefill of {prompts} tokens", _phase_line(est.prefill, r.batch)),
+            (f"  decode at position {r.context - 1:,}", _phase_line(est.decode, r.batch)),
             ("  weights + KV cache fit in memory", fits),
         ]
+        if est.max_sequences is not None:
+            rows.append(
+                (
+                    f"  sequences of {r.context:,} tokens that fit",
+                    f"{est.max_sequences:,} beside the weights "
+                    f"({nbytes(r.kv_bytes // r.batch)} of KV cache each)",
+                )
+            )
         for c in est.critical:
             rows.append((f"  critical batch at position {c.position:,}", _critical_line(c, hw)))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+DEFAULT_NOTES = {
+    "published": " (the defaults: as checkpoints are published and GPUs serve them; llama_np "
+    "itself runs fp32: --dtype fp32 --kv-dtype fp32)",
+    "engine": " (the defaults for this-machine: float32, what llama_np runs on it; --dtype "
+    "int8|bf16|fp16 and --kv-dtype fp16 are what it can store compressed)",
+}
 
 
 def _critical_line(c: CriticalBatch, hw: Hardware) -> str:
@@ -324,12 +367,25 @@ def _critical_line(c: CriticalBatch, hw: Hardware) -> str:
     return f"{c.batch:,} sequences (decode turns compute-bound from this batch size on)"
 
 
-def _phase_line(p: PhaseEstimate) -> str:
+def _phase_line(p: PhaseEstimate, batch: int = 1) -> str:
+    """`4.481 ms per step, one token (223 tokens/s), memory-bound: ...`: the time of the pass
+    (what each user waits), then the rate across all its tokens."""
+    rate = f"{p.tokens / p.seconds:,.0f} tokens/s" + (" across the batch" if batch > 1 else "")
+    if p.phase == "decode":
+        what = "one token" if batch == 1 else f"a token for each of {batch} sequences"
+        timing = f"{_duration(p.seconds)} per step, {what} ({rate})"
+    else:
+        per_token = f"{p.seconds_per_token * 1e3:.4g} ms/token"
+        timing = f"{_duration(p.seconds)} for the pass, {per_token} ({rate})"
     return (
-        f"{p.seconds_per_token * 1e3:.4g} ms/token ({p.tokens / p.seconds:,.0f} tokens/s), "
-        f"{p.bound}-bound: {si(p.flops)}FLOP / {si(p.bytes)}B = "
+        f"{timing}, {p.bound}-bound: {si(p.flops)}FLOP / {si(p.bytes)}B = "
         f"{p.intensity:,.1f} FLOP/byte"
     )
+
+
+def _duration(seconds: float) -> str:
+    """`4.481 ms`, `24.6 s`: 4 significant digits, in ms below 10 s."""
+    return f"{seconds:.4g} s" if seconds >= 10 else f"{seconds * 1e3:.4g} ms"
 
 
 def _count(n: int) -> str:
@@ -357,16 +413,15 @@ def nbytes(n: int) -> str:
 
 
 def _check_dtype(dtype: str, table: dict, flag: str) -> None:
-    if dtype not in table:
-        raise ArgumentError(f"{flag} must be one of {', '.join(table)}, got {dtype!r}")
+    if not (isinstance(dtype, str) and dtype in table):
+        raise arguments.refuse(flag, dtype, f"one of {', '.join(table)}")
 
 
 def _check_positive(**values: int) -> None:
+    """Each value a positive integer; named by its command-line flag (these functions serve
+    `llama-np memory`), e.g. --prompt-tokens for prompt_tokens."""
     for name, value in values.items():
-        if not (isinstance(value, int) and value > 0):
-            raise ArgumentError(
-                f"--{name.replace('_', '-')} must be a positive integer, got {value!r}"
-            )
+        arguments.integer(value, f"--{name.replace('_', '-')}", 1, allowed="a positive integer")
 
 
 def load_config(model: str) -> LlamaConfig:

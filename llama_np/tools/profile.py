@@ -11,11 +11,19 @@ FLOP/s, MBU (model bandwidth utilisation) = achieved ÷ peak bytes/s. Prefill mu
 weight by T rows (many FLOPs per byte: compute-bound), decode by one row (2 FLOPs per 4-byte
 weight, 0.5 FLOP/byte: memory-bound).
 
+Every phase is held against one roof: this machine's peaks, measured with a BLAS thread per
+CPU (machine.machine_peaks, the same figures `llama-np memory --hardware this-machine` and
+the benchmarks use). A phase that ran with fewer threads reaches a smaller fraction of it,
+which is what MFU and MBU are for.
+
 Trust: the run notes what can make its figures wrong — other processes taking CPU while it
-ran (measured from /proc/stat, and the load average), prefill coming out slower per token
-than decode (the lesson says that cannot happen on a quiet machine), an achieved rate above
-the cached peak (the peaks are measured again; if still above, it says why), peaks that were
-themselves measured on a busy machine.
+ran (CPU time from /proc/stat against this process's own, during the run; a load average
+would count our own earlier work), graded: a little is "contaminated", a core's worth or
+more while the run used every core makes the timings INVALID, since threads that wait for
+each other stall when one is descheduled — prefill coming out slower per token than decode
+(the lesson says that cannot happen on a quiet machine), an achieved rate above the peak
+(the peaks are measured again; if still above, it says why), peaks that were themselves
+measured on a busy machine.
 """
 
 from __future__ import annotations
@@ -29,25 +37,24 @@ import numpy as np
 
 from .. import kernels
 from ..config import LlamaConfig
+from ..engine import generate_batch_stream
 from ..errors import ArgumentError, ContextLengthError
-from ..generate import GenerationStats, generate, generate_batch_stream
+from ..generate import GenerationStats, generate
 from ..model import Model
 from ..packed import FP32_KERNEL_MIN
 from ..sampling import SamplingParams
 from . import atomic
+from .colors import PHASE_COLORS
 from .costs import forward_bytes, forward_flops
-from .machine import (
-    BUSY_CORES,
-    CpuMeter,
-    MachinePeaks,
-    blas,
-    cpu_cache_bytes,
-    cpu_count,
-    load_average,
-)
+from .machine import BUSY_CORES, CpuMeter, MachinePeaks, blas, cpu_cache_bytes, cpu_count
 
 VALUE_BYTES = 4  # llama_np keeps weights and KV cache in float32
-PeaksFn = Callable[[int, bool], MachinePeaks]  # (threads, remeasure) -> peaks
+PeaksFn = Callable[[bool], MachinePeaks]  # (remeasure) -> this machine's peaks
+# A run's timings are invalid when other processes' CPUs and the CPUs it wanted (its threads)
+# exceed the machine's by this much: with every core in use, a thread pool whose threads wait
+# for each other (OpenBLAS's, numba's) stalls whenever one of them is descheduled and runs
+# 10-20× slower, not 1.5×; a single thread that must share its core runs at a fraction of it.
+OVERSUBSCRIBED_CORES = 0.75
 
 
 @dataclass(frozen=True)
@@ -76,7 +83,7 @@ class Step:
 @dataclass
 class Profile:
     model: str
-    peaks: dict[int, MachinePeaks]  # by BLAS thread count
+    peaks: MachinePeaks  # this machine's: a BLAS thread per CPU; every phase is held against it
     prompt: list[int]
     generated: list[int] = field(default_factory=list)
     text: str = ""
@@ -88,6 +95,7 @@ class Profile:
     notes: list[str] = field(default_factory=list)  # how the figures were obtained
     warnings: list[str] = field(default_factory=list)  # why they may be wrong
     contaminated: bool = False  # other processes disturbed the timings
+    invalid: bool = False  # so much that they say nothing about this machine (OVERSUBSCRIBED_CORES)
     interrupted: bool = False  # Ctrl-C stopped it: the figures are of the steps timed so far
 
     def phases(self) -> list[str]:
@@ -108,7 +116,7 @@ class Profile:
         weight_bytes = sum(s.weight_bytes for s in steps)
         kv_bytes = sum(s.kv_bytes for s in steps)
         nbytes = weight_bytes + kv_bytes
-        peaks = self.peaks[steps[0].threads]
+        peaks = self.peaks
         flop_rate, byte_rate = flops / typical, nbytes / typical
         return {
             "phase": name,
@@ -143,7 +151,7 @@ class Profile:
     def to_json(self) -> dict:
         return {
             "model": self.model,
-            "peaks": {str(t): asdict(p) for t, p in self.peaks.items()},
+            "peaks": asdict(self.peaks),
             "threads": self.threads,
             "thread_trials": self.trials,
             "prompt_tokens": self.prompt,
@@ -157,6 +165,7 @@ class Profile:
             "notes": self.notes,
             "warnings": self.warnings,
             "contaminated": self.contaminated,
+            "invalid": self.invalid,
             "steps": [asdict(s) for s in self.steps],
         }
 
@@ -190,9 +199,9 @@ def profile_generation(
     `batch` copies of the prompt together.
 
     `threads`: BLAS thread counts to try (each phase reports the count that gave it the best
-    median); None runs once with the BLAS as it is. `peaks` is fixed, or a function
-    (threads, remeasure) -> peaks, called again with remeasure=True when a phase beats the
-    peak it was given. Runs all `n_decode` steps even past an end-of-text token.
+    median); None runs once with the BLAS as it is. `peaks`: this machine's peaks, or a
+    function (remeasure) -> peaks, called again with remeasure=True when a phase beats them.
+    Runs all `n_decode` steps even past an end-of-text token.
     """
     config = model.config
     if not prompt:
@@ -209,8 +218,7 @@ def profile_generation(
             f"{len(prompt) + n_decode} positions, more than the model's context of "
             f"{config.max_seq_len}; use a shorter prompt or a smaller -n"
         )
-    peaks_fn: PeaksFn = peaks if callable(peaks) else (lambda t, remeasure=False: peaks)
-    load_before = load_average()
+    peaks_fn: PeaksFn = peaks if callable(peaks) else (lambda remeasure=False: peaks)
     thread_counts = [blas().threads] if threads is None else list(threads)
     runs: list[_Run] = []
     for t in thread_counts:
@@ -226,17 +234,21 @@ def profile_generation(
 
     pre = best(lambda r: float(np.median(r.prefill)))
     dec = best(lambda r: float(np.median([s.seconds for s in r.decode])))
-    result = Profile(config.name, {}, list(prompt), batch=batch, generated=dec.generated)
+    result = Profile(
+        config.name, peaks_fn(False), list(prompt), batch=batch, generated=dec.generated
+    )
     result.prefill_runs = pre.prefill
     result.steps.append(
         _step("prefill", config, 0, len(prompt), float(np.median(pre.prefill)), pre.threads)
     )
     result.steps += dec.decode
     result.threads = {"prefill": pre.threads, "decode": dec.threads}
+    used = [pre, dec]
     if batch > 1 and any(r.batch for r in runs):
         bat = best(lambda r: float(np.median([s.seconds for s in r.batch])) if r.batch else np.inf)
         result.steps += bat.batch
         result.threads["batch-decode"] = bat.threads
+        used.append(bat)
     for r in runs:
         trial = {"threads": r.threads, "prefill_ms": 1e3 * float(np.median(r.prefill)),
                  "decode_ms": 1e3 * float(np.median([s.seconds for s in r.decode]))}  # fmt: skip
@@ -252,10 +264,8 @@ def profile_generation(
             f"fp32 matrices of {FP32_KERNEL_MIN:,}+ weights ran in its compiled kernels, on "
             "numba's threads; the BLAS thread counts are those of prefill and the other products"
         )
-    for t in sorted(set(result.threads.values())):
-        result.peaks[t] = peaks_fn(t, False)
     _check_peaks(result, peaks_fn)
-    _check_contamination(result, runs, load_before)
+    _check_contamination(result, used, model.uses_compiled_kernels)
     result.interrupted = any(r.interrupted for r in runs)
     return result
 
@@ -360,19 +370,14 @@ def _check_peaks(p: Profile, peaks_fn: PeaksFn) -> None:
         ph = p.phase(name)
         return (ph["weight_bytes"] + ph["kv_bytes"]) / ph["passes"] <= caches
 
-    suspect = {
-        p.phase(name)["threads"]
-        for name, what, _ in _above_peak(p)
-        if what == "FLOP/s" or not in_cache(name)
-    }
-    for t in sorted(suspect):
-        old = p.peaks[t]
-        p.peaks[t] = peaks_fn(t, True)
+    if any(what == "FLOP/s" or not in_cache(name) for name, what, _ in _above_peak(p)):
+        old = p.peaks
+        p.peaks = peaks_fn(True)
         p.notes.append(
-            f"re-measured the peaks with {t} thread(s): a phase ran faster than the cached "
+            f"re-measured the peaks: a phase ran faster than the cached "
             f"{old.matmul_flops / 1e9:.1f} GFLOP/s, {old.memory_bandwidth / 1e9:.1f} GB/s allow; "
-            f"now {p.peaks[t].matmul_flops / 1e9:.1f} GFLOP/s, "
-            f"{p.peaks[t].memory_bandwidth / 1e9:.1f} GB/s"
+            f"now {p.peaks.matmul_flops / 1e9:.1f} GFLOP/s, "
+            f"{p.peaks.memory_bandwidth / 1e9:.1f} GB/s"
         )
     for name, what, fraction in _above_peak(p):
         ph = p.phase(name)
@@ -393,26 +398,46 @@ def _check_peaks(p: Profile, peaks_fn: PeaksFn) -> None:
         )
 
 
-def _check_contamination(p: Profile, runs: list[_Run], load_before: float | None) -> None:
+def _check_contamination(p: Profile, runs: list[_Run], compiled: bool) -> None:
+    """Warn about other processes' CPU use during the runs whose figures are reported.
+
+    Measured over the run itself, from /proc/stat against this process's own CPU time (see
+    machine.CpuMeter): what we ran a moment earlier cannot raise it, as it raises the load
+    average. Graded, since a thread pool's collapse is not a few percent of noise."""
     cpus = cpu_count()
-    for t, peaks in sorted(p.peaks.items()):
-        if peaks.busy:
-            p.warnings.append(
-                f"the peaks with {t} thread(s) were measured while other processes used "
-                f"{peaks.others_cores:.2f} CPUs: they are probably too low (MFU/MBU too high); "
-                "measure again on a quiet machine with --remeasure"
+    if p.peaks.busy:
+        p.warnings.append(
+            f"the peaks were measured while other processes used {p.peaks.others_cores:.2f} "
+            "CPUs: they are probably too low (MFU/MBU too high); measure again on a quiet "
+            "machine with --remeasure"
+        )
+    known = [r for r in runs if r.cpu_known]
+    others = max((r.others_cores for r in known), default=0.0)
+
+    def wanted(r: _Run) -> int:  # CPUs the run's threads wanted (the kernel layer's: all)
+        return cpus if compiled else min(r.threads, cpus)
+
+    over = [r for r in known if r.others_cores + wanted(r) >= cpus + OVERSUBSCRIBED_CORES]
+    if over:
+        p.contaminated = p.invalid = True
+        r = max(over, key=lambda r: r.others_cores)
+        if wanted(r) > 1:
+            why = (
+                f"while this ran on {wanted(r)}. Threads that wait for each other stall whenever "
+                "one of them is descheduled, which makes a step 10-20× slower, not a little"
             )
-    others = max(r.others_cores for r in runs)
-    if any(r.cpu_known for r in runs) and others > BUSY_CORES:
+        else:
+            why = "while this ran on one: its thread shared a CPU, a fraction of a core's speed"
+        p.warnings.insert(
+            0,
+            f"TIMINGS INVALID: other processes used {r.others_cores:.2f} of the {cpus} CPUs "
+            f"{why}: these times say nothing about this machine. Re-run when it is quiet",
+        )
+    elif known and others > BUSY_CORES:
         p.contaminated = True
         p.warnings.append(
             f"measurement contaminated: other processes used {others:.2f} of the {cpus} CPUs "
             "on average while it ran; timings are slower and noisier than this machine can do"
-        )
-    if load_before is not None and load_before > 0.5 * cpus:
-        p.warnings.append(
-            f"the machine was busy: load average {load_before:.2f} on {cpus} CPUs before the "
-            "run started"
         )
     pre, dec = p.phase("prefill"), p.phase("decode")
     if pre["tokens"] > 1 and pre["ms_per_token"] >= dec["median_ms_per_pass"]:
@@ -436,13 +461,16 @@ def _check_contamination(p: Profile, runs: list[_Run], load_before: float | None
 
 def format_profile(p: Profile) -> str:
     """Per-phase summary and per-step table, as `llama-np profile` prints them."""
-    lines = []
-    for t, peaks in sorted(p.peaks.items()):
-        lines.append(
-            f"peaks with {t} BLAS thread(s): {peaks.matmul_flops / 1e9:.1f} GFLOP/s float32 "
-            f"matmul, {peaks.memory_bandwidth / 1e9:.1f} GB/s memory bandwidth "
-            f"(ridge {peaks.ridge:.1f} FLOP/B)"
-        )
+    lines = [f"WARNING: {w}" for w in p.warnings if p.invalid and w.startswith("TIMINGS INVALID")]
+    pk = p.peaks
+    threads = f"{pk.threads} BLAS thread(s)" if pk.threads else "BLAS threads as set"
+    if pk.threads == cpu_count():
+        threads += ", one per CPU"
+    lines.append(
+        f"machine peaks ({threads}): {pk.matmul_flops / 1e9:.1f} GFLOP/s float32 matmul, "
+        f"{pk.memory_bandwidth / 1e9:.1f} GB/s memory bandwidth (ridge {pk.ridge:.1f} FLOP/B); "
+        "every phase is held against them"
+    )
     if len(p.trials) > 1:
         tried = "; ".join(
             f"{tr['threads']}: prefill {tr['prefill_ms']:.3g} ms, decode {tr['decode_ms']:.3g} ms"
@@ -479,7 +507,7 @@ def format_profile(p: Profile) -> str:
         "it; MFU/MBU = achieved ÷ peak FLOP/s / bandwidth)"
     )
     lines += [f"note: {n}" for n in p.notes]
-    lines += [f"WARNING: {w}" for w in p.warnings]
+    lines += [f"WARNING: {w}" for w in p.warnings if not (p.invalid and w.startswith("TIMINGS"))]
     lines += [
         "",
         "per step (position = the first token's; KV = cache bytes read):",
@@ -500,45 +528,63 @@ def write_json(p: Profile, path: Path) -> None:
     atomic.write_text(path, json.dumps(p.to_json(), indent=2))
 
 
-COLORS = {"prefill": "tab:orange", "decode": "tab:blue", "batch-decode": "tab:purple"}
 MARKERS = {"prefill": "*", "decode": "s", "batch-decode": "D"}
 
 
 def plot_profile(p: Profile, path: Path) -> None:
-    """Three panels: time per token over the sequence, KV-cache size, and the roofline.
+    """Write `profile_figure(p)` as a PNG. Needs matplotlib (`pip install -e '.[plot]'`);
+    raises ImportError without it."""
+    with atomic.atomic_path(path) as tmp:
+        profile_figure(p).savefig(tmp, dpi=110)
 
-    Needs matplotlib (`pip install -e '.[plot]'`); raises ImportError without it.
-    """
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def profile_figure(p: Profile):
+    """Three panels: time per token over the sequence, KV-cache size, and the roofline; each
+    phase in its colour (colors.PHASE_COLORS). Returns a matplotlib Figure (drawn without
+    pyplot, so the user's interactive backend is left alone)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+    C = PHASE_COLORS
     plain = FuncFormatter(lambda v, _: f"{v:g}")  # one tick format on every log axis
     prefill = p.steps[0]
     decode = [s for s in p.steps if s.phase == "decode"]
-    last = decode[-1]
-    fig, (ax_t, ax_kv, ax_r) = plt.subplots(1, 3, figsize=(17, 5.2))
-    fig.suptitle(
-        f"{p.model}: prefill of {prefill.tokens} tokens, then {len(decode)} decode steps"
-        + (" — WARNING: timings contaminated by other processes" if p.contaminated else "")
-    )
+    batched = [s for s in p.steps if s.phase == "batch-decode"]
+    fig = Figure(figsize=(17, 5.4))
+    FigureCanvasAgg(fig)
+    ax_t, ax_kv, ax_r = fig.subplots(1, 3)
+    title = f"{p.model}: prefill of {prefill.tokens} tokens, then {len(decode)} decode steps"
+    if batched:
+        title += f" (and {len(batched)} steps of a batch of {p.batch})"
+    if p.invalid:
+        title += "\nTIMINGS INVALID: other processes took the CPUs (see the WARNING)"
+    elif p.contaminated:
+        title += " — WARNING: timings contaminated by other processes"
+    fig.suptitle(title, color="red" if p.invalid else "black")
 
-    # (a) time per token. Prefill's tokens share one pass: its time per token is the average.
+    # (a) time per token. Prefill's tokens share one pass: its time per token is the average;
+    # a batched step's B tokens share one pass too.
     T = prefill.tokens
-    ax_t.axvspan(-0.5, T - 0.5, color=COLORS["prefill"], alpha=0.15)
+    ax_t.axvspan(-0.5, T - 0.5, color=C["prefill"], alpha=0.15)
     ax_t.hlines(
-        1e3 * prefill.seconds / T, -0.5, T - 0.5, color=COLORS["prefill"], lw=3,
+        1e3 * prefill.seconds / T, -0.5, T - 0.5, color=C["prefill"], lw=3,
         label=f"prefill: ms per token (median pass ÷ {T})",
     )  # fmt: skip
     ax_t.plot(
         [s.start for s in decode], [1e3 * s.seconds for s in decode], ".-",
-        color=COLORS["decode"], label="decode: ms per step (one token)",
+        color=C["decode"], label="decode: ms per step (one token)",
     )  # fmt: skip
-    ax_t.axhline(1e3 * p.tpot, color=COLORS["decode"], ls="--", lw=1,
+    ax_t.axhline(1e3 * p.tpot, color=C["decode"], ls="--", lw=1,
                  label=f"decode median (TPOT): {1e3 * p.tpot:.3g} ms")  # fmt: skip
     times = [1e3 * prefill.seconds / T] + [1e3 * s.seconds for s in decode]
+    if batched:
+        per_token = [1e3 * s.seconds / p.batch for s in batched]
+        ax_t.plot(
+            [s.start for s in batched], per_token, ".-", color=C["batch-decode"],
+            label=f"batch-decode: ms per step ÷ {p.batch} (a token for each sequence)",
+        )  # fmt: skip
+        times += per_token
     if max(times) / min(times) > 20:  # a log axis only when the range needs one
         ax_t.set(yscale="log", ylabel="ms per token (log scale)")
         ax_t.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
@@ -550,73 +596,77 @@ def plot_profile(p: Profile, path: Path) -> None:
     ax_t.set(xlabel="position in the sequence", title="Time per token")
     ax_t.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8, ncol=1)
 
-    # (b) KV-cache size: prefill writes T rows at once, decode one row per step. Each step
-    # reads the whole cache, so its kv_bytes is the cache's size after its write.
-    single = [prefill, *decode]
-    xs = [-0.5] + [s.start + s.tokens - 0.5 for s in single]
-    ys = [0] + [s.kv_bytes / 1e3 for s in single]
-    ax_kv.step(xs, ys, where="post", color="tab:green", label="decode: one row per step")
-    ax_kv.axvspan(
-        -0.5, T - 0.5, color=COLORS["prefill"], alpha=0.15, label=f"prefill: one pass, {T} rows"
-    )
+    # (b) KV-cache size against the position written. Prefill writes the rows of positions
+    # 0..T-1 in its one pass (a ramp: one row per position), decode one row per step. Each
+    # step reads the whole cache, so its kv_bytes is the cache's size after its write.
+    row = prefill.kv_bytes / T / 1e3  # kB per position
+    ax_kv.plot([-0.5, T - 0.5], [0, prefill.kv_bytes / 1e3], color=C["prefill"], lw=2,
+               label=f"prefill: {T} rows written in one pass")  # fmt: skip
+    ax_kv.step(
+        [T - 0.5] + [s.start + 0.5 for s in decode],
+        [prefill.kv_bytes / 1e3] + [s.kv_bytes / 1e3 for s in decode],
+        where="post", color=C["decode"], lw=2, label="decode: one row per step",
+    )  # fmt: skip
+    ax_kv.axvspan(-0.5, T - 0.5, color=C["prefill"], alpha=0.15)
     ax_kv.set(
         xlabel="position in the sequence",
         ylabel="KV cache (kB, float32)",
-        title=f"KV-cache size: {last.kv_bytes // (last.start + 1):,} bytes per token",
+        title=f"KV-cache size of one sequence: {1e3 * row:,.0f} bytes per token",
     )
     ax_kv.set_ylim(bottom=0)
     ax_kv.yaxis.set_major_formatter(plain)
     ax_kv.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8)
 
-    # (c) roofline: attainable FLOP/s = min(peak FLOP/s, bandwidth × intensity), one line per
-    # BLAS thread count the phases ran with (each phase is held against its own)
+    # (c) roofline: attainable FLOP/s = min(peak FLOP/s, bandwidth × intensity): this
+    # machine's one roof, with every phase on it. Left of the ridge a pass waits for memory,
+    # right of it for arithmetic.
+    pk = p.peaks
+    peak_f, peak_b = pk.matmul_flops / 1e9, pk.memory_bandwidth / 1e9
     points = [(name, p.phase(name)) for name in p.phases()]
     intensities = [ph["intensity"] for _, ph in points]
-    ridges = [pk.ridge for pk in p.peaks.values()]
-    x = np.geomspace(min(*intensities, *ridges) / 4, max(*intensities, *ridges) * 8, 200)
-    lowest = min(pk.memory_bandwidth / 1e9 * x[0] for pk in p.peaks.values())
+    x = np.geomspace(min(*intensities, pk.ridge) / 4, max(*intensities, pk.ridge) * 8, 200)
     achieved = [s.flops / s.seconds / 1e9 for s in p.steps]
-    bottom = min(lowest, *achieved) / 2
-    for i, ((t, pk), ls) in enumerate(zip(sorted(p.peaks.items()), ["-", "--", ":"], strict=False)):
-        peak_f, peak_b = pk.matmul_flops / 1e9, pk.memory_bandwidth / 1e9
-        label = f"roofline, {t} thread(s): {peak_f:.1f} GFLOP/s, {peak_b:.1f} GB/s"
-        ax_r.loglog(x, np.minimum(peak_f, peak_b * x), color="black", lw=2, ls=ls, label=label)
-        ax_r.axvline(pk.ridge, color="gray", ls=":", lw=1)
-        left = i % 2 == 0  # two ridges: one label each side of its line, never on top
-        ax_r.text(pk.ridge * (0.93 if left else 1.07), bottom * 1.15,
-                  f"ridge {pk.ridge:.1f} FLOP/B", fontsize=8, color="gray", rotation=90,
-                  va="bottom", ha="right" if left else "left")  # fmt: skip
-    peak_f = max(pk.matmul_flops for pk in p.peaks.values()) / 1e9
+    bottom = min(peak_b * x[0], *achieved) / 2
+    top = max(peak_f, *achieved) * 3
+    ax_r.axvspan(x[0], pk.ridge, color="#dddddd", alpha=0.5, lw=0)
+    ax_r.text(pk.ridge / 1.15, top / 1.6, "memory-bound", ha="right", va="top", fontsize=9,
+              color="dimgray")  # fmt: skip
+    ax_r.text(pk.ridge * 1.15, top / 1.6, "compute-bound", ha="left", va="top", fontsize=9,
+              color="dimgray")  # fmt: skip
+    ax_r.loglog(x, np.minimum(peak_f, peak_b * x), color="black", lw=2,
+                label=f"roofline: {peak_f:.1f} GFLOP/s, {peak_b:.1f} GB/s")  # fmt: skip
+    ax_r.axvline(pk.ridge, color="gray", ls=":", lw=1)
+    ax_r.text(pk.ridge * 0.93, bottom * 1.15, f"ridge {pk.ridge:.1f} FLOP/B", fontsize=8,
+              color="gray", rotation=90, va="bottom", ha="right")  # fmt: skip
     ax_r.scatter(
         [s.intensity for s in decode], [s.flops / s.seconds / 1e9 for s in decode],
-        s=10, color=COLORS["decode"], alpha=0.4, label="decode steps",
+        s=10, color=C["decode"], alpha=0.4, label="decode steps",
     )  # fmt: skip
     above = []
     for name, ph in points:
-        pk = p.peaks[ph["threads"]]
         attainable = min(pk.matmul_flops, pk.memory_bandwidth * ph["intensity"]) / 1e9
         y = ph["gflops_per_second"]
-        label = f"{name}: {ph['intensity']:.2f} FLOP/B, {y:.3g} GFLOP/s (median)"
+        label = (f"{name} ({ph['threads']} thread(s)): {ph['intensity']:.2f} FLOP/B, "
+                 f"{y:.3g} GFLOP/s (median)")  # fmt: skip
         if y > attainable:
-            label += " — ABOVE its roofline*"
+            label += " — ABOVE the roofline*"
             above.append(name)
-        ax_r.scatter([ph["intensity"]], [y], s=140, marker=MARKERS[name], color=COLORS[name],
+        ax_r.scatter([ph["intensity"]], [y], s=140, marker=MARKERS[name], color=C[name],
                      edgecolor="black", label=label, zorder=3)  # fmt: skip
     title = "Roofline (this machine, measured ceilings)"
     if above:
-        title += "\n*" + ", ".join(above) + ": above its measured ceiling; the WARNING says why"
+        title += "\n*" + ", ".join(above) + ": above the measured ceiling; the WARNING says why"
     ax_r.set(
         xlabel="arithmetic intensity (FLOPs per byte read)",
         ylabel="GFLOP/s (line: attainable; points: achieved)",
         title=title,
     )
-    ax_r.set_ylim(bottom=bottom, top=peak_f * 3)
+    ax_r.set_xlim(x[0], x[-1])
+    ax_r.set_ylim(bottom=bottom, top=top)
     ax_r.xaxis.set_major_formatter(plain)
     ax_r.yaxis.set_major_formatter(plain)
     ax_r.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8)
     ax_r.grid(True, which="both", alpha=0.2)
 
     fig.tight_layout()
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    return fig

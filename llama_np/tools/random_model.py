@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import arguments
 from ..config import LlamaConfig
 from ..model import Model
 from ..packed import PackedRows, Scratch, check_weights_dtype, int8_group_size, pack
@@ -20,7 +21,10 @@ def random_model(
     config: LlamaConfig, weights_dtype: str = "fp32", seed: int = 0, std: float = 0.02
 ) -> Model:
     """A Model of `config`'s shape with N(0, std²)-like weights and unit norm weights."""
+    arguments.instance(config, "config", LlamaConfig)
     check_weights_dtype(weights_dtype)
+    seed = arguments.integer(seed, "seed", 0)
+    std = arguments.real(std, "std", 0, open_lo=True)
     rng = np.random.default_rng(seed)
     if weights_dtype == "fp32":  # through the loaders' path, so the layout is the real one
         tensors = {}

@@ -5,9 +5,10 @@ trace.probs        # (L, H, N, N) attention of every token (prompt, then generat
 save_npz(trace, "out/attention.npz")
 plot_attention(trace, layer=0, head=3, path="out/layer0_head3.png")   # needs matplotlib
 
-In the pictures, row n is token n's attention over tokens 0..n. The prompt's rows (blue) come
-from one prefill pass; each generated token's row (orange) from one decode step that read
-the KV cache.
+In the pictures, row n is token n's attention over tokens 0..n. The prompt's rows come from
+one prefill pass, each generated token's row from one decode step that read the KV cache;
+each in its phase's colour (colors.PHASE_COLORS: prefill blue, decode orange), on a scale
+from white (probability 0) to that colour (1), as the explorer page draws them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from ..generate import generate
 from ..hooks import AttentionRecorder
 from ..model import Model
 from .atomic import atomic_path
+from .colors import phase_cmap
 
 
 @dataclass
@@ -123,11 +125,17 @@ def token_labels(trace: AttentionTrace) -> list[str]:
 
 
 def plot_layer(trace: AttentionTrace, layer: int, heads: Sequence[int], path: str | Path) -> Path:
-    """All `heads` of model layer `layer` in one PNG, a small heatmap each; needs matplotlib.
+    """All `heads` of model layer `layer` in one PNG, a small heatmap each; needs matplotlib."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        layer_figure(trace, layer, heads).savefig(tmp, dpi=110)
+    return path
 
-    Prefill rows in blue, decode rows in orange (one colour scale for both: attention
-    probability, square-root scaled so that small weights stay visible).
-    """
+
+def layer_figure(trace: AttentionTrace, layer: int, heads: Sequence[int]):
+    """The figure of `plot_layer`: prefill rows in the prefill colour, decode rows in the
+    decode colour (attention probability, square-root scaled so that small weights stay
+    visible)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import PowerNorm
@@ -150,38 +158,45 @@ def plot_layer(trace: AttentionTrace, layer: int, heads: Sequence[int], path: st
     for ax, head in zip(axes.flat, heads, strict=False):
         probs = trace.probs[li, head]  # (N, N)
         ax.set_facecolor("#eeeeee")
-        ax.imshow(np.ma.masked_where(future | (rows >= P), probs), cmap="Blues", norm=norm)
-        ax.imshow(np.ma.masked_where(future | (rows < P), probs), cmap="Oranges", norm=norm)
+        ax.imshow(np.ma.masked_where(future | (rows >= P), probs), cmap=phase_cmap("prefill"),
+                  norm=norm)  # fmt: skip
+        ax.imshow(np.ma.masked_where(future | (rows < P), probs), cmap=phase_cmap("decode"),
+                  norm=norm)  # fmt: skip
         if P < N:
             ax.axhline(P - 0.5, color="black", linewidth=0.8)
         ax.set_title(f"head {head}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    for ax in axes[:, 0]:  # token labels once per row of heads, on the left
+    for ax in axes[:, 0]:  # query labels once per row of heads, on the left
         if ax.has_data() and N <= 40:
             ax.set_yticks(range(N), labels, fontsize=7)
+    for ax in axes[-1]:  # key labels once per column of heads, at the bottom
+        if ax.has_data() and N <= 40:
+            ax.set_xticks(range(N), labels, fontsize=7, rotation=90)
     fig.suptitle(
         f"layer {layer}: attention of every head (rows: queries, prefill blue above the line, "
         "decode orange below; columns: keys)",
         fontsize=10,
     )
-    for cmap, label in (("Oranges", "decode rows"), ("Blues", "prefill rows")):
+    for phase in ("decode", "prefill"):
         fig.colorbar(
-            ScalarMappable(norm=norm, cmap=cmap), ax=axes, shrink=0.6,
-            label=f"attention probability, {label} (sqrt scale)",
+            ScalarMappable(norm=norm, cmap=phase_cmap(phase)), ax=axes, shrink=0.6,
+            label=f"attention probability, {phase} rows (sqrt scale)",
         )  # fmt: skip
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    return path
+    return fig
 
 
 def plot_attention(trace: AttentionTrace, layer: int, head: int, path: str | Path) -> Path:
-    """Draw head `head` of model layer `layer` as a heatmap PNG; needs matplotlib.
+    """Draw head `head` of model layer `layer` as a heatmap PNG; needs matplotlib."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        attention_figure(trace, layer, head).savefig(tmp, dpi=110)
+    return path
 
-    Prefill rows in blue, decode rows in orange, a line between them; the empty upper
-    triangle is the causal mask.
-    """
+
+def attention_figure(trace: AttentionTrace, layer: int, head: int):
+    """The figure of `plot_attention`: prefill rows in the prefill colour, decode rows in the
+    decode colour, a line between them; the empty upper triangle is the causal mask."""
     # matplotlib is optional (pip install -e '.[plot]'); Figure + Agg canvas draws without
     # pyplot, so the user's interactive backend is left alone.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -199,8 +214,12 @@ def plot_attention(trace: AttentionTrace, layer: int, head: int, path: str | Pat
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.set_facecolor("#eeeeee")
-    prefill = ax.imshow(np.ma.masked_where(future | (rows >= P), probs), cmap="Blues", norm=norm)
-    decode = ax.imshow(np.ma.masked_where(future | (rows < P), probs), cmap="Oranges", norm=norm)
+    prefill = ax.imshow(
+        np.ma.masked_where(future | (rows >= P), probs), cmap=phase_cmap("prefill"), norm=norm
+    )
+    decode = ax.imshow(
+        np.ma.masked_where(future | (rows < P), probs), cmap=phase_cmap("decode"), norm=norm
+    )
     if P < N:
         ax.axhline(P - 0.5, color="black", linewidth=1.2)
         ax.text(N - 0.5, P - 0.4, "decode: one row per step ", ha="right", va="top", fontsize=8)
@@ -215,7 +234,4 @@ def plot_attention(trace: AttentionTrace, layer: int, head: int, path: str | Pat
     if P < N:  # constrained layout puts the colorbar added last nearest the plot
         fig.colorbar(decode, ax=ax, shrink=0.8, label="attention probability, decode rows")
     fig.colorbar(prefill, ax=ax, shrink=0.8, label="attention probability, prefill rows")
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    return path
+    return fig
