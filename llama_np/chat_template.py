@@ -17,6 +17,12 @@ Rendering follows transformers' `apply_chat_template`:
   (`bos_token`, `eos_token`, ... as tokenizer_config.json names them), `raise_exception(msg)`
   and `strftime_now(format)`; `tools` and `documents` are None.
 
+A template is also a program of unbounded work, so rendering is bounded (`Budget`): the
+output by MAX_CHARS characters (a real prompt is a few hundred thousand at most), loop steps
+over `range` by MAX_STEPS, the whole rendering by MAX_SECONDS, and a string or list made by
+`*` or `+`, or passed to a call, by MAX_CHARS before it is made. Recursion and memory
+exhaustion inside a template end in the same TokenizerError that names the template.
+
 The rendered text is then tokenized with special-token text parsed as special tokens, as
 transformers does. Special-token text inside a message's content stays ordinary text: it is
 bracketed by a private-use marker before rendering, and the marked spans are encoded as text
@@ -26,15 +32,18 @@ bracketed by a private-use marker before rendering, and the marked spans are enc
 from __future__ import annotations
 
 import json
+import math
 import numbers
 import re
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 
 import jinja2
 import jinja2.ext
 import jinja2.nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.sandbox import MAX_RANGE, ImmutableSandboxedEnvironment, SecurityError
+from jinja2.utils import Namespace
 
 from . import arguments
 from .errors import ArgumentError, TokenizerError
@@ -76,12 +85,138 @@ class _Generation(jinja2.ext.Extension):
         return caller()
 
 
+# Bounds of one rendering: far above what any real template does (Llama 3.1's, the longest
+# committed, renders a conversation in a few thousand steps and milliseconds).
+MAX_CHARS = 16 * 2**20  # characters of output, or of one string or list the template makes
+MAX_STEPS = 1_000_000  # iterations over range(...)
+MAX_SECONDS = 10.0
+MAX_POWER_BITS = 1 << 16  # size of an integer made by **
+
+
+class TemplateTooBig(jinja2.TemplateError):
+    """A rendering passed one of its bounds."""
+
+
+class Budget:
+    """What one rendering may still spend: output characters, range steps and time."""
+
+    def __init__(self, max_chars: int, max_steps: int, seconds: float) -> None:
+        self.max_chars, self.steps_left = max_chars, max_steps
+        self.max_steps, self.seconds = max_steps, seconds
+        self.deadline = time.monotonic() + seconds
+
+    def tick(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise TemplateTooBig(f"it ran for more than {self.seconds:g} s")
+
+    def step(self) -> None:
+        self.steps_left -= 1
+        if self.steps_left < 0:
+            raise TemplateTooBig(f"its loops ran more than {self.max_steps:,} steps over range()")
+        if not self.steps_left & 1023:
+            self.tick()
+
+    def check_size(self, value, what: str) -> None:
+        if isinstance(value, str | list | tuple) and len(value) > self.max_chars:
+            raise TemplateTooBig(f"{what} would hold {len(value):,} items")
+
+
+class _BoundedEnvironment(ImmutableSandboxedEnvironment):
+    """The sandbox, with every call, attribute and item access, `*`, `**` and `+`, loop over
+    range() and namespace assignment counted against the rendering's Budget."""
+
+    intercepted_binops = frozenset({"*", "**", "+"})
+    budget = Budget(MAX_CHARS, MAX_STEPS, math.inf)  # render_template sets each rendering's
+
+    def call_binop(self, context, operator: str, left, right):
+        self.budget.tick()
+        if operator == "*":
+            for seq, count in ((left, right), (right, left)):
+                if isinstance(seq, str | list | tuple) and isinstance(count, int):
+                    size = len(seq) * max(count, 0)
+                    if size > self.budget.max_chars:
+                        raise TemplateTooBig(f"a repetition would make {size:,} items")
+        if operator == "**" and isinstance(left, int) and isinstance(right, int):
+            bits = right * math.log2(abs(left)) if abs(left) > 1 and right > 0 else 0
+            if bits > MAX_POWER_BITS:
+                raise TemplateTooBig(f"a power would have {bits:,.0f} bits")
+        if operator == "+" and isinstance(left, str | list | tuple) and type(right) is type(left):
+            size = len(left) + len(right)
+            if size > self.budget.max_chars:
+                raise TemplateTooBig(f"a sum would make {size:,} items")
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context, __obj, *args, **kwargs):  # jinja2's signature
+        __self.budget.tick()
+        for arg in (*args, *kwargs.values()):
+            __self.budget.check_size(arg, "an argument of a call")
+        result = super().call(__context, __obj, *args, **kwargs)
+        __self.budget.check_size(result, "the result of a call")
+        return result
+
+    def getattr(self, obj, attribute):
+        self.budget.tick()
+        return super().getattr(obj, attribute)
+
+    def getitem(self, obj, argument):
+        self.budget.tick()
+        return super().getitem(obj, argument)
+
+    def range(self, *args: int) -> _CountedRange:
+        """jinja2's range (at most MAX_RANGE items), each step of a loop over it counted."""
+        steps = range(*args)
+        if len(steps) > MAX_RANGE:
+            raise OverflowError(f"range too big, maximum size for range is {MAX_RANGE}")
+        return _CountedRange(steps, self)
+
+    def namespace(self, *args, **kwargs) -> Namespace:
+        ns = _BoundedNamespace(*args, **kwargs)
+        object.__setattr__(ns, "_environment", self)  # Namespace hides its own attributes
+        return ns
+
+
+class _CountedRange(Sequence):
+    """A range whose iteration counts each step against the rendering's budget; a sequence
+    like range (len, indexing, `in`, |length, |reverse work). Its attributes start with "_",
+    which the sandbox does not let a template read."""
+
+    def __init__(self, steps: range, env: _BoundedEnvironment) -> None:
+        self._steps, self._env = steps, env
+
+    def __len__(self) -> int:
+        return len(self._steps)
+
+    def __getitem__(self, i):
+        return self._steps[i]
+
+    def __iter__(self) -> Iterator[int]:
+        for i in self._steps:
+            self._env.budget.step()
+            yield i
+
+    def __reversed__(self) -> Iterator[int]:
+        for i in reversed(self._steps):
+            self._env.budget.step()
+            yield i
+
+
+class _BoundedNamespace(Namespace):
+    """namespace(): a value assigned to it ({% set ns.s = ns.s ~ ns.s %}) counts too."""
+
+    def __setitem__(self, name: str, value) -> None:
+        budget = object.__getattribute__(self, "_environment").budget
+        budget.check_size(value, f"namespace attribute {name!r}")
+        super().__setitem__(name, value)
+
+
 def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+    env = _BoundedEnvironment(
         trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols, _Generation]
     )
     env.filters["tojson"] = _tojson
     env.globals["raise_exception"] = _raise_exception
+    env.globals["range"] = env.range
+    env.globals["namespace"] = env.namespace
     return env
 
 
@@ -141,11 +276,14 @@ def render_template(
     add_generation_prompt: bool,
     special_tokens: dict,
     now: datetime | None = None,
+    max_chars: int = MAX_CHARS,
 ) -> str:
     """Run a compiled chat template over `messages` -> the prompt text.
 
     `special_tokens` are the template variables bos_token, eos_token, ...; `now` fixes what
-    strftime_now sees (default: the current local time, as transformers uses).
+    strftime_now sees (default: the current local time, as transformers uses). The rendering
+    stops with a TokenizerError naming `source` past `max_chars` characters of output or
+    past the other bounds of Budget.
     """
 
     messages = check_messages(messages)
@@ -155,15 +293,32 @@ def render_template(
     def strftime_now(fmt: str) -> str:
         return (now or datetime.now()).strftime(fmt)
 
+    budget = Budget(max_chars, MAX_STEPS, MAX_SECONDS)
+    template.environment.budget = budget
     try:
-        return template.render(
-            **special_tokens,
-            messages=messages,
-            add_generation_prompt=add_generation_prompt,
-            tools=None,
-            documents=None,
-            strftime_now=strftime_now,
+        context = template.new_context(
+            dict(
+                **special_tokens,
+                messages=messages,
+                add_generation_prompt=add_generation_prompt,
+                tools=None,
+                documents=None,
+                strftime_now=strftime_now,
+            )
         )
+        return _bounded_output(template.root_render_func(context), budget)
+    except TemplateTooBig as e:
+        raise TokenizerError(
+            f"{source}: the chat template was stopped: {e} (bounds: {max_chars:,} characters, "
+            f"{MAX_STEPS:,} loop steps, {MAX_SECONDS:g} s); a chat template that does this "
+            f"much work is broken or hostile: pick a built-in format with --chat-format"
+        ) from None
+    except (RecursionError, MemoryError) as e:
+        what = "recursed too deeply" if isinstance(e, RecursionError) else "ran out of memory"
+        raise TokenizerError(
+            f"{source}: the chat template was stopped: it {what}; a chat template that does "
+            f"this is broken or hostile: pick a built-in format with --chat-format"
+        ) from None
     except TemplateRaised as e:
         raise ArgumentError(f"{source}: the chat template refused the conversation: {e}") from None
     except SecurityError as e:
@@ -181,11 +336,30 @@ def render_template(
         KeyError,
         IndexError,
         ZeroDivisionError,
+        OverflowError,
     ) as e:
         raise TokenizerError(
             f"{source}: the chat template failed: {type(e).__name__}: {e}; pick a built-in "
             f"format with --chat-format"
         ) from None
+
+
+def _bounded_output(pieces: Iterator[str], budget: Budget) -> str:
+    """Join a rendering's pieces, stopping once they pass budget.max_chars characters (kept
+    joined in blocks: millions of one-character pieces would cost far more than their text)."""
+    blocks: list[str] = []
+    block: list[str] = []
+    n = 0
+    for piece in pieces:
+        n += len(piece)
+        if n > budget.max_chars:
+            raise TemplateTooBig(f"its output passed {budget.max_chars:,} characters")
+        block.append(piece)
+        if len(block) >= 4096:
+            budget.tick()
+            blocks.append("".join(block))
+            block = []
+    return "".join(blocks) + "".join(block)
 
 
 def special_token_strings(tokenizer) -> dict:

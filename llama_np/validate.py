@@ -37,7 +37,10 @@ from . import arguments
 from .errors import LlamaNpError
 
 MAX_DEPTH = 32  # real files nest 3 (config.json) to 7 (tokenizer.json) levels
-MAX_INT_DIGITS = 20  # every count, id and offset fits in 64 bits
+# Every count, id and offset fits in 64 bits (20 digits), but transformers writes "no limit"
+# as int(1e30) = 1000000000000000019884624838656 (31 digits: tokenizer_config.json's
+# model_max_length in Llama 2's and Mistral's files); the schemas range-check what is used.
+MAX_INT_DIGITS = 40
 MAX_JSON_BYTES = 64 * 2**20  # a Llama 3 tokenizer.json is 9 MB
 MAX_ID = 2**31 - 1  # token ids, dims: int32, as llama.cpp and llama2.c store them
 
@@ -480,7 +483,15 @@ SAFETENSORS_ENTRY = Obj(
 )
 SAFETENSORS_METADATA = Maybe(Map(Str(1 << 16), max_len=1024))
 SAFETENSORS_HEADER = Map(SAFETENSORS_ENTRY, max_len=1 << 20)  # after __metadata__ is taken out
-SAFETENSORS_INDEX = Obj({"weight_map": Map(FILE_NAME, max_len=1 << 20)})
+# A shard: a file in the directory or in a subfolder of it ("sub/model-00001.safetensors", as
+# transformers reads them), never above it: no "/" first, no "." or ".." or empty part, no
+# "\\", ":" or NUL.
+SHARD_PATH = Str(
+    1024,
+    pattern=r"(?:(?!\.\.?/)[^/\\:\x00]+/)*(?!\.\.?$)[^/\\:\x00]+",
+    what="a relative path inside the checkpoint directory (no '..', no absolute path)",
+)
+SAFETENSORS_INDEX = Obj({"weight_map": Map(SHARD_PATH, max_len=1 << 20)})
 
 # tokenizer.json (byte-level BPE; tokenizers/hf_json.py) and tokenizer_config.json.
 _TYPE = Opt(Maybe(Str(64)))
@@ -510,7 +521,9 @@ HF_TOKENIZER = Obj(
         "added_tokens": Opt(
             Maybe(List(Obj({"content": Str(1024), "id": Int(0, MAX_TOKEN_ID)}), 1 << 20)), []
         ),
-        "normalizer": Opt(Maybe(Obj({"type": _TYPE}))),
+        "normalizer": Opt(
+            Maybe(Obj({"type": _TYPE, "normalizers": Opt(List(Obj({"type": _TYPE}), 64), [])}))
+        ),
         "pre_tokenizer": Opt(
             Maybe(Obj({**_PRE_STEP, "pretokenizers": Opt(List(Obj(_PRE_STEP), 64), [])}))
         ),

@@ -10,6 +10,8 @@ renders the same list as the table in docs/errors.md (a test checks that it is c
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -26,11 +28,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
-from checkpoint_writers import PickleWriter, hf_config, write_hf, write_llama2c, write_meta
+from checkpoint_writers import (
+    PickleWriter,
+    hf_config,
+    write_gguf,
+    write_hf,
+    write_llama2c,
+    write_meta,
+    write_pth,
+)
 from util import random_tensors
 
 from llama_np import KVCache, LlamaConfig, Model, generate_text, load, load_tokenizer
-from llama_np.chat_template import ChatTemplate
+from llama_np.chat_template import ChatTemplate, compile_template, render_template
 from llama_np.checkpoints import download as dl
 from llama_np.checkpoints.hf import hf_name
 from llama_np.generate import GenerationStats
@@ -108,9 +118,53 @@ def load_meta_with(**changes) -> Callable[[Path], str]:
     return run
 
 
+def meta_two_shards_with_1d_embedding(tmp: Path) -> str:
+    """A Meta checkpoint in two shards whose tok_embeddings.weight is 1-D in both."""
+    config = TINY.replace(hidden_dim=64)
+    directory = write_meta(tmp / "meta", config, random_tensors(config))
+    tensors = random_tensors(config)
+    tensors["tok_embeddings.weight"] = tensors["tok_embeddings.weight"].reshape(-1)
+    for i in (0, 1):
+        write_pth(directory / f"consolidated.{i:02d}.pth", tensors)
+    load(directory, tokenizer=TOK512)
+    return "loads"
+
+
 def header_bytes(header: bytes | dict, data: bytes = bytes(64)) -> bytes:
     text = header if isinstance(header, bytes) else json.dumps(header).encode()
     return struct.pack("<Q", len(text)) + text + data
+
+
+def load_shards_in_a_subfolder(tmp: Path) -> str:
+    """A sharded directory whose shards sit in sub/ and whose index names them so."""
+    directory = write_hf(tmp / "hf", TINY, random_tensors(TINY), n_shards=2)
+    index_path = directory / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    (directory / "sub").mkdir()
+    for shard in set(index["weight_map"].values()):
+        (directory / shard).rename(directory / "sub" / shard)
+    index["weight_map"] = {name: f"sub/{shard}" for name, shard in index["weight_map"].items()}
+    index_path.write_text(json.dumps(index))
+    load(directory, tokenizer=TOK512)
+    return "loads"
+
+
+def load_gguf_with(key: str, fmt: str, value) -> Callable[[Path], str]:
+    """A tiny valid GGUF whose metadata value `key` (stored as struct format `fmt`: "<I" for
+    uint32, "<f" for float32) is overwritten with `value` in the file's bytes."""
+
+    def run(tmp: Path) -> str:
+        path = tmp / "tiny.gguf"
+        write_gguf(path, TINY, random_tensors(TINY))
+        data = bytearray(path.read_bytes())
+        name = key.encode()
+        at = data.index(struct.pack("<Q", len(name)) + name) + 8 + len(name) + 4  # after type
+        data[at : at + struct.calcsize(fmt)] = struct.pack(fmt, value)
+        path.write_bytes(bytes(data))
+        load(path, tokenizer=TOK512)
+        return "loads"
+
+    return run
 
 
 def load_safetensors(header: bytes | dict) -> Callable[[Path], str]:
@@ -147,6 +201,36 @@ def hf_tokenizer_with(change: Callable[[dict], None], config: dict | None = None
             (tmp / "tokenizer_config.json").write_text(json.dumps(config))
         load_tokenizer(tmp / "tokenizer.json")
         return "loads"
+
+    return run
+
+
+def encode_without_byte_0(tmp: Path) -> str:
+    """A byte-level vocabulary without a token for byte 0x00 (as SmolLM2's lacks 21 bytes):
+    it loads, and a text holding the byte encodes without it, as transformers does, saying
+    so on stderr."""
+    spec = json.loads((DATA / "hf_gpt2" / "tokenizer.json").read_text())
+    del spec["model"]["vocab"]["\u0100"]  # byte 0x00 in GPT-2's byte alphabet
+    (tmp / "tokenizer.json").write_text(json.dumps(spec))
+    tok = load_tokenizer(tmp / "tokenizer.json")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        ids = tok.encode("a\x00b", bos=False)
+    LAST_OUTPUT["text"] = err.getvalue()
+    return (
+        "encodes without it"
+        if ids == tok.encode("a", bos=False) + tok.encode("b", bos=False)
+        else str(ids)
+    )
+
+
+def chat_template(text: str) -> Callable[[Path], str]:
+    """Render chat template `text` (as a downloaded tokenizer_config.json would carry it)."""
+
+    def run(tmp: Path) -> str:
+        source = str(tmp / "tokenizer_config.json")
+        render_template(compile_template(text, source), source, [], True, {})
+        return "renders"
 
     return run
 
@@ -427,12 +511,30 @@ class _Dripping(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self):
+        if getattr(self.server, "drip_headers", False):  # the status line a byte at a time
+            try:
+                head = b"HTTP/1.1 200 OK\r\nX-Pad: " + b"x" * 100 + b"\r\nContent-Length: 2\r\n\r\n"
+                for byte in head + b"[]":  # 15 s
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:  # the client gave up
+                pass
+            return
         if "/api/models/" in self.path:
             body = self.server.listing  # type: ignore[attr-defined]
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            step = 1 if getattr(self.server, "drip_listing", False) else len(body)
+            try:
+                for i in range(0, len(body), step):
+                    self.wfile.write(body[i : i + step])
+                    self.wfile.flush()
+                    if step == 1:
+                        time.sleep(0.1)
+            except OSError:  # the client gave up
+                pass
             return
         self.send_response(200)
         self.send_header("Content-Length", "1000")
@@ -446,10 +548,17 @@ class _Dripping(BaseHTTPRequestHandler):
             pass
 
 
-def with_hub(listing: bytes, fetch: Callable[[str, Path], None]) -> Callable[[Path], str]:
+def with_hub(
+    listing: bytes,
+    fetch: Callable[[str, Path], None],
+    drip_listing: bool = False,
+    drip_headers: bool = False,
+) -> Callable[[Path], str]:
     def run(tmp: Path) -> str:
         server = ThreadingHTTPServer(("127.0.0.1", 0), _Dripping)
         server.listing = listing  # type: ignore[attr-defined]
+        server.drip_listing = drip_listing  # type: ignore[attr-defined]
+        server.drip_headers = drip_headers  # type: ignore[attr-defined]
         server.daemon_threads = True
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
         thread.start()
@@ -471,6 +580,14 @@ def download_repo(**kwargs) -> Callable[[str, Path], None]:
         dl.download("org/tiny", tmp, endpoint=url, quiet=True, timeout=5, **kwargs)
 
     return fetch
+
+
+def download_from(endpoint: str) -> Callable[[Path], str]:
+    def run(tmp: Path) -> str:
+        dl.download("org/tiny", tmp, endpoint=endpoint, quiet=True, timeout=5)
+        return "downloads"
+
+    return run
 
 
 def download_slowly(url: str, tmp: Path) -> None:
@@ -529,8 +646,11 @@ CASES: list[Case] = [
          load_hf_with(num_hidden_layers=10**9), "MemoryLimitError", ("config.json",), 2.0, 768),
     Case("config.json", "nested 100 levels deep", load_hf_with_text(nested(100)), "ConfigError",
          ("nested 100 levels deep",)),
-    Case("config.json", "an integer of 30 digits",
-         load_hf_with_text('{"vocab_size": 1' + "0" * 29 + "}"), "ConfigError", ("digits",)),
+    Case("config.json", "an integer of 50 digits",
+         load_hf_with_text('{"vocab_size": 1' + "0" * 49 + "}"), "ConfigError", ("digits",)),
+    Case("config.json", "`vocab_size: int(1e30)` (31 digits)",
+         load_hf_with(vocab_size=int(1e30)), "ConfigError",
+         ("vocab_size: expected an integer in 1..2147483647",)),
     Case("config.json", "`NaN` as a value", load_hf_with_text('{"rms_norm_eps": NaN}'),
          "ConfigError", ("NaN is not a JSON value",)),
     Case("config.json", "a key given twice",
@@ -546,6 +666,9 @@ CASES: list[Case] = [
          ("n_layers: expected an integer in 1..",)),
     Case("params.json", "`use_scaled_rope: 1`", load_meta_with(use_scaled_rope=1), "ConfigError",
          ("use_scaled_rope: expected true or false",)),
+    Case(".pth", "two shards whose `tok_embeddings.weight` is 1-D",
+         meta_two_shards_with_1d_embedding, "CheckpointError",
+         ("tok_embeddings.weight has [1, 1] dimensions", "expected 2 in every shard")),
     # safetensors
     Case("safetensors header", "a tensor name given twice",
          load_safetensors(b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, '
@@ -563,11 +686,25 @@ CASES: list[Case] = [
          load_safetensors({"__metadata__": {"format": 5}}), "CheckpointError",
          ("__metadata__: ['format']: expected a string",)),
     Case("safetensors index", 'shard `""`', load_sharded(""), "CheckpointError",
-         ("weight_map", "expected a file name in the same directory")),
+         ("weight_map", "expected a relative path inside the checkpoint directory")),
     Case("safetensors index", 'shard `".."`', load_sharded(".."), "CheckpointError",
-         ("expected a file name in the same directory",)),
-    Case("safetensors index", 'shard `"sub/x.safetensors"`', load_sharded("sub/x.safetensors"),
-         "CheckpointError", ("expected a file name in the same directory",)),
+         ("expected a relative path inside the checkpoint directory",)),
+    Case("safetensors index", 'shard `"sub/../../x.safetensors"`',
+         load_sharded("sub/../../x.safetensors"), "CheckpointError",
+         ("expected a relative path inside the checkpoint directory",)),
+    Case("safetensors index", 'shard `"/etc/x.safetensors"`', load_sharded("/etc/x.safetensors"),
+         "CheckpointError", ("expected a relative path inside the checkpoint directory",)),
+    Case("safetensors index", "shards in a subfolder, `\"sub/model-00001-of-00002.safetensors\"` "
+         "(as transformers reads them)", load_shards_in_a_subfolder, "loads"),
+    # GGUF
+    Case("GGUF", "`llama.block_count` 10**9 (refused before listing tensors)",
+         load_gguf_with("llama.block_count", "<I", 10**9), "CheckpointError",
+         ("llama.block_count is 1000000000", "the tensors of 1 layer"), 5.0, 768),
+    Case("GGUF", "`llama.attention.head_count` 0", load_gguf_with("llama.attention.head_count",
+         "<I", 0), "ConfigError", ("llama.attention.head_count must be an integer in 1..",)),
+    Case("GGUF", "`llama.attention.layer_norm_rms_epsilon` NaN",
+         load_gguf_with("llama.attention.layer_norm_rms_epsilon", "<f", float("nan")),
+         "ConfigError", ("llama.attention.layer_norm_rms_epsilon must be a finite number > 0",)),
     # .pth
     Case(".pth", "data.pkl inflating to 65 MiB", pth_inflating, "CheckpointError",
          ("inflates to more than",), 5.0, 768),
@@ -588,9 +725,9 @@ CASES: list[Case] = [
     Case("tokenizer.json", "two tokens with one id (a Rust panic in tiktoken)",
          hf_tokenizer_with(lambda s: s["model"]["vocab"].update({"zzz": 5})), "TokenizerError",
          ("two tokens share an id",)),
-    Case("tokenizer.json", "byte 0x00 missing from the vocab (a panic when encoding it)",
-         hf_tokenizer_with(lambda s: s["model"]["vocab"].pop("\u0100")), "TokenizerError",
-         ("byte 0x00",)),
+    Case("tokenizer.json", "byte 0x00 missing from the vocab (SmolLM2's lacks 21 bytes), and "
+         "in the text (tiktoken would panic)", encode_without_byte_0, "encodes without it",
+         ("warning", "byte 0x00, which has no token")),
     Case("tokenizer.json", "`model.vocab` a list",
          hf_tokenizer_with(lambda s: s["model"].update(vocab=[1])), "TokenizerError",
          ("model.vocab: expected an object",)),
@@ -600,6 +737,19 @@ CASES: list[Case] = [
     Case("tokenizer_config.json", "`chat_template: 5`",
          hf_tokenizer_with(lambda s: None, {"chat_template": 5}), "TokenizerError",
          ("chat_template",)),
+    # chat templates (a program from a downloaded file)
+    Case("chat template", "two nested `range(100000)` loops printing",
+         chat_template("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}"
+                       "{% endfor %}"), "TokenizerError",
+         ("tokenizer_config.json: the chat template was stopped", "1,000,000 steps"), 10.0, 768),
+    Case("chat template", "`{{ 'x' * 10000000000 }}`", chat_template("{{ 'x' * 10000000000 }}"),
+         "TokenizerError", ("a repetition would make 10,000,000,000 items",), 5.0, 768),
+    Case("chat template", "a loop printing 10 GB in pieces",
+         chat_template("{% for c in 'x' * 10000000 %}{{ 'y' * 1000 }}{% endfor %}"),
+         "TokenizerError", ("its output passed 16,777,216 characters",), 10.0, 768),
+    Case("chat template", "a macro that calls itself",
+         chat_template("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}"),
+         "TokenizerError", ("it recursed too deeply",), 10.0, 768),
     Case("tiktoken tokenizer.model", "a rank of 2**32 - 1",
          tiktoken_ranks(b"YQ== 0\nYg== 4294967295\n"), "TokenizerError",
          ("rank below 10**9",)),
@@ -667,6 +817,11 @@ CASES: list[Case] = [
     Case("CLI", "`trace --layers 0-1000000000000`",
          cli("trace", "-p", "Hi", "--layers", "0-1000000000000", "--out", "{tmp}"), "exit 1",
          ("--layers '0-1000000000000': indices must be in 0..4",)),
+    Case("CLI", "`trace -n -5` (the message quotes what was typed)",
+         cli("trace", "-p", "Hi", "-n", "-5", "--out", "{tmp}"), "exit 1",
+         ("-n/--n-predict must be >= 0, got -5",)),
+    Case("CLI", "`chat -c -3`", cli("chat", "-c", "-3", stdin=b""), "exit 1",
+         ("-c/--ctx-size must be >= 1, got -3",)),
     Case("CLI", "`trace --out` naming a file",
          cli("trace", "-p", "Hi", "--out", str(TOK512)), "exit 1",
          ("--out", "cannot create the directory")),
@@ -708,6 +863,17 @@ CASES: list[Case] = [
     Case("download", "`deadline=1` on that server",
          with_hub(LISTING, download_repo(deadline=1.0, min_rate=0.0)), "DownloadError",
          ("deadline of 1 s",), 5.0),
+    Case("download", "`deadline=1` on a hub dripping its file listing a byte every 0.1 s",
+         with_hub(LISTING, download_repo(deadline=1.0, min_rate=0.0), drip_listing=True),
+         "DownloadError", ("deadline of 1 s",), 5.0),
+    Case("download", "`deadline=1` on a hub dripping its status line and headers",
+         with_hub(LISTING, download_repo(deadline=1.0, min_rate=0.0), drip_headers=True),
+         "DownloadError", ("deadline of 1 s",), 5.0),
+    Case("download", "an endpoint with a malformed IPv6 host, `http://[::1`",
+         download_from("http://[::1"), "DownloadError",
+         ("endpoint 'http://[::1'", "not a valid URL")),
+    Case("download", "an endpoint with port 99999", download_from("http://localhost:99999"),
+         "DownloadError", ("not a valid URL",)),
     Case("download", "`llama-np download --deadline 0`",
          cli("download", "org/x", "--deadline", "0", "--dir", "{tmp}"), "exit 1",
          ("--deadline must be > 0",)),

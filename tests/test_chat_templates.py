@@ -15,7 +15,7 @@ from checkpoint_writers import write_llama2c
 from test_chat import tiny_model
 from util import random_tensors
 
-from llama_np import ArgumentError, TokenizerError, load_tokenizer
+from llama_np import ArgumentError, TokenizerError, chat_template, load_tokenizer
 from llama_np.chat import Chat, make_chat_format
 from llama_np.chat_template import ChatTemplate, compile_template, render_template
 from llama_np.cli import main
@@ -395,6 +395,69 @@ def test_a_failing_template_is_a_tokenizer_error(text, error):
     template = compile_template(text, "t.jinja")
     with pytest.raises(TokenizerError, match=f"t.jinja: the chat template failed: {error}"):
         render_template(template, "t.jinja", [{"role": "user", "content": "hi"}], True, {})
+
+
+# Templates that would exhaust the machine: each is stopped early, by name.
+UNBOUNDED = [
+    (
+        "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+        "its loops ran more than 1,000,000 steps over range()",
+    ),
+    (
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+        "its loops ran more than 1,000,000 steps",
+    ),
+    ("{{ 'x' * 10000000000 }}", "a repetition would make 10,000,000,000 items"),
+    ("{{ [0] * 10000000000 }}", "a repetition would make 10,000,000,000 items"),
+    ("{% for c in 'x' * 10000000 %}{{ 'y' * 1000 }}{% endfor %}", "its output passed 16,777,216"),
+    ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "it recursed too deeply"),
+    ("{{ 10 ** 100000000 }}", "a power would have"),
+    (
+        "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}"
+        "{% endfor %}",
+        "namespace attribute 's' would hold 33,554,432 items",
+    ),
+    (
+        "{% set ns = namespace(s=['x']) %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}"
+        "{% endfor %}",
+        "a sum would make 33,554,432 items",
+    ),
+    (
+        "{% macro f(s, n) %}{% if n %}{{ f(s ~ s, n - 1) }}{% endif %}{% endmacro %}"
+        "{{ f('x', 40) }}",
+        "an argument of a call would hold",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "stopped"), UNBOUNDED)
+def test_unbounded_work_is_stopped_by_name(text, stopped):
+    template = compile_template(text, "evil/tokenizer_config.json")
+    with pytest.raises(TokenizerError) as e:
+        render_template(template, "evil/tokenizer_config.json", [], True, {})
+    assert str(e.value).startswith("evil/tokenizer_config.json: the chat template was stopped: ")
+    assert stopped in str(e.value)
+
+
+def test_a_template_past_its_time_is_stopped(monkeypatch):
+    monkeypatch.setattr(chat_template, "MAX_SECONDS", 0.0)
+    template = compile_template("{% for c in 'x' * 100 %}{{ c.upper() }}{% endfor %}", "slow")
+    with pytest.raises(TokenizerError, match="slow: the chat template was stopped: it ran for"):
+        render_template(template, "slow", [], True, {})
+
+
+def test_range_is_still_a_sequence():
+    text = "{{ range(5)|length }} {{ range(5)|reverse|list }} {{ range(5)[2] }} {{ 3 in range(5) }}"
+    template = compile_template(text, "t")
+    assert render_template(template, "t", [], True, {}) == "5 [4, 3, 2, 1, 0] 2 True"
+
+
+def test_the_output_bound_is_a_parameter():
+    """ChatTemplate renders with the default; the bound itself is exact."""
+    template = compile_template("{% for i in range(10) %}ab{% endfor %}", "t")
+    assert render_template(template, "t", [], True, {}, max_chars=20) == "ab" * 10
+    with pytest.raises(TokenizerError, match="its output passed 19 characters"):
+        render_template(template, "t", [], True, {}, max_chars=19)
 
 
 @pytest.mark.parametrize(

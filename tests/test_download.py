@@ -24,6 +24,7 @@ from safetensors.numpy import save
 import llama_np
 from llama_np.checkpoints import download as dl
 from llama_np.checkpoints.download import KNOWN_CHECKPOINTS, KnownCheckpoint, download, safe_path
+from llama_np.checkpoints.safetensors import read_safetensors_dir
 from llama_np.cli import main
 from llama_np.errors import DownloadError
 
@@ -79,12 +80,16 @@ def make_handler(hub: FakeHub):
             hub.log.append(entry)
             api = f"/api/models/{REPO}/tree/main"
             resolve = f"/{REPO}/resolve/main/"
-            if self.path in (api, *(resolve + n for n in hub.files)):
+            path, _, query = self.path.partition("?")
+            if path in (api, *(resolve + n for n in hub.files)):
                 if hub.token and entry["auth"] != f"Bearer {hub.token}":
                     return self.reply(entry, 401, b"unauthorized")
-            if self.path == api:
-                listing = [hub.listing_entry(name) for name in hub.files]
-                listing.append({"type": "directory", "path": "original", "size": 0})
+            if path == api:  # as the hub: files in subfolders only when recursive
+                recursive = query == "recursive=true"
+                names = [n for n in hub.files if recursive or "/" not in n]
+                listing = [hub.listing_entry(name) for name in names]
+                folders = {"original", *(n.split("/")[0] for n in hub.files if "/" in n)}
+                listing += [{"type": "directory", "path": f, "size": 0} for f in sorted(folders)]
                 return self.reply(entry, 200, json.dumps(listing).encode())
             if self.path.startswith(resolve) and hub.redirect_to:
                 name = self.path[len(resolve) :]
@@ -205,7 +210,22 @@ def test_sharded_repo_downloads_byte_identical_and_rerun_skips(hub, repo_files, 
 
     hub.log.clear()
     fetch_repo(hub, tmp_path)
-    assert [r["path"] for r in hub.log] == [f"/api/models/{REPO}/tree/main"]
+    assert [r["path"] for r in hub.log] == [f"/api/models/{REPO}/tree/main?recursive=true"]
+
+
+def test_shards_in_a_subfolder_are_downloaded_and_load(hub, repo_files, tmp_path):
+    """Some repos keep their shards in a folder and name them so in the index, which
+    transformers reads: the folder is made, and the checkpoint loads."""
+    index = json.loads(repo_files["model.safetensors.index.json"])
+    index["weight_map"] = {name: f"weights/{shard}" for name, shard in index["weight_map"].items()}
+    hub.files["model.safetensors.index.json"] = json.dumps(index).encode()
+    for shard in (SHARD1, SHARD2):
+        hub.files[f"weights/{shard}"] = hub.files.pop(shard)
+    target = fetch_repo(hub, tmp_path)
+    for shard in (SHARD1, SHARD2):
+        assert (target / "weights" / shard).read_bytes() == repo_files[shard]
+    tensors = read_safetensors_dir(target)
+    assert tensors["lm_head.weight"].shape == (1024, 64)
 
 
 def test_single_file_model_without_optional_files(hub, repo_files, tmp_path):

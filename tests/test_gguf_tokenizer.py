@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import random
 import sys
 from contextlib import redirect_stdout
@@ -23,7 +22,7 @@ import numpy as np
 import pytest
 import regex
 import sentencepiece
-from tokenizer_helpers import bpe_merges
+from tokenizer_helpers import bpe_merges, tokenizer_json_reference
 from util import random_tensors
 
 import llama_np
@@ -132,36 +131,6 @@ def llama3_reference() -> dict:
         K.EOS_ID: 128001,
         K.ADD_BOS: True,
     }
-
-
-def tokenizer_json_reference(directory: Path, pre: str) -> dict:
-    """convert_hf_to_gguf.py's get_vocab_base for a byte-level tokenizer.json."""
-    spec = json.loads((directory / "tokenizer.json").read_text(encoding="utf-8"))
-    added = {t["id"]: t for t in spec["added_tokens"]}
-    vocab = {i: t for t, i in spec["model"]["vocab"].items()}
-    tokens, types = [], []
-    for i in range(max(vocab) + 1):
-        tokens.append(vocab.get(i, f"[PAD{i}]"))
-        kind = T.NORMAL if i in vocab else T.UNUSED
-        if i in added:
-            kind = T.CONTROL if added[i]["special"] else T.USER_DEFINED
-        types.append(kind)
-    meta = {
-        K.MODEL: "gpt2",
-        K.PRE: pre,
-        K.LIST: tokens,
-        K.TOKEN_TYPE: np.array(types, dtype=np.int32),
-        K.MERGES: [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]],
-        K.ADD_BOS: False,
-    }
-    config_path = directory / "tokenizer_config.json"
-    if config_path.exists():
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        ids = {t: i for i, t in vocab.items()}
-        meta[K.BOS_ID] = ids[config["bos_token"]]
-        meta[K.EOS_ID] = ids[config["eos_token"]]
-        meta[K.CHAT_TEMPLATE] = config["chat_template"]
-    return meta
 
 
 # ---------------------------------------------------------------- fixtures
@@ -416,11 +385,20 @@ def test_bad_token_type_and_sizes_are_refused(references):
         load_gguf_tokenizer(meta, 420)
     with pytest.raises(TokenizerError, match="420 tokens but the model only 100"):
         load_gguf_tokenizer(references["hf_smollm"], 100)
+
+
+def test_a_single_byte_without_a_token_is_left_out(references, capsys):
+    """As SmolLM2's vocabulary lacks 21 bytes (tests/test_real_files.py has the real one):
+    the vocabulary loads, and the byte contributes no token, as in transformers."""
     meta = dict(references["hf_smollm"])
     meta[K.TOKEN_TYPE] = meta[K.TOKEN_TYPE].copy()
-    meta[K.TOKEN_TYPE][3 + 0x41] = T.UNUSED  # hide a single-byte token
-    with pytest.raises(TokenizerError, match=r"byte 0x.. has no token"):
-        load_gguf_tokenizer(meta, 420)
+    byte = meta[K.LIST].index("A")
+    meta[K.TOKEN_TYPE][byte] = T.UNUSED  # hide a single-byte token
+    tok = load_gguf_tokenizer(meta, 420, name="model.gguf")
+    assert tok.missing_bytes == b"A"
+    full = load_gguf_tokenizer(references["hf_smollm"], 420)
+    assert tok.encode("x A y", bos=False) == full.encode("x  y", bos=False)
+    assert "model.gguf: the text contains byte 0x41" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- special tokens in text

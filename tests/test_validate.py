@@ -88,7 +88,7 @@ def test_specs_refuse_naming_the_key(value, spec, message):
     "text, message",
     [
         (b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1), "nested 33 levels deep"),
-        (b'{"a": 1' + b"0" * 25 + b"}", "digits"),
+        (b'{"a": 1' + b"0" * 45 + b"}", "digits"),
         (b'{"a": NaN}', "NaN is not a JSON value"),
         (b'{"a": -Infinity}', "-Infinity is not a JSON value"),
         (b'{"a": 1e999}', "overflows a float"),

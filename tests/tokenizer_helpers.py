@@ -1,6 +1,13 @@
-"""Test helpers: Hugging Face tokenizer.json files built from tiktoken ranks."""
+"""Test helpers: Hugging Face tokenizer.json files built from tiktoken ranks, and GGUF
+tokenizer metadata built from a tokenizer.json as llama.cpp's converter builds it."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gguf
+import numpy as np
 
 from llama_np.tokenizers.hf_json import bytes_to_unicode
 from llama_np.tokenizers.tiktoken_bpe import LLAMA3_PATTERN, LLAMA3_SPECIAL_TOKENS
@@ -94,3 +101,37 @@ def llama3_tokenizer_json(ranks: dict[bytes, int], merges: list[list[str]]) -> d
             "merges": merges,
         },
     }
+
+
+K = gguf.Keys.Tokenizer
+T = gguf.TokenType
+
+
+def tokenizer_json_reference(directory: Path, pre: str) -> dict:
+    """convert_hf_to_gguf.py's get_vocab_base for a byte-level tokenizer.json."""
+    spec = json.loads((directory / "tokenizer.json").read_text(encoding="utf-8"))
+    added = {t["id"]: t for t in spec["added_tokens"]}
+    vocab = {i: t for t, i in spec["model"]["vocab"].items()}
+    tokens, types = [], []
+    for i in range(max(vocab) + 1):
+        tokens.append(vocab.get(i, f"[PAD{i}]"))
+        kind = T.NORMAL if i in vocab else T.UNUSED
+        if i in added:
+            kind = T.CONTROL if added[i]["special"] else T.USER_DEFINED
+        types.append(kind)
+    meta = {
+        K.MODEL: "gpt2",
+        K.PRE: pre,
+        K.LIST: tokens,
+        K.TOKEN_TYPE: np.array(types, dtype=np.int32),
+        K.MERGES: [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]],
+        K.ADD_BOS: False,
+    }
+    config_path = directory / "tokenizer_config.json"
+    if config_path.exists():
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        ids = {t: i for i, t in vocab.items()}
+        meta[K.BOS_ID] = ids[config["bos_token"]]
+        meta[K.EOS_ID] = ids[config["eos_token"]]
+        meta[K.CHAT_TEMPLATE] = config["chat_template"]
+    return meta

@@ -20,7 +20,9 @@ import hashlib
 import http.client
 import os
 import re
+import socket
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -128,11 +130,9 @@ def download(
         timeout, None if deadline is None else time.monotonic() + deadline, deadline, min_rate
     )
     local_name, known = resolve_name(name_or_repo)
-    endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
-    if urllib.parse.urlsplit(endpoint).scheme not in ("http", "https"):
-        raise DownloadError(
-            f"endpoint {endpoint!r} (--endpoint or HF_ENDPOINT): expected an http(s):// URL"
-        )
+    endpoint = _check_endpoint(
+        (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+    )
     token = token if token is not None else (os.environ.get("HF_TOKEN") or None)
     if known.gated and not token:
         raise DownloadError(
@@ -160,6 +160,19 @@ def download(
             else:
                 fetch(url, dest, None, budget=budget, quiet=quiet)
     return target
+
+
+def _check_endpoint(endpoint: str) -> str:
+    """`endpoint` if it is an http(s) URL with a host (and a valid port, if any)."""
+    where = f"endpoint {endpoint!r} (--endpoint or HF_ENDPOINT)"
+    try:
+        parts = urllib.parse.urlsplit(endpoint)
+        parts.port  # noqa: B018 (raises ValueError for a port that is not 0..65535)
+    except ValueError as e:  # "Invalid IPv6 URL": an unclosed "[", ...
+        raise DownloadError(f"{where}: not a valid URL ({e}); expected http(s)://host") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise DownloadError(f"{where}: expected an http(s):// URL with a host")
+    return endpoint
 
 
 @dataclass(frozen=True)
@@ -309,14 +322,12 @@ class Hub:
         return f"{self.endpoint}/{self.repo}/resolve/{rev}/{urllib.parse.quote(name)}"
 
     def list_files(self) -> dict[str, RemoteFile]:
-        """{file name: size and sha256} for the files at the repo's top level."""
+        """{file path: size and sha256} for the repo's files, in subfolders too (some repos
+        keep their shards in one, and their index names them "sub/model-...")."""
         rev = urllib.parse.quote(self.revision, safe="")
-        url = f"{self.endpoint}/api/models/{self.repo}/tree/{rev}"
+        url = f"{self.endpoint}/api/models/{self.repo}/tree/{rev}?recursive=true"
         with _open(url, {}, self.token, self.budget, self.page) as resp:
-            try:
-                body = resp.read(MAX_LISTING + 1)
-            except (OSError, http.client.HTTPException) as e:
-                raise _network_error(url, e, self.page) from None
+            body = _read_listing(resp, url, self.budget, self.page)
         source = f"{url}: the file listing (is {self.endpoint} a Hugging Face hub?)"
         entries = validate(
             parse_json(body, source, DownloadError, MAX_LISTING), HUB_LISTING, url, DownloadError
@@ -380,6 +391,10 @@ def fetch(
     """
     budget = budget or Budget(TIMEOUT, None, None, MIN_RATE)
     part = dest.with_name(dest.name + ".part")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)  # a shard in a subfolder ("sub/...")
+    except OSError as e:
+        raise DownloadError(f"{dest.parent}: cannot create the directory: {e.strerror}") from None
     have = part.stat().st_size if part.exists() else 0
     if size is not None and have > size:  # not a prefix of this file
         part.unlink()
@@ -442,6 +457,32 @@ def _response_span(resp, url: str, have: int) -> tuple[int, int | None]:
     # 200: the whole file, also when a server ignores Range; the .part restarts from zero.
     length = resp.headers.get("Content-Length")
     return 0, int(length) if length and length.isdigit() else None
+
+
+def _read_listing(resp, url: str, budget: Budget, page: str) -> bytes:
+    """The body of a listing, up to MAX_LISTING + 1 bytes, within the download's deadline
+    and minimum rate: a server dripping it a byte at a time holds no single read long, so
+    only the clock of the whole transfer can stop it."""
+    chunks: list[bytes] = []
+    n = 0
+    start = time.monotonic()
+    while n <= MAX_LISTING:
+        budget.socket_timeout(url)  # raises once the deadline has passed
+        elapsed = time.monotonic() - start
+        if elapsed >= RATE_WINDOW and n / elapsed < budget.min_rate:
+            raise DownloadError(
+                f"{url}: too slow: {n / elapsed:,.0f} bytes/s, below the minimum of "
+                f"{budget.min_rate:,.0f}; check the network (and --endpoint / HF_ENDPOINT)"
+            )
+        try:
+            chunk = resp.read1(MAX_LISTING + 1 - n)
+        except (OSError, http.client.HTTPException) as e:
+            raise _network_error(url, e, page) from None
+        if not chunk:
+            break
+        chunks.append(chunk)
+        n += len(chunk)
+    return b"".join(chunks)
 
 
 def _stream(
@@ -560,7 +601,46 @@ def _origin(url: str) -> tuple[str, str]:
     return parts.scheme, parts.netloc
 
 
-_OPENER = urllib.request.build_opener(_RedirectKeepingAuthOnSameHost)
+# Thread id -> the socket of the request that thread is opening (set as each connection
+# connects, so also after a redirect), for the watchdog of _open.
+_CONNECTING: dict[int, socket.socket] = {}
+
+
+class _WatchedHTTPConnection(http.client.HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        _CONNECTING[threading.get_ident()] = self.sock
+
+
+class _WatchedHTTPSConnection(http.client.HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        _CONNECTING[threading.get_ident()] = self.sock
+
+
+class _WatchedHTTPHandler(urllib.request.HTTPHandler):
+    def do_open(self, http_class, req, **kwargs):
+        return super().do_open(_WatchedHTTPConnection, req, **kwargs)
+
+
+class _WatchedHTTPSHandler(urllib.request.HTTPSHandler):
+    def do_open(self, http_class, req, **kwargs):
+        return super().do_open(_WatchedHTTPSConnection, req, **kwargs)
+
+
+_OPENER = urllib.request.build_opener(
+    _RedirectKeepingAuthOnSameHost, _WatchedHTTPHandler, _WatchedHTTPSHandler
+)
+
+
+def _shut_down(thread: int) -> None:
+    """The watchdog: end the request `thread` is opening (its blocked read returns at once)."""
+    sock = _CONNECTING.get(thread)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 def _open(url: str, headers: dict[str, str], token: str | None, budget: Budget, page: str | None):
@@ -570,14 +650,28 @@ def _open(url: str, headers: dict[str, str], token: str | None, budget: Budget, 
     if token:
         # Unredirected: urllib would otherwise copy it to every redirect target.
         req.add_unredirected_header("Authorization", f"Bearer {token}")
+    # Each read may stall `timeout` seconds, but a server dripping its status line and headers
+    # a byte at a time stalls none: with a deadline, a watchdog shuts the socket down then.
+    timeout = budget.socket_timeout(url)
+    watchdog = None
+    if budget.deadline is not None:
+        left = max(budget.deadline - time.monotonic(), 0.0)
+        watchdog = threading.Timer(left, _shut_down, (threading.get_ident(),))
+        watchdog.daemon = True
+        watchdog.start()
     try:
-        return _OPENER.open(req, timeout=budget.socket_timeout(url))
+        return _OPENER.open(req, timeout=timeout)
     except urllib.error.HTTPError as e:
         if e.code == 416 and "Range" in headers:
             return None
         raise _network_error(url, e, page) from None
     except (OSError, http.client.HTTPException) as e:
+        budget.socket_timeout(url)  # the deadline passed (the watchdog's doing): say that
         raise _network_error(url, e, page) from None
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+        _CONNECTING.pop(threading.get_ident(), None)
 
 
 def _network_error(url: str, e: Exception, page: str | None = None) -> DownloadError:

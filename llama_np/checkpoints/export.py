@@ -96,7 +96,8 @@ def convert(
     _check_out(src, out, force)
     ckpt = read_checkpoint(src)
     tokenizer = checkpoint_tokenizer(ckpt)
-    partial = out.with_name(f".{out.name}.partial")
+    # This process's own name: two conversions to one OUT cannot write into each other's.
+    partial = out.with_name(f".{out.name}.{os.getpid()}.partial")
     _remove(partial)
     try:
         if to == "gguf":

@@ -35,6 +35,7 @@ from __future__ import annotations
 import itertools
 import math
 import mmap
+import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -53,6 +54,8 @@ VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_ARRAY_NESTING = 8  # real files nest at most once; deeper is a broken or hostile file
+MAX_SIZE = 2**31 - 1  # a dimension, count of layers or heads, context length (as validate.SIZE)
+_LAYER_TENSOR = re.compile(r"blk\.(0|[1-9][0-9]{0,9})\..+")
 
 # Metadata value types: id -> (name, struct format of one value; None: string/array)
 VALUE_TYPES: dict[int, tuple[str, str | None]] = {
@@ -366,12 +369,16 @@ def config_from_gguf(
         )
 
     def get(key: str, kind: type, default=None):
+        """llama.{key}: an integer in 1..2**31-1 (a size or count), or a finite number > 0;
+        a message names the file's own key."""
         value = metadata.get(f"llama.{key}", default)
-        ok = isinstance(value, kind) and not isinstance(value, bool)
-        if kind is float:
+        if kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_SIZE
+        else:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            ok = ok and math.isfinite(value) and value > 0
         if not ok:
-            expected = "an integer" if kind is int else "a number"
+            expected = f"an integer in 1..{MAX_SIZE}" if kind is int else "a finite number > 0"
             found = "it is missing" if value is None else f"found {value!r:.60}"
             raise ConfigError(f"{source}: GGUF key llama.{key} must be {expected}; {found}")
         return value
@@ -389,7 +396,17 @@ def config_from_gguf(
         )
     n_heads = get("attention.head_count", int)
     dim = get("embedding_length", int)
-    head_dim = get("attention.key_length", int, dim // n_heads if n_heads > 0 else 0)
+    head_dim = get("attention.key_length", int, max(dim // n_heads, 1))
+    # The sizes below build the list of expected tensors: a block_count of 10**9 must be
+    # refused by what the file holds, before that list is made.
+    n_layers = get("block_count", int)
+    layers = {int(name.split(".")[1]) for name in shapes if _LAYER_TENSOR.fullmatch(name)}
+    if len(layers) != n_layers or (layers and max(layers) != n_layers - 1):
+        raise CheckpointError(
+            f"{source}: llama.block_count is {n_layers}, but the file holds the tensors of "
+            f"{len(layers)} layer{'' if len(layers) == 1 else 's'}"
+            + (f" (blk.{min(layers)} to blk.{max(layers)})" if layers else "")
+        )
     if get("attention.value_length", int, head_dim) != head_dim:
         raise ConfigError(f"{source}: llama.attention.value_length differs from key_length")
     if get("rope.dimension_count", int, head_dim) != head_dim:
@@ -397,6 +414,11 @@ def config_from_gguf(
             f"{source}: llama.rope.dimension_count is {metadata['llama.rope.dimension_count']}, "
             f"but llama_np rotates the whole head ({head_dim}): partial RoPE is not supported"
         )
+    n_kv_heads = get("attention.head_count_kv", int, n_heads)
+    hidden_dim = get("feed_forward_length", int)
+    max_seq_len = get("context_length", int)
+    norm_eps = float(get("attention.layer_norm_rms_epsilon", float, 1e-5))
+    rope_theta = float(get("rope.freq_base", float, 10000.0))
     scaling = _rope_scaling(metadata, source, rope_divisors)
 
     stop_ids = []
@@ -408,15 +430,15 @@ def config_from_gguf(
     try:
         return LlamaConfig(
             dim=dim,
-            n_layers=get("block_count", int),
+            n_layers=n_layers,
             n_heads=n_heads,
-            n_kv_heads=get("attention.head_count_kv", int, n_heads),
-            hidden_dim=get("feed_forward_length", int),
+            n_kv_heads=n_kv_heads,
+            hidden_dim=hidden_dim,
             vocab_size=vocab_size,
             head_dim=head_dim,
-            max_seq_len=get("context_length", int),
-            norm_eps=float(get("attention.layer_norm_rms_epsilon", float, 1e-5)),
-            rope_theta=float(get("rope.freq_base", float, 10000.0)),
+            max_seq_len=max_seq_len,
+            norm_eps=norm_eps,
+            rope_theta=rope_theta,
             rope_scaling=scaling,
             rope_interleaved=True,  # llama.cpp's converter writes interleaved q/k rows
             tie_embeddings="output.weight" not in shapes,

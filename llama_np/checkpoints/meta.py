@@ -106,6 +106,14 @@ def _merge_shards(directory: Path, shards: list[dict], dim) -> dict[str, np.ndar
     for name in names:
         parts = [shard[name] for shard in shards]
         split = split_of(name)  # schema.py: how each tensor is cut
+        # Matrices are cut into (out, in) pieces; norms are whole vectors in every shard.
+        rank = 2 if split or name == "tok_embeddings.weight" else 1
+        ranks = [part.ndim for part in parts]
+        if ranks != [rank] * len(parts):
+            raise CheckpointError(
+                f"{directory}: {name} has {ranks} dimensions in consolidated.00.pth .. "
+                f"consolidated.{len(parts) - 1:02d}.pth; expected {rank} in every shard"
+            )
         if split:
             axis = 0 if split == "out" else 1  # (out, in) matrices
         elif name == "tok_embeddings.weight":

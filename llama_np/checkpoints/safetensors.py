@@ -119,7 +119,7 @@ def read_safetensors_dir(directory: Path) -> dict[str, np.ndarray]:
     weight_map = validate(index, SAFETENSORS_INDEX, index_path, CheckpointError)["weight_map"]
     tensors: dict[str, np.ndarray] = {}
     for shard in sorted(set(weight_map.values())):
-        shard_path = directory / shard
+        shard_path = directory / shard  # validated: relative, no "..": inside `directory`
         if not shard_path.exists():
             raise CheckpointError(
                 f"{shard_path}: shard listed in {INDEX_FILE} is missing; download it again"

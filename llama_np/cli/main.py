@@ -349,10 +349,16 @@ def sampling_params(args: argparse.Namespace) -> SamplingParams:
     return SamplingParams(args.temperature, args.top_k, args.top_p, args.min_p, args.repeat_penalty)
 
 
+def check_at_least(value: int, low: int, flag: str) -> None:
+    """A count flag, checked before anything runs; the message quotes the value as typed
+    (a tool that adds a step to it, as trace does, would otherwise report its own number)."""
+    if value < low:
+        raise ArgumentError(f"{flag} must be >= {low}, got {value}")
+
+
 def run_generate(args: argparse.Namespace) -> int:
     sampling = sampling_params(args)  # every argument is checked before the (slow) load
-    if args.n_predict < 0:
-        raise ArgumentError(f"-n/--n-predict must be >= 0, got {args.n_predict}")
+    check_at_least(args.n_predict, 0, "-n/--n-predict")
     model = load(args.model, weights_dtype=args.weights_dtype)
     if args.break_at:
         break_at(model, args.break_at, args.break_at_step)
@@ -459,6 +465,8 @@ def run_convert(args: argparse.Namespace) -> int:
 
 def run_chat(args: argparse.Namespace) -> int:
     sampling = sampling_params(args)  # checked before the (slow) load
+    check_at_least(args.n_predict, 0, "-n/--n-predict")
+    check_at_least(args.ctx_size, 1, "-c/--ctx-size")
     model = load(args.model)
     chat = Chat(model, args.chat_format, args.system, min(args.ctx_size, model.config.max_seq_len))
     seed = _seed(args)
@@ -615,6 +623,7 @@ def run_trace(args: argparse.Namespace) -> int:
 
     if args.out is None and args.html is None:
         raise ArgumentError("trace needs --out DIR (arrays and pictures) and/or --html FILE")
+    check_at_least(args.n_predict, 0, "-n/--n-predict")
     out = cli_perf.output_dir(args.out) if args.out is not None else None
     model = load(args.model)
     layers = parse_indices(args.layers, model.config.n_layers, "--layers")

@@ -48,7 +48,9 @@ def load_hf_json(path: str | Path) -> TiktokenTokenizer:
     path = Path(path)
     spec = validate(read_json(path, TokenizerError), HF_TOKENIZER, path, TokenizerError)
     model = spec["model"]
-    kind = model["type"]
+    # Files written by early versions of `tokenizers` leave out the model's type, which that
+    # library then infers from the keys: merges mean BPE.
+    kind = model["type"] or ("BPE" if model["merges"] else None)
     if kind != "BPE" or model["byte_fallback"] or not _has_byte_level(spec["decoder"]):
         found = f"{kind}{' with byte fallback' if model['byte_fallback'] else ''}"
         raise TokenizerError(
@@ -56,11 +58,7 @@ def load_hf_json(path: str | Path) -> TiktokenTokenizer:
             f"byte-level BPE tokenizer.json files (Llama 3, GPT-2, SmolLM). For SentencePiece "
             f"models (Llama 2, TinyLlama) load the tokenizer.model next to it"
         )
-    if spec["normalizer"]:
-        raise TokenizerError(
-            f"{path}: has a normalizer ({spec['normalizer']['type']}), which byte-level "
-            f"BPE tokenizers do not use; unsupported"
-        )
+    normalization = _normalization(path, spec["normalizer"])
     pattern = _split_pattern(path, spec["pre_tokenizer"])
 
     added = {t["content"]: t["id"] for t in spec["added_tokens"] or []}
@@ -87,7 +85,27 @@ def load_hf_json(path: str | Path) -> TiktokenTokenizer:
         add_bos=leading is not None if add_bos is None else add_bos,
         name=str(path),
         merges=merges,
+        normalization=normalization,
     )
+
+
+# The Unicode normalizers a byte-level tokenizer.json may run before splitting (Qwen2's has
+# NFC); each is unicodedata.normalize of that form.
+UNICODE_FORMS = ("NFC", "NFD", "NFKC", "NFKD")
+
+
+def _normalization(path: Path, normalizer: dict | None) -> tuple[str, ...]:
+    """The Unicode forms `normalizer` applies, in order (() for none)."""
+    if normalizer is None:
+        return ()
+    steps = normalizer["normalizers"] if normalizer["type"] == "Sequence" else [normalizer]
+    kinds = tuple(step["type"] for step in steps)
+    if not all(kind in UNICODE_FORMS for kind in kinds):
+        raise TokenizerError(
+            f"{path}: normalizer {list(kinds)} is not supported; a byte-level BPE "
+            f"tokenizer.json may normalize with {', '.join(UNICODE_FORMS)} (or a Sequence of them)"
+        )
+    return kinds
 
 
 def _has_byte_level(decoder: dict | None) -> bool:

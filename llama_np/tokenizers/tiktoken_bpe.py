@@ -11,9 +11,12 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import sys
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
+import regex  # tiktoken's own dependency: the split regexes use \p{L}, which `re` lacks
 import tiktoken
 
 from .. import arguments
@@ -56,6 +59,11 @@ class TiktokenTokenizer:
     `bos` adds `bos_id` only if `add_bos` (models like SmolLM start without one); `eos=None`
     adds `eos_id` if `add_eos`. `merges` keeps a tokenizer.json's merge list ("a b" strings in
     GPT-2's byte alphabet), for writing the vocabulary out again (GGUF).
+
+    A vocabulary may lack some single bytes: SmolLM2's (StarCoder's) has no token for 21 bytes
+    that (almost) never occur in UTF-8 text, 0x04 and 0xF5-0xFF among them. Hugging Face's
+    BPE leaves such a byte out of its word before merging (no unk token, no byte fallback),
+    and so does `encode`, saying so once on stderr. tiktoken itself would panic on the byte.
     """
 
     adds_dummy_prefix = False
@@ -73,12 +81,18 @@ class TiktokenTokenizer:
         *,
         add_eos: bool = False,
         merges: list[str] | None = None,
+        normalization: tuple[str, ...] = (),
     ) -> None:
         self.name = name
+        self.normalization = normalization  # Unicode forms applied to text first ("NFC", ...)
         self.special_tokens = dict(special_tokens)
         self.bos_id, self.eos_id, self.add_bos, self.add_eos = bos_id, eos_id, add_bos, add_eos
         self.ranks, self.pattern, self.merges = mergeable_ranks, pat_str, merges
         _check_vocabulary(name, mergeable_ranks, self.special_tokens)
+        # Single bytes without a token (SmolLM2's 0x04, 0xF5-0xFF, ...), and whether a text
+        # has contained one yet (said once, on stderr).
+        self.missing_bytes = bytes(b for b in range(256) if bytes([b]) not in mergeable_ranks)
+        self._warned_missing = False
         ids = [*mergeable_ranks.values(), *special_tokens.values()]
         self.vocab_size = max(ids) + 1
         try:
@@ -129,19 +143,80 @@ class TiktokenTokenizer:
         check_text(text)
         arguments.flags(bos=bos, allow_special=allow_special)
         arguments.flag(eos, "eos", optional=True)
+        text = self._normalize(text)
         tokens = [self.bos_id] if bos and self.add_bos and self.bos_id is not None else []
         allowed = "all" if allow_special else set()
         for piece in _split_for_tiktoken(text):
-            tokens += self.encoding.encode(piece, allowed_special=allowed, disallowed_special=())
+            if self.missing_bytes and self._has_missing_byte(piece):
+                tokens += self._encode_dropping_missing_bytes(piece, allow_special)
+            else:
+                tokens += self.encoding.encode(
+                    piece, allowed_special=allowed, disallowed_special=()
+                )
         if (self.add_eos if eos is None else eos) and self.eos_id is not None:
             tokens.append(self.eos_id)
         return tokens
 
+    def _normalize(self, text: str) -> str:
+        for form in self.normalization:
+            text = unicodedata.normalize(form, text)
+        return text
+
+    def _has_missing_byte(self, text: str) -> bool:
+        """Whether `text` holds a byte that has no token (and say so, the first time)."""
+        data = text.encode("utf-8")
+        if len(data.translate(None, self.missing_bytes)) == len(data):
+            return False
+        if not self._warned_missing:
+            self._warned_missing = True
+            byte = next(b for b in data if b in self.missing_bytes)
+            print(
+                f"llama-np: warning: {self.name}: the text contains byte 0x{byte:02X}, which "
+                f"has no token in this vocabulary ({len(self.missing_bytes)} of the 256 bytes "
+                f"have none); such bytes are left out of the tokens, as transformers does",
+                file=sys.stderr,
+            )
+        return True
+
+    def _encode_dropping_missing_bytes(self, text: str, allow_special: bool) -> list[int]:
+        """What tiktoken's encode does, with every byte that has no token left out of the
+        words after the split and before the merges, as Hugging Face's BPE does: "!\x04!"
+        is one word, which becomes "!!" and merges as such."""
+        tokens: list[int] = []
+        for segment, special_id in self._special_segments(text, allow_special):
+            if special_id is not None:
+                tokens.append(special_id)
+                continue
+            for word in regex.findall(self.pattern, segment):
+                kept = word.encode("utf-8").translate(None, self.missing_bytes)
+                if kept:
+                    # tiktoken's BPE of one word, without its split: the public encode takes
+                    # text, and `kept` may no longer be UTF-8 (0xF1 gone from a 4-byte char).
+                    tokens += self.encoding._encode_single_piece(kept)
+        return tokens
+
+    def _special_segments(self, text: str, allow_special: bool) -> Iterator[tuple[str, int | None]]:
+        """`text` as (ordinary text, None) and (special token text, its id) pieces; special
+        tokens only with `allow_special`, the longest first where two start at one place."""
+        if not allow_special or not self.special_tokens:
+            yield text, None
+            return
+        names = sorted(self.special_tokens, key=len, reverse=True)
+        done = 0
+        for match in re.finditer("|".join(map(re.escape, names)), text):
+            if match.start() > done:
+                yield text[done : match.start()], None
+            yield match.group(), self.special_tokens[match.group()]
+            done = match.end()
+        if done < len(text):
+            yield text[done:], None
+
     def min_tokens(self, text: str) -> int:
-        """A lower bound on len(encode(text, bos=False)), in linear time: byte-level BPE does
-        not normalize, so every token covers at most max_token_bytes bytes of the text."""
+        """A lower bound on len(encode(text, bos=False)), in linear time: every token covers
+        at most max_token_bytes bytes of the (normalized) text, bytes without a token none."""
         check_text(text)
-        return -(-len(text.encode("utf-8")) // self.max_token_bytes)
+        data = self._normalize(text).encode("utf-8").translate(None, self.missing_bytes)
+        return -(-len(data) // self.max_token_bytes)
 
     def token_bytes(self, token: int, special: bool = False) -> bytes:
         """The bytes token `token` adds to the text: b"" for special tokens, or their name
@@ -160,9 +235,9 @@ class TiktokenTokenizer:
 
 def _check_vocabulary(name: str, ranks: dict[bytes, int], special: dict[str, int]) -> None:
     """Refuse what tiktoken would panic on (a Rust panic, not an exception one can name) or
-    what would make the tables below huge: every id used once, every single byte a token
-    (byte-level BPE starts from bytes; tiktoken panics on a missing one), ids numbered
-    densely from 0 (one id near 2**32 would otherwise allocate gigabytes)."""
+    what would make the tables below huge: every id used once, ids numbered densely from 0
+    (one id near 2**32 would otherwise allocate gigabytes). A single byte without a token is
+    allowed (real vocabularies lack some): encode keeps such bytes away from tiktoken."""
     if not ranks:
         raise TokenizerError(f"{name}: the vocabulary has no tokens")
     ids = [*ranks.values(), *special.values()]
@@ -172,12 +247,6 @@ def _check_vocabulary(name: str, ranks: dict[bytes, int], special: dict[str, int
         raise TokenizerError(
             f"{name}: token id {max(ids):,} is far beyond the {len(ids):,} tokens of the "
             f"vocabulary (ids must be numbered densely from 0); corrupt file"
-        )
-    missing = [b for b in range(256) if bytes([b]) not in ranks]
-    if missing:
-        raise TokenizerError(
-            f"{name}: byte 0x{missing[0]:02x} (and {len(missing) - 1} more) is not a token; "
-            f"a byte-level BPE vocabulary has all 256 single bytes"
         )
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import write_text
 from .colors import PHASE_COLORS
 from .profile import Profile
 from .trace import AttentionTrace, token_labels
@@ -80,7 +81,7 @@ def write_html(
     payload = payload.replace("</", "<\\/")  # token text cannot close the script element
     html = PAGE.replace("__DATA__", payload)
     path = Path(path)
-    path.write_text(html, encoding="utf-8")
+    write_text(path, html)
     return path
 
 

@@ -39,6 +39,7 @@ import numpy as np
 from .. import kernels
 from ..errors import ArgumentError
 from ..validate import MACHINE_CACHE, read_json, validate
+from .atomic import write_text
 
 CACHE_FILE = (
     Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
@@ -311,7 +312,7 @@ def peaks(remeasure: bool = False, threads: int | None = None) -> MachinePeaks:
     saved[key] = asdict(result)
     try:
         CACHE_FILE.parent.mkdir(parents=True, exist_ok=True)
-        CACHE_FILE.write_text(json.dumps({"peaks": saved}, indent=2))
+        write_text(CACHE_FILE, json.dumps({"peaks": saved}, indent=2))
     except OSError as e:  # e.g. HOME unwritable: the result is still good, just not kept
         print(
             f"llama-np: cannot cache the measurement in {CACHE_FILE}: {e.strerror}", file=sys.stderr

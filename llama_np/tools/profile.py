@@ -43,6 +43,7 @@ from ..generate import GenerationStats, generate
 from ..model import Model
 from ..packed import FP32_KERNEL_MIN
 from ..sampling import SamplingParams
+from . import atomic
 from .colors import PHASE_COLORS
 from .costs import forward_bytes, forward_flops
 from .machine import BUSY_CORES, CpuMeter, MachinePeaks, blas, cpu_cache_bytes, cpu_count
@@ -524,7 +525,7 @@ def format_profile(p: Profile) -> str:
 
 
 def write_json(p: Profile, path: Path) -> None:
-    path.write_text(json.dumps(p.to_json(), indent=2))
+    atomic.write_text(path, json.dumps(p.to_json(), indent=2))
 
 
 MARKERS = {"prefill": "*", "decode": "s", "batch-decode": "D"}
@@ -533,7 +534,8 @@ MARKERS = {"prefill": "*", "decode": "s", "batch-decode": "D"}
 def plot_profile(p: Profile, path: Path) -> None:
     """Write `profile_figure(p)` as a PNG. Needs matplotlib (`pip install -e '.[plot]'`);
     raises ImportError without it."""
-    profile_figure(p).savefig(path, dpi=110)
+    with atomic.atomic_path(path) as tmp:
+        profile_figure(p).savefig(tmp, dpi=110)
 
 
 def profile_figure(p: Profile):

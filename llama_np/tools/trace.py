@@ -24,6 +24,7 @@ from ..errors import ArgumentError
 from ..generate import generate
 from ..hooks import AttentionRecorder
 from ..model import Model
+from .atomic import atomic_path
 from .colors import phase_cmap
 
 
@@ -100,15 +101,16 @@ def save_npz(trace: AttentionTrace, path: str | Path, heads: Sequence[int] | Non
     """Write probs (L', H', N, N), tokens, pieces, n_prompt, layers and heads to `path`."""
     heads = list(range(trace.probs.shape[1])) if heads is None else list(heads)
     path = Path(path)
-    np.savez_compressed(
-        path,
-        probs=trace.probs[:, heads],
-        tokens=trace.tokens,
-        pieces=np.array(trace.pieces, dtype=str),
-        n_prompt=trace.n_prompt,
-        layers=np.array(trace.layers),
-        heads=np.array(heads),
-    )
+    with atomic_path(path) as tmp:  # two runs into one --out cannot mix their arrays
+        np.savez_compressed(
+            tmp,
+            probs=trace.probs[:, heads],
+            tokens=trace.tokens,
+            pieces=np.array(trace.pieces, dtype=str),
+            n_prompt=trace.n_prompt,
+            layers=np.array(trace.layers),
+            heads=np.array(heads),
+        )
     return path
 
 
@@ -125,7 +127,8 @@ def token_labels(trace: AttentionTrace) -> list[str]:
 def plot_layer(trace: AttentionTrace, layer: int, heads: Sequence[int], path: str | Path) -> Path:
     """All `heads` of model layer `layer` in one PNG, a small heatmap each; needs matplotlib."""
     path = Path(path)
-    layer_figure(trace, layer, heads).savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        layer_figure(trace, layer, heads).savefig(tmp, dpi=110)
     return path
 
 
@@ -186,7 +189,8 @@ def layer_figure(trace: AttentionTrace, layer: int, heads: Sequence[int]):
 def plot_attention(trace: AttentionTrace, layer: int, head: int, path: str | Path) -> Path:
     """Draw head `head` of model layer `layer` as a heatmap PNG; needs matplotlib."""
     path = Path(path)
-    attention_figure(trace, layer, head).savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        attention_figure(trace, layer, head).savefig(tmp, dpi=110)
     return path
 
 
