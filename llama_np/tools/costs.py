@@ -6,6 +6,7 @@ FLOPs ÷ matmul FLOP/s, decode's by bytes read ÷ memory bandwidth.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from ..config import LlamaConfig
@@ -101,14 +102,20 @@ def decode_bytes(
 # logits of its last new token. One sequence's step is forward_flops / forward_bytes.
 
 
+@functools.lru_cache(maxsize=64)
+def _weights(config: LlamaConfig) -> int:
+    """Weights of the matmuls and the classifier (a simulator asks for every step: once)."""
+    return matmul_params(config) + config.dim * config.vocab_size
+
+
 def step_flops(config: LlamaConfig, rows: Sequence[tuple[int, int]]) -> int:
     """FLOPs of one serving step: the weight matmuls for every new token, each sequence's
     attention over the positions its tokens see, and one row of logits per sequence."""
     n_tokens = sum(n for _, n in rows)
-    weights = 2 * n_tokens * matmul_params(config)
+    classifier = config.dim * config.vocab_size
+    weights = 2 * n_tokens * (_weights(config) - classifier)
     attention = sum(attention_flops(config, n, start) for start, n in rows)
-    classifier = 2 * len(rows) * config.dim * config.vocab_size
-    return weights + attention + classifier
+    return weights + attention + 2 * len(rows) * classifier
 
 
 def step_bytes(
@@ -119,7 +126,7 @@ def step_bytes(
 ) -> int:
     """Bytes one serving step must read: every weight and the classifier once, an embedding
     row per new token, and each sequence's K and V through its last new position."""
-    weights = matmul_params(config) + config.dim * config.vocab_size
+    weights = _weights(config)
     n_tokens = sum(n for _, n in rows)
     positions = sum(start + n for start, n in rows)
     kv = config.kv_cache_bytes(positions, 1, bytes_per_value=1) * kv_bytes
