@@ -13,8 +13,9 @@ peaks, `calibrate` measures it:
    back to back and each step's wall time is the gap to the next one's start);
 2. for each step, subtract its roofline time (the simulator's clock with this machine's
    measured peaks) from its wall time;
-3. fit what is left as a + b·sequences + c·tokens (least squares, after dropping the first
-   step, which warms caches, and steps that other processes stalled).
+3. fit what is left as a + b·sequences + c·tokens (least squares with no negative term,
+   after dropping the first step, which warms caches, and steps that other processes
+   stalled).
 
 `check` then calibrates on one trace and predicts another (other lengths, Poisson arrivals,
 another seed) with the simulator, runs that trace through the engine in real time, and
@@ -106,7 +107,7 @@ def fit_overheads(records: Sequence[StepRecord], clock: RooflineClock) -> Calibr
     y = np.array([g for g, _ in gaps])  # (steps,)
     keep = np.ones(len(y), dtype=bool)
     for _ in range(2):  # fit, drop steps far above the fit (stalled by others), fit again
-        coef = np.linalg.lstsq(X[keep], y[keep], rcond=None)[0]
+        coef = _nonnegative_fit(X[keep], y[keep])
         error = y - X @ coef
         keep = error < 3 * np.median(np.abs(error)) + 1e-4
     return Calibration(
@@ -115,6 +116,22 @@ def fit_overheads(records: Sequence[StepRecord], clock: RooflineClock) -> Calibr
         float(np.median(np.abs(error[keep]))),
         float(np.median([w for _, w in gaps])),
     )
+
+
+def _nonnegative_fit(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares with no negative coefficient (an overhead is a cost): the best fit over
+    every subset of the three terms whose coefficients all come out >= 0."""
+    best, best_error = np.zeros(X.shape[1]), float(np.sum(y**2))
+    for subset in itertools.product((False, True), repeat=X.shape[1]):
+        cols = np.flatnonzero(subset)
+        if len(cols) == 0:
+            continue
+        coef = np.zeros(X.shape[1])
+        coef[cols] = np.linalg.lstsq(X[:, cols], y, rcond=None)[0]
+        error = float(np.sum((y - X @ coef) ** 2))
+        if (coef >= 0).all() and error < best_error:
+            best, best_error = coef, error
+    return best
 
 
 def calibrate(
