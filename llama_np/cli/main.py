@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--force", action="store_true", help="replace OUT if it exists")
     conv.set_defaults(run=run_convert)
     cli_perf.add_commands(commands)  # memory, profile
-    cli_serving.add_commands(commands)  # simulate
+    cli_serving.add_commands(commands)  # simulate, serving-lab
     add_kernels_arg(commands.choices["profile"])
     return parser
 

@@ -1,6 +1,7 @@
-"""The `llama-np simulate` subcommand (registered by main.py): the serving engine's scheduler
-on a roofline clock (tools/simulate.py), and on this machine its check against the engine
-(tools/calibrate.py)."""
+"""`llama-np simulate` (registered by main.py): the serving engine's scheduler on a roofline
+clock (tools/simulate.py), and on this machine its check against the engine
+(tools/calibrate.py); `llama-np serving-lab`: the serving lesson's measurements
+(tools/serving_lab.py)."""
 
 from __future__ import annotations
 
@@ -136,6 +137,61 @@ def add_commands(commands) -> None:
     )
     sim.add_argument("--remeasure", action="store_true", help="measure this machine again")
     sim.set_defaults(run=run_simulate)
+
+    lab = commands.add_parser(
+        "serving-lab",
+        help="the serving lesson's experiments on the real engine (docs/serving.md)",
+        description="Measure on the serving engine: static vs continuous batching and "
+        "contiguous vs paged KV memory (batching), running streams' gaps beside a long prompt "
+        "(chunked), prefix-cache hits (prefix), decode time vs context (context), prompt-lookup "
+        "speculative decoding (speculative).",
+    )
+    lab.add_argument("experiment", choices=EXPERIMENTS, metavar="|".join(EXPERIMENTS))
+    lab.add_argument(
+        "--random",
+        default="stories110M",
+        metavar="NAME",
+        help="random weights of this known model's shape (default: stories110M)",
+    )
+    lab.add_argument("--out", metavar="DIR", help="batching, chunked: also draw the steps here")
+    lab.set_defaults(run=run_serving_lab)
+
+
+EXPERIMENTS = ("batching", "chunked", "prefix", "context", "speculative")
+
+
+def run_serving_lab(args: argparse.Namespace) -> int:
+    from .. import load
+    from ..limits import check_model_fits
+    from ..tools import serving_lab
+    from ..tools.random_model import random_model
+
+    config = memory.load_config(args.random)
+    check_model_fits(config, f"--random {args.random}")
+    model = random_model(config)
+    out = perf.output_dir(args.out) if args.out else None  # before the runs: fail early
+    runs = []
+    if args.experiment == "batching":
+        text, runs = serving_lab.batching(model)
+    elif args.experiment == "chunked":
+        text, runs = serving_lab.chunked(model, long=min(1000, config.max_seq_len - 8))
+    elif args.experiment == "prefix":
+        text = serving_lab.prefix(model, system=min(500, config.max_seq_len // 2))
+    elif args.experiment == "context":
+        top = config.max_seq_len - 16
+        positions = sorted({16, top // 4, top // 2, 3 * top // 4, top})
+        text = serving_lab.context(model, positions, hardware.this_machine().bandwidth)
+    else:
+        text = serving_lab.speculative(load(), model)
+    print(text)
+    if out is not None and runs:
+        path = out / f"{args.experiment}.png"
+        try:
+            serving_lab.plot_steps(runs, path, f"{args.experiment}: {config.name}, every step")
+            print(f"wrote {path}")
+        except ImportError:
+            print("no chart: matplotlib is not installed (pip install -e '.[plot]')")
+    return 0
 
 
 def run_simulate(args: argparse.Namespace) -> int:
