@@ -110,75 +110,100 @@ def _memory(run: Run, per_token: int, max_seqs: int, context: int, block_size: i
 # ---------------------------------------------------------------- chunked prefill
 
 
+def chunked_prefill(
+    model: Model, streams: int, long: int, budget: int, chunked: bool
+) -> tuple[dict, Run]:
+    """`streams` requests decode; a `long`-token prompt arrives: the streams' inter-token
+    gaps with the prompt prefilled whole in one step, or in chunks under a step budget of
+    `budget` tokens (the streams' tokens, the rest for the prompt). benchmarks/engine.py
+    measures the same."""
+    rng = np.random.default_rng(1)
+    vocab = model.config.vocab_size
+    step_budget = budget if chunked else long + streams
+    engine = Engine(model, max_seqs=streams + 1, max_batch_tokens=step_budget,
+                    chunked_prefill=chunked)  # fmt: skip
+    running = [
+        engine.add_request([1, *rng.integers(3, vocab, 15).tolist()], 60, **GREEDY)
+        for _ in range(streams)
+    ]
+    t0 = time.perf_counter()
+    for _ in range(20):  # the streams are decoding
+        engine.step()
+    arrival = time.perf_counter()
+    newcomer = engine.add_request([1, *rng.integers(3, vocab, long - 1).tolist()], 4, **GREEDY)
+    _drain(engine)
+    gaps = np.concatenate([np.diff(r.token_times) for r in running])  # (gaps,)
+    name = f"chunked, {budget}-token steps" if chunked else "whole, in one step"
+    result = {
+        "chunked": chunked,
+        "budget": step_budget,
+        "prompt_steps": sum(1 for r in engine.records if any(w[0] == newcomer.id for w in r.rows)),
+        "median_gap_ms": float(np.median(gaps)) * 1e3,
+        "worst_gap_ms": float(gaps.max()) * 1e3,
+        "worst_over_median": float(gaps.max() / np.median(gaps)),
+        "long_prompt_ttft_s": newcomer.token_times[0] - arrival,
+    }
+    return result, Run(name, [*running, newcomer], list(engine.records), time.perf_counter() - t0)
+
+
 def chunked(
     model: Model, streams: int = 8, long: int = 1000, budget: int = 24
 ) -> tuple[str, list[Run]]:
-    """`streams` requests decode; a `long`-token prompt arrives; the streams' inter-token
-    gaps with that prompt prefilled whole in one step, and in chunks (a step budget of
-    `budget` tokens: the streams' tokens and the rest for the prompt)."""
-    runs, rows = [], []
-    vocab = model.config.vocab_size
-    for is_chunked in (False, True):
-        rng = np.random.default_rng(1)
-        step_budget = budget if is_chunked else long + streams
-        engine = Engine(model, max_seqs=streams + 1, max_batch_tokens=step_budget,
-                        chunked_prefill=is_chunked)  # fmt: skip
-        running = [
-            engine.add_request([1, *rng.integers(3, vocab, 15).tolist()], 60, **GREEDY)
-            for _ in range(streams)
-        ]
-        t0 = time.perf_counter()
-        for _ in range(20):  # the streams are decoding
-            engine.step()
-        newcomer = engine.add_request([1, *rng.integers(3, vocab, long - 1).tolist()], 4, **GREEDY)
-        _drain(engine)
-        name = f"chunked, {budget}-token steps" if is_chunked else "whole, in one step"
-        runs.append(Run(name, [*running, newcomer], list(engine.records), time.perf_counter() - t0))
-        gaps = np.concatenate([np.diff(r.token_times) for r in running])  # (gaps,)
-        steps = sum(1 for r in engine.records if any(row[0] == newcomer.id for row in r.rows))
-        rows.append((name, steps, float(np.median(gaps)), float(gaps.max()),
-                     newcomer.token_times[0] - newcomer.arrival))  # fmt: skip
+    """chunked_prefill whole and chunked, as a table."""
     lines = [
         f"{streams} streams decoding, then a {long:,}-token prompt arrives; {model.config.name}, "
         "random weights",
         f"{'the prompt':<26}{'its steps':>10}{'gap p50':>10}{'worst gap':>11}{'worst/p50':>11}"
         f"{'its TTFT':>10}",
     ]
-    for name, steps, median, worst, ttft in rows:
-        lines.append(f"{name:<26}{steps:>10}{format_seconds(median):>10}"
-                     f"{format_seconds(worst):>11}{worst / median:>10.1f}×"
-                     f"{format_seconds(ttft):>10}")  # fmt: skip
+    runs = []
+    for is_chunked in (False, True):
+        r, run = chunked_prefill(model, streams, long, budget, is_chunked)
+        runs.append(run)
+        median, worst = r["median_gap_ms"] / 1e3, r["worst_gap_ms"] / 1e3
+        lines.append(f"{run.name:<26}{r['prompt_steps']:>10}{format_seconds(median):>10}"
+                     f"{format_seconds(worst):>11}{r['worst_over_median']:>10.1f}×"
+                     f"{format_seconds(r['long_prompt_ttft_s']):>10}")  # fmt: skip
     return "\n".join(lines), runs
 
 
 # ---------------------------------------------------------------- prefix caching
 
 
+def prefix_caching(model: Model, system: int, questions: int, on: bool) -> dict:
+    """TTFT of requests sharing a `system`-token prefix, each with 20 tokens of its own, after
+    a first one computed it; prefix caching on or off. benchmarks/engine.py measures the same."""
+    rng = np.random.default_rng(2)
+    vocab = model.config.vocab_size
+    head = [1, *rng.integers(3, vocab, system - 1).tolist()]
+    engine = Engine(model, prefix_caching=on, max_batch_tokens=system + 64)
+    engine.generate([head + rng.integers(3, vocab, 20).tolist()], 1, **GREEDY)  # warms it
+    done = [
+        engine.generate([head + rng.integers(3, vocab, 20).tolist()], 1, **GREEDY)[0]
+        for _ in range(questions)
+    ]
+    return {
+        "prefix_caching": on,
+        "ttft_ms": float(np.median([d.ttft for d in done]) * 1e3),
+        "cached_tokens": int(np.median([d.cached_tokens for d in done])),
+        "hit_rate": engine.pool.hit_rate,
+    }
+
+
 def prefix(model: Model, system: int = 500, questions: int = 5) -> str:
-    """Requests sharing a `system`-token prompt, each with 20 tokens of its own: prefix-cache
-    hits and TTFT, with the cache on and off (after a first request computed the prefix)."""
-    vocab, lines = model.config.vocab_size, []
-    lines.append(f"{questions} requests after a first: a {system}-token shared system prompt + 20 "
-                 f"tokens of their own; {model.config.name}, random weights")  # fmt: skip
-    lines.append(f"{'prefix caching':<16}{'prompt tokens cached':>22}{'hit rate':>10}"
-                 f"{'TTFT p50':>10}")  # fmt: skip
-    ttfts = {}
-    for on in (False, True):
-        rng = np.random.default_rng(2)
-        head = [1, *rng.integers(3, vocab, system - 1).tolist()]
-        engine = Engine(model, prefix_caching=on, max_batch_tokens=system + 64)
-        engine.generate([head + rng.integers(3, vocab, 20).tolist()], 1, **GREEDY)
-        done = [
-            engine.generate([head + rng.integers(3, vocab, 20).tolist()], 1, **GREEDY)[0]
-            for _ in range(questions)
-        ]
-        ttfts[on] = float(np.median([d.ttft for d in done]))
-        cached = int(np.median([d.cached_tokens for d in done]))
-        hits = 100 * engine.pool.hit_rate
-        lines.append(f"{'on' if on else 'off':<16}{f'{cached} of {system + 20}':>22}"
-                     f"{hits:>9.1f}%{format_seconds(ttfts[on]):>10}")  # fmt: skip
-    lines.append(f"TTFT saved: {100 * (1 - ttfts[True] / ttfts[False]):.0f}% "
-                 f"({ttfts[False] / ttfts[True]:.1f}× faster)")  # fmt: skip
+    """prefix_caching off and on, as a table."""
+    lines = [
+        f"{questions} requests after a first: a {system}-token shared system prompt + 20 tokens "
+        f"of their own; {model.config.name}, random weights",
+        f"{'prefix caching':<16}{'prompt tokens cached':>22}{'hit rate':>10}{'TTFT p50':>10}",
+    ]
+    off, on = (prefix_caching(model, system, questions, o) for o in (False, True))
+    for r in (off, on):
+        cached, ttft = f"{r['cached_tokens']} of {system + 20}", r["ttft_ms"] / 1e3
+        lines.append(f"{'on' if r['prefix_caching'] else 'off':<16}{cached:>22}"
+                     f"{100 * r['hit_rate']:>9.1f}%{format_seconds(ttft):>10}")  # fmt: skip
+    ratio = off["ttft_ms"] / on["ttft_ms"]
+    lines.append(f"TTFT saved: {100 * (1 - 1 / ratio):.0f}% ({ratio:.1f}× faster)")
     return "\n".join(lines)
 
 
