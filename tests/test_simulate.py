@@ -81,11 +81,11 @@ def test_decode_steps_turn_compute_bound_at_memory_s_critical_batch(position):
 def test_step_time_is_the_roofline_plus_overheads():
     cfg = known_config("stories15M")
     hw = custom_hardware(2e11, 3e10)
-    o = Overheads(0.001, 0.0002, 0.00001)
+    o = Overheads(0.001, 0.0002, 0.00001, 1e-7)
     t = RooflineClock(cfg, hw, 4, 4, o).time([(10, 1), (0, 64)])
     assert t.compute_seconds == step_flops(cfg, [(10, 1), (0, 64)]) / 2e11
     assert t.memory_seconds == step_bytes(cfg, [(10, 1), (0, 64)], 4, 4) / 3e10
-    extra = 0.001 + 2 * 0.0002 + 65 * 0.00001
+    extra = 0.001 + 2 * 0.0002 + 65 * 0.00001 + (11 + 64) * 1e-7
     assert t.seconds == pytest.approx(max(t.compute_seconds, t.memory_seconds) + extra)
 
 
@@ -264,7 +264,7 @@ def test_fit_overheads_recovers_a_known_step_cost():
     """Records whose wall times are roofline + a + b·seqs + c·tokens give back a, b, c."""
     cfg = known_config("stories15M")
     clock = tiny_clock(cfg)
-    a, b, c = 0.004, 0.0007, 0.00003
+    a, b, c, d = 0.004, 0.0007, 0.00003, 2e-6
     rng = np.random.default_rng(0)
     records, now = [], 0.0
     for i in range(40):
@@ -273,12 +273,15 @@ def test_fit_overheads_recovers_a_known_step_cost():
             rows += ((99, "prefill", 0, int(rng.integers(2, 300))),)
         records.append(StepRecord(i, now, 0, 0, rows, 0, 0, 0, 0, 0, 0, (), ()))
         seqs, tokens = len(rows), sum(n for *_, n in rows)
-        now += clock.time([(s, n) for *_, s, n in rows]).seconds + a + b * seqs + c * tokens
+        positions = sum(s + n for *_, s, n in rows)
+        now += clock.time([(s, n) for *_, s, n in rows]).seconds
+        now += a + b * seqs + c * tokens + d * positions
         now += 0.5 if i == 20 else 0.0  # a step that another process stalled
     fit = calibrate.fit_overheads(records, clock)
     assert fit.overheads.step == pytest.approx(a, rel=1e-3)
     assert fit.overheads.per_seq == pytest.approx(b, rel=1e-3)
     assert fit.overheads.per_token == pytest.approx(c, rel=1e-3)
+    assert fit.overheads.per_position == pytest.approx(d, rel=1e-3)
     assert fit.steps == 37  # the first (warm-up), the last (no next start), the stalled one
 
 

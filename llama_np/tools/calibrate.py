@@ -13,7 +13,8 @@ peaks, `calibrate` measures it:
    back to back and each step's wall time is the gap to the next one's start);
 2. for each step, subtract its roofline time (the simulator's clock with this machine's
    measured peaks) from its wall time;
-3. fit what is left as a + b·sequences + c·tokens (least squares with no negative term,
+3. fit what is left as a + b·sequences + c·tokens + d·cached positions read (least
+   squares with no negative term,
    after dropping the first step, which warms caches, and steps that other processes
    stalled).
 
@@ -93,17 +94,19 @@ class Calibration:
 
 
 def fit_overheads(records: Sequence[StepRecord], clock: RooflineClock) -> Calibration:
-    """Fit wall − roofline = a + b·sequences + c·tokens over back-to-back steps."""
+    """Fit wall − roofline = a + b·sequences + c·tokens + d·positions over back-to-back
+    steps."""
     steps = [r for r in records if r.rows]
     rows, gaps = [], []
     for record, after in itertools.pairwise(steps[1:]):  # the first one warms up
         wall = after.start - record.start  # the whole step: scheduling, forward, sampling
         roof = clock.time([(start, n) for _, _, start, n in record.rows]).seconds
-        rows.append((1.0, len(record.rows), record.n_tokens))
+        positions = sum(start + n for _, _, start, n in record.rows)
+        rows.append((1.0, len(record.rows), record.n_tokens, positions))
         gaps.append((wall - roof, wall))
     if len(rows) < 3:
         return Calibration(Overheads(), len(rows), float("nan"), float("nan"))
-    X = np.array(rows)  # (steps, 3)
+    X = np.array(rows, dtype=np.float64)  # (steps, 4)
     y = np.array([g for g, _ in gaps])  # (steps,)
     keep = np.ones(len(y), dtype=bool)
     for _ in range(2):  # fit, drop steps far above the fit (stalled by others), fit again
@@ -120,7 +123,7 @@ def fit_overheads(records: Sequence[StepRecord], clock: RooflineClock) -> Calibr
 
 def _nonnegative_fit(X: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Least squares with no negative coefficient (an overhead is a cost): the best fit over
-    every subset of the three terms whose coefficients all come out >= 0."""
+    every subset of the terms whose coefficients all come out >= 0."""
     best, best_error = np.zeros(X.shape[1]), float(np.sum(y**2))
     for subset in itertools.product((False, True), repeat=X.shape[1]):
         cols = np.flatnonzero(subset)

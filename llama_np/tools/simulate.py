@@ -52,22 +52,31 @@ MEMORY_FRACTION = 0.9  # of device memory for weights + KV pool (vLLM's gpu_memo
 
 @dataclass(frozen=True)
 class Overheads:
-    """Time a step costs beyond its roofline, as a + b·sequences + c·tokens: Python and
-    NumPy calls per layer (a), per sequence (sampling, its attention, its block table) and
-    per token (embedding, RoPE, and matmuls that run below the measured peak). Zero on a
-    GPU preset; measured on this machine by calibrate.py."""
+    """Time a step costs beyond its roofline, a + b·sequences + c·tokens + d·positions:
+    NumPy calls per layer whatever the batch (a), per sequence (its sampling, its attention
+    call, its block table), per token (embedding, RoPE, and matmuls on a few rows that run
+    below the sgemm peak), and per cached position read (the engine gathers each sequence's
+    KV blocks into a copy before attention). Zero on a GPU preset; measured on this machine
+    by calibrate.py."""
 
     step: float = 0.0  # seconds per step
     per_seq: float = 0.0  # seconds per sequence in the step
-    per_token: float = 0.0  # seconds per token in the step
+    per_token: float = 0.0  # seconds per new token in the step
+    per_position: float = 0.0  # seconds per cached position the step's sequences read
 
-    def seconds(self, n_seqs: int, n_tokens: int) -> float:
-        return self.step + self.per_seq * n_seqs + self.per_token * n_tokens
+    def seconds(self, n_seqs: int, n_tokens: int, n_positions: int = 0) -> float:
+        return (
+            self.step
+            + self.per_seq * n_seqs
+            + self.per_token * n_tokens
+            + self.per_position * n_positions
+        )
 
     def describe(self) -> str:
         return (
             f"{self.step * 1e3:.3g} ms per step + {self.per_seq * 1e3:.3g} ms per sequence + "
-            f"{self.per_token * 1e3:.3g} ms per token"
+            f"{self.per_token * 1e3:.3g} ms per token + {self.per_position * 1e6:.3g} µs per "
+            "cached position read"
         )
 
 
@@ -105,7 +114,9 @@ class RooflineClock:
         flops = step_flops(self.config, rows)
         nbytes = step_bytes(self.config, rows, self.weight_bytes, self.kv_bytes)
         compute, memory = flops / self.hardware.flops, nbytes / self.hardware.bandwidth
-        extra = self.overheads.seconds(len(rows), sum(n for _, n in rows))
+        extra = self.overheads.seconds(
+            len(rows), sum(n for _, n in rows), sum(start + n for start, n in rows)
+        )
         return StepTime(flops, nbytes, compute, memory, extra, max(compute, memory) + extra)
 
 
