@@ -43,6 +43,8 @@ from ..paged_kv_cache import BLOCK_SIZE, blocks_for
 from ..sampling import SamplingParams
 from .costs import step_bytes, step_flops
 from .hardware import Hardware
+from .memory import nbytes
+from .serving_metrics import format_percentiles, format_seconds, serving_metrics
 
 MEMORY_FRACTION = 0.9  # of device memory for weights + KV pool (vLLM's gpu_memory_utilization)
 
@@ -386,9 +388,6 @@ def bounds(sim: Simulation) -> Bounds:
 
 def format_simulation(sim: Simulation, workload: str) -> str:
     """The report `llama-np simulate` prints."""
-    from .memory import nbytes
-    from .serving_metrics import format_percentiles, serving_metrics
-
     clock, config, pool = sim.clock, sim.clock.config, sim.pool
     hw, sc = clock.hardware, sim.scheduler_config
     m = serving_metrics(sim.requests)
@@ -446,6 +445,4 @@ def _bounds_line(b: Bounds) -> str:
 
 
 def _duration(seconds: float) -> str:
-    from .serving_metrics import format_seconds
-
     return format_seconds(seconds)
