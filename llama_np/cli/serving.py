@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from dataclasses import replace
 
 from ..engine.engine import DEFAULT_KV_MEMORY
@@ -258,10 +259,9 @@ def run_simulate(args: argparse.Namespace) -> int:
         clock = RooflineClock(config, device, w, kv, overheads)
         return simulate(trace, clock, sched, pool, prefix_caching, args.seed)
 
-    overheads = Overheads()
-    model = None
+    overheads, model, calibration = Overheads(), None, None
     if here and not args.no_overheads:
-        model, overheads = _this_machine_overheads(config, run, sched, args)
+        model, overheads, calibration = _this_machine_overheads(config, run, sched, args)
     rate = "all at once" if math.isinf(args.rate) else f"Poisson arrivals at {args.rate:g}/s"
     shared = f" (the first {args.shared_prefix:,} shared)" if args.shared_prefix else ""
     workload = (
@@ -278,14 +278,15 @@ def run_simulate(args: argparse.Namespace) -> int:
         from ..tools.calibrate import check, format_check
 
         print()
-        print(format_check(check(model, replace(sim.clock, overheads=Overheads()), sched,
-                                 sim.pool, trace, prefix)))  # fmt: skip
+        bare = replace(sim.clock, overheads=Overheads())
+        print(format_check(check(model, bare, sched, sim.pool, trace, prefix,
+                                 calibration=calibration)))  # fmt: skip
     return 0
 
 
 def _this_machine_overheads(config, run, sched, args):
-    """The random model of this shape, and this machine's overheads for it (cached, or
-    measured now on the engine)."""
+    """The random model of this shape, this machine's overheads for it (cached, or measured
+    now on the engine: always with --against-engine), and the calibration if measured now."""
     from ..limits import check_model_fits
     from ..tools import calibrate
     from ..tools.random_model import random_model
@@ -295,11 +296,13 @@ def _this_machine_overheads(config, run, sched, args):
     key = calibrate.overheads_key(model)
     saved = None if (args.remeasure or args.against_engine) else calibrate.cached_overheads(key)
     if saved is not None:
-        return model, saved
+        return model, saved, None
+    print(f"calibrating: a trace of 16 requests through the engine ({config.name}, random "
+          "weights)", file=sys.stderr)  # fmt: skip
     base = run(config, "fp32", sched, True)  # the pool and the clock, without overheads
     result = calibrate.calibrate(model, base.clock, sched, base.pool)
     calibrate.save_overheads(key, result.overheads)
-    return model, result.overheads
+    return model, result.overheads, result
 
 
 def _compare(sim, run, config, kvdtype, sched, prefix, overheads, prompts, here) -> str:

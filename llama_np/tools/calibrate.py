@@ -218,11 +218,13 @@ def check(
     trace: Sequence[TraceRequest],
     prefix_caching: bool = True,
     calibration_trace: Sequence[TraceRequest] | None = None,
+    calibration: Calibration | None = None,
 ) -> Check:
-    """Calibrate `clock` on `calibration_trace` (default: calibrate's), then run `trace`
-    through the simulator (calibrated, and pure roofline) and through the engine; -> all
-    three measured alike."""
-    calibration = calibrate(model, clock, config, pool, calibration_trace)
+    """Calibrate `clock` on `calibration_trace` (default: calibrate's) unless `calibration`
+    is given, then run `trace` through the simulator (calibrated, and pure roofline) and
+    through the engine; -> all three measured alike."""
+    if calibration is None:
+        calibration = calibrate(model, clock, config, pool, calibration_trace)
     calibrated = RooflineClock(
         clock.config, clock.hardware, clock.weight_bytes, clock.kv_bytes, calibration.overheads
     )
