@@ -114,7 +114,9 @@ def add_commands(commands) -> None:
     )
     sim.add_argument("--block-size", type=int, default=BLOCK_SIZE, metavar="N", help="(16)")
     sim.add_argument("--no-chunked-prefill", action="store_true", help="a prompt runs whole")
-    sim.add_argument("--no-prefix-caching", action="store_true")
+    sim.add_argument(
+        "--no-prefix-caching", action="store_true", help="never share a prompt prefix's blocks"
+    )
     sim.add_argument(
         "--mha", action="store_true", help="as if every query head had its own K/V head (KVH = H)"
     )
