@@ -43,6 +43,7 @@ from llama_np import generate, kernels  # noqa: E402
 from llama_np.engine import Engine  # noqa: E402
 from llama_np.tools.known_models import known_config  # noqa: E402
 from llama_np.tools.random_model import random_model  # noqa: E402
+from llama_np.tools.serving_lab import chunked_prefill, prefix_caching  # noqa: E402
 
 GREEDY = dict(temperature=0.0, stop_ids=())  # no end token: every request runs its length
 
@@ -83,58 +84,6 @@ def throughput(model, requests, max_seqs: int, budget: int) -> dict:
         "ratio": sequential / batched,
         "steps": engine.n_steps,
         "mean_rows_per_step": float(np.mean(decode_rows)),
-    }
-
-
-def chunked_prefill(model, streams: int, long: int, budget: int, chunked: bool) -> dict:
-    """Running streams' inter-token gaps while a long prompt is prefilled."""
-    rng = np.random.default_rng(1)
-    vocab = model.config.vocab_size
-    engine = Engine(
-        model,
-        max_seqs=streams + 1,
-        max_batch_tokens=budget if chunked else long + streams,
-        chunked_prefill=chunked,
-    )
-    running = [
-        engine.add_request([1, *rng.integers(3, vocab, 15).tolist()], 60, **GREEDY)
-        for _ in range(streams)
-    ]
-    for _ in range(20):  # the streams are decoding
-        engine.step()
-    prompt = [1, *rng.integers(3, vocab, long - 1).tolist()]
-    arrival = time.perf_counter()
-    newcomer = engine.add_request(prompt, 4, **GREEDY)
-    while engine.has_unfinished():
-        engine.step()
-    gaps = np.concatenate([np.diff(r.token_times) for r in running]) * 1e3  # ms
-    return {
-        "chunked": chunked,
-        "budget": budget if chunked else long + streams,
-        "median_gap_ms": float(np.median(gaps)),
-        "worst_gap_ms": float(gaps.max()),
-        "worst_over_median": float(gaps.max() / np.median(gaps)),
-        "long_prompt_ttft_s": newcomer.token_times[0] - arrival,
-    }
-
-
-def prefix_caching(model, system: int, questions: int, on: bool) -> dict:
-    """Time to first token of requests sharing a `system`-token prefix (after a first one)."""
-    rng = np.random.default_rng(2)
-    vocab = model.config.vocab_size
-    prefix = [1, *rng.integers(3, vocab, system - 1).tolist()]
-    engine = Engine(model, prefix_caching=on, max_batch_tokens=system + 64)
-    engine.generate([prefix + rng.integers(3, vocab, 20).tolist()], 1, **GREEDY)  # warms it
-    ttfts, cached = [], []
-    for _ in range(questions):
-        (done,) = engine.generate([prefix + rng.integers(3, vocab, 20).tolist()], 1, **GREEDY)
-        ttfts.append(done.ttft)
-        cached.append(done.cached_tokens)
-    return {
-        "prefix_caching": on,
-        "ttft_ms": float(np.median(ttfts) * 1e3),
-        "cached_tokens": int(np.median(cached)),
-        "hit_rate": engine.pool.hit_rate,
     }
 
 
@@ -208,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print("chunked prefill ...", file=sys.stderr)
     result["chunked_prefill"] = [
-        chunked_prefill(model, args.streams, args.long, args.chunk_budget, chunked)
+        chunked_prefill(model, args.streams, args.long, args.chunk_budget, chunked)[0]
         for chunked in (False, True)
     ]
     print("prefix caching ...", file=sys.stderr)

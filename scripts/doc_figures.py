@@ -5,9 +5,10 @@
     python scripts/doc_figures.py --only 'memory (?!.*this-machine)'   # some commands only
     python scripts/doc_figures.py --benchmark-peaks   # against latest.json's peaks, wherever from
 
-Each ```console block of docs/prefill_vs_decode.md and README.md holds `$ command` lines and
-what they print. This script runs every `llama-np memory`, `llama-np profile` and
-`llama-np generate` command there (the profile ones also redraw their charts in docs/img/)
+Each ```console block of docs/prefill_vs_decode.md, README.md and docs/serving.md holds
+`$ command` lines and what they print. This script runs every `llama-np memory`, `profile`,
+`generate`, `simulate` and `serving-lab` command there (profile and serving-lab --out also
+redraw their charts in docs/img/)
 and writes the output back, trimmed as the page shows it; it redraws the trace overview
 (docs/img/trace/) and the explorer page with its screenshots (docs/img/explorer/). Prose
 quotes numbers from those blocks between markers, <!-- fig NAME -->value<!-- /fig -->;
@@ -39,7 +40,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # llama_np of this checkout
-PAGES = [ROOT / "docs" / "prefill_vs_decode.md", ROOT / "README.md"]
+PAGES = [ROOT / "docs" / "prefill_vs_decode.md", ROOT / "README.md", ROOT / "docs" / "serving.md"]
 BLOCK = re.compile(r"```console\n(.*?)```", re.S)
 MARKER = re.compile(r"<!-- fig (\w+) -->(.*?)<!-- /fig -->")
 
@@ -348,13 +349,86 @@ FIGURES: dict[str, Callable[[str], str]] = {
 }
 
 
+# docs/serving.md: the serving lab's tables and the simulator's reports
+
+LAB = "serving-lab"
+
+
+def lab_row(text: str, experiment: str, first: str) -> list[str]:
+    """The fields of the row starting with `first` in `serving-lab EXPERIMENT`'s table."""
+    for line in find(text, f"{LAB} {experiment}"):
+        if line.startswith(first):
+            return line[len(first) :].split()
+    raise KeyError(f"no {first!r} row in serving-lab {experiment}")
+
+
+def lab_search(text: str, experiment: str, pattern: str) -> str:
+    m = re.search(pattern, "\n".join(find(text, f"{LAB} {experiment}")))
+    if m is None:
+        raise KeyError(pattern)
+    return m[1]
+
+
+def seconds(value: str, unit: str) -> float:
+    return float(value) * {"µs": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0}[unit]
+
+
+def _context_growth(t: str) -> str:
+    rows = [line.split() for line in find(t, f"{LAB} context") if re.match(r" +[\d,]+ ", line)]
+    first, last = rows[0], rows[-1]
+    return _fmt(seconds(*last[5:7]) / seconds(*first[5:7]))
+
+
+def _spec_best(t: str) -> tuple[str, str]:
+    rows = [line.split() for line in find(t, f"{LAB} speculative") if re.match(r" +\d+ ", line)]
+    best = max(rows[1:], key=lambda r: float(r[3].rstrip("×")))
+    return best[0], best[3].rstrip("×")
+
+
+def _check(t: str, i: int) -> str:
+    line = next(line for line in find(t, "--against-engine") if line.startswith("result"))
+    m = re.search(
+        r"throughput ([\d.]+)× and median TPOT ([\d.]+)× the engine's: (\w+( \w+)?)", line
+    )
+    return m[i]
+
+
+FIGURES.update(
+    {
+        "srv_static_steps": lambda t: lab_row(t, "batching", "static")[0],
+        "srv_cont_steps": lambda t: lab_row(t, "batching", "continuous")[0],
+        "srv_static_rows": lambda t: lab_row(t, "batching", "static")[1],
+        "srv_cont_rows": lambda t: lab_row(t, "batching", "continuous")[1],
+        "srv_batching_ratio": lambda t: _fmt(
+            float(lab_row(t, "batching", "continuous")[2])
+            / float(lab_row(t, "batching", "static")[2])
+        ),
+        "srv_contig_used": lambda t: lab_search(t, "batching", r"contiguous .*?\(([\d.]+)% used"),
+        "srv_paged_used": lambda t: lab_search(t, "batching", r"paged holds .*?\(([\d.]+)% used"),
+        "srv_whole_worst": lambda t: lab_search(t, "chunked", r"\nwhole.*? ([\d.]+)×"),
+        "srv_chunk_worst": lambda t: lab_search(t, "chunked", r"\nchunked.*? ([\d.]+)×"),
+        "srv_prefix_cached": lambda t: lab_row(t, "prefix", "on")[0],
+        "srv_prefix_saved": lambda t: lab_search(t, "prefix", r"TTFT saved: (\d+)%"),
+        "srv_context_growth": _context_growth,
+        "srv_spec_best_k": lambda t: _spec_best(t)[0],
+        "srv_spec_best": lambda t: _spec_best(t)[1],
+        "srv_check_tput": lambda t: _check(t, 1),
+        "srv_check_tpot": lambda t: _check(t, 2),
+        "srv_check_verdict": lambda t: _check(t, 3),
+        "srv_h100_fit": lambda t: re.search(
+            r"sequences of 131,072 +(\d+) fit", "\n".join(find(t, "--hardware h100 --context"))
+        )[1],
+    }
+)
+
+
 def figures(text: str) -> dict[str, str]:
     """Every quotable figure that `text`'s blocks hold (those whose blocks are present)."""
     out = {}
     for name, fn in FIGURES.items():
         try:
             out[name] = fn(text)
-        except KeyError:
+        except (KeyError, IndexError, TypeError, StopIteration):  # its block is not there
             continue
     return out
 
@@ -374,7 +448,9 @@ def regenerate(text: str, only: str = "") -> str:
     def block(m: re.Match) -> str:
         body = []
         for command, shown in commands(m[1]):
-            if not re.match(r"(\w+=\S+ )*llama-np (memory|profile|generate) ", command):
+            if not re.match(
+                r"(\w+=\S+ )*llama-np (memory|profile|generate|simulate|serving-lab) ", command
+            ):
                 raise SystemExit(f"do not know how to run {command!r}")
             if not re.search(only, command):
                 body += [f"$ {command}", *shown]

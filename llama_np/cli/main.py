@@ -28,6 +28,7 @@ from ..schema import n_params
 from ..tools.memory import nbytes
 from ..validate import check_text
 from . import perf as cli_perf
+from . import serving as cli_serving
 from .perf import EXIT_INTERRUPTED
 
 
@@ -261,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--force", action="store_true", help="replace OUT if it exists")
     conv.set_defaults(run=run_convert)
     cli_perf.add_commands(commands)  # memory, profile
+    cli_serving.add_commands(commands)  # simulate, serving-lab
     add_kernels_arg(commands.choices["profile"])
     return parser
 

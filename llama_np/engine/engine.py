@@ -94,6 +94,30 @@ class StepRecord:
         return sum(n for *_, n in self.rows)
 
 
+def step_record(
+    index: int,
+    start: float,
+    seconds: float,
+    sample_seconds: float,
+    plan: ScheduledStep,
+    scheduler: Scheduler,
+    finished: Sequence[int],
+) -> StepRecord:
+    """The record of a step that ran `plan` and took `seconds` from `start`, with the state
+    the scheduler is left in. The engine times the model; the simulator (tools/simulate.py)
+    a roofline clock: both describe their steps with this one function."""
+    pool = scheduler.pool
+    rows = tuple(
+        (r.id, kind, s, n)
+        for r, kind, s, n in zip(plan.requests, plan.kinds, plan.starts, plan.counts, strict=True)
+    )
+    return StepRecord(
+        index, start, seconds, sample_seconds, rows, len(scheduler.running),
+        len(scheduler.waiting), pool.n_used, pool.n_free, pool.n_cached, plan.cache_hits,
+        tuple(r.id for r in plan.preempted), tuple(finished),
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Completion:
     """One request's result (Engine.generate)."""
@@ -379,18 +403,9 @@ class Engine:
     def _record(
         self, plan: ScheduledStep, t0: float, seconds: float, finished: list, sampling: float = 0
     ) -> None:
-        pool = self.pool
-        rows = tuple(
-            (r.id, kind, start, n)
-            for r, kind, start, n in zip(
-                plan.requests, plan.kinds, plan.starts, plan.counts, strict=True
-            )
+        record = step_record(
+            self.n_steps, t0 - self._t0, seconds, sampling, plan, self.scheduler, finished
         )
-        record = StepRecord(
-            self.n_steps, t0 - self._t0, seconds, sampling, rows, len(self.scheduler.running),
-            len(self.scheduler.waiting), pool.n_used, pool.n_free, pool.n_cached,
-            plan.cache_hits, tuple(r.id for r in plan.preempted), tuple(finished),
-        )  # fmt: skip
         self.n_steps += 1
         self.records.append(record)
         for observer in self.on_step:

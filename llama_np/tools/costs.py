@@ -6,10 +6,20 @@ FLOPs ÷ matmul FLOP/s, decode's by bytes read ÷ memory bandwidth.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
+
 from ..config import LlamaConfig
 from ..schema import matmul_params
 
-__all__ = ["decode_bytes", "forward_bytes", "forward_flops", "matmul_params"]
+__all__ = [
+    "decode_bytes",
+    "forward_bytes",
+    "forward_flops",
+    "matmul_params",
+    "step_bytes",
+    "step_flops",
+]
 
 
 def forward_flops(
@@ -82,3 +92,42 @@ def decode_bytes(
     """Bytes one decode step at `position` must read: every matmul weight and the classifier
     once, one embedding row, and K and V of the position+1 cached positions of every layer."""
     return forward_bytes(config, 1, position, weight_bytes, kv_bytes)
+
+
+# ---------------------------------------------------------------- a serving step
+
+# A serving step (engine/) runs several sequences at once, each with its own number of new
+# tokens at its own positions: rows = ((start, n_tokens), ...), one pair per sequence. The
+# weights are read once for all of them; each sequence reads its own KV cache and gets the
+# logits of its last new token. One sequence's step is forward_flops / forward_bytes.
+
+
+@functools.lru_cache(maxsize=64)
+def _weights(config: LlamaConfig) -> int:
+    """Weights of the matmuls and the classifier (a simulator asks for every step: once)."""
+    return matmul_params(config) + config.dim * config.vocab_size
+
+
+def step_flops(config: LlamaConfig, rows: Sequence[tuple[int, int]]) -> int:
+    """FLOPs of one serving step: the weight matmuls for every new token, each sequence's
+    attention over the positions its tokens see, and one row of logits per sequence."""
+    n_tokens = sum(n for _, n in rows)
+    classifier = config.dim * config.vocab_size
+    weights = 2 * n_tokens * (_weights(config) - classifier)
+    attention = sum(attention_flops(config, n, start) for start, n in rows)
+    return weights + attention + 2 * len(rows) * classifier
+
+
+def step_bytes(
+    config: LlamaConfig,
+    rows: Sequence[tuple[int, int]],
+    weight_bytes: float = 4,
+    kv_bytes: float = 4,
+) -> int:
+    """Bytes one serving step must read: every weight and the classifier once, an embedding
+    row per new token, and each sequence's K and V through its last new position."""
+    weights = _weights(config)
+    n_tokens = sum(n for _, n in rows)
+    positions = sum(start + n for start, n in rows)
+    kv = config.kv_cache_bytes(positions, 1, bytes_per_value=1) * kv_bytes
+    return int(weights * weight_bytes + n_tokens * config.dim * weight_bytes + kv)

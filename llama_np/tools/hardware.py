@@ -37,8 +37,7 @@ class Hardware:
 
 GB = 10**9  # vendors quote decimal gigabytes, for memory size and for bandwidth
 TB = 10**12
-
-MiB, GiB = 2**20, 2**30
+MiB, GiB = 2**20, 2**30  # nvidia-smi counts in MiB
 
 PRESETS: dict[str, Hardware] = {
     h.name: h
@@ -97,6 +96,38 @@ PRESETS: dict[str, Hardware] = {
             16 * GiB,
             "Google TPU v5e (one chip), bf16",
             "Google's '16 GB' of HBM2: 16 GiB",
+        ),
+        # NVIDIA H200 SXM datasheet: BF16 Tensor Core 989 TFLOP/s dense (1,979 with sparsity),
+        # HBM3e 4.8 TB/s, "141 GB"; nvidia-smi shows 143,771 MiB.
+        Hardware(
+            "h200",
+            989 * TB,
+            4.8 * TB,
+            143771 * MiB,
+            "NVIDIA H200 SXM, bf16 Tensor Core",
+            "nvidia-smi shows 143,771 MiB; the datasheet says '141 GB'",
+        ),
+        # NVIDIA HGX B200 datasheet (8 GPUs): FP16/BF16 Tensor Core 36 PFLOP/s with sparsity,
+        # so 2.25 PFLOP/s dense per GPU; HBM3e 64 TB/s, 8 TB/s per GPU; nvidia-smi shows
+        # 183,359 MiB per GPU.
+        Hardware(
+            "b200",
+            2250 * TB,
+            8 * TB,
+            183359 * MiB,
+            "NVIDIA B200 (HGX), bf16 Tensor Core",
+            "nvidia-smi shows 183,359 MiB per GPU; the datasheet says '180 GB'",
+        ),
+        # AMD Instinct MI300X datasheet: BF16 1,307.4 TFLOP/s dense (2,614.9 with sparsity),
+        # HBM3 5.3 TB/s, "192 GB"; rocm-smi's VRAM total (and rocminfo's pool) is
+        # 206,141,652,992 bytes.
+        Hardware(
+            "mi300x",
+            1307.4 * TB,
+            5.3 * TB,
+            206_141_652_992,
+            "AMD Instinct MI300X, bf16 Matrix",
+            "rocm-smi's VRAM total: 206,141,652,992 bytes; the datasheet says '192 GB'",
         ),
     ]
 }

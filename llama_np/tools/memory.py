@@ -34,7 +34,8 @@ WEIGHT_DTYPES: dict[str, float] = {
     "fp16": 2.0,
     "int8": 1 + 4 / GROUP_SIZE,
 }
-KV_DTYPES: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2}
+# fp8 (e4m3, one byte a value) is how GPU servers halve a bf16 cache (vLLM --kv-cache-dtype fp8)
+KV_DTYPES: dict[str, int] = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 DEFAULT_DTYPE = "bf16"  # what Llama checkpoints are published in
 DEFAULT_KV_DTYPE = "bf16"  # what GPU engines keep the cache in (llama_np itself uses fp32)
 ENGINE_DTYPE = "fp32"  # what llama_np runs (weights and cache): the defaults for this-machine
