@@ -330,3 +330,10 @@ def test_hooks_see_which_rows_belong_to_which_request():
             llama_np.generate_text(model, prompt, 6, temperature=0)
         np.testing.assert_array_equal(rec.sequence_tokens(request.id), alone.tokens)
         np.testing.assert_allclose(rec.probs(request.id), alone.probs(), atol=1e-5)
+
+
+def test_without_chunked_prefill_a_prompt_longer_than_a_step_is_refused():
+    engine = Engine(MODELS["gqa"], max_batch_tokens=8, chunked_prefill=False)
+    with pytest.raises(ContextLengthError, match=r"must run in one step.*max_batch_tokens"):
+        engine.add_request(list(range(1, 12)), 3)
+    assert engine.generate([list(range(1, 9))], 3, temperature=0)[0].tokens  # 8 fit

@@ -93,14 +93,15 @@ class BlockPool:
             if self.ref_counts[block] == 0:
                 self.free[block] = None  # most recently freed: evicted last
 
-    def lookup(self, keys: Sequence[bytes], tokens: Sequence[Sequence[int]]) -> list[int]:
+    def lookup(self, keys: Sequence[bytes], tokens: Sequence[int]) -> list[int]:
         """The cached blocks of the longest prefix: blocks whose keys are keys[0], keys[1], ...
-        and whose tokens match (a check that costs little beside the hash)."""
+        and that hold the same `tokens` (a check that costs little beside the hash)."""
         found = []
         if self.prefix_caching:
-            for key, block_tokens in zip(keys, tokens, strict=True):
+            size = self.block_size
+            for b, key in enumerate(keys):
                 block = self.cached.get(key)
-                if block is None or self.tokens[block] != tuple(block_tokens):
+                if block is None or self.tokens[block] != tuple(tokens[b * size : (b + 1) * size]):
                     break
                 found.append(block)
         return found

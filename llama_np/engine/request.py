@@ -65,9 +65,10 @@ class Request:
         return self.status == FINISHED
 
     def block_keys(self, n: int, block_size: int) -> list[bytes]:
-        """Prefix keys of the first n full blocks of its tokens (computed once each)."""
+        """`keys`, holding at least the prefix keys of its first n full blocks (each computed
+        once, when first asked for)."""
         while len(self.keys) < n:
             i = len(self.keys)
             parent = self.keys[-1] if self.keys else b""
             self.keys.append(block_key(parent, self.tokens[i * block_size : (i + 1) * block_size]))
-        return self.keys[:n]
+        return self.keys

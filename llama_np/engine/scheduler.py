@@ -74,7 +74,8 @@ class Scheduler:
         self.n_preemptions = 0
 
     def check(self, request: Request) -> None:
-        """Refuse a request that could never run: longer than the context or the KV pool."""
+        """Refuse a request that could never run: longer than the context or the KV pool, or
+        (without chunked prefill) than a step."""
         limit = self.config.max_model_len
         if request.n_tokens > limit:
             raise ContextLengthError(
@@ -87,6 +88,13 @@ class Scheduler:
                 f"prompt is {request.n_tokens} tokens: with its first generated token it needs "
                 f"{need} KV blocks of {self.pool.block_size} positions, and the whole pool has "
                 f"{self.pool.n_blocks}; give the engine more KV memory (--kv-memory)"
+            )
+        budget = self.config.max_batch_tokens
+        if not self.config.chunked_prefill and request.n_tokens > budget:
+            raise ContextLengthError(
+                f"prompt is {request.n_tokens} tokens: without chunked prefill it must run in "
+                f"one step, and a step holds {budget} tokens (max_batch_tokens); raise "
+                f"max_batch_tokens, or turn chunked prefill on"
             )
 
     def add(self, request: Request) -> None:
@@ -188,14 +196,14 @@ class Scheduler:
         size = self.pool.block_size
         # At least its last token must run, for the logits of the next one.
         n_full = (request.n_tokens - 1) // size
-        hits = self.pool.lookup(
-            request.block_keys(n_full, size),
-            [request.tokens[b * size : (b + 1) * size] for b in range(n_full)],
-        )
+        hits = self.pool.lookup(request.block_keys(n_full, size)[:n_full], request.tokens)
         start = len(hits) * size
         n = min(request.n_tokens - start, budget)
-        if n < request.n_tokens - start and not self.config.chunked_prefill:
-            return 0  # the whole rest of the prompt must fit in one step
+        whole = request.n_tokens - start
+        # Without chunked prefill the rest runs whole, in a step with room for it; a request
+        # recomputed after preemption may be longer than any step: that one runs in chunks.
+        if n < whole <= self.config.max_batch_tokens and not self.config.chunked_prefill:
+            return 0
         need = blocks_for(start + n, size) - len(hits)
         revived = sum(1 for b in hits if self.pool.ref_counts[b] == 0)  # leave the free list
         if need + revived > self.pool.n_free:

@@ -293,7 +293,7 @@ def simulate(
     rng = random.Random(seed)  # the "sampled" tokens: ids only, nothing depends on them
     vocab = clock.config.vocab_size
     pending = deque(sorted(trace, key=lambda t: t.arrival))
-    now, index, idle_steps = 0.0, 0, 0
+    now, index = 0.0, 0
     while pending or scheduler.running or scheduler.waiting:
         while pending and pending[0].arrival <= now:  # arrived during the last step
             request = trace_request(index, pending.popleft())
@@ -311,21 +311,12 @@ def simulate(
             continue
         plan = scheduler.schedule()
         finished = [r.id for r in plan.dropped]
-        if not plan.requests:
-            idle_steps += 1
-            if idle_steps > 1 and not scheduler.running:
-                head = scheduler.waiting[0]
-                raise ArgumentError(
-                    f"request {head.id} ({head.n_tokens} tokens) can never be scheduled: "
-                    f"without chunked prefill a prompt must fit in one step of "
-                    f"{config.max_batch_tokens} tokens (--max-batch-tokens)"
-                )
+        if not plan.requests:  # only a step that dropped a request that outgrew the pool
             sim.records.append(
                 step_record(len(sim.records), now, 0.0, 0.0, plan, scheduler, finished)
             )
             sim.times.append(StepTime(0, 0, 0.0, 0.0, 0.0, 0.0))
             continue
-        idle_steps = 0
         cost = clock.time(list(zip(plan.starts, plan.counts, strict=True)))
         start, now = now, now + cost.seconds
         scheduler.computed(plan)
@@ -416,7 +407,7 @@ def format_simulation(sim: Simulation, workload: str) -> str:
         ("simulated", f"{_duration(sim.seconds)}, {len(sim.records):,} steps, "
                       f"{sim.preemptions:,} preemptions"
                       + (f", {len(sim.rejected)} requests refused (longer than the pool or "
-                         "context)" if sim.rejected else "")),
+                         "context, or a step without chunked prefill)" if sim.rejected else "")),
         ("throughput", f"{m.output_tokens_per_second:,.4g} output tokens/s, "
                        f"{m.tokens_per_second:,.4g} tokens/s with prompts, "
                        f"{m.requests_per_second:.3g} requests/s"),
