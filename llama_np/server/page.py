@@ -192,6 +192,9 @@ const S = JSON.parse(document.getElementById("settings").textContent);
 document.documentElement.style.setProperty("--prefill", S.colors.prefill);
 document.documentElement.style.setProperty("--decode", S.colors.decode);
 const $ = (id) => document.getElementById(id);
+// Absolute addresses: the page's own may carry user:password@ (HTTP Basic, the API key), and
+// fetch() refuses an address with credentials in it, even a relative one resolved against it.
+const api = (path) => location.origin + path;
 $("model").textContent = S.model + " (context " + S.context + ")";
 const params = new URLSearchParams(location.hash.slice(1));
 if (params.get("key")) sessionStorage.setItem("llama-np-key", params.get("key"));
@@ -228,7 +231,7 @@ async function send() {
   if (chat) body.messages = conversation.concat([{role: "user", content: text}]);
   else body.prompt = text;
   try {
-    const response = await fetch(chat ? "/v1/chat/completions" : "/v1/completions", {method: "POST", headers: headers(), body: JSON.stringify(body)});
+    const response = await fetch(api(chat ? "/v1/chat/completions" : "/v1/completions"), {method: "POST", headers: headers(), body: JSON.stringify(body)});
     if (!response.ok) {
       const error = await response.json().catch(() => ({error: {message: response.statusText}}));
       throw new Error(response.status + ": " + error.error.message);
@@ -337,7 +340,7 @@ function drawPool(pool) {
 
 async function poll() {
   try {
-    const response = await fetch("/scheduler?since=" + next, {headers: headers()});
+    const response = await fetch(api("/scheduler?since=" + next), {headers: headers()});
     if (!response.ok) { const e = await response.json(); fail("/scheduler: " + e.error.message); return; }
     const data = await response.json();
     if (data.steps.length) { lastNew = performance.now(); next = data.steps[data.steps.length - 1][0] + 1; }
