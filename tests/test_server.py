@@ -196,6 +196,14 @@ def test_sampling_extensions_and_stop(live, client):
     text = greedy.choices[0].text
     assert stopped.choices[0].text == text[: text.index("Lily")]
     assert stopped.choices[0].finish_reason == "stop"
+    # The story ends (an end token) before max_tokens, unless ignore_eos (llama.cpp's, vLLM's)
+    ends = client.completions.create(model=NAME, prompt="Lily", max_tokens=250, temperature=0)
+    assert ends.choices[0].finish_reason == "stop" and ends.usage.completion_tokens < 250
+    on = client.completions.create(
+        model=NAME, prompt="Lily", max_tokens=250, temperature=0, extra_body={"ignore_eos": True}
+    )
+    assert on.choices[0].finish_reason == "length" and on.usage.completion_tokens == 250
+    assert on.choices[0].text.startswith(ends.choices[0].text)
     ids = client.completions.create(model=NAME, prompt=[1, 403, 407], max_tokens=5, temperature=0)
     text_prompt = live.engine.model.tokenizer.decode([403, 407])
     same = client.completions.create(model=NAME, prompt=text_prompt, max_tokens=5, temperature=0)

@@ -296,7 +296,7 @@ class Server:
                 code="no_chat_format",
             )
         tokens = await run_in_threadpool(self._render, job.messages)
-        stop_ids = self.chat_format.stop_ids | set(self.model.config.stop_ids)
+        stop_ids = self.chat_format.stop_ids | set(self.model.config.stop_ids)  # as chat's
         return await self._generate(request, job, tokens, stop_ids)
 
     async def completions(self, request: Request) -> Response:
@@ -352,7 +352,7 @@ class Server:
                 sampling=SamplingParams(**job.sampling),
                 seed=job.seed,
                 stop=job.stop,
-                stop_ids=stop_ids,
+                stop_ids=() if job.ignore_eos else stop_ids,
                 logprobs=job.logprobs,
             )
         except ContextLengthError as error:

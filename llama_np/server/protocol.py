@@ -15,7 +15,9 @@ silently ignored. `null` means "not given", as in OpenAI's API.
 
 Sampling defaults are OpenAI's (temperature 1, top_p 1, no top-k or min-p), not llama.cpp's
 command-line ones. llama.cpp's server extensions are accepted as llama-server accepts them:
-top_k (<= 0: off), min_p, repeat_penalty, repeat_last_n (-1: the whole context).
+top_k (<= 0: off), min_p, repeat_penalty, repeat_last_n (-1: the whole context); and
+ignore_eos (llama-server's and vLLM's: generate max_tokens whatever the model says, for
+benchmarks).
 """
 
 from __future__ import annotations
@@ -115,6 +117,7 @@ class Job:
     seed: int | None
     stop: list[str]
     logprobs: int | None
+    ignore_eos: bool = False  # no end token ends it (llama.cpp, vLLM): benchmarks
 
 
 # ---------------------------------------------------------------- bodies
@@ -209,6 +212,7 @@ UNSUPPORTED: dict[str, tuple[Callable[[object], bool], str]] = {
 IDENTIFIERS = {"user"}
 
 COMMON = {"model", "max_tokens", "stream", "stream_options", "seed", "stop", "logprobs"}
+COMMON |= {"ignore_eos"}
 COMMON |= set(SAMPLING_FIELDS) | set(UNSUPPORTED) | IDENTIFIERS
 CHAT_FIELDS = COMMON | {"messages", "max_completion_tokens", "top_logprobs"}
 COMPLETION_FIELDS = COMMON | {"prompt"}
@@ -317,6 +321,7 @@ def _common(body: dict, endpoint: str, context: int) -> dict:
         sampling=_sampling(body, context),
         seed=_seed(body),
         stop=_stop(body),
+        ignore_eos=bool(_field(body, "ignore_eos", Bool())),
     )
 
 
