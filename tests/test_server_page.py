@@ -106,17 +106,19 @@ def test_page_in_a_headless_browser_under_load(live):
     expected = llama_np.generate_text(model, tokens, 20, temperature=0)
 
     # Other clients keep the engine busy meanwhile: short requests, so prompts keep arriving
-    # (prefill rows) beside the running ones (decode rows); each step slowed to be seen.
+    # (prefill rows) beside running ones (decode rows), and a long one, so that some request
+    # is always running; each step slowed to be seen.
     gate = Gate(engine, delay=0.003)
     done = threading.Event()
 
-    def client(prompt: str) -> None:
+    def client(prompt: str, n: int) -> None:
         with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {KEY}"}) as http:
             while not done.is_set():
-                body = {"prompt": prompt, "max_tokens": 30, "temperature": 0}
+                body = {"prompt": prompt, "max_tokens": n, "temperature": 0, "ignore_eos": True}
                 http.post(live.url + "/v1/completions", json=body)
 
-    clients = [threading.Thread(target=client, args=(p,)) for p in ("Lily", "Tom and Sue", "A")]
+    loads = [("Lily", 30), ("Tom and Sue", 30), ("A", 400)]
+    clients = [threading.Thread(target=client, args=load) for load in loads]
     for thread in clients:
         thread.start()
     try:

@@ -32,7 +32,7 @@ import anyio
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -169,6 +169,8 @@ class Server:
                 return await handler(request)
             except APIError as error:
                 return error_response(error)
+            except ClientDisconnect:  # it left while sending its request: nobody to answer
+                return Response(status_code=400)
             except Exception:  # a bug: answer it, log it, keep serving
                 log.exception("%s %s failed", request.method, request.url.path)
                 return error_response(APIError(500, "internal server error", type="server_error"))

@@ -25,6 +25,11 @@ TPOT_BUCKETS += (0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 RECENT = 256  # requests the live page's medians are taken over
 
 
+def label_value(text: str) -> str:
+    """A Prometheus label value: backslash, quote and newline escaped."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 class Histogram:
     """Counts of observations at or below each bucket's upper bound, their sum and count."""
 
@@ -96,7 +101,7 @@ class Metrics:
         """The Prometheus text exposition (format 0.0.4)."""
         engine, pool = self.engine, self.engine.pool
         scheduler = engine.scheduler
-        label = f'model_name="{self.model_name}"'
+        label = f'model_name="{label_value(self.model_name)}"'
         lines: list[str] = []
 
         def metric(name: str, kind: str, help: str, samples: list[tuple[str, float]]) -> None:

@@ -48,19 +48,21 @@ class SchedulerView:
                 self._want_state = False
                 self._state = self._take_state()
 
-    def _take_state(self) -> dict:
-        """Requests and pool, as the engine's thread sees them between two steps."""
+    def _take_state(self, idle: bool = False) -> dict:
+        """Requests and pool, as the engine's thread sees them between two steps (or, `idle`,
+        with no request at all: the lists are not read, another thread may fill them)."""
         scheduler, pool = self.engine.scheduler, self.engine.pool
 
         def row(r) -> list[int]:
             return [r.id, len(r.prompt), r.n_computed, len(r.generated), r.n_cached,
                     r.max_new_tokens]  # fmt: skip
 
-        waiting = [row(r) for _, r in zip(range(MAX_LISTED), scheduler.waiting, strict=False)]
+        running = [] if idle else [row(r) for r in scheduler.running]
+        waiting = [] if idle else [row(r) for r in list(scheduler.waiting)[:MAX_LISTED]]
         return {
-            "running": [row(r) for r in scheduler.running],
+            "running": running,
             "waiting": waiting,
-            "n_waiting": len(scheduler.waiting),
+            "n_waiting": 0 if idle else len(scheduler.waiting),
             "pool": {
                 "blocks": pool.n_blocks,
                 "used": pool.n_used,
@@ -78,7 +80,7 @@ class SchedulerView:
             state = self._state
             self._want_state = True
         if not self.engine.has_unfinished():  # idle: no step will come to take a snapshot
-            state = self._take_state()
+            state = self._take_state(idle=True)
         config = self.engine.scheduler.config
         return {
             "limits": {
@@ -269,7 +271,7 @@ $("clear").addEventListener("click", () => { conversation = []; $("log").textCon
 // ------------------------------------------------------------------ the scheduler
 const STEPS_SHOWN = 80;
 let steps = [], next = 0, latest = null, lastNew = 0;
-const fmt = (x, unit) => x === null || x === undefined ? "-" : x < 1 ? (1000 * x).toFixed(1) + " ms" : x.toFixed(2) + " s";
+const fmt = (x) => x === null || x === undefined ? "-" : x < 1 ? (1000 * x).toFixed(1) + " ms" : x.toFixed(2) + " s";
 
 function rates() {  // tokens/s over the steps of the last two seconds (engine clock)
   if (!steps.length || performance.now() - lastNew > 1500) return {steps: 0, decode: 0, prefill: 0};

@@ -44,7 +44,7 @@ from ..validate import (
 )
 
 MAX_STOP = 16  # stop strings per request (OpenAI: 4; llama-server: any)
-MAX_STOP_CHARS = 1024
+MAX_STOP_CHARS = 256  # each is matched against the text held back, token by token
 MAX_MESSAGES = 4096
 MAX_TEXT = 1 << 26  # a string field's characters; the body limit bounds it first
 MAX_LOGPROBS = 20  # alternatives per token: the engine's bound, and OpenAI's top_logprobs
