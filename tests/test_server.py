@@ -489,3 +489,31 @@ def test_the_readme_client_example(live):
         exec(compile(code, "README.md", "exec"), {})
     expected = llama_np.generate_text(live.engine.model, "Once upon a time", 40, temperature=0)
     assert out.getvalue() == expected
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_an_engine_that_fails_is_reported_not_hidden():
+    """A bug that ends the engine thread: the requests in flight end with an error (a 500, or
+    an error event in a stream), /health says so, and new requests are refused (503)."""
+    engine = Engine(chat_model(), kv_memory="4MiB")
+    live = LiveServer(engine, ServerConfig(NAME))
+    client = openai.OpenAI(base_url=live.url + "/v1", api_key="none", max_retries=0)
+
+    def bug(record) -> None:
+        if record.index >= 3:
+            raise RuntimeError("a bug in an observer")
+
+    try:
+        assert httpx.get(live.url + "/health").json() == {"status": "ok"}
+        engine.on_step.append(bug)
+        with pytest.raises(openai.InternalServerError) as caught:
+            client.completions.create(model=NAME, prompt="Once upon a time", max_tokens=50)
+        assert caught.value.status_code == 500 and caught.value.body["code"] == "engine_error"
+        health = httpx.get(live.url + "/health")
+        assert health.status_code == 503 and "stopped" in health.json()["status"]
+        with pytest.raises(openai.InternalServerError) as caught:
+            client.completions.create(model=NAME, prompt="Once upon a time", max_tokens=5)
+        assert caught.value.status_code == 503
+        assert caught.value.body["code"] == "engine_stopped"
+    finally:
+        live.close()

@@ -222,6 +222,8 @@ class Server:
     async def health(self, request: Request) -> Response:
         if self.bridge.draining:
             return JSONResponse({"status": "shutting down"}, status_code=503)
+        if not self.bridge.thread.alive:
+            return JSONResponse({"status": "error: the engine has stopped"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     async def live_page(self, request: Request) -> Response:

@@ -93,6 +93,9 @@ class Bridge:
             except RuntimeError:  # the loop has closed: the server is gone
                 pass
 
+        if not self.thread.alive:  # ended by a bug (its traceback is in the log)
+            raise APIError(503, "the engine has stopped; restart the server",
+                           type="server_error", code="engine_stopped")  # fmt: skip
         stream.request = self.thread.submit(prompt, max_new_tokens, on_event, **kwargs)
         self.in_flight[stream.request.id] = stream
         return stream
