@@ -238,23 +238,14 @@ def _sampling(body: dict, context: int) -> dict:
     kwargs = dict(OPENAI_DEFAULTS)
     supported = _sampler_fields()
     for key, name in SAMPLING_FIELDS.items():
-        if key in ("top_k", "repeat_last_n"):
-            value = _field(body, key, Int(-INT64, INT64))
-            if value is not None and value < 0 and key == "top_k":
-                value = 0  # llama-server: top_k <= 0 keeps every token
-            if value is not None and value < 0:  # repeat_last_n: -1 = the whole context
-                if value != -1:
-                    raise bad_request(
-                        f"{key}: expected -1 (the whole context), 0 (off) or a positive "
-                        f"integer, found {value}",
-                        param=key,
-                        code="invalid_value",
-                    )
-                value = context
-        else:
-            value = _field(body, key, Float())
+        integral = key in ("top_k", "repeat_last_n")
+        value = _field(body, key, Int(-INT64, INT64) if integral else Float())
         if value is None:
             continue
+        if key == "top_k" and value < 0:
+            value = 0  # llama-server: top_k <= 0 keeps every token
+        if key == "repeat_last_n" and value == -1:
+            value = context  # llama-server: -1 looks back over the whole context
         if name not in supported:  # presence/frequency penalty without sampler support
             if value != 0:
                 raise bad_request(
