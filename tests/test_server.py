@@ -517,3 +517,25 @@ def test_an_engine_that_fails_is_reported_not_hidden():
         assert caught.value.body["code"] == "engine_stopped"
     finally:
         live.close()
+
+
+def test_a_story_model_serves_completions_only():
+    """A model without a chat template or a recognisable format: chat is refused, naming the
+    fix; the page opens in "continue text" mode. (An explicit --chat-format that does not fit
+    is an error at start: test_server_process.)"""
+    from llama_np.server import create_app
+
+    app = create_app(Engine(llama_np.load(), kv_memory="1MiB"), ServerConfig(NAME))
+    assert app.state.server.chat_format is None
+    assert '"chat": false' in app.state.server.page
+
+    async def ask() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+            body = {"messages": [{"role": "user", "content": "Hi"}]}
+            return await http.post("/v1/chat/completions", json=body)
+
+    response = asyncio.run(ask())
+    assert response.status_code == 400
+    error = error_of(response)
+    assert error["code"] == "no_chat_format" and "--chat-format" in error["message"]

@@ -99,3 +99,12 @@ def test_a_port_in_use_is_an_error_before_loading():
         )  # fmt: skip
     assert out.returncode == 1
     assert out.stderr.startswith(f"llama-np: error: cannot listen on 127.0.0.1:{port}: ")
+
+
+def test_a_chat_format_that_does_not_fit_is_an_error_at_start():
+    out = subprocess.run(
+        [sys.executable, "-m", "llama_np", "serve", "--port", "0", "--chat-format", "llama3"],
+        capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert out.stderr.startswith("llama-np: error: chat format 'llama3' needs the special tokens")

@@ -126,12 +126,14 @@ class Server:
         self.bridge.on_finished.append(self.metrics.request_finished)
         self.view = SchedulerView(engine)
         self.created = int(time.time())
-        self.page = page_html(config.model_name, self.context)
         try:
             self.chat_format = make_chat_format(self.model.tokenizer, config.chat_format)
             self.chat_error = None
-        except LlamaNpError as error:  # a story model: completions only
-            self.chat_format, self.chat_error = None, str(error)
+        except LlamaNpError as error:
+            if config.chat_format is not None:  # asked for, and it does not fit: say so now
+                raise
+            self.chat_format, self.chat_error = None, str(error)  # a story model: completions
+        self.page = page_html(config.model_name, self.context, self.chat_format is not None)
 
     # ---------------------------------------------------------------- the app
 

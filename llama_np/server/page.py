@@ -110,9 +110,11 @@ class SchedulerView:
         }
 
 
-def page_html(model_name: str, context: int) -> str:
-    """The page, with the model's name, its context and the phase colours filled in."""
-    settings = json.dumps({"model": model_name, "context": context, "colors": PHASE_COLORS})
+def page_html(model_name: str, context: int, chat: bool) -> str:
+    """The page, with the model's name, its context, whether it chats (a story model only
+    continues text) and the phase colours filled in."""
+    settings = {"model": model_name, "context": context, "chat": chat, "colors": PHASE_COLORS}
+    settings = json.dumps(settings)
     return PAGE.replace("__SETTINGS__", settings.replace("</", "<\\/"))
 
 
@@ -202,6 +204,7 @@ const params = new URLSearchParams(location.hash.slice(1));
 if (params.get("key")) sessionStorage.setItem("llama-np-key", params.get("key"));
 $("key").value = sessionStorage.getItem("llama-np-key") || "";
 $("key").addEventListener("change", () => sessionStorage.setItem("llama-np-key", $("key").value));
+if (!S.chat) { $("mode").value = "completion"; $("mode").options[0].disabled = true; }  // a story model: no chat format
 for (const name of ["mode", "temperature", "max_tokens"]) if (params.get(name) !== null) $(name).value = params.get(name);
 
 function headers() {
