@@ -6,8 +6,9 @@
     async for event in stream: ...                      # TokenEvents; the last one finished
     stream.cancel()                                     # the client left: its blocks go back
 
-One thread (EngineThread) runs the engine's steps; it hands each event to the event loop with
-`call_soon_threadsafe`, and nothing else crosses between the two. Admission happens here: at
+One thread (EngineThread) runs the engine's steps; it hands the events to the event loop
+with `call_soon_threadsafe`, and nothing else crosses between the two. A step's events go over
+together: one wake-up of the loop per step, not one per request. Admission happens here: at
 most max_seqs running + max_queue waiting requests are in flight. The count lives in the
 loop's thread (no lock) and drops when a request's last event arrives, however it ended
 (finished, cancelled, failed), so a request can never be counted twice or lost.
@@ -16,6 +17,8 @@ loop's thread (no lock) and drops when a request's last event arrives, however i
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 
 from ..engine import Engine, Request, TokenEvent
@@ -64,6 +67,9 @@ class Bridge:
         self.draining = False  # shutting down: no new requests
         self.on_finished: list[Callable[[Request], None]] = []  # called in the loop's thread
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._arrivals: deque[tuple[RequestStream, TokenEvent]] = deque()  # to hand over
+        self._handover = threading.Lock()
+        self._handover_due = False  # a _deliver is scheduled in the loop
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -85,11 +91,15 @@ class Bridge:
                 headers={"Retry-After": str(RETRY_AFTER)},
             )
         stream = RequestStream(self)
-        loop = self._loop
 
         def on_event(event: TokenEvent) -> None:  # in the engine's thread
+            self._arrivals.append((stream, event))
+            with self._handover:
+                if self._handover_due:
+                    return  # the loop has yet to take the earlier ones: it takes this too
+                self._handover_due = True
             try:
-                loop.call_soon_threadsafe(stream._arrived, event)
+                self._loop.call_soon_threadsafe(self._deliver)
             except RuntimeError:  # the loop has closed: the server is gone
                 pass
 
@@ -99,6 +109,14 @@ class Bridge:
         stream.request = self.thread.submit(prompt, max_new_tokens, on_event, **kwargs)
         self.in_flight[stream.request.id] = stream
         return stream
+
+    def _deliver(self) -> None:
+        """Hand the events that arrived to their streams (in the loop's thread)."""
+        with self._handover:
+            self._handover_due = False  # from now on, a new event schedules a new _deliver
+        while self._arrivals:
+            stream, event = self._arrivals.popleft()
+            stream._arrived(event)
 
     def _ended(self, stream: RequestStream) -> None:
         request = stream.request
