@@ -47,6 +47,7 @@ import numpy as np  # noqa: E402
 from llama_np import DEFAULT_CHECKPOINT  # noqa: E402
 from llama_np.checkpoints.export import convert  # noqa: E402
 from llama_np.tools.known_models import known_config  # noqa: E402
+from llama_np.tools.serving_metrics import PERCENTILES, Percentiles  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import llama_cpp  # noqa: E402
@@ -148,7 +149,9 @@ async def send(http: httpx.AsyncClient, model: str, request: TraceRequest, start
 
 
 def summarize(timings: list[Timing], n_trace: int) -> dict:
-    """Output tokens/s and TTFT, TPOT, ITL percentiles (ms) of one replay."""
+    """Output tokens/s and TTFT, TPOT, ITL percentiles (ms) of one replay, defined as the
+    engine's and the simulator's are (llama_np.tools.serving_metrics), with the tokens each
+    server says it generated (a streamed piece may hold more than one)."""
     done = [t for t in timings if not t.error and t.pieces]
     errors = [t.error for t in timings if t.error]
     result: dict = {"requests": len(done), "of": n_trace, "errors": len(errors)}
@@ -158,20 +161,18 @@ def summarize(timings: list[Timing], n_trace: int) -> dict:
         return result
     span = max(t.pieces[-1] for t in done) - min(t.sent for t in done)
     tokens = sum(t.tokens for t in done)
-    ttft = [t.pieces[0] - t.sent for t in done]
-    tpot = [(t.pieces[-1] - t.pieces[0]) / (t.tokens - 1) for t in done if t.tokens > 1]
-    itl = [b - a for t in done for a, b in zip(t.pieces, t.pieces[1:], strict=False)]
-
-    def ms(values: list[float], q: float) -> float | None:
-        return round(1e3 * float(np.percentile(values, q)), 2) if values else None
-
-    result.update(
-        output_tokens=tokens,
-        seconds=round(span, 3),
-        output_tok_s=round(tokens / span, 2),
-        **{f"{name}_p{q}_ms": ms(values, q)
-           for name, values in (("ttft", ttft), ("tpot", tpot), ("itl", itl)) for q in (50, 99)},
-    )  # fmt: skip
+    latencies = {
+        "ttft": [t.pieces[0] - t.sent for t in done],
+        "tpot": [(t.pieces[-1] - t.pieces[0]) / (t.tokens - 1) for t in done if t.tokens > 1],
+        "itl": [b - a for t in done for a, b in zip(t.pieces, t.pieces[1:], strict=False)],
+    }
+    result.update(output_tokens=tokens, seconds=round(span, 3),
+                  output_tok_s=round(tokens / span, 2))  # fmt: skip
+    for name, seconds in latencies.items():
+        p = Percentiles.of(seconds)
+        for q in PERCENTILES:
+            ms = 1e3 * getattr(p, f"p{q}")
+            result[f"{name}_p{q}_ms"] = round(ms, 2) if ms == ms else None  # NaN: none
     return result
 
 

@@ -334,10 +334,25 @@ def test_a_stalled_upload_is_cut_off(live):
             b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Authorization: Bearer " + KEY.encode() + b"\r\nContent-Length: 100\r\n\r\n{"
         )
-        t0 = time.monotonic()
-        reply = sock.recv(4096)
+        reply = sock.recv(4096)  # the socket's timeout (30 s) bounds a hang
     assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
-    assert time.monotonic() - t0 < 25
+
+
+def test_a_bug_in_a_handler_is_a_500_in_openai_shape(live, monkeypatch):
+    """The bug's traceback goes to the log; the client gets an error object; the server goes
+    on serving."""
+
+    def broken() -> str:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(live.server.metrics, "render", broken)
+    keyed = {"Authorization": f"Bearer {KEY}"}
+    response = httpx.get(live.url + "/metrics", headers=keyed)
+    assert response.status_code == 500
+    assert error_of(response) == {
+        "message": "internal server error", "type": "server_error", "param": None, "code": None,
+    }  # fmt: skip
+    assert httpx.get(live.url + "/v1/models", headers=keyed).status_code == 200
 
 
 def test_tokenize_and_detokenize(live):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import bdb
+import os
 import sys
 import time
 from collections.abc import Iterator

@@ -162,6 +162,9 @@ class Server:
 
         app = Starlette(routes=routes, lifespan=lifespan)
         app.add_exception_handler(HTTPException, _http_error)  # unknown path, wrong method
+        # A bug in a handler: Starlette answers with this (OpenAI's shape), then lets the
+        # exception go on to uvicorn, which logs its traceback; the server keeps serving.
+        app.add_exception_handler(Exception, _internal_error)
         app.state.server = self
         return app
 
@@ -173,9 +176,6 @@ class Server:
                 return error_response(error)
             except ClientDisconnect:  # it left while sending its request: nobody to answer
                 return Response(status_code=400)
-            except Exception:  # a bug: answer it, log it, keep serving
-                log.exception("%s %s failed", request.method, request.url.path)
-                return error_response(APIError(500, "internal server error", type="server_error"))
 
         return endpoint
 
@@ -540,6 +540,10 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
         exc.status_code, str(exc.detail)
     )
     return error_response(APIError(exc.status_code, message, headers=exc.headers))
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    return error_response(APIError(500, "internal server error", type="server_error"))
 
 
 def create_app(engine: Engine, config: ServerConfig) -> Starlette:
