@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -50,6 +51,18 @@ def stream_events(url: str, body: dict, first: threading.Event, out: list) -> No
         first.set()
 
 
+def received(url: str, n: int) -> None:
+    """Wait until the server has received n requests: running, waiting or finished (its
+    /metrics say)."""
+    pattern = r"^llama_np_(?:requests_running|requests_waiting|request_success_total)\{.*\} (\S+)"
+    for _ in range(6000):  # 60 s: a bound for a hang
+        text = httpx.get(url + "/metrics", timeout=10).text
+        if sum(float(v) for v in re.findall(pattern, text, re.M)) >= n:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"the server never received {n} requests")
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_ends_streams_cleanly_and_exits_0(sig):
     # One request runs at a time: while the first streams, the others wait in the queue.
@@ -64,7 +77,7 @@ def test_a_signal_ends_streams_cleanly_and_exits_0(sig):
         ]
         for thread in threads:
             thread.start()
-        assert firsts[0].wait(60) or any(f.is_set() for f in firsts)
+        received(url, 4)  # all four are in: one running, the others waiting (or done)
         process.send_signal(sig)
         for thread in threads:
             thread.join(60)

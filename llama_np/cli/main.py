@@ -406,7 +406,6 @@ def run_serve(args: argparse.Namespace) -> int:
     def say(line: str) -> None:
         print(f"llama-np: {line}", file=sys.stderr, flush=True)
 
-    say(f"serving {name} on {url} (OpenAI API under /v1, the live page at /); Ctrl-C stops")
     say(engine.describe())
     server = app.state.server
     chat = server.chat_format.name if server.chat_format is not None else "none (completions only)"
@@ -414,7 +413,8 @@ def run_serve(args: argparse.Namespace) -> int:
     if config.api_key is None and host not in ("127.0.0.1", "::1", "localhost"):
         say(f"warning: listening on {host} without an API key: whoever reaches this port can "
             f"use the model (--api-key)")  # fmt: skip
-    serve(app, sock, log_level=args.log_level,
+    ready = f"serving {name} on {url} (OpenAI API under /v1, the live page at /); Ctrl-C stops"
+    serve(app, sock, on_ready=lambda: say(ready), log_level=args.log_level,
           max_connections=args.max_seqs + args.max_queue + 64)  # fmt: skip
     say("stopped")
     return 0

@@ -155,6 +155,7 @@ class Server:
         @asynccontextmanager
         async def lifespan(app):
             self.bridge.start()
+            await anyio.to_thread.run_sync(self.bridge.warm_up)  # before the first client
             try:
                 yield
             finally:

@@ -75,6 +75,17 @@ class Bridge:
         self._loop = asyncio.get_running_loop()
         self.thread.start()
 
+    def warm_up(self) -> None:
+        """One short greedy request before any client's (blocking: run it in a thread), as
+        llama-server does: compiled kernels load or compile now (~1 s on their first call),
+        not during the first client's answer."""
+        bos = self.engine.model.config.bos_id
+        try:
+            for _ in self.thread.stream([bos], 2, temperature=0, stop_ids=()):
+                pass
+        except RuntimeError:  # told to stop (SIGINT, SIGTERM) before it started: nothing to warm
+            pass
+
     def submit(self, prompt: Sequence[int], max_new_tokens: int, **kwargs) -> RequestStream:
         """Add a request (Engine.add_request's arguments; its errors raise here)."""
         if self.draining:

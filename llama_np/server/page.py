@@ -21,10 +21,8 @@ import threading
 from collections import deque
 
 from ..engine import Engine, StepRecord
+from ..tools.colors import PHASE_COLORS  # prefill blue, decode orange: as every chart
 
-# The phase colours of the explorer page and the profile charts (prefill blue, decode
-# orange), defined here once for this page.
-PHASE_COLORS = {"prefill": "#1f77b4", "decode": "#ff7f0e"}
 MAX_STEPS = 400  # step records one poll returns at most (the latest)
 MAX_LISTED = 64  # waiting requests listed at most
 
@@ -125,7 +123,6 @@ PAGE = r"""<!doctype html>
 <title>llama-np serve</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
-  :root { --prefill: #1f77b4; --decode: #ff7f0e; }
   body { font: 14px system-ui, sans-serif; margin: 12px; color: #222; }
   h1 { font-size: 18px; margin: 0 0 8px; } h2 { font-size: 15px; margin: 12px 0 6px; }
   .cols { display: flex; gap: 16px; align-items: flex-start; }
@@ -332,7 +329,7 @@ function drawTables(state) {
 function drawPool(pool) {
   const bar = $("kvbar"); bar.textContent = "";
   const parts = [["shared", pool.shared, "#555"], ["used", pool.used - pool.shared, "#999"],
-                 ["cached", Math.max(pool.cached - pool.used, 0), "#c7d9ea"], ["free", pool.free - Math.max(pool.cached - pool.used, 0), "#fff"]];
+                 ["cached", Math.max(pool.cached - pool.used, 0), "#cde5cd"], ["free", pool.free - Math.max(pool.cached - pool.used, 0), "#fff"]];
   for (const [name, n, colour] of parts) {
     if (n <= 0) continue;
     const div = document.createElement("div"); div.style.width = (100 * n / pool.blocks) + "%"; div.style.background = colour;

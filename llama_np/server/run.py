@@ -35,16 +35,22 @@ def listen(host: str, port: int) -> socket.socket:
         sock.bind(address)
     except OSError as error:
         raise ArgumentError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
-    sock.set_inheritable(True)
+    sock.listen(2048)  # clients that come while the model loads wait in line, not refused
     return sock
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, which also tells the app to end its streams when a signal comes."""
+    """uvicorn's server, which also says when it is ready (the app warmed up, the socket
+    served) and tells the app to end its streams when a signal comes."""
 
-    def __init__(self, config: uvicorn.Config, on_exit) -> None:
+    def __init__(self, config: uvicorn.Config, on_ready, on_exit) -> None:
         super().__init__(config)
-        self.on_exit = on_exit
+        self.on_ready, self.on_exit = on_ready, on_exit
+
+    async def startup(self, sockets=None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self.on_ready()
 
     def handle_exit(self, sig, frame) -> None:
         first = not self.should_exit
@@ -53,8 +59,11 @@ class _Server(uvicorn.Server):
             self.on_exit()
 
 
-def serve(app, sock: socket.socket, *, log_level: str = "warning", max_connections=None) -> None:
-    """Run `app` (create_app's) on the bound socket until SIGINT or SIGTERM; returns then."""
+def serve(
+    app, sock: socket.socket, *, on_ready=lambda: None, log_level="warning", max_connections=None
+) -> None:
+    """Run `app` (create_app's) on the listening socket until SIGINT or SIGTERM; returns then.
+    on_ready() is called once it serves."""
     config = uvicorn.Config(
         app,
         lifespan="on",
@@ -65,7 +74,7 @@ def serve(app, sock: socket.socket, *, log_level: str = "warning", max_connectio
         limit_concurrency=max_connections,  # more connections get 503 from uvicorn itself
         h11_max_incomplete_event_size=64 * 1024,  # request line and headers
     )
-    server = _Server(config, app.state.server.bridge.drain_threadsafe)
+    server = _Server(config, on_ready, app.state.server.bridge.drain_threadsafe)
     # uvicorn passes a caught signal on to the handler it found when it started, once it has
     # shut down; these handlers take it, so the process exits 0 instead of dying by it.
     previous = {s: signal.signal(s, lambda *_: None) for s in SIGNALS}
