@@ -7,6 +7,7 @@ CORE |= {"arguments"}
     serving     engine/ (scheduler, block pool, requests: many prompts on one model)
     api         llama_np/__init__.py (what `import llama_np` offers)
     tools       tools/ (costs, memory, machine, profile, trace, ...)
+    server      server/ (llama-np serve: HTTP on the engine; the engine never imports it)
     cli         cli/, __main__
 
 Every import in llama_np/ (module level or inside a function, relative or absolute, except
@@ -22,7 +23,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "llama_np"
 CORE = {"errors", "config", "schema", "dtypes", "quants", "packed", "layers", "kv_cache", "hooks"}
 CORE |= {"limits", "numerics", "model", "kernels", "validate", "weights", "paged_kv_cache"}
 CORE |= {"arguments"}
-LAYERS = ["core", "formats", "generation", "serving", "api", "tools", "cli"]
+LAYERS = ["core", "formats", "generation", "serving", "api", "tools", "server", "cli"]
 
 
 def layer_of(module: str) -> str:
@@ -40,6 +41,8 @@ def layer_of(module: str) -> str:
         return "serving"
     if top == "tools":
         return "tools"
+    if top == "server":
+        return "server"
     if top in ("cli", "__main__"):
         return "cli"
     raise AssertionError(f"module {module} has no layer: add it to tests/test_layering.py")
@@ -128,6 +131,21 @@ def test_the_engine_imports_no_tools_or_cli():
         "import sys, llama_np.model\n"
         "bad = [m for m in sys.modules if m.startswith(('llama_np.tools', 'llama_np.cli'))]\n"
         "print(bad)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_server_is_loaded_only_by_serve():
+    """`import llama_np` and the CLI load neither llama_np.server nor its web stack (the
+    serve extra is optional); only `llama-np serve` imports them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, llama_np, llama_np.cli.main\n"
+        "web = ('llama_np.server', 'starlette', 'uvicorn')\n"
+        "print([m for m in sys.modules if m.startswith(web)])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

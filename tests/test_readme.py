@@ -9,6 +9,9 @@ import llama_np
 
 README = (Path(__file__).parents[1] / "README.md").read_text()
 BLOCKS = re.findall(r"```python\n(.*?)```", README, re.S)
+# Client examples need a server: tests/test_server.py runs them against one.
+SERVER = "# with llama-np serve running"
+BLOCKS = [b for b in BLOCKS if not b.startswith(SERVER)]
 
 
 def block(containing: str) -> str:

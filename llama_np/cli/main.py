@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import bdb
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -17,10 +18,11 @@ from ..chat import CHAT_FORMATS, Chat
 from ..checkpoints.download import KNOWN_CHECKPOINTS, MIN_RATE, RATE_WINDOW, download
 from ..checkpoints.export import convert
 from ..checkpoints.gguf import gguf_file, is_gguf, read_gguf, type_summary
-from ..engine import generate_batch_stream
+from ..engine import Engine, generate_batch_stream
 from ..errors import ArgumentError, LlamaNpError
 from ..generate import GenerationStats, generate
 from ..hooks import break_at
+from ..limits import parse_bytes
 from ..model import Model
 from ..packed import FP32_KERNEL_MIN, WEIGHT_DTYPES
 from ..sampling import SamplingParams
@@ -261,10 +263,161 @@ def build_parser() -> argparse.ArgumentParser:
     )
     conv.add_argument("--force", action="store_true", help="replace OUT if it exists")
     conv.set_defaults(run=run_convert)
+    add_serve_command(commands)
     cli_perf.add_commands(commands)  # memory, profile
     cli_serving.add_commands(commands)  # simulate, serving-lab
     add_kernels_arg(commands.choices["profile"])
     return parser
+
+
+def add_serve_command(commands) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="an OpenAI-compatible HTTP server (continuous batching), with a live page",
+        description="Serve a model over HTTP with OpenAI's API (/v1/chat/completions, "
+        "/v1/completions, /v1/models), llama-server's /tokenize and /detokenize, Prometheus "
+        "/metrics and /health; many requests share the model through the batching engine. "
+        "http://HOST:PORT/ is a live page: chat with the model and watch the scheduler. "
+        "Needs the serve extra: pip install -e '.[serve]'.",
+    )
+    add_model_arg(serve)
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: 127.0.0.1, this machine only)",
+    )
+    serve.add_argument("--port", type=int, default=8080, help="port (default: 8080; 0: any free)")
+    serve.add_argument(
+        "--api-key",
+        default=os.environ.get("LLAMA_NP_API_KEY"),
+        metavar="KEY",
+        help="require 'Authorization: Bearer KEY' on every endpoint but /health (default: "
+        "$LLAMA_NP_API_KEY, which keeps the key out of the process list; none if unset)",
+    )
+    serve.add_argument(
+        "--alias",
+        metavar="NAME",
+        help="the model's id in the API (default: the checkpoint's file name)",
+    )
+    serve.add_argument(
+        "--chat-format",
+        choices=CHAT_FORMATS,
+        default=None,
+        help="prompt format of /v1/chat/completions, as for chat (default: the checkpoint's "
+        "template, else the built-in format its tokenizer suggests; a story model has none)",
+    )
+    serve.add_argument(
+        "--max-seqs",
+        type=int,
+        default=64,
+        metavar="N",
+        help="requests running at once, in one batch (default: 64)",
+    )
+    serve.add_argument(
+        "--kv-memory",
+        default=None,
+        metavar="BYTES",
+        help="memory of the paged KV cache, e.g. 2GiB (default: 1 GiB, or one full context "
+        "if that is more)",
+    )
+    serve.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=512,
+        metavar="N",
+        help="tokens per engine step, decode tokens plus prefill chunks (default: 512)",
+    )
+    serve.add_argument(
+        "--max-queue",
+        type=int,
+        default=256,
+        metavar="N",
+        help="requests waiting beyond the running ones; more are refused with 503 and "
+        "Retry-After (default: 256)",
+    )
+    serve.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the most tokens one request generates; asking more ends there with "
+        "finish_reason length (default: the model's context)",
+    )
+    serve.add_argument(
+        "--max-body", default="2MiB", metavar="BYTES", help="largest request body (default: 2MiB)"
+    )
+    serve.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="a client must send its request within this, and take each piece of a streamed "
+        "answer within it, or is cut off (default: 60)",
+    )
+    serve.add_argument(
+        "--weights-dtype",
+        choices=WEIGHT_DTYPES,
+        default=None,
+        help="as for generate (default: stored for GGUF, fp32 otherwise)",
+    )
+    serve.add_argument(
+        "--log-level",
+        default="warning",
+        choices=("critical", "error", "warning", "info", "debug"),
+        help="server log (info: one line per request; default: warning)",
+    )
+    add_kernels_arg(serve)
+    serve.set_defaults(run=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    try:  # the serve extra: imported only by this command
+        from ..server import ServerConfig, create_app
+        from ..server.run import listen, serve
+    except ModuleNotFoundError as error:
+        raise ArgumentError(
+            f"llama-np serve needs {error.name}: pip install -e '.[serve]'"
+        ) from None
+    for name in ("max_seqs", "max_batch_tokens"):
+        if getattr(args, name) < 1:
+            raise ArgumentError(f"--{name.replace('_', '-')} must be >= 1")
+    name = args.alias or Path(args.model.rstrip("/")).name or "model"
+    config = ServerConfig(
+        name,
+        api_key=args.api_key or None,
+        chat_format=args.chat_format,
+        max_queue=args.max_queue,
+        max_tokens=args.max_tokens,
+        max_body_bytes=parse_bytes(args.max_body, "--max-body"),
+        timeout=args.timeout,
+    )  # checked before the (slow) load, as the socket
+    sock = listen(args.host, args.port)
+    model = load(args.model, weights_dtype=args.weights_dtype)
+    engine = Engine(
+        model,
+        kv_memory=args.kv_memory,
+        max_seqs=args.max_seqs,
+        max_batch_tokens=args.max_batch_tokens,
+    )
+    app = create_app(engine, config)
+    host, port = sock.getsockname()[:2]
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+    def say(line: str) -> None:
+        print(f"llama-np: {line}", file=sys.stderr, flush=True)
+
+    say(engine.describe())
+    server = app.state.server
+    chat = server.chat_format.name if server.chat_format is not None else "none (completions only)"
+    say(f"up to {args.max_seqs} requests running, {args.max_queue} waiting; chat format {chat}")
+    if config.api_key is None and host not in ("127.0.0.1", "::1", "localhost"):
+        say(f"warning: listening on {host} without an API key: whoever reaches this port can "
+            f"use the model (--api-key)")  # fmt: skip
+    ready = f"serving {name} on {url} (OpenAI API under /v1, the live page at /); Ctrl-C stops"
+    serve(app, sock, on_ready=lambda: say(ready), log_level=args.log_level,
+          max_connections=args.max_seqs + args.max_queue + 64)  # fmt: skip
+    say("stopped")
+    return 0
 
 
 def add_sampling_args(parser: argparse.ArgumentParser) -> None:

@@ -89,6 +89,11 @@ class EngineThread:
             self._thread.join(timeout)
 
     @property
+    def alive(self) -> bool:
+        """Whether it takes requests: started, not stopping, not ended by a bug."""
+        return self._thread.is_alive() and not self._stopping
+
+    @property
     def in_flight(self) -> int:
         with self._lock:
             return len(self._callbacks)
