@@ -63,6 +63,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from ..quants import Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
+
 u = np.uint64  # index arithmetic (see above)
 FASTMATH = {"reassoc", "contract"}
 JIT = {"parallel": True, "fastmath": FASTMATH, "cache": True}
@@ -75,6 +77,12 @@ VERSION = f"numba {numba.__version__}"
 def half(lo, hi) -> np.float32:
     """The fp16 of two little-endian bytes, as float32 (exact, Inf/NaN kept)."""
     return half_bits(np.uint32(lo) | (np.uint32(hi) << 8))
+
+
+@njit(inline="always")
+def _half_at(row, o) -> np.float32:
+    """The fp16 at bytes o, o + 1 of a row, as float32."""
+    return half(row[u(o)], row[u(o + 1)])
 
 
 @njit(inline="always")
@@ -160,10 +168,10 @@ def matmul_fp32(w, x, out):
 def _four_halves(row, o, size):
     """The fp16 at byte o of each of four consecutive blocks of `size` bytes, as float32."""
     return (
-        half(row[u(o)], row[u(o + 1)]),
-        half(row[u(o + size)], row[u(o + size + 1)]),
-        half(row[u(o + 2 * size)], row[u(o + 2 * size + 1)]),
-        half(row[u(o + 3 * size)], row[u(o + 3 * size + 1)]),
+        _half_at(row, o),
+        _half_at(row, o + size),
+        _half_at(row, o + 2 * size),
+        _half_at(row, o + 3 * size),
     )
 
 
@@ -189,23 +197,25 @@ def matmul_q8_0(raw, x, out, qk):
             xb = x[b]
             total = np.float32(0)
             for i in range(n_blocks // 4):
-                o, k0 = i * 136, i * 128  # 4 blocks: 136 bytes, 128 weights
-                d0, d1, d2, d3 = _four_halves(row, o, 34)
+                o, k0 = i * 4 * Q8_0.bytes, i * 128  # 4 blocks, 128 weights
+                d0, d1, d2, d3 = _four_halves(row, o + Q8_0.d, Q8_0.bytes)
+                q0, q1 = o + Q8_0.qs, o + Q8_0.bytes + Q8_0.qs  # each block's int8s
+                q2, q3 = o + 2 * Q8_0.bytes + Q8_0.qs, o + 3 * Q8_0.bytes + Q8_0.qs
                 s = np.float32(0)
                 for j in range(qk):
                     s += (
-                        d0 * np.float32(np.int8(row[u(o + 2 + j)])) * xb[u(k0 + j)]
-                        + d1 * np.float32(np.int8(row[u(o + 36 + j)])) * xb[u(k0 + 32 + j)]
-                        + d2 * np.float32(np.int8(row[u(o + 70 + j)])) * xb[u(k0 + 64 + j)]
-                        + d3 * np.float32(np.int8(row[u(o + 104 + j)])) * xb[u(k0 + 96 + j)]
+                        d0 * np.float32(np.int8(row[u(q0 + j)])) * xb[u(k0 + j)]
+                        + d1 * np.float32(np.int8(row[u(q1 + j)])) * xb[u(k0 + 32 + j)]
+                        + d2 * np.float32(np.int8(row[u(q2 + j)])) * xb[u(k0 + 64 + j)]
+                        + d3 * np.float32(np.int8(row[u(q3 + j)])) * xb[u(k0 + 96 + j)]
                     )
                 total += s
             for i in range(n_blocks // 4 * 4, n_blocks):
-                o, k0 = i * 34, i * 32
+                o, k0 = i * Q8_0.bytes, i * 32
                 s = np.float32(0)
                 for j in range(qk):
-                    s += np.float32(np.int8(row[u(o + 2 + j)])) * xb[u(k0 + j)]
-                total += half(row[u(o)], row[u(o + 1)]) * s
+                    s += np.float32(np.int8(row[u(o + Q8_0.qs + j)])) * xb[u(k0 + j)]
+                total += _half_at(row, o + Q8_0.d) * s
             out[b, n] = total
 
 
@@ -281,14 +291,15 @@ def matmul_q4_0(raw, x, out, half_qk):
             xb, xs = x[b], x_sums[b]
             total = np.float32(0)
             for i in range(n_blocks // 4):
-                o, k0, s0 = i * 72, i * 128, i * 4  # 4 blocks: 72 bytes, 128 weights
-                d0, d1, d2, d3 = _four_halves(row, o, 18)
-                s = _four_nibble_blocks(row, o + 2, 18, xb, k0, half_qk, d0, d1, d2, d3)
+                o, k0, s0 = i * 4 * Q4_0.bytes, i * 128, i * 4  # 4 blocks, 128 weights
+                d0, d1, d2, d3 = _four_halves(row, o + Q4_0.d, Q4_0.bytes)
+                q = o + Q4_0.qs
+                s = _four_nibble_blocks(row, q, Q4_0.bytes, xb, k0, half_qk, d0, d1, d2, d3)
                 total += s - np.float32(8) * _dot4(d0, d1, d2, d3, xs, s0)
             for i in range(n_blocks // 4 * 4, n_blocks):
-                o, k0 = i * 18, i * 32
-                s, sx = _nibble_dot(row, o + 2, xb, k0, half_qk)
-                total += half(row[u(o)], row[u(o + 1)]) * (s - 8 * sx)
+                o, k0 = i * Q4_0.bytes, i * 32
+                s, sx = _nibble_dot(row, o + Q4_0.qs, xb, k0, half_qk)
+                total += _half_at(row, o + Q4_0.d) * (s - 8 * sx)
             out[b, n] = total
 
 
@@ -305,16 +316,16 @@ def matmul_q4_1(raw, x, out, half_qk):
             xb, xs = x[b], x_sums[b]
             total = np.float32(0)
             for i in range(n_blocks // 4):
-                o, k0, s0 = i * 80, i * 128, i * 4  # 4 blocks: 80 bytes, 128 weights
-                d0, d1, d2, d3 = _four_halves(row, o, 20)
-                m0, m1, m2, m3 = _four_halves(row, o + 2, 20)
-                s = _four_nibble_blocks(row, o + 4, 20, xb, k0, half_qk, d0, d1, d2, d3)
+                o, k0, s0 = i * 4 * Q4_1.bytes, i * 128, i * 4  # 4 blocks, 128 weights
+                d0, d1, d2, d3 = _four_halves(row, o + Q4_1.d, Q4_1.bytes)
+                m0, m1, m2, m3 = _four_halves(row, o + Q4_1.m, Q4_1.bytes)
+                q = o + Q4_1.qs
+                s = _four_nibble_blocks(row, q, Q4_1.bytes, xb, k0, half_qk, d0, d1, d2, d3)
                 total += s + _dot4(m0, m1, m2, m3, xs, s0)
             for i in range(n_blocks // 4 * 4, n_blocks):
-                o, k0 = i * 20, i * 32
-                s, sx = _nibble_dot(row, o + 4, xb, k0, half_qk)
-                d, m = half(row[u(o)], row[u(o + 1)]), half(row[u(o + 2)], row[u(o + 3)])
-                total += d * s + m * sx
+                o, k0 = i * Q4_1.bytes, i * 32
+                s, sx = _nibble_dot(row, o + Q4_1.qs, xb, k0, half_qk)
+                total += _half_at(row, o + Q4_1.d) * s + _half_at(row, o + Q4_1.m) * sx
             out[b, n] = total
 
 
@@ -336,13 +347,13 @@ def _fifth_bit(qh, j):
 
 
 @njit(inline="always")
-def _q5_dot(row, o, xb, k0, half_qk):
-    """Σ q·x and Σ x over a 32-weight Q5 block whose qh (u32) is at byte o, nibbles at o + 4."""
-    qh = _u32(row, o)
+def _q5_dot(row, o, layout, xb, k0, half_qk):
+    """Σ q·x and Σ x over the 32-weight Q5_0/Q5_1 block (`layout`) at byte o."""
+    qh = _u32(row, o + layout.qh)
     s = np.float32(0)
     sx = np.float32(0)
     for j in range(half_qk):
-        byte = np.uint32(row[u(o + 4 + j)])
+        byte = np.uint32(row[u(o + layout.qs + j)])
         lo, hi = xb[u(k0 + j)], xb[u(k0 + half_qk + j)]
         q_lo = (byte & 0x0F) | (((qh >> np.uint32(j)) & 1) << 4)
         q_hi = (byte >> 4) | (((qh >> np.uint32(j + half_qk)) & 1) << 4)
@@ -360,12 +371,13 @@ def _q5_pair(row, q, qh, j, xb, k):
 
 
 @njit(inline="always")
-def _four_q5_blocks(row, o, size, xb, k0, half_qk, d0, d1, d2, d3):
-    """Σ_b d_b Σ q·x over four consecutive Q5 blocks of `size` bytes whose qh starts at byte o
-    (nibbles 4 bytes later; weights k0..k0+127): one 16-step loop for all four."""
-    qh0, qh1 = _u32(row, o), _u32(row, o + size)
-    qh2, qh3 = _u32(row, o + 2 * size), _u32(row, o + 3 * size)
-    q = o + 4
+def _four_q5_blocks(row, o, layout, xb, k0, half_qk, d0, d1, d2, d3):
+    """Σ_b d_b Σ q·x over four consecutive Q5_0/Q5_1 blocks (`layout`) from byte o (weights
+    k0..k0+127): one 16-step loop for all four."""
+    size, h = layout.bytes, o + layout.qh
+    qh0, qh1 = _u32(row, h), _u32(row, h + size)
+    qh2, qh3 = _u32(row, h + 2 * size), _u32(row, h + 3 * size)
+    q = o + layout.qs
     s = np.float32(0)
     for j in range(half_qk):
         s += (
@@ -390,14 +402,14 @@ def matmul_q5_0(raw, x, out, half_qk):
             xb, xs = x[b], x_sums[b]
             total = np.float32(0)
             for i in range(n_blocks // 4):
-                o, k0, s0 = i * 88, i * 128, i * 4  # 4 blocks: 88 bytes, 128 weights
-                d0, d1, d2, d3 = _four_halves(row, o, 22)
-                s = _four_q5_blocks(row, o + 2, 22, xb, k0, half_qk, d0, d1, d2, d3)
+                o, k0, s0 = i * 4 * Q5_0.bytes, i * 128, i * 4  # 4 blocks, 128 weights
+                d0, d1, d2, d3 = _four_halves(row, o + Q5_0.d, Q5_0.bytes)
+                s = _four_q5_blocks(row, o, Q5_0, xb, k0, half_qk, d0, d1, d2, d3)
                 total += s - np.float32(16) * _dot4(d0, d1, d2, d3, xs, s0)
             for i in range(n_blocks // 4 * 4, n_blocks):
-                o, k0 = i * 22, i * 32
-                s, sx = _q5_dot(row, o + 2, xb, k0, half_qk)
-                total += half(row[u(o)], row[u(o + 1)]) * (s - 16 * sx)
+                o, k0 = i * Q5_0.bytes, i * 32
+                s, sx = _q5_dot(row, o, Q5_0, xb, k0, half_qk)
+                total += _half_at(row, o + Q5_0.d) * (s - 16 * sx)
             out[b, n] = total
 
 
@@ -414,16 +426,15 @@ def matmul_q5_1(raw, x, out, half_qk):
             xb, xs = x[b], x_sums[b]
             total = np.float32(0)
             for i in range(n_blocks // 4):
-                o, k0, s0 = i * 96, i * 128, i * 4  # 4 blocks: 96 bytes, 128 weights
-                d0, d1, d2, d3 = _four_halves(row, o, 24)
-                m0, m1, m2, m3 = _four_halves(row, o + 2, 24)
-                s = _four_q5_blocks(row, o + 4, 24, xb, k0, half_qk, d0, d1, d2, d3)
+                o, k0, s0 = i * 4 * Q5_1.bytes, i * 128, i * 4  # 4 blocks, 128 weights
+                d0, d1, d2, d3 = _four_halves(row, o + Q5_1.d, Q5_1.bytes)
+                m0, m1, m2, m3 = _four_halves(row, o + Q5_1.m, Q5_1.bytes)
+                s = _four_q5_blocks(row, o, Q5_1, xb, k0, half_qk, d0, d1, d2, d3)
                 total += s + _dot4(m0, m1, m2, m3, xs, s0)
             for i in range(n_blocks // 4 * 4, n_blocks):
-                o, k0 = i * 24, i * 32
-                s, sx = _q5_dot(row, o + 4, xb, k0, half_qk)
-                d, m = half(row[u(o)], row[u(o + 1)]), half(row[u(o + 2)], row[u(o + 3)])
-                total += d * s + m * sx
+                o, k0 = i * Q5_1.bytes, i * 32
+                s, sx = _q5_dot(row, o, Q5_1, xb, k0, half_qk)
+                total += _half_at(row, o + Q5_1.d) * s + _half_at(row, o + Q5_1.m) * sx
             out[b, n] = total
 
 
@@ -457,17 +468,17 @@ def matmul_q4_k(raw, x, out, sub):
             xb, xs = x[b], x_sums[b]
             total = np.float32(0)
             for i in range(K // 256):
-                o, k0, s0 = i * 144, i * 256, i * 8
-                d, dmin = half(row[u(o)], row[u(o + 1)]), half(row[u(o + 2)], row[u(o + 3)])
-                sc0, m0 = _scale_min_k4(row, o + 4, 0)
-                sc1, m1 = _scale_min_k4(row, o + 4, 1)
-                sc2, m2 = _scale_min_k4(row, o + 4, 2)
-                sc3, m3 = _scale_min_k4(row, o + 4, 3)
-                sc4, m4 = _scale_min_k4(row, o + 4, 4)
-                sc5, m5 = _scale_min_k4(row, o + 4, 5)
-                sc6, m6 = _scale_min_k4(row, o + 4, 6)
-                sc7, m7 = _scale_min_k4(row, o + 4, 7)
-                q = o + 16  # chunk c: bytes q+32c..; low nibbles sub-block 2c, high 2c+1
+                o, k0, s0 = i * Q4_K.bytes, i * 256, i * 8
+                d, dmin = _half_at(row, o + Q4_K.d), _half_at(row, o + Q4_K.dmin)
+                sc0, m0 = _scale_min_k4(row, o + Q4_K.scales, 0)
+                sc1, m1 = _scale_min_k4(row, o + Q4_K.scales, 1)
+                sc2, m2 = _scale_min_k4(row, o + Q4_K.scales, 2)
+                sc3, m3 = _scale_min_k4(row, o + Q4_K.scales, 3)
+                sc4, m4 = _scale_min_k4(row, o + Q4_K.scales, 4)
+                sc5, m5 = _scale_min_k4(row, o + Q4_K.scales, 5)
+                sc6, m6 = _scale_min_k4(row, o + Q4_K.scales, 6)
+                sc7, m7 = _scale_min_k4(row, o + Q4_K.scales, 7)
+                q = o + Q4_K.qs  # chunk c: bytes q+32c..; low nibbles sub-block 2c, high 2c+1
                 s = np.float32(0)
                 for j in range(sub):
                     l0, h0 = _nibbles(np.float32(row[u(q + j)]))
@@ -508,17 +519,17 @@ def matmul_q5_k(raw, x, out, sub):
             xb, xs = x[b], x_sums[b]
             total = np.float32(0)
             for i in range(K // 256):
-                o, k0, s0 = i * 176, i * 256, i * 8
-                d, dmin = half(row[u(o)], row[u(o + 1)]), half(row[u(o + 2)], row[u(o + 3)])
-                sc0, m0 = _scale_min_k4(row, o + 4, 0)
-                sc1, m1 = _scale_min_k4(row, o + 4, 1)
-                sc2, m2 = _scale_min_k4(row, o + 4, 2)
-                sc3, m3 = _scale_min_k4(row, o + 4, 3)
-                sc4, m4 = _scale_min_k4(row, o + 4, 4)
-                sc5, m5 = _scale_min_k4(row, o + 4, 5)
-                sc6, m6 = _scale_min_k4(row, o + 4, 6)
-                sc7, m7 = _scale_min_k4(row, o + 4, 7)
-                q, qh = o + 48, o + 16  # nibbles as Q4_K's; qh[32] before them
+                o, k0, s0 = i * Q5_K.bytes, i * 256, i * 8
+                d, dmin = _half_at(row, o + Q5_K.d), _half_at(row, o + Q5_K.dmin)
+                sc0, m0 = _scale_min_k4(row, o + Q5_K.scales, 0)
+                sc1, m1 = _scale_min_k4(row, o + Q5_K.scales, 1)
+                sc2, m2 = _scale_min_k4(row, o + Q5_K.scales, 2)
+                sc3, m3 = _scale_min_k4(row, o + Q5_K.scales, 3)
+                sc4, m4 = _scale_min_k4(row, o + Q5_K.scales, 4)
+                sc5, m5 = _scale_min_k4(row, o + Q5_K.scales, 5)
+                sc6, m6 = _scale_min_k4(row, o + Q5_K.scales, 6)
+                sc7, m7 = _scale_min_k4(row, o + Q5_K.scales, 7)
+                q, qh = o + Q5_K.qs, o + Q5_K.qh  # nibbles as Q4_K's; qh[32] before them
                 sixteen = np.float32(16)
                 s = np.float32(0)
                 for j in range(sub):
@@ -582,13 +593,14 @@ def matmul_q6_k(raw, x, out, sub):
             xb, xs = x[b], x_sums[b]
             total = np.float32(0)
             for i in range(K // 256):
-                o, k0 = i * 210, i * 256
-                d, sc = half(row[u(o + 208)], row[u(o + 209)]), o + 192
+                o, k0 = i * Q6_K.bytes, i * 256
+                d, sc = _half_at(row, o + Q6_K.d), o + Q6_K.scales
                 offsets = np.float32(0)
                 for g in range(16):
                     offsets += _int8(row, sc + g) * xs[u(i * 16 + g)]
                 for h in range(2):
-                    ql, qh, kh, sh = o + 64 * h, o + 128 + 32 * h, k0 + 128 * h, sc + 8 * h
+                    ql, qh = o + Q6_K.ql + 64 * h, o + Q6_K.qh + 32 * h
+                    kh, sh = k0 + 128 * h, sc + 8 * h
                     # scales of weights l, l + 32, l + 64, l + 96: (for l < 16, for l >= 16)
                     a1, b1 = _int8(row, sh), _int8(row, sh + 1)
                     a2, b2 = _int8(row, sh + 2), _int8(row, sh + 3)
