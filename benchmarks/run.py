@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 
 from llama_np import kernels, load  # noqa: E402
 from llama_np.config import LlamaConfig  # noqa: E402
-from llama_np.packed import Scratch, matmul, pack  # noqa: E402
+from llama_np.packed import PackedRows, Scratch, pack  # noqa: E402
 from llama_np.schema import n_params  # noqa: E402
 from llama_np.tools import costs, machine  # noqa: E402
 from llama_np.tools.known_models import known_config  # noqa: E402
@@ -146,8 +146,11 @@ def load_probe(path: str, weights_dtype: str, n_prompt: int, n_new: int) -> dict
         # compiled kernel (~130 MB). Counted with the interpreter, and reported. fp32 decodes
         # through it too, from (out, in) rows (weights.fp32_matrix).
         w = np.ones((256, 256), dtype=np.float32)  # (out, in): FP32_KERNEL_MIN weights
-        small = w if weights_dtype == "fp32" else pack(weights_dtype, w, Scratch())
-        matmul(np.ones((1, 256), dtype=np.float32), small.T)
+        if weights_dtype == "fp32":
+            small = PackedRows("fp32", w, None, Scratch())
+        else:
+            small = pack(weights_dtype, w, Scratch())
+        np.ones((1, 256), dtype=np.float32) @ small.T
     runtime = status("VmRSS")
     t0 = time.perf_counter()
     model = load(path, weights_dtype=weights_dtype)
@@ -262,9 +265,9 @@ def kernel_comparison(name: str, names: list[str], peaks, n_steps: int, rounds: 
     layer in `names`, interleaved: each round times every variant once, so that a busy machine
     slows all of them alike. `vs_fp32` is the median over rounds of the variant's rate divided
     by fp32's with the same kernels in the same round. fp32 is loaded once per kernel layer
-    (its layout follows the kernels active at load: weights.fp32_matrix); vnni differs from
+    (its layout follows the kernels active at load: weights.fp32_matrix); int8 differs from
     numba only for int8, so the others run it only when numba is not in `names`."""
-    fp32_layer = {k: "numba" if k == "vnni" and "numba" in names else k for k in names}
+    fp32_layer = {k: "numba" if k == "int8" and "numba" in names else k for k in names}
     variants = [(d, k) for d in KERNEL_DTYPES for k in names if d == "int8" or fp32_layer[k] == k]
     models = {}
     for dtype, kernel in variants:
@@ -308,7 +311,7 @@ def kernel_comparison(name: str, names: list[str], peaks, n_steps: int, rounds: 
 def llama_cpp_decode(bin_dir: Path, path: Path, n_steps: int, rounds: int) -> dict:
     """Decode tok/s of llama.cpp and of llama_np on the same GGUF file (llama_np keeps its
     weights as stored: F32 arrays, Q8_0 or Q4_K/Q6_K blocks), interleaved: each round runs
-    llama-bench once, then llama_np once with the default kernels and, when those are vnni,
+    llama-bench once, then llama_np once with the default kernels and, when those are int8,
     once with numba's float kernels. `ratio` is the median over rounds of llama_np's rate
     divided by llama.cpp's in the same round (`float_ratio`: with the float kernels)."""
     model = load(path)
@@ -318,7 +321,7 @@ def llama_cpp_decode(bin_dir: Path, path: Path, n_steps: int, rounds: int) -> di
         for _ in range(rounds):
             theirs.append(llama_cpp.decode(bin_dir, path, n_steps))
             ours += time_decode(model, n_steps, 1)
-            if default == "vnni":
+            if default == "int8":
                 kernels.use("numba")
                 floats += time_decode(model, n_steps, 1)
                 kernels.use(None)
@@ -412,9 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--kernel-layers",
-        default="numpy,numba,vnni",
-        help="kernel layers interleaved on --kernel-model and the 8B shape (vnni differs from "
-        "numba for int8 only; default: numpy,numba,vnni, each where it can run here)",
+        default="numpy,numba,int8",
+        help="kernel layers interleaved on --kernel-model and the 8B shape (int8 differs from "
+        "numba for int8 only; default: numpy,numba,int8, each where it can run here)",
     )
     parser.add_argument("--no-hf", action="store_true", help="skip HF transformers")
     parser.add_argument(
@@ -470,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     big = [] if args.quick else [d for d in args.big.split(",") if d]
     use_hf = not args.no_hf and hf_available()
-    usable = {"numpy": True, "numba": kernels.numba_available(), "vnni": kernels.vnni_available()}
+    usable = {"numpy": True, "numba": kernels.numba_available(), "int8": kernels.int8_available()}
     kernel_names = [k for k in args.kernel_layers.split(",") if usable.get(k)]
 
     print("measuring the machine ...", file=sys.stderr)
@@ -679,7 +682,7 @@ def to_markdown(r: dict) -> str:
             "",
             f"Kernel layer: {m.get('kernels', '?')}. Decode, batch 1, variants interleaved "
             "round by round; × fp32 = median over rounds of the ratio to fp32 with the same "
-            "kernels (vnni: numba's, the same for fp32) in the same round.",
+            "kernels (int8: numba's, the same for fp32) in the same round.",
             "",
             "| model (random weights) | weights | kernels | decode tok/s (min–max) | "
             "roofline tok/s | % of roofline | × fp32 decode |",

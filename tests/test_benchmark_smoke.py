@@ -44,10 +44,10 @@ def test_harness_writes_json_and_markdown(tmp_path):
     assert all(b["median"] > 0 for b in results["batch"])
     rows = {(k["weights_dtype"], k["kernels"]): k for k in results["kernel_layer"]}
     assert ("fp32", "numpy") in rows and ("int8", "numpy") in rows and len(rows) >= 4
-    if kernels.numba_available():  # fp32 once per layout; vnni only where it differs: int8
+    if kernels.numba_available():  # fp32 once per layout; int8 kernels only where they differ
         assert ("fp32", "numba") in rows and ("bf16", "numba") in rows
-        assert ("int8", "vnni") in rows or not kernels.vnni_available()
-        assert ("fp32", "vnni") not in rows and ("bf16", "vnni") not in rows
+        assert ("int8", "int8") in rows or not kernels.int8_available()
+        assert ("fp32", "int8") not in rows and ("bf16", "int8") not in rows
     assert all(k["median"] > 0 and k["vs_fp32"] > 0 for k in rows.values())
     assert all(k["vs_fp32"] == 1 for (dtype, _), k in rows.items() if dtype == "fp32")
 

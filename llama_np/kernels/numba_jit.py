@@ -68,6 +68,10 @@ from ..quants import Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
 u = np.uint64  # index arithmetic (see above)
 FASTMATH = {"reassoc", "contract"}
 JIT = {"parallel": True, "fastmath": FASTMATH, "cache": True}
+# Weight rows per task of the parallel loop: each activation row is multiplied by these rows
+# in turn while it sits in the L1 cache, and they stay in the L2 cache for the next activation
+# row (one row per task, a batch of 8 rows of K = 768 floats evicted each other from L1).
+ROWS = 8
 HALF_SCALE = np.float32(2.0**112)  # float32 exponent bias 127 - fp16 bias 15 = 112
 
 VERSION = f"numba {numba.__version__}"
@@ -109,56 +113,60 @@ def matmul_int8(q, scales, x, out):
     stories110M's matrices). The shift must be a constant: a shift by a variable is not
     vectorized (5 GB/s)."""
     N, K = q.shape
-    for n in prange(N):
-        row, sc = q[n], scales[n, :, 0]
+    for t in prange((N + ROWS - 1) // ROWS):  # tasks of ROWS weight rows
         for b in range(x.shape[0]):
             xb = x[b]
-            total = np.float32(0)
-            for j in range(K):
-                total += np.float32(row[u(j)]) * sc[u(j) >> u(5)] * xb[u(j)]
-            out[b, n] = total
+            for n in range(t * ROWS, min(N, t * ROWS + ROWS)):
+                row, sc = q[n], scales[n, :, 0]
+                total = np.float32(0)
+                for j in range(K):
+                    total += np.float32(row[u(j)]) * sc[u(j) >> u(5)] * xb[u(j)]
+                out[b, n] = total
 
 
 @njit(**JIT)
 def matmul_bf16(w, x, out):
     """w (N, K) uint16: bf16 bits are the high half of a float32's."""
     N, K = w.shape
-    for n in prange(N):
-        row = w[n]
+    for t in prange((N + ROWS - 1) // ROWS):  # tasks of ROWS weight rows
         for b in range(x.shape[0]):
             xb = x[b]
-            total = np.float32(0)
-            for j in range(K):
-                total += np.uint32(np.uint32(row[u(j)]) << 16).view(np.float32) * xb[u(j)]
-            out[b, n] = total
+            for n in range(t * ROWS, min(N, t * ROWS + ROWS)):
+                row = w[n]
+                total = np.float32(0)
+                for j in range(K):
+                    total += np.uint32(np.uint32(row[u(j)]) << 16).view(np.float32) * xb[u(j)]
+                out[b, n] = total
 
 
 @njit(**JIT)
 def matmul_fp16(w, x, out):
     """w (N, K) uint16 fp16 bit patterns."""
     N, K = w.shape
-    for n in prange(N):
-        row = w[n]
+    for t in prange((N + ROWS - 1) // ROWS):  # tasks of ROWS weight rows
         for b in range(x.shape[0]):
             xb = x[b]
-            total = np.float32(0)
-            for j in range(K):
-                total += half_bits(np.uint32(row[u(j)])) * xb[u(j)]
-            out[b, n] = total
+            for n in range(t * ROWS, min(N, t * ROWS + ROWS)):
+                row = w[n]
+                total = np.float32(0)
+                for j in range(K):
+                    total += half_bits(np.uint32(row[u(j)])) * xb[u(j)]
+                out[b, n] = total
 
 
 @njit(**JIT)
 def matmul_fp32(w, x, out):
     """w (N, K) float32 (a GGUF's F32 matrix kept as stored)."""
     N, K = w.shape
-    for n in prange(N):
-        row = w[n]
+    for t in prange((N + ROWS - 1) // ROWS):  # tasks of ROWS weight rows
         for b in range(x.shape[0]):
             xb = x[b]
-            total = np.float32(0)
-            for j in range(K):
-                total += row[u(j)] * xb[u(j)]
-            out[b, n] = total
+            for n in range(t * ROWS, min(N, t * ROWS + ROWS)):
+                row = w[n]
+                total = np.float32(0)
+                for j in range(K):
+                    total += row[u(j)] * xb[u(j)]
+                out[b, n] = total
 
 
 # ---------------------------------------------------------------- GGUF 32-weight blocks
@@ -191,32 +199,33 @@ def matmul_q8_0(raw, x, out, qk):
     whose block count 4 does not divide ends with single blocks."""
     N, K = raw.shape[0], x.shape[1]
     n_blocks = K // 32
-    for n in prange(N):
-        row = raw[n]
+    for t in prange((N + ROWS - 1) // ROWS):  # tasks of ROWS weight rows
         for b in range(x.shape[0]):
             xb = x[b]
-            total = np.float32(0)
-            for i in range(n_blocks // 4):
-                o, k0 = i * 4 * Q8_0.bytes, i * 128  # 4 blocks, 128 weights
-                d0, d1, d2, d3 = _four_halves(row, o + Q8_0.d, Q8_0.bytes)
-                q0, q1 = o + Q8_0.qs, o + Q8_0.bytes + Q8_0.qs  # each block's int8s
-                q2, q3 = o + 2 * Q8_0.bytes + Q8_0.qs, o + 3 * Q8_0.bytes + Q8_0.qs
-                s = np.float32(0)
-                for j in range(qk):
-                    s += (
-                        d0 * np.float32(np.int8(row[u(q0 + j)])) * xb[u(k0 + j)]
-                        + d1 * np.float32(np.int8(row[u(q1 + j)])) * xb[u(k0 + 32 + j)]
-                        + d2 * np.float32(np.int8(row[u(q2 + j)])) * xb[u(k0 + 64 + j)]
-                        + d3 * np.float32(np.int8(row[u(q3 + j)])) * xb[u(k0 + 96 + j)]
-                    )
-                total += s
-            for i in range(n_blocks // 4 * 4, n_blocks):
-                o, k0 = i * Q8_0.bytes, i * 32
-                s = np.float32(0)
-                for j in range(qk):
-                    s += np.float32(np.int8(row[u(o + Q8_0.qs + j)])) * xb[u(k0 + j)]
-                total += _half_at(row, o + Q8_0.d) * s
-            out[b, n] = total
+            for n in range(t * ROWS, min(N, t * ROWS + ROWS)):
+                row = raw[n]
+                total = np.float32(0)
+                for i in range(n_blocks // 4):
+                    o, k0 = i * 4 * Q8_0.bytes, i * 128  # 4 blocks, 128 weights
+                    d0, d1, d2, d3 = _four_halves(row, o + Q8_0.d, Q8_0.bytes)
+                    q0, q1 = o + Q8_0.qs, o + Q8_0.bytes + Q8_0.qs  # each block's int8s
+                    q2, q3 = o + 2 * Q8_0.bytes + Q8_0.qs, o + 3 * Q8_0.bytes + Q8_0.qs
+                    s = np.float32(0)
+                    for j in range(qk):
+                        s += (
+                            d0 * np.float32(np.int8(row[u(q0 + j)])) * xb[u(k0 + j)]
+                            + d1 * np.float32(np.int8(row[u(q1 + j)])) * xb[u(k0 + 32 + j)]
+                            + d2 * np.float32(np.int8(row[u(q2 + j)])) * xb[u(k0 + 64 + j)]
+                            + d3 * np.float32(np.int8(row[u(q3 + j)])) * xb[u(k0 + 96 + j)]
+                        )
+                    total += s
+                for i in range(n_blocks // 4 * 4, n_blocks):
+                    o, k0 = i * Q8_0.bytes, i * 32
+                    s = np.float32(0)
+                    for j in range(qk):
+                        s += np.float32(np.int8(row[u(o + Q8_0.qs + j)])) * xb[u(k0 + j)]
+                    total += _half_at(row, o + Q8_0.d) * s
+                out[b, n] = total
 
 
 @njit(inline="always")
@@ -285,22 +294,23 @@ def matmul_q4_0(raw, x, out, half_qk):
     N, K = raw.shape[0], x.shape[1]
     n_blocks = K // 32
     x_sums = _sums_of_32(x)  # (B, K/32)
-    for n in prange(N):
-        row = raw[n]
+    for t in prange((N + ROWS - 1) // ROWS):  # tasks of ROWS weight rows
         for b in range(x.shape[0]):
             xb, xs = x[b], x_sums[b]
-            total = np.float32(0)
-            for i in range(n_blocks // 4):
-                o, k0, s0 = i * 4 * Q4_0.bytes, i * 128, i * 4  # 4 blocks, 128 weights
-                d0, d1, d2, d3 = _four_halves(row, o + Q4_0.d, Q4_0.bytes)
-                q = o + Q4_0.qs
-                s = _four_nibble_blocks(row, q, Q4_0.bytes, xb, k0, half_qk, d0, d1, d2, d3)
-                total += s - np.float32(8) * _dot4(d0, d1, d2, d3, xs, s0)
-            for i in range(n_blocks // 4 * 4, n_blocks):
-                o, k0 = i * Q4_0.bytes, i * 32
-                s, sx = _nibble_dot(row, o + Q4_0.qs, xb, k0, half_qk)
-                total += _half_at(row, o + Q4_0.d) * (s - 8 * sx)
-            out[b, n] = total
+            for n in range(t * ROWS, min(N, t * ROWS + ROWS)):
+                row = raw[n]
+                total = np.float32(0)
+                for i in range(n_blocks // 4):
+                    o, k0, s0 = i * 4 * Q4_0.bytes, i * 128, i * 4  # 4 blocks, 128 weights
+                    d0, d1, d2, d3 = _four_halves(row, o + Q4_0.d, Q4_0.bytes)
+                    q = o + Q4_0.qs
+                    s = _four_nibble_blocks(row, q, Q4_0.bytes, xb, k0, half_qk, d0, d1, d2, d3)
+                    total += s - np.float32(8) * _dot4(d0, d1, d2, d3, xs, s0)
+                for i in range(n_blocks // 4 * 4, n_blocks):
+                    o, k0 = i * Q4_0.bytes, i * 32
+                    s, sx = _nibble_dot(row, o + Q4_0.qs, xb, k0, half_qk)
+                    total += _half_at(row, o + Q4_0.d) * (s - 8 * sx)
+                out[b, n] = total
 
 
 @njit(**JIT)
@@ -310,23 +320,24 @@ def matmul_q4_1(raw, x, out, half_qk):
     N, K = raw.shape[0], x.shape[1]
     n_blocks = K // 32
     x_sums = _sums_of_32(x)  # (B, K/32)
-    for n in prange(N):
-        row = raw[n]
+    for t in prange((N + ROWS - 1) // ROWS):  # tasks of ROWS weight rows
         for b in range(x.shape[0]):
             xb, xs = x[b], x_sums[b]
-            total = np.float32(0)
-            for i in range(n_blocks // 4):
-                o, k0, s0 = i * 4 * Q4_1.bytes, i * 128, i * 4  # 4 blocks, 128 weights
-                d0, d1, d2, d3 = _four_halves(row, o + Q4_1.d, Q4_1.bytes)
-                m0, m1, m2, m3 = _four_halves(row, o + Q4_1.m, Q4_1.bytes)
-                q = o + Q4_1.qs
-                s = _four_nibble_blocks(row, q, Q4_1.bytes, xb, k0, half_qk, d0, d1, d2, d3)
-                total += s + _dot4(m0, m1, m2, m3, xs, s0)
-            for i in range(n_blocks // 4 * 4, n_blocks):
-                o, k0 = i * Q4_1.bytes, i * 32
-                s, sx = _nibble_dot(row, o + Q4_1.qs, xb, k0, half_qk)
-                total += _half_at(row, o + Q4_1.d) * s + _half_at(row, o + Q4_1.m) * sx
-            out[b, n] = total
+            for n in range(t * ROWS, min(N, t * ROWS + ROWS)):
+                row = raw[n]
+                total = np.float32(0)
+                for i in range(n_blocks // 4):
+                    o, k0, s0 = i * 4 * Q4_1.bytes, i * 128, i * 4  # 4 blocks, 128 weights
+                    d0, d1, d2, d3 = _four_halves(row, o + Q4_1.d, Q4_1.bytes)
+                    m0, m1, m2, m3 = _four_halves(row, o + Q4_1.m, Q4_1.bytes)
+                    q = o + Q4_1.qs
+                    s = _four_nibble_blocks(row, q, Q4_1.bytes, xb, k0, half_qk, d0, d1, d2, d3)
+                    total += s + _dot4(m0, m1, m2, m3, xs, s0)
+                for i in range(n_blocks // 4 * 4, n_blocks):
+                    o, k0 = i * Q4_1.bytes, i * 32
+                    s, sx = _nibble_dot(row, o + Q4_1.qs, xb, k0, half_qk)
+                    total += _half_at(row, o + Q4_1.d) * s + _half_at(row, o + Q4_1.m) * sx
+                out[b, n] = total
 
 
 @njit(inline="always")
@@ -396,21 +407,22 @@ def matmul_q5_0(raw, x, out, half_qk):
     N, K = raw.shape[0], x.shape[1]
     n_blocks = K // 32
     x_sums = _sums_of_32(x)  # (B, K/32)
-    for n in prange(N):
-        row = raw[n]
+    for t in prange((N + ROWS - 1) // ROWS):  # tasks of ROWS weight rows
         for b in range(x.shape[0]):
             xb, xs = x[b], x_sums[b]
-            total = np.float32(0)
-            for i in range(n_blocks // 4):
-                o, k0, s0 = i * 4 * Q5_0.bytes, i * 128, i * 4  # 4 blocks, 128 weights
-                d0, d1, d2, d3 = _four_halves(row, o + Q5_0.d, Q5_0.bytes)
-                s = _four_q5_blocks(row, o, Q5_0, xb, k0, half_qk, d0, d1, d2, d3)
-                total += s - np.float32(16) * _dot4(d0, d1, d2, d3, xs, s0)
-            for i in range(n_blocks // 4 * 4, n_blocks):
-                o, k0 = i * Q5_0.bytes, i * 32
-                s, sx = _q5_dot(row, o, Q5_0, xb, k0, half_qk)
-                total += _half_at(row, o + Q5_0.d) * (s - 16 * sx)
-            out[b, n] = total
+            for n in range(t * ROWS, min(N, t * ROWS + ROWS)):
+                row = raw[n]
+                total = np.float32(0)
+                for i in range(n_blocks // 4):
+                    o, k0, s0 = i * 4 * Q5_0.bytes, i * 128, i * 4  # 4 blocks, 128 weights
+                    d0, d1, d2, d3 = _four_halves(row, o + Q5_0.d, Q5_0.bytes)
+                    s = _four_q5_blocks(row, o, Q5_0, xb, k0, half_qk, d0, d1, d2, d3)
+                    total += s - np.float32(16) * _dot4(d0, d1, d2, d3, xs, s0)
+                for i in range(n_blocks // 4 * 4, n_blocks):
+                    o, k0 = i * Q5_0.bytes, i * 32
+                    s, sx = _q5_dot(row, o, Q5_0, xb, k0, half_qk)
+                    total += _half_at(row, o + Q5_0.d) * (s - 16 * sx)
+                out[b, n] = total
 
 
 @njit(**JIT)
@@ -420,22 +432,23 @@ def matmul_q5_1(raw, x, out, half_qk):
     N, K = raw.shape[0], x.shape[1]
     n_blocks = K // 32
     x_sums = _sums_of_32(x)  # (B, K/32)
-    for n in prange(N):
-        row = raw[n]
+    for t in prange((N + ROWS - 1) // ROWS):  # tasks of ROWS weight rows
         for b in range(x.shape[0]):
             xb, xs = x[b], x_sums[b]
-            total = np.float32(0)
-            for i in range(n_blocks // 4):
-                o, k0, s0 = i * 4 * Q5_1.bytes, i * 128, i * 4  # 4 blocks, 128 weights
-                d0, d1, d2, d3 = _four_halves(row, o + Q5_1.d, Q5_1.bytes)
-                m0, m1, m2, m3 = _four_halves(row, o + Q5_1.m, Q5_1.bytes)
-                s = _four_q5_blocks(row, o, Q5_1, xb, k0, half_qk, d0, d1, d2, d3)
-                total += s + _dot4(m0, m1, m2, m3, xs, s0)
-            for i in range(n_blocks // 4 * 4, n_blocks):
-                o, k0 = i * Q5_1.bytes, i * 32
-                s, sx = _q5_dot(row, o, Q5_1, xb, k0, half_qk)
-                total += _half_at(row, o + Q5_1.d) * s + _half_at(row, o + Q5_1.m) * sx
-            out[b, n] = total
+            for n in range(t * ROWS, min(N, t * ROWS + ROWS)):
+                row = raw[n]
+                total = np.float32(0)
+                for i in range(n_blocks // 4):
+                    o, k0, s0 = i * 4 * Q5_1.bytes, i * 128, i * 4  # 4 blocks, 128 weights
+                    d0, d1, d2, d3 = _four_halves(row, o + Q5_1.d, Q5_1.bytes)
+                    m0, m1, m2, m3 = _four_halves(row, o + Q5_1.m, Q5_1.bytes)
+                    s = _four_q5_blocks(row, o, Q5_1, xb, k0, half_qk, d0, d1, d2, d3)
+                    total += s + _dot4(m0, m1, m2, m3, xs, s0)
+                for i in range(n_blocks // 4 * 4, n_blocks):
+                    o, k0 = i * Q5_1.bytes, i * 32
+                    s, sx = _q5_dot(row, o, Q5_1, xb, k0, half_qk)
+                    total += _half_at(row, o + Q5_1.d) * s + _half_at(row, o + Q5_1.m) * sx
+                out[b, n] = total
 
 
 # ---------------------------------------------------------------- GGUF K-quants (256 weights)
@@ -462,42 +475,43 @@ def matmul_q4_k(raw, x, out, sub):
     loop per sub-block, 32 weights, fell back to 8-lane code: half the speed)."""
     N, K = raw.shape[0], x.shape[1]
     x_sums = _sums_of_32(x)  # (B, K/32)
-    for n in prange(N):
-        row = raw[n]
+    for t in prange((N + ROWS - 1) // ROWS):  # tasks of ROWS weight rows
         for b in range(x.shape[0]):
             xb, xs = x[b], x_sums[b]
-            total = np.float32(0)
-            for i in range(K // 256):
-                o, k0, s0 = i * Q4_K.bytes, i * 256, i * 8
-                d, dmin = _half_at(row, o + Q4_K.d), _half_at(row, o + Q4_K.dmin)
-                sc0, m0 = _scale_min_k4(row, o + Q4_K.scales, 0)
-                sc1, m1 = _scale_min_k4(row, o + Q4_K.scales, 1)
-                sc2, m2 = _scale_min_k4(row, o + Q4_K.scales, 2)
-                sc3, m3 = _scale_min_k4(row, o + Q4_K.scales, 3)
-                sc4, m4 = _scale_min_k4(row, o + Q4_K.scales, 4)
-                sc5, m5 = _scale_min_k4(row, o + Q4_K.scales, 5)
-                sc6, m6 = _scale_min_k4(row, o + Q4_K.scales, 6)
-                sc7, m7 = _scale_min_k4(row, o + Q4_K.scales, 7)
-                q = o + Q4_K.qs  # chunk c: bytes q+32c..; low nibbles sub-block 2c, high 2c+1
-                s = np.float32(0)
-                for j in range(sub):
-                    l0, h0 = _nibbles(np.float32(row[u(q + j)]))
-                    l1, h1 = _nibbles(np.float32(row[u(q + 32 + j)]))
-                    l2, h2 = _nibbles(np.float32(row[u(q + 64 + j)]))
-                    l3, h3 = _nibbles(np.float32(row[u(q + 96 + j)]))
-                    s += (
-                        sc0 * l0 * xb[u(k0 + j)]
-                        + sc1 * h0 * xb[u(k0 + 32 + j)]
-                        + sc2 * l1 * xb[u(k0 + 64 + j)]
-                        + sc3 * h1 * xb[u(k0 + 96 + j)]
-                        + sc4 * l2 * xb[u(k0 + 128 + j)]
-                        + sc5 * h2 * xb[u(k0 + 160 + j)]
-                        + sc6 * l3 * xb[u(k0 + 192 + j)]
-                        + sc7 * h3 * xb[u(k0 + 224 + j)]
-                    )
-                mins = _dot4(m0, m1, m2, m3, xs, s0) + _dot4(m4, m5, m6, m7, xs, s0 + 4)
-                total += d * s - dmin * mins
-            out[b, n] = total
+            for n in range(t * ROWS, min(N, t * ROWS + ROWS)):
+                row = raw[n]
+                total = np.float32(0)
+                for i in range(K // 256):
+                    o, k0, s0 = i * Q4_K.bytes, i * 256, i * 8
+                    d, dmin = _half_at(row, o + Q4_K.d), _half_at(row, o + Q4_K.dmin)
+                    sc0, m0 = _scale_min_k4(row, o + Q4_K.scales, 0)
+                    sc1, m1 = _scale_min_k4(row, o + Q4_K.scales, 1)
+                    sc2, m2 = _scale_min_k4(row, o + Q4_K.scales, 2)
+                    sc3, m3 = _scale_min_k4(row, o + Q4_K.scales, 3)
+                    sc4, m4 = _scale_min_k4(row, o + Q4_K.scales, 4)
+                    sc5, m5 = _scale_min_k4(row, o + Q4_K.scales, 5)
+                    sc6, m6 = _scale_min_k4(row, o + Q4_K.scales, 6)
+                    sc7, m7 = _scale_min_k4(row, o + Q4_K.scales, 7)
+                    q = o + Q4_K.qs  # chunk c: bytes q+32c..; low nibbles sub-block 2c, high 2c+1
+                    s = np.float32(0)
+                    for j in range(sub):
+                        l0, h0 = _nibbles(np.float32(row[u(q + j)]))
+                        l1, h1 = _nibbles(np.float32(row[u(q + 32 + j)]))
+                        l2, h2 = _nibbles(np.float32(row[u(q + 64 + j)]))
+                        l3, h3 = _nibbles(np.float32(row[u(q + 96 + j)]))
+                        s += (
+                            sc0 * l0 * xb[u(k0 + j)]
+                            + sc1 * h0 * xb[u(k0 + 32 + j)]
+                            + sc2 * l1 * xb[u(k0 + 64 + j)]
+                            + sc3 * h1 * xb[u(k0 + 96 + j)]
+                            + sc4 * l2 * xb[u(k0 + 128 + j)]
+                            + sc5 * h2 * xb[u(k0 + 160 + j)]
+                            + sc6 * l3 * xb[u(k0 + 192 + j)]
+                            + sc7 * h3 * xb[u(k0 + 224 + j)]
+                        )
+                    mins = _dot4(m0, m1, m2, m3, xs, s0) + _dot4(m4, m5, m6, m7, xs, s0 + 4)
+                    total += d * s - dmin * mins
+                out[b, n] = total
 
 
 @njit(inline="always")
@@ -513,44 +527,45 @@ def matmul_q5_k(raw, x, out, sub):
     bit from qh: bit s of byte j is that of weight j of sub-block s (3.6 -> 7-10 GB/s)."""
     N, K = raw.shape[0], x.shape[1]
     x_sums = _sums_of_32(x)  # (B, K/32)
-    for n in prange(N):
-        row = raw[n]
+    for t in prange((N + ROWS - 1) // ROWS):  # tasks of ROWS weight rows
         for b in range(x.shape[0]):
             xb, xs = x[b], x_sums[b]
-            total = np.float32(0)
-            for i in range(K // 256):
-                o, k0, s0 = i * Q5_K.bytes, i * 256, i * 8
-                d, dmin = _half_at(row, o + Q5_K.d), _half_at(row, o + Q5_K.dmin)
-                sc0, m0 = _scale_min_k4(row, o + Q5_K.scales, 0)
-                sc1, m1 = _scale_min_k4(row, o + Q5_K.scales, 1)
-                sc2, m2 = _scale_min_k4(row, o + Q5_K.scales, 2)
-                sc3, m3 = _scale_min_k4(row, o + Q5_K.scales, 3)
-                sc4, m4 = _scale_min_k4(row, o + Q5_K.scales, 4)
-                sc5, m5 = _scale_min_k4(row, o + Q5_K.scales, 5)
-                sc6, m6 = _scale_min_k4(row, o + Q5_K.scales, 6)
-                sc7, m7 = _scale_min_k4(row, o + Q5_K.scales, 7)
-                q, qh = o + Q5_K.qs, o + Q5_K.qh  # nibbles as Q4_K's; qh[32] before them
-                sixteen = np.float32(16)
-                s = np.float32(0)
-                for j in range(sub):
-                    h = row[u(qh + j)]
-                    l0, h0 = _nibbles(np.float32(row[u(q + j)]))
-                    l1, h1 = _nibbles(np.float32(row[u(q + 32 + j)]))
-                    l2, h2 = _nibbles(np.float32(row[u(q + 64 + j)]))
-                    l3, h3 = _nibbles(np.float32(row[u(q + 96 + j)]))
-                    s += (
-                        sc0 * (l0 + sixteen * _bit(h, 0)) * xb[u(k0 + j)]
-                        + sc1 * (h0 + sixteen * _bit(h, 1)) * xb[u(k0 + 32 + j)]
-                        + sc2 * (l1 + sixteen * _bit(h, 2)) * xb[u(k0 + 64 + j)]
-                        + sc3 * (h1 + sixteen * _bit(h, 3)) * xb[u(k0 + 96 + j)]
-                        + sc4 * (l2 + sixteen * _bit(h, 4)) * xb[u(k0 + 128 + j)]
-                        + sc5 * (h2 + sixteen * _bit(h, 5)) * xb[u(k0 + 160 + j)]
-                        + sc6 * (l3 + sixteen * _bit(h, 6)) * xb[u(k0 + 192 + j)]
-                        + sc7 * (h3 + sixteen * _bit(h, 7)) * xb[u(k0 + 224 + j)]
-                    )
-                mins = _dot4(m0, m1, m2, m3, xs, s0) + _dot4(m4, m5, m6, m7, xs, s0 + 4)
-                total += d * s - dmin * mins
-            out[b, n] = total
+            for n in range(t * ROWS, min(N, t * ROWS + ROWS)):
+                row = raw[n]
+                total = np.float32(0)
+                for i in range(K // 256):
+                    o, k0, s0 = i * Q5_K.bytes, i * 256, i * 8
+                    d, dmin = _half_at(row, o + Q5_K.d), _half_at(row, o + Q5_K.dmin)
+                    sc0, m0 = _scale_min_k4(row, o + Q5_K.scales, 0)
+                    sc1, m1 = _scale_min_k4(row, o + Q5_K.scales, 1)
+                    sc2, m2 = _scale_min_k4(row, o + Q5_K.scales, 2)
+                    sc3, m3 = _scale_min_k4(row, o + Q5_K.scales, 3)
+                    sc4, m4 = _scale_min_k4(row, o + Q5_K.scales, 4)
+                    sc5, m5 = _scale_min_k4(row, o + Q5_K.scales, 5)
+                    sc6, m6 = _scale_min_k4(row, o + Q5_K.scales, 6)
+                    sc7, m7 = _scale_min_k4(row, o + Q5_K.scales, 7)
+                    q, qh = o + Q5_K.qs, o + Q5_K.qh  # nibbles as Q4_K's; qh[32] before them
+                    sixteen = np.float32(16)
+                    s = np.float32(0)
+                    for j in range(sub):
+                        h = row[u(qh + j)]
+                        l0, h0 = _nibbles(np.float32(row[u(q + j)]))
+                        l1, h1 = _nibbles(np.float32(row[u(q + 32 + j)]))
+                        l2, h2 = _nibbles(np.float32(row[u(q + 64 + j)]))
+                        l3, h3 = _nibbles(np.float32(row[u(q + 96 + j)]))
+                        s += (
+                            sc0 * (l0 + sixteen * _bit(h, 0)) * xb[u(k0 + j)]
+                            + sc1 * (h0 + sixteen * _bit(h, 1)) * xb[u(k0 + 32 + j)]
+                            + sc2 * (l1 + sixteen * _bit(h, 2)) * xb[u(k0 + 64 + j)]
+                            + sc3 * (h1 + sixteen * _bit(h, 3)) * xb[u(k0 + 96 + j)]
+                            + sc4 * (l2 + sixteen * _bit(h, 4)) * xb[u(k0 + 128 + j)]
+                            + sc5 * (h2 + sixteen * _bit(h, 5)) * xb[u(k0 + 160 + j)]
+                            + sc6 * (l3 + sixteen * _bit(h, 6)) * xb[u(k0 + 192 + j)]
+                            + sc7 * (h3 + sixteen * _bit(h, 7)) * xb[u(k0 + 224 + j)]
+                        )
+                    mins = _dot4(m0, m1, m2, m3, xs, s0) + _dot4(m4, m5, m6, m7, xs, s0 + 4)
+                    total += d * s - dmin * mins
+                out[b, n] = total
 
 
 @njit(inline="always")
@@ -587,42 +602,231 @@ def matmul_q6_k(raw, x, out, sub):
             for j in range(16):
                 t += x[b, u(g * 16 + j)]
             x_sums[b, g] = t
-    for n in prange(N):
-        row = raw[n]
+    for t in prange((N + ROWS - 1) // ROWS):  # tasks of ROWS weight rows
         for b in range(B):
             xb, xs = x[b], x_sums[b]
-            total = np.float32(0)
-            for i in range(K // 256):
-                o, k0 = i * Q6_K.bytes, i * 256
-                d, sc = _half_at(row, o + Q6_K.d), o + Q6_K.scales
-                offsets = np.float32(0)
-                for g in range(16):
-                    offsets += _int8(row, sc + g) * xs[u(i * 16 + g)]
-                for h in range(2):
-                    ql, qh = o + Q6_K.ql + 64 * h, o + Q6_K.qh + 32 * h
-                    kh, sh = k0 + 128 * h, sc + 8 * h
-                    # scales of weights l, l + 32, l + 64, l + 96: (for l < 16, for l >= 16)
-                    a1, b1 = _int8(row, sh), _int8(row, sh + 1)
-                    a2, b2 = _int8(row, sh + 2), _int8(row, sh + 3)
-                    a3, b3 = _int8(row, sh + 4), _int8(row, sh + 5)
-                    a4, b4 = _int8(row, sh + 6), _int8(row, sh + 7)
-                    s = np.float32(0)
-                    for l in range(sub):
-                        first = l < 16
-                        c1 = a1 if first else b1
-                        c2 = a2 if first else b2
-                        c3 = a3 if first else b3
-                        c4 = a4 if first else b4
-                        qa, qc, hb = row[u(ql + l)], row[u(ql + 32 + l)], row[u(qh + l)]
-                        s += (
-                            c1 * _six_bits(qa, 0, hb, 0) * xb[u(kh + l)]
-                            + c2 * _six_bits(qc, 0, hb, 2) * xb[u(kh + 32 + l)]
-                            + c3 * _six_bits(qa, 4, hb, 4) * xb[u(kh + 64 + l)]
-                            + c4 * _six_bits(qc, 4, hb, 6) * xb[u(kh + 96 + l)]
-                        )
-                    total += d * s
-                total -= np.float32(32) * d * offsets
-            out[b, n] = total
+            for n in range(t * ROWS, min(N, t * ROWS + ROWS)):
+                row = raw[n]
+                total = np.float32(0)
+                for i in range(K // 256):
+                    o, k0 = i * Q6_K.bytes, i * 256
+                    d, sc = _half_at(row, o + Q6_K.d), o + Q6_K.scales
+                    offsets = np.float32(0)
+                    for g in range(16):
+                        offsets += _int8(row, sc + g) * xs[u(i * 16 + g)]
+                    for h in range(2):
+                        ql, qh = o + Q6_K.ql + 64 * h, o + Q6_K.qh + 32 * h
+                        kh, sh = k0 + 128 * h, sc + 8 * h
+                        # scales of weights l, l + 32, l + 64, l + 96: (for l < 16, for l >= 16)
+                        a1, b1 = _int8(row, sh), _int8(row, sh + 1)
+                        a2, b2 = _int8(row, sh + 2), _int8(row, sh + 3)
+                        a3, b3 = _int8(row, sh + 4), _int8(row, sh + 5)
+                        a4, b4 = _int8(row, sh + 6), _int8(row, sh + 7)
+                        s = np.float32(0)
+                        for l in range(sub):
+                            first = l < 16
+                            c1 = a1 if first else b1
+                            c2 = a2 if first else b2
+                            c3 = a3 if first else b3
+                            c4 = a4 if first else b4
+                            qa, qc, hb = row[u(ql + l)], row[u(ql + 32 + l)], row[u(qh + l)]
+                            s += (
+                                c1 * _six_bits(qa, 0, hb, 0) * xb[u(kh + l)]
+                                + c2 * _six_bits(qc, 0, hb, 2) * xb[u(kh + 32 + l)]
+                                + c3 * _six_bits(qa, 4, hb, 4) * xb[u(kh + 64 + l)]
+                                + c4 * _six_bits(qc, 4, hb, 6) * xb[u(kh + 96 + l)]
+                            )
+                        total += d * s
+                    total -= np.float32(32) * d * offsets
+                out[b, n] = total
+
+
+# ---------------------------------------------------------------- widening, for many rows
+#
+# A product of many activation rows (prefill, a large batch) does many multiply-adds per weight:
+# arithmetic bounds it, not reading the weights, and BLAS's sgemm does the arithmetic best.
+# These kernels widen rows of a compressed matrix to float32 (each weight as the NumPy path's
+# quants.py widens it); kernels/__init__.py widens a tile of rows at a time into a buffer that
+# stays in the CPU's cache, and hands it to BLAS.
+
+
+@njit(**JIT)
+def widen_int8(q, scales, out, group):
+    """q (n, K) int8, scales (n, K/32, 1) float32 -> out (n, K) float32; group = 32."""
+    n, K = q.shape
+    for r in prange(n):
+        row, sc, w = q[r], scales[r, :, 0], out[r]
+        for g in range(K // group):
+            for j in range(group):
+                w[u(g * group + j)] = np.float32(row[u(g * group + j)]) * sc[u(g)]
+
+
+@njit(**JIT)
+def widen_bf16(bits, out):
+    """bits (n, K) uint16 -> out (n, K) float32: the high halves of float32s."""
+    n, K = bits.shape
+    for r in prange(n):
+        row, w = bits[r], out[r]
+        for j in range(K):
+            w[u(j)] = np.uint32(np.uint32(row[u(j)]) << 16).view(np.float32)
+
+
+@njit(**JIT)
+def widen_fp16(bits, out):
+    """bits (n, K) uint16 fp16 bit patterns -> out (n, K) float32."""
+    n, K = bits.shape
+    for r in prange(n):
+        row, w = bits[r], out[r]
+        for j in range(K):
+            w[u(j)] = half_bits(np.uint32(row[u(j)]))
+
+
+@njit(**JIT)
+def widen_q8_0(raw, out, qk):
+    """raw (n, K/32*34) Q8_0 blocks -> out (n, K); qk = 32."""
+    n, K = out.shape
+    for r in prange(n):
+        row, w = raw[r], out[r]
+        for i in range(K // 32):
+            o, k0 = i * Q8_0.bytes, i * 32
+            d = _half_at(row, o + Q8_0.d)
+            for j in range(qk):
+                w[u(k0 + j)] = d * np.float32(np.int8(row[u(o + Q8_0.qs + j)]))
+
+
+@njit(inline="always")
+def _widen_nibbles(row, q, w, k0, a, m, half_qk):
+    """A 32-weight block's nibbles at byte q -> w[k0:k0+32] = a * nibble + m."""
+    for j in range(half_qk):
+        lo, hi = _nibbles(np.float32(row[u(q + j)]))
+        w[u(k0 + j)] = a * lo + m
+        w[u(k0 + half_qk + j)] = a * hi + m
+
+
+@njit(**JIT)
+def widen_q4_0(raw, out, half_qk):
+    """raw (n, K/32*18) Q4_0 blocks -> out (n, K): d * (q - 8); half_qk = 16."""
+    n, K = out.shape
+    for r in prange(n):
+        row, w = raw[r], out[r]
+        for i in range(K // 32):
+            o = i * Q4_0.bytes
+            d = _half_at(row, o + Q4_0.d)
+            _widen_nibbles(row, o + Q4_0.qs, w, i * 32, d, np.float32(-8) * d, half_qk)
+
+
+@njit(**JIT)
+def widen_q4_1(raw, out, half_qk):
+    """raw (n, K/32*20) Q4_1 blocks -> out (n, K): d * q + m; half_qk = 16."""
+    n, K = out.shape
+    for r in prange(n):
+        row, w = raw[r], out[r]
+        for i in range(K // 32):
+            o = i * Q4_1.bytes
+            d, m = _half_at(row, o + Q4_1.d), _half_at(row, o + Q4_1.m)
+            _widen_nibbles(row, o + Q4_1.qs, w, i * 32, d, m, half_qk)
+
+
+@njit(inline="always")
+def _widen_q5(row, o, layout, w, k0, d, m, half_qk):
+    """The 32-weight Q5_0/Q5_1 block (`layout`) at byte o -> w[k0:k0+32] = d * q + m."""
+    qh, q = _u32(row, o + layout.qh), o + layout.qs
+    for j in range(half_qk):
+        lo, hi = _nibbles(np.float32(row[u(q + j)]))
+        w[u(k0 + j)] = d * (lo + _fifth_bit(qh, j)) + m
+        w[u(k0 + half_qk + j)] = d * (hi + _fifth_bit(qh, j + 16)) + m
+
+
+@njit(**JIT)
+def widen_q5_0(raw, out, half_qk):
+    """raw (n, K/32*22) Q5_0 blocks -> out (n, K): d * (q - 16); half_qk = 16."""
+    n, K = out.shape
+    for r in prange(n):
+        row, w = raw[r], out[r]
+        for i in range(K // 32):
+            o = i * Q5_0.bytes
+            d = _half_at(row, o + Q5_0.d)
+            _widen_q5(row, o, Q5_0, w, i * 32, d, np.float32(-16) * d, half_qk)
+
+
+@njit(**JIT)
+def widen_q5_1(raw, out, half_qk):
+    """raw (n, K/32*24) Q5_1 blocks -> out (n, K): d * q + m; half_qk = 16."""
+    n, K = out.shape
+    for r in prange(n):
+        row, w = raw[r], out[r]
+        for i in range(K // 32):
+            o = i * Q5_1.bytes
+            d, m = _half_at(row, o + Q5_1.d), _half_at(row, o + Q5_1.m)
+            _widen_q5(row, o, Q5_1, w, i * 32, d, m, half_qk)
+
+
+@njit(**JIT)
+def widen_q4_k(raw, out, sub):
+    """raw (n, K/256*144) Q4_K blocks -> out (n, K): d sc q - dmin m per sub-block of 32;
+    chunk c of 32 bytes holds sub-block 2c in its low nibbles, 2c + 1 in its high ones."""
+    n, K = out.shape
+    for r in prange(n):
+        row, w = raw[r], out[r]
+        for i in range(K // 256):
+            o, k0 = i * Q4_K.bytes, i * 256
+            d, dmin = _half_at(row, o + Q4_K.d), _half_at(row, o + Q4_K.dmin)
+            for c in range(4):
+                sc_lo, m_lo = _scale_min_k4(row, o + Q4_K.scales, 2 * c)
+                sc_hi, m_hi = _scale_min_k4(row, o + Q4_K.scales, 2 * c + 1)
+                a_lo, b_lo, a_hi, b_hi = d * sc_lo, dmin * m_lo, d * sc_hi, dmin * m_hi
+                q, k = o + Q4_K.qs + 32 * c, k0 + 64 * c
+                for j in range(sub):
+                    lo, hi = _nibbles(np.float32(row[u(q + j)]))
+                    w[u(k + j)] = a_lo * lo - b_lo
+                    w[u(k + 32 + j)] = a_hi * hi - b_hi
+
+
+@njit(**JIT)
+def widen_q5_k(raw, out, sub):
+    """raw (n, K/256*176) Q5_K blocks -> out (n, K): as Q4_K, the fifth bit of weight j of
+    sub-block s in bit s of qh byte j."""
+    n, K = out.shape
+    sixteen = np.float32(16)
+    for r in prange(n):
+        row, w = raw[r], out[r]
+        for i in range(K // 256):
+            o, k0 = i * Q5_K.bytes, i * 256
+            d, dmin = _half_at(row, o + Q5_K.d), _half_at(row, o + Q5_K.dmin)
+            for c in range(4):
+                sc_lo, m_lo = _scale_min_k4(row, o + Q5_K.scales, 2 * c)
+                sc_hi, m_hi = _scale_min_k4(row, o + Q5_K.scales, 2 * c + 1)
+                a_lo, b_lo, a_hi, b_hi = d * sc_lo, dmin * m_lo, d * sc_hi, dmin * m_hi
+                q, qh, k = o + Q5_K.qs + 32 * c, o + Q5_K.qh, k0 + 64 * c
+                for j in range(sub):
+                    lo, hi = _nibbles(np.float32(row[u(q + j)]))
+                    h = row[u(qh + j)]
+                    w[u(k + j)] = a_lo * (lo + sixteen * _bit(h, 2 * c)) - b_lo
+                    w[u(k + 32 + j)] = a_hi * (hi + sixteen * _bit(h, 2 * c + 1)) - b_hi
+
+
+@njit(**JIT)
+def widen_q6_k(raw, out, sub):
+    """raw (n, K/256*210) Q6_K blocks -> out (n, K): d sc (q - 32), 16 weights per scale
+    (the bit layout: matmul_q6_k)."""
+    n, K = out.shape
+    for r in prange(n):
+        row, w = raw[r], out[r]
+        for i in range(K // 256):
+            o, k0 = i * Q6_K.bytes, i * 256
+            d = _half_at(row, o + Q6_K.d)
+            for h in range(2):
+                ql, qh, kh = o + Q6_K.ql + 64 * h, o + Q6_K.qh + 32 * h, k0 + 128 * h
+                sh = o + Q6_K.scales + 8 * h
+                for l in range(sub):
+                    g = l // 16  # weights l, l + 32, l + 64, l + 96 take scales g, g+2, g+4, g+6
+                    c1, c2 = d * _int8(row, sh + g), d * _int8(row, sh + g + 2)
+                    c3, c4 = d * _int8(row, sh + g + 4), d * _int8(row, sh + g + 6)
+                    qa, qc, hb = row[u(ql + l)], row[u(ql + 32 + l)], row[u(qh + l)]
+                    w[u(kh + l)] = c1 * (_six_bits(qa, 0, hb, 0) - np.float32(32))
+                    w[u(kh + 32 + l)] = c2 * (_six_bits(qc, 0, hb, 2) - np.float32(32))
+                    w[u(kh + 64 + l)] = c3 * (_six_bits(qa, 4, hb, 4) - np.float32(32))
+                    w[u(kh + 96 + l)] = c4 * (_six_bits(qc, 4, hb, 6) - np.float32(32))
 
 
 # ---------------------------------------------------------------- by storage kind
@@ -635,6 +839,22 @@ def supports(rows) -> bool:
         return rows.shape[1] == 32 * rows.scales.shape[1]
     return rows.kind in KINDS
 
+
+# packed.PackedRows kind -> widen(rows, start, stop, out): rows start..stop-1 of the PackedRows
+# -> out (stop - start, K) float32 C-contiguous. fp32 needs none: BLAS multiplies its rows.
+WIDEN = {
+    "int8": lambda r, i, j, out: widen_int8(r.data[i:j], r.scales[i:j], out, 32),
+    "bf16": lambda r, i, j, out: widen_bf16(r.data[i:j].view(np.uint16), out),
+    "fp16": lambda r, i, j, out: widen_fp16(r.data[i:j].view(np.uint16), out),
+    "Q8_0": lambda r, i, j, out: widen_q8_0(r.data[i:j], out, 32),
+    "Q4_0": lambda r, i, j, out: widen_q4_0(r.data[i:j], out, 16),
+    "Q4_1": lambda r, i, j, out: widen_q4_1(r.data[i:j], out, 16),
+    "Q5_0": lambda r, i, j, out: widen_q5_0(r.data[i:j], out, 16),
+    "Q5_1": lambda r, i, j, out: widen_q5_1(r.data[i:j], out, 16),
+    "Q4_K": lambda r, i, j, out: widen_q4_k(r.data[i:j], out, 32),
+    "Q5_K": lambda r, i, j, out: widen_q5_k(r.data[i:j], out, 32),
+    "Q6_K": lambda r, i, j, out: widen_q6_k(r.data[i:j], out, 32),
+}
 
 # packed.PackedRows kind -> kernel(rows, x, out): x (B, K) float32 C-contiguous, out (B, N).
 KINDS = {

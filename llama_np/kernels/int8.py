@@ -1,28 +1,33 @@
-"""int8, Q8_0 and K-quant products as integer dot products (AVX-512 VNNI), as llama.cpp runs them.
+"""int8, Q8_0 and K-quant products as integer dot products (AVX2 or AVX-512 VNNI), as llama.cpp
+runs them.
 
 A GGUF block weight is a small integer (Q8_0: -128..127, Q4_K: 0..15, Q5_K: 0..31, Q6_K: 0..63)
 times scales shared by 16 or 32 weights; so is this project's int8 (packed.py: -127..127, one
-float32 scale per 32). If the activations are small integers too, a block's
-dot product is a sum of byte products, and one VNNI instruction (`vpdpbusd`) multiplies 64
-unsigned weight bytes by 64 signed activation bytes and adds each 4 neighbouring products into
-one of 16 int32 lanes: 64 multiply-adds, where the float kernels (numba_jit.py) do 16 and must
-first unpack each weight into a float32 lane. Measured on TinyLlama's matrices, float kernel ->
-this one in the same run: Q4_K 7.5 -> 24.6 GB/s, Q5_K 9.6 -> 27.2, Q6_K 3.9 -> 30.3, Q8_0 21.6
--> 45 (partly from the CPU's cache); int8 on stories110M's 2304x768 and 768x2048 matrices
-(from the CPU's cache) 51 -> 30 and 43 -> 30 us.
+float32 scale per 32). If the activations are small integers too, a block's dot product is a
+sum of byte products, which the CPU multiplies 32 or 64 at a time where the float kernels
+(numba_jit.py) multiply 8 or 16 floats and must first unpack each weight into a float lane:
+
+    AVX2         vpmaddubsw multiplies 32 unsigned weight bytes by 32 signed activation bytes
+                 and adds neighbouring pairs (16-bit lanes); vpmaddwd adds those pairs again,
+                 times a 16-bit scale, into 8 int32 lanes
+    AVX-512 VNNI vpdpbusd does both for 64 bytes in one instruction (16 int32 lanes)
+
+Which one runs is decided as the kernels compile, from the CPU numba compiles for (`isa()`);
+the block functions below are the same for both. Measured on TinyLlama's matrices with VNNI,
+float kernel -> this one in the same run: Q4_K 7.5 -> 24.6 GB/s, Q5_K 9.6 -> 27.2, Q6_K 3.9 ->
+30.3, Q8_0 21.6 -> 45 (partly from the CPU's cache).
 
 So each product first rounds its activation rows to int8, one float32 scale per 256 values
 for K-quants (`quantize_rows`, llama.cpp's "Q8_K"), per 32 for Q8_0 and int8 (as llama.cpp
-for Q8_0): x ~ xd * xq.
-That rounding is the price: outputs differ from the float kernels by about 1% of their largest
-value (benchmarks/accuracy.py measures it on whole models). These kernels are the "vnni"
-kernel choice; "numba" keeps activations float32.
+for Q8_0): x ~ xd * xq. That rounding is the price: outputs differ from the float kernels by
+about 1% of their largest value (benchmarks/accuracy.py measures it on whole models). These
+kernels are the "int8" kernel choice; "numba" keeps activations float32.
 
 numba has no vector types and does integer arithmetic in 64 bits, so the block dot products
 are written in LLVM IR (`numba.extending.intrinsic`): load 64 bytes, unpack with a mask and a
-shift, call `llvm.x86.avx512.vpdpbusd.512`, multiply the int32 lanes by their scales, add the
-lanes up. Everything around them (scales, mins, the parallel loop over rows) is numba as in
-numba_jit.py. The instruction exists only on CPUs with AVX-512 VNNI (`available()`).
+shift, multiply bytes (`_dot_bytes`), scale the int32 lanes, add the lanes up. Everything
+around them (scales, mins, the parallel loop over rows) is numba as in numba_jit.py. Block
+layouts and their byte offsets come from quants.py's table.
 """
 
 from __future__ import annotations
@@ -34,28 +39,48 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from .numba_jit import JIT
+from ..quants import Q4_K, Q5_K, Q6_K, Q8_0
+from .numba_jit import JIT, ROWS
 
-I8, I32, F32 = ir.IntType(8), ir.IntType(32), ir.FloatType()
-BYTES = ir.VectorType(I8, 64)  # one zmm register as 64 bytes
+I8, I16, I32, F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.FloatType()
+BYTES = ir.VectorType(I8, 64)  # one zmm register, or two ymm, as 64 bytes
 HALF_BYTES = ir.VectorType(I8, 32)  # a ymm register: 32 bytes
 LANES = ir.VectorType(I32, 16)  # ... or as 16 int32 lanes
 ZERO = ir.Constant(LANES, [0] * 16)
 QK = 256  # activations rounded per 256 values, one K-quant block
 
 
-def unavailable_reason() -> str | None:
-    """Why these kernels cannot run here, or None when they can: they need the AVX-512 VNNI
-    instruction, on this CPU, and numba compiling for this CPU (not for another one named by
-    $NUMBA_CPU_NAME / $NUMBA_CPU_FEATURES)."""
+def target_features() -> dict[str, bool] | None:
+    """The CPU features numba compiles for: this CPU's, changed by $NUMBA_CPU_FEATURES'
+    +feature/-feature entries; None when $NUMBA_CPU_NAME names another CPU (unknown)."""
     if numba.config.CPU_NAME not in (None, "host"):
+        return None
+    features = dict(llvmlite.binding.get_host_cpu_features())
+    for entry in (numba.config.CPU_FEATURES or "").split(","):
+        if entry[:1] in ("+", "-"):
+            features[entry[1:]] = entry[0] == "+"
+    return features
+
+
+def isa() -> str | None:
+    """The instruction these kernels multiply bytes with: "vnni" (AVX-512 VNNI's vpdpbusd),
+    "avx2" (vpmaddubsw + vpmaddwd), or None when the target CPU has neither."""
+    features = target_features() or {}
+    if features.get("avx512vnni") and features.get("avx512bw") and features.get("avx512vl"):
+        return "vnni"
+    return "avx2" if features.get("avx2") else None
+
+
+def unavailable_reason() -> str | None:
+    """Why these kernels cannot run here, or None when they can."""
+    if target_features() is None:
         return "numba compiles for another CPU ($NUMBA_CPU_NAME)"
-    if numba.config.CPU_FEATURES:
-        return "numba compiles for other CPU features ($NUMBA_CPU_FEATURES)"
-    features = llvmlite.binding.get_host_cpu_features()
-    if not (features.get("avx512vnni") and features.get("avx512bw")):
-        return "this CPU has no AVX-512 VNNI"
+    if isa() is None:
+        return "this CPU has neither AVX2 nor AVX-512 VNNI"
     return None
+
+
+ISA = isa()  # read by the code generators below, as the kernels compile
 
 
 @njit(cache=True)
@@ -118,12 +143,66 @@ def _llvm_function(builder, name: str, result, arguments):
     return module.globals.get(name) or ir.Function(module, ir.FunctionType(result, arguments), name)
 
 
-def _dot_bytes(builder, unsigned, signed):
-    """16 int32 lanes, lane l = Σ_{t<4} unsigned[4l + t] * signed[4l + t] (vpdpbusd)."""
-    vpdpbusd = _llvm_function(builder, "llvm.x86.avx512.vpdpbusd.512", LANES, [LANES] * 3)
-    return builder.call(
-        vpdpbusd, [ZERO, builder.bitcast(unsigned, LANES), builder.bitcast(signed, LANES)]
-    )
+def _dot_bytes(builder, unsigned, signed, scales=None):
+    """Byte products added in fours: lane l = Σ_{t<4} unsigned[4l + t] * signed[4l + t],
+    times scales[l] if given.   <32n x i8> twice -> <8n x i32>
+
+    VNNI: one vpdpbusd per 64 bytes (32 bytes: its 256-bit form), then the scales' multiply.
+    AVX2, per 32 bytes: vpmaddubsw adds each two products into a 16-bit lane (saturating: the
+    unsigned side must stay <= 128 against activations in -127..127), vpmaddwd adds each two of
+    those times the lane's 16-bit scale (or 1) into an int32: the scale costs nothing extra."""
+    n = unsigned.type.count
+    if ISA == "vnni":
+        lanes_t = ir.VectorType(I32, n // 4)
+        name = f"llvm.x86.avx512.vpdpbusd.{32 * n // 4}"
+        vpdpbusd = _llvm_function(builder, name, lanes_t, [lanes_t] * 3)
+        zero = ir.Constant(lanes_t, [0] * (n // 4))
+        args = [zero, builder.bitcast(unsigned, lanes_t), builder.bitcast(signed, lanes_t)]
+        dots = builder.call(vpdpbusd, args)
+        return dots if scales is None else builder.mul(dots, scales)
+    I16x16, I32x8 = ir.VectorType(I16, 16), ir.VectorType(I32, 8)
+    pmaddubsw = _llvm_function(builder, "llvm.x86.avx2.pmadd.ub.sw", I16x16, [HALF_BYTES] * 2)
+    pmaddwd = _llvm_function(builder, "llvm.x86.avx2.pmadd.wd", I32x8, [I16x16] * 2)
+    if scales is None:
+        pair_scales = ir.Constant(ir.VectorType(I16, n // 2), [1] * (n // 2))
+    else:  # each int32 lane's scale in both of its 16-bit halves
+        narrow = builder.trunc(scales, ir.VectorType(I16, n // 4))
+        pair_scales = _select(builder, narrow, narrow, [lane // 2 for lane in range(n // 2)])
+    parts = []
+    for h in range(n // 32):  # one ymm register at a time
+        u32 = _select(builder, unsigned, unsigned, range(32 * h, 32 * h + 32))
+        s32 = _select(builder, signed, signed, range(32 * h, 32 * h + 32))
+        pairs = builder.call(pmaddubsw, [u32, s32])
+        scale16 = _select(builder, pair_scales, pair_scales, range(16 * h, 16 * h + 16))
+        parts.append(builder.call(pmaddwd, [pairs, scale16]))
+    while len(parts) > 1:  # concatenate the int32 lanes
+        pairs = zip(parts[::2], parts[1::2], strict=True)
+        parts = [_select(builder, a, b, range(2 * a.type.count)) for a, b in pairs]
+    return parts[0]
+
+
+def _dot_signed(builder, weights, signed):
+    """As _dot_bytes with signed weight bytes (Q8_0, int8: -128..127). AVX2 multiplies |w| by
+    x with w's sign (vpsignb: the unsigned side stays <= 128); VNNI multiplies w + 128 (w xor
+    0x80, unsigned) and subtracts 128 × Σ x of each 4 bytes after."""
+    n = weights.type.count
+    if ISA == "vnni":
+        unsigned = builder.xor(weights, _splat(weights.type, 128))
+        ones = _splat(weights.type, 1)
+        sums = _dot_bytes(builder, ones, signed)  # Σ x of each 4 bytes
+        dots = _dot_bytes(builder, unsigned, signed)
+        return builder.sub(dots, builder.shl(sums, _splat(sums.type, 7)))
+    flag = ir.IntType(1)  # llvm.abs's "-128 is poison": no, -128 stays -128 (128 unsigned)
+    absolute = _llvm_function(builder, f"llvm.abs.v{n}i8", weights.type, [weights.type, flag])
+    psignb = _llvm_function(builder, "llvm.x86.avx2.psign.b", HALF_BYTES, [HALF_BYTES] * 2)
+    magnitudes = builder.call(absolute, [weights, ir.Constant(flag, 0)])
+    parts = []
+    for h in range(n // 32):
+        w32 = _select(builder, weights, weights, range(32 * h, 32 * h + 32))
+        x32 = _select(builder, signed, signed, range(32 * h, 32 * h + 32))
+        parts.append(builder.call(psignb, [x32, w32]))
+    signs = parts[0] if n == 32 else _select(builder, parts[0], parts[1], range(64))
+    return _dot_bytes(builder, magnitudes, signs)
 
 
 def _sum_lanes(builder, lanes):
@@ -182,17 +261,18 @@ def _q4k_scales_mins(context, builder, row_type, row, offset):
 def _k4_codegen(fifth_bits: bool):
     """The codegen of a Q4_K block (fifth_bits False) or a Q5_K block (True: as Q4_K, plus 32
     bytes qh before the nibbles, bit s of byte j the fifth bit of weight j of sub-block s)."""
-    nibbles_at = 48 if fifth_bits else 16
+    layout = Q5_K if fifth_bits else Q4_K
 
     def codegen(context, builder, signature, args):
         row_v, o_v, xq_v, k_v, xs_v, xd_v = args
         row_t, _, xq_t, _, xs_t, _ = signature.args
-        d = _half(context, builder, row_t, row_v, o_v)
-        dmin = _half(context, builder, row_t, row_v, _at(builder, o_v, 2))
-        scales, mins = _q4k_scales_mins(context, builder, row_t, row_v, _at(builder, o_v, 4))
+        d = _half(context, builder, row_t, row_v, _at(builder, o_v, layout.d))
+        dmin = _half(context, builder, row_t, row_v, _at(builder, o_v, layout.dmin))
+        at = _at(builder, o_v, layout.scales)
+        scales, mins = _q4k_scales_mins(context, builder, row_t, row_v, at)
         if fifth_bits:
             V32 = HALF_BYTES
-            qh = _load(context, builder, row_t, row_v, _at(builder, o_v, 16), V32)
+            qh = _load(context, builder, row_t, row_v, _at(builder, o_v, Q5_K.qh), V32)
             # (qh >> s) & 1, moved to bit 4: sub-block s's fifth bits, one byte per weight
             fifth = [
                 builder.shl(
@@ -202,7 +282,7 @@ def _k4_codegen(fifth_bits: bool):
             ]
         lanes = ZERO
         for c in range(2):  # bytes 64c..64c+63: chunks 2c and 2c+1 of 32 bytes
-            at = _at(builder, o_v, nibbles_at + 64 * c)
+            at = _at(builder, o_v, layout.qs + 64 * c)
             packed = _load(context, builder, row_t, row_v, at, BYTES)
             low = builder.and_(packed, _splat(BYTES, 15))  # sub-blocks 4c (bytes 0-31), 4c+2
             high = builder.lshr(packed, _splat(BYTES, 4))  # sub-blocks 4c+1, 4c+3
@@ -217,7 +297,7 @@ def _k4_codegen(fifth_bits: bool):
                     )
                 x = _load(context, builder, xq_t, xq_v, _at(builder, k_v, 128 * c + 64 * h), BYTES)
                 scale = _select(builder, scales, scales, [s] * 8 + [s + 1] * 8)
-                lanes = builder.add(lanes, builder.mul(_dot_bytes(builder, weights, x), scale))
+                lanes = builder.add(lanes, _dot_bytes(builder, weights, x, scale))
         sums32 = _sums_of_32(context, builder, xs_t, xs_v, k_v)  # Σ xq of each sub-block
         dots = _to_float(builder, _sum_lanes(builder, lanes))
         min_terms = _to_float(builder, _sum_lanes(builder, builder.mul(mins, sums32)))
@@ -229,7 +309,7 @@ def _k4_codegen(fifth_bits: bool):
 
 @intrinsic
 def _q4k_block(typingctx, row, o, xq, k, xs, xd):
-    """float32 Σ_j w_j x_j over the Q4_K block at row[o : o + 144] and activations
+    """float32 Σ_j w_j x_j over the Q4_K block at row[o : o + Q4_K.bytes] and activations
     x ~ xd * xq[k : k + 256] (xs: sums of each 16 of xq, from xs[k / 16]).
 
     w = d sc q - dmin m, so Σ w x = xd (d Σ_s sc_s Σ q xq - dmin Σ_s m_s Σ xq)."""
@@ -238,7 +318,7 @@ def _q4k_block(typingctx, row, o, xq, k, xs, xd):
 
 @intrinsic
 def _q5k_block(typingctx, row, o, xq, k, xs, xd):
-    """The same over the Q5_K block at row[o : o + 176] (q in 0..31: a fifth bit from qh)."""
+    """The same over the Q5_K block at row[o] (q in 0..31: a fifth bit from qh)."""
     return types.float32(row, o, xq, k, xs, xd), _k4_codegen(fifth_bits=True)
 
 
@@ -249,30 +329,32 @@ def _q5k_block(typingctx, row, o, xq, k, xs, xd):
 
 @njit(**JIT)
 def matmul_q4_k(raw, x, out):
-    """raw (N, K/256*144) uint8 Q4_K blocks, x (B, K) float32 -> out (B, N)."""
+    """raw (N, K/256 * Q4_K.bytes) uint8 Q4_K blocks, x (B, K) float32 -> out (B, N)."""
     N, K = raw.shape[0], x.shape[1]
     xq, xd, xs = quantize_rows(x, QK)  # (B, K) int8, (B, K/256) float32, (B, K/16) int32
-    for n in prange(N):
-        row = raw[n]
+    for t in prange((N + ROWS - 1) // ROWS):
         for b in range(x.shape[0]):
-            total = np.float32(0)
-            for i in range(K // QK):
-                total += _q4k_block(row, i * 144, xq[b], i * QK, xs[b], xd[b, i])
-            out[b, n] = total
+            for n in range(t * ROWS, min(N, t * ROWS + ROWS)):
+                row = raw[n]
+                total = np.float32(0)
+                for i in range(K // QK):
+                    total += _q4k_block(row, i * Q4_K.bytes, xq[b], i * QK, xs[b], xd[b, i])
+                out[b, n] = total
 
 
 @njit(**JIT)
 def matmul_q5_k(raw, x, out):
-    """raw (N, K/256*176) uint8 Q5_K blocks, x (B, K) float32 -> out (B, N)."""
+    """raw (N, K/256 * Q5_K.bytes) uint8 Q5_K blocks, x (B, K) float32 -> out (B, N)."""
     N, K = raw.shape[0], x.shape[1]
     xq, xd, xs = quantize_rows(x, QK)  # (B, K) int8, (B, K/256) float32, (B, K/16) int32
-    for n in prange(N):
-        row = raw[n]
+    for t in prange((N + ROWS - 1) // ROWS):  # tasks of ROWS weight rows
         for b in range(x.shape[0]):
-            total = np.float32(0)
-            for i in range(K // QK):
-                total += _q5k_block(row, i * 176, xq[b], i * QK, xs[b], xd[b, i])
-            out[b, n] = total
+            for n in range(t * ROWS, min(N, t * ROWS + ROWS)):
+                row = raw[n]
+                total = np.float32(0)
+                for i in range(K // QK):
+                    total += _q5k_block(row, i * Q5_K.bytes, xq[b], i * QK, xs[b], xd[b, i])
+                out[b, n] = total
 
 
 # ---------------------------------------------------------------- Q6_K
@@ -280,26 +362,27 @@ def matmul_q5_k(raw, x, out):
 
 @intrinsic
 def _q6k_block(typingctx, row, o, xq, k, xs, xd):
-    """float32 Σ_j w_j x_j over the Q6_K block at row[o : o + 210], as _q4k_block.
+    """float32 Σ_j w_j x_j over the Q6_K block at row[o], as _q4k_block.
 
     w = d sc (q - 32) with q in 0..63, so Σ w x = xd d (Σ_g sc_g Σ q xq - 32 Σ_g sc_g Σ xq)
     over the 16 groups g of 16 weights. Each half h of the block (128 weights) holds: ql bytes
     64h + l (l < 64): low 4 bits of weight l (low nibble) and l + 64 (high nibble); qh byte
     32h + l (l < 32): the high 2 bits of weights l, l + 32, l + 64, l + 96 (bits 0-1, 2-3, 4-5,
-    6-7); then 16 int8 scales at 192 and d (fp16) at 208."""
+    6-7); then 16 int8 scales and d (fp16)."""
 
     def codegen(context, builder, signature, args):
         row_v, o_v, xq_v, k_v, xs_v, xd_v = args
         row_t, _, xq_t, _, xs_t, _ = signature.args
         V32 = HALF_BYTES
         raw_scales = _load(
-            context, builder, row_t, row_v, _at(builder, o_v, 192), ir.VectorType(I8, 16)
+            context, builder, row_t, row_v, _at(builder, o_v, Q6_K.scales), ir.VectorType(I8, 16)
         )
         scales = builder.sext(raw_scales, LANES)
         lanes = ZERO
         for h in range(2):
-            low4 = _load(context, builder, row_t, row_v, _at(builder, o_v, 64 * h), BYTES)
-            high2 = _load(context, builder, row_t, row_v, _at(builder, o_v, 128 + 32 * h), V32)
+            low4 = _load(context, builder, row_t, row_v, _at(builder, o_v, Q6_K.ql + 64 * h), BYTES)
+            at = _at(builder, o_v, Q6_K.qh + 32 * h)
+            high2 = _load(context, builder, row_t, row_v, at, V32)
             shifted = [builder.lshr(high2, _splat(V32, 2 * p)) for p in range(4)]
             pairs = (  # (low 4 bits, high 2 bits) of weights 0-63, then 64-127
                 (builder.and_(low4, _splat(BYTES, 15)), _select(builder, *shifted[:2], range(64))),
@@ -313,12 +396,12 @@ def _q6k_block(typingctx, row, o, xq, k, xs, xd):
                 scale = _select(
                     builder, scales, scales, [8 * h + 4 * p + l // 4 for l in range(16)]
                 )
-                lanes = builder.add(lanes, builder.mul(_dot_bytes(builder, weights, x), scale))
+                lanes = builder.add(lanes, _dot_bytes(builder, weights, x, scale))
         g = builder.udiv(k_v, ir.Constant(k_v.type, 16))
         sums16 = _load(context, builder, xs_t, xs_v, g, LANES)
         offsets = builder.mul(_sum_lanes(builder, builder.mul(scales, sums16)), I32(32))
         dots = _to_float(builder, builder.sub(_sum_lanes(builder, lanes), offsets))
-        d = _half(context, builder, row_t, row_v, _at(builder, o_v, 208))
+        d = _half(context, builder, row_t, row_v, _at(builder, o_v, Q6_K.d))
         return builder.fmul(xd_v, builder.fmul(d, dots))
 
     return types.float32(row, o, xq, k, xs, xd), codegen
@@ -326,16 +409,17 @@ def _q6k_block(typingctx, row, o, xq, k, xs, xd):
 
 @njit(**JIT)
 def matmul_q6_k(raw, x, out):
-    """raw (N, K/256*210) uint8 Q6_K blocks, x (B, K) float32 -> out (B, N)."""
+    """raw (N, K/256 * Q6_K.bytes) uint8 Q6_K blocks, x (B, K) float32 -> out (B, N)."""
     N, K = raw.shape[0], x.shape[1]
     xq, xd, xs = quantize_rows(x, QK)  # (B, K) int8, (B, K/256) float32, (B, K/16) int32
-    for n in prange(N):
-        row = raw[n]
+    for t in prange((N + ROWS - 1) // ROWS):  # tasks of ROWS weight rows
         for b in range(x.shape[0]):
-            total = np.float32(0)
-            for i in range(K // QK):
-                total += _q6k_block(row, i * 210, xq[b], i * QK, xs[b], xd[b, i])
-            out[b, n] = total
+            for n in range(t * ROWS, min(N, t * ROWS + ROWS)):
+                row = raw[n]
+                total = np.float32(0)
+                for i in range(K // QK):
+                    total += _q6k_block(row, i * Q6_K.bytes, xq[b], i * QK, xs[b], xd[b, i])
+                out[b, n] = total
 
 
 # ---------------------------------------------------------------- Q8_0
@@ -358,29 +442,43 @@ def _signed_groups(context, builder, weights, d, xq, k, xs):
     gives the 64 bytes of groups 2p and 2p + 1, d (<8 x float>) each group's weight scale times
     its activations' scale, and x ~ xq[k : k + 256] (xs: sums of each 16 of xq).
 
-    vpdpbusd needs one unsigned side: q + 128 (q xor 0x80) is, so Σ q xq = Σ (q + 128) xq -
-    128 Σ xq per group."""
+    VNNI's vpdpbusd needs one unsigned side: q + 128 (q xor 0x80) is, so Σ q xq = Σ (q + 128)
+    xq - 128 Σ xq per group, the last from xs. AVX2: _dot_signed."""
     (xq_t, xq_v), (xs_t, xs_v) = xq, xs
     F8, F16 = ir.VectorType(F32, 8), ir.VectorType(F32, 16)
     lanes = ir.Constant(F16, [0.0] * 16)
     for p in range(4):  # groups 2p (lanes 0-7) and 2p + 1 (lanes 8-15)
-        unsigned = builder.xor(weights(p), _splat(BYTES, 128))
         x = _load(context, builder, xq_t, xq_v, _at(builder, k, 64 * p), BYTES)
-        dots = builder.sitofp(_dot_bytes(builder, unsigned, x), F16)
+        if ISA == "vnni":
+            unsigned = builder.xor(weights(p), _splat(BYTES, 128))
+            dots = builder.sitofp(_dot_bytes(builder, unsigned, x), F16)
+        else:
+            dots = builder.sitofp(_dot_signed(builder, weights(p), x), F16)
         scale = _select(builder, d, d, [2 * p] * 8 + [2 * p + 1] * 8)
         lanes = builder.fadd(lanes, builder.fmul(dots, scale))
+    total = _sum_floats(builder, lanes)
+    if ISA != "vnni":
+        return total
     sums32 = _sums_of_32(context, builder, xs_t, xs_v, k)  # Σ xq of each group
     shift = builder.fmul(d, builder.sitofp(sums32, F8))  # scales × Σ xq per group
-    return builder.fsub(
-        _sum_floats(builder, lanes), builder.fmul(_sum_floats(builder, shift), F32(128.0))
-    )
+    return builder.fsub(total, builder.fmul(_sum_floats(builder, shift), F32(128.0)))
+
+
+def _signed_group(context, builder, weights, d, xq, k):
+    """float32 Σ_j w_j x_j over one group of 32 signed int8 weights (`weights`: 32 bytes) and
+    x ~ xq[k : k + 32], d its weight scale times its activations' scale: the end of a row
+    whose length 256 does not divide (stories15M's 288)."""
+    xq_t, xq_v = xq
+    x = _load(context, builder, xq_t, xq_v, k, HALF_BYTES)
+    dots = _sum_lanes(builder, _dot_signed(builder, weights, x))
+    return builder.fmul(_to_float(builder, dots), d)
 
 
 @intrinsic
 def _q8_0_blocks(typingctx, row, o, xq, k, xs, xd):
-    """float32 Σ_j w_j x_j over the 8 Q8_0 blocks (256 weights) at row[o : o + 272] and
-    activations x ~ xd[k/32 + t] * xq[k + 32t : k + 32t + 32] for block t (scales per 32, as
-    llama.cpp rounds activations for Q8_0 weights; xs: sums of each 16 of xq). w = d q."""
+    """float32 Σ_j w_j x_j over the 8 Q8_0 blocks (256 weights) from row[o] and activations
+    x ~ xd[k/32 + t] * xq[k + 32t : k + 32t + 32] for block t (scales per 32, as llama.cpp
+    rounds activations for Q8_0 weights; xs: sums of each 16 of xq). w = d q."""
 
     def codegen(context, builder, signature, args):
         row_v, o_v, xq_v, k_v, xs_v, xd_v = args
@@ -388,19 +486,16 @@ def _q8_0_blocks(typingctx, row, o, xq, k, xs, xd):
         F8 = ir.VectorType(F32, 8)
         d = ir.Constant(ir.VectorType(ir.HalfType(), 8), ir.Undefined)
         for blk in range(8):
-            bits = _load(
-                context, builder, row_t, row_v, _at(builder, o_v, 34 * blk), ir.IntType(16)
-            )
+            at = _at(builder, o_v, Q8_0.bytes * blk + Q8_0.d)
+            bits = _load(context, builder, row_t, row_v, at, ir.IntType(16))
             d = builder.insert_element(d, builder.bitcast(bits, ir.HalfType()), I32(blk))
         block = builder.udiv(k_v, ir.Constant(k_v.type, 32))
         x_scales = _load(context, builder, xd_t, xd_v, block, F8)
         d = builder.fmul(builder.fpext(d, F8), x_scales)  # (8,) weight scale × activation scale
 
-        def weights(p):  # blocks 2p and 2p + 1: 32 bytes each, after their 2-byte scale
-            first = _load(context, builder, row_t, row_v, _at(builder, o_v, 68 * p + 2), HALF_BYTES)
-            second = _load(
-                context, builder, row_t, row_v, _at(builder, o_v, 68 * p + 36), HALF_BYTES
-            )
+        def weights(p):  # blocks 2p and 2p + 1: 32 bytes each
+            at = [_at(builder, o_v, Q8_0.bytes * (2 * p + t) + Q8_0.qs) for t in (0, 1)]
+            first, second = (_load(context, builder, row_t, row_v, a, HALF_BYTES) for a in at)
             return _select(builder, first, second, range(64))
 
         return _signed_groups(context, builder, weights, d, (xq_t, xq_v), k_v, (xs_t, xs_v))
@@ -408,18 +503,36 @@ def _q8_0_blocks(typingctx, row, o, xq, k, xs, xd):
     return types.float32(row, o, xq, k, xs, xd), codegen
 
 
+@intrinsic
+def _q8_0_block(typingctx, row, o, xq, k, xd):
+    """float32 Σ_j w_j x_j over the one Q8_0 block at row[o] and x ~ xd * xq[k : k + 32]."""
+
+    def codegen(context, builder, signature, args):
+        row_v, o_v, xq_v, k_v, xd_v = args
+        row_t, _, xq_t, _, _ = signature.args
+        d = _half(context, builder, row_t, row_v, _at(builder, o_v, Q8_0.d))
+        w = _load(context, builder, row_t, row_v, _at(builder, o_v, Q8_0.qs), HALF_BYTES)
+        return _signed_group(context, builder, w, builder.fmul(d, xd_v), (xq_t, xq_v), k_v)
+
+    return types.float32(row, o, xq, k, xd), codegen
+
+
 @njit(**JIT)
 def matmul_q8_0(raw, x, out):
-    """raw (N, K/32*34) uint8 Q8_0 blocks, K a multiple of 256; x (B, K) float32 -> out (B, N)."""
+    """raw (N, K/32*34) uint8 Q8_0 blocks; x (B, K) float32 -> out (B, N). Eight blocks at a
+    time, then single blocks where 256 does not divide K."""
     N, K = raw.shape[0], x.shape[1]
     xq, xd, xs = quantize_rows(x, 32)  # (B, K) int8, (B, K/32) float32, (B, K/16) int32
-    for n in prange(N):
-        row = raw[n]
+    for t in prange((N + ROWS - 1) // ROWS):  # tasks of ROWS weight rows
         for b in range(x.shape[0]):
-            total = np.float32(0)
-            for i in range(K // QK):
-                total += _q8_0_blocks(row, i * 272, xq[b], i * QK, xs[b], xd[b])
-            out[b, n] = total
+            for n in range(t * ROWS, min(N, t * ROWS + ROWS)):
+                row = raw[n]
+                total = np.float32(0)
+                for i in range(K // QK):
+                    total += _q8_0_blocks(row, i * 8 * Q8_0.bytes, xq[b], i * QK, xs[b], xd[b])
+                for i in range(K // QK * 8, K // 32):
+                    total += _q8_0_block(row, i * Q8_0.bytes, xq[b], i * 32, xd[b, i])
+                out[b, n] = total
 
 
 # ---------------------------------------------------------------- this project's int8
@@ -448,24 +561,41 @@ def _int8_groups(typingctx, q, scales, xq, k, xs, xd):
     return types.float32(q, scales, xq, k, xs, xd), codegen
 
 
+@intrinsic
+def _int8_group(typingctx, q, k, xq, d):
+    """float32 Σ_j w_j x_j over one group of 32 weights q[k : k + 32] and xq[k : k + 32], d its
+    weight scale times its activations' scale."""
+
+    def codegen(context, builder, signature, args):
+        q_v, k_v, xq_v, d_v = args
+        q_t, _, xq_t, _ = signature.args
+        w = _load(context, builder, q_t, q_v, k_v, HALF_BYTES)
+        return _signed_group(context, builder, w, d_v, (xq_t, xq_v), k_v)
+
+    return types.float32(q, k, xq, d), codegen
+
+
 @njit(**JIT)
 def matmul_int8(q, scales, x, out):
-    """q (N, K) int8, scales (N, K/32) float32, K a multiple of 256; x (B, K) float32 -> out."""
+    """q (N, K) int8, scales (N, K/32) float32; x (B, K) float32 -> out (B, N)."""
     N, K = q.shape
     xq, xd, xs = quantize_rows(x, 32)  # (B, K) int8, (B, K/32) float32, (B, K/16) int32
-    for n in prange(N):
-        row, row_scales = q[n], scales[n]
+    for t in prange((N + ROWS - 1) // ROWS):  # tasks of ROWS weight rows
         for b in range(x.shape[0]):
-            total = np.float32(0)
-            for i in range(K // QK):
-                total += _int8_groups(row, row_scales, xq[b], i * QK, xs[b], xd[b])
-            out[b, n] = total
+            for n in range(t * ROWS, min(N, t * ROWS + ROWS)):
+                row, row_scales = q[n], scales[n]
+                total = np.float32(0)
+                for i in range(K // QK):
+                    total += _int8_groups(row, row_scales, xq[b], i * QK, xs[b], xd[b])
+                for i in range(K // QK * 8, K // 32):
+                    total += _int8_group(row, i * 32, xq[b], row_scales[i] * xd[b, i])
+                out[b, n] = total
 
 
 def supports(rows) -> bool:
-    """Whether a kernel here multiplies this packed.PackedRows (Q8_0 and int8: rows of whole
-    256s; numba_jit.supports has checked that int8 has one scale per 32)."""
-    return rows.kind in KINDS and rows.shape[1] % QK == 0
+    """Whether a kernel here multiplies this packed.PackedRows (numba_jit.supports has checked
+    that int8 has one scale per 32; K-quant rows are whole 256s by construction)."""
+    return rows.kind in KINDS
 
 
 # packed.PackedRows kind -> kernel(rows, x, out), as numba_jit.KINDS
