@@ -524,6 +524,48 @@ def test_model_decodes_the_same_with_either_kernels(weights_dtype, use_kernels):
     np.testing.assert_allclose(logits["numba"], logits["numpy"], rtol=0, atol=1e-3)
 
 
+# ---------------------------------------------------------------- a busy core
+
+
+@requires_numba
+def test_threads_drop_a_straggler_and_come_back(monkeypatch):
+    """The dot products' thread count (threads.py), on a simulated clock: quiet, every product
+    runs in its usual time with 2 threads; once another process keeps a core busy, 2 threads
+    take 30x longer (the thread on the busy core waits for timeslices) and 1 thread 1.8x: the
+    count drops to 1 after a few straggles, stays there while tries of 2 are slower, and
+    returns to 2 once the core is free again."""
+    from llama_np.kernels import threads
+
+    clock, state = [0.0], {"busy": False, "count": None}
+    monkeypatch.setattr(threads.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(threads.numba, "set_num_threads", lambda n: state.update(count=n))
+    governor = threads.Threads(most=2)
+
+    def run(products: int) -> list[int]:
+        counts = []
+        for i in range(products):
+            usual = 1e-3 * (1 + i % 3)  # three products of different sizes, in turn
+
+            def work(usual=usual):
+                if state["count"] == 2:
+                    clock[0] += usual * (30 if state["busy"] else 1)
+                else:
+                    clock[0] += usual * 1.8
+
+            governor.run(i % 3, work)
+            counts.append(state["count"])
+        return counts
+
+    assert set(run(60)) == {2}  # quiet: all threads, no straggle
+    state["busy"] = True
+    counts = run(400)
+    assert counts[10] == 1 and counts[-1] == 1  # dropped within a few products, and stays
+    assert 0 < counts.count(2) < 80  # tries of 2 threads, fewer as they keep failing
+    state["busy"] = False
+    counts = run(2500)  # ~6 s: longer than the longest wait between tries (MAX_PROBE_SECONDS)
+    assert counts[-50:] == [2] * 50  # the core is free: back to all threads
+
+
 # ---------------------------------------------------------------- selection, NumPy only
 
 

@@ -49,10 +49,9 @@ class Threads:
     def run(self, product: Hashable, work: Callable[[], None]) -> None:
         """Run `work` (one product of the kernels) with the current thread count, time it, and
         adapt the count for the next products."""
-        count = self.count
-        if self.probing is None and count < self.most and time.perf_counter() >= self.probe_at:
-            count = self.count + 1  # a try: these products run with one thread more
-            self.probing = []
+        if self.probing is None and self.count < self.most and time.perf_counter() >= self.probe_at:
+            self.probing = []  # a try: the next products run with one thread more
+        count = self.count + (self.probing is not None)
         numba.set_num_threads(count)
         start = time.perf_counter()
         work()
