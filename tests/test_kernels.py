@@ -217,16 +217,18 @@ def rounded_rows(x: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @requires_int8
-@pytest.mark.parametrize("kind", ["Q4_K", "Q5_K", "Q6_K", "Q8_0"])
+@pytest.mark.parametrize("kind", ["Q4_K", "Q5_K", "Q6_K", "Q8_0", "Q4_0", "Q5_0"])
 @block_cases
 def test_int8_kernels_are_the_product_with_rounded_activations(kind, blocks, n, b, scales, seed):
     """int8's integer products equal the float64 product of gguf's dequantized weights with
-    the activations rounded to int8 per 256 (Q8_0: per 32) (float32 rounding aside), and so
-    differ from the exact product by no more than the rounding allows: Σ |w| × half a step.
-    Q8_0 rows of 32 × an odd count (stories15M's 288) end in single blocks."""
+    the activations rounded to int8 per 256 (32-weight blocks: per 32) (float32 rounding
+    aside), and so differ from the exact product by no more than the rounding allows: Σ |w| ×
+    half a step. Rows of 32-weight blocks whose count 8 does not divide (stories15M's 288)
+    end in single blocks."""
     from llama_np.kernels import int8
 
-    k = blocks * 256 + (32 * (seed % 3) if kind == "Q8_0" else 0)
+    small = BLOCKS[kind][0] == 32
+    k = blocks * 256 + (32 * (seed % 3) if small else 0)
     raw = random_blocks(kind, n, k, seed, scales)
     x = np.random.default_rng(seed + 1).standard_normal((b, k)).astype(np.float32)  # (B, K)
     x[:, :3] = [0.0, -1e3, 1e-20]  # a zero, a large and a tiny activation
@@ -234,7 +236,7 @@ def test_int8_kernels_are_the_product_with_rounded_activations(kind, blocks, n, 
     int8.KINDS[kind](PackedRows(kind, raw, None, Scratch()), x, out)
 
     w = gguf_weights(kind, raw)  # (N, K)
-    rounded, half_step = rounded_rows(x, 32 if kind == "Q8_0" else 256)
+    rounded, half_step = rounded_rows(x, 32 if small else 256)
     magnitude = np.abs(rounded).sum(axis=1, keepdims=True) * field_magnitude(kind, raw)
     assert close(out, rounded @ w.T, magnitude)
     exact = x.astype(np.float64) @ w.T
@@ -304,7 +306,7 @@ def test_int8_kernels_compiled_for_avx2_on_a_vnni_cpu():
         "import numpy as np, test_kernels as t\n"
         "from llama_np.kernels import int8\n"
         "assert int8.ISA == 'avx2', int8.ISA\n"
-        "for kind in ('Q4_K', 'Q5_K', 'Q6_K', 'Q8_0'):\n"
+        "for kind in ('Q4_K', 'Q5_K', 'Q6_K', 'Q8_0', 'Q4_0', 'Q5_0'):\n"
         "    t.test_int8_kernels_are_the_product_with_rounded_activations.hypothesis.inner_test(\n"
         "        kind=kind, blocks=2, n=5, b=9, scales='random', seed=7)\n"
         "t.test_int8_weights_are_the_product_with_rounded_activations.hypothesis.inner_test(\n"

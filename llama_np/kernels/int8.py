@@ -39,7 +39,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from ..quants import Q4_K, Q5_K, Q6_K, Q8_0
+from ..quants import Q4_0, Q4_K, Q5_0, Q5_K, Q6_K, Q8_0
 from .numba_jit import JIT, ROWS
 
 I8, I16, I32, F32 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.FloatType()
@@ -437,41 +437,139 @@ def _sum_floats(builder, lanes):
     return builder.extract_element(lanes, I32(0))
 
 
-def _signed_groups(context, builder, weights, d, xq, k, xs):
-    """float32 Σ_j w_j x_j over 8 groups of 32 signed int8 weights (256 values): `weights(p)`
-    gives the 64 bytes of groups 2p and 2p + 1, d (<8 x float>) each group's weight scale times
-    its activations' scale, and x ~ xq[k : k + 256] (xs: sums of each 16 of xq).
+def _groups(context, builder, weights, d, xq, k, xs, offset=None):
+    """float32 Σ_j w_j x_j over 8 groups of 32 weights (256 values): `weights(p)` gives the 64
+    bytes of groups 2p and 2p + 1, d (<8 x float>) each group's weight scale times its
+    activations' scale, x ~ xq[k : k + 256] (xs: sums of each 16 of xq). The bytes are signed
+    weights (Q8_0, int8: offset None), or unsigned ones less `offset` (Q4_0: q - 8, Q5_0: q - 16).
 
-    VNNI's vpdpbusd needs one unsigned side: q + 128 (q xor 0x80) is, so Σ q xq = Σ (q + 128)
-    xq - 128 Σ xq per group, the last from xs. AVX2: _dot_signed."""
+    Σ (q - offset) xq = Σ q xq - offset Σ xq per group, the last from xs. Signed bytes: AVX2
+    multiplies them as _dot_signed does; VNNI's vpdpbusd needs one unsigned side: q + 128 (q xor
+    0x80) is, so they are taken as unsigned ones less 128."""
     (xq_t, xq_v), (xs_t, xs_v) = xq, xs
     F8, F16 = ir.VectorType(F32, 8), ir.VectorType(F32, 16)
+    if offset is None and ISA == "vnni":
+        offset, flip = 128, True
+    else:
+        flip = False
     lanes = ir.Constant(F16, [0.0] * 16)
     for p in range(4):  # groups 2p (lanes 0-7) and 2p + 1 (lanes 8-15)
         x = _load(context, builder, xq_t, xq_v, _at(builder, k, 64 * p), BYTES)
-        if ISA == "vnni":
-            unsigned = builder.xor(weights(p), _splat(BYTES, 128))
-            dots = builder.sitofp(_dot_bytes(builder, unsigned, x), F16)
+        w = weights(p)
+        if offset is None:
+            dots = _dot_signed(builder, w, x)
         else:
-            dots = builder.sitofp(_dot_signed(builder, weights(p), x), F16)
+            dots = _dot_bytes(builder, builder.xor(w, _splat(BYTES, 128)) if flip else w, x)
         scale = _select(builder, d, d, [2 * p] * 8 + [2 * p + 1] * 8)
-        lanes = builder.fadd(lanes, builder.fmul(dots, scale))
+        lanes = builder.fadd(lanes, builder.fmul(builder.sitofp(dots, F16), scale))
     total = _sum_floats(builder, lanes)
-    if ISA != "vnni":
+    if offset is None:
         return total
     sums32 = _sums_of_32(context, builder, xs_t, xs_v, k)  # Σ xq of each group
     shift = builder.fmul(d, builder.sitofp(sums32, F8))  # scales × Σ xq per group
-    return builder.fsub(total, builder.fmul(_sum_floats(builder, shift), F32(128.0)))
+    return builder.fsub(total, builder.fmul(_sum_floats(builder, shift), F32(float(offset))))
 
 
-def _signed_group(context, builder, weights, d, xq, k):
-    """float32 Σ_j w_j x_j over one group of 32 signed int8 weights (`weights`: 32 bytes) and
-    x ~ xq[k : k + 32], d its weight scale times its activations' scale: the end of a row
+def _group(context, builder, weights, d, xq, k, xs, offset=None):
+    """float32 Σ_j w_j x_j over one group of 32 weights (`weights`: 32 bytes, as for _groups)
+    and x ~ xq[k : k + 32], d its weight scale times its activations' scale: the end of a row
     whose length 256 does not divide (stories15M's 288)."""
-    xq_t, xq_v = xq
+    (xq_t, xq_v), (xs_t, xs_v) = xq, xs
     x = _load(context, builder, xq_t, xq_v, k, HALF_BYTES)
-    dots = _sum_lanes(builder, _dot_signed(builder, weights, x))
+    if offset is None:
+        dots = _sum_lanes(builder, _dot_signed(builder, weights, x))
+    else:
+        dots = _sum_lanes(builder, _dot_bytes(builder, weights, x))
+        g = builder.udiv(k, ir.Constant(k.type, 16))
+        sums = _sum_lanes(builder, _load(context, builder, xs_t, xs_v, g, ir.VectorType(I32, 2)))
+        dots = builder.sub(dots, builder.mul(sums, I32(offset)))
     return builder.fmul(_to_float(builder, dots), d)
+
+
+def _block_scales(context, builder, row, o, layout, xd, k):
+    """<8 x float>: the fp16 d of the 8 blocks (`layout`) from byte o, times the activations'
+    scale of each 32 from xd[k / 32]."""
+    (row_t, row_v), (xd_t, xd_v) = row, xd
+    d = ir.Constant(ir.VectorType(ir.HalfType(), 8), ir.Undefined)
+    for blk in range(8):
+        at = _at(builder, o, layout.bytes * blk + layout.d)
+        bits = _load(context, builder, row_t, row_v, at, ir.IntType(16))
+        d = builder.insert_element(d, builder.bitcast(bits, ir.HalfType()), I32(blk))
+    F8 = ir.VectorType(F32, 8)
+    x_scales = _load(context, builder, xd_t, xd_v, builder.udiv(k, ir.Constant(k.type, 32)), F8)
+    return builder.fmul(builder.fpext(d, F8), x_scales)
+
+
+def _nibbles32(context, builder, row, at):
+    """<32 x i8>: the 16 bytes at `at` as 32 nibbles, the low ones (weights 0-15) first."""
+    row_t, row_v = row
+    V16 = ir.VectorType(I8, 16)
+    q = _load(context, builder, row_t, row_v, at, V16)
+    low, high = builder.and_(q, _splat(V16, 15)), builder.lshr(q, _splat(V16, 4))
+    return _select(builder, low, high, range(32))
+
+
+def _fifth_bits32(context, builder, row, at):
+    """<32 x i8>: 16 where bit j of the little-endian uint32 at `at` is set (Q5_0's qh), else 0."""
+    row_t, row_v = row
+    qh = _load(context, builder, row_t, row_v, at, ir.VectorType(I8, 4))
+    spread = _select(builder, qh, qh, [j // 8 for j in range(32)])  # byte j // 8 in lane j
+    bits = ir.Constant(HALF_BYTES, [1 << (j % 8) for j in range(32)])
+    is_set = builder.icmp_unsigned("!=", builder.and_(spread, bits), _splat(HALF_BYTES, 0))
+    return builder.select(is_set, _splat(HALF_BYTES, 16), _splat(HALF_BYTES, 0))
+
+
+def _q5_0_weights(context, builder, row, at):
+    """<32 x i8>: the 5-bit values (0..31) of the Q5_0 block at byte `at`."""
+    nibbles = _nibbles32(context, builder, row, _at(builder, at, Q5_0.qs))
+    return builder.or_(nibbles, _fifth_bits32(context, builder, row, _at(builder, at, Q5_0.qh)))
+
+
+# Each 32-weight block type: its layout, the 32 bytes of a block's weights at a byte offset,
+# and the offset subtracted from them (None: signed bytes).
+BLOCKS_32 = {
+    "Q8_0": (Q8_0, lambda c, b, row, at: _load(c, b, *row, _at(b, at, Q8_0.qs), HALF_BYTES), None),
+    "Q4_0": (Q4_0, lambda c, b, row, at: _nibbles32(c, b, row, _at(b, at, Q4_0.qs)), 8),
+    "Q5_0": (Q5_0, _q5_0_weights, 16),
+}
+
+
+def _blocks_codegen(kind: str):
+    """The codegen of 8 consecutive 32-weight blocks of `kind` (256 weights)."""
+    layout, weights_at, offset = BLOCKS_32[kind]
+
+    def codegen(context, builder, signature, args):
+        row_v, o_v, xq_v, k_v, xs_v, xd_v = args
+        row_t, _, xq_t, _, xs_t, xd_t = signature.args
+        row = (row_t, row_v)
+        d = _block_scales(context, builder, row, o_v, layout, (xd_t, xd_v), k_v)
+
+        def weights(p):  # blocks 2p and 2p + 1: 32 bytes each
+            first, second = (
+                weights_at(context, builder, row, _at(builder, o_v, layout.bytes * (2 * p + t)))
+                for t in (0, 1)
+            )
+            return _select(builder, first, second, range(64))
+
+        xq, xs = (xq_t, xq_v), (xs_t, xs_v)
+        return _groups(context, builder, weights, d, xq, k_v, xs, offset)
+
+    return codegen
+
+
+def _block_codegen(kind: str):
+    """The codegen of one 32-weight block of `kind`."""
+    layout, weights_at, offset = BLOCKS_32[kind]
+
+    def codegen(context, builder, signature, args):
+        row_v, o_v, xq_v, k_v, xs_v, xd_v = args
+        row_t, _, xq_t, _, xs_t, _ = signature.args
+        d = _half(context, builder, row_t, row_v, _at(builder, o_v, layout.d))
+        w = weights_at(context, builder, (row_t, row_v), o_v)
+        xq, xs = (xq_t, xq_v), (xs_t, xs_v)
+        return _group(context, builder, w, builder.fmul(d, xd_v), xq, k_v, xs, offset)
+
+    return codegen
 
 
 @intrinsic
@@ -479,48 +577,43 @@ def _q8_0_blocks(typingctx, row, o, xq, k, xs, xd):
     """float32 Σ_j w_j x_j over the 8 Q8_0 blocks (256 weights) from row[o] and activations
     x ~ xd[k/32 + t] * xq[k + 32t : k + 32t + 32] for block t (scales per 32, as llama.cpp
     rounds activations for Q8_0 weights; xs: sums of each 16 of xq). w = d q."""
-
-    def codegen(context, builder, signature, args):
-        row_v, o_v, xq_v, k_v, xs_v, xd_v = args
-        row_t, _, xq_t, _, xs_t, xd_t = signature.args
-        F8 = ir.VectorType(F32, 8)
-        d = ir.Constant(ir.VectorType(ir.HalfType(), 8), ir.Undefined)
-        for blk in range(8):
-            at = _at(builder, o_v, Q8_0.bytes * blk + Q8_0.d)
-            bits = _load(context, builder, row_t, row_v, at, ir.IntType(16))
-            d = builder.insert_element(d, builder.bitcast(bits, ir.HalfType()), I32(blk))
-        block = builder.udiv(k_v, ir.Constant(k_v.type, 32))
-        x_scales = _load(context, builder, xd_t, xd_v, block, F8)
-        d = builder.fmul(builder.fpext(d, F8), x_scales)  # (8,) weight scale × activation scale
-
-        def weights(p):  # blocks 2p and 2p + 1: 32 bytes each
-            at = [_at(builder, o_v, Q8_0.bytes * (2 * p + t) + Q8_0.qs) for t in (0, 1)]
-            first, second = (_load(context, builder, row_t, row_v, a, HALF_BYTES) for a in at)
-            return _select(builder, first, second, range(64))
-
-        return _signed_groups(context, builder, weights, d, (xq_t, xq_v), k_v, (xs_t, xs_v))
-
-    return types.float32(row, o, xq, k, xs, xd), codegen
+    return types.float32(row, o, xq, k, xs, xd), _blocks_codegen("Q8_0")
 
 
 @intrinsic
-def _q8_0_block(typingctx, row, o, xq, k, xd):
+def _q8_0_block(typingctx, row, o, xq, k, xs, xd):
     """float32 Σ_j w_j x_j over the one Q8_0 block at row[o] and x ~ xd * xq[k : k + 32]."""
+    return types.float32(row, o, xq, k, xs, xd), _block_codegen("Q8_0")
 
-    def codegen(context, builder, signature, args):
-        row_v, o_v, xq_v, k_v, xd_v = args
-        row_t, _, xq_t, _, _ = signature.args
-        d = _half(context, builder, row_t, row_v, _at(builder, o_v, Q8_0.d))
-        w = _load(context, builder, row_t, row_v, _at(builder, o_v, Q8_0.qs), HALF_BYTES)
-        return _signed_group(context, builder, w, builder.fmul(d, xd_v), (xq_t, xq_v), k_v)
 
-    return types.float32(row, o, xq, k, xd), codegen
+@intrinsic
+def _q4_0_blocks(typingctx, row, o, xq, k, xs, xd):
+    """As _q8_0_blocks for Q4_0 blocks: w = d (q - 8), q the 16 bytes' nibbles."""
+    return types.float32(row, o, xq, k, xs, xd), _blocks_codegen("Q4_0")
+
+
+@intrinsic
+def _q4_0_block(typingctx, row, o, xq, k, xs, xd):
+    """As _q8_0_block for one Q4_0 block."""
+    return types.float32(row, o, xq, k, xs, xd), _block_codegen("Q4_0")
+
+
+@intrinsic
+def _q5_0_blocks(typingctx, row, o, xq, k, xs, xd):
+    """As _q8_0_blocks for Q5_0 blocks: w = d (q - 16), q a nibble and a fifth bit from qh."""
+    return types.float32(row, o, xq, k, xs, xd), _blocks_codegen("Q5_0")
+
+
+@intrinsic
+def _q5_0_block(typingctx, row, o, xq, k, xs, xd):
+    """As _q8_0_block for one Q5_0 block."""
+    return types.float32(row, o, xq, k, xs, xd), _block_codegen("Q5_0")
 
 
 @njit(**JIT)
 def matmul_q8_0(raw, x, out):
-    """raw (N, K/32*34) uint8 Q8_0 blocks; x (B, K) float32 -> out (B, N). Eight blocks at a
-    time, then single blocks where 256 does not divide K."""
+    """raw (N, K/32 * Q8_0.bytes) uint8 Q8_0 blocks; x (B, K) float32 -> out (B, N). Eight
+    blocks at a time, then single blocks where 256 does not divide K."""
     N, K = raw.shape[0], x.shape[1]
     xq, xd, xs = quantize_rows(x, 32)  # (B, K) int8, (B, K/32) float32, (B, K/16) int32
     for t in prange((N + ROWS - 1) // ROWS):  # tasks of ROWS weight rows
@@ -531,7 +624,46 @@ def matmul_q8_0(raw, x, out):
                 for i in range(K // QK):
                     total += _q8_0_blocks(row, i * 8 * Q8_0.bytes, xq[b], i * QK, xs[b], xd[b])
                 for i in range(K // QK * 8, K // 32):
-                    total += _q8_0_block(row, i * Q8_0.bytes, xq[b], i * 32, xd[b, i])
+                    o = i * Q8_0.bytes
+                    total += _q8_0_block(row, o, xq[b], i * 32, xs[b], xd[b, i])
+                out[b, n] = total
+
+
+@njit(**JIT)
+def matmul_q4_0(raw, x, out):
+    """raw (N, K/32 * Q4_0.bytes) uint8 Q4_0 blocks; x (B, K) float32 -> out (B, N), as
+    matmul_q8_0."""
+    N, K = raw.shape[0], x.shape[1]
+    xq, xd, xs = quantize_rows(x, 32)  # (B, K) int8, (B, K/32) float32, (B, K/16) int32
+    for t in prange((N + ROWS - 1) // ROWS):  # tasks of ROWS weight rows
+        for b in range(x.shape[0]):
+            for n in range(t * ROWS, min(N, t * ROWS + ROWS)):
+                row = raw[n]
+                total = np.float32(0)
+                for i in range(K // QK):
+                    total += _q4_0_blocks(row, i * 8 * Q4_0.bytes, xq[b], i * QK, xs[b], xd[b])
+                for i in range(K // QK * 8, K // 32):
+                    o = i * Q4_0.bytes
+                    total += _q4_0_block(row, o, xq[b], i * 32, xs[b], xd[b, i])
+                out[b, n] = total
+
+
+@njit(**JIT)
+def matmul_q5_0(raw, x, out):
+    """raw (N, K/32 * Q5_0.bytes) uint8 Q5_0 blocks; x (B, K) float32 -> out (B, N), as
+    matmul_q8_0 (stories15M's Q4_K_M file keeps most matrices in Q5_0: rows of 288)."""
+    N, K = raw.shape[0], x.shape[1]
+    xq, xd, xs = quantize_rows(x, 32)  # (B, K) int8, (B, K/32) float32, (B, K/16) int32
+    for t in prange((N + ROWS - 1) // ROWS):  # tasks of ROWS weight rows
+        for b in range(x.shape[0]):
+            for n in range(t * ROWS, min(N, t * ROWS + ROWS)):
+                row = raw[n]
+                total = np.float32(0)
+                for i in range(K // QK):
+                    total += _q5_0_blocks(row, i * 8 * Q5_0.bytes, xq[b], i * QK, xs[b], xd[b])
+                for i in range(K // QK * 8, K // 32):
+                    o = i * Q5_0.bytes
+                    total += _q5_0_block(row, o, xq[b], i * 32, xs[b], xd[b, i])
                 out[b, n] = total
 
 
@@ -556,7 +688,7 @@ def _int8_groups(typingctx, q, scales, xq, k, xs, xd):
         def weights(p):  # groups 2p and 2p + 1: 64 consecutive bytes
             return _load(context, builder, q_t, q_v, _at(builder, k_v, 64 * p), BYTES)
 
-        return _signed_groups(context, builder, weights, d, (xq_t, xq_v), k_v, (xs_t, xs_v))
+        return _groups(context, builder, weights, d, (xq_t, xq_v), k_v, (xs_t, xs_v))
 
     return types.float32(q, scales, xq, k, xs, xd), codegen
 
@@ -570,7 +702,7 @@ def _int8_group(typingctx, q, k, xq, d):
         q_v, k_v, xq_v, d_v = args
         q_t, _, xq_t, _ = signature.args
         w = _load(context, builder, q_t, q_v, k_v, HALF_BYTES)
-        return _signed_group(context, builder, w, d_v, (xq_t, xq_v), k_v)
+        return _group(context, builder, w, d_v, (xq_t, xq_v), k_v, (None, None))
 
     return types.float32(q, k, xq, d), codegen
 
@@ -600,6 +732,8 @@ def supports(rows) -> bool:
 
 # packed.PackedRows kind -> kernel(rows, x, out), as numba_jit.KINDS
 KINDS = {
+    "Q4_0": lambda r, x, out: matmul_q4_0(r.data, x, out),
+    "Q5_0": lambda r, x, out: matmul_q5_0(r.data, x, out),
     "Q4_K": lambda r, x, out: matmul_q4_k(r.data, x, out),
     "Q5_K": lambda r, x, out: matmul_q5_k(r.data, x, out),
     "Q6_K": lambda r, x, out: matmul_q6_k(r.data, x, out),
