@@ -563,10 +563,10 @@ def test_threads_drop_a_straggler_and_come_back(monkeypatch):
     tries of two lose; the core is free again: back to two."""
     run = simulated_threads(monkeypatch)
     counts = run(3000, busy=False)  # ~6 s
-    assert counts[-50:] == [2] * 50 and counts.count(1) < 100
+    assert counts[-50:] == [2] * 50 and counts.count(1) < 200  # tries: < 7% of products
     counts = run(400, busy=True)
-    assert counts[10] == 1 and counts[-1] == 1
-    assert 0 < counts.count(2) < 80  # tries of 2 threads, fewer as they keep losing
+    assert counts[10:20] == [1] * 10 and counts[-100:].count(1) >= 95  # tries of 2 aside
+    assert 0 < counts.count(2) < 30  # tries of 2 threads, fewer as they keep losing
     counts = run(2500, busy=False)  # ~6 s: longer than the longest wait between tries
     assert counts[-50:] == [2] * 50
 
@@ -577,7 +577,7 @@ def test_threads_adapt_to_a_machine_busy_from_the_start(monkeypatch):
     its own median): a try of one thread fewer finds it faster."""
     run = simulated_threads(monkeypatch)
     counts = run(400, busy=True)
-    assert counts[-50:] == [1] * 50
+    assert counts[20:40].count(1) >= 15 and counts[-50:] == [1] * 50
 
 
 # ---------------------------------------------------------------- selection, NumPy only
@@ -592,10 +592,12 @@ def test_numpy_kernels_forced(use_kernels):
 
 def test_environment_variable(monkeypatch):
     monkeypatch.setenv(kernels.ENV_VAR, "numpy")
-    assert kernels.active() == "numpy"
+    assert kernels.use(None) == "numpy" == kernels.active()  # read again after use()
     monkeypatch.setenv(kernels.ENV_VAR, "cuda")
     with pytest.raises(ArgumentError, match=r"LLAMA_NP_KERNELS must be one of numpy, numba"):
-        kernels.active()
+        kernels.use(None)
+    monkeypatch.delenv(kernels.ENV_VAR)
+    kernels.use(None)
 
 
 def test_unknown_or_missing_kernels_name_the_fix(monkeypatch, use_kernels):

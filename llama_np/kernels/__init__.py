@@ -41,6 +41,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
+import weakref
 from collections.abc import Callable
 
 import numpy as np
@@ -72,6 +73,7 @@ _LOCK = threading.Lock()
 _selected: str | None = None  # set by use(); None: from the environment / what is installed
 _numba_error: str | None = None  # why `import numba` failed, once tried
 _int8_reason: str | None = None  # why the int8 kernels cannot run ("": they can), once asked
+_default: str | None = None  # the default kernels, once looked up
 
 
 def numba_available() -> bool:
@@ -109,7 +111,8 @@ def _int8_unavailable() -> str | None:
 def use(name: str | None) -> str:
     """Select the kernels: "numpy", "numba", "int8", or None for the default ($LLAMA_NP_KERNELS,
     else int8 or numba when numba imports). Returns the name now active."""
-    global _selected
+    global _selected, _default
+    _default = None  # looked up again
     if name is not None:
         _check(name, "kernels")
         _check_installed(name, f"kernels {name!r} requested", "use --kernels ")
@@ -118,17 +121,24 @@ def use(name: str | None) -> str:
 
 
 def active() -> str:
-    """The name of the kernels products use now."""
+    """The name of the kernels products use now. $LLAMA_NP_KERNELS is read on the first call
+    and again after use() (os.environ costs ~2 us a lookup, and this is asked every product)."""
+    global _default
     if _selected is not None:
         return _selected
+    if _default is not None:
+        return _default
     wanted = os.environ.get(ENV_VAR)
     if wanted:
         _check(wanted, f"${ENV_VAR}")
         _check_installed(wanted, f"${ENV_VAR}={wanted}", f"set {ENV_VAR}=")
-        return wanted
-    if not numba_available():
-        return "numpy"
-    return "int8" if int8_available() else "numba"
+        name = wanted
+    elif not numba_available():
+        name = "numpy"
+    else:
+        name = "int8" if int8_available() else "numba"
+    _default = name
+    return name
 
 
 def rounds_activations() -> bool:
@@ -196,11 +206,26 @@ def compiled(rows, n_rows: int) -> Callable[[np.ndarray, np.ndarray], None] | No
     or a packed.StackedRows of them (a fused q/k/v stored in Q4_K and Q6_K): each part then
     fills its own columns of `out`. A few activation rows (few_rows: decode) run a compiled
     dot product per weight row and activation row; more rows widen tiles of the matrix to
-    float32 and multiply them with BLAS (float32 rows: BLAS on the rows as they are).
+    float32 and multiply them with BLAS (float32 rows: BLAS on the rows as they are). The
+    choice is made once per matrix, kernels and kind of row count (a decode step's ~50 products
+    would otherwise spend more time choosing than stories15M's kernels take to run).
     """
     name = active()
     if name == "numpy":
         return None
+    choice = (name, few_rows(n_rows, "int8"), few_rows(n_rows, "numba"))
+    plans = _plans.setdefault(rows, {})
+    if choice not in plans:
+        plans[choice] = _plan(rows, name, n_rows)
+    return plans[choice]
+
+
+# matrix (PackedRows, StackedRows) -> {(kernels, few rows for int8, for numba): its product}
+_plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _plan(rows, name: str, n_rows: int) -> Callable[[np.ndarray, np.ndarray], None] | None:
+    """compiled()'s product for `rows` with kernels `name` and row counts like n_rows."""
     from . import numba_jit
 
     parts = getattr(rows, "parts", [rows])  # a StackedRows' parts, or the one PackedRows
@@ -211,18 +236,17 @@ def compiled(rows, n_rows: int) -> Callable[[np.ndarray, np.ndarray], None] | No
     # Dot products run on numba's threads alone: their count adapts to a busy core (threads.py).
     governed = all(kernel is not _widened_product for kernel, _, _ in columns)
 
+    def product(x: np.ndarray, out: np.ndarray) -> None:
+        for kernel, part, start in columns:
+            kernel(part, x, out[:, start : start + part.shape[0]])  # (B, rows of the part)
+
     def run(x: np.ndarray, out: np.ndarray) -> None:
         x = np.ascontiguousarray(x, dtype=np.float32)
-
-        def product() -> None:
-            for kernel, part, start in columns:
-                kernel(part, x, out[:, start : start + part.shape[0]])  # (B, rows of the part)
-
         with _LOCK:
             if governed:
-                _threads().run((id(rows), n_rows), product)
+                _threads().run((id(rows), x.shape[0]), product, x, out)
             else:
-                product()
+                product(x, out)
 
     return run
 

@@ -9,16 +9,17 @@ same machine busy with other processes, 7 tok/s with 2 threads and 40 with 1.
 So the kernel layer times its products (`Threads.run`) and keeps, for each product (a matrix
 and a row count) and thread count, its recent times. Now and then (PROBE_SECONDS) it tries
 another thread count for a few products (PROBE_PRODUCTS): one thread fewer when it uses every
-core, else one more; it keeps the new count if most of those products ran faster than their
-own recent median with the current count. A product far slower than its median (STRAGGLER
-times) is a straggling thread: a few of them (STRAGGLES among the last WINDOW products) start a
-try at once. A try that loses costs a few slower products; the wait before the next one then
-doubles, up to MAX_PROBE_SECONDS, and a try that wins resets it.
+core, else one more; it keeps the new count if most of those products ran faster than their own
+recent mean with the current count (it ends at the third slower one: a try with a thread on a
+busy core costs ~30x per product). A product far slower than its median (STRAGGLER times) is a
+straggling thread: a few of them (STRAGGLES among the last WINDOW products) start a try at
+once. A try that loses costs a few slower products; the wait before the next one then doubles,
+up to MAX_PROBE_SECONDS, and a try that wins resets it.
 """
 
 from __future__ import annotations
 
-import statistics
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
@@ -30,9 +31,10 @@ SLOWEST_OK = 200e-6  # ... and slower than this (s): shorter ones jitter with an
 WINDOW, STRAGGLES = 16, 3  # so many straggles among the last WINDOW products: try fewer threads
 HISTORY = 7  # recent times kept per product and thread count; a median needs 3
 PROBE_SECONDS, MAX_PROBE_SECONDS = 0.25, 4.0  # waits before trying another thread count
-PROBE_PRODUCTS = 12  # products timed with the other count before deciding
+PROBE_PRODUCTS, LOSSES = 12, 3  # a try: products timed, slower ones that end it at once
 FASTER = 0.9  # a tried product wins if it took less than this × its usual time
 KEEP_PRODUCTS = 4096  # products whose times are kept (each matrix and row count is one)
+TIMED = 3  # one product in TIMED is checked (a stride prime to most counts of products a step)
 
 
 class Threads:
@@ -46,38 +48,54 @@ class Threads:
         self.probe_at = time.perf_counter() + PROBE_SECONDS  # when to try another count
         self.probe_wait = PROBE_SECONDS
         self.trying: int | None = None  # the count being tried
-        self.wins: list[bool] = []  # per tried product: faster than usual?
+        self.wins: list[bool] = []  # per tried product with a usual time: faster than it?
+        self.tried = 0  # products run in the try
+        self.set_to: dict[int, int] = {}  # Python thread -> the count numba was given there
+        self.calls = 0  # products run
 
-    def run(self, product: Hashable, work: Callable[[], None]) -> None:
-        """Run `work` (one product of the kernels) with the current thread count, time it, and
-        adapt the count for the next products."""
+    def run(self, product: Hashable, work: Callable[..., None], *args) -> None:
+        """Run work(*args) (one product of the kernels) with the current thread count, time it,
+        and adapt the count: each product's time is kept, and one product in TIMED is checked
+        for a straggle (the median costs ~2 us, a stories15M step ~25 products of 10-100 us)."""
+        self.calls += 1
         if self.trying is None and self.most > 1 and time.perf_counter() >= self.probe_at:
             self.trying = self.count - 1 if self.count == self.most else self.count + 1
-            self.wins = []
+            self.wins, self.tried = [], 0
         count = self.count if self.trying is None else self.trying
-        numba.set_num_threads(count)
+        if self.set_to.get(threading.get_ident()) != count:  # (numba's count is per thread)
+            numba.set_num_threads(count)
+            self.set_to[threading.get_ident()] = count
         start = time.perf_counter()
-        work()
+        work(*args)
         seconds = time.perf_counter() - start
-        usual = self.median(product, self.count)
         if self.trying is None:
-            self.record(product, count, seconds)
-            if usual is not None:
-                self.straggled.append(seconds > STRAGGLER * usual and seconds > SLOWEST_OK)
+            times = self.record(product, count, seconds)
+            if self.calls % TIMED == 0 and len(times) >= 3:
+                straggle = seconds > STRAGGLER * sorted(times)[len(times) // 2]
+                self.straggled.append(straggle and seconds > SLOWEST_OK)
                 if sum(self.straggled) >= STRAGGLES and self.count > 1:
                     self.straggled.clear()
                     self.probe_at = 0.0  # a thread straggles: try one fewer now
             return
+        # Against the mean of its recent times: it counts the straggles a median would skip
+        times = self.times.get((product, self.count))
+        usual = sum(times) / len(times) if times and len(times) >= 3 else None
         if usual is not None:
             self.wins.append(seconds < FASTER * usual)
             if self.wins[-1]:  # (a losing try would skew that count's usual times)
                 self.record(product, count, seconds)
-        if len(self.wins) >= PROBE_PRODUCTS:
+        self.tried += 1
+        losses = len(self.wins) - sum(self.wins)
+        if len(self.wins) >= PROBE_PRODUCTS or losses >= LOSSES:
             self.decide()
+        elif self.tried >= PROBE_PRODUCTS and not self.wins:  # no usual times yet: try later
+            self.trying = None
+            self.probe_at = time.perf_counter() + self.probe_wait
 
     def decide(self) -> None:
-        """After PROBE_PRODUCTS products with the tried count: keep it if most ran faster."""
-        if sum(self.wins) > len(self.wins) // 2:
+        """After PROBE_PRODUCTS products with the tried count, keep it if no more than LOSSES
+        of them ran slower; after LOSSES slower ones, give it up at once."""
+        if len(self.wins) - sum(self.wins) < LOSSES:
             self.count = self.trying
             self.probe_wait = PROBE_SECONDS
             self.straggled.clear()
@@ -86,11 +104,9 @@ class Threads:
         self.trying = None
         self.probe_at = time.perf_counter() + self.probe_wait
 
-    def median(self, product: Hashable, count: int) -> float | None:
-        times = self.times.get((product, count))
-        return statistics.median(times) if times and len(times) >= 3 else None
-
-    def record(self, product: Hashable, count: int, seconds: float) -> None:
+    def record(self, product: Hashable, count: int, seconds: float) -> deque[float]:
         if len(self.times) > KEEP_PRODUCTS:
             self.times.clear()
-        self.times.setdefault((product, count), deque(maxlen=HISTORY)).append(seconds)
+        times = self.times.setdefault((product, count), deque(maxlen=HISTORY))
+        times.append(seconds)
+        return times
