@@ -123,8 +123,8 @@ def block_cases(test):
 @pytest.mark.parametrize("kind", sorted(BLOCKS))
 @block_cases
 def test_block_kernels_match_gguf_dequantize(kind, blocks, n, b, scales, seed):
-    """numba's float dot products and the widened tiles for BLAS, each on any number of
-    activation rows, against gguf's dequantizer and a float64 product."""
+    """numba's float dot products, its widened tiles in registers and those for BLAS, each on
+    any number of activation rows, against gguf's dequantizer and a float64 product."""
     from llama_np.kernels import numba_jit
 
     k = blocks * BLOCKS[kind][0]
@@ -137,7 +137,7 @@ def test_block_kernels_match_gguf_dequantize(kind, blocks, n, b, scales, seed):
     assert w.shape == (n, k)
     ref = x.astype(np.float64) @ w.T  # (B, N)
     magnitude = np.abs(x).astype(np.float64).sum(axis=1, keepdims=True) * field_magnitude(kind, raw)
-    for kernel in (numba_jit.KINDS[kind], kernels._widened_product):
+    for kernel in (numba_jit.KINDS[kind], numba_jit.TILES[kind], kernels._widened_product):
         out = np.full((b, n), np.nan, dtype=np.float32)  # (B, N)
         kernel(packed, x, out)
         assert close(out, ref, magnitude)
@@ -369,8 +369,9 @@ def test_own_format_kernels_match_numpy_path(kind, groups, group, n, b, values, 
 @pytest.mark.parametrize("name", ["numba", "int8"])
 def test_row_count_picks_dot_products_or_widened_tiles(name, use_kernels):
     """Up to few_rows(n) activation rows a product runs dot products (int8's integer ones for
-    the kinds it has, numba's float ones for the rest, fp32 rows included); more rows widen
-    tiles for BLAS. numpy kernels: no compiled kernel at all."""
+    the kinds it has, numba's float ones for the rest, fp32 rows included); more rows, up to
+    TILE_ROWS, widened tiles in registers; more still, widened tiles for BLAS. numpy kernels:
+    no compiled kernel at all."""
     from llama_np.kernels import int8, numba_jit
 
     if name == "int8" and not kernels.int8_available():
@@ -384,10 +385,12 @@ def test_row_count_picks_dot_products_or_widened_tiles(name, use_kernels):
         )
         family = "int8" if name == "int8" and int8.supports(rows) else "numba"
         dots = (int8 if family == "int8" else numba_jit).KINDS[kind]
-        last = kernels.FEW_ROWS[family]
+        last = kernels.DOT_ROWS[family]
         assert kernels._kernel(name, rows, 1) is dots
         assert kernels._kernel(name, rows, last) is dots
-        assert kernels._kernel(name, rows, last + 1) is kernels._widened_product
+        assert kernels._kernel(name, rows, last + 1) is numba_jit.TILES[kind]
+        assert kernels._kernel(name, rows, kernels.TILE_ROWS) is numba_jit.TILES[kind]
+        assert kernels._kernel(name, rows, kernels.TILE_ROWS + 1) is kernels._widened_product
     use_kernels("numpy")
     assert kernels.compiled(rows, 1) is None
 

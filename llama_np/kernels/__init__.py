@@ -20,10 +20,11 @@ rows in one of three ways:
 default is int8 on a CPU with AVX2 or AVX-512 VNNI, else numba, when numba is installed;
 `describe()` says which runs and whether it rounds activations.
 
-How many activation rows a product has decides how it runs (`few_rows`): decode's few rows are
-bound by reading the weights, so a dot product per weight row and activation row reads each
-stored byte once; prefill's and a big batch's many rows are bound by arithmetic, so tiles of
-the matrix are widened to float32 once and multiplied by all rows with BLAS's sgemm.
+How many activation rows a product has decides how it runs (`few_rows`, TILE_ROWS): decode's
+few rows are bound by reading the weights, so a dot product per weight row and activation row
+reads each stored byte once; a batch's and prefill's many rows are bound by arithmetic, so
+each weight row is widened to float32 once and multiplied by all activation rows, in
+registers (numba_jit.TILES) or, for prefill's hundreds, by BLAS's sgemm.
 
 float32 weights take the same road. In decode a compiled dot product per stored row runs
 faster than OpenBLAS's matrix-vector product at these sizes (no hand-off of each small
@@ -50,21 +51,27 @@ from ..errors import ArgumentError
 
 KERNELS = ("numpy", "numba", "int8")
 ENV_VAR = "LLAMA_NP_KERNELS"
-# Activation rows up to which a product is decode-like for each way of multiplying: past them,
-# arithmetic bounds it more than reading the weights, and tiles widened to float32 for BLAS's
-# sgemm win (measured in thread CPU time, one core, K = 768 and 2048, this AVX2 machine):
-#   numba  the float dot products run ~5-7 GFLOP/s per core whatever the row count; sgemm on
-#          widened tiles ~11 at 8 rows, 17-22 at 16-32 (fp32 rows: dot 10-12, sgemm 8-14 at 4)
-#   int8   the integer dot products run 15-19 GFLOP/s at any row count; widened tiles ~17 at
-#          16 rows, 22 at 32
-#   numpy  the NumPy path widens pieces in threads when widening, not BLAS, is the bottleneck
-FEW_ROWS = {"numpy": 8, "numba": 4, "int8": 16}
+# How a product runs depends on its number of activation rows; measured on one core of this
+# AVX2 machine (thread CPU time, K = 2048, GFLOP/s at 1 / 4 / 8 / 16 / 32 / 128 rows):
+#   dot products, one per weight row and activation row, reading each stored byte once per
+#     activation row (decode): int8's Q8_0 16-17 at any count, Q4_K 19-20, Q6_K 13-14;
+#     numba's float ones Q8_0 7-8, Q4_K 5.4, Q6_K 3-3.6
+#   widened tiles (numba_jit.TILES): each weight row widened to float32 once, multiplied by all
+#     activation rows in registers: Q8_0 6 / 20 / 27 / 34 / 37 / 37, Q4_K 5 / 15 / 22 / 28 /
+#     33 / 35, Q6_K 5 / 14 / 21 / 27 / 31 (fp32 rows: 17 / 28 / 33 / 33 / 34 / 35)
+#   tiles widened for BLAS's sgemm (_widened_product): OpenBLAS reaches 11-13 at 4-16 rows, 25
+#     at 64, 33-41 from 256 (prefill), where the register tiles fall to ~20 (the activations no
+#     longer fit the L2 cache: 1024 rows of K = 2048)
+# So: dot products up to DOT_ROWS rows for each kernels' own (the NumPy path: threads widen
+# pieces side by side up to its count), register tiles up to TILE_ROWS, BLAS past them.
+DOT_ROWS = {"numpy": 8, "numba": 1, "int8": 4}
+TILE_ROWS = 128
 
 
 def few_rows(n_rows: int, kernels: str = "numba") -> bool:
     """Whether a product of this many activation rows is decode-like for `kernels`: each weight
     serves so few rows that reading and widening the weights, not the arithmetic, bounds it."""
-    return n_rows <= FEW_ROWS[kernels]
+    return n_rows <= DOT_ROWS[kernels]
 
 
 # Without OpenMP or TBB, numba's own thread pool ("workqueue") aborts the process if two Python
@@ -190,12 +197,15 @@ def report(kinds: set[str]) -> str:
     if integer:
         parts.append(
             f"{', '.join(sorted(integer))} as int8 dot products ({int8.ISA}; activations "
-            f"rounded to int8) up to {FEW_ROWS['int8']} rows"
+            f"rounded to int8) up to {DOT_ROWS['int8']} rows"
         )
     if kinds - integer:
         floats = ", ".join(sorted(kinds - integer))
-        parts.append(f"{floats} as float dot products up to {FEW_ROWS['numba']} rows")
-    return f"{name}: {'; '.join(parts)}; more rows: float32 tiles and BLAS"
+        parts.append(f"{floats} as float dot products up to {DOT_ROWS['numba']} rows")
+    return (
+        f"{name}: {'; '.join(parts)}; more rows: float32 tiles (activations float32), "
+        f"BLAS past {TILE_ROWS}"
+    )
 
 
 def compiled(rows, n_rows: int) -> Callable[[np.ndarray, np.ndarray], None] | None:
@@ -213,14 +223,14 @@ def compiled(rows, n_rows: int) -> Callable[[np.ndarray, np.ndarray], None] | No
     name = active()
     if name == "numpy":
         return None
-    choice = (name, few_rows(n_rows, "int8"), few_rows(n_rows, "numba"))
+    choice = (name, few_rows(n_rows, "int8"), few_rows(n_rows, "numba"), n_rows <= TILE_ROWS)
     plans = _plans.setdefault(rows, {})
     if choice not in plans:
         plans[choice] = _plan(rows, name, n_rows)
     return plans[choice]
 
 
-# matrix (PackedRows, StackedRows) -> {(kernels, few rows for int8, for numba): its product}
+# matrix (PackedRows, StackedRows) -> {(kernels, few rows for int8, for numba, tiles): product}
 _plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -233,7 +243,8 @@ def _plan(rows, name: str, n_rows: int) -> Callable[[np.ndarray, np.ndarray], No
     if not all(numba_jit.supports(p) for p in parts):
         return None
     columns = [(_kernel(name, p, n_rows), p, s) for p, s in zip(parts, starts, strict=False)]
-    # Dot products run on numba's threads alone: their count adapts to a busy core (threads.py).
+    # Dot products and register tiles run on numba's threads alone: their count adapts to a
+    # busy core (threads.py). BLAS's products run on its own.
     governed = all(kernel is not _widened_product for kernel, _, _ in columns)
 
     def product(x: np.ndarray, out: np.ndarray) -> None:
@@ -266,8 +277,8 @@ _tile: np.ndarray | None = None  # the tile buffer (products run one at a time: 
 
 
 def _widened_product(rows, x: np.ndarray, out: np.ndarray) -> None:
-    """out (B, N) = x (B, K) @ rows.T for many activation rows: each tile of rows is widened
-    to float32 once (numba) and multiplied by all B rows at once (BLAS's sgemm)."""
+    """out (B, N) = x (B, K) @ rows.T for prefill's hundreds of activation rows: each tile of
+    rows is widened to float32 once (numba) and multiplied by all B rows at once (BLAS)."""
     global _tile
     from . import numba_jit
 
@@ -303,15 +314,18 @@ def warm_up() -> None:
 def _kernel(name: str, rows, n_rows: int) -> Callable:
     """The compiled kernel(rows, x, out) for one PackedRows and n_rows activation rows: int8's
     integer dot products where it has one, else numba's float ones, while the rows are few
-    for them (few_rows); past that, widened tiles and BLAS."""
+    for them (few_rows); then register tiles, up to TILE_ROWS; then tiles for BLAS."""
     from . import numba_jit
 
+    dots, family = numba_jit.KINDS, "numba"
     if name == "int8":
         from . import int8
 
         if int8.supports(rows):
-            return int8.KINDS[rows.kind] if few_rows(n_rows, "int8") else _widened_product
-    return numba_jit.KINDS[rows.kind] if few_rows(n_rows, "numba") else _widened_product
+            dots, family = int8.KINDS, "int8"
+    if few_rows(n_rows, family):
+        return dots[rows.kind]
+    return numba_jit.TILES[rows.kind] if n_rows <= TILE_ROWS else _widened_product
 
 
 def _check_installed(name: str, what: str, instead: str) -> None:

@@ -72,6 +72,10 @@ JIT = {"parallel": True, "fastmath": FASTMATH, "cache": True}
 # in turn while it sits in the L1 cache, and they stay in the L2 cache for the next activation
 # row (one row per task, a batch of 8 rows of K = 768 floats evicted each other from L1).
 ROWS = 8
+# Tasks of the widened tiles' loops (their `workers` argument): each allocates one buffer for
+# the rows it widens (numba's thread id, which would let threads share buffers, is a dynamic
+# global that keeps a kernel from being cached on disk), and takes an equal share of the rows.
+WORKERS = numba.config.NUMBA_NUM_THREADS
 HALF_SCALE = np.float32(2.0**112)  # float32 exponent bias 127 - fp16 bias 15 = 112
 
 VERSION = f"numba {numba.__version__}"
@@ -641,57 +645,102 @@ def matmul_q6_k(raw, x, out, sub):
                 out[b, n] = total
 
 
-# ---------------------------------------------------------------- widening, for many rows
+# ---------------------------------------------------------------- many rows: widened tiles
 #
-# A product of many activation rows (prefill, a large batch) does many multiply-adds per weight:
-# arithmetic bounds it, not reading the weights, and BLAS's sgemm does the arithmetic best.
-# These kernels widen rows of a compressed matrix to float32 (each weight as the NumPy path's
-# quants.py widens it); kernels/__init__.py widens a tile of rows at a time into a buffer that
-# stays in the CPU's cache, and hands it to BLAS.
+# A product of many activation rows (a batch, prefill) does many multiply-adds per weight:
+# arithmetic bounds it, not reading the weights. So each weight is widened to float32 once
+# (each as quants.py widens it: the `_*_row` functions), and the float32 rows are multiplied
+# by every activation row: in registers by `_tile` (the `tiles_*` kernels: each task of the
+# parallel loop widens its ROWS weight rows into a buffer of its thread, in the L1 cache), or,
+# for prefill's hundreds of rows, by BLAS's sgemm (the `widen_*` kernels fill a tile of rows
+# that kernels/__init__.py hands to BLAS).
+
+
+@njit(inline="always")
+def _tile(w, x, out, lo):
+    """out[:, lo : lo + n] = x (B, K) @ w (n, K).T for float32 weight rows w: two weight rows
+    by four activation rows per pass over K, their eight sums in registers (vectorized along
+    K). Measured on one core of this AVX2 machine (thread CPU time, K = 768-5632): ~35
+    GFLOP/s from 4 to 128 activation rows, where OpenBLAS's sgemm reaches 11-13 at 4-16 rows,
+    25 at 64, 31-34 at 128-256 (four weight rows by four spilled registers: 22)."""
+    n, K = w.shape
+    B = x.shape[0]
+    for r in range(0, n - n % 2, 2):
+        w0, w1 = w[r], w[r + 1]
+        for b in range(0, B - B % 4, 4):
+            x0, x1, x2, x3 = x[b], x[b + 1], x[b + 2], x[b + 3]
+            s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = np.float32(0)
+            for j in range(K):
+                v0, v1 = w0[u(j)], w1[u(j)]
+                a0, a1, a2, a3 = x0[u(j)], x1[u(j)], x2[u(j)], x3[u(j)]
+                s00 += v0 * a0
+                s01 += v0 * a1
+                s02 += v0 * a2
+                s03 += v0 * a3
+                s10 += v1 * a0
+                s11 += v1 * a1
+                s12 += v1 * a2
+                s13 += v1 * a3
+            out[b, lo + r], out[b, lo + r + 1] = s00, s10
+            out[b + 1, lo + r], out[b + 1, lo + r + 1] = s01, s11
+            out[b + 2, lo + r], out[b + 2, lo + r + 1] = s02, s12
+            out[b + 3, lo + r], out[b + 3, lo + r + 1] = s03, s13
+        for b in range(B - B % 4, B):  # the last activation rows, 4 not dividing B
+            xb = x[b]
+            s0 = s1 = np.float32(0)
+            for j in range(K):
+                s0 += w0[u(j)] * xb[u(j)]
+                s1 += w1[u(j)] * xb[u(j)]
+            out[b, lo + r], out[b, lo + r + 1] = s0, s1
+    if n % 2:  # an odd weight row
+        wl = w[n - 1]
+        for b in range(B):
+            xb = x[b]
+            s = np.float32(0)
+            for j in range(K):
+                s += wl[u(j)] * xb[u(j)]
+            out[b, lo + n - 1] = s
 
 
 @njit(**JIT)
-def widen_int8(q, scales, out, group):
-    """q (n, K) int8, scales (n, K/32, 1) float32 -> out (n, K) float32; group = 32."""
-    n, K = q.shape
-    for r in prange(n):
-        row, sc, w = q[r], scales[r, :, 0], out[r]
-        for g in range(K // group):
-            for j in range(group):
-                w[u(g * group + j)] = np.float32(row[u(g * group + j)]) * sc[u(g)]
+def tiles_fp32(w, x, out):
+    """w (N, K) float32 rows: nothing to widen, each task multiplies its ROWS rows."""
+    N = w.shape[0]
+    for t in prange((N + ROWS - 1) // ROWS):  # tasks of ROWS weight rows
+        lo = t * ROWS
+        _tile(w[lo : min(N, lo + ROWS)], x, out, lo)
 
 
-@njit(**JIT)
-def widen_bf16(bits, out):
-    """bits (n, K) uint16 -> out (n, K) float32: the high halves of float32s."""
-    n, K = bits.shape
-    for r in prange(n):
-        row, w = bits[r], out[r]
-        for j in range(K):
-            w[u(j)] = np.uint32(np.uint32(row[u(j)]) << 16).view(np.float32)
+@njit(inline="always")
+def _int8_row(q, sc, w, group):
+    """One row of this project's int8 (K,) and its scales (K/32,) -> w (K,) float32."""
+    for g in range(q.shape[0] // group):
+        for j in range(group):
+            w[u(g * group + j)] = np.float32(q[u(g * group + j)]) * sc[u(g)]
 
 
-@njit(**JIT)
-def widen_fp16(bits, out):
-    """bits (n, K) uint16 fp16 bit patterns -> out (n, K) float32."""
-    n, K = bits.shape
-    for r in prange(n):
-        row, w = bits[r], out[r]
-        for j in range(K):
-            w[u(j)] = half_bits(np.uint32(row[u(j)]))
+@njit(inline="always")
+def _bf16_row(bits, w):
+    """bf16 bits (K,) uint16 -> w (K,) float32: the high halves of float32s."""
+    for j in range(bits.shape[0]):
+        w[u(j)] = np.uint32(np.uint32(bits[u(j)]) << 16).view(np.float32)
 
 
-@njit(**JIT)
-def widen_q8_0(raw, out, qk):
-    """raw (n, K/32*34) Q8_0 blocks -> out (n, K); qk = 32."""
-    n, K = out.shape
-    for r in prange(n):
-        row, w = raw[r], out[r]
-        for i in range(K // 32):
-            o, k0 = i * Q8_0.bytes, i * 32
-            d = _half_at(row, o + Q8_0.d)
-            for j in range(qk):
-                w[u(k0 + j)] = d * np.float32(np.int8(row[u(o + Q8_0.qs + j)]))
+@njit(inline="always")
+def _fp16_row(bits, w):
+    """fp16 bits (K,) uint16 -> w (K,) float32."""
+    for j in range(bits.shape[0]):
+        w[u(j)] = half_bits(np.uint32(bits[u(j)]))
+
+
+@njit(inline="always")
+def _q8_0_row(row, w, qk):
+    """A row of Q8_0 blocks -> w (K,) float32; qk = 32."""
+    for i in range(w.shape[0] // 32):
+        o, k0 = i * Q8_0.bytes, i * 32
+        d = _half_at(row, o + Q8_0.d)
+        for j in range(qk):
+            w[u(k0 + j)] = d * np.float32(np.int8(row[u(o + Q8_0.qs + j)]))
 
 
 @njit(inline="always")
@@ -703,28 +752,22 @@ def _widen_nibbles(row, q, w, k0, a, m, half_qk):
         w[u(k0 + half_qk + j)] = a * hi + m
 
 
-@njit(**JIT)
-def widen_q4_0(raw, out, half_qk):
-    """raw (n, K/32*18) Q4_0 blocks -> out (n, K): d * (q - 8); half_qk = 16."""
-    n, K = out.shape
-    for r in prange(n):
-        row, w = raw[r], out[r]
-        for i in range(K // 32):
-            o = i * Q4_0.bytes
-            d = _half_at(row, o + Q4_0.d)
-            _widen_nibbles(row, o + Q4_0.qs, w, i * 32, d, np.float32(-8) * d, half_qk)
+@njit(inline="always")
+def _q4_0_row(row, w, half_qk):
+    """A row of Q4_0 blocks -> w: d * (q - 8); half_qk = 16."""
+    for i in range(w.shape[0] // 32):
+        o = i * Q4_0.bytes
+        d = _half_at(row, o + Q4_0.d)
+        _widen_nibbles(row, o + Q4_0.qs, w, i * 32, d, np.float32(-8) * d, half_qk)
 
 
-@njit(**JIT)
-def widen_q4_1(raw, out, half_qk):
-    """raw (n, K/32*20) Q4_1 blocks -> out (n, K): d * q + m; half_qk = 16."""
-    n, K = out.shape
-    for r in prange(n):
-        row, w = raw[r], out[r]
-        for i in range(K // 32):
-            o = i * Q4_1.bytes
-            d, m = _half_at(row, o + Q4_1.d), _half_at(row, o + Q4_1.m)
-            _widen_nibbles(row, o + Q4_1.qs, w, i * 32, d, m, half_qk)
+@njit(inline="always")
+def _q4_1_row(row, w, half_qk):
+    """A row of Q4_1 blocks -> w: d * q + m; half_qk = 16."""
+    for i in range(w.shape[0] // 32):
+        o = i * Q4_1.bytes
+        d, m = _half_at(row, o + Q4_1.d), _half_at(row, o + Q4_1.m)
+        _widen_nibbles(row, o + Q4_1.qs, w, i * 32, d, m, half_qk)
 
 
 @njit(inline="always")
@@ -737,96 +780,316 @@ def _widen_q5(row, o, layout, w, k0, d, m, half_qk):
         w[u(k0 + half_qk + j)] = d * (hi + _fifth_bit(qh, j + 16)) + m
 
 
-@njit(**JIT)
-def widen_q5_0(raw, out, half_qk):
-    """raw (n, K/32*22) Q5_0 blocks -> out (n, K): d * (q - 16); half_qk = 16."""
-    n, K = out.shape
-    for r in prange(n):
-        row, w = raw[r], out[r]
-        for i in range(K // 32):
-            o = i * Q5_0.bytes
-            d = _half_at(row, o + Q5_0.d)
-            _widen_q5(row, o, Q5_0, w, i * 32, d, np.float32(-16) * d, half_qk)
+@njit(inline="always")
+def _q5_0_row(row, w, half_qk):
+    """A row of Q5_0 blocks -> w: d * (q - 16); half_qk = 16."""
+    for i in range(w.shape[0] // 32):
+        o = i * Q5_0.bytes
+        d = _half_at(row, o + Q5_0.d)
+        _widen_q5(row, o, Q5_0, w, i * 32, d, np.float32(-16) * d, half_qk)
 
 
-@njit(**JIT)
-def widen_q5_1(raw, out, half_qk):
-    """raw (n, K/32*24) Q5_1 blocks -> out (n, K): d * q + m; half_qk = 16."""
-    n, K = out.shape
-    for r in prange(n):
-        row, w = raw[r], out[r]
-        for i in range(K // 32):
-            o = i * Q5_1.bytes
-            d, m = _half_at(row, o + Q5_1.d), _half_at(row, o + Q5_1.m)
-            _widen_q5(row, o, Q5_1, w, i * 32, d, m, half_qk)
+@njit(inline="always")
+def _q5_1_row(row, w, half_qk):
+    """A row of Q5_1 blocks -> w: d * q + m; half_qk = 16."""
+    for i in range(w.shape[0] // 32):
+        o = i * Q5_1.bytes
+        d, m = _half_at(row, o + Q5_1.d), _half_at(row, o + Q5_1.m)
+        _widen_q5(row, o, Q5_1, w, i * 32, d, m, half_qk)
 
 
-@njit(**JIT)
-def widen_q4_k(raw, out, sub):
-    """raw (n, K/256*144) Q4_K blocks -> out (n, K): d sc q - dmin m per sub-block of 32;
-    chunk c of 32 bytes holds sub-block 2c in its low nibbles, 2c + 1 in its high ones."""
-    n, K = out.shape
-    for r in prange(n):
-        row, w = raw[r], out[r]
-        for i in range(K // 256):
-            o, k0 = i * Q4_K.bytes, i * 256
-            d, dmin = _half_at(row, o + Q4_K.d), _half_at(row, o + Q4_K.dmin)
-            for c in range(4):
-                sc_lo, m_lo = _scale_min_k4(row, o + Q4_K.scales, 2 * c)
-                sc_hi, m_hi = _scale_min_k4(row, o + Q4_K.scales, 2 * c + 1)
-                a_lo, b_lo, a_hi, b_hi = d * sc_lo, dmin * m_lo, d * sc_hi, dmin * m_hi
-                q, k = o + Q4_K.qs + 32 * c, k0 + 64 * c
-                for j in range(sub):
-                    lo, hi = _nibbles(np.float32(row[u(q + j)]))
-                    w[u(k + j)] = a_lo * lo - b_lo
-                    w[u(k + 32 + j)] = a_hi * hi - b_hi
+@njit(inline="always")
+def _q4_k_row(row, w, sub):
+    """A row of Q4_K blocks -> w: d sc q - dmin m per sub-block of 32; chunk c of 32 bytes
+    holds sub-block 2c in its low nibbles, 2c + 1 in its high ones. sub = 32."""
+    for i in range(w.shape[0] // 256):
+        o, k0 = i * Q4_K.bytes, i * 256
+        d, dmin = _half_at(row, o + Q4_K.d), _half_at(row, o + Q4_K.dmin)
+        for c in range(4):
+            sc_lo, m_lo = _scale_min_k4(row, o + Q4_K.scales, 2 * c)
+            sc_hi, m_hi = _scale_min_k4(row, o + Q4_K.scales, 2 * c + 1)
+            a_lo, b_lo, a_hi, b_hi = d * sc_lo, dmin * m_lo, d * sc_hi, dmin * m_hi
+            q, k = o + Q4_K.qs + 32 * c, k0 + 64 * c
+            for j in range(sub):
+                lo, hi = _nibbles(np.float32(row[u(q + j)]))
+                w[u(k + j)] = a_lo * lo - b_lo
+                w[u(k + 32 + j)] = a_hi * hi - b_hi
 
 
-@njit(**JIT)
-def widen_q5_k(raw, out, sub):
-    """raw (n, K/256*176) Q5_K blocks -> out (n, K): as Q4_K, the fifth bit of weight j of
-    sub-block s in bit s of qh byte j."""
-    n, K = out.shape
+@njit(inline="always")
+def _q5_k_row(row, w, sub):
+    """A row of Q5_K blocks -> w: as Q4_K, the fifth bit of weight j of sub-block s in bit s
+    of qh byte j. sub = 32."""
     sixteen = np.float32(16)
-    for r in prange(n):
-        row, w = raw[r], out[r]
-        for i in range(K // 256):
-            o, k0 = i * Q5_K.bytes, i * 256
-            d, dmin = _half_at(row, o + Q5_K.d), _half_at(row, o + Q5_K.dmin)
-            for c in range(4):
-                sc_lo, m_lo = _scale_min_k4(row, o + Q5_K.scales, 2 * c)
-                sc_hi, m_hi = _scale_min_k4(row, o + Q5_K.scales, 2 * c + 1)
-                a_lo, b_lo, a_hi, b_hi = d * sc_lo, dmin * m_lo, d * sc_hi, dmin * m_hi
-                q, qh, k = o + Q5_K.qs + 32 * c, o + Q5_K.qh, k0 + 64 * c
-                for j in range(sub):
-                    lo, hi = _nibbles(np.float32(row[u(q + j)]))
-                    h = row[u(qh + j)]
-                    w[u(k + j)] = a_lo * (lo + sixteen * _bit(h, 2 * c)) - b_lo
-                    w[u(k + 32 + j)] = a_hi * (hi + sixteen * _bit(h, 2 * c + 1)) - b_hi
+    for i in range(w.shape[0] // 256):
+        o, k0 = i * Q5_K.bytes, i * 256
+        d, dmin = _half_at(row, o + Q5_K.d), _half_at(row, o + Q5_K.dmin)
+        for c in range(4):
+            sc_lo, m_lo = _scale_min_k4(row, o + Q5_K.scales, 2 * c)
+            sc_hi, m_hi = _scale_min_k4(row, o + Q5_K.scales, 2 * c + 1)
+            a_lo, b_lo, a_hi, b_hi = d * sc_lo, dmin * m_lo, d * sc_hi, dmin * m_hi
+            q, qh, k = o + Q5_K.qs + 32 * c, o + Q5_K.qh, k0 + 64 * c
+            for j in range(sub):
+                lo, hi = _nibbles(np.float32(row[u(q + j)]))
+                h = row[u(qh + j)]
+                w[u(k + j)] = a_lo * (lo + sixteen * _bit(h, 2 * c)) - b_lo
+                w[u(k + 32 + j)] = a_hi * (hi + sixteen * _bit(h, 2 * c + 1)) - b_hi
 
 
-@njit(**JIT)
-def widen_q6_k(raw, out, sub):
-    """raw (n, K/256*210) Q6_K blocks -> out (n, K): d sc (q - 32), 16 weights per scale
-    (the bit layout: matmul_q6_k)."""
-    n, K = out.shape
-    for r in prange(n):
-        row, w = raw[r], out[r]
-        for i in range(K // 256):
-            o, k0 = i * Q6_K.bytes, i * 256
-            d = _half_at(row, o + Q6_K.d)
-            for h in range(2):
-                ql, qh, kh = o + Q6_K.ql + 64 * h, o + Q6_K.qh + 32 * h, k0 + 128 * h
-                sh = o + Q6_K.scales + 8 * h
-                for l in range(sub):
-                    g = l // 16  # weights l, l + 32, l + 64, l + 96 take scales g, g+2, g+4, g+6
-                    c1, c2 = d * _int8(row, sh + g), d * _int8(row, sh + g + 2)
-                    c3, c4 = d * _int8(row, sh + g + 4), d * _int8(row, sh + g + 6)
+@njit(inline="always")
+def _q6_k_row(row, w, sub):
+    """A row of Q6_K blocks -> w: d sc (q - 32), 16 weights per scale (the bit layout:
+    matmul_q6_k). sub = 32: byte l of each 32 holds weights whose scales change at l = 16, so
+    the loop runs twice over 16 bytes, its four scales fixed (per byte: 0.75 -> 1.4 Gw/s)."""
+    half = sub // 2
+    for i in range(w.shape[0] // 256):
+        o, k0 = i * Q6_K.bytes, i * 256
+        d = _half_at(row, o + Q6_K.d)
+        for h in range(2):
+            ql, qh, kh = o + Q6_K.ql + 64 * h, o + Q6_K.qh + 32 * h, k0 + 128 * h
+            sh = o + Q6_K.scales + 8 * h
+            for g in range(2):  # bytes 16g..16g+15: weights l, l+32, l+64, l+96 take scales
+                c1, c2 = d * _int8(row, sh + g), d * _int8(row, sh + g + 2)  # g, g+2, g+4, g+6
+                c3, c4 = d * _int8(row, sh + g + 4), d * _int8(row, sh + g + 6)
+                for j in range(half):
+                    l = g * half + j
                     qa, qc, hb = row[u(ql + l)], row[u(ql + 32 + l)], row[u(qh + l)]
                     w[u(kh + l)] = c1 * (_six_bits(qa, 0, hb, 0) - np.float32(32))
                     w[u(kh + 32 + l)] = c2 * (_six_bits(qc, 0, hb, 2) - np.float32(32))
                     w[u(kh + 64 + l)] = c3 * (_six_bits(qa, 4, hb, 4) - np.float32(32))
                     w[u(kh + 96 + l)] = c4 * (_six_bits(qc, 4, hb, 6) - np.float32(32))
+
+
+@njit(**JIT)
+def tiles_int8(q, scales, x, out, group, workers):
+    """This project's int8, q (N, K) and scales (N, K/32, 1): out (B, N) = x (B, K) @ W.T,
+    each task's rows widened, then _tile (the other tiles_* kernels likewise)."""
+    N, K = q.shape[0], x.shape[1]
+    tasks = (N + ROWS - 1) // ROWS  # of ROWS weight rows each
+    for worker in prange(workers):  # one buffer each, for the widened rows of its tasks
+        w = np.empty((ROWS, K), dtype=np.float32)
+        for t in range(worker * tasks // workers, (worker + 1) * tasks // workers):
+            lo, hi = t * ROWS, min(N, t * ROWS + ROWS)
+            for n in range(lo, hi):
+                _int8_row(q[n], scales[n, :, 0], w[n - lo], group)
+            _tile(w[: hi - lo], x, out, lo)
+
+
+@njit(**JIT)
+def widen_int8(q, scales, out, group):
+    """This project's int8, q (n, K) and scales (n, K/32, 1) -> out (n, K) float32, for BLAS."""
+    for n in prange(out.shape[0]):
+        _int8_row(q[n], scales[n, :, 0], out[n], group)
+
+
+@njit(**JIT)
+def tiles_bf16(bits, x, out, workers):
+    """bf16 bits (N, K) uint16: out (B, N) = x (B, K) @ W.T, widened per task, then _tile."""
+    N, K = bits.shape[0], x.shape[1]
+    tasks = (N + ROWS - 1) // ROWS  # of ROWS weight rows each
+    for worker in prange(workers):  # one buffer each, for the widened rows of its tasks
+        w = np.empty((ROWS, K), dtype=np.float32)
+        for t in range(worker * tasks // workers, (worker + 1) * tasks // workers):
+            lo, hi = t * ROWS, min(N, t * ROWS + ROWS)
+            for n in range(lo, hi):
+                _bf16_row(bits[n], w[n - lo])
+            _tile(w[: hi - lo], x, out, lo)
+
+
+@njit(**JIT)
+def widen_bf16(bits, out):
+    """bf16 bits (N, K) uint16 -> out (n, K) float32, for BLAS."""
+    for n in prange(out.shape[0]):
+        _bf16_row(bits[n], out[n])
+
+
+@njit(**JIT)
+def tiles_fp16(bits, x, out, workers):
+    """fp16 bits (N, K) uint16: out (B, N) = x (B, K) @ W.T, widened per task, then _tile."""
+    N, K = bits.shape[0], x.shape[1]
+    tasks = (N + ROWS - 1) // ROWS  # of ROWS weight rows each
+    for worker in prange(workers):  # one buffer each, for the widened rows of its tasks
+        w = np.empty((ROWS, K), dtype=np.float32)
+        for t in range(worker * tasks // workers, (worker + 1) * tasks // workers):
+            lo, hi = t * ROWS, min(N, t * ROWS + ROWS)
+            for n in range(lo, hi):
+                _fp16_row(bits[n], w[n - lo])
+            _tile(w[: hi - lo], x, out, lo)
+
+
+@njit(**JIT)
+def widen_fp16(bits, out):
+    """fp16 bits (N, K) uint16 -> out (n, K) float32, for BLAS."""
+    for n in prange(out.shape[0]):
+        _fp16_row(bits[n], out[n])
+
+
+@njit(**JIT)
+def tiles_q8_0(raw, x, out, qk, workers):
+    """Q8_0 blocks (N, row bytes) uint8: out (B, N) = x (B, K) @ W.T, widened, then _tile."""
+    N, K = raw.shape[0], x.shape[1]
+    tasks = (N + ROWS - 1) // ROWS  # of ROWS weight rows each
+    for worker in prange(workers):  # one buffer each, for the widened rows of its tasks
+        w = np.empty((ROWS, K), dtype=np.float32)
+        for t in range(worker * tasks // workers, (worker + 1) * tasks // workers):
+            lo, hi = t * ROWS, min(N, t * ROWS + ROWS)
+            for n in range(lo, hi):
+                _q8_0_row(raw[n], w[n - lo], qk)
+            _tile(w[: hi - lo], x, out, lo)
+
+
+@njit(**JIT)
+def widen_q8_0(raw, out, qk):
+    """Q8_0 blocks (N, row bytes) uint8 -> out (n, K) float32, for BLAS."""
+    for n in prange(out.shape[0]):
+        _q8_0_row(raw[n], out[n], qk)
+
+
+@njit(**JIT)
+def tiles_q4_0(raw, x, out, half_qk, workers):
+    """Q4_0 blocks: out (B, N) = x (B, K) @ W.T, widened per task, then _tile."""
+    N, K = raw.shape[0], x.shape[1]
+    tasks = (N + ROWS - 1) // ROWS  # of ROWS weight rows each
+    for worker in prange(workers):  # one buffer each, for the widened rows of its tasks
+        w = np.empty((ROWS, K), dtype=np.float32)
+        for t in range(worker * tasks // workers, (worker + 1) * tasks // workers):
+            lo, hi = t * ROWS, min(N, t * ROWS + ROWS)
+            for n in range(lo, hi):
+                _q4_0_row(raw[n], w[n - lo], half_qk)
+            _tile(w[: hi - lo], x, out, lo)
+
+
+@njit(**JIT)
+def widen_q4_0(raw, out, half_qk):
+    """Q4_0 blocks -> out (n, K) float32, for BLAS."""
+    for n in prange(out.shape[0]):
+        _q4_0_row(raw[n], out[n], half_qk)
+
+
+@njit(**JIT)
+def tiles_q4_1(raw, x, out, half_qk, workers):
+    """Q4_1 blocks: out (B, N) = x (B, K) @ W.T, widened per task, then _tile."""
+    N, K = raw.shape[0], x.shape[1]
+    tasks = (N + ROWS - 1) // ROWS  # of ROWS weight rows each
+    for worker in prange(workers):  # one buffer each, for the widened rows of its tasks
+        w = np.empty((ROWS, K), dtype=np.float32)
+        for t in range(worker * tasks // workers, (worker + 1) * tasks // workers):
+            lo, hi = t * ROWS, min(N, t * ROWS + ROWS)
+            for n in range(lo, hi):
+                _q4_1_row(raw[n], w[n - lo], half_qk)
+            _tile(w[: hi - lo], x, out, lo)
+
+
+@njit(**JIT)
+def widen_q4_1(raw, out, half_qk):
+    """Q4_1 blocks -> out (n, K) float32, for BLAS."""
+    for n in prange(out.shape[0]):
+        _q4_1_row(raw[n], out[n], half_qk)
+
+
+@njit(**JIT)
+def tiles_q5_0(raw, x, out, half_qk, workers):
+    """Q5_0 blocks: out (B, N) = x (B, K) @ W.T, widened per task, then _tile."""
+    N, K = raw.shape[0], x.shape[1]
+    tasks = (N + ROWS - 1) // ROWS  # of ROWS weight rows each
+    for worker in prange(workers):  # one buffer each, for the widened rows of its tasks
+        w = np.empty((ROWS, K), dtype=np.float32)
+        for t in range(worker * tasks // workers, (worker + 1) * tasks // workers):
+            lo, hi = t * ROWS, min(N, t * ROWS + ROWS)
+            for n in range(lo, hi):
+                _q5_0_row(raw[n], w[n - lo], half_qk)
+            _tile(w[: hi - lo], x, out, lo)
+
+
+@njit(**JIT)
+def widen_q5_0(raw, out, half_qk):
+    """Q5_0 blocks -> out (n, K) float32, for BLAS."""
+    for n in prange(out.shape[0]):
+        _q5_0_row(raw[n], out[n], half_qk)
+
+
+@njit(**JIT)
+def tiles_q5_1(raw, x, out, half_qk, workers):
+    """Q5_1 blocks: out (B, N) = x (B, K) @ W.T, widened per task, then _tile."""
+    N, K = raw.shape[0], x.shape[1]
+    tasks = (N + ROWS - 1) // ROWS  # of ROWS weight rows each
+    for worker in prange(workers):  # one buffer each, for the widened rows of its tasks
+        w = np.empty((ROWS, K), dtype=np.float32)
+        for t in range(worker * tasks // workers, (worker + 1) * tasks // workers):
+            lo, hi = t * ROWS, min(N, t * ROWS + ROWS)
+            for n in range(lo, hi):
+                _q5_1_row(raw[n], w[n - lo], half_qk)
+            _tile(w[: hi - lo], x, out, lo)
+
+
+@njit(**JIT)
+def widen_q5_1(raw, out, half_qk):
+    """Q5_1 blocks -> out (n, K) float32, for BLAS."""
+    for n in prange(out.shape[0]):
+        _q5_1_row(raw[n], out[n], half_qk)
+
+
+@njit(**JIT)
+def tiles_q4_k(raw, x, out, sub, workers):
+    """Q4_K blocks: out (B, N) = x (B, K) @ W.T, widened per task, then _tile."""
+    N, K = raw.shape[0], x.shape[1]
+    tasks = (N + ROWS - 1) // ROWS  # of ROWS weight rows each
+    for worker in prange(workers):  # one buffer each, for the widened rows of its tasks
+        w = np.empty((ROWS, K), dtype=np.float32)
+        for t in range(worker * tasks // workers, (worker + 1) * tasks // workers):
+            lo, hi = t * ROWS, min(N, t * ROWS + ROWS)
+            for n in range(lo, hi):
+                _q4_k_row(raw[n], w[n - lo], sub)
+            _tile(w[: hi - lo], x, out, lo)
+
+
+@njit(**JIT)
+def widen_q4_k(raw, out, sub):
+    """Q4_K blocks -> out (n, K) float32, for BLAS."""
+    for n in prange(out.shape[0]):
+        _q4_k_row(raw[n], out[n], sub)
+
+
+@njit(**JIT)
+def tiles_q5_k(raw, x, out, sub, workers):
+    """Q5_K blocks: out (B, N) = x (B, K) @ W.T, widened per task, then _tile."""
+    N, K = raw.shape[0], x.shape[1]
+    tasks = (N + ROWS - 1) // ROWS  # of ROWS weight rows each
+    for worker in prange(workers):  # one buffer each, for the widened rows of its tasks
+        w = np.empty((ROWS, K), dtype=np.float32)
+        for t in range(worker * tasks // workers, (worker + 1) * tasks // workers):
+            lo, hi = t * ROWS, min(N, t * ROWS + ROWS)
+            for n in range(lo, hi):
+                _q5_k_row(raw[n], w[n - lo], sub)
+            _tile(w[: hi - lo], x, out, lo)
+
+
+@njit(**JIT)
+def widen_q5_k(raw, out, sub):
+    """Q5_K blocks -> out (n, K) float32, for BLAS."""
+    for n in prange(out.shape[0]):
+        _q5_k_row(raw[n], out[n], sub)
+
+
+@njit(**JIT)
+def tiles_q6_k(raw, x, out, sub, workers):
+    """Q6_K blocks: out (B, N) = x (B, K) @ W.T, widened per task, then _tile."""
+    N, K = raw.shape[0], x.shape[1]
+    tasks = (N + ROWS - 1) // ROWS  # of ROWS weight rows each
+    for worker in prange(workers):  # one buffer each, for the widened rows of its tasks
+        w = np.empty((ROWS, K), dtype=np.float32)
+        for t in range(worker * tasks // workers, (worker + 1) * tasks // workers):
+            lo, hi = t * ROWS, min(N, t * ROWS + ROWS)
+            for n in range(lo, hi):
+                _q6_k_row(raw[n], w[n - lo], sub)
+            _tile(w[: hi - lo], x, out, lo)
+
+
+@njit(**JIT)
+def widen_q6_k(raw, out, sub):
+    """Q6_K blocks -> out (n, K) float32, for BLAS."""
+    for n in prange(out.shape[0]):
+        _q6_k_row(raw[n], out[n], sub)
 
 
 # ---------------------------------------------------------------- by storage kind
@@ -854,6 +1117,23 @@ WIDEN = {
     "Q4_K": lambda r, i, j, out: widen_q4_k(r.data[i:j], out, 32),
     "Q5_K": lambda r, i, j, out: widen_q5_k(r.data[i:j], out, 32),
     "Q6_K": lambda r, i, j, out: widen_q6_k(r.data[i:j], out, 32),
+}
+
+# packed.PackedRows kind -> tiles(rows, x, out): out (B, N) = x (B, K) @ rows.T in widened
+# tiles multiplied in registers, for a batch's rows; x (B, K) float32 C-contiguous.
+TILES = {
+    "int8": lambda r, x, out: tiles_int8(r.data, r.scales, x, out, 32, WORKERS),
+    "bf16": lambda r, x, out: tiles_bf16(r.data.view(np.uint16), x, out, WORKERS),
+    "fp16": lambda r, x, out: tiles_fp16(r.data.view(np.uint16), x, out, WORKERS),
+    "fp32": lambda r, x, out: tiles_fp32(r.data, x, out),
+    "Q8_0": lambda r, x, out: tiles_q8_0(r.data, x, out, 32, WORKERS),
+    "Q4_0": lambda r, x, out: tiles_q4_0(r.data, x, out, 16, WORKERS),
+    "Q4_1": lambda r, x, out: tiles_q4_1(r.data, x, out, 16, WORKERS),
+    "Q5_0": lambda r, x, out: tiles_q5_0(r.data, x, out, 16, WORKERS),
+    "Q5_1": lambda r, x, out: tiles_q5_1(r.data, x, out, 16, WORKERS),
+    "Q4_K": lambda r, x, out: tiles_q4_k(r.data, x, out, 32, WORKERS),
+    "Q5_K": lambda r, x, out: tiles_q5_k(r.data, x, out, 32, WORKERS),
+    "Q6_K": lambda r, x, out: tiles_q6_k(r.data, x, out, 32, WORKERS),
 }
 
 # packed.PackedRows kind -> kernel(rows, x, out): x (B, K) float32 C-contiguous, out (B, N).
