@@ -12,14 +12,14 @@ The "int8 activations" variant also rounds every matrix product's input rows to 
 of 32 (one float32 scale each), as llama.cpp does to run Q8_0 products as integer dot products:
 it measures what that rounding costs in accuracy.
 
-The rows named after a kernel layer measure the rounding the vnni kernels really do
-(llama_np/kernels/vnni.py: this project's int8 and GGUF Q8_0 weights with activations rounded
+The rows named after a kernel layer measure the rounding the int8 kernels really do in decode
+(llama_np/kernels/int8.py: this project's int8 and GGUF Q8_0 weights with activations rounded
 to int8 per 32, Q4_K, Q5_K and Q6_K blocks per 256): the fp32 model is stored as int8, as Q8_0
 and as Q4_K_M blocks (benchmarks/kquants.py) and decodes the same sequence token by token with
-numba's float kernels and with the vnni kernels. They need numba, a CPU with AVX-512 VNNI and
-the `gguf` package (test extra), and models whose rows are whole 256s (stories110M here);
-they are skipped otherwise. Every other row runs with float activations (numba's kernels, or
-NumPy's without numba).
+numba's float kernels and with the int8 kernels. They need numba, a CPU with AVX2 or AVX-512
+VNNI and the `gguf` package (test extra), and models whose rows are whole 256s (stories110M
+here); they are skipped otherwise. Every other row runs with float activations (numba's
+kernels, or NumPy's without numba).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ for path in (ROOT, ROOT / "tests", ROOT / "benchmarks"):  # llama_np, the tests'
 
 from llama_np import kernels, load  # noqa: E402
 from llama_np.model import Model  # noqa: E402
-from llama_np.packed import int8_group_size  # noqa: E402
+from llama_np.packed import PackedTransposed, int8_group_size  # noqa: E402
 from llama_np.quants import quantize_q8_0  # noqa: E402
 from llama_np.tools.known_models import known_config  # noqa: E402
 from llama_np.tools.random_model import random_model  # noqa: E402
@@ -79,22 +79,29 @@ def int8_activations(model: Model) -> Model:
     return model
 
 
+def rows_of(w) -> np.ndarray:
+    """An fp32 weight (in, out), a plain array or PackedRows of kind "fp32", as its (out, in)
+    checkpoint rows."""
+    return w.packed.data if isinstance(w, PackedTransposed) else w.T
+
+
 def tensors_of(model: Model) -> dict[str, np.ndarray]:
     """The fp32 model's weights as checkpoint tensors (Meta names, (out, in)), to recompress."""
     c, w = model.config, model.weights
     q, kv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
-    t = {"tok_embeddings.weight": w.embedding, "norm.weight": w.final_norm}
+    t = {"tok_embeddings.weight": rows_of(w.classifier) if c.tie_embeddings else w.embedding}
+    t["norm.weight"] = w.final_norm
     if not c.tie_embeddings:
-        t["output.weight"] = w.classifier.T
+        t["output.weight"] = rows_of(w.classifier)
     for i, lw in enumerate(w.layers):
         p = f"layers.{i}."
-        wq, wk, wv = np.split(lw.wqkv.T, [q, q + kv])
-        w1, w3 = np.split(lw.w_gate_up.T, 2)
+        wq, wk, wv = np.split(rows_of(lw.wqkv), [q, q + kv])
+        w1, w3 = np.split(rows_of(lw.w_gate_up), 2)
         t |= {p + "attention_norm.weight": lw.attn_norm, p + "ffn_norm.weight": lw.mlp_norm}
         t |= {p + "attention.wq.weight": wq, p + "attention.wk.weight": wk}
-        t |= {p + "attention.wv.weight": wv, p + "attention.wo.weight": lw.wo.T}
+        t |= {p + "attention.wv.weight": wv, p + "attention.wo.weight": rows_of(lw.wo)}
         t |= {p + "feed_forward.w1.weight": w1, p + "feed_forward.w3.weight": w3}
-        t[p + "feed_forward.w2.weight"] = lw.w_down.T
+        t[p + "feed_forward.w2.weight"] = rows_of(lw.w_down)
     return t
 
 
@@ -112,7 +119,7 @@ def compare(ref: Model, prompt: list[int], n: int) -> list[dict]:
     a = ref.prefill(sequence, ref.new_cache(len(sequence)), all_logits=True)  # (T, V)
     tensors = tensors_of(ref)
     rows = []
-    # float activations, even where the default kernels (vnni) would round them
+    # float activations, even where the default kernels (int8) would round them
     kernels.use("numba" if kernels.numba_available() else "numpy")
     try:
         rows = [variant(ref, tensors, prompt, sequence, a, *v) for v in VARIANTS]
@@ -157,16 +164,16 @@ def decode_logits(model: Model, sequence: list[int]) -> np.ndarray:
 
 def block_rows(ref: Model, prompt: list[int], n: int) -> list[dict]:
     """The fp32 model stored as int8 and as GGUF Q8_0 and Q4_K_M blocks (round to nearest:
-    kquants.py), decoded with numba's float kernels and with the vnni kernels (activations
+    kquants.py), decoded with numba's float kernels and with the int8 kernels (activations
     rounded to int8 per 32 for int8 and Q8_0, per 256 for K-quants), each against fp32. []
-    without the vnni kernels, `gguf`, or rows of whole 256s."""
+    without the int8 kernels, `gguf`, or rows of whole 256s."""
     try:
         from checkpoint_writers import write_gguf
         from gguf_types import types_for
         from kquants import quantize_q4_k, quantize_q6_k
     except ImportError:
         return []
-    if not kernels.vnni_available() or ref.config.dim % 256 or ref.config.hidden_dim % 256:
+    if not kernels.int8_available() or ref.config.dim % 256 or ref.config.hidden_dim % 256:
         return []
     quantize = {"Q8_0": quantize_q8_0, "Q4_K": quantize_q4_k, "Q6_K": quantize_q6_k}
     sequence = prompt + greedy(ref, prompt, n)
@@ -183,7 +190,7 @@ def block_rows(ref: Model, prompt: list[int], n: int) -> list[dict]:
     rows = []
     try:
         for kind, model in models.items():
-            for name, activations in (("numba", "float32"), ("vnni", "int8")):
+            for name, activations in (("numba", "float32"), ("int8", "int8")):
                 kernels.use(name)
                 b = decode_logits(model, sequence)
                 free = greedy(model, prompt, n)

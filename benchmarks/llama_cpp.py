@@ -1,10 +1,11 @@
 """llama.cpp as a same-run peer: GGUF files of the benchmark shapes, timed by its llama-bench.
 
 llama.cpp is not a dependency: point `run.py --llama-cpp DIR` (or $LLAMA_CPP_BIN) at a
-directory holding its built `llama-bench` and `llama-quantize`, e.g. a checkout built with
+directory holding its built `llama-bench`, `llama-batched-bench` and `llama-quantize`, e.g. a
+checkout built with
 
-    cmake -B build -DGGML_NATIVE=ON -DLLAMA_CURL=OFF && \\
-        cmake --build build -j2 --target llama-bench llama-quantize    # -> build/bin
+    cmake -B build -DGGML_NATIVE=ON -DLLAMA_CURL=OFF && cmake --build build -j2 \\
+        --target llama-bench llama-batched-bench llama-quantize    # -> build/bin
 
 The F32 GGUF of each shape is written here from random weights (the `gguf` package's writer,
 with a placeholder vocabulary: llama-bench feeds random token ids), and llama-quantize makes
@@ -64,13 +65,19 @@ def write_gguf_f32(config: LlamaConfig, path: Path, seed: int = 0) -> Path:
     return path
 
 
-def gguf_files(config: LlamaConfig, name: str, bin_dir: Path, cache: Path) -> dict[str, Path]:
-    """{quant: path} for QUANTS, made on first use (llama-quantize for Q8_0 and Q4_K_M)."""
+def gguf_f32(config: LlamaConfig, name: str, cache: Path) -> Path:
+    """The F32 GGUF of random weights of shape `name`, written on first use."""
     cache.mkdir(parents=True, exist_ok=True)
     f32 = cache / f"{name}-F32.gguf"
     if not f32.exists():
         write_gguf_f32(config, f32.with_suffix(".part"))
         f32.with_suffix(".part").rename(f32)
+    return f32
+
+
+def gguf_files(config: LlamaConfig, name: str, bin_dir: Path, cache: Path) -> dict[str, Path]:
+    """{quant: path} for QUANTS, made on first use (llama-quantize for Q8_0 and Q4_K_M)."""
+    f32 = gguf_f32(config, name, cache)
     files = {"F32": f32}
     for quant in QUANTS[1:]:
         path = cache / f"{name}-{quant}.gguf"
@@ -98,6 +105,25 @@ def decode(bin_dir: Path, model: Path, n_gen: int) -> float:
     """One llama-bench decode run of n_gen tokens on 2 threads, after its warm-up: tok/s."""
     out, _ = _measured([*_bench_command(bin_dir, model), "-p", "0", "-n", str(n_gen), "-r", "1"])
     return n_gen / (json.loads(out)[0]["samples_ns"][0] / 1e9)
+
+
+def prefill(bin_dir: Path, model: Path, n_prompt: int) -> float:
+    """One llama-bench prefill of n_prompt tokens on 2 threads, after its warm-up: tok/s."""
+    cmd = [*_bench_command(bin_dir, model), "-p", str(n_prompt), "-n", "0", "-r", "1"]
+    out, _ = _measured(cmd)
+    return n_prompt / (json.loads(out)[0]["samples_ns"][0] / 1e9)
+
+
+def batched(bin_dir: Path, model: Path, n_prompt: int, n_gen: int, batch: int) -> float:
+    """llama-batched-bench on 2 threads: `batch` sequences of a shared n_prompt-token prompt
+    (-pps), then n_gen tokens each, all sequences in one batch per step; -> the generation's
+    tokens/s, all sequences together (S_TG)."""
+    cmd = [str(bin_dir / "llama-batched-bench"), "-m", str(model), "-t", "2", "-pps"]
+    cmd += ["-c", str(n_prompt + batch * (n_gen + 1)), "-npp", str(n_prompt)]
+    cmd += ["-ntg", str(n_gen), "-npl", str(batch), "--output-format", "jsonl"]
+    out, _ = _measured(cmd)
+    (line,) = [x for x in out.splitlines() if x.startswith("{")]
+    return float(json.loads(line)["speed_tg"])
 
 
 def _bench_command(bin_dir: Path, model: Path) -> list[str]:

@@ -19,6 +19,7 @@ token), decode with each kernel layer (--kernels), and llama.cpp on F32/Q8_0/Q4_
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -40,7 +41,7 @@ import numpy as np  # noqa: E402
 
 from llama_np import kernels, load  # noqa: E402
 from llama_np.config import LlamaConfig  # noqa: E402
-from llama_np.packed import Scratch, matmul, pack  # noqa: E402
+from llama_np.packed import PackedRows, Scratch, pack  # noqa: E402
 from llama_np.schema import n_params  # noqa: E402
 from llama_np.tools import costs, machine  # noqa: E402
 from llama_np.tools.known_models import known_config  # noqa: E402
@@ -55,6 +56,8 @@ KERNEL_DTYPES = ("fp32", "int8", "bf16", "fp16")  # the kernel layer on/off, on 
 BIG_MODEL = "llama-3.1-8b"
 DEFAULT_LOAD_MODELS = "stories110M,tinyllama-1.1b"
 DEFAULT_LLAMA_CPP_MODELS = "stories15M,stories110M,tinyllama-1.1b"
+DEFAULT_BATCHED_MODELS = "stories110M,tinyllama-1.1b"
+DEFAULT_CONTENTION = "stories15M:F32,stories110M:Q8_0"
 TTFT_MODEL = "smollm2-135m"  # an 8192-token context
 TTFT_PROMPT = 256
 DECODE_PROMPT = 16  # tokens prefilled before the timed decode steps
@@ -146,8 +149,11 @@ def load_probe(path: str, weights_dtype: str, n_prompt: int, n_new: int) -> dict
         # compiled kernel (~130 MB). Counted with the interpreter, and reported. fp32 decodes
         # through it too, from (out, in) rows (weights.fp32_matrix).
         w = np.ones((256, 256), dtype=np.float32)  # (out, in): FP32_KERNEL_MIN weights
-        small = w if weights_dtype == "fp32" else pack(weights_dtype, w, Scratch())
-        matmul(np.ones((1, 256), dtype=np.float32), small.T)
+        if weights_dtype == "fp32":
+            small = PackedRows("fp32", w, None, Scratch())
+        else:
+            small = pack(weights_dtype, w, Scratch())
+        np.ones((1, 256), dtype=np.float32) @ small.T
     runtime = status("VmRSS")
     t0 = time.perf_counter()
     model = load(path, weights_dtype=weights_dtype)
@@ -262,9 +268,9 @@ def kernel_comparison(name: str, names: list[str], peaks, n_steps: int, rounds: 
     layer in `names`, interleaved: each round times every variant once, so that a busy machine
     slows all of them alike. `vs_fp32` is the median over rounds of the variant's rate divided
     by fp32's with the same kernels in the same round. fp32 is loaded once per kernel layer
-    (its layout follows the kernels active at load: weights.fp32_matrix); vnni differs from
+    (its layout follows the kernels active at load: weights.fp32_matrix); int8 differs from
     numba only for int8, so the others run it only when numba is not in `names`."""
-    fp32_layer = {k: "numba" if k == "vnni" and "numba" in names else k for k in names}
+    fp32_layer = {k: "numba" if k == "int8" and "numba" in names else k for k in names}
     variants = [(d, k) for d in KERNEL_DTYPES for k in names if d == "int8" or fp32_layer[k] == k]
     models = {}
     for dtype, kernel in variants:
@@ -308,7 +314,7 @@ def kernel_comparison(name: str, names: list[str], peaks, n_steps: int, rounds: 
 def llama_cpp_decode(bin_dir: Path, path: Path, n_steps: int, rounds: int) -> dict:
     """Decode tok/s of llama.cpp and of llama_np on the same GGUF file (llama_np keeps its
     weights as stored: F32 arrays, Q8_0 or Q4_K/Q6_K blocks), interleaved: each round runs
-    llama-bench once, then llama_np once with the default kernels and, when those are vnni,
+    llama-bench once, then llama_np once with the default kernels and, when those are int8,
     once with numba's float kernels. `ratio` is the median over rounds of llama_np's rate
     divided by llama.cpp's in the same round (`float_ratio`: with the float kernels)."""
     model = load(path)
@@ -318,7 +324,7 @@ def llama_cpp_decode(bin_dir: Path, path: Path, n_steps: int, rounds: int) -> di
         for _ in range(rounds):
             theirs.append(llama_cpp.decode(bin_dir, path, n_steps))
             ours += time_decode(model, n_steps, 1)
-            if default == "vnni":
+            if default == "int8":
                 kernels.use("numba")
                 floats += time_decode(model, n_steps, 1)
                 kernels.use(None)
@@ -334,6 +340,140 @@ def llama_cpp_decode(bin_dir: Path, path: Path, n_steps: int, rounds: int) -> di
     }
     if floats:
         result["float_ratio"] = float(np.median(np.array(floats) / np.array(theirs)))
+    return result
+
+
+def ratio(ours: list[float], theirs: list[float]) -> float:
+    """The median over rounds of ours ÷ theirs, each pair measured in the same round."""
+    return float(np.median(np.array(ours) / np.array(theirs)))
+
+
+def prefill_once(model, prompt: list[int]) -> float:
+    """One prefill of `prompt` into a fresh cache: tokens/s."""
+    cache = model.new_cache(len(prompt))
+    t0 = time.perf_counter()
+    model.prefill(prompt, cache)
+    return len(prompt) / (time.perf_counter() - t0)
+
+
+def llama_cpp_prefill(bin_dir: Path, paths: dict, lengths: list[int], rounds: int) -> list:
+    """Prefill tok/s of llama.cpp (llama-bench) and llama_np on the same GGUF files, each
+    prompt length, interleaved: every round runs each (file, length) once in each engine.
+    `ratio`: median over rounds of llama_np ÷ llama.cpp in the same round; `vs_fp32`: of
+    llama_np ÷ llama_np on the F32 file of the same weights in the same round."""
+    models = {quant: load(path) for quant, path in paths.items()}
+    lengths = [T for T in lengths if T <= min(m.config.max_seq_len for m in models.values())]
+    prompts = {T: tokens(models["F32"].config, T) for T in lengths}
+    for model in models.values():  # warm-up: compiled kernels, BLAS threads, first touch
+        prefill_once(model, prompts[lengths[0]][:64])
+    ours = {(q, T): [] for q in paths for T in lengths}
+    theirs = {(q, T): [] for q in paths for T in lengths}
+    for _ in range(rounds):
+        for T in lengths:
+            for quant, path in paths.items():
+                theirs[quant, T].append(llama_cpp.prefill(bin_dir, path, T))
+                ours[quant, T].append(prefill_once(models[quant], prompts[T]))
+    del models
+    gc.collect()
+    return [
+        {
+            "quant": quant,
+            "n_prompt": T,
+            "llama_cpp": spread(theirs[quant, T]),
+            "llama_np": spread(ours[quant, T]),
+            "ratio": ratio(ours[quant, T], theirs[quant, T]),
+            "vs_fp32": ratio(ours[quant, T], ours["F32", T]),
+        }
+        for T in lengths
+        for quant in paths
+    ]
+
+
+def batched_decode(model, batch: int, n_prompt: int, n_gen: int) -> float:
+    """`batch` sequences, each prefilled with its own n_prompt-token prompt (not timed), then
+    n_gen steps of Model.decode_batch: tokens/s of all sequences together."""
+    cache = model.new_cache(n_prompt + n_gen + 1, batch_size=batch)
+    for b in range(batch):
+        model.prefill(tokens(model.config, n_prompt, seed=b), cache, seq=b)
+    step = [5 + b for b in range(batch)]
+    t0 = time.perf_counter()
+    for _ in range(n_gen):
+        model.decode_batch(step, cache)
+    return batch * n_gen / (time.perf_counter() - t0)
+
+
+def llama_cpp_batched(
+    bin_dir: Path, path: Path, batches: list[int], n_prompt: int, n_gen: int, rounds: int
+) -> list:
+    """Batched decode tok/s (all sequences together) of llama.cpp (llama-batched-bench, a
+    shared prompt) and llama_np (Model.decode_batch) on one GGUF file, for each batch size,
+    interleaved: each round runs every batch size once in each engine; `ratio` as above."""
+    model = load(path)
+    batched_decode(model, max(batches), 8, 2)  # warm-up: kernels, BLAS threads
+    ours = {B: [] for B in batches}
+    theirs = {B: [] for B in batches}
+    for _ in range(rounds):
+        for B in batches:
+            theirs[B].append(llama_cpp.batched(bin_dir, path, n_prompt, n_gen, B))
+            ours[B].append(batched_decode(model, B, n_prompt, n_gen))
+    del model
+    gc.collect()
+    return [
+        {
+            "batch": B,
+            "llama_cpp": spread(theirs[B]),
+            "llama_np": spread(ours[B]),
+            "ratio": ratio(ours[B], theirs[B]),
+        }
+        for B in batches
+    ]
+
+
+@contextlib.contextmanager
+def busy_core(seconds: float):
+    """Another process keeping the last CPU busy (a busy loop pinned to it with taskset,
+    ended by `timeout` at the latest after `seconds`), for the duration of the block."""
+    core = str((os.cpu_count() or 1) - 1)
+    loop = [sys.executable, "-c", "while True: pass"]
+    busy = subprocess.Popen(["taskset", "-c", core, "timeout", str(seconds), *loop])
+    time.sleep(0.2)  # running
+    try:
+        yield
+    finally:
+        busy.terminate()
+        busy.wait()
+
+
+def contention(bin_dir: Path | None, path: Path, n_steps: int, rounds: int) -> dict:
+    """Decode tok/s of llama_np (and llama.cpp when given) on one GGUF file, quiet and with one
+    core kept busy by another process, interleaved round by round; `busy_ratio` is the median
+    over rounds of busy ÷ quiet (each engine its own). Then, the core free again, llama_np's
+    rate (`after`), to see the kernels go back to all their threads."""
+    model = load(path)
+    time_decode(model, n_steps, 1)  # warm-up
+    runs = {key: [] for key in ("quiet", "busy", "cpp_quiet", "cpp_busy")}
+    for _ in range(rounds):
+        runs["quiet"] += time_decode(model, n_steps, 1)
+        if bin_dir:
+            runs["cpp_quiet"].append(llama_cpp.decode(bin_dir, path, n_steps))
+        with busy_core(120):
+            runs["busy"] += time_decode(model, n_steps, 3)  # the kernels adapt: a few runs
+            if bin_dir:
+                runs["cpp_busy"].append(llama_cpp.decode(bin_dir, path, n_steps))
+    time.sleep(1)  # longer than the kernels' wait before trying all threads again
+    after = time_decode(model, n_steps, 3)
+    del model
+    gc.collect()
+    result = {
+        "quiet": spread(runs["quiet"]),
+        "busy": spread(runs["busy"]),
+        "after": spread(after),
+        "busy_ratio": float(np.median(runs["busy"]) / np.median(runs["quiet"])),
+    }
+    if bin_dir:
+        result["llama_cpp_quiet"] = spread(runs["cpp_quiet"])
+        result["llama_cpp_busy"] = spread(runs["cpp_busy"])
+        result["llama_cpp_busy_ratio"] = ratio(runs["cpp_busy"], runs["cpp_quiet"])
     return result
 
 
@@ -404,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2 repeats, few steps, no 8B model")
     parser.add_argument("--repeats", type=int, default=None, help="runs per figure (default 5)")
     parser.add_argument("--prompt-lengths", default="256,1024")
-    parser.add_argument("--batch-sizes", default="1,2,4,8", help="decode batch sizes")
+    parser.add_argument("--batch-sizes", default="1,2,4,8,16,32", help="decode batch sizes")
     parser.add_argument("--batch-model", default="stories110M")
     parser.add_argument("--big", default="int8", help=f"{BIG_MODEL} weight dtypes, or ''")
     parser.add_argument(
@@ -412,9 +552,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--kernel-layers",
-        default="numpy,numba,vnni",
-        help="kernel layers interleaved on --kernel-model and the 8B shape (vnni differs from "
-        "numba for int8 only; default: numpy,numba,vnni, each where it can run here)",
+        default="numpy,numba,int8",
+        help="kernel layers interleaved on --kernel-model and the 8B shape (int8 differs from "
+        "numba for int8 only; default: numpy,numba,int8, each where it can run here)",
     )
     parser.add_argument("--no-hf", action="store_true", help="skip HF transformers")
     parser.add_argument(
@@ -447,6 +587,26 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--llama-cpp-models", default=DEFAULT_LLAMA_CPP_MODELS)
     parser.add_argument(
+        "--prefill-models",
+        default=DEFAULT_LLAMA_CPP_MODELS,
+        help="shapes whose F32/Q8_0/Q4_K_M files are prefilled by both engines, each of "
+        f"--prompt-lengths that fits the context (default: {DEFAULT_LLAMA_CPP_MODELS}; '' skips)",
+    )
+    parser.add_argument(
+        "--batched-models",
+        default=DEFAULT_BATCHED_MODELS,
+        help="shapes whose F32/Q8_0/Q4_K_M files decode in batches in both engines "
+        f"(llama-batched-bench; default: {DEFAULT_BATCHED_MODELS}; '' skips)",
+    )
+    parser.add_argument("--batched-sizes", default="1,2,4,8,16,32")
+    parser.add_argument("--batched-prompt", type=int, default=64, help="prompt tokens per sequence")
+    parser.add_argument(
+        "--contention",
+        default=DEFAULT_CONTENTION,
+        help="MODEL:QUANT GGUF files decoded quiet and with one core kept busy by a busy loop "
+        f"(taskset), llama.cpp beside when given (default: {DEFAULT_CONTENTION}; '' skips)",
+    )
+    parser.add_argument(
         "--files",
         default=str(Path.home() / ".cache" / "llama_np" / "benchmarks"),
         help="where generated checkpoint and GGUF files are kept between runs "
@@ -470,7 +630,7 @@ def main(argv: list[str] | None = None) -> int:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     big = [] if args.quick else [d for d in args.big.split(",") if d]
     use_hf = not args.no_hf and hf_available()
-    usable = {"numpy": True, "numba": kernels.numba_available(), "vnni": kernels.vnni_available()}
+    usable = {"numpy": True, "numba": kernels.numba_available(), "int8": kernels.int8_available()}
     kernel_names = [k for k in args.kernel_layers.split(",") if usable.get(k)]
 
     print("measuring the machine ...", file=sys.stderr)
@@ -494,6 +654,9 @@ def main(argv: list[str] | None = None) -> int:
         "ttft": None,
         "kernels": [],
         "llama_cpp": [],
+        "llama_cpp_prefill": [],
+        "llama_cpp_batched": [],
+        "contention": [],
     }
 
     for name in models:
@@ -617,6 +780,39 @@ def main(argv: list[str] | None = None) -> int:
                 entry["prefill"] = spread(entry.pop("prefill_rates"))
                 entry.update(llama_cpp_decode(bin_dir, path, n_steps, repeats))
                 results["llama_cpp"].append(entry)
+        for name in [m for m in args.prefill_models.split(",") if m]:
+            print(f"{name}: prefill in llama.cpp and llama_np ...", file=sys.stderr)
+            paths = llama_cpp.gguf_files(known_config(name), name, bin_dir, files / "gguf")
+            for e in llama_cpp_prefill(bin_dir, paths, prompt_lengths, repeats):
+                results["llama_cpp_prefill"].append({"model": name, **e})
+        batches = [int(b) for b in args.batched_sizes.split(",") if b]
+        for name in [m for m in args.batched_models.split(",") if m]:
+            config = known_config(name)
+            paths = llama_cpp.gguf_files(config, name, bin_dir, files / "gguf")
+            n_gen = 4 if args.quick else 32 if n_params(config) < 500e6 else 16
+            for quant, path in paths.items():
+                print(f"{name} {quant}: batched decode in both engines ...", file=sys.stderr)
+                rows = llama_cpp_batched(
+                    bin_dir, path, batches, args.batched_prompt, n_gen, repeats
+                )
+                entry = {"model": name, "quant": quant, "n_prompt": args.batched_prompt}
+                results["llama_cpp_batched"].append({**entry, "n_gen": n_gen, "batches": rows})
+
+    for spec in [c for c in args.contention.split(",") if c]:
+        name, quant = spec.split(":")
+        bin_dir = Path(args.llama_cpp) if args.llama_cpp else None
+        if bin_dir is None and quant != "F32":
+            print(f"contention {spec} skipped: quantizing needs --llama-cpp", file=sys.stderr)
+            continue
+        print(f"{name} {quant}: decode with one core busy ...", file=sys.stderr)
+        config = known_config(name)
+        if bin_dir:
+            path = llama_cpp.gguf_files(config, name, bin_dir, files / "gguf")[quant]
+        else:
+            path = llama_cpp.gguf_f32(config, name, files / "gguf")
+        entry = {"model": name, "quant": quant}
+        entry |= contention(bin_dir, path, decode_steps(config, args.quick), repeats)
+        results["contention"].append(entry)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -679,7 +875,7 @@ def to_markdown(r: dict) -> str:
             "",
             f"Kernel layer: {m.get('kernels', '?')}. Decode, batch 1, variants interleaved "
             "round by round; × fp32 = median over rounds of the ratio to fp32 with the same "
-            "kernels (vnni: numba's, the same for fp32) in the same round.",
+            "kernels (int8: numba's, the same for fp32) in the same round.",
             "",
             "| model (random weights) | weights | kernels | decode tok/s (min–max) | "
             "roofline tok/s | % of roofline | × fp32 decode |",
@@ -795,6 +991,69 @@ def to_markdown(r: dict) -> str:
                 f"{theirs['median']:.1f} ({theirs['min']:.1f}–{theirs['max']:.1f}) | "
                 f"{ours['median']:.1f} ({ours['min']:.1f}–{ours['max']:.1f}) | {e['ratio']:.2f}× | "
                 + (f"{e['float_ratio']:.2f}× |" if "float_ratio" in e else "— |")
+            )
+    if r.get("llama_cpp_prefill"):
+        lines += [
+            "",
+            "Prefill of the same GGUF file by both engines (llama-bench `-p T -n 0`, 2 threads), "
+            "interleaved round by round; ratios are medians over rounds of per-round ratios: "
+            "÷ llama.cpp, and ÷ llama_np's own prefill of the F32 file of the same weights.",
+            "",
+            "| model, GGUF | prompt | llama.cpp tok/s (min–max) | llama_np tok/s (min–max) | "
+            "llama_np ÷ llama.cpp | ÷ llama_np F32 |",
+            "|---|---|---|---|---|---|",
+        ]
+        for e in r["llama_cpp_prefill"]:
+            theirs, ours = e["llama_cpp"], e["llama_np"]
+            lines.append(
+                f"| {e['model']} {e['quant']} | {e['n_prompt']} | {theirs['median']:.1f} "
+                f"({theirs['min']:.1f}–{theirs['max']:.1f}) | {ours['median']:.1f} "
+                f"({ours['min']:.1f}–{ours['max']:.1f}) | {e['ratio']:.2f}× | {e['vs_fp32']:.2f}× |"
+            )
+    if r.get("llama_cpp_batched"):
+        sizes = [b["batch"] for b in r["llama_cpp_batched"][0]["batches"]]
+        first = r["llama_cpp_batched"][0]
+        lines += [
+            "",
+            f"Batched decode, tokens/s of all sequences together: llama-batched-bench (`-pps "
+            f"-npp {first['n_prompt']}`, 2 threads) and llama_np's Model.decode_batch on the same "
+            "GGUF file, each sequence after its own prompt of as many tokens; interleaved round "
+            "by round. Each cell: llama_np tok/s / llama.cpp tok/s (median over rounds of "
+            "llama_np ÷ llama.cpp in the same round).",
+            "",
+            "| model, GGUF | steps | " + " | ".join(f"batch {B}" for B in sizes) + " |",
+            "|---|---|" + "---|" * len(sizes),
+        ]
+        for e in r["llama_cpp_batched"]:
+            cells = [
+                f"{b['llama_np']['median']:.0f} / {b['llama_cpp']['median']:.0f} "
+                f"({b['ratio']:.2f}×)"
+                for b in e["batches"]
+            ]
+            name = f"{e['model']} {e['quant']}"
+            lines.append(f"| {name} | {e['n_gen']} | " + " | ".join(cells) + " |")
+    if r.get("contention"):
+        lines += [
+            "",
+            "Decode with one of the cores kept busy by another process (`taskset -c LAST "
+            "timeout 120 python -c 'while True: pass'`), interleaved with quiet runs round by "
+            "round; after: llama_np once the core is free again.",
+            "",
+            "| model, GGUF | llama_np quiet tok/s | busy | busy ÷ quiet | after | "
+            "llama.cpp quiet | busy | busy ÷ quiet |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for e in r["contention"]:
+            cpp = "— | — | —"
+            if "llama_cpp_quiet" in e:
+                cpp = (
+                    f"{e['llama_cpp_quiet']['median']:.1f} | {e['llama_cpp_busy']['median']:.1f} | "
+                    f"{e['llama_cpp_busy_ratio']:.2f}×"
+                )
+            lines.append(
+                f"| {e['model']} {e['quant']} | {e['quiet']['median']:.1f} | "
+                f"{e['busy']['median']:.1f} | {e['busy_ratio']:.2f}× | {e['after']['median']:.1f} "
+                f"| {cpp} |"
             )
     return "\n".join(lines) + "\n"
 

@@ -12,7 +12,6 @@ import math
 import numpy as np
 
 from .config import RopeScaling
-from .packed import matmul
 
 NEG_INF = np.float32(-np.inf)
 
@@ -196,6 +195,6 @@ def swiglu(x: np.ndarray, w_gate_up: np.ndarray, w_down: np.ndarray) -> np.ndarr
     matmul; w_down is (F, D).
     """
     F = w_down.shape[0]
-    gate_up = matmul(x, w_gate_up)  # (T, 2F)
+    gate_up = x @ w_gate_up  # (T, 2F)
     hidden = silu(gate_up[..., :F]) * gate_up[..., F:]  # (T, F)
-    return matmul(hidden, w_down)  # (T, D)
+    return hidden @ w_down  # (T, D)

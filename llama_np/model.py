@@ -32,7 +32,6 @@ from .hooks import Hook, match_points
 from .kv_cache import KVCache
 from .layers import apply_rope, attention, chunked_attention, rms_norm, rope_tables, swiglu
 from .limits import check_kv_cache_fits
-from .packed import matmul
 from .paged_kv_cache import PagedKVCache
 from .weights import Weights, build_weights
 
@@ -250,7 +249,7 @@ class Model:
 
         # --- attention: each position gathers information from itself and earlier positions
         h = rms_norm(x, lw.attn_norm, cfg.norm_eps)  # (R, D)
-        qkv = matmul(h, lw.wqkv)  # (R, (H + 2*KVH) * HD)
+        qkv = h @ lw.wqkv  # (R, (H + 2*KVH) * HD)
         if lw.bqkv is not None:
             qkv += lw.bqkv
         positions = step.positions  # (R,)
@@ -284,7 +283,7 @@ class Model:
                 else:
                     out = attention(q_group, k_cache, v_cache, ends, hook)  # (B, T, H*HD)
             attn[rows] = out.reshape(B * T, H * HD)
-        attn_out = matmul(attn, lw.wo)  # (R, D)
+        attn_out = attn @ lw.wo  # (R, D)
         if lw.bo is not None:
             attn_out += lw.bo
         if self.hooks:
@@ -304,7 +303,7 @@ class Model:
     def head(self, x: np.ndarray) -> np.ndarray:
         """Final RMSNorm and classifier.   (..., D) -> (..., V) logits"""
         h = rms_norm(x, self.weights.final_norm, self.config.norm_eps)  # (..., D)
-        logits = matmul(h, self.weights.classifier)  # (..., V)
+        logits = h @ self.weights.classifier  # (..., V)
         if self.hooks:
             logits = self._run_hooks("logits", logits)
         return logits

@@ -8,9 +8,8 @@ NumPy can only multiply float32 fast (BLAS); there is no fast float16 or int8 ma
 compressed matrix is widened to float32 a few rows at a time into one small preallocated
 scratch buffer, and each piece is multiplied right away, while it is still in the CPU cache.
 That is the reference path. With the optional compiled kernels (llama_np/kernels/, numba),
-decode's products instead widen each weight inside the dot product: `PackedTransposed`
-asks `kernels.compiled` first and falls back to this path. `matmul` is the one product the
-model calls for every weight, fp32 included (see there).
+products instead widen each weight inside compiled loops: `PackedTransposed` asks
+`kernels.compiled` first and falls back to this path.
 
     bf16  the top 16 bits of a float32: widening is a shift (exact)
     fp16  IEEE half precision: NumPy's cast (exact, but slower than the bf16 shift)
@@ -18,14 +17,18 @@ model calls for every weight, fp32 included (see there).
           w ≈ scale * q with q in -127..127 and scale = max|w| / 127 of the group
     stored  each matrix as the checkpoint stores it: a GGUF's Q4_K, Q6_K, Q8_0, ... blocks
           (quants.py widens them), F16/BF16 as fp16/bf16, F32 as plain float32
+    fp32  (a PackedRows kind, not a weights_dtype) float32 rows for the compiled kernels:
+          weights.fp32_matrix keeps a float32 matrix so when compiled kernels are active as
+          the model loads, since decode's few activation rows multiply it faster with one
+          compiled dot product per row than OpenBLAS does; many rows go to BLAS, unwidened
 
 A GGUF's fused matrices may mix block types (a Q4_K_M file stores wv in Q6_K and wq, wk in
 Q4_K): `StackedRows` stacks such parts along the rows, and widens each piece from the part
 that holds it.
 
 A `PackedRows` holds an (N, K) matrix as rows, like an embedding table; its `.T` is the (K, N)
-matrix that activations multiply, `x @ packed.T`, exactly as the fp32 path does with a
-transposed view of the (out, in) checkpoint matrix. So model.py runs the same code either way.
+matrix that activations multiply, `x @ packed.T`, exactly as a plain float32 weight is
+multiplied, `x @ w`. So model.py runs the same code whatever the storage.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import numpy as np
 from . import arguments
 from .dtypes import BFLOAT16, bfloat16_from_float32, release_pages, to_float32
 from .errors import ArgumentError
-from .kernels import compiled
+from .kernels import compiled, few_rows
 from .quants import QUANT_TYPES, QuantizedTensor, dequantize_rows
 
 WEIGHT_DTYPES = ("fp32", "bf16", "fp16", "int8", "stored")
@@ -247,10 +250,14 @@ class PackedTransposed:
         N, K = self.packed.shape
         x = _check_inner(x, K)
         out = np.empty((*x.shape[:-1], N), dtype=np.float32)  # (..., N)
-        kernel = compiled(self.packed, x.size // K)
-        if kernel is not None:  # compiled: widens each weight inside its dot product (kernels/)
+        n_rows = x.size // K
+        kernel = compiled(self.packed, n_rows)
+        if kernel is not None:  # compiled: widens each weight inside its products (kernels/)
             kernel(x.reshape(-1, K), out.reshape(-1, N))
             return out
+        if isinstance(self.packed, PackedRows) and self.packed.kind == "fp32":
+            # float32 rows need no widening: BLAS multiplies them in one call
+            return np.matmul(x, self.packed.data.T, out=out)
         step = max(1, CHUNK_FLOATS // K)  # rows per piece
 
         def piece(start: int) -> None:
@@ -258,7 +265,7 @@ class PackedTransposed:
             w = self.packed.widen(start, stop, self.packed.scratch.rows(stop - start, K))
             np.matmul(x, w.T, out=out[..., start:stop])
 
-        if x.size <= 8 * K:
+        if few_rows(n_rows, "numpy"):
             # Decode: widening (elementwise NumPy work, one core each) is the bottleneck, and
             # NumPy releases the GIL while it runs, so threads widen pieces side by side.
             list(_widen_pool().map(piece, range(0, N, step)))
@@ -268,41 +275,17 @@ class PackedTransposed:
         return out
 
 
-# A weight matrix as the model holds it: a float32 array, or a compressed one that
-# multiplies like an array (`x @ w`) and knows its `shape`, `nbytes` and `all_finite()`.
-Matrix = np.ndarray | PackedRows | StackedRows | PackedTransposed
+# A weight matrix as the model holds it: a float32 array, or a packed one that multiplies
+# like an array (`x @ w`) and knows its `shape`, `nbytes` and `all_finite()`.
+Matrix = np.ndarray | PackedTransposed
 
 
-# Float32 matrices from this many weights up multiply decode's rows with a compiled kernel
-# when stored as rows (see matmul). Below it, BLAS's call costs less than a kernel's launch
-# (~1.5 us against ~4 us at 64x64; even at 288x288, from the CPU cache; 288x864: 12 vs 10 us).
+# Float32 matrices from this many weights up are kept as PackedRows of kind "fp32" when
+# compiled kernels are active as a model loads (weights.fp32_matrix): decode's rows then
+# multiply them with a compiled dot product per row. Below it, BLAS's call costs less than a
+# kernel's launch (~1.5 us against ~4 us at 64x64; even at 288x288, from the CPU cache;
+# 288x864: 12 vs 10 us).
 FP32_KERNEL_MIN = 1 << 16
-
-
-def fp32_rows(w: Matrix) -> bool:
-    """Whether w is a float32 matrix stored as (out, in) rows for the compiled kernels: its
-    (in, out) view is F-contiguous, and it has FP32_KERNEL_MIN weights or more."""
-    return isinstance(w, np.ndarray) and w.flags.f_contiguous and w.size >= FP32_KERNEL_MIN
-
-
-def matmul(x: np.ndarray, w: Matrix) -> np.ndarray:
-    """x (..., K) @ w (K, N) -> (..., N) float32: every weight product of the model.
-
-    This is `x @ w`, with one exception: a float32 w of FP32_KERNEL_MIN weights or more stored
-    as (N, K) rows (F-contiguous, the transposed view of its rows: model.py lays fp32 weights
-    out so when compiled kernels are active) multiplies a few activation rows, as in decode,
-    with the compiled kernels' dot product per row. Prefill's many rows stay with BLAS. A
-    compressed w has its own product (PackedTransposed.__rmatmul__).
-    """
-    if fp32_rows(w):
-        K, N = w.shape
-        x = _check_inner(x, K)
-        kernel = compiled(w.T, x.size // K)  # w.T: (N, K) C-contiguous rows
-        if kernel is not None:
-            out = np.empty((*x.shape[:-1], N), dtype=np.float32)  # (..., N)
-            kernel(x.reshape(-1, K), out.reshape(-1, N))
-            return out
-    return x @ w
 
 
 def _check_inner(x, k: int) -> np.ndarray:

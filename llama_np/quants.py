@@ -7,19 +7,21 @@ super-blocks of 256 weights split into 16 or 8 sub-blocks whose own scales are t
 quantized to 4-8 bits against the super-block's float16 scale. docs/checkpoints.md draws the
 Q8_0 and Q4_K blocks.
 
-Layouts, bytes in order (fp16 = IEEE half, little-endian; "nibbles" = two 4-bit values per
-byte, low nibble first):
+The layout of each block type, its fields in byte order, is declared once below (`Q4_K = block(
+"Q4_K", 256, d=2, dmin=2, scales=12, qs=128)`): the dequantizers here and the compiled kernels
+(kernels/) take their byte offsets from it (`Q4_K.qs` is 16, `Q4_K.bytes` 144). fp16 = IEEE
+half, little-endian; "nibbles" = two 4-bit values per byte, low nibble first; w = the weight:
 
     F32   4 per weight              F16, BF16   2 per weight
-    Q8_0  d fp16, q[32] int8                                w = d*q
-    Q4_0  d fp16, 16 bytes of nibbles: q[j] low, q[j+16] high            w = d*(q - 8)
-    Q4_1  d fp16, m fp16, nibbles as Q4_0                   w = d*q + m
-    Q5_0  d fp16, qh u32 (bit j = 5th bit of weight j), nibbles as Q4_0   w = d*(q - 16)
-    Q5_1  d fp16, m fp16, qh u32, nibbles                   w = d*q + m
-    Q2_K  scales[16] (low nibble scale, high nibble min), q[64] (2 bits each), d, dmin fp16
-    Q3_K  hmask[32] (3rd bit), q[64] (2 bits each), scales[12] (16 six-bit scales), d fp16
-    Q4_K  d, dmin fp16, scales[12] (8 six-bit scales and 8 six-bit mins), q[128] nibbles
-    Q5_K  d, dmin fp16, scales[12] as Q4_K, qh[32] (5th bits), q[128] nibbles
+    Q8_0  d fp16, qs[32] int8                                     w = d*q
+    Q4_0  d fp16, qs: 16 bytes of nibbles, q[j] low, q[j+16] high  w = d*(q - 8)
+    Q4_1  d fp16, m fp16, qs as Q4_0                              w = d*q + m
+    Q5_0  d fp16, qh u32 (bit j = 5th bit of weight j), qs as Q4_0   w = d*(q - 16)
+    Q5_1  d fp16, m fp16, qh u32, qs                              w = d*q + m
+    Q2_K  scales[16] (low nibble scale, high nibble min), qs[64] (2 bits each), d, dmin fp16
+    Q3_K  hmask[32] (3rd bit), qs[64] (2 bits each), scales[12] (16 six-bit scales), d fp16
+    Q4_K  d, dmin fp16, scales[12] (8 six-bit scales and 8 six-bit mins), qs[128] nibbles
+    Q5_K  d, dmin fp16, scales[12] as Q4_K, qh[32] (5th bits), qs[128] nibbles
     Q6_K  ql[128] (low 4 bits), qh[64] (high 2 bits), scales[16] int8, d fp16
 
 Every dequantizer below works on all blocks of a range of rows at once (NumPy over a
@@ -28,6 +30,7 @@ Every dequantizer below works on all blocks of a range of rows at once (NumPy ov
 
 from __future__ import annotations
 
+from collections import namedtuple
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,14 +39,51 @@ import numpy as np
 QK_K = 256  # weights per K-quant super-block
 
 
+def block(name: str, weights: int, **fields: int):
+    """A block layout: `fields` are its fields' sizes in bytes, in the order ggml stores them.
+
+    -> a named tuple of ints (numba's compiled kernels read it as constants): `weights` per
+    block, the block's `bytes`, and each field's byte offset, e.g. Q4_K.qs == 16.
+    """
+    offsets, at = {}, 0
+    for field, size in fields.items():
+        offsets[field] = at
+        at += size
+    return namedtuple(name, ["weights", "bytes", *offsets])(weights, at, *offsets.values())
+
+
+# The one table of block layouts (ggml-common.h's structs). Plain floats have one weight per
+# "block". fp16 fields: d (scale), dmin / m (min); qs the packed integers, qh their high bits.
+F32 = block("F32", 1, w=4)
+F16 = block("F16", 1, w=2)
+BF16 = block("BF16", 1, w=2)
+Q8_0 = block("Q8_0", 32, d=2, qs=32)
+Q4_0 = block("Q4_0", 32, d=2, qs=16)
+Q4_1 = block("Q4_1", 32, d=2, m=2, qs=16)
+Q5_0 = block("Q5_0", 32, d=2, qh=4, qs=16)
+Q5_1 = block("Q5_1", 32, d=2, m=2, qh=4, qs=16)
+Q2_K = block("Q2_K", QK_K, scales=16, qs=64, d=2, dmin=2)
+Q3_K = block("Q3_K", QK_K, hmask=32, qs=64, scales=12, d=2)
+Q4_K = block("Q4_K", QK_K, d=2, dmin=2, scales=12, qs=128)
+Q5_K = block("Q5_K", QK_K, d=2, dmin=2, scales=12, qh=32, qs=128)
+Q6_K = block("Q6_K", QK_K, ql=128, qh=64, scales=16, d=2)
+
+
 @dataclass(frozen=True)
 class QuantType:
     name: str  # as llama.cpp names it: "Q4_K"
     type_id: int  # ggml_type, as written in a GGUF tensor info
-    block_weights: int  # weights per block
-    block_bytes: int  # bytes per block
+    layout: tuple  # its block(...): weights, bytes and the fields' byte offsets
     # blocks (n, block_bytes) uint8 -> out (n, block_weights) float32, written in place
     dequantize: Callable[[np.ndarray, np.ndarray], None]
+
+    @property
+    def block_weights(self) -> int:
+        return self.layout.weights
+
+    @property
+    def block_bytes(self) -> int:
+        return self.layout.bytes
 
     @property
     def bytes_per_weight(self) -> float:
@@ -103,36 +143,37 @@ def _dequant_bf16(blocks: np.ndarray, out: np.ndarray) -> None:
 
 
 def _dequant_q8_0(blocks: np.ndarray, out: np.ndarray) -> None:
-    np.multiply(blocks[:, 2:].view(np.int8), _f16(blocks, 0), out=out)
+    np.multiply(blocks[:, Q8_0.qs :].view(np.int8), _f16(blocks, Q8_0.d), out=out)
 
 
 def _dequant_q4_0(blocks: np.ndarray, out: np.ndarray) -> None:
-    q = _nibbles(blocks[:, 2:]).reshape(-1, 32).view(np.int8)  # (n, 32)
+    q = _nibbles(blocks[:, Q4_0.qs :]).reshape(-1, 32).view(np.int8)  # (n, 32)
     q -= 8  # in int8: cheaper than a float32 pass
-    np.multiply(q, _f16(blocks, 0), out=out)
+    np.multiply(q, _f16(blocks, Q4_0.d), out=out)
 
 
 def _dequant_q4_1(blocks: np.ndarray, out: np.ndarray) -> None:
-    q = _nibbles(blocks[:, 4:]).reshape(-1, 32)  # (n, 32)
-    np.multiply(q, _f16(blocks, 0), out=out)
-    out += _f16(blocks, 2)
+    q = _nibbles(blocks[:, Q4_1.qs :]).reshape(-1, 32)  # (n, 32)
+    np.multiply(q, _f16(blocks, Q4_1.d), out=out)
+    out += _f16(blocks, Q4_1.m)
 
 
-def _q5(blocks: np.ndarray, qh_at: int) -> np.ndarray:
+def _q5(blocks: np.ndarray, layout) -> np.ndarray:
     """5-bit values of a Q5_0/Q5_1 block: nibble + 16 × bit j of qh.   -> (n, 32) uint8"""
-    high = np.unpackbits(blocks[:, qh_at : qh_at + 4], axis=1, bitorder="little")  # (n, 32)
-    return _nibbles(blocks[:, qh_at + 4 :]).reshape(-1, 32) | (high << 4)
+    qh = blocks[:, layout.qh : layout.qh + 4]
+    high = np.unpackbits(qh, axis=1, bitorder="little")  # (n, 32)
+    return _nibbles(blocks[:, layout.qs :]).reshape(-1, 32) | (high << 4)
 
 
 def _dequant_q5_0(blocks: np.ndarray, out: np.ndarray) -> None:
-    q = _q5(blocks, 2).view(np.int8)  # (n, 32)
+    q = _q5(blocks, Q5_0).view(np.int8)  # (n, 32)
     q -= 16
-    np.multiply(q, _f16(blocks, 0), out=out)
+    np.multiply(q, _f16(blocks, Q5_0.d), out=out)
 
 
 def _dequant_q5_1(blocks: np.ndarray, out: np.ndarray) -> None:
-    np.multiply(_q5(blocks, 4), _f16(blocks, 0), out=out)
-    out += _f16(blocks, 2)
+    np.multiply(_q5(blocks, Q5_1), _f16(blocks, Q5_1.d), out=out)
+    out += _f16(blocks, Q5_1.m)
 
 
 # ---------------------------------------------------------------- K-quants (256 weights)
@@ -144,9 +185,9 @@ def _dequant_q5_1(blocks: np.ndarray, out: np.ndarray) -> None:
 
 def _dequant_q2_k(blocks: np.ndarray, out: np.ndarray) -> None:
     n = blocks.shape[0]
-    scales = blocks[:, 0:16]  # (n, 16)
-    q = _crumbs(blocks[:, 16:80].reshape(n, 2, 32)).reshape(n, 16, 16)  # (n, sub-block, 16)
-    d, dmin = _f16(blocks, 80), _f16(blocks, 82)  # (n, 1) each
+    scales = blocks[:, Q2_K.scales : Q2_K.qs]  # (n, 16)
+    q = _crumbs(blocks[:, Q2_K.qs : Q2_K.d].reshape(n, 2, 32)).reshape(n, 16, 16)  # (n, 16, 16)
+    d, dmin = _f16(blocks, Q2_K.d), _f16(blocks, Q2_K.dmin)  # (n, 1) each
     scale = d * (scales & 0x0F)  # (n, 16)
     minimum = dmin * (scales >> 4)  # (n, 16)
     out3 = out.reshape(n, 16, 16)
@@ -167,12 +208,12 @@ def _q3_k_scales(s: np.ndarray) -> np.ndarray:
 
 def _dequant_q3_k(blocks: np.ndarray, out: np.ndarray) -> None:
     n = blocks.shape[0]
-    low = _crumbs(blocks[:, 32:96].reshape(n, 2, 32)).reshape(n, 256)  # (n, 256) low 2 bits
+    low = _crumbs(blocks[:, Q3_K.qs : Q3_K.scales].reshape(n, 2, 32)).reshape(n, 256)  # 2 bits
     # Weight h*128 + j*32 + b has its 3rd bit in bit 4h + j of hmask byte b: planes in order.
-    high = _bit_planes(blocks[:, 0:32]).reshape(n, 256)  # (n, 256)
+    high = _bit_planes(blocks[:, Q3_K.hmask : Q3_K.qs]).reshape(n, 256)  # (n, 256)
     q = (low | (high << 2)).view(np.int8)  # (n, 256)
     q -= 4  # -4..3: the 3rd bit set means no -4
-    scale = _f16(blocks, 108) * _q3_k_scales(blocks[:, 96:108])  # (n, 16)
+    scale = _f16(blocks, Q3_K.d) * _q3_k_scales(blocks[:, Q3_K.scales : Q3_K.d])  # (n, 16)
     np.multiply(q.reshape(n, 16, 16), scale[:, :, None], out=out.reshape(n, 16, 16))
 
 
@@ -193,25 +234,26 @@ def _k4_scales_mins(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _k_scaled(blocks: np.ndarray, q: np.ndarray, out: np.ndarray) -> None:
-    """out = d × scale × q - dmin × min per sub-block of 32.   q (n, 8, 32)"""
+    """out = d × scale × q - dmin × min per sub-block of 32.   q (n, 8, 32)
+    (Q4_K and Q5_K: d, dmin and scales at the same offsets)"""
     n = blocks.shape[0]
-    scales, mins = _k4_scales_mins(blocks[:, 4:16])  # (n, 8) each
+    scales, mins = _k4_scales_mins(blocks[:, Q4_K.scales : Q4_K.scales + 12])  # (n, 8) each
     out3 = out.reshape(n, 8, 32)
-    np.multiply(q, (_f16(blocks, 0) * scales)[:, :, None], out=out3)
-    out3 -= (_f16(blocks, 2) * mins)[:, :, None]
+    np.multiply(q, (_f16(blocks, Q4_K.d) * scales)[:, :, None], out=out3)
+    out3 -= (_f16(blocks, Q4_K.dmin) * mins)[:, :, None]
 
 
 def _dequant_q4_k(blocks: np.ndarray, out: np.ndarray) -> None:
     n = blocks.shape[0]
-    q = _nibbles(blocks[:, 16:144].reshape(n * 4, 32)).reshape(n, 8, 32)  # (n, sub-block, 32)
+    q = _nibbles(blocks[:, Q4_K.qs :].reshape(n * 4, 32)).reshape(n, 8, 32)  # (n, sub-block, 32)
     _k_scaled(blocks, q, out)
 
 
 def _dequant_q5_k(blocks: np.ndarray, out: np.ndarray) -> None:
     n = blocks.shape[0]
-    q = _nibbles(blocks[:, 48:176].reshape(n * 4, 32)).reshape(n, 8, 32)  # (n, 8, 32)
+    q = _nibbles(blocks[:, Q5_K.qs :].reshape(n * 4, 32)).reshape(n, 8, 32)  # (n, 8, 32)
     # Weight l of sub-block s has its 5th bit in bit s of qh byte l: bit plane s.
-    high = _bit_planes(blocks[:, 16:48])  # (n, 8, 32)
+    high = _bit_planes(blocks[:, Q5_K.qh : Q5_K.qs])  # (n, 8, 32)
     _k_scaled(blocks, q | (high << 4), out)
 
 
@@ -220,11 +262,11 @@ def _dequant_q6_k(blocks: np.ndarray, out: np.ndarray) -> None:
     # 32a + l (low nibble) and 64 + 32a + l (high nibble); qh byte 32h + l holds the high 2
     # bits of weights l, 32 + l, 64 + l, 96 + l in bits 0-1, 2-3, 4-5, 6-7.
     n = blocks.shape[0]
-    low = _nibbles(blocks[:, 0:128].reshape(n * 2, 64)).reshape(n, 2, 4, 32)  # (n, h, k, l)
-    high = _crumbs(blocks[:, 128:192].reshape(n, 2, 32))  # (n, h, k, l)
+    low = _nibbles(blocks[:, Q6_K.ql : Q6_K.qh].reshape(n * 2, 64)).reshape(n, 2, 4, 32)
+    high = _crumbs(blocks[:, Q6_K.qh : Q6_K.scales].reshape(n, 2, 32))  # (n, h, k, l)
     q = (low | (high << 4)).view(np.int8)  # (n, 2, 4, 32)
     q -= 32  # -32..31
-    scale = _f16(blocks, 208) * blocks[:, 192:208].view(np.int8)  # (n, 16)
+    scale = _f16(blocks, Q6_K.d) * blocks[:, Q6_K.scales : Q6_K.d].view(np.int8)  # (n, 16)
     np.multiply(q.reshape(n, 16, 16), scale[:, :, None], out=out.reshape(n, 16, 16))
 
 
@@ -233,19 +275,19 @@ def _dequant_q6_k(blocks: np.ndarray, out: np.ndarray) -> None:
 QUANT_TYPES: dict[str, QuantType] = {
     t.name: t
     for t in (
-        QuantType("F32", 0, 1, 4, _dequant_f32),
-        QuantType("F16", 1, 1, 2, _dequant_f16),
-        QuantType("Q4_0", 2, 32, 18, _dequant_q4_0),
-        QuantType("Q4_1", 3, 32, 20, _dequant_q4_1),
-        QuantType("Q5_0", 6, 32, 22, _dequant_q5_0),
-        QuantType("Q5_1", 7, 32, 24, _dequant_q5_1),
-        QuantType("Q8_0", 8, 32, 34, _dequant_q8_0),
-        QuantType("Q2_K", 10, QK_K, 84, _dequant_q2_k),
-        QuantType("Q3_K", 11, QK_K, 110, _dequant_q3_k),
-        QuantType("Q4_K", 12, QK_K, 144, _dequant_q4_k),
-        QuantType("Q5_K", 13, QK_K, 176, _dequant_q5_k),
-        QuantType("Q6_K", 14, QK_K, 210, _dequant_q6_k),
-        QuantType("BF16", 30, 1, 2, _dequant_bf16),
+        QuantType("F32", 0, F32, _dequant_f32),
+        QuantType("F16", 1, F16, _dequant_f16),
+        QuantType("Q4_0", 2, Q4_0, _dequant_q4_0),
+        QuantType("Q4_1", 3, Q4_1, _dequant_q4_1),
+        QuantType("Q5_0", 6, Q5_0, _dequant_q5_0),
+        QuantType("Q5_1", 7, Q5_1, _dequant_q5_1),
+        QuantType("Q8_0", 8, Q8_0, _dequant_q8_0),
+        QuantType("Q2_K", 10, Q2_K, _dequant_q2_k),
+        QuantType("Q3_K", 11, Q3_K, _dequant_q3_k),
+        QuantType("Q4_K", 12, Q4_K, _dequant_q4_k),
+        QuantType("Q5_K", 13, Q5_K, _dequant_q5_k),
+        QuantType("Q6_K", 14, Q6_K, _dequant_q6_k),
+        QuantType("BF16", 30, BF16, _dequant_bf16),
     )
 }
 BY_TYPE_ID: dict[int, QuantType] = {t.type_id: t for t in QUANT_TYPES.values()}
@@ -305,6 +347,6 @@ def quantize_q8_0(w: np.ndarray) -> np.ndarray:
     rounded = np.floor(x) + np.floor(2 * (x - np.floor(x)))  # |round half away from zero|
     q = (np.copysign(rounded, groups)).astype(np.int8)  # (blocks, 32)
     blocks = np.empty((N * K // 32, 34), dtype=np.uint8)  # (blocks, 34)
-    blocks[:, 0:2] = d.astype("<f2").view(np.uint8)
-    blocks[:, 2:] = q.view(np.uint8)
+    blocks[:, Q8_0.d : Q8_0.qs] = d.astype("<f2").view(np.uint8)
+    blocks[:, Q8_0.qs :] = q.view(np.uint8)
     return blocks.reshape(N, K // 32 * 34)

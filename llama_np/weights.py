@@ -22,7 +22,15 @@ from . import kernels
 from .config import LlamaConfig
 from .dtypes import release_pages, to_float32
 from .errors import CheckpointError
-from .packed import FP32_KERNEL_MIN, Matrix, Scratch, check_weights_dtype, fp32_rows, pack
+from .packed import (
+    FP32_KERNEL_MIN,
+    Matrix,
+    PackedRows,
+    PackedTransposed,
+    Scratch,
+    check_weights_dtype,
+    pack,
+)
 from .schema import tensor_specs
 
 # Loading converts checkpoint tensors this many rows at a time (16 float32 = one cache line of
@@ -61,22 +69,38 @@ LAYER_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
-def fp32_matrix(n_out: int, n_in: int) -> np.ndarray:
-    """An empty float32 (out, in) matrix, laid out in memory for the product that will run it
-    in decode.   -> (n_out, n_in); the model uses its (in, out) transpose, x @ W.
+def fp32_matrix(
+    n_out: int,
+    n_in: int,
+    fill: Callable[[np.ndarray], None],
+    scratch: Scratch,
+    blas_rows: bool = False,
+) -> Matrix:
+    """A float32 weight of (out, in) checkpoint rows, as the model multiplies it: x @ W (in, out).
 
-    With numpy kernels, BLAS: the transposed view of (in, out) rows, which OpenBLAS's
-    matrix-vector product streams fastest (measured from DRAM at D = 288: up to 2.7x faster
-    than dot products along rows of length D; ~1.1-1.2x at D = 768-2048; the classifier at
-    V=32000, D=768: 59 vs 35 GB/s). With compiled kernels active when the model is loaded,
-    and at least packed.FP32_KERNEL_MIN weights: (out, in) rows, one compiled dot product each
-    (packed.matmul), faster still (decode: stories15M 1.2-1.3x, stories110M 1.0-1.3x as the
-    machine's load varies, TinyLlama ~1.05x).
+    `fill(target)` writes the checkpoint matrix into `target`, an (out, in) array laid out in
+    memory for the product that will run it in decode. With compiled kernels active as the
+    model loads, and at least packed.FP32_KERNEL_MIN weights: its (out, in) rows, kept as a
+    PackedRows of kind "fp32", whose few-row products run one compiled dot product per row
+    (faster than OpenBLAS's matrix-vector product at these sizes: decode stories15M 1.2-1.3x,
+    stories110M 1.0-1.3x as the machine's load varies, TinyLlama ~1.05x); more rows go to BLAS.
+    Otherwise a plain (in, out) array, the layout OpenBLAS's matrix-vector product streams
+    fastest (measured from DRAM at D = 288: up to 2.7x faster than dot products along rows of
+    length D; ~1.1-1.2x at D = 768-2048; the classifier at V=32000, D=768: 59 vs 35 GB/s), or,
+    `blas_rows`, the (in, out) view of (out, in) rows (w_down: see build_weights).
     """
     # size first: a small model never imports numba (kernels.active's first call, ~0.3 s)
     if n_out * n_in >= FP32_KERNEL_MIN and kernels.active() != "numpy":
-        return np.empty((n_out, n_in), dtype=np.float32)
-    return np.empty((n_in, n_out), dtype=np.float32).T
+        rows = np.empty((n_out, n_in), dtype=np.float32)  # (out, in)
+        fill(rows)
+        return PackedRows("fp32", rows, None, scratch).T
+    if blas_rows:
+        rows = np.empty((n_out, n_in), dtype=np.float32)  # (out, in)
+        fill(rows)
+        return rows.T
+    w = np.empty((n_in, n_out), dtype=np.float32)  # (in, out)
+    fill(w.T)
+    return w
 
 
 @dataclass
@@ -86,13 +110,19 @@ class Weights:
     final_norm: np.ndarray  # (D,)
     classifier: Matrix  # (D, V); `embedding` is its transposed view when tied
 
+    def kinds(self) -> set[str]:
+        """The packed kinds of the weight matrices kept for the kernel layer (packed.py: "Q4_K",
+        "int8", "fp32" rows, ...); plain float32 arrays have none."""
+        matrices = [self.classifier, *(m for lw in self.layers for m in vars(lw).values())]
+        rows = [m.packed for m in matrices if isinstance(m, PackedTransposed)]
+        return {part.kind for r in rows for part in getattr(r, "parts", [r])}
+
     def uses_compiled_kernels(self) -> bool:
-        """Whether decode multiplies these weights with the compiled kernels (kernels/):
-        compressed ones, or fp32 matrices laid out as rows for them (fp32_matrix)."""
-        matrices = [self.classifier]
-        matrices += [m for lw in self.layers for m in (lw.wqkv, lw.wo, lw.w_gate_up)]
-        candidates = any(not isinstance(m, np.ndarray) or fp32_rows(m) for m in matrices)
-        return candidates and kernels.active() != "numpy"
+        """Whether these weights are multiplied with the compiled kernels (kernels/):
+        compressed ones, or fp32 ones kept as rows for them (fp32_matrix)."""
+        matrices = [self.classifier, *(m for lw in self.layers for m in (lw.wqkv, lw.wo))]
+        packed = any(not isinstance(m, np.ndarray) for m in matrices)
+        return packed and kernels.active() != "numpy"
 
     def nbytes(self, tied: bool) -> int:
         """Bytes the weights occupy in memory (a `tied` embedding/classifier counted once)."""
@@ -178,7 +208,7 @@ def build_weights(
 
     scratch = Scratch()  # shared by every compressed matrix; unused for fp32
 
-    def fused(*names: str) -> Matrix:
+    def fused(*names: str, blas_rows: bool = False) -> Matrix:
         # Stack (out, in) matrices along `out` (q, k, v or gate, up: one matmul instead of
         # several). Compressed formats keep (out, in) rows, which they widen piece by piece.
         if weights_dtype != "fp32":
@@ -186,19 +216,12 @@ def build_weights(
             report(len(names))
             return packed.T
         rows = [tensors[n].shape[0] for n in names]
-        stacked = fp32_matrix(sum(rows), tensors[names[0]].shape[1])  # (out, in)
-        for name, start, n in zip(names, np.cumsum([0, *rows]), rows, strict=False):
-            convert(name, stacked[start : start + n])
-        return stacked.T  # (in, out)
 
-    def rows_kept(name: str) -> Matrix:
-        # w_down, whose input (F) is wider than its output (D), is kept as (D, F) rows for
-        # BLAS too: OpenBLAS's matrix-vector product runs faster through them (measured:
-        # stories110M decode 61 -> 72 tok/s, 15M +3%, TinyLlama unchanged; no such gain
-        # for wo, and a loss for wqkv/w_gate_up).
-        if weights_dtype != "fp32":
-            return fused(name)
-        return f32(name).T  # (out, in) array, used as its (in, out) view
+        def fill(stacked: np.ndarray) -> None:  # (out, in)
+            for name, start, n in zip(names, np.cumsum([0, *rows]), rows, strict=False):
+                convert(name, stacked[start : start + n])
+
+        return fp32_matrix(sum(rows), tensors[names[0]].shape[1], fill, scratch, blas_rows)
 
     def bias(*names: str) -> np.ndarray | None:
         # Optional in the schema: a checkpoint has all of a group's biases or none.
@@ -222,7 +245,11 @@ def build_weights(
             elif role == "bias":
                 fields[field] = bias(*names)
             elif field == "w_down":
-                fields[field] = rows_kept(names[0])
+                # w_down, whose input (F) is wider than its output (D), is kept as (D, F) rows
+                # for BLAS too: OpenBLAS's matrix-vector product runs faster through them
+                # (measured: stories110M decode 61 -> 72 tok/s, 15M +3%, TinyLlama unchanged;
+                # no such gain for wo, and a loss for wqkv/w_gate_up).
+                fields[field] = fused(*names, blas_rows=True)
             else:
                 fields[field] = fused(*names)
         return LayerWeights(**fields)
@@ -235,11 +262,11 @@ def build_weights(
         # as its rows (V, D): with the BLAS layout a strided gather of D values per token,
         # microseconds.
         table = "tok_embeddings.weight" if config.tie_embeddings else "output.weight"
-        rows = fp32_matrix(config.vocab_size, config.dim)  # (V, D)
-        convert(table, rows)
-        classifier = rows.T  # (D, V)
-        if config.tie_embeddings:
-            embedding = rows  # (V, D)
+        classifier = fused(table)  # (D, V)
+        if config.tie_embeddings:  # (V, D) rows: a PackedRows, or the array's transposed view
+            embedding = (
+                classifier.packed if isinstance(classifier, PackedTransposed) else classifier.T
+            )
         else:
             embedding = f32("tok_embeddings.weight")  # (V, D)
     else:

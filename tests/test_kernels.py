@@ -2,10 +2,13 @@
 
 GGUF block kernels are checked against the `gguf` package's own dequantizer (llama.cpp's
 Python reference) followed by a float64 product; this project's int8/bf16/fp16 kernels against
-its NumPy path (widen + BLAS) and float64. The compiled tests skip when numba is not installed
-(the vnni ones also on a CPU without AVX-512 VNNI), saying why in the summary; a numba that is
-installed but does not import fails test_installed_numba_imports in CI. The NumPy-only tests
-run everywhere.
+its NumPy path (widen + BLAS) and float64. Every product is tried with 1 to 64 activation rows
+(decode's dot products, a batch's, prefill's widened tiles), each kernel on its own and through
+the dispatch that picks it. The compiled tests skip when numba is not installed (the int8 ones
+also on a CPU without AVX2), saying why in the summary; a numba that is installed but does not
+import fails test_installed_numba_imports in CI. The NumPy-only tests run everywhere. The int8
+kernels run the instruction of the CPU they compile for (AVX2 or AVX-512 VNNI); on a VNNI
+machine the AVX2 code is also compiled and checked, in a subprocess.
 """
 
 import os
@@ -24,17 +27,19 @@ from llama_np import kernels
 from llama_np.cli import main as cli_main
 from llama_np.errors import ArgumentError
 from llama_np.packed import PackedRows, Scratch, StackedRows, pack
+from llama_np.quants import Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
 
 ROOT = Path(__file__).resolve().parents[1]
 NUMBA_PROBLEM = kernels.numba_unavailable()  # None, not installed, or a broken install
-VNNI_PROBLEM = kernels.vnni_unavailable()  # ... or this CPU has no AVX-512 VNNI
+INT8_PROBLEM = kernels.int8_unavailable()  # ... or this CPU has neither AVX2 nor VNNI
 NUMBA_SKIP = f"{NUMBA_PROBLEM}: compiled kernels not tested" + (
     " (pip install -e '.[fast]')" if NUMBA_PROBLEM == kernels.NUMBA_NOT_INSTALLED else ""
 )
 requires_numba = pytest.mark.skipif(NUMBA_PROBLEM is not None, reason=NUMBA_SKIP)
-requires_vnni = pytest.mark.skipif(
-    VNNI_PROBLEM is not None, reason=f"{VNNI_PROBLEM}: vnni kernels not tested"
+requires_int8 = pytest.mark.skipif(
+    INT8_PROBLEM is not None, reason=f"{INT8_PROBLEM}: int8 kernels not tested"
 )
+ROWS = st.integers(1, 64)  # activation rows: decode, batches, prefill-sized tiles
 
 
 def test_installed_numba_imports():
@@ -42,7 +47,7 @@ def test_installed_numba_imports():
     every compiled-kernel test as if numba were absent: in CI ($CI set) that is a failure;
     locally a skip that says so. numba not installed at all is a skip everywhere."""
     if NUMBA_PROBLEM is None:
-        assert kernels.numba_available() and kernels.active() in ("numba", "vnni")
+        assert kernels.numba_available() and kernels.active() in ("numba", "int8")
     elif NUMBA_PROBLEM == kernels.NUMBA_NOT_INSTALLED:
         pytest.skip(NUMBA_SKIP)
     elif os.environ.get("CI"):
@@ -71,25 +76,24 @@ def test_unavailable_numba_says_why_and_falls_back_to_numpy(block, reason):
         "import sys\n"
         f"{block}\n"
         "from llama_np import kernels\n"
-        "print(kernels.numba_unavailable()); print(kernels.vnni_unavailable())\n"
+        "print(kernels.numba_unavailable()); print(kernels.int8_unavailable())\n"
         "print(kernels.active()); print(kernels.describe())\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stderr
-    why, vnni_why, active, described = done.stdout.splitlines()
-    assert why.startswith(reason) and vnni_why == why
+    why, int8_why, active, described = done.stdout.splitlines()
+    assert why.startswith(reason) and int8_why == why
     assert active == "numpy" and reason in described
 
 
 @requires_numba
-def test_vnni_skip_reason_names_the_cpu():
-    """Where numba works, the vnni kernels run or the reason names what is missing."""
-    assert VNNI_PROBLEM is None or VNNI_PROBLEM in (
-        "this CPU has no AVX-512 VNNI",
+def test_int8_skip_reason_names_the_cpu():
+    """Where numba works, the int8 kernels run or the reason names what is missing."""
+    assert INT8_PROBLEM is None or INT8_PROBLEM in (
+        "this CPU has neither AVX2 nor AVX-512 VNNI",
         "numba compiles for another CPU ($NUMBA_CPU_NAME)",
-        "numba compiles for other CPU features ($NUMBA_CPU_FEATURES)",
     )
 
 
@@ -118,15 +122,11 @@ def close(out: np.ndarray, ref: np.ndarray, magnitude: np.ndarray, rtol: float =
 
 # name: (weights per block, bytes per block, byte offsets of the block's fp16 scales/mins)
 BLOCKS = {
-    "Q8_0": (32, 34, (0,)),
-    "Q4_0": (32, 18, (0,)),
-    "Q4_1": (32, 20, (0, 2)),
-    "Q5_0": (32, 22, (0,)),
-    "Q5_1": (32, 24, (0, 2)),
-    "Q4_K": (256, 144, (0, 2)),
-    "Q5_K": (256, 176, (0, 2)),
-    "Q6_K": (256, 210, (208,)),
-}
+    name: (layout.weights, layout.bytes, tuple(getattr(layout, f) for f in ("d", "dmin", "m")
+                                               if f in layout._fields))
+    for name, layout in {"Q8_0": Q8_0, "Q4_0": Q4_0, "Q4_1": Q4_1, "Q5_0": Q5_0, "Q5_1": Q5_1,
+                         "Q4_K": Q4_K, "Q5_K": Q5_K, "Q6_K": Q6_K}.items()
+}  # fmt: skip
 # Largest |weight| per unit of a block's fp16 fields (sub-block scale × quant, or min): bounds
 # the terms of a product, to size the float32 rounding allowed.
 FIELD_GAIN = {"Q8_0": 128, "Q4_0": 8, "Q4_1": 16, "Q5_0": 16, "Q5_1": 32}
@@ -158,12 +158,20 @@ def field_magnitude(kind: str, raw: np.ndarray) -> np.ndarray:
     return np.max([v.max(axis=(1, 2)) for v in values], axis=0) * FIELD_GAIN[kind]
 
 
+def gguf_weights(kind: str, raw: np.ndarray) -> np.ndarray:
+    """The `gguf` package's dequantization of rows of blocks, as float64 (N, K)."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    return dequantize(raw, GGMLQuantizationType[kind]).astype(np.float64)
+
+
 def block_cases(test):
     """Hypothesis cases for a block-kernel test(kind, blocks, n, b, scales, seed)."""
     cases = given(
         blocks=st.integers(1, 4),
         n=st.integers(1, 9),
-        b=st.integers(1, 8),
+        b=ROWS,
         scales=st.sampled_from(["random", "zero", "extreme"]),
         seed=st.integers(0, 2**16),
     )
@@ -174,41 +182,60 @@ def block_cases(test):
 @pytest.mark.parametrize("kind", sorted(BLOCKS))
 @block_cases
 def test_block_kernels_match_gguf_dequantize(kind, blocks, n, b, scales, seed):
-    from gguf import GGMLQuantizationType
-    from gguf.quants import dequantize
+    """numba's float dot products, its widened tiles in registers and those for BLAS, each on
+    any number of activation rows, against gguf's dequantizer and a float64 product."""
+    from llama_np.kernels import numba_jit
 
     k = blocks * BLOCKS[kind][0]
     raw = random_blocks(kind, n, k, seed, scales)
+    packed = PackedRows(kind, raw, None, Scratch())
     x = np.random.default_rng(seed + 1).standard_normal((b, k)).astype(np.float32)  # (B, K)
     x[:, :3] = [0.0, -1e4, 1e-20][: min(3, k)]  # a zero, a large and a tiny activation
 
-    out = np.empty((b, n), dtype=np.float32)  # (B, N)
-    kernels.use("numba")  # float activations (vnni's: test_vnni_kernels_...)
-    try:
-        kernels.compiled(PackedRows(kind, raw, None, Scratch()), b)(x, out)
-    finally:
-        kernels.use(None)
-
-    w = dequantize(raw, GGMLQuantizationType[kind]).astype(np.float64)  # (N, K)
+    w = gguf_weights(kind, raw)  # (N, K)
     assert w.shape == (n, k)
     ref = x.astype(np.float64) @ w.T  # (B, N)
     magnitude = np.abs(x).astype(np.float64).sum(axis=1, keepdims=True) * field_magnitude(kind, raw)
-    assert close(out, ref, magnitude)
+    for kernel in (numba_jit.KINDS[kind], numba_jit.TILES[kind], kernels._widened_product):
+        out = np.full((b, n), np.nan, dtype=np.float32)  # (B, N)
+        kernel(packed, x, out)
+        assert close(out, ref, magnitude)
+
+
+@requires_numba
+@pytest.mark.parametrize("kind", [*sorted(BLOCKS), "int8", "bf16", "fp16"])
+@settings(max_examples=6, deadline=None)
+@given(start=st.integers(0, 5), n=st.integers(1, 6), seed=st.integers(0, 2**16))
+def test_widening_equals_the_numpy_path(kind, start, n, seed):
+    """numba's widening (for the tiles BLAS multiplies) gives exactly the NumPy path's float32
+    weights, any range of rows, extreme scales included."""
+    from llama_np.kernels import numba_jit
+
+    if kind in BLOCKS:
+        raw = random_blocks(kind, start + n, 512, seed, "extreme" if seed % 2 else "random")
+        packed = PackedRows(kind, raw, None, Scratch())
+    else:
+        values = "extreme" if seed % 2 else "random"
+        packed = pack(kind, own_weights(kind, start + n, 512, seed, values), Scratch())
+    expected = packed.widen(start, start + n, np.empty((n, 512), dtype=np.float32))
+    out = np.full((n, 512), np.nan, dtype=np.float32)
+    numba_jit.WIDEN[kind](packed, start, start + n, out)
+    np.testing.assert_array_equal(out, expected)
 
 
 @requires_numba
 @settings(max_examples=10, deadline=None)
 @given(
     n=st.lists(st.integers(1, 5), min_size=2, max_size=3),
-    b=st.integers(1, 8),
+    b=ROWS,
+    kernel=st.sampled_from(["numba", "int8"]),
     seed=st.integers(0, 2**16),
 )
-def test_mixed_kind_stack_runs_each_parts_kernel(n, b, seed):
+def test_mixed_kind_stack_runs_each_parts_kernel(n, b, kernel, seed):
     """A fused matrix stored in several kinds (Q4_K_M's q/k in Q4_K, v in Q6_K): each part's
-    kernel fills its own columns of the output, for one activation row or several."""
-    from gguf import GGMLQuantizationType
-    from gguf.quants import dequantize
-
+    kernel fills its own columns of the output, for one activation row or many."""
+    if kernel == "int8" and not kernels.int8_available():
+        kernel = "numba"
     kinds = ["Q4_K", "Q6_K", "Q8_0"][: len(n)]
     raws = [
         random_blocks(kind, rows, 256, seed + i, "random")
@@ -218,28 +245,29 @@ def test_mixed_kind_stack_runs_each_parts_kernel(n, b, seed):
         [PackedRows(kind, raw, None, Scratch()) for kind, raw in zip(kinds, raws, strict=True)]
     )
     x = np.random.default_rng(seed).standard_normal((b, 256)).astype(np.float32)  # (B, K)
-    kernels.use("numba")
+    kernels.use(kernel)
     try:
-        kernel = kernels.compiled(stack, b)
-        assert kernel is not None
+        run = kernels.compiled(stack, b)
+        assert run is not None
         out = np.full((b, sum(n)), np.nan, dtype=np.float32)  # (B, N)
-        kernel(x, out)
+        run(x, out)
     finally:
         kernels.use(None)
 
-    w = np.concatenate(
-        [dequantize(raw, GGMLQuantizationType[kind]) for kind, raw in zip(kinds, raws, strict=True)]
-    ).astype(np.float64)  # (N, K)
-    ref = x.astype(np.float64) @ w.T  # (B, N)
+    w = np.concatenate([gguf_weights(kind, raw) for kind, raw in zip(kinds, raws, strict=True)])
     magnitude = np.abs(x).astype(np.float64) @ np.abs(w).T
-    assert close(out, ref, magnitude)
+    if kernel == "int8":  # activations rounded to int8 (per 256; per 32 for Q8_0's columns)
+        x = x.astype(np.float64)
+        half_step = np.abs(x).max(axis=1, keepdims=True) / 127 / 2
+        magnitude = magnitude + half_step * np.abs(w).sum(axis=1) * 1e5
+    assert close(out, x.astype(np.float64) @ w.T, magnitude)
 
 
-# ---------------------------------------------------------------- vnni: int8 activations
+# ---------------------------------------------------------------- int8: int8 activations
 
 
 def rounded_rows(x: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
-    """float64 (x as the vnni kernels round it, the rounding's bound), both (B, K): each group
+    """float64 (x as the int8 kernels round it, the rounding's bound), both (B, K): each group
     of values scaled by max|x| / 127 and rounded to integers, so off by at most half a step."""
     blocks = x.astype(np.float64).reshape(x.shape[0], -1, group)  # (B, K/G, G)
     step = np.abs(blocks).max(axis=-1, keepdims=True) / 127  # (B, K/G, 1)
@@ -247,94 +275,111 @@ def rounded_rows(x: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
     return rounded.reshape(x.shape), np.broadcast_to(step / 2, blocks.shape).reshape(x.shape)
 
 
-@requires_vnni
-@pytest.mark.parametrize("kind", ["Q4_K", "Q5_K", "Q6_K", "Q8_0"])
+@requires_int8
+@pytest.mark.parametrize("kind", ["Q4_K", "Q5_K", "Q6_K", "Q8_0", "Q4_0", "Q5_0"])
 @block_cases
-def test_vnni_kernels_are_the_product_with_rounded_activations(kind, blocks, n, b, scales, seed):
-    """vnni's integer products equal the float64 product of gguf's dequantized weights with
-    the activations rounded to int8 per 256 (Q8_0: per 32) (float32 rounding aside), and so
-    differ from the exact product by no more than the rounding allows: Σ |w| × half a step."""
-    from gguf import GGMLQuantizationType
-    from gguf.quants import dequantize
+def test_int8_kernels_are_the_product_with_rounded_activations(kind, blocks, n, b, scales, seed):
+    """int8's integer products equal the float64 product of gguf's dequantized weights with
+    the activations rounded to int8 per 256 (32-weight blocks: per 32) (float32 rounding
+    aside), and so differ from the exact product by no more than the rounding allows: Σ |w| ×
+    half a step. Rows of 32-weight blocks whose count 8 does not divide (stories15M's 288)
+    end in single blocks."""
+    from llama_np.kernels import int8
 
-    k = blocks * 256
+    small = BLOCKS[kind][0] == 32
+    k = blocks * 256 + (32 * (seed % 3) if small else 0)
     raw = random_blocks(kind, n, k, seed, scales)
     x = np.random.default_rng(seed + 1).standard_normal((b, k)).astype(np.float32)  # (B, K)
     x[:, :3] = [0.0, -1e3, 1e-20]  # a zero, a large and a tiny activation
-    out = np.empty((b, n), dtype=np.float32)  # (B, N)
-    kernels.use("vnni")
-    try:
-        kernels.compiled(PackedRows(kind, raw, None, Scratch()), b)(x, out)
-    finally:
-        kernels.use(None)
+    out = np.full((b, n), np.nan, dtype=np.float32)  # (B, N)
+    int8.KINDS[kind](PackedRows(kind, raw, None, Scratch()), x, out)
 
-    w = dequantize(raw, GGMLQuantizationType[kind]).astype(np.float64)  # (N, K)
-    rounded, half_step = rounded_rows(x, 32 if kind == "Q8_0" else 256)
+    w = gguf_weights(kind, raw)  # (N, K)
+    rounded, half_step = rounded_rows(x, 32 if small else 256)
     magnitude = np.abs(rounded).sum(axis=1, keepdims=True) * field_magnitude(kind, raw)
     assert close(out, rounded @ w.T, magnitude)
     exact = x.astype(np.float64) @ w.T
     assert np.all(np.abs(out - exact) <= half_step @ np.abs(w).T + 1e-5 * magnitude + 1e-30)
 
 
-@requires_vnni
-def test_vnni_rounding_keeps_zeros_and_nan(use_kernels):
+@requires_int8
+def test_int8_rounding_keeps_zeros_and_nan(use_kernels):
     """A row of zeros gives zeros (scale 0, no division); NaN or Inf in a block of 256
     activations makes the outputs NaN, as a float product would make them NaN or Inf."""
     raw = random_blocks("Q4_K", 3, 512, 0, "random")
     packed = PackedRows("Q4_K", raw, None, Scratch())
-    use_kernels("vnni")
+    use_kernels("int8")
     x = np.zeros((3, 512), dtype=np.float32)
     x[1, 300], x[2, 5] = np.nan, np.inf
     out = x @ packed.T  # (3, 3)
     assert np.all(out[0] == 0) and np.all(np.isnan(out[1:]))
 
 
-@requires_vnni
-@pytest.mark.parametrize("kind", ["Q8_0", "int8"])
-@pytest.mark.parametrize(("k", "integer"), [(512, True), (288, False)])
-def test_vnni_q8_0_and_int8_need_rows_of_whole_256s(kind, k, integer, use_kernels):
-    """vnni's Q8_0 and int8 kernels take 256 weights at a time: rows of another length
-    (stories15M's 288) keep numba's float kernel."""
-    from llama_np.kernels import numba_jit, vnni
-
-    if kind == "Q8_0":
-        packed = PackedRows("Q8_0", random_blocks("Q8_0", 3, k, 0, "random"), None, Scratch())
-    else:
-        packed = pack("int8", np.ones((3, k), dtype=np.float32), Scratch())
-    assert vnni.supports(packed) is integer
-    use_kernels("vnni")
-    kernel = kernels._kernel("vnni", packed)
-    expected = vnni.KINDS[kind] if integer else numba_jit.KINDS[kind]
-    assert kernel is expected
-
-
-@requires_vnni
+@requires_int8
 @settings(max_examples=15, deadline=None)
 @given(
-    blocks=st.integers(1, 3),
+    groups=st.integers(1, 20),  # rows of 32 × groups: whole 256s and single groups after them
     n=st.integers(1, 9),
-    b=st.integers(1, 8),
+    b=ROWS,
     values=st.sampled_from(["random", "zero", "extreme"]),
     seed=st.integers(0, 2**16),
 )
-def test_vnni_int8_is_the_product_with_rounded_activations(blocks, n, b, values, seed):
-    """This project's int8 weights (one float32 scale per 32) through vnni: the float64
-    product of the stored weights with activations rounded to int8 per 32, as for Q8_0 (float32
-    rounding aside), and within the rounding's bound of the exact product."""
-    k = 256 * blocks
+def test_int8_weights_are_the_product_with_rounded_activations(groups, n, b, values, seed):
+    """This project's int8 weights (one float32 scale per 32) through the int8 kernel: the
+    float64 product of the stored weights with activations rounded to int8 per 32, as for
+    Q8_0 (float32 rounding aside), and within the rounding's bound of the exact product."""
+    from llama_np.kernels import int8
+
+    k = 32 * groups
     packed = pack("int8", own_weights("int8", n, k, seed, values), Scratch())
     x = np.random.default_rng(seed + 1).standard_normal((b, k)).astype(np.float32)  # (B, K)
     x[:, :3] = [0.0, -1e3, 1e-20]  # a zero, a large and a tiny activation
-    out = product(packed, x, "vnni")  # (B, N)
+    out = np.full((b, n), np.nan, dtype=np.float32)  # (B, N)
+    int8.KINDS["int8"](packed, x, out)
 
     w = packed[np.arange(n)].astype(np.float64)  # (N, K) the weights as stored
     rounded, half_step = rounded_rows(x, 32)
-    # The kernel multiplies q + 128 (vpdpbusd needs an unsigned side) and subtracts 128 Σ xq
-    # after: its float32 terms reach 256 × the weights' scale.
+    # VNNI multiplies q + 128 (vpdpbusd needs an unsigned side) and subtracts 128 Σ xq after:
+    # its float32 terms reach 256 × the weights' scale.
     magnitude = np.abs(rounded).sum(axis=1, keepdims=True) * 256 * packed.scales.max(axis=(1, 2))
     assert close(out, rounded @ w.T, magnitude)
     exact = x.astype(np.float64) @ w.T
     assert np.all(np.abs(out - exact) <= half_step @ np.abs(w).T + 1e-5 * magnitude + 1e-30)
+
+
+def _int8_isa() -> str | None:
+    from llama_np.kernels import int8
+
+    return int8.ISA
+
+
+@requires_int8
+@pytest.mark.skipif(
+    not kernels.int8_available() or _int8_isa() != "vnni",
+    reason="the CPU's own instruction is AVX2 already: tested above",
+)
+def test_int8_kernels_compiled_for_avx2_on_a_vnni_cpu():
+    """On an AVX-512 VNNI machine, the AVX2 code (numba told the CPU has no VNNI) passes the
+    same checks, in a fresh process (numba caches each CPU's code apart)."""
+    script = (
+        "import numpy as np, test_kernels as t\n"
+        "from llama_np.kernels import int8\n"
+        "assert int8.ISA == 'avx2', int8.ISA\n"
+        "for kind in ('Q4_K', 'Q5_K', 'Q6_K', 'Q8_0', 'Q4_0', 'Q5_0'):\n"
+        "    t.test_int8_kernels_are_the_product_with_rounded_activations.hypothesis.inner_test(\n"
+        "        kind=kind, blocks=2, n=5, b=9, scales='random', seed=7)\n"
+        "t.test_int8_weights_are_the_product_with_rounded_activations.hypothesis.inner_test(\n"
+        "    groups=9, n=4, b=3, values='random', seed=3)\n"
+    )
+    env = {
+        **os.environ,
+        "NUMBA_CPU_FEATURES": "-avx512vnni",
+        "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 # ---------------------------------------------------------------- int8 / bf16 / fp16
@@ -352,48 +397,68 @@ def own_weights(kind: str, n: int, k: int, seed: int, values: str) -> np.ndarray
     return w
 
 
-@requires_numba
 @pytest.mark.parametrize("kind", ["int8", "bf16", "fp16"])
 @settings(max_examples=15, deadline=None)
 @given(
     groups=st.integers(1, 4),
     group=st.sampled_from([32, 24, 43]),  # K = 24·g or 43·g: int8 groups other than 32
     n=st.integers(1, 9),
-    b=st.integers(1, 8),
+    b=ROWS,
     values=st.sampled_from(["random", "zero", "extreme"]),
     seed=st.integers(0, 2**16),
 )
 def test_own_format_kernels_match_numpy_path(kind, groups, group, n, b, values, seed):
+    """The NumPy path, and numba's float kernels where numba is installed (dot products or
+    widened tiles by row count), against a float64 product of the stored weights."""
     k = groups * group
     w = own_weights(kind, n, k, seed, values)
     packed = pack(kind, w, Scratch())
     x = np.random.default_rng(seed + 1).standard_normal((b, k)).astype(np.float32)  # (B, K)
     x[:, 0] = 0.0
 
-    numpy_out = product(packed, x, "numpy")
-    numba_out = product(packed, x, "numba")
     stored = packed[np.arange(n)].astype(np.float64)  # (N, K) the weights as stored
     ref = x.astype(np.float64) @ stored.T  # (B, N)
     magnitude = np.abs(x).astype(np.float64) @ np.abs(stored).T
-    assert close(numba_out, ref, magnitude)
-    assert close(numpy_out, ref, magnitude)
+    assert close(product(packed, x, "numpy"), ref, magnitude)
+    if kernels.numba_available():
+        assert close(product(packed, x, "numba"), ref, magnitude)
 
 
 @requires_numba
-def test_compiled_kernels_only_for_small_batches(use_kernels):
-    packed = pack("int8", np.ones((4, 64), dtype=np.float32), Scratch())
-    use_kernels("numba")
-    assert kernels.compiled(packed, kernels.MAX_ROWS) is not None
-    assert kernels.compiled(packed, kernels.MAX_ROWS + 1) is None  # prefill: BLAS on pieces
+@pytest.mark.parametrize("name", ["numba", "int8"])
+def test_row_count_picks_dot_products_or_widened_tiles(name, use_kernels):
+    """Up to few_rows(n) activation rows a product runs dot products (int8's integer ones for
+    the kinds it has, numba's float ones for the rest, fp32 rows included); more rows, up to
+    TILE_ROWS, widened tiles in registers; more still, widened tiles for BLAS. numpy kernels:
+    no compiled kernel at all."""
+    from llama_np.kernels import int8, numba_jit
+
+    if name == "int8" and not kernels.int8_available():
+        pytest.skip("no AVX2 or AVX-512 VNNI")
+    use_kernels(name)
+    for kind in ("Q4_K", "Q5_0", "fp32"):
+        rows = (
+            PackedRows("fp32", np.ones((4, 256), dtype=np.float32), None, Scratch())
+            if kind == "fp32"
+            else PackedRows(kind, random_blocks(kind, 4, 256, 0, "random"), None, Scratch())
+        )
+        family = "int8" if name == "int8" and int8.supports(rows) else "numba"
+        dots = (int8 if family == "int8" else numba_jit).KINDS[kind]
+        last = kernels.DOT_ROWS[family]
+        assert kernels._kernel(name, rows, 1) is dots
+        assert kernels._kernel(name, rows, last) is dots
+        assert kernels._kernel(name, rows, last + 1) is numba_jit.TILES[kind]
+        assert kernels._kernel(name, rows, kernels.TILE_ROWS) is numba_jit.TILES[kind]
+        assert kernels._kernel(name, rows, kernels.TILE_ROWS + 1) is kernels._widened_product
     use_kernels("numpy")
-    assert kernels.compiled(packed, 1) is None
+    assert kernels.compiled(rows, 1) is None
 
 
 @requires_numba
 @pytest.mark.parametrize(("k", "compiled"), [(64, True), (16, False), (43, False), (96, True)])
 def test_int8_kernel_needs_groups_of_32(k, compiled, use_kernels):
-    """The int8 kernel finds a weight's scale by shifting its index by 5: groups of 16 or 43
-    (a tiny model's rows that 32 does not divide) take the NumPy path instead."""
+    """The int8 kernels find a weight's scale by its index over 32: groups of 16 or 43 (a tiny
+    model's rows that 32 does not divide) take the NumPy path instead."""
     packed = pack("int8", np.ones((3, k), dtype=np.float32), Scratch())
     use_kernels("numba")
     assert (kernels.compiled(packed, 1) is not None) is compiled
@@ -408,15 +473,14 @@ def test_int8_kernel_needs_groups_of_32(k, compiled, use_kernels):
 @given(
     n=st.integers(1, 40),
     k=st.integers(1, 300),
-    b=st.integers(0, kernels.MAX_ROWS + 2),  # 0: one (K,) vector; past MAX_ROWS: BLAS
+    b=st.integers(0, 64),  # 0: one (K,) vector
     special=st.sampled_from([None, np.nan, np.inf, 1e30]),
     seed=st.integers(0, 2**16),
 )
 def test_fp32_rows_take_the_compiled_dot_products(n, k, b, special, seed):
-    """packed.matmul with a float32 matrix stored as (out, in) rows (its F-contiguous
-    transposed view, as fp32_matrix lays out weights for the compiled kernels): up to MAX_ROWS
-    activation rows run numba's kernel, and it gives the product, NaN and Inf included."""
-    from llama_np import packed as packed_module
+    """A float32 matrix kept as PackedRows of kind "fp32" multiplies like its (in, out) array:
+    few activation rows run numba's dot products, more run BLAS on the rows; the product,
+    NaN and Inf included."""
     from llama_np.kernels import numba_jit
 
     calls, kernel = [], numba_jit.matmul_fp32
@@ -430,15 +494,16 @@ def test_fp32_rows_take_the_compiled_dot_products(n, k, b, special, seed):
     x = rng.standard_normal((b, k) if b else (k,)).astype(np.float32)
     if special is not None:
         x.flat[rng.integers(x.size)] = special
+    w = PackedRows("fp32", rows, None, Scratch()).T  # (K, N)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(packed_module, "FP32_KERNEL_MIN", 0)  # small shapes too
         patch.setattr(numba_jit, "matmul_fp32", spy)
         kernels.use("numba")
         try:
-            out = packed_module.matmul(x, rows.T)
+            with np.errstate(all="ignore"):  # BLAS's product of Inf warns; NaN/Inf checked below
+                out = x @ w
         finally:
             kernels.use(None)
-    assert calls == ([(n, k)] if b <= kernels.MAX_ROWS else [])
+    assert calls == ([(n, k)] if kernels.few_rows(max(b, 1)) else [])
     with np.errstate(all="ignore"):
         ref = x.astype(np.float64) @ rows.T.astype(np.float64)
         magnitude = np.abs(x).astype(np.float64) @ np.abs(rows.T).astype(np.float64)
@@ -450,22 +515,24 @@ def test_fp32_rows_take_the_compiled_dot_products(n, k, b, special, seed):
 
 
 @pytest.mark.parametrize("kernel", ["numpy", "numba"])
-@pytest.mark.parametrize("storage", ["fp32 rows", "int8"])
+@pytest.mark.parametrize("storage", ["fp32", "int8"])
 def test_a_product_of_mismatched_shapes_is_refused(kernel, storage, use_kernels):
     """x's rows must have as many values as the matrix has rows: a (1, 128) x against a
     (64, N) matrix has the right number of values for two rows, which a compiled kernel would
     have multiplied into an output of one (writing past it)."""
-    from llama_np import packed as packed_module
-
     if kernel == "numba" and NUMBA_PROBLEM:
         pytest.skip(NUMBA_SKIP)
     use_kernels(kernel)
-    rows = np.ones((300, 256), dtype=np.float32)  # (N, K): FP32_KERNEL_MIN weights and more
-    w = rows.T if storage == "fp32 rows" else pack("int8", rows, Scratch()).T  # (K, N)
+    rows = np.ones((300, 256), dtype=np.float32)  # (N, K)
+    w = (
+        pack(storage, rows, Scratch())
+        if storage == "int8"
+        else PackedRows("fp32", rows, None, Scratch())
+    )
     for x in (np.ones((1, 512), dtype=np.float32), np.ones((2, 128), dtype=np.float32)):
         with pytest.raises(ValueError, match="last dimension must be 256"):
-            packed_module.matmul(x, w)
-    assert packed_module.matmul(np.ones(256, dtype=np.float32), w).shape == (300,)
+            x @ w.T
+    assert (np.ones(256, dtype=np.float32) @ w.T).shape == (300,)
 
 
 SMALL_FP32 = llama_np.LlamaConfig(  # matrices of 64Ki weights and more: compiled in decode
@@ -476,9 +543,9 @@ SMALL_FP32 = llama_np.LlamaConfig(  # matrices of 64Ki weights and more: compile
 @requires_numba
 def test_fp32_layout_follows_the_kernels_at_load(use_kernels):
     """Loaded with compiled kernels active, fp32 matrices of FP32_KERNEL_MIN weights or more
-    are (out, in) rows (F-contiguous (in, out) views); with numpy kernels, (in, out) rows for
-    BLAS (w_down: (out, in) either way). Same shapes, same logits, and weights edited in place
-    act the same in both."""
+    are PackedRows of kind "fp32" ((out, in) rows); with numpy kernels, plain arrays laid out
+    for BLAS. Same shapes, same logits; a copy of a weight is the same kind of weight."""
+    from llama_np.packed import PackedTransposed
     from llama_np.tools.random_model import random_model
 
     models = {}
@@ -487,14 +554,16 @@ def test_fp32_layout_follows_the_kernels_at_load(use_kernels):
         models[name] = random_model(SMALL_FP32, std=0.1)
     use_kernels(None)
     blas, rows = models["numpy"].weights, models["numba"].weights
-    for field in ("wqkv", "wo", "w_gate_up"):
-        assert getattr(blas.layers[0], field).flags.c_contiguous
-        assert getattr(rows.layers[0], field).flags.f_contiguous
-        assert getattr(blas.layers[0], field).shape == getattr(rows.layers[0], field).shape
-    assert blas.layers[0].w_down.flags.f_contiguous and rows.layers[0].w_down.flags.f_contiguous
-    assert blas.classifier.flags.c_contiguous and rows.classifier.flags.f_contiguous
-    for weights in (blas, rows):
-        weights.layers[1].wo[:, :7] = 0  # an edit in place, through the (in, out) view
+    for field in ("wqkv", "wo", "w_gate_up", "w_down"):
+        plain, packed = getattr(blas.layers[0], field), getattr(rows.layers[0], field)
+        assert isinstance(plain, np.ndarray) and isinstance(packed, PackedTransposed)
+        assert packed.packed.kind == "fp32" and plain.shape == packed.shape
+        np.testing.assert_array_equal(plain, packed.packed.data.T)
+    assert isinstance(rows.classifier, PackedTransposed)
+    use_kernels("numba")
+    tied = random_model(SMALL_FP32.replace(tie_embeddings=True)).weights
+    assert tied.embedding is tied.classifier.packed  # one copy of the (V, D) rows
+    use_kernels(None)
     logits = {}
     for name, model in models.items():
         use_kernels(name)
@@ -502,6 +571,7 @@ def test_fp32_layout_follows_the_kernels_at_load(use_kernels):
         model.prefill([1, 2, 3], cache)
         logits[name] = np.stack([model.decode(t, cache) for t in (4, 5)])  # (2, V)
     np.testing.assert_allclose(logits["numba"], logits["numpy"], rtol=0, atol=1e-4)
+    assert rows.uses_compiled_kernels() and not blas.uses_compiled_kernels()
 
 
 @requires_numba
@@ -518,6 +588,60 @@ def test_model_decodes_the_same_with_either_kernels(weights_dtype, use_kernels):
     np.testing.assert_allclose(logits["numba"], logits["numpy"], rtol=0, atol=1e-3)
 
 
+# ---------------------------------------------------------------- a busy core
+
+
+def simulated_threads(monkeypatch):
+    """threads.Threads(most=2) on a simulated clock, and `run(products, busy)`: three products
+    of different sizes in turn, each taking its usual time with 2 threads on a quiet machine,
+    30x that with 2 threads while another process keeps a core busy (the thread on it waits
+    for timeslices), 1.8x with 1 thread either way; -> the thread count of each product."""
+    from llama_np.kernels import threads
+
+    clock, count = [0.0], [None]
+    monkeypatch.setattr(threads.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(threads.numba, "set_num_threads", lambda n: count.__setitem__(0, n))
+    governor = threads.Threads(most=2)
+
+    def run(products: int, busy: bool) -> list[int]:
+        counts = []
+        for i in range(products):
+            usual = 1e-3 * (1 + i % 3)
+
+            def work(usual=usual):
+                clock[0] += usual * ((30 if busy else 1) if count[0] == 2 else 1.8)
+
+            governor.run(i % 3, work)
+            counts.append(count[0])
+        return counts
+
+    return run
+
+
+@requires_numba
+def test_threads_drop_a_straggler_and_come_back(monkeypatch):
+    """The dot products' thread count (threads.py): quiet, all threads (tries of one fewer
+    lose, and come seldom); a core turns busy: one thread within a few products, kept while
+    tries of two lose; the core is free again: back to two."""
+    run = simulated_threads(monkeypatch)
+    counts = run(3000, busy=False)  # ~6 s
+    assert counts[-50:] == [2] * 50 and counts.count(1) < 200  # tries: < 7% of products
+    counts = run(400, busy=True)
+    assert counts[10:20] == [1] * 10 and counts[-100:].count(1) >= 95  # tries of 2 aside
+    assert 0 < counts.count(2) < 30  # tries of 2 threads, fewer as they keep losing
+    counts = run(2500, busy=False)  # ~6 s: longer than the longest wait between tries
+    assert counts[-50:] == [2] * 50
+
+
+@requires_numba
+def test_threads_adapt_to_a_machine_busy_from_the_start(monkeypatch):
+    """Busy before the first product, all of them straggle alike (no product is slow against
+    its own median): a try of one thread fewer finds it faster."""
+    run = simulated_threads(monkeypatch)
+    counts = run(400, busy=True)
+    assert counts[20:40].count(1) >= 15 and counts[-50:] == [1] * 50
+
+
 # ---------------------------------------------------------------- selection, NumPy only
 
 
@@ -530,14 +654,16 @@ def test_numpy_kernels_forced(use_kernels):
 
 def test_environment_variable(monkeypatch):
     monkeypatch.setenv(kernels.ENV_VAR, "numpy")
-    assert kernels.active() == "numpy"
+    assert kernels.use(None) == "numpy" == kernels.active()  # read again after use()
     monkeypatch.setenv(kernels.ENV_VAR, "cuda")
     with pytest.raises(ArgumentError, match=r"LLAMA_NP_KERNELS must be one of numpy, numba"):
-        kernels.active()
+        kernels.use(None)
+    monkeypatch.delenv(kernels.ENV_VAR)
+    kernels.use(None)
 
 
 def test_unknown_or_missing_kernels_name_the_fix(monkeypatch, use_kernels):
-    with pytest.raises(ArgumentError, match="must be one of numpy, numba, vnni, got 'c'"):
+    with pytest.raises(ArgumentError, match="must be one of numpy, numba, int8, got 'c'"):
         use_kernels("c")
     monkeypatch.setattr(kernels, "_numba_error", "numba is not installed")
     with pytest.raises(ArgumentError, match=r"pip install -e '\.\[fast\]', or use --kernels numpy"):
@@ -545,31 +671,54 @@ def test_unknown_or_missing_kernels_name_the_fix(monkeypatch, use_kernels):
     assert kernels.active() == "numpy"  # the default falls back
 
 
-def test_vnni_needs_the_instruction(monkeypatch, use_kernels):
-    """Without AVX-512 VNNI the vnni kernels are refused by name and the default is numba."""
+def test_int8_needs_the_instruction(monkeypatch, use_kernels):
+    """Without AVX2 (or AVX-512 VNNI) the int8 kernels are refused by name and the default is
+    numba; numba compiling for another CPU ($NUMBA_CPU_NAME) refuses them too."""
     installed = kernels.numba_available()
     monkeypatch.setattr(kernels, "numba_available", lambda: True)
-    monkeypatch.setattr(kernels, "_vnni_reason", "this CPU has no AVX-512 VNNI")
-    with pytest.raises(ArgumentError, match="no AVX-512 VNNI: use --kernels numba"):
-        use_kernels("vnni")
+    monkeypatch.setattr(kernels, "_int8_reason", "this CPU has neither AVX2 nor AVX-512 VNNI")
+    with pytest.raises(ArgumentError, match="neither AVX2 nor AVX-512 VNNI: use --kernels numba"):
+        use_kernels("int8")
     assert kernels.active() == "numba"
-    if installed:  # vnni's own check, as numba reads $NUMBA_CPU_NAME into its config
+    if installed:  # int8's own check, as numba reads $NUMBA_CPU_NAME into its config
         import numba
 
         monkeypatch.setattr(numba.config, "CPU_NAME", "generic")
-        monkeypatch.setattr(kernels, "_vnni_reason", None)  # asked again
+        monkeypatch.setattr(kernels, "_int8_reason", None)  # asked again
         with pytest.raises(ArgumentError, match=r"another CPU \(\$NUMBA_CPU_NAME\)"):
-            use_kernels("vnni")
+            use_kernels("int8")
 
 
-def test_cli_kernels_flag_and_info(capsys):
+def test_cli_kernels_flag_and_info(capsys, tmp_path):
+    """`info` names the active kernels and what multiplies this model's weights; generate's
+    timing lines say it too, with whether activations were rounded to int8."""
     assert cli_main(["info", "--kernels", "numpy"]) == 0
-    assert re.search(r"kernels \(decode products\) +numpy \(", capsys.readouterr().out)
+    out = capsys.readouterr().out
+    assert re.search(r"^kernels +numpy \(", out, re.M)
+    assert re.search(r"^this model's products +float32 arrays: BLAS$", out, re.M)
     kernels.use(None)
-    if kernels.numba_available():  # stories260K's matrices are all under FP32_KERNEL_MIN
-        assert cli_main(["info", "--kernels", "numba"]) == 0
-        assert "; unused by this model (fp32 matrices under 65,536" in capsys.readouterr().out
+    if not kernels.numba_available():
+        return
+    assert cli_main(["info", "--kernels", "numba"]) == 0  # stories260K: all under the minimum
+    assert "(numba unused: fp32 matrices under 65,536 weights)" in capsys.readouterr().out
+    kernels.use(None)
+    from checkpoint_writers import random_tensors, write_gguf
+
+    from llama_np.cli.main import print_timings
+    from llama_np.generate import GenerationStats
+
+    path = tmp_path / "model.gguf"
+    write_gguf(path, SMALL_FP32, random_tensors(SMALL_FP32), "Q8_0")
+    model = llama_np.load(path)
+    for name, rounded in (("numba", False), ("int8", True)):
+        if name == "int8" and not kernels.int8_available():
+            continue
+        kernels.use(name)
+        print_timings(GenerationStats(), 1, model)
         kernels.use(None)
+        (line,) = [x for x in capsys.readouterr().err.splitlines() if "kernels" in x]
+        assert line.startswith(f"llama-np: kernels  {name}: Q8_0 as ")
+        assert ("activations rounded to int8" in line) is rounded
 
 
 def test_numpy_only_install_generates(use_kernels):
@@ -610,13 +759,13 @@ def test_gguf_model_decodes_the_same_with_either_kernels(tmp_path, type_name, us
     use_kernels("numba")
     assert kernels.compiled(model.weights.layers[0].w_gate_up.packed, 1) is not None
     logits = {}
-    for name in kernels.KERNELS if kernels.vnni_available() else ("numpy", "numba"):
+    for name in kernels.KERNELS if kernels.int8_available() else ("numpy", "numba"):
         use_kernels(name)
         cache = model.new_cache(8)
         model.prefill([1, 5, 17], cache)
         logits[name] = np.stack([model.decode(t, cache) for t in (33, 60)])  # (2, V)
     scale = np.abs(logits["numpy"]).max()
     np.testing.assert_allclose(logits["numba"], logits["numpy"], rtol=0, atol=1e-4 * scale)
-    if "vnni" in logits:  # activations rounded to int8: ~1% of the largest logit
-        np.testing.assert_allclose(logits["vnni"], logits["numpy"], rtol=0, atol=3e-2 * scale)
-        assert np.abs(logits["vnni"] - logits["numpy"]).max() > 1e-6 * scale  # rounded: not equal
+    if "int8" in logits:  # activations rounded to int8: ~1% of the largest logit
+        np.testing.assert_allclose(logits["int8"], logits["numpy"], rtol=0, atol=3e-2 * scale)
+        assert np.abs(logits["int8"] - logits["numpy"]).max() > 1e-6 * scale  # rounded: not equal

@@ -472,11 +472,11 @@ def add_kernels_arg(parser: argparse.ArgumentParser) -> None:
         "--kernels",
         choices=kernels.KERNELS,
         default=None,
-        help="how decode multiplies compressed weights and large fp32 matrices: vnni "
-        "(compiled; int8/Q8_0/Q4_K/Q5_K/Q6_K as int8 dot products, activations rounded to int8 "
-        "as llama.cpp does; the default on CPUs with AVX-512 VNNI), numba (compiled, float "
-        "activations; the default elsewhere; both need pip install -e '.[fast]') or numpy "
-        "(BLAS; compressed weights widened in pieces); also $LLAMA_NP_KERNELS",
+        help="how products multiply compressed weights and fp32 rows: int8 (compiled; "
+        "int8/Q8_0/Q4_0/Q5_0/K-quant weights as int8 dot products, activations rounded to int8 "
+        "as llama.cpp does; the default on CPUs with AVX2 or AVX-512 VNNI), numba (compiled, "
+        "float activations; both need pip install -e '.[fast]') or numpy (BLAS; compressed "
+        "weights widened in pieces); also $LLAMA_NP_KERNELS",
     )
 
 
@@ -548,7 +548,7 @@ def run_generate(args: argparse.Namespace) -> int:
     sys.stdout.write("\n")
     if not finished:
         stats.stop_reason = "interrupted"  # also when Ctrl-C came before the loop ran
-    print_timings(stats, seed)
+    print_timings(stats, seed, model)
     if not prompts[0] and stats.prompt_tokens == 1:  # the first number a learner sees
         print(
             "llama-np: the prompt was BOS alone (no -p): a 1-token prefill is one pass like a "
@@ -659,7 +659,7 @@ def run_chat(args: argparse.Namespace) -> int:
             stats.stop_reason = "interrupted"  # also when Ctrl-C came before the loop ran
         sys.stdout.write("\n")
         sys.stdout.flush()
-        print_timings(stats, seed + chat.turns - 1)
+        print_timings(stats, seed + chat.turns - 1, model)
         print(f"llama-np: turn {chat.turns}: {describe_turn(chat)}", file=sys.stderr)
 
 
@@ -738,12 +738,13 @@ def run_generate_batch(
     for i, (prompt, text) in enumerate(zip(prompts, texts, strict=True)):
         sys.stdout.write(f"--- [{i}]\n{prompt}{text}\n")
     sys.stdout.flush()
-    print_timings(stats, seed)
+    print_timings(stats, seed, model)
     return 0 if finished else EXIT_INTERRUPTED
 
 
-def print_timings(stats: GenerationStats, seed: int | None = None) -> None:
-    """llama.cpp-style timing lines on stderr: prefill and decode reported separately."""
+def print_timings(stats: GenerationStats, seed: int | None = None, model=None) -> None:
+    """llama.cpp-style timing lines on stderr: prefill and decode reported separately, and
+    which kernels multiplied the model's weights (whether they rounded activations to int8)."""
 
     def line(name: str, n: int, seconds: float) -> str:
         ms = seconds * 1e3
@@ -765,6 +766,8 @@ def print_timings(stats: GenerationStats, seed: int | None = None) -> None:
         + (f"; seed {seed}" if seed is not None else ""),
         file=err,
     )
+    if model is not None:
+        print(f"llama-np: kernels  {kernels.report(model.weights.kinds())}", file=err)
 
 
 def run_trace(args: argparse.Namespace) -> int:
@@ -870,7 +873,8 @@ def run_info(args: argparse.Namespace) -> int:
         ("parameters", f"{n_params(c):,}"),
         *([("GGUF tensor types", storage)] if storage else []),
         ("weights in memory", nbytes(model.weights_nbytes)),
-        ("kernels (decode products)", kernels.describe() + _kernel_use(model)),
+        ("kernels", kernels.describe()),
+        ("this model's products", kernels.report(model.weights.kinds()) + _kernel_use(model)),
         ("KV cache per token (float32)", nbytes(c.kv_cache_bytes(1))),
         (f"KV cache at {c.max_seq_len} tokens", nbytes(c.kv_cache_bytes(c.max_seq_len))),
     ]
@@ -884,7 +888,7 @@ def _kernel_use(model: Model) -> str:
     """What `info` adds when the active compiled kernels would not run for this model."""
     if kernels.active() == "numpy" or model.uses_compiled_kernels:
         return ""
-    return f"; unused by this model (fp32 matrices under {FP32_KERNEL_MIN:,} weights: BLAS)"
+    return f" ({kernels.active()} unused: fp32 matrices under {FP32_KERNEL_MIN:,} weights)"
 
 
 def _seed(args: argparse.Namespace) -> int:

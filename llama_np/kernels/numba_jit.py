@@ -63,9 +63,19 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from ..quants import Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
+
 u = np.uint64  # index arithmetic (see above)
 FASTMATH = {"reassoc", "contract"}
 JIT = {"parallel": True, "fastmath": FASTMATH, "cache": True}
+# Weight rows per task of the parallel loop: each activation row is multiplied by these rows
+# in turn while it sits in the L1 cache, and they stay in the L2 cache for the next activation
+# row (one row per task, a batch of 8 rows of K = 768 floats evicted each other from L1).
+ROWS = 8
+# Tasks of the widened tiles' loops (their `workers` argument): each allocates one buffer for
+# the rows it widens (numba's thread id, which would let threads share buffers, is a dynamic
+# global that keeps a kernel from being cached on disk), and takes an equal share of the rows.
+WORKERS = numba.config.NUMBA_NUM_THREADS
 HALF_SCALE = np.float32(2.0**112)  # float32 exponent bias 127 - fp16 bias 15 = 112
 
 VERSION = f"numba {numba.__version__}"
@@ -75,6 +85,12 @@ VERSION = f"numba {numba.__version__}"
 def half(lo, hi) -> np.float32:
     """The fp16 of two little-endian bytes, as float32 (exact, Inf/NaN kept)."""
     return half_bits(np.uint32(lo) | (np.uint32(hi) << 8))
+
+
+@njit(inline="always")
+def _half_at(row, o) -> np.float32:
+    """The fp16 at bytes o, o + 1 of a row, as float32."""
+    return half(row[u(o)], row[u(o + 1)])
 
 
 @njit(inline="always")
@@ -101,56 +117,60 @@ def matmul_int8(q, scales, x, out):
     stories110M's matrices). The shift must be a constant: a shift by a variable is not
     vectorized (5 GB/s)."""
     N, K = q.shape
-    for n in prange(N):
-        row, sc = q[n], scales[n, :, 0]
+    for t in prange((N + ROWS - 1) // ROWS):  # tasks of ROWS weight rows
         for b in range(x.shape[0]):
             xb = x[b]
-            total = np.float32(0)
-            for j in range(K):
-                total += np.float32(row[u(j)]) * sc[u(j) >> u(5)] * xb[u(j)]
-            out[b, n] = total
+            for n in range(t * ROWS, min(N, t * ROWS + ROWS)):
+                row, sc = q[n], scales[n, :, 0]
+                total = np.float32(0)
+                for j in range(K):
+                    total += np.float32(row[u(j)]) * sc[u(j) >> u(5)] * xb[u(j)]
+                out[b, n] = total
 
 
 @njit(**JIT)
 def matmul_bf16(w, x, out):
     """w (N, K) uint16: bf16 bits are the high half of a float32's."""
     N, K = w.shape
-    for n in prange(N):
-        row = w[n]
+    for t in prange((N + ROWS - 1) // ROWS):  # tasks of ROWS weight rows
         for b in range(x.shape[0]):
             xb = x[b]
-            total = np.float32(0)
-            for j in range(K):
-                total += np.uint32(np.uint32(row[u(j)]) << 16).view(np.float32) * xb[u(j)]
-            out[b, n] = total
+            for n in range(t * ROWS, min(N, t * ROWS + ROWS)):
+                row = w[n]
+                total = np.float32(0)
+                for j in range(K):
+                    total += np.uint32(np.uint32(row[u(j)]) << 16).view(np.float32) * xb[u(j)]
+                out[b, n] = total
 
 
 @njit(**JIT)
 def matmul_fp16(w, x, out):
     """w (N, K) uint16 fp16 bit patterns."""
     N, K = w.shape
-    for n in prange(N):
-        row = w[n]
+    for t in prange((N + ROWS - 1) // ROWS):  # tasks of ROWS weight rows
         for b in range(x.shape[0]):
             xb = x[b]
-            total = np.float32(0)
-            for j in range(K):
-                total += half_bits(np.uint32(row[u(j)])) * xb[u(j)]
-            out[b, n] = total
+            for n in range(t * ROWS, min(N, t * ROWS + ROWS)):
+                row = w[n]
+                total = np.float32(0)
+                for j in range(K):
+                    total += half_bits(np.uint32(row[u(j)])) * xb[u(j)]
+                out[b, n] = total
 
 
 @njit(**JIT)
 def matmul_fp32(w, x, out):
     """w (N, K) float32 (a GGUF's F32 matrix kept as stored)."""
     N, K = w.shape
-    for n in prange(N):
-        row = w[n]
+    for t in prange((N + ROWS - 1) // ROWS):  # tasks of ROWS weight rows
         for b in range(x.shape[0]):
             xb = x[b]
-            total = np.float32(0)
-            for j in range(K):
-                total += row[u(j)] * xb[u(j)]
-            out[b, n] = total
+            for n in range(t * ROWS, min(N, t * ROWS + ROWS)):
+                row = w[n]
+                total = np.float32(0)
+                for j in range(K):
+                    total += row[u(j)] * xb[u(j)]
+                out[b, n] = total
 
 
 # ---------------------------------------------------------------- GGUF 32-weight blocks
@@ -160,10 +180,10 @@ def matmul_fp32(w, x, out):
 def _four_halves(row, o, size):
     """The fp16 at byte o of each of four consecutive blocks of `size` bytes, as float32."""
     return (
-        half(row[u(o)], row[u(o + 1)]),
-        half(row[u(o + size)], row[u(o + size + 1)]),
-        half(row[u(o + 2 * size)], row[u(o + 2 * size + 1)]),
-        half(row[u(o + 3 * size)], row[u(o + 3 * size + 1)]),
+        _half_at(row, o),
+        _half_at(row, o + size),
+        _half_at(row, o + 2 * size),
+        _half_at(row, o + 3 * size),
     )
 
 
@@ -183,30 +203,33 @@ def matmul_q8_0(raw, x, out, qk):
     whose block count 4 does not divide ends with single blocks."""
     N, K = raw.shape[0], x.shape[1]
     n_blocks = K // 32
-    for n in prange(N):
-        row = raw[n]
+    for t in prange((N + ROWS - 1) // ROWS):  # tasks of ROWS weight rows
         for b in range(x.shape[0]):
             xb = x[b]
-            total = np.float32(0)
-            for i in range(n_blocks // 4):
-                o, k0 = i * 136, i * 128  # 4 blocks: 136 bytes, 128 weights
-                d0, d1, d2, d3 = _four_halves(row, o, 34)
-                s = np.float32(0)
-                for j in range(qk):
-                    s += (
-                        d0 * np.float32(np.int8(row[u(o + 2 + j)])) * xb[u(k0 + j)]
-                        + d1 * np.float32(np.int8(row[u(o + 36 + j)])) * xb[u(k0 + 32 + j)]
-                        + d2 * np.float32(np.int8(row[u(o + 70 + j)])) * xb[u(k0 + 64 + j)]
-                        + d3 * np.float32(np.int8(row[u(o + 104 + j)])) * xb[u(k0 + 96 + j)]
-                    )
-                total += s
-            for i in range(n_blocks // 4 * 4, n_blocks):
-                o, k0 = i * 34, i * 32
-                s = np.float32(0)
-                for j in range(qk):
-                    s += np.float32(np.int8(row[u(o + 2 + j)])) * xb[u(k0 + j)]
-                total += half(row[u(o)], row[u(o + 1)]) * s
-            out[b, n] = total
+            for n in range(t * ROWS, min(N, t * ROWS + ROWS)):
+                row = raw[n]
+                total = np.float32(0)
+                for i in range(n_blocks // 4):
+                    o, k0 = i * 4 * Q8_0.bytes, i * 128  # 4 blocks, 128 weights
+                    d0, d1, d2, d3 = _four_halves(row, o + Q8_0.d, Q8_0.bytes)
+                    q0, q1 = o + Q8_0.qs, o + Q8_0.bytes + Q8_0.qs  # each block's int8s
+                    q2, q3 = o + 2 * Q8_0.bytes + Q8_0.qs, o + 3 * Q8_0.bytes + Q8_0.qs
+                    s = np.float32(0)
+                    for j in range(qk):
+                        s += (
+                            d0 * np.float32(np.int8(row[u(q0 + j)])) * xb[u(k0 + j)]
+                            + d1 * np.float32(np.int8(row[u(q1 + j)])) * xb[u(k0 + 32 + j)]
+                            + d2 * np.float32(np.int8(row[u(q2 + j)])) * xb[u(k0 + 64 + j)]
+                            + d3 * np.float32(np.int8(row[u(q3 + j)])) * xb[u(k0 + 96 + j)]
+                        )
+                    total += s
+                for i in range(n_blocks // 4 * 4, n_blocks):
+                    o, k0 = i * Q8_0.bytes, i * 32
+                    s = np.float32(0)
+                    for j in range(qk):
+                        s += np.float32(np.int8(row[u(o + Q8_0.qs + j)])) * xb[u(k0 + j)]
+                    total += _half_at(row, o + Q8_0.d) * s
+                out[b, n] = total
 
 
 @njit(inline="always")
@@ -275,21 +298,23 @@ def matmul_q4_0(raw, x, out, half_qk):
     N, K = raw.shape[0], x.shape[1]
     n_blocks = K // 32
     x_sums = _sums_of_32(x)  # (B, K/32)
-    for n in prange(N):
-        row = raw[n]
+    for t in prange((N + ROWS - 1) // ROWS):  # tasks of ROWS weight rows
         for b in range(x.shape[0]):
             xb, xs = x[b], x_sums[b]
-            total = np.float32(0)
-            for i in range(n_blocks // 4):
-                o, k0, s0 = i * 72, i * 128, i * 4  # 4 blocks: 72 bytes, 128 weights
-                d0, d1, d2, d3 = _four_halves(row, o, 18)
-                s = _four_nibble_blocks(row, o + 2, 18, xb, k0, half_qk, d0, d1, d2, d3)
-                total += s - np.float32(8) * _dot4(d0, d1, d2, d3, xs, s0)
-            for i in range(n_blocks // 4 * 4, n_blocks):
-                o, k0 = i * 18, i * 32
-                s, sx = _nibble_dot(row, o + 2, xb, k0, half_qk)
-                total += half(row[u(o)], row[u(o + 1)]) * (s - 8 * sx)
-            out[b, n] = total
+            for n in range(t * ROWS, min(N, t * ROWS + ROWS)):
+                row = raw[n]
+                total = np.float32(0)
+                for i in range(n_blocks // 4):
+                    o, k0, s0 = i * 4 * Q4_0.bytes, i * 128, i * 4  # 4 blocks, 128 weights
+                    d0, d1, d2, d3 = _four_halves(row, o + Q4_0.d, Q4_0.bytes)
+                    q = o + Q4_0.qs
+                    s = _four_nibble_blocks(row, q, Q4_0.bytes, xb, k0, half_qk, d0, d1, d2, d3)
+                    total += s - np.float32(8) * _dot4(d0, d1, d2, d3, xs, s0)
+                for i in range(n_blocks // 4 * 4, n_blocks):
+                    o, k0 = i * Q4_0.bytes, i * 32
+                    s, sx = _nibble_dot(row, o + Q4_0.qs, xb, k0, half_qk)
+                    total += _half_at(row, o + Q4_0.d) * (s - 8 * sx)
+                out[b, n] = total
 
 
 @njit(**JIT)
@@ -299,23 +324,24 @@ def matmul_q4_1(raw, x, out, half_qk):
     N, K = raw.shape[0], x.shape[1]
     n_blocks = K // 32
     x_sums = _sums_of_32(x)  # (B, K/32)
-    for n in prange(N):
-        row = raw[n]
+    for t in prange((N + ROWS - 1) // ROWS):  # tasks of ROWS weight rows
         for b in range(x.shape[0]):
             xb, xs = x[b], x_sums[b]
-            total = np.float32(0)
-            for i in range(n_blocks // 4):
-                o, k0, s0 = i * 80, i * 128, i * 4  # 4 blocks: 80 bytes, 128 weights
-                d0, d1, d2, d3 = _four_halves(row, o, 20)
-                m0, m1, m2, m3 = _four_halves(row, o + 2, 20)
-                s = _four_nibble_blocks(row, o + 4, 20, xb, k0, half_qk, d0, d1, d2, d3)
-                total += s + _dot4(m0, m1, m2, m3, xs, s0)
-            for i in range(n_blocks // 4 * 4, n_blocks):
-                o, k0 = i * 20, i * 32
-                s, sx = _nibble_dot(row, o + 4, xb, k0, half_qk)
-                d, m = half(row[u(o)], row[u(o + 1)]), half(row[u(o + 2)], row[u(o + 3)])
-                total += d * s + m * sx
-            out[b, n] = total
+            for n in range(t * ROWS, min(N, t * ROWS + ROWS)):
+                row = raw[n]
+                total = np.float32(0)
+                for i in range(n_blocks // 4):
+                    o, k0, s0 = i * 4 * Q4_1.bytes, i * 128, i * 4  # 4 blocks, 128 weights
+                    d0, d1, d2, d3 = _four_halves(row, o + Q4_1.d, Q4_1.bytes)
+                    m0, m1, m2, m3 = _four_halves(row, o + Q4_1.m, Q4_1.bytes)
+                    q = o + Q4_1.qs
+                    s = _four_nibble_blocks(row, q, Q4_1.bytes, xb, k0, half_qk, d0, d1, d2, d3)
+                    total += s + _dot4(m0, m1, m2, m3, xs, s0)
+                for i in range(n_blocks // 4 * 4, n_blocks):
+                    o, k0 = i * Q4_1.bytes, i * 32
+                    s, sx = _nibble_dot(row, o + Q4_1.qs, xb, k0, half_qk)
+                    total += _half_at(row, o + Q4_1.d) * s + _half_at(row, o + Q4_1.m) * sx
+                out[b, n] = total
 
 
 @njit(inline="always")
@@ -336,13 +362,13 @@ def _fifth_bit(qh, j):
 
 
 @njit(inline="always")
-def _q5_dot(row, o, xb, k0, half_qk):
-    """Σ q·x and Σ x over a 32-weight Q5 block whose qh (u32) is at byte o, nibbles at o + 4."""
-    qh = _u32(row, o)
+def _q5_dot(row, o, layout, xb, k0, half_qk):
+    """Σ q·x and Σ x over the 32-weight Q5_0/Q5_1 block (`layout`) at byte o."""
+    qh = _u32(row, o + layout.qh)
     s = np.float32(0)
     sx = np.float32(0)
     for j in range(half_qk):
-        byte = np.uint32(row[u(o + 4 + j)])
+        byte = np.uint32(row[u(o + layout.qs + j)])
         lo, hi = xb[u(k0 + j)], xb[u(k0 + half_qk + j)]
         q_lo = (byte & 0x0F) | (((qh >> np.uint32(j)) & 1) << 4)
         q_hi = (byte >> 4) | (((qh >> np.uint32(j + half_qk)) & 1) << 4)
@@ -360,12 +386,13 @@ def _q5_pair(row, q, qh, j, xb, k):
 
 
 @njit(inline="always")
-def _four_q5_blocks(row, o, size, xb, k0, half_qk, d0, d1, d2, d3):
-    """Σ_b d_b Σ q·x over four consecutive Q5 blocks of `size` bytes whose qh starts at byte o
-    (nibbles 4 bytes later; weights k0..k0+127): one 16-step loop for all four."""
-    qh0, qh1 = _u32(row, o), _u32(row, o + size)
-    qh2, qh3 = _u32(row, o + 2 * size), _u32(row, o + 3 * size)
-    q = o + 4
+def _four_q5_blocks(row, o, layout, xb, k0, half_qk, d0, d1, d2, d3):
+    """Σ_b d_b Σ q·x over four consecutive Q5_0/Q5_1 blocks (`layout`) from byte o (weights
+    k0..k0+127): one 16-step loop for all four."""
+    size, h = layout.bytes, o + layout.qh
+    qh0, qh1 = _u32(row, h), _u32(row, h + size)
+    qh2, qh3 = _u32(row, h + 2 * size), _u32(row, h + 3 * size)
+    q = o + layout.qs
     s = np.float32(0)
     for j in range(half_qk):
         s += (
@@ -384,21 +411,22 @@ def matmul_q5_0(raw, x, out, half_qk):
     N, K = raw.shape[0], x.shape[1]
     n_blocks = K // 32
     x_sums = _sums_of_32(x)  # (B, K/32)
-    for n in prange(N):
-        row = raw[n]
+    for t in prange((N + ROWS - 1) // ROWS):  # tasks of ROWS weight rows
         for b in range(x.shape[0]):
             xb, xs = x[b], x_sums[b]
-            total = np.float32(0)
-            for i in range(n_blocks // 4):
-                o, k0, s0 = i * 88, i * 128, i * 4  # 4 blocks: 88 bytes, 128 weights
-                d0, d1, d2, d3 = _four_halves(row, o, 22)
-                s = _four_q5_blocks(row, o + 2, 22, xb, k0, half_qk, d0, d1, d2, d3)
-                total += s - np.float32(16) * _dot4(d0, d1, d2, d3, xs, s0)
-            for i in range(n_blocks // 4 * 4, n_blocks):
-                o, k0 = i * 22, i * 32
-                s, sx = _q5_dot(row, o + 2, xb, k0, half_qk)
-                total += half(row[u(o)], row[u(o + 1)]) * (s - 16 * sx)
-            out[b, n] = total
+            for n in range(t * ROWS, min(N, t * ROWS + ROWS)):
+                row = raw[n]
+                total = np.float32(0)
+                for i in range(n_blocks // 4):
+                    o, k0, s0 = i * 4 * Q5_0.bytes, i * 128, i * 4  # 4 blocks, 128 weights
+                    d0, d1, d2, d3 = _four_halves(row, o + Q5_0.d, Q5_0.bytes)
+                    s = _four_q5_blocks(row, o, Q5_0, xb, k0, half_qk, d0, d1, d2, d3)
+                    total += s - np.float32(16) * _dot4(d0, d1, d2, d3, xs, s0)
+                for i in range(n_blocks // 4 * 4, n_blocks):
+                    o, k0 = i * Q5_0.bytes, i * 32
+                    s, sx = _q5_dot(row, o, Q5_0, xb, k0, half_qk)
+                    total += _half_at(row, o + Q5_0.d) * (s - 16 * sx)
+                out[b, n] = total
 
 
 @njit(**JIT)
@@ -408,23 +436,23 @@ def matmul_q5_1(raw, x, out, half_qk):
     N, K = raw.shape[0], x.shape[1]
     n_blocks = K // 32
     x_sums = _sums_of_32(x)  # (B, K/32)
-    for n in prange(N):
-        row = raw[n]
+    for t in prange((N + ROWS - 1) // ROWS):  # tasks of ROWS weight rows
         for b in range(x.shape[0]):
             xb, xs = x[b], x_sums[b]
-            total = np.float32(0)
-            for i in range(n_blocks // 4):
-                o, k0, s0 = i * 96, i * 128, i * 4  # 4 blocks: 96 bytes, 128 weights
-                d0, d1, d2, d3 = _four_halves(row, o, 24)
-                m0, m1, m2, m3 = _four_halves(row, o + 2, 24)
-                s = _four_q5_blocks(row, o + 4, 24, xb, k0, half_qk, d0, d1, d2, d3)
-                total += s + _dot4(m0, m1, m2, m3, xs, s0)
-            for i in range(n_blocks // 4 * 4, n_blocks):
-                o, k0 = i * 24, i * 32
-                s, sx = _q5_dot(row, o + 4, xb, k0, half_qk)
-                d, m = half(row[u(o)], row[u(o + 1)]), half(row[u(o + 2)], row[u(o + 3)])
-                total += d * s + m * sx
-            out[b, n] = total
+            for n in range(t * ROWS, min(N, t * ROWS + ROWS)):
+                row = raw[n]
+                total = np.float32(0)
+                for i in range(n_blocks // 4):
+                    o, k0, s0 = i * 4 * Q5_1.bytes, i * 128, i * 4  # 4 blocks, 128 weights
+                    d0, d1, d2, d3 = _four_halves(row, o + Q5_1.d, Q5_1.bytes)
+                    m0, m1, m2, m3 = _four_halves(row, o + Q5_1.m, Q5_1.bytes)
+                    s = _four_q5_blocks(row, o, Q5_1, xb, k0, half_qk, d0, d1, d2, d3)
+                    total += s + _dot4(m0, m1, m2, m3, xs, s0)
+                for i in range(n_blocks // 4 * 4, n_blocks):
+                    o, k0 = i * Q5_1.bytes, i * 32
+                    s, sx = _q5_dot(row, o, Q5_1, xb, k0, half_qk)
+                    total += _half_at(row, o + Q5_1.d) * s + _half_at(row, o + Q5_1.m) * sx
+                out[b, n] = total
 
 
 # ---------------------------------------------------------------- GGUF K-quants (256 weights)
@@ -451,42 +479,43 @@ def matmul_q4_k(raw, x, out, sub):
     loop per sub-block, 32 weights, fell back to 8-lane code: half the speed)."""
     N, K = raw.shape[0], x.shape[1]
     x_sums = _sums_of_32(x)  # (B, K/32)
-    for n in prange(N):
-        row = raw[n]
+    for t in prange((N + ROWS - 1) // ROWS):  # tasks of ROWS weight rows
         for b in range(x.shape[0]):
             xb, xs = x[b], x_sums[b]
-            total = np.float32(0)
-            for i in range(K // 256):
-                o, k0, s0 = i * 144, i * 256, i * 8
-                d, dmin = half(row[u(o)], row[u(o + 1)]), half(row[u(o + 2)], row[u(o + 3)])
-                sc0, m0 = _scale_min_k4(row, o + 4, 0)
-                sc1, m1 = _scale_min_k4(row, o + 4, 1)
-                sc2, m2 = _scale_min_k4(row, o + 4, 2)
-                sc3, m3 = _scale_min_k4(row, o + 4, 3)
-                sc4, m4 = _scale_min_k4(row, o + 4, 4)
-                sc5, m5 = _scale_min_k4(row, o + 4, 5)
-                sc6, m6 = _scale_min_k4(row, o + 4, 6)
-                sc7, m7 = _scale_min_k4(row, o + 4, 7)
-                q = o + 16  # chunk c: bytes q+32c..; low nibbles sub-block 2c, high 2c+1
-                s = np.float32(0)
-                for j in range(sub):
-                    l0, h0 = _nibbles(np.float32(row[u(q + j)]))
-                    l1, h1 = _nibbles(np.float32(row[u(q + 32 + j)]))
-                    l2, h2 = _nibbles(np.float32(row[u(q + 64 + j)]))
-                    l3, h3 = _nibbles(np.float32(row[u(q + 96 + j)]))
-                    s += (
-                        sc0 * l0 * xb[u(k0 + j)]
-                        + sc1 * h0 * xb[u(k0 + 32 + j)]
-                        + sc2 * l1 * xb[u(k0 + 64 + j)]
-                        + sc3 * h1 * xb[u(k0 + 96 + j)]
-                        + sc4 * l2 * xb[u(k0 + 128 + j)]
-                        + sc5 * h2 * xb[u(k0 + 160 + j)]
-                        + sc6 * l3 * xb[u(k0 + 192 + j)]
-                        + sc7 * h3 * xb[u(k0 + 224 + j)]
-                    )
-                mins = _dot4(m0, m1, m2, m3, xs, s0) + _dot4(m4, m5, m6, m7, xs, s0 + 4)
-                total += d * s - dmin * mins
-            out[b, n] = total
+            for n in range(t * ROWS, min(N, t * ROWS + ROWS)):
+                row = raw[n]
+                total = np.float32(0)
+                for i in range(K // 256):
+                    o, k0, s0 = i * Q4_K.bytes, i * 256, i * 8
+                    d, dmin = _half_at(row, o + Q4_K.d), _half_at(row, o + Q4_K.dmin)
+                    sc0, m0 = _scale_min_k4(row, o + Q4_K.scales, 0)
+                    sc1, m1 = _scale_min_k4(row, o + Q4_K.scales, 1)
+                    sc2, m2 = _scale_min_k4(row, o + Q4_K.scales, 2)
+                    sc3, m3 = _scale_min_k4(row, o + Q4_K.scales, 3)
+                    sc4, m4 = _scale_min_k4(row, o + Q4_K.scales, 4)
+                    sc5, m5 = _scale_min_k4(row, o + Q4_K.scales, 5)
+                    sc6, m6 = _scale_min_k4(row, o + Q4_K.scales, 6)
+                    sc7, m7 = _scale_min_k4(row, o + Q4_K.scales, 7)
+                    q = o + Q4_K.qs  # chunk c: bytes q+32c..; low nibbles sub-block 2c, high 2c+1
+                    s = np.float32(0)
+                    for j in range(sub):
+                        l0, h0 = _nibbles(np.float32(row[u(q + j)]))
+                        l1, h1 = _nibbles(np.float32(row[u(q + 32 + j)]))
+                        l2, h2 = _nibbles(np.float32(row[u(q + 64 + j)]))
+                        l3, h3 = _nibbles(np.float32(row[u(q + 96 + j)]))
+                        s += (
+                            sc0 * l0 * xb[u(k0 + j)]
+                            + sc1 * h0 * xb[u(k0 + 32 + j)]
+                            + sc2 * l1 * xb[u(k0 + 64 + j)]
+                            + sc3 * h1 * xb[u(k0 + 96 + j)]
+                            + sc4 * l2 * xb[u(k0 + 128 + j)]
+                            + sc5 * h2 * xb[u(k0 + 160 + j)]
+                            + sc6 * l3 * xb[u(k0 + 192 + j)]
+                            + sc7 * h3 * xb[u(k0 + 224 + j)]
+                        )
+                    mins = _dot4(m0, m1, m2, m3, xs, s0) + _dot4(m4, m5, m6, m7, xs, s0 + 4)
+                    total += d * s - dmin * mins
+                out[b, n] = total
 
 
 @njit(inline="always")
@@ -502,44 +531,45 @@ def matmul_q5_k(raw, x, out, sub):
     bit from qh: bit s of byte j is that of weight j of sub-block s (3.6 -> 7-10 GB/s)."""
     N, K = raw.shape[0], x.shape[1]
     x_sums = _sums_of_32(x)  # (B, K/32)
-    for n in prange(N):
-        row = raw[n]
+    for t in prange((N + ROWS - 1) // ROWS):  # tasks of ROWS weight rows
         for b in range(x.shape[0]):
             xb, xs = x[b], x_sums[b]
-            total = np.float32(0)
-            for i in range(K // 256):
-                o, k0, s0 = i * 176, i * 256, i * 8
-                d, dmin = half(row[u(o)], row[u(o + 1)]), half(row[u(o + 2)], row[u(o + 3)])
-                sc0, m0 = _scale_min_k4(row, o + 4, 0)
-                sc1, m1 = _scale_min_k4(row, o + 4, 1)
-                sc2, m2 = _scale_min_k4(row, o + 4, 2)
-                sc3, m3 = _scale_min_k4(row, o + 4, 3)
-                sc4, m4 = _scale_min_k4(row, o + 4, 4)
-                sc5, m5 = _scale_min_k4(row, o + 4, 5)
-                sc6, m6 = _scale_min_k4(row, o + 4, 6)
-                sc7, m7 = _scale_min_k4(row, o + 4, 7)
-                q, qh = o + 48, o + 16  # nibbles as Q4_K's; qh[32] before them
-                sixteen = np.float32(16)
-                s = np.float32(0)
-                for j in range(sub):
-                    h = row[u(qh + j)]
-                    l0, h0 = _nibbles(np.float32(row[u(q + j)]))
-                    l1, h1 = _nibbles(np.float32(row[u(q + 32 + j)]))
-                    l2, h2 = _nibbles(np.float32(row[u(q + 64 + j)]))
-                    l3, h3 = _nibbles(np.float32(row[u(q + 96 + j)]))
-                    s += (
-                        sc0 * (l0 + sixteen * _bit(h, 0)) * xb[u(k0 + j)]
-                        + sc1 * (h0 + sixteen * _bit(h, 1)) * xb[u(k0 + 32 + j)]
-                        + sc2 * (l1 + sixteen * _bit(h, 2)) * xb[u(k0 + 64 + j)]
-                        + sc3 * (h1 + sixteen * _bit(h, 3)) * xb[u(k0 + 96 + j)]
-                        + sc4 * (l2 + sixteen * _bit(h, 4)) * xb[u(k0 + 128 + j)]
-                        + sc5 * (h2 + sixteen * _bit(h, 5)) * xb[u(k0 + 160 + j)]
-                        + sc6 * (l3 + sixteen * _bit(h, 6)) * xb[u(k0 + 192 + j)]
-                        + sc7 * (h3 + sixteen * _bit(h, 7)) * xb[u(k0 + 224 + j)]
-                    )
-                mins = _dot4(m0, m1, m2, m3, xs, s0) + _dot4(m4, m5, m6, m7, xs, s0 + 4)
-                total += d * s - dmin * mins
-            out[b, n] = total
+            for n in range(t * ROWS, min(N, t * ROWS + ROWS)):
+                row = raw[n]
+                total = np.float32(0)
+                for i in range(K // 256):
+                    o, k0, s0 = i * Q5_K.bytes, i * 256, i * 8
+                    d, dmin = _half_at(row, o + Q5_K.d), _half_at(row, o + Q5_K.dmin)
+                    sc0, m0 = _scale_min_k4(row, o + Q5_K.scales, 0)
+                    sc1, m1 = _scale_min_k4(row, o + Q5_K.scales, 1)
+                    sc2, m2 = _scale_min_k4(row, o + Q5_K.scales, 2)
+                    sc3, m3 = _scale_min_k4(row, o + Q5_K.scales, 3)
+                    sc4, m4 = _scale_min_k4(row, o + Q5_K.scales, 4)
+                    sc5, m5 = _scale_min_k4(row, o + Q5_K.scales, 5)
+                    sc6, m6 = _scale_min_k4(row, o + Q5_K.scales, 6)
+                    sc7, m7 = _scale_min_k4(row, o + Q5_K.scales, 7)
+                    q, qh = o + Q5_K.qs, o + Q5_K.qh  # nibbles as Q4_K's; qh[32] before them
+                    sixteen = np.float32(16)
+                    s = np.float32(0)
+                    for j in range(sub):
+                        h = row[u(qh + j)]
+                        l0, h0 = _nibbles(np.float32(row[u(q + j)]))
+                        l1, h1 = _nibbles(np.float32(row[u(q + 32 + j)]))
+                        l2, h2 = _nibbles(np.float32(row[u(q + 64 + j)]))
+                        l3, h3 = _nibbles(np.float32(row[u(q + 96 + j)]))
+                        s += (
+                            sc0 * (l0 + sixteen * _bit(h, 0)) * xb[u(k0 + j)]
+                            + sc1 * (h0 + sixteen * _bit(h, 1)) * xb[u(k0 + 32 + j)]
+                            + sc2 * (l1 + sixteen * _bit(h, 2)) * xb[u(k0 + 64 + j)]
+                            + sc3 * (h1 + sixteen * _bit(h, 3)) * xb[u(k0 + 96 + j)]
+                            + sc4 * (l2 + sixteen * _bit(h, 4)) * xb[u(k0 + 128 + j)]
+                            + sc5 * (h2 + sixteen * _bit(h, 5)) * xb[u(k0 + 160 + j)]
+                            + sc6 * (l3 + sixteen * _bit(h, 6)) * xb[u(k0 + 192 + j)]
+                            + sc7 * (h3 + sixteen * _bit(h, 7)) * xb[u(k0 + 224 + j)]
+                        )
+                    mins = _dot4(m0, m1, m2, m3, xs, s0) + _dot4(m4, m5, m6, m7, xs, s0 + 4)
+                    total += d * s - dmin * mins
+                out[b, n] = total
 
 
 @njit(inline="always")
@@ -576,41 +606,490 @@ def matmul_q6_k(raw, x, out, sub):
             for j in range(16):
                 t += x[b, u(g * 16 + j)]
             x_sums[b, g] = t
-    for n in prange(N):
-        row = raw[n]
+    for t in prange((N + ROWS - 1) // ROWS):  # tasks of ROWS weight rows
         for b in range(B):
             xb, xs = x[b], x_sums[b]
-            total = np.float32(0)
-            for i in range(K // 256):
-                o, k0 = i * 210, i * 256
-                d, sc = half(row[u(o + 208)], row[u(o + 209)]), o + 192
-                offsets = np.float32(0)
-                for g in range(16):
-                    offsets += _int8(row, sc + g) * xs[u(i * 16 + g)]
-                for h in range(2):
-                    ql, qh, kh, sh = o + 64 * h, o + 128 + 32 * h, k0 + 128 * h, sc + 8 * h
-                    # scales of weights l, l + 32, l + 64, l + 96: (for l < 16, for l >= 16)
-                    a1, b1 = _int8(row, sh), _int8(row, sh + 1)
-                    a2, b2 = _int8(row, sh + 2), _int8(row, sh + 3)
-                    a3, b3 = _int8(row, sh + 4), _int8(row, sh + 5)
-                    a4, b4 = _int8(row, sh + 6), _int8(row, sh + 7)
-                    s = np.float32(0)
-                    for l in range(sub):
-                        first = l < 16
-                        c1 = a1 if first else b1
-                        c2 = a2 if first else b2
-                        c3 = a3 if first else b3
-                        c4 = a4 if first else b4
-                        qa, qc, hb = row[u(ql + l)], row[u(ql + 32 + l)], row[u(qh + l)]
-                        s += (
-                            c1 * _six_bits(qa, 0, hb, 0) * xb[u(kh + l)]
-                            + c2 * _six_bits(qc, 0, hb, 2) * xb[u(kh + 32 + l)]
-                            + c3 * _six_bits(qa, 4, hb, 4) * xb[u(kh + 64 + l)]
-                            + c4 * _six_bits(qc, 4, hb, 6) * xb[u(kh + 96 + l)]
-                        )
-                    total += d * s
-                total -= np.float32(32) * d * offsets
-            out[b, n] = total
+            for n in range(t * ROWS, min(N, t * ROWS + ROWS)):
+                row = raw[n]
+                total = np.float32(0)
+                for i in range(K // 256):
+                    o, k0 = i * Q6_K.bytes, i * 256
+                    d, sc = _half_at(row, o + Q6_K.d), o + Q6_K.scales
+                    offsets = np.float32(0)
+                    for g in range(16):
+                        offsets += _int8(row, sc + g) * xs[u(i * 16 + g)]
+                    for h in range(2):
+                        ql, qh = o + Q6_K.ql + 64 * h, o + Q6_K.qh + 32 * h
+                        kh, sh = k0 + 128 * h, sc + 8 * h
+                        # scales of weights l, l + 32, l + 64, l + 96: (for l < 16, for l >= 16)
+                        a1, b1 = _int8(row, sh), _int8(row, sh + 1)
+                        a2, b2 = _int8(row, sh + 2), _int8(row, sh + 3)
+                        a3, b3 = _int8(row, sh + 4), _int8(row, sh + 5)
+                        a4, b4 = _int8(row, sh + 6), _int8(row, sh + 7)
+                        s = np.float32(0)
+                        for l in range(sub):
+                            first = l < 16
+                            c1 = a1 if first else b1
+                            c2 = a2 if first else b2
+                            c3 = a3 if first else b3
+                            c4 = a4 if first else b4
+                            qa, qc, hb = row[u(ql + l)], row[u(ql + 32 + l)], row[u(qh + l)]
+                            s += (
+                                c1 * _six_bits(qa, 0, hb, 0) * xb[u(kh + l)]
+                                + c2 * _six_bits(qc, 0, hb, 2) * xb[u(kh + 32 + l)]
+                                + c3 * _six_bits(qa, 4, hb, 4) * xb[u(kh + 64 + l)]
+                                + c4 * _six_bits(qc, 4, hb, 6) * xb[u(kh + 96 + l)]
+                            )
+                        total += d * s
+                    total -= np.float32(32) * d * offsets
+                out[b, n] = total
+
+
+# ---------------------------------------------------------------- many rows: widened tiles
+#
+# A product of many activation rows (a batch, prefill) does many multiply-adds per weight:
+# arithmetic bounds it, not reading the weights. So each weight is widened to float32 once
+# (each as quants.py widens it: the `_*_row` functions), and the float32 rows are multiplied
+# by every activation row: in registers by `_tile` (the `tiles_*` kernels: each task of the
+# parallel loop widens its ROWS weight rows into a buffer of its thread, in the L1 cache), or,
+# for prefill's hundreds of rows, by BLAS's sgemm (the `widen_*` kernels fill a tile of rows
+# that kernels/__init__.py hands to BLAS).
+
+
+@njit(inline="always")
+def _tile(w, x, out, lo):
+    """out[:, lo : lo + n] = x (B, K) @ w (n, K).T for float32 weight rows w: two weight rows
+    by four activation rows per pass over K, their eight sums in registers (vectorized along
+    K). Measured on one core of this AVX2 machine (thread CPU time, K = 768-5632): ~35
+    GFLOP/s from 4 to 128 activation rows, where OpenBLAS's sgemm reaches 11-13 at 4-16 rows,
+    25 at 64, 31-34 at 128-256 (four weight rows by four spilled registers: 22)."""
+    n, K = w.shape
+    B = x.shape[0]
+    for r in range(0, n - n % 2, 2):
+        w0, w1 = w[r], w[r + 1]
+        for b in range(0, B - B % 4, 4):
+            x0, x1, x2, x3 = x[b], x[b + 1], x[b + 2], x[b + 3]
+            s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = np.float32(0)
+            for j in range(K):
+                v0, v1 = w0[u(j)], w1[u(j)]
+                a0, a1, a2, a3 = x0[u(j)], x1[u(j)], x2[u(j)], x3[u(j)]
+                s00 += v0 * a0
+                s01 += v0 * a1
+                s02 += v0 * a2
+                s03 += v0 * a3
+                s10 += v1 * a0
+                s11 += v1 * a1
+                s12 += v1 * a2
+                s13 += v1 * a3
+            out[b, lo + r], out[b, lo + r + 1] = s00, s10
+            out[b + 1, lo + r], out[b + 1, lo + r + 1] = s01, s11
+            out[b + 2, lo + r], out[b + 2, lo + r + 1] = s02, s12
+            out[b + 3, lo + r], out[b + 3, lo + r + 1] = s03, s13
+        for b in range(B - B % 4, B):  # the last activation rows, 4 not dividing B
+            xb = x[b]
+            s0 = s1 = np.float32(0)
+            for j in range(K):
+                s0 += w0[u(j)] * xb[u(j)]
+                s1 += w1[u(j)] * xb[u(j)]
+            out[b, lo + r], out[b, lo + r + 1] = s0, s1
+    if n % 2:  # an odd weight row
+        wl = w[n - 1]
+        for b in range(B):
+            xb = x[b]
+            s = np.float32(0)
+            for j in range(K):
+                s += wl[u(j)] * xb[u(j)]
+            out[b, lo + n - 1] = s
+
+
+@njit(**JIT)
+def tiles_fp32(w, x, out):
+    """w (N, K) float32 rows: nothing to widen, each task multiplies its ROWS rows."""
+    N = w.shape[0]
+    for t in prange((N + ROWS - 1) // ROWS):  # tasks of ROWS weight rows
+        lo = t * ROWS
+        _tile(w[lo : min(N, lo + ROWS)], x, out, lo)
+
+
+@njit(inline="always")
+def _int8_row(q, sc, w, group):
+    """One row of this project's int8 (K,) and its scales (K/32,) -> w (K,) float32."""
+    for g in range(q.shape[0] // group):
+        for j in range(group):
+            w[u(g * group + j)] = np.float32(q[u(g * group + j)]) * sc[u(g)]
+
+
+@njit(inline="always")
+def _bf16_row(bits, w):
+    """bf16 bits (K,) uint16 -> w (K,) float32: the high halves of float32s."""
+    for j in range(bits.shape[0]):
+        w[u(j)] = np.uint32(np.uint32(bits[u(j)]) << 16).view(np.float32)
+
+
+@njit(inline="always")
+def _fp16_row(bits, w):
+    """fp16 bits (K,) uint16 -> w (K,) float32."""
+    for j in range(bits.shape[0]):
+        w[u(j)] = half_bits(np.uint32(bits[u(j)]))
+
+
+@njit(inline="always")
+def _q8_0_row(row, w, qk):
+    """A row of Q8_0 blocks -> w (K,) float32; qk = 32."""
+    for i in range(w.shape[0] // 32):
+        o, k0 = i * Q8_0.bytes, i * 32
+        d = _half_at(row, o + Q8_0.d)
+        for j in range(qk):
+            w[u(k0 + j)] = d * np.float32(np.int8(row[u(o + Q8_0.qs + j)]))
+
+
+@njit(inline="always")
+def _widen_nibbles(row, q, w, k0, a, m, half_qk):
+    """A 32-weight block's nibbles at byte q -> w[k0:k0+32] = a * nibble + m."""
+    for j in range(half_qk):
+        lo, hi = _nibbles(np.float32(row[u(q + j)]))
+        w[u(k0 + j)] = a * lo + m
+        w[u(k0 + half_qk + j)] = a * hi + m
+
+
+@njit(inline="always")
+def _q4_0_row(row, w, half_qk):
+    """A row of Q4_0 blocks -> w: d * (q - 8); half_qk = 16."""
+    for i in range(w.shape[0] // 32):
+        o = i * Q4_0.bytes
+        d = _half_at(row, o + Q4_0.d)
+        _widen_nibbles(row, o + Q4_0.qs, w, i * 32, d, np.float32(-8) * d, half_qk)
+
+
+@njit(inline="always")
+def _q4_1_row(row, w, half_qk):
+    """A row of Q4_1 blocks -> w: d * q + m; half_qk = 16."""
+    for i in range(w.shape[0] // 32):
+        o = i * Q4_1.bytes
+        d, m = _half_at(row, o + Q4_1.d), _half_at(row, o + Q4_1.m)
+        _widen_nibbles(row, o + Q4_1.qs, w, i * 32, d, m, half_qk)
+
+
+@njit(inline="always")
+def _widen_q5(row, o, layout, w, k0, d, m, half_qk):
+    """The 32-weight Q5_0/Q5_1 block (`layout`) at byte o -> w[k0:k0+32] = d * q + m."""
+    qh, q = _u32(row, o + layout.qh), o + layout.qs
+    for j in range(half_qk):
+        lo, hi = _nibbles(np.float32(row[u(q + j)]))
+        w[u(k0 + j)] = d * (lo + _fifth_bit(qh, j)) + m
+        w[u(k0 + half_qk + j)] = d * (hi + _fifth_bit(qh, j + 16)) + m
+
+
+@njit(inline="always")
+def _q5_0_row(row, w, half_qk):
+    """A row of Q5_0 blocks -> w: d * (q - 16); half_qk = 16."""
+    for i in range(w.shape[0] // 32):
+        o = i * Q5_0.bytes
+        d = _half_at(row, o + Q5_0.d)
+        _widen_q5(row, o, Q5_0, w, i * 32, d, np.float32(-16) * d, half_qk)
+
+
+@njit(inline="always")
+def _q5_1_row(row, w, half_qk):
+    """A row of Q5_1 blocks -> w: d * q + m; half_qk = 16."""
+    for i in range(w.shape[0] // 32):
+        o = i * Q5_1.bytes
+        d, m = _half_at(row, o + Q5_1.d), _half_at(row, o + Q5_1.m)
+        _widen_q5(row, o, Q5_1, w, i * 32, d, m, half_qk)
+
+
+@njit(inline="always")
+def _q4_k_row(row, w, sub):
+    """A row of Q4_K blocks -> w: d sc q - dmin m per sub-block of 32; chunk c of 32 bytes
+    holds sub-block 2c in its low nibbles, 2c + 1 in its high ones. sub = 32."""
+    for i in range(w.shape[0] // 256):
+        o, k0 = i * Q4_K.bytes, i * 256
+        d, dmin = _half_at(row, o + Q4_K.d), _half_at(row, o + Q4_K.dmin)
+        for c in range(4):
+            sc_lo, m_lo = _scale_min_k4(row, o + Q4_K.scales, 2 * c)
+            sc_hi, m_hi = _scale_min_k4(row, o + Q4_K.scales, 2 * c + 1)
+            a_lo, b_lo, a_hi, b_hi = d * sc_lo, dmin * m_lo, d * sc_hi, dmin * m_hi
+            q, k = o + Q4_K.qs + 32 * c, k0 + 64 * c
+            for j in range(sub):
+                lo, hi = _nibbles(np.float32(row[u(q + j)]))
+                w[u(k + j)] = a_lo * lo - b_lo
+                w[u(k + 32 + j)] = a_hi * hi - b_hi
+
+
+@njit(inline="always")
+def _q5_k_row(row, w, sub):
+    """A row of Q5_K blocks -> w: as Q4_K, the fifth bit of weight j of sub-block s in bit s
+    of qh byte j. sub = 32."""
+    sixteen = np.float32(16)
+    for i in range(w.shape[0] // 256):
+        o, k0 = i * Q5_K.bytes, i * 256
+        d, dmin = _half_at(row, o + Q5_K.d), _half_at(row, o + Q5_K.dmin)
+        for c in range(4):
+            sc_lo, m_lo = _scale_min_k4(row, o + Q5_K.scales, 2 * c)
+            sc_hi, m_hi = _scale_min_k4(row, o + Q5_K.scales, 2 * c + 1)
+            a_lo, b_lo, a_hi, b_hi = d * sc_lo, dmin * m_lo, d * sc_hi, dmin * m_hi
+            q, qh, k = o + Q5_K.qs + 32 * c, o + Q5_K.qh, k0 + 64 * c
+            for j in range(sub):
+                lo, hi = _nibbles(np.float32(row[u(q + j)]))
+                h = row[u(qh + j)]
+                w[u(k + j)] = a_lo * (lo + sixteen * _bit(h, 2 * c)) - b_lo
+                w[u(k + 32 + j)] = a_hi * (hi + sixteen * _bit(h, 2 * c + 1)) - b_hi
+
+
+@njit(inline="always")
+def _q6_k_row(row, w, sub):
+    """A row of Q6_K blocks -> w: d sc (q - 32), 16 weights per scale (the bit layout:
+    matmul_q6_k). sub = 32: byte l of each 32 holds weights whose scales change at l = 16, so
+    the loop runs twice over 16 bytes, its four scales fixed (per byte: 0.75 -> 1.4 Gw/s)."""
+    half = sub // 2
+    for i in range(w.shape[0] // 256):
+        o, k0 = i * Q6_K.bytes, i * 256
+        d = _half_at(row, o + Q6_K.d)
+        for h in range(2):
+            ql, qh, kh = o + Q6_K.ql + 64 * h, o + Q6_K.qh + 32 * h, k0 + 128 * h
+            sh = o + Q6_K.scales + 8 * h
+            for g in range(2):  # bytes 16g..16g+15: weights l, l+32, l+64, l+96 take scales
+                c1, c2 = d * _int8(row, sh + g), d * _int8(row, sh + g + 2)  # g, g+2, g+4, g+6
+                c3, c4 = d * _int8(row, sh + g + 4), d * _int8(row, sh + g + 6)
+                for j in range(half):
+                    l = g * half + j
+                    qa, qc, hb = row[u(ql + l)], row[u(ql + 32 + l)], row[u(qh + l)]
+                    w[u(kh + l)] = c1 * (_six_bits(qa, 0, hb, 0) - np.float32(32))
+                    w[u(kh + 32 + l)] = c2 * (_six_bits(qc, 0, hb, 2) - np.float32(32))
+                    w[u(kh + 64 + l)] = c3 * (_six_bits(qa, 4, hb, 4) - np.float32(32))
+                    w[u(kh + 96 + l)] = c4 * (_six_bits(qc, 4, hb, 6) - np.float32(32))
+
+
+@njit(**JIT)
+def tiles_int8(q, scales, x, out, group, workers):
+    """This project's int8, q (N, K) and scales (N, K/32, 1): out (B, N) = x (B, K) @ W.T,
+    each task's rows widened, then _tile (the other tiles_* kernels likewise)."""
+    N, K = q.shape[0], x.shape[1]
+    tasks = (N + ROWS - 1) // ROWS  # of ROWS weight rows each
+    for worker in prange(workers):  # one buffer each, for the widened rows of its tasks
+        w = np.empty((ROWS, K), dtype=np.float32)
+        for t in range(worker * tasks // workers, (worker + 1) * tasks // workers):
+            lo, hi = t * ROWS, min(N, t * ROWS + ROWS)
+            for n in range(lo, hi):
+                _int8_row(q[n], scales[n, :, 0], w[n - lo], group)
+            _tile(w[: hi - lo], x, out, lo)
+
+
+@njit(**JIT)
+def widen_int8(q, scales, out, group):
+    """This project's int8, q (n, K) and scales (n, K/32, 1) -> out (n, K) float32, for BLAS."""
+    for n in prange(out.shape[0]):
+        _int8_row(q[n], scales[n, :, 0], out[n], group)
+
+
+@njit(**JIT)
+def tiles_bf16(bits, x, out, workers):
+    """bf16 bits (N, K) uint16: out (B, N) = x (B, K) @ W.T, widened per task, then _tile."""
+    N, K = bits.shape[0], x.shape[1]
+    tasks = (N + ROWS - 1) // ROWS  # of ROWS weight rows each
+    for worker in prange(workers):  # one buffer each, for the widened rows of its tasks
+        w = np.empty((ROWS, K), dtype=np.float32)
+        for t in range(worker * tasks // workers, (worker + 1) * tasks // workers):
+            lo, hi = t * ROWS, min(N, t * ROWS + ROWS)
+            for n in range(lo, hi):
+                _bf16_row(bits[n], w[n - lo])
+            _tile(w[: hi - lo], x, out, lo)
+
+
+@njit(**JIT)
+def widen_bf16(bits, out):
+    """bf16 bits (N, K) uint16 -> out (n, K) float32, for BLAS."""
+    for n in prange(out.shape[0]):
+        _bf16_row(bits[n], out[n])
+
+
+@njit(**JIT)
+def tiles_fp16(bits, x, out, workers):
+    """fp16 bits (N, K) uint16: out (B, N) = x (B, K) @ W.T, widened per task, then _tile."""
+    N, K = bits.shape[0], x.shape[1]
+    tasks = (N + ROWS - 1) // ROWS  # of ROWS weight rows each
+    for worker in prange(workers):  # one buffer each, for the widened rows of its tasks
+        w = np.empty((ROWS, K), dtype=np.float32)
+        for t in range(worker * tasks // workers, (worker + 1) * tasks // workers):
+            lo, hi = t * ROWS, min(N, t * ROWS + ROWS)
+            for n in range(lo, hi):
+                _fp16_row(bits[n], w[n - lo])
+            _tile(w[: hi - lo], x, out, lo)
+
+
+@njit(**JIT)
+def widen_fp16(bits, out):
+    """fp16 bits (N, K) uint16 -> out (n, K) float32, for BLAS."""
+    for n in prange(out.shape[0]):
+        _fp16_row(bits[n], out[n])
+
+
+@njit(**JIT)
+def tiles_q8_0(raw, x, out, qk, workers):
+    """Q8_0 blocks (N, row bytes) uint8: out (B, N) = x (B, K) @ W.T, widened, then _tile."""
+    N, K = raw.shape[0], x.shape[1]
+    tasks = (N + ROWS - 1) // ROWS  # of ROWS weight rows each
+    for worker in prange(workers):  # one buffer each, for the widened rows of its tasks
+        w = np.empty((ROWS, K), dtype=np.float32)
+        for t in range(worker * tasks // workers, (worker + 1) * tasks // workers):
+            lo, hi = t * ROWS, min(N, t * ROWS + ROWS)
+            for n in range(lo, hi):
+                _q8_0_row(raw[n], w[n - lo], qk)
+            _tile(w[: hi - lo], x, out, lo)
+
+
+@njit(**JIT)
+def widen_q8_0(raw, out, qk):
+    """Q8_0 blocks (N, row bytes) uint8 -> out (n, K) float32, for BLAS."""
+    for n in prange(out.shape[0]):
+        _q8_0_row(raw[n], out[n], qk)
+
+
+@njit(**JIT)
+def tiles_q4_0(raw, x, out, half_qk, workers):
+    """Q4_0 blocks: out (B, N) = x (B, K) @ W.T, widened per task, then _tile."""
+    N, K = raw.shape[0], x.shape[1]
+    tasks = (N + ROWS - 1) // ROWS  # of ROWS weight rows each
+    for worker in prange(workers):  # one buffer each, for the widened rows of its tasks
+        w = np.empty((ROWS, K), dtype=np.float32)
+        for t in range(worker * tasks // workers, (worker + 1) * tasks // workers):
+            lo, hi = t * ROWS, min(N, t * ROWS + ROWS)
+            for n in range(lo, hi):
+                _q4_0_row(raw[n], w[n - lo], half_qk)
+            _tile(w[: hi - lo], x, out, lo)
+
+
+@njit(**JIT)
+def widen_q4_0(raw, out, half_qk):
+    """Q4_0 blocks -> out (n, K) float32, for BLAS."""
+    for n in prange(out.shape[0]):
+        _q4_0_row(raw[n], out[n], half_qk)
+
+
+@njit(**JIT)
+def tiles_q4_1(raw, x, out, half_qk, workers):
+    """Q4_1 blocks: out (B, N) = x (B, K) @ W.T, widened per task, then _tile."""
+    N, K = raw.shape[0], x.shape[1]
+    tasks = (N + ROWS - 1) // ROWS  # of ROWS weight rows each
+    for worker in prange(workers):  # one buffer each, for the widened rows of its tasks
+        w = np.empty((ROWS, K), dtype=np.float32)
+        for t in range(worker * tasks // workers, (worker + 1) * tasks // workers):
+            lo, hi = t * ROWS, min(N, t * ROWS + ROWS)
+            for n in range(lo, hi):
+                _q4_1_row(raw[n], w[n - lo], half_qk)
+            _tile(w[: hi - lo], x, out, lo)
+
+
+@njit(**JIT)
+def widen_q4_1(raw, out, half_qk):
+    """Q4_1 blocks -> out (n, K) float32, for BLAS."""
+    for n in prange(out.shape[0]):
+        _q4_1_row(raw[n], out[n], half_qk)
+
+
+@njit(**JIT)
+def tiles_q5_0(raw, x, out, half_qk, workers):
+    """Q5_0 blocks: out (B, N) = x (B, K) @ W.T, widened per task, then _tile."""
+    N, K = raw.shape[0], x.shape[1]
+    tasks = (N + ROWS - 1) // ROWS  # of ROWS weight rows each
+    for worker in prange(workers):  # one buffer each, for the widened rows of its tasks
+        w = np.empty((ROWS, K), dtype=np.float32)
+        for t in range(worker * tasks // workers, (worker + 1) * tasks // workers):
+            lo, hi = t * ROWS, min(N, t * ROWS + ROWS)
+            for n in range(lo, hi):
+                _q5_0_row(raw[n], w[n - lo], half_qk)
+            _tile(w[: hi - lo], x, out, lo)
+
+
+@njit(**JIT)
+def widen_q5_0(raw, out, half_qk):
+    """Q5_0 blocks -> out (n, K) float32, for BLAS."""
+    for n in prange(out.shape[0]):
+        _q5_0_row(raw[n], out[n], half_qk)
+
+
+@njit(**JIT)
+def tiles_q5_1(raw, x, out, half_qk, workers):
+    """Q5_1 blocks: out (B, N) = x (B, K) @ W.T, widened per task, then _tile."""
+    N, K = raw.shape[0], x.shape[1]
+    tasks = (N + ROWS - 1) // ROWS  # of ROWS weight rows each
+    for worker in prange(workers):  # one buffer each, for the widened rows of its tasks
+        w = np.empty((ROWS, K), dtype=np.float32)
+        for t in range(worker * tasks // workers, (worker + 1) * tasks // workers):
+            lo, hi = t * ROWS, min(N, t * ROWS + ROWS)
+            for n in range(lo, hi):
+                _q5_1_row(raw[n], w[n - lo], half_qk)
+            _tile(w[: hi - lo], x, out, lo)
+
+
+@njit(**JIT)
+def widen_q5_1(raw, out, half_qk):
+    """Q5_1 blocks -> out (n, K) float32, for BLAS."""
+    for n in prange(out.shape[0]):
+        _q5_1_row(raw[n], out[n], half_qk)
+
+
+@njit(**JIT)
+def tiles_q4_k(raw, x, out, sub, workers):
+    """Q4_K blocks: out (B, N) = x (B, K) @ W.T, widened per task, then _tile."""
+    N, K = raw.shape[0], x.shape[1]
+    tasks = (N + ROWS - 1) // ROWS  # of ROWS weight rows each
+    for worker in prange(workers):  # one buffer each, for the widened rows of its tasks
+        w = np.empty((ROWS, K), dtype=np.float32)
+        for t in range(worker * tasks // workers, (worker + 1) * tasks // workers):
+            lo, hi = t * ROWS, min(N, t * ROWS + ROWS)
+            for n in range(lo, hi):
+                _q4_k_row(raw[n], w[n - lo], sub)
+            _tile(w[: hi - lo], x, out, lo)
+
+
+@njit(**JIT)
+def widen_q4_k(raw, out, sub):
+    """Q4_K blocks -> out (n, K) float32, for BLAS."""
+    for n in prange(out.shape[0]):
+        _q4_k_row(raw[n], out[n], sub)
+
+
+@njit(**JIT)
+def tiles_q5_k(raw, x, out, sub, workers):
+    """Q5_K blocks: out (B, N) = x (B, K) @ W.T, widened per task, then _tile."""
+    N, K = raw.shape[0], x.shape[1]
+    tasks = (N + ROWS - 1) // ROWS  # of ROWS weight rows each
+    for worker in prange(workers):  # one buffer each, for the widened rows of its tasks
+        w = np.empty((ROWS, K), dtype=np.float32)
+        for t in range(worker * tasks // workers, (worker + 1) * tasks // workers):
+            lo, hi = t * ROWS, min(N, t * ROWS + ROWS)
+            for n in range(lo, hi):
+                _q5_k_row(raw[n], w[n - lo], sub)
+            _tile(w[: hi - lo], x, out, lo)
+
+
+@njit(**JIT)
+def widen_q5_k(raw, out, sub):
+    """Q5_K blocks -> out (n, K) float32, for BLAS."""
+    for n in prange(out.shape[0]):
+        _q5_k_row(raw[n], out[n], sub)
+
+
+@njit(**JIT)
+def tiles_q6_k(raw, x, out, sub, workers):
+    """Q6_K blocks: out (B, N) = x (B, K) @ W.T, widened per task, then _tile."""
+    N, K = raw.shape[0], x.shape[1]
+    tasks = (N + ROWS - 1) // ROWS  # of ROWS weight rows each
+    for worker in prange(workers):  # one buffer each, for the widened rows of its tasks
+        w = np.empty((ROWS, K), dtype=np.float32)
+        for t in range(worker * tasks // workers, (worker + 1) * tasks // workers):
+            lo, hi = t * ROWS, min(N, t * ROWS + ROWS)
+            for n in range(lo, hi):
+                _q6_k_row(raw[n], w[n - lo], sub)
+            _tile(w[: hi - lo], x, out, lo)
+
+
+@njit(**JIT)
+def widen_q6_k(raw, out, sub):
+    """Q6_K blocks -> out (n, K) float32, for BLAS."""
+    for n in prange(out.shape[0]):
+        _q6_k_row(raw[n], out[n], sub)
 
 
 # ---------------------------------------------------------------- by storage kind
@@ -623,6 +1102,39 @@ def supports(rows) -> bool:
         return rows.shape[1] == 32 * rows.scales.shape[1]
     return rows.kind in KINDS
 
+
+# packed.PackedRows kind -> widen(rows, start, stop, out): rows start..stop-1 of the PackedRows
+# -> out (stop - start, K) float32 C-contiguous. fp32 needs none: BLAS multiplies its rows.
+WIDEN = {
+    "int8": lambda r, i, j, out: widen_int8(r.data[i:j], r.scales[i:j], out, 32),
+    "bf16": lambda r, i, j, out: widen_bf16(r.data[i:j].view(np.uint16), out),
+    "fp16": lambda r, i, j, out: widen_fp16(r.data[i:j].view(np.uint16), out),
+    "Q8_0": lambda r, i, j, out: widen_q8_0(r.data[i:j], out, 32),
+    "Q4_0": lambda r, i, j, out: widen_q4_0(r.data[i:j], out, 16),
+    "Q4_1": lambda r, i, j, out: widen_q4_1(r.data[i:j], out, 16),
+    "Q5_0": lambda r, i, j, out: widen_q5_0(r.data[i:j], out, 16),
+    "Q5_1": lambda r, i, j, out: widen_q5_1(r.data[i:j], out, 16),
+    "Q4_K": lambda r, i, j, out: widen_q4_k(r.data[i:j], out, 32),
+    "Q5_K": lambda r, i, j, out: widen_q5_k(r.data[i:j], out, 32),
+    "Q6_K": lambda r, i, j, out: widen_q6_k(r.data[i:j], out, 32),
+}
+
+# packed.PackedRows kind -> tiles(rows, x, out): out (B, N) = x (B, K) @ rows.T in widened
+# tiles multiplied in registers, for a batch's rows; x (B, K) float32 C-contiguous.
+TILES = {
+    "int8": lambda r, x, out: tiles_int8(r.data, r.scales, x, out, 32, WORKERS),
+    "bf16": lambda r, x, out: tiles_bf16(r.data.view(np.uint16), x, out, WORKERS),
+    "fp16": lambda r, x, out: tiles_fp16(r.data.view(np.uint16), x, out, WORKERS),
+    "fp32": lambda r, x, out: tiles_fp32(r.data, x, out),
+    "Q8_0": lambda r, x, out: tiles_q8_0(r.data, x, out, 32, WORKERS),
+    "Q4_0": lambda r, x, out: tiles_q4_0(r.data, x, out, 16, WORKERS),
+    "Q4_1": lambda r, x, out: tiles_q4_1(r.data, x, out, 16, WORKERS),
+    "Q5_0": lambda r, x, out: tiles_q5_0(r.data, x, out, 16, WORKERS),
+    "Q5_1": lambda r, x, out: tiles_q5_1(r.data, x, out, 16, WORKERS),
+    "Q4_K": lambda r, x, out: tiles_q4_k(r.data, x, out, 32, WORKERS),
+    "Q5_K": lambda r, x, out: tiles_q5_k(r.data, x, out, 32, WORKERS),
+    "Q6_K": lambda r, x, out: tiles_q6_k(r.data, x, out, 32, WORKERS),
+}
 
 # packed.PackedRows kind -> kernel(rows, x, out): x (B, K) float32 C-contiguous, out (B, N).
 KINDS = {

@@ -38,6 +38,7 @@ import numpy as np
 
 from .. import kernels
 from ..errors import ArgumentError
+from ..packed import PackedRows, Scratch
 from ..validate import MACHINE_CACHE, read_json, validate
 from .atomic import write_text
 
@@ -267,8 +268,9 @@ def _sgemv_bandwidth(repeats: int, rows: int = 32768, cols: int = 4096) -> float
     y = np.empty(rows, dtype=np.float32)  # (out,)
     best = w.nbytes / _best_time(lambda: np.matmul(x, w, out=y), repeats)
     # With compiled kernels the model's fp32 decode reads (out, in) rows through them
-    # (packed.matmul), which can stream faster than OpenBLAS: the peak is the faster read.
-    kernel = kernels.compiled(w, 1)  # the same bytes, read as `cols` rows of `rows`
+    # (weights.fp32_matrix), which can stream faster than OpenBLAS: the peak is the faster read.
+    as_rows = PackedRows("fp32", w, None, Scratch())  # the same bytes, read as `cols` rows
+    kernel = kernels.compiled(as_rows, 1)
     if kernel is not None:
         x_rows = np.ones((1, rows), dtype=np.float32)  # (1, rows)
         out = np.empty((1, cols), dtype=np.float32)  # (1, cols)
