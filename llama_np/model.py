@@ -196,9 +196,9 @@ class Model:
 
         Each sequence is at its own position (cache.lengths[b]), so prompts of different
         lengths decode together. Every weight matrix is read once per step for all B tokens,
-        which is why servers batch (stories110M with the kernel layer: 2.4x the tokens/s of
-        batch 1 at batch 2, 3.5x at 4; see benchmarks/). A serving engine keeps such a batch
-        full as requests come and go: engine/.
+        which is why servers batch (measured up to 32 rows: the README's batched decode
+        table, benchmarks/run.py). A serving engine keeps such a batch full as requests come
+        and go: engine/.
         """
         ids = self._check_tokens(tokens)
         cache = arguments.kv_cache(cache, "cache", self.config)

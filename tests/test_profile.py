@@ -197,6 +197,26 @@ def test_peaks_are_cached_per_thread_count(tmp_path, monkeypatch):
     assert len(saved) == 2 and all("numpy" in key and "threads" in key for key in saved)
 
 
+def test_peaks_measured_on_a_busy_machine_are_measured_again(tmp_path, monkeypatch):
+    """A cached measurement that other processes disturbed (others_cores > BUSY_CORES) is
+    not trusted: the next call measures again, keeping the higher figures until a quiet
+    measurement replaces it; a quiet one is then read from the file."""
+    monkeypatch.setattr(machine, "CACHE_FILE", tmp_path / "machine.json")
+    results = iter([
+        MachinePeaks(5e9, 2e9, "busy", 1, machine.machine_key(1), others_cores=1.6),
+        MachinePeaks(4e9, 3e9, "busy again", 1, machine.machine_key(1), others_cores=1.2),
+        MachinePeaks(9e9, 8e9, "quiet", 1, machine.machine_key(1), others_cores=0.01),
+    ])  # fmt: skip
+    monkeypatch.setattr(machine, "measure", lambda repeats=7, threads=None: next(results))
+    assert machine.peaks(threads=1).busy
+    second = machine.peaks(threads=1)  # measured again: the higher of each figure
+    assert (second.matmul_flops, second.memory_bandwidth, second.others_cores) == (5e9, 3e9, 1.2)
+    third = machine.peaks(threads=1)
+    assert (third.matmul_flops, third.description, third.busy) == (9e9, "quiet", False)
+    assert machine.peaks(threads=1).description == "quiet"  # from the file: nothing left
+    assert next(results, None) is None
+
+
 def test_poisoned_cache_is_measured_again(tmp_path, capsys, monkeypatch):
     """Cached peaks far too low (measured under load): profile notices and measures again."""
     cache = tmp_path / "machine.json"
