@@ -1,7 +1,7 @@
 """Benchmark llama_np against this machine's limits (and HF transformers, when installed).
 
     python benchmarks/run.py                 # full run: ~20 minutes on 2 cores (quiet)
-    LLAMA_CPP_BIN=DIR python benchmarks/run.py   # + llama.cpp (llama-bench, llama-quantize in DIR)
+    LLAMA_CPP_BIN=DIR python benchmarks/run.py   # + llama.cpp (its tools in DIR): ~60 minutes
     python benchmarks/run.py --quick         # fewer repetitions, no 8B model
     python benchmarks/run.py --models stories15M,stories110M --batch-sizes 1,4
 

@@ -134,3 +134,20 @@ def test_pictures_exist():
     assert names
     for name in names:
         assert (DOC.parent / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_lab_draws_its_steps_in_the_phase_colours(tiny, tmp_path):
+    """plot_steps draws prefill and decode tokens in the one colour table's colours (an import
+    of a renamed table once made every chart say 'matplotlib is not installed')."""
+    pytest.importorskip("matplotlib")
+    import numpy as np
+    from matplotlib.colors import to_rgb
+    from matplotlib.image import imread
+
+    from llama_np.tools.colors import PHASE_COLORS
+
+    _, runs = serving_lab.chunked(tiny, streams=2, long=40, budget=16)
+    pixels = imread(serving_lab.plot_steps(runs, tmp_path / "steps.png", "chunked"))[..., :3]
+    for phase in ("prefill", "decode"):
+        near = np.abs(pixels - np.array(to_rgb(PHASE_COLORS[phase]))).max(axis=-1) < 0.02
+        assert near.sum() > 100, phase  # bars of that colour, not a stray pixel

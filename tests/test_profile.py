@@ -134,14 +134,28 @@ def test_cli_writes_json_and_chart(tmp_path, capsys, monkeypatch):
 
 
 def test_cli_without_matplotlib_still_writes_json(tmp_path, capsys, monkeypatch):
-    def no_matplotlib(*args):
-        raise ImportError("No module named 'matplotlib'")
+    def no_matplotlib(*args):  # what `import matplotlib` raises where it is not installed
+        raise ModuleNotFoundError("No module named 'matplotlib'", name="matplotlib")
 
     monkeypatch.setattr(machine, "peaks", lambda remeasure=False, threads=None: PEAKS)
     monkeypatch.setattr(cli_perf, "plot_profile", no_matplotlib)
     assert main(["profile", "-n", "2", "--out", str(tmp_path)]) == 0
     assert "pip install -e '.[plot]'" in capsys.readouterr().err
     assert (tmp_path / "profile.json").exists() and not (tmp_path / "profile.png").exists()
+
+
+def test_a_missing_module_of_ours_is_not_called_a_missing_matplotlib(tmp_path, monkeypatch):
+    """Only matplotlib's absence means 'no chart': any other failed import is a bug, raised."""
+
+    def broken(*args):
+        raise ModuleNotFoundError(
+            "No module named 'llama_np.tools.gone'", name="llama_np.tools.gone"
+        )
+
+    monkeypatch.setattr(machine, "peaks", lambda remeasure=False, threads=None: PEAKS)
+    monkeypatch.setattr(cli_perf, "plot_profile", broken)
+    with pytest.raises(ModuleNotFoundError, match="gone"):
+        main(["profile", "-n", "2", "--out", str(tmp_path)])
 
 
 # ---------------------------------------------------------------- trustworthy measurement

@@ -297,7 +297,9 @@ def run_profile(args: argparse.Namespace) -> int:
     try:
         plot_profile(result, out / "profile.png")
         wrote.append(out / "profile.png")
-    except ImportError:
+    except ModuleNotFoundError as e:
+        if e.name != "matplotlib":  # a missing module of ours is a bug, not a missing extra
+            raise
         print(
             "no chart: matplotlib is not installed; pip install -e '.[plot]' (or pip install "
             "matplotlib) to get profile.png",

@@ -277,7 +277,7 @@ def plot_steps(runs: Sequence[Run], path: Path | str, title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .profile import COLORS
+    from .colors import PHASE_COLORS as COLORS
 
     fig, axes = plt.subplots(len(runs), 1, figsize=(9, 2.2 * len(runs) + 0.6), sharex=True,
                              constrained_layout=True)  # fmt: skip
