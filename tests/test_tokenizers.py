@@ -281,3 +281,26 @@ def test_not_json(tmp_path):
     path.write_text("not json")
     with pytest.raises(TokenizerError, match="not valid JSON"):
         load_tokenizer(path)
+
+
+def test_an_added_token_with_empty_text_does_not_hang_encode():
+    """The structure fuzzer found it (CI's random examples): a tokenizer.json whose added
+    token has empty content made tiktoken's matcher loop forever, allocating, in code no
+    signal can interrupt. The token keeps its id; text never matches it. Run in a
+    subprocess, so that the bug coming back fails by timeout instead of hanging the suite."""
+    import subprocess
+    import sys
+
+    script = (
+        "from llama_np.tokenizers.tiktoken_bpe import TiktokenTokenizer\n"
+        "ranks = {bytes([b]): b for b in range(256)}\n"
+        "tok = TiktokenTokenizer(ranks, {'': 256, '<|end|>': 257}, r'\\S+|\\s+', None, 257)\n"
+        "ids = tok.encode('Hello <|end|>', allow_special=True)\n"
+        "assert ids == [*b'Hello ', 257], ids\n"
+        "assert tok.decode(ids + [256]) == tok.decode(ids)\n"  # its text is empty
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -95,12 +95,15 @@ class TiktokenTokenizer:
         self._warned_missing = False
         ids = [*mergeable_ranks.values(), *special_tokens.values()]
         self.vocab_size = max(ids) + 1
+        # An added token with empty text (a fuzzed tokenizer.json had one) cannot occur in
+        # text, and tiktoken's matcher loops forever on it: it keeps its id, not a match.
+        matchable = {text: i for text, i in self.special_tokens.items() if text}
         try:
             self.encoding = tiktoken.Encoding(
                 name or "llama_np",
                 pat_str=pat_str,
                 mergeable_ranks=mergeable_ranks,
-                special_tokens=self.special_tokens,
+                special_tokens=matchable,
             )
         except ValueError as e:  # the split regex does not compile
             raise TokenizerError(f"{name}: the pre-tokenizer's split regex: {e}") from e
