@@ -288,7 +288,8 @@ class Bytes:
     def accepts(self, v) -> bool:
         if v is None:
             return True
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, str)):
+        # NumPy integers are byte counts too (the API takes them wherever it takes ints)
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer, str)):
             return False
         try:
             return parse_bytes(v) >= self.at_least
