@@ -6,15 +6,12 @@ Chromium comes from Debian's packages (`.ci/run` installs it); without it this t
 skipped locally, and fails in CI (CI=true), where it must run.
 """
 
-import os
 import re
-import shutil
-import subprocess
-import tempfile
-from html.parser import HTMLParser
 
+import browser
 import numpy as np
 import pytest
+from browser import Elements
 
 import llama_np
 from llama_np.tools.colors import PHASE_COLORS
@@ -23,61 +20,13 @@ from llama_np.tools.machine import MachinePeaks
 from llama_np.tools.profile import profile_generation
 from llama_np.tools.trace import token_labels, trace_attention
 
-BROWSER = next(
-    (shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)),
-    None,
-)
 PEAKS = MachinePeaks(50e9, 5e9, "test")
 
 
 def dump_dom(url: str, width: int = 1200) -> tuple[str, str]:
     """The DOM after the page's scripts ran, in a window `width` pixels wide, and the
     browser's log (console messages)."""
-    if BROWSER is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must run the explorer test: .ci/run installs chromium")
-        pytest.skip("no chromium here: apt-get install chromium (CI installs it) to run this")
-    with tempfile.TemporaryDirectory() as profile_dir:
-        result = subprocess.run(
-            [BROWSER, "--headless", "--no-sandbox", "--disable-gpu",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--no-first-run", f"--user-data-dir={profile_dir}", "--enable-logging=stderr",
-             "--v=0", f"--window-size={width},900", "--dump-dom", url],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout, result.stderr
-
-
-class Elements(HTMLParser):
-    """Every element's attributes and text, by id and by class."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stack: list[dict] = []
-        self.all: list[dict] = []
-
-    def handle_starttag(self, tag, attrs):
-        element = {"tag": tag, **dict(attrs), "text": ""}
-        self.all.append(element)
-        if tag not in ("br", "img", "input", "meta", "link", "line", "circle", "rect",
-                       "polyline"):  # fmt: skip
-            self.stack.append(element)
-
-    def handle_endtag(self, tag):
-        if self.stack and self.stack[-1]["tag"] == tag:
-            self.stack.pop()
-
-    def handle_data(self, data):
-        for element in self.stack:
-            element["text"] += data
-
-    def by_id(self, id_: str) -> dict:
-        (element,) = [e for e in self.all if e.get("id") == id_]
-        return element
-
-    def by_class(self, name: str) -> list[dict]:
-        return [e for e in self.all if name in e.get("class", "").split()]
+    return browser.dump_dom(url, f"--window-size={width},900", what="the explorer test")
 
 
 @pytest.fixture(scope="module")

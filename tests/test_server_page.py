@@ -9,17 +9,13 @@ is skipped locally, and fails in CI (CI=true), where it must run.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
-import tempfile
 import threading
-from html.parser import HTMLParser
 from urllib.parse import quote
 
 import httpx
 import pytest
+from browser import Elements, dump_dom
 from live_server import Gate, LiveServer, chat_model
 
 import llama_np
@@ -29,10 +25,6 @@ from llama_np.server.page import PAGE
 from llama_np.tools.colors import PHASE_COLORS
 
 KEY = "page-key"
-BROWSER = next(
-    (shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)),
-    None,
-)
 
 
 @pytest.fixture(scope="module")
@@ -46,50 +38,7 @@ def live():
 def browse(url: str) -> tuple[str, str]:
     """The DOM after the page ran for 15 s of its own (virtual) time (the time it waits on the
     network does not count), and the browser's log."""
-    if BROWSER is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must run the page test: .ci/run installs chromium")
-        pytest.skip("no chromium here: apt-get install chromium (CI installs it) to run this")
-    with tempfile.TemporaryDirectory() as profile_dir:
-        result = subprocess.run(
-            [BROWSER, "--headless", "--no-sandbox", "--disable-gpu",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--no-first-run", f"--user-data-dir={profile_dir}", "--enable-logging=stderr",
-             "--v=0", "--virtual-time-budget=15000", "--dump-dom", url],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout, result.stderr
-
-
-class Elements(HTMLParser):
-    """Every element's attributes and text."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stack: list[dict] = []
-        self.all: list[dict] = []
-
-    def handle_starttag(self, tag, attrs):
-        element = {"tag": tag, **dict(attrs), "text": ""}
-        self.all.append(element)
-        if tag not in ("br", "input", "meta", "rect"):
-            self.stack.append(element)
-
-    def handle_endtag(self, tag):
-        if self.stack and self.stack[-1]["tag"] == tag:
-            self.stack.pop()
-
-    def handle_data(self, data):
-        for element in self.stack:
-            element["text"] += data
-
-    def by_id(self, id_: str) -> dict:
-        (element,) = [e for e in self.all if e.get("id") == id_]
-        return element
-
-    def by_class(self, name: str) -> list[dict]:
-        return [e for e in self.all if name in e.get("class", "").split()]
+    return dump_dom(url, "--virtual-time-budget=15000", what="the page test")
 
 
 def test_page_is_self_contained(live):
