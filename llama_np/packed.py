@@ -117,9 +117,12 @@ class PackedRows:
 
     def __init__(self, kind: str, data: np.ndarray, scales: np.ndarray | None, scratch: Scratch):
         self.kind = kind  # "bf16" | "fp16" | "int8" | "fp32" | a quants.QUANT_TYPES name
+        # Read-only views, whether the bytes are mapped from a file (read-only) or built here:
+        # numba compiles a kernel once per argument type, and read-only is another type, so
+        # every kernel would otherwise compile twice (~3 minutes of a fresh test run).
         # (N, K) BFLOAT16, float16, int8 or float32; for block types (N, row_bytes) uint8
-        self.data = data
-        self.scales = scales  # (N, K / group, 1) float32 for int8, else None
+        self.data = _read_only(data)
+        self.scales = None if scales is None else _read_only(scales)  # (N, K/group, 1) int8's
         self.scratch = scratch
         N, row = data.shape
         if kind in QUANT_TYPES:
@@ -337,17 +340,16 @@ def pack(
     # more than the matrix itself. (bf16/fp16 -> float32 -> the same type is exact.)
     N, K = sum(p.shape[0] for p in parts), parts[0].shape[1]
     step = max(1, PACK_FLOATS // K)  # rows per block
-    packed, row = None, 0
+    data, scales, row = None, None, 0
     for source in parts:
         for start in range(0, source.shape[0], step):
             block = PackedRows.from_float32(kind, to_float32(source[start : start + step]), scratch)
-            if packed is None:  # the first block tells the storage dtype and the scales' shape
-                scales = block.scales
-                if scales is not None:
-                    scales = np.empty((N, *scales.shape[1:]), dtype=np.float32)  # (N, K/G, 1)
-                packed = PackedRows(kind, np.empty((N, K), block.data.dtype), scales, scratch)
+            if data is None:  # the first block tells the storage dtype and the scales' shape
+                data = np.empty((N, K), block.data.dtype)  # (N, K)
+                if block.scales is not None:
+                    scales = np.empty((N, *block.scales.shape[1:]), dtype=np.float32)  # (N, K/G, 1)
             stop = row + block.shape[0]
-            packed.data[row:stop] = block.data
+            data[row:stop] = block.data
             if scales is not None:
                 scales[row:stop] = block.scales
             row = stop
@@ -355,7 +357,13 @@ def pack(
             # touching a page maps its in-cache neighbours as well (Linux's fault-around).
             release_pages(source[max(0, start - step) : start + step])
         release_pages(source)
-    return packed
+    return PackedRows(kind, data, scales, scratch)
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    view = array.view()
+    view.flags.writeable = False
+    return view
 
 
 def _pack_stored(parts: list[Tensor], scratch: Scratch) -> np.ndarray | PackedRows | StackedRows:

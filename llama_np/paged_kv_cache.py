@@ -111,7 +111,8 @@ class PagedKVCache:
         out = np.empty((B, H, HD), dtype=np.float32)  # (B, H, HD)
         tables = np.ascontiguousarray(step.block_tables[group])  # (B, blocks)
         ends = np.ascontiguousarray(step.ends[group])  # (B,)
-        kernel(np.ascontiguousarray(q[:, 0]), self.k[layer], self.v[layer], tables, ends, out)
+        q = np.ascontiguousarray(q[:, 0])  # (B, H, HD)
+        kernel(q, self.k[layer], self.v[layer], tables, ends, out, True)
         return out.reshape(B, 1, H * HD)
 
     def zero(self, blocks: list[int]) -> None:

@@ -116,13 +116,17 @@ def test_cli_generates_for_several_prompts(capsys):
 def test_nan_in_compressed_weights_is_located(dtype):
     """The NaN locator reads packed matrices too (piece by piece, as they are multiplied)."""
     model = llama_np.load(weights_dtype=dtype)
-    packed = model.weights.layers[2].w_gate_up.packed  # (2F, D) rows
+    matrix = model.weights.layers[2].w_gate_up
+    packed = matrix.packed  # (2F, D) rows, read-only: corrupted in a copy put in its place
+    data = packed.data.copy()
+    scales = None if packed.scales is None else packed.scales.copy()
     if dtype == "int8":
-        packed.scales[7, 0, 0] = np.nan
+        scales[7, 0, 0] = np.nan
     elif dtype == "bf16":
-        packed.data.view(np.uint16)[7, 3] = 0x7FC0  # a bfloat16 NaN
+        data.view(np.uint16)[7, 3] = 0x7FC0  # a bfloat16 NaN
     else:
-        packed.data[7, 3] = np.float16(np.nan)
+        data[7, 3] = np.float16(np.nan)
+    matrix.packed = PackedRows(packed.kind, data, scales, packed.scratch)
     with pytest.raises(NumericalError) as e:
         llama_np.generate_text(model, "Once upon a time", 5)
     message = str(e.value)

@@ -43,13 +43,13 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import reprlib
 import threading
 import weakref
 from collections.abc import Callable
 
 import numpy as np
 
-from .. import arguments
 from ..errors import ArgumentError
 
 KERNELS = ("numpy", "numba", "int8")
@@ -268,8 +268,16 @@ def _plan(rows, name: str, n_rows: int) -> Callable[[np.ndarray, np.ndarray], No
     governed = all(kernel is not _widened_product for kernel, _, _ in columns)
 
     def product(x: np.ndarray, out: np.ndarray) -> None:
+        if len(columns) == 1:
+            kernel, part, _ = columns[0]
+            kernel(part, x, out)
+            return
         for kernel, part, start in columns:
-            kernel(part, x, out[:, start : start + part.shape[0]])  # (B, rows of the part)
+            # Into a contiguous array, then its columns of `out`: numba compiles a kernel again
+            # for each layout of its arguments, and a slice of columns is another layout.
+            part_out = np.empty((x.shape[0], part.shape[0]), dtype=np.float32)  # (B, part's N)
+            kernel(part, x, part_out)
+            out[:, start : start + part.shape[0]] = part_out
 
     def run(x: np.ndarray, out: np.ndarray) -> None:
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -283,16 +291,16 @@ def _plan(rows, name: str, n_rows: int) -> Callable[[np.ndarray, np.ndarray], No
 
 
 def paged_attention() -> Callable | None:
-    """Decode attention over a paged KV cache's blocks, read in place (attention.py):
-    `run(q, k_pool, v_pool, tables, ends, out)`, or None when the numpy kernels are active
-    (PagedKVCache then gathers the blocks for layers.attention)."""
+    """Decode attention over a KV cache's blocks, read in place (attention.py):
+    `run(q, k_pool, v_pool, tables, ends, out, heads_first)`, or None when the numpy kernels
+    are active (the caches then hand their keys and values to layers.attention)."""
     if active() == "numpy":
         return None
     from . import attention
 
-    def run(q, k_pool, v_pool, tables, ends, out) -> None:
+    def run(q, k_pool, v_pool, tables, ends, out, heads_first) -> None:
         with _LOCK:
-            attention.paged_decode(q, k_pool, v_pool, tables, ends, out)
+            attention.paged_decode(q, k_pool, v_pool, tables, ends, out, heads_first)
 
     return run
 
@@ -342,8 +350,10 @@ def warm_up() -> None:
     from . import numba_jit
 
     one = np.ones((1, 1), dtype=np.float32)
+    weights = one.view()
+    weights.flags.writeable = False  # as packed.PackedRows holds weights: the same signature
     with _LOCK:
-        numba_jit.matmul_fp32(one, one, np.empty((1, 1), dtype=np.float32))
+        numba_jit.matmul_fp32(weights, one, np.empty((1, 1), dtype=np.float32))
 
 
 def _kernel(name: str, rows, n_rows: int) -> Callable:
@@ -378,4 +388,6 @@ def _check_installed(name: str, what: str, instead: str) -> None:
 
 def _check(name: str, where: str) -> None:
     if not (isinstance(name, str) and name in KERNELS):
-        raise arguments.refuse(where, name, f"one of {', '.join(KERNELS)}")
+        # (not arguments.refuse: the KV cache, which arguments imports, imports this module)
+        allowed = ", ".join(KERNELS)
+        raise ArgumentError(f"{where} must be one of {allowed}, got {reprlib.repr(name)}")
