@@ -444,15 +444,41 @@ def busy_core(seconds: float):
         busy.wait()
 
 
+def recovery_seconds(model) -> float | None:
+    """Seconds of decoding until the compiled kernels run on every core again (None: not
+    within 3 × their longest wait between tries of another thread count). Tries happen
+    between products, so decode runs meanwhile."""
+    if not kernels.numba_available():  # only the compiled kernels change their thread count
+        return 0.0
+    from llama_np.kernels.threads import MAX_PROBE_SECONDS
+
+    limit = 3 * MAX_PROBE_SECONDS
+    cache = model.new_cache(DECODE_PROMPT + 64)
+    start = time.perf_counter()
+    while time.perf_counter() - start < limit:
+        used, every = kernels.threads_used()
+        if used == every:
+            return time.perf_counter() - start
+        if cache.length >= cache.max_seq_len:
+            cache.reset()
+        model.decode(5, cache)
+    return None
+
+
 def contention(bin_dir: Path | None, path: Path, n_steps: int, rounds: int) -> dict:
     """Decode tok/s of llama_np (and llama.cpp when given) on one GGUF file, quiet and with one
     core kept busy by another process, interleaved round by round; `busy_ratio` is the median
-    over rounds of busy ÷ quiet (each engine its own). Then, the core free again, llama_np's
-    rate (`after`), to see the kernels go back to all their threads."""
+    over rounds of busy ÷ quiet (each engine its own). Each time the core is freed, llama_np
+    decodes until its kernels are back on all their threads before anything is timed:
+    `recovered_seconds` lists how long that took (None: not within 3 × the longest wait
+    between the kernels' tries of another thread count). `after`: the rate once back."""
     model = load(path)
     time_decode(model, n_steps, 1)  # warm-up
     runs = {key: [] for key in ("quiet", "busy", "cpp_quiet", "cpp_busy")}
-    for _ in range(rounds):
+    recovered = []
+    for round_ in range(rounds):
+        if round_:  # the core was busy in the last round
+            recovered.append(recovery_seconds(model))
         runs["quiet"] += time_decode(model, n_steps, 1)
         if bin_dir:
             runs["cpp_quiet"].append(llama_cpp.decode(bin_dir, path, n_steps))
@@ -460,7 +486,7 @@ def contention(bin_dir: Path | None, path: Path, n_steps: int, rounds: int) -> d
             runs["busy"] += time_decode(model, n_steps, 3)  # the kernels adapt: a few runs
             if bin_dir:
                 runs["cpp_busy"].append(llama_cpp.decode(bin_dir, path, n_steps))
-    time.sleep(1)  # longer than the kernels' wait before trying all threads again
+    recovered.append(recovery_seconds(model))
     after = time_decode(model, n_steps, 3)
     del model
     gc.collect()
@@ -468,6 +494,7 @@ def contention(bin_dir: Path | None, path: Path, n_steps: int, rounds: int) -> d
         "quiet": spread(runs["quiet"]),
         "busy": spread(runs["busy"]),
         "after": spread(after),
+        "recovered_seconds": recovered,
         "busy_ratio": float(np.median(runs["busy"]) / np.median(runs["quiet"])),
     }
     if bin_dir:
@@ -1037,11 +1064,13 @@ def to_markdown(r: dict) -> str:
             "",
             "Decode with one of the cores kept busy by another process (`taskset -c LAST "
             "timeout 120 python -c 'while True: pass'`), interleaved with quiet runs round by "
-            "round; after: llama_np once the core is free again.",
+            "round; back on all cores: seconds of decoding, each time the core was freed, until "
+            "the kernels used every core again (median, max), before anything else is timed; "
+            "after: llama_np's rate once back.",
             "",
-            "| model, GGUF | llama_np quiet tok/s | busy | busy ÷ quiet | after | "
-            "llama.cpp quiet | busy | busy ÷ quiet |",
-            "|---|---|---|---|---|---|---|---|",
+            "| model, GGUF | llama_np quiet tok/s | busy | busy ÷ quiet | back on all cores "
+            "| after | llama.cpp quiet | busy | busy ÷ quiet |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for e in r["contention"]:
             cpp = "— | — | —"
@@ -1050,10 +1079,15 @@ def to_markdown(r: dict) -> str:
                     f"{e['llama_cpp_quiet']['median']:.1f} | {e['llama_cpp_busy']['median']:.1f} | "
                     f"{e['llama_cpp_busy_ratio']:.2f}×"
                 )
+            back = e.get("recovered_seconds") or []
+            if None in back:
+                back = f"not back in {back.count(None)} of {len(back)} (3 × the longest wait)"
+            else:
+                back = f"{np.median(back):.1f} s (max {max(back):.1f})" if back else "—"
             lines.append(
                 f"| {e['model']} {e['quant']} | {e['quiet']['median']:.1f} | "
-                f"{e['busy']['median']:.1f} | {e['busy_ratio']:.2f}× | {e['after']['median']:.1f} "
-                f"| {cpp} |"
+                f"{e['busy']['median']:.1f} | {e['busy_ratio']:.2f}× | {back} | "
+                f"{e['after']['median']:.1f} | {cpp} |"
             )
     return "\n".join(lines) + "\n"
 

@@ -606,6 +606,7 @@ def simulated_threads(monkeypatch):
     def run(products: int, busy: bool) -> list[int]:
         counts = []
         for i in range(products):
+            run.started.append(clock[0])  # when each product started (simulated seconds)
             usual = 1e-3 * (1 + i % 3)
 
             def work(usual=usual):
@@ -613,8 +614,10 @@ def simulated_threads(monkeypatch):
 
             governor.run(i % 3, work)
             counts.append(count[0])
+            run.settled.append(governor.count)  # the count kept (count[0] also shows tries)
         return counts
 
+    run.clock, run.started, run.settled = clock, [], []
     return run
 
 
@@ -622,7 +625,7 @@ def simulated_threads(monkeypatch):
 def test_threads_drop_a_straggler_and_come_back(monkeypatch):
     """The dot products' thread count (threads.py): quiet, all threads (tries of one fewer
     lose, and come seldom); a core turns busy: one thread within a few products, kept while
-    tries of two lose; the core is free again: back to two."""
+    tries of two lose; the core is free again: back to two within about a second."""
     run = simulated_threads(monkeypatch)
     counts = run(3000, busy=False)  # ~6 s
     assert counts[-50:] == [2] * 50 and counts.count(1) < 200  # tries: < 7% of products
@@ -631,6 +634,13 @@ def test_threads_drop_a_straggler_and_come_back(monkeypatch):
     assert 0 < counts.count(2) < 30  # tries of 2 threads, fewer as they keep losing
     counts = run(2500, busy=False)  # ~6 s: longer than the longest wait between tries
     assert counts[-50:] == [2] * 50
+    # A long busy spell (~10 s: the wait between tries grows to its longest), then free again:
+    # back on both cores within about a second.
+    run(3000, busy=True)
+    freed = run.clock[0]
+    counts = run(1000, busy=False)
+    back = run.settled[-len(counts) :].index(2)  # the first product after the count went back
+    assert run.started[-len(counts) + back] - freed <= 1.1
 
 
 @requires_numba

@@ -305,6 +305,15 @@ def paged_attention() -> Callable | None:
     return run
 
 
+def threads_used() -> tuple[int, int]:
+    """(threads the compiled products run with now, every core they may use): fewer while
+    another process keeps a core busy (threads.py). (n, n) before any product has run."""
+    if not numba_available():
+        return 1, 1
+    governor = _threads()
+    return governor.count, governor.most
+
+
 @functools.cache
 def _threads():
     """The thread count of the dot products (threads.py), made on first use."""

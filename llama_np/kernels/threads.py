@@ -30,7 +30,10 @@ STRAGGLER = 4.0  # a product this many times its recent median ...
 SLOWEST_OK = 200e-6  # ... and slower than this (s): shorter ones jitter with any interrupt
 WINDOW, STRAGGLES = 16, 3  # so many straggles among the last WINDOW products: try fewer threads
 HISTORY = 7  # recent times kept per product and thread count; a median needs 3
-PROBE_SECONDS, MAX_PROBE_SECONDS = 0.25, 4.0  # waits before trying another thread count
+# Waits before trying another thread count. A losing try while a core is busy costs a few
+# slow products (measured: no change in busy decode between a 1 s and a 4 s cap), and the cap
+# is how long decode may stay on fewer threads once the core is free again.
+PROBE_SECONDS, MAX_PROBE_SECONDS = 0.25, 1.0
 PROBE_PRODUCTS, LOSSES = 12, 3  # a try: products timed, slower ones that end it at once
 FASTER = 0.9  # a tried product wins if it took less than this × its usual time
 KEEP_PRODUCTS = 4096  # products whose times are kept (each matrix and row count is one)
