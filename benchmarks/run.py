@@ -446,13 +446,13 @@ def busy_core(seconds: float):
 
 def recovery_seconds(model) -> float | None:
     """Seconds of decoding until the compiled kernels run on every core again (None: not
-    within 3 × their longest wait between tries of another thread count). Tries happen
-    between products, so decode runs meanwhile."""
+    within 3 × their longest wait before a try of more threads). Tries happen between
+    products, so decode runs meanwhile."""
     if not kernels.numba_available():  # only the compiled kernels change their thread count
         return 0.0
-    from llama_np.kernels.threads import MAX_PROBE_SECONDS
+    from llama_np.kernels.threads import MAX_RETURN_SECONDS
 
-    limit = 3 * MAX_PROBE_SECONDS
+    limit = 3 * MAX_RETURN_SECONDS
     cache = model.new_cache(DECODE_PROMPT + 64)
     start = time.perf_counter()
     while time.perf_counter() - start < limit:

@@ -14,7 +14,12 @@ recent mean with the current count (it ends at the third slower one: a try with 
 busy core costs ~30x per product). A product far slower than its median (STRAGGLER times) is a
 straggling thread: a few of them (STRAGGLES among the last WINDOW products) start a try at
 once. A try that loses costs a few slower products; the wait before the next one then doubles,
-up to MAX_PROBE_SECONDS, and a try that wins resets it.
+up to MAX_PROBE_SECONDS for tries of fewer threads and MAX_RETURN_SECONDS for tries of more,
+and a try that wins resets it. The two caps differ: tries of fewer threads on a machine that is
+only a little busy (a server's clients and event loop) sometimes win by chance, and more of
+them cost throughput (a 1 s cap: 54-67 against 68-69 output tok/s on benchmarks/serve.py's
+trace at 8 clients); tries of more threads decide how long decode stays on fewer once the core
+is free again (busy decode was the same with a 1 s cap as with 4 s).
 """
 
 from __future__ import annotations
@@ -30,10 +35,9 @@ STRAGGLER = 4.0  # a product this many times its recent median ...
 SLOWEST_OK = 200e-6  # ... and slower than this (s): shorter ones jitter with any interrupt
 WINDOW, STRAGGLES = 16, 3  # so many straggles among the last WINDOW products: try fewer threads
 HISTORY = 7  # recent times kept per product and thread count; a median needs 3
-# Waits before trying another thread count. A losing try while a core is busy costs a few
-# slow products (measured: no change in busy decode between a 1 s and a 4 s cap), and the cap
-# is how long decode may stay on fewer threads once the core is free again.
-PROBE_SECONDS, MAX_PROBE_SECONDS = 0.25, 1.0
+# Waits before trying another thread count: at first, and at most before a try of fewer or of
+# more threads (the longest that decode stays on fewer threads once a busy core is free).
+PROBE_SECONDS, MAX_PROBE_SECONDS, MAX_RETURN_SECONDS = 0.25, 4.0, 1.0
 PROBE_PRODUCTS, LOSSES = 12, 3  # a try: products timed, slower ones that end it at once
 FASTER = 0.9  # a tried product wins if it took less than this × its usual time
 KEEP_PRODUCTS = 4096  # products whose times are kept (each matrix and row count is one)
@@ -102,8 +106,9 @@ class Threads:
             self.count = self.trying
             self.probe_wait = PROBE_SECONDS
             self.straggled.clear()
-        else:
-            self.probe_wait = min(2 * self.probe_wait, MAX_PROBE_SECONDS)
+        else:  # the next try is of fewer threads when on every core, else of more
+            longest = MAX_PROBE_SECONDS if self.count == self.most else MAX_RETURN_SECONDS
+            self.probe_wait = min(2 * self.probe_wait, longest)
         self.trying = None
         self.probe_at = time.perf_counter() + self.probe_wait
 
