@@ -132,16 +132,11 @@ class KVCache:
         path a learner steps through: the same numbers with or without hooks, which need
         layers.attention), without compiled kernels, or for a float16 cache.
         """
-        kernel = kernels.paged_attention()
-        if kernel is None or len(group) < 2 or self.k.dtype != np.float32:
+        if len(group) < 2 or self.k.dtype != np.float32:
             return None
-        B, _, H, HD = q.shape
-        out = np.empty((B, H, HD), dtype=np.float32)  # (B, H, HD)
-        tables = step.seqs[group].astype(np.int64).reshape(B, 1)  # (B, 1): each one's cache row
-        ends = np.ascontiguousarray(step.ends[group])  # (B,)
-        q = np.ascontiguousarray(q[:, 0])  # (B, H, HD)
-        kernel(q, self.k[layer], self.v[layer], tables, ends, out, False)
-        return out.reshape(B, 1, H * HD)
+        tables = step.seqs[group][:, None]  # (B, 1): each sequence's one block, its cache row
+        k, v = self.k[layer], self.v[layer]  # (B_cache, KVH, S_max, HD)
+        return kernels.decode_attention(q, k, v, tables, step.ends[group], heads_first=False)
 
     def advance(self, step: Step) -> None:
         """After a pass: each sequence of the step now holds positions up to its end."""

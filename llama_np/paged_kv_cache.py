@@ -104,16 +104,11 @@ class PagedKVCache:
         blocks read where they lie by the compiled kernel (kernels/attention.py), no gather;
         -> (B, 1, H*HD). None when no compiled kernel is active or the pool is float16: then
         `read` gathers the blocks and layers.attention runs (the same arithmetic)."""
-        kernel = kernels.paged_attention()
-        if kernel is None or self.k.dtype != np.float32:
+        if self.k.dtype != np.float32:
             return None
-        B, _, H, HD = q.shape
-        out = np.empty((B, H, HD), dtype=np.float32)  # (B, H, HD)
-        tables = np.ascontiguousarray(step.block_tables[group])  # (B, blocks)
-        ends = np.ascontiguousarray(step.ends[group])  # (B,)
-        q = np.ascontiguousarray(q[:, 0])  # (B, H, HD)
-        kernel(q, self.k[layer], self.v[layer], tables, ends, out, True)
-        return out.reshape(B, 1, H * HD)
+        tables = step.block_tables[group]  # (B, blocks)
+        k, v = self.k[layer], self.v[layer]  # (KVH, n_blocks, block_size, HD)
+        return kernels.decode_attention(q, k, v, tables, step.ends[group], heads_first=True)
 
     def zero(self, blocks: list[int]) -> None:
         """Clear blocks about to be handed to a new sequence. A freed block still holds its

@@ -290,19 +290,30 @@ def _plan(rows, name: str, n_rows: int) -> Callable[[np.ndarray, np.ndarray], No
     return run
 
 
-def paged_attention() -> Callable | None:
-    """Decode attention over a KV cache's blocks, read in place (attention.py):
-    `run(q, k_pool, v_pool, tables, ends, out, heads_first)`, or None when the numpy kernels
-    are active (the caches then hand their keys and values to layers.attention)."""
+def decode_attention(
+    q: np.ndarray,
+    k_pool: np.ndarray,
+    v_pool: np.ndarray,
+    tables: np.ndarray,
+    ends: np.ndarray,
+    heads_first: bool,
+) -> np.ndarray | None:
+    """Decode attention of one query per sequence, q (B, 1, H, HD), over a KV cache's blocks
+    read in place (attention.py: the pools' layouts, `tables` (B, blocks) and `ends` (B,));
+    -> (B, 1, H*HD), or None when the numpy kernels are active (the caches then hand their
+    keys and values to layers.attention)."""
     if active() == "numpy":
         return None
     from . import attention
 
-    def run(q, k_pool, v_pool, tables, ends, out, heads_first) -> None:
-        with _LOCK:
-            attention.paged_decode(q, k_pool, v_pool, tables, ends, out, heads_first)
-
-    return run
+    B, _, H, HD = q.shape
+    out = np.empty((B, H, HD), dtype=np.float32)  # (B, H, HD)
+    tables = np.ascontiguousarray(tables, dtype=np.int64)
+    ends = np.ascontiguousarray(ends, dtype=np.int64)
+    q = np.ascontiguousarray(q[:, 0])  # (B, H, HD)
+    with _LOCK:
+        attention.paged_decode(q, k_pool, v_pool, tables, ends, out, heads_first)
+    return out.reshape(B, 1, H * HD)
 
 
 def threads_used() -> tuple[int, int]:
