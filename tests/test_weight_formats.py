@@ -31,6 +31,16 @@ def test_packed_matmul_and_rows_match_float32(kind):
     np.testing.assert_array_equal(packed[[7, 3]], packed[np.arange(300)][[7, 3]])
 
 
+def test_packed_weights_are_read_only_views():
+    """Built or mapped from a file, a packed matrix's arrays are read-only, so each compiled
+    kernel has one numba signature; the array it was built from stays the caller's own."""
+    w = RNG.standard_normal((8, 64)).astype(np.float32)  # (N, K)
+    for packed in (pack("int8", w, Scratch()), PackedRows("fp32", w, None, Scratch())):
+        assert not packed.data.flags.writeable
+        assert packed.scales is None or not packed.scales.flags.writeable
+    assert w.flags.writeable
+
+
 def test_bf16_widening_is_exact():
     bits = bfloat16_from_float32(RNG.standard_normal((4, 64), dtype=np.float32))
     packed = pack("bf16", bits, Scratch())
