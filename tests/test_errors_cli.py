@@ -199,3 +199,37 @@ def test_ctrl_c_stops_generation_cleanly(tmp_path):
     assert "llama-np: decode" in err and "stopped: interrupted" in err
     decoded = int(err.split("llama-np: decode")[1].split("tokens")[0])
     assert 0 < decoded < 50_000  # stopped early, and the timing lines count what was done
+
+
+# Sends itself SIGINT from inside LLVM's callback into Python while numba compiles a function:
+# ctypes drops an exception raised there, so Python's own handler loses that Ctrl-C.
+CTRL_C_IN_A_COMPILE = """
+import os, signal, sys, time
+import numba
+from numba.core.codegen import JITCodeLibrary
+from llama_np.cli.main import ctrl_c
+if sys.argv[1] == "ours":
+    signal.signal(signal.SIGINT, ctrl_c)
+hook = JITCodeLibrary._object_compiled_hook.__func__
+def interrupted_hook(cls, ll_module, buf):
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.1)  # the handler runs here, inside the callback
+    return hook(cls, ll_module, buf)
+JITCodeLibrary._object_compiled_hook = classmethod(interrupted_hook)
+try:
+    numba.njit(lambda x: x + 1)(1)
+    time.sleep(2)
+    print("lost")
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+@pytest.mark.parametrize("handler, outcome", [("ours", "interrupted"), ("python's", "lost")])
+def test_ctrl_c_during_a_kernel_compile_is_not_lost(handler, outcome):
+    pytest.importorskip("numba")
+    result = subprocess.run(
+        [sys.executable, "-c", CTRL_C_IN_A_COMPILE, handler],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )  # fmt: skip
+    assert result.stdout.strip() == outcome, result.stderr  # "python's": the loss is real

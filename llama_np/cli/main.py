@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import bdb
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +39,8 @@ from .perf import EXIT_INTERRUPTED
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGINT, ctrl_c) if in_main_thread else None
     try:
         if getattr(args, "kernels", None) is not None:
             kernels.use(args.kernels)
@@ -60,6 +64,26 @@ def main(argv: list[str] | None = None) -> int:
         # (Commands that write files print with cli_perf.say, which goes on instead.)
         cli_perf.stdout_to_devnull()
         return 0
+    finally:
+        if before is not None:  # None: not set from Python, nothing to put back
+            signal.signal(signal.SIGINT, before)
+
+
+def ctrl_c(signum: int, frame) -> None:
+    """SIGINT handler: KeyboardInterrupt, as Python's own, but never lost to a kernel compile.
+
+    While numba compiles a kernel, LLVM calls back into Python through ctypes, and ctypes prints
+    and drops an exception raised there: a Ctrl-C landing in that callback would be gone, and
+    `generate -n 100000` would run on. Inside LLVM's code the signal is sent again 50 ms later.
+    """
+    while frame is not None:
+        if "llvmlite" in frame.f_code.co_filename:
+            later = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT))
+            later.daemon = True
+            later.start()
+            return
+        frame = frame.f_back
+    raise KeyboardInterrupt
 
 
 def build_parser() -> argparse.ArgumentParser:
