@@ -57,7 +57,7 @@ ENV_VAR = "LLAMA_NP_KERNELS"
 # How a product runs depends on its number of activation rows; measured on one core of this
 # AVX2 machine (thread CPU time, K = 2048, GFLOP/s at 1 / 4 / 8 / 16 / 32 / 128 rows):
 #   dot products, one per weight row and activation row, reading each stored byte once per
-#     activation row (decode): int8's Q8_0 16-17 at any count, Q4_K 19-20, Q6_K 13-14;
+#     activation row (decode): int8's Q8_0 20-21 at any count, Q4_K 19-20, Q6_K 13-14;
 #     numba's float ones Q8_0 7-8, Q4_K 5.4, Q6_K 3-3.6
 #   widened tiles (numba_jit.TILES): each weight row widened to float32 once, multiplied by all
 #     activation rows in registers: Q8_0 6 / 20 / 27 / 34 / 37 / 37, Q4_K 5 / 15 / 22 / 28 /
