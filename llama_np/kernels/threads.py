@@ -10,16 +10,17 @@ So the kernel layer times its products (`Threads.run`) and keeps, for each produ
 and a row count) and thread count, its recent times. Now and then (PROBE_SECONDS) it tries
 another thread count for a few products (PROBE_PRODUCTS): one thread fewer when it uses every
 core, else one more; it keeps the new count if most of those products ran faster than their own
-recent mean with the current count (it ends at the third slower one: a try with a thread on a
-busy core costs ~30x per product). A product far slower than its median (STRAGGLER times) is a
-straggling thread: a few of them (STRAGGLES among the last WINDOW products) start a try at
-once. A try that loses costs a few slower products; the wait before the next one then doubles,
-up to MAX_PROBE_SECONDS for tries of fewer threads and MAX_RETURN_SECONDS for tries of more,
-and a try that wins resets it. The two caps differ: tries of fewer threads on a machine that is
-only a little busy (a server's clients and event loop) sometimes win by chance, and more of
-them cost throughput (a 1 s cap: 54-67 against 68-69 output tok/s on benchmarks/serve.py's
-trace at 8 clients); tries of more threads decide how long decode stays on fewer once the core
-is free again (busy decode was the same with a 1 s cap as with 4 s).
+recent mean with the current count (by 10% for fewer threads, at all for more: FASTER); it ends
+at the third slower one (a try with a thread on a busy core costs ~30x per product). A
+product far slower than its median (STRAGGLER times) is a straggling thread: a few of them
+(STRAGGLES among the last WINDOW products) start a try at once. A try that loses costs a few
+slower products; the wait before the next one then doubles, up to MAX_PROBE_SECONDS for tries
+of fewer threads and MAX_RETURN_SECONDS for tries of more, and a try that wins resets it. The
+two caps differ: tries of fewer threads on a machine that is only a little busy (a server's
+clients and event loop) sometimes win by chance, and more of them cost throughput (a 1 s cap:
+54-67 against 68-69 output tok/s on benchmarks/serve.py's trace at 8 clients); tries of more
+threads decide how long decode stays on fewer once the core is free again (busy decode was
+the same with a 1 s cap as with 4 s).
 """
 
 from __future__ import annotations
@@ -39,7 +40,11 @@ HISTORY = 7  # recent times kept per product and thread count; a median needs 3
 # more threads (the longest that decode stays on fewer threads once a busy core is free).
 PROBE_SECONDS, MAX_PROBE_SECONDS, MAX_RETURN_SECONDS = 0.25, 4.0, 1.0
 PROBE_PRODUCTS, LOSSES = 12, 3  # a try: products timed, slower ones that end it at once
-FASTER = 0.9  # a tried product wins if it took less than this × its usual time
+# A tried product wins if it took less than this × its usual time: a try of fewer threads must
+# be clearly faster (else chance wins on a machine only a little busy), a try of more threads
+# only faster (stories15M's small products gain ~10% from a second thread on a free machine,
+# where a busy core makes them ~30x slower).
+FASTER, FASTER_WITH_MORE = 0.9, 1.0
 KEEP_PRODUCTS = 4096  # products whose times are kept (each matrix and row count is one)
 TIMED = 3  # one product in TIMED is checked (a stride prime to most counts of products a step)
 
@@ -88,7 +93,8 @@ class Threads:
         times = self.times.get((product, self.count))
         usual = sum(times) / len(times) if times and len(times) >= 3 else None
         if usual is not None:
-            self.wins.append(seconds < FASTER * usual)
+            faster = FASTER_WITH_MORE if self.trying > self.count else FASTER
+            self.wins.append(seconds < faster * usual)
             if self.wins[-1]:  # (a losing try would skew that count's usual times)
                 self.record(product, count, seconds)
         self.tried += 1
