@@ -473,9 +473,10 @@ def _groups(context, builder, weights, d, xq, k, xs, offset=None):
 def _group_sums(builder, groups):
     """<8 x i32> whose lane g is the sum of groups[g]'s 8 lanes (8 vectors <8 x i32>).
 
-    vphaddd adds neighbouring lanes of two vectors within each 128-bit half: three rounds leave
-    group g's sum split between lane g%4 of one half of one vector (g < 4) or the other; one
-    add of the halves finishes: ~9 instructions where one horizontal sum per group takes ~6."""
+    vphaddd adds neighbouring lanes of two vectors within each 128-bit half. Two rounds leave
+    groups 0-3 in `low`: lane g of its low half holds the sum of group g's lanes 0-3, lane g of
+    its high half that of lanes 4-7; groups 4-7 likewise in `high`. Adding the halves finishes:
+    6 vphaddd, 2 shuffles and an add for all 8 groups, where a horizontal sum each took ~6."""
     I32x8 = ir.VectorType(I32, 8)
     phadd = _llvm_function(builder, "llvm.x86.avx2.phadd.d", I32x8, [I32x8, I32x8])
     pairs = [builder.call(phadd, [groups[i], groups[i + 1]]) for i in range(0, 8, 2)]
