@@ -1039,17 +1039,16 @@ def to_markdown(r: dict) -> str:
             )
     if r.get("llama_cpp_batched"):
         sizes = [b["batch"] for b in r["llama_cpp_batched"][0]["batches"]]
-        first = r["llama_cpp_batched"][0]
         lines += [
             "",
-            f"Batched decode, tokens/s of all sequences together: llama-batched-bench (`-pps "
-            f"-npp {first['n_prompt']}`, 2 threads) and llama_np's Model.decode_batch on the same "
-            "GGUF file, each sequence after its own prompt of as many tokens; interleaved round "
-            "by round. Each cell: llama_np tok/s / llama.cpp tok/s (median over rounds of "
-            "llama_np ÷ llama.cpp in the same round).",
+            "Batched decode, tokens/s of all sequences together: llama-batched-bench (`-pps "
+            "-npp PROMPT`, 2 threads) and llama_np's Model.decode_batch on the same GGUF file, "
+            "each sequence after its own prompt of as many tokens; interleaved round by round. "
+            "Each cell: llama_np tok/s / llama.cpp tok/s (median over rounds of llama_np ÷ "
+            "llama.cpp in the same round).",
             "",
-            "| model, GGUF | steps | " + " | ".join(f"batch {B}" for B in sizes) + " |",
-            "|---|---|" + "---|" * len(sizes),
+            "| model, GGUF | prompt | steps | " + " | ".join(f"batch {B}" for B in sizes) + " |",
+            "|---|---|---|" + "---|" * len(sizes),
         ]
         for e in r["llama_cpp_batched"]:
             cells = [
@@ -1058,7 +1057,7 @@ def to_markdown(r: dict) -> str:
                 for b in e["batches"]
             ]
             name = f"{e['model']} {e['quant']}"
-            lines.append(f"| {name} | {e['n_gen']} | " + " | ".join(cells) + " |")
+            lines.append(f"| {name} | {e['n_prompt']} | {e['n_gen']} | " + " | ".join(cells) + " |")
     if r.get("contention"):
         lines += [
             "",
