@@ -1042,8 +1042,9 @@ def to_markdown(r: dict) -> str:
         lines += [
             "",
             "Batched decode, tokens/s of all sequences together: llama-batched-bench (`-pps "
-            "-npp PROMPT`, 2 threads) and llama_np's Model.decode_batch on the same GGUF file, "
-            "each sequence after its own prompt of as many tokens; interleaved round by round. "
+            "-npp P`, 2 threads) and llama_np's Model.decode_batch on the same GGUF file, each "
+            "sequence after its own prompt of P tokens (the prompt column); interleaved round by "
+            "round. "
             "Each cell: llama_np tok/s / llama.cpp tok/s (median over rounds of llama_np ÷ "
             "llama.cpp in the same round).",
             "",
