@@ -118,7 +118,7 @@ class KVCache:
         """
         rows = step.seqs[group]  # (B,) cache rows
         S = int(step.ends[group].max())
-        if (np.diff(rows) == 1).all():  # neighbours, in order: a view
+        if len(rows) == 1 or (np.diff(rows) == 1).all():  # neighbours, in order: a view
             rows = slice(int(rows[0]), int(rows[-1]) + 1)
         return self.k[layer, rows, :, :S], self.v[layer, rows, :, :S]
 

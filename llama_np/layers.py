@@ -18,16 +18,12 @@ NEG_INF = np.float32(-np.inf)
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """x / sqrt(mean(x²) + eps) * weight over the last axis.   (..., D) -> (..., D)"""
-    # Divide by the row's max |x| before squaring so that huge activations cannot overflow
-    # float32 (x² overflows past ~1.8e19); the scale cancels out below. The 1e-18 floor keeps
-    # eps / scale² finite for rows of (near) zeros.
-    scale = np.maximum(np.abs(x).max(axis=-1, keepdims=True), np.float32(1e-18))  # (..., 1)
-    xs = x / scale  # (..., D), every |value| <= 1
-    # sum / D rather than np.mean, and methods rather than np.max: in decode (one row) each
-    # call's Python overhead costs more than its arithmetic.
-    ms = np.square(xs).sum(axis=-1, keepdims=True) / np.float32(x.shape[-1])  # (..., 1)
-    # eps / scale / scale, not eps / scale²: scale² overflows for rows near float32's max
-    return xs / np.sqrt(ms + np.float32(eps) / scale / scale) * weight
+    # Squares and their sum in float64: x² of a float32 overflows past ~1.8e19, float64's
+    # only past 1e308, so huge activations stay finite. Sum / D rather than np.mean: in
+    # decode (one row) each call's Python overhead costs more than its arithmetic.
+    ms = np.square(x, dtype=np.float64).sum(axis=-1, keepdims=True) / x.shape[-1]  # (..., 1)
+    inv_rms = (1 / np.sqrt(ms + eps)).astype(np.float32)  # (..., 1)
+    return x * inv_rms * weight
 
 
 def softmax(x: np.ndarray) -> np.ndarray:
@@ -73,36 +69,35 @@ def rope_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None = 
     return (1 - smooth) * freqs / scaling.factor + smooth * freqs
 
 
-def rope_tables(
+def rope_rotations(
     head_dim: int, max_seq_len: int, theta: float, scaling: RopeScaling | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Precomputed cos and sin of every (position, pair) angle.   -> 2 × (S_max, HD/2) float32"""
+) -> np.ndarray:
+    """e^(i·angle) of every (position, pair) angle: the turn RoPE gives that pair, as a
+    complex number cos + i·sin.   -> (S_max, HD/2) complex64"""
     # Angles are computed in float64 and rounded once: pos * freq loses digits in float32
     # at long positions.
     angles = np.outer(
         np.arange(max_seq_len, dtype=np.float64), rope_frequencies(head_dim, theta, scaling)
     )
-    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    return np.exp(1j * angles).astype(np.complex64)
 
 
-def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, interleaved: bool) -> np.ndarray:
-    """Rotate each pair of x by its position's angle.   x (T, n_heads, HD), cos/sin (T, HD/2)
+def apply_rope(x: np.ndarray, rotation: np.ndarray, interleaved: bool) -> np.ndarray:
+    """Rotate each pair of x by its position's angle.   x (T, n_heads, HD), rotation (T, HD/2)
 
-    The pairs are (x[2i], x[2i+1]) when `interleaved` (Meta, llama2.c) and (x[i], x[i + HD/2])
-    otherwise (Hugging Face, whose checkpoints permute the rows of wq and wk so that the same
-    model gives the same result with this split).
+    A pair (a, b) turned by the angle θ is (a cos θ - b sin θ, a sin θ + b cos θ): the complex
+    number a + ib times e^(iθ), which `rotation` holds for each row's position and pair
+    (rope_rotations). The pairs are (x[2i], x[2i+1]) when `interleaved` (Meta, llama2.c,
+    GGUF) and (x[i], x[i + HD/2]) otherwise (Hugging Face, whose checkpoints permute the rows
+    of wq and wk so that the same model gives the same result with this split).
     """
+    turn = rotation[:, None, :]  # (T, 1, HD/2), the same for every head
+    if interleaved:  # each pair's two floats, side by side, read as one complex64 a + ib
+        return (x.view(np.complex64) * turn).view(np.float32)  # (T, n_heads, HD)
     half = x.shape[-1] // 2
+    turned = (x[..., :half] + 1j * x[..., half:]) * turn  # (T, n_heads, HD/2) complex64
     out = np.empty_like(x)  # (T, n_heads, HD)
-    if interleaved:
-        x0, x1, o0, o1 = x[..., 0::2], x[..., 1::2], out[..., 0::2], out[..., 1::2]
-    else:
-        x0, x1, o0, o1 = x[..., :half], x[..., half:], out[..., :half], out[..., half:]
-    c, s = cos[:, None, :], sin[:, None, :]  # (T, 1, HD/2), broadcast over heads
-    np.multiply(x0, c, out=o0)
-    o0 -= x1 * s
-    np.multiply(x0, s, out=o1)
-    o1 += x1 * c
+    out[..., :half], out[..., half:] = turned.real, turned.imag
     return out
 
 

@@ -30,7 +30,7 @@ from .config import LlamaConfig
 from .errors import ArgumentError
 from .hooks import Hook, match_points
 from .kv_cache import KVCache
-from .layers import apply_rope, attention, chunked_attention, rms_norm, rope_tables, swiglu
+from .layers import apply_rope, attention, chunked_attention, rms_norm, rope_rotations, swiglu
 from .limits import check_kv_cache_fits
 from .paged_kv_cache import PagedKVCache
 from .weights import Weights, build_weights
@@ -69,11 +69,15 @@ class Step:
     @functools.cached_property
     def first_rows(self) -> np.ndarray:
         """(B + 1,) where each sequence's rows start in x, and R at the end."""
-        return np.concatenate([[0], np.cumsum(self.counts)])
+        first = np.zeros(len(self.counts) + 1, dtype=np.int64)
+        np.cumsum(self.counts, out=first[1:])
+        return first
 
     @functools.cached_property
     def positions(self) -> np.ndarray:
         """(R,) the position of every row, sequence by sequence."""
+        if len(self.counts) == self.first_rows[-1]:  # one row per sequence (decode)
+            return self.starts
         shift = np.repeat(self.starts - self.first_rows[:-1], self.counts)  # (R,)
         return shift + np.arange(self.first_rows[-1])
 
@@ -88,8 +92,11 @@ class Step:
         the same number of new tokens (one batched attention over their caches). Prefill,
         decode and batched decode are one group; a serving step has a group of decode tokens
         and one per distinct prefill chunk length. Rows are a slice when they are one run."""
+        counts = set(self.counts.tolist())
+        if len(counts) == 1:  # prefill, decode, batched decode: every row, in order
+            return [(np.arange(len(self.counts)), slice(0, int(self.first_rows[-1])))]
         groups = []
-        for t in np.unique(self.counts):
+        for t in sorted(counts):
             seqs = np.flatnonzero(self.counts == t)  # (B_g,)
             rows = (self.first_rows[seqs, None] + np.arange(t)).ravel()  # (B_g * T,)
             run = rows[-1] - rows[0] + 1 == len(rows)
@@ -104,8 +111,8 @@ class Model:
         self.config = config
         self.weights = weights
         self.tokenizer = tokenizer
-        # cos/sin of every (position, pair) angle, computed once: (S_max, HD/2) each
-        self.rope_cos, self.rope_sin = rope_tables(
+        # e^(i·angle) of every (position, pair) angle, computed once: (S_max, HD/2) complex64
+        self.rope = rope_rotations(
             config.head_dim, config.max_seq_len, config.rope_theta, config.rope_scaling
         )
         self.hooks: dict[str, list[Hook]] = {}
@@ -253,11 +260,11 @@ class Model:
         if lw.bqkv is not None:
             qkv += lw.bqkv
         positions = step.positions  # (R,)
-        cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (R, HD/2) each
+        rotation = self.rope[positions]  # (R, HD/2) complex64
         # q and k heads sit side by side in qkv: rotate them in one call (half the calls in
         # decode, where per-call overhead dominates), then split.
         qk = apply_rope(
-            qkv[:, : (H + KVH) * HD].reshape(-1, H + KVH, HD), cos, sin, cfg.rope_interleaved
+            qkv[:, : (H + KVH) * HD].reshape(-1, H + KVH, HD), rotation, cfg.rope_interleaved
         )
         q = qk[:, :H]  # (R, H, HD)
         k_new = qk[:, H:]  # (R, KVH, HD) keys of the new positions

@@ -124,6 +124,7 @@ class PackedRows:
         self.data = _read_only(data)
         self.scales = None if scales is None else _read_only(scales)  # (N, K/group, 1) int8's
         self.scratch = scratch
+        self.plans: dict = {}  # kernels.compiled's products for this matrix
         N, row = data.shape
         if kind in QUANT_TYPES:
             qtype = QUANT_TYPES[kind]
@@ -211,6 +212,7 @@ class StackedRows:
         self.starts = np.cumsum([0, *(p.shape[0] for p in parts)]).tolist()  # first row of each
         self.shape = (self.starts[-1], parts[0].shape[1])
         self.scratch = parts[0].scratch
+        self.plans: dict = {}  # kernels.compiled's products for this matrix
 
     @property
     def nbytes(self) -> int:
@@ -252,11 +254,13 @@ class PackedTransposed:
         """x (..., K) @ (K, N) -> (..., N) float32."""
         N, K = self.packed.shape
         x = _check_inner(x, K)
-        out = np.empty((*x.shape[:-1], N), dtype=np.float32)  # (..., N)
-        n_rows = x.size // K
+        if x.ndim != 2:  # (..., K): multiplied as rows, then shaped back
+            return (x.reshape(-1, K) @ self).reshape(*x.shape[:-1], N)
+        out = np.empty((len(x), N), dtype=np.float32)  # (B, N)
+        n_rows = len(x)
         kernel = compiled(self.packed, n_rows)
         if kernel is not None:  # compiled: widens each weight inside its products (kernels/)
-            kernel(x.reshape(-1, K), out.reshape(-1, N))
+            kernel(x, out)
             return out
         if isinstance(self.packed, PackedRows) and self.packed.kind == "fp32":
             # float32 rows need no widening: BLAS multiplies them in one call

@@ -450,6 +450,11 @@ def test_row_count_picks_dot_products_or_widened_tiles(name, use_kernels):
         assert kernels._kernel(name, rows, last + 1) is numba_jit.TILES[kind]
         assert kernels._kernel(name, rows, kernels.TILE_ROWS) is numba_jit.TILES[kind]
         assert kernels._kernel(name, rows, kernels.TILE_ROWS + 1) is kernels._widened_product
+        # compiled() keeps one product per matrix and row count (every count past TILE_ROWS
+        # runs alike): a product made for one count is never reused for another
+        plans = [kernels.compiled(rows, n) for n in (1, last + 1, kernels.TILE_ROWS + 1)]
+        assert len({id(p) for p in plans}) == 3
+        assert plans == [kernels.compiled(rows, n) for n in (1, last + 1, 10_000)]
     use_kernels("numpy")
     assert kernels.compiled(rows, 1) is None
 

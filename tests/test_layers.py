@@ -15,7 +15,7 @@ from llama_np.layers import (
     chunked_attention,
     rms_norm,
     rope_frequencies,
-    rope_tables,
+    rope_rotations,
     silu,
     softmax,
     swiglu,
@@ -159,8 +159,7 @@ def test_swiglu_matches_formula():
 
 
 def _rotate(x, pos, interleaved, HD=16, theta=10000.0):
-    cos, sin = rope_tables(HD, 64, theta)
-    return apply_rope(x, cos[pos], sin[pos], interleaved)
+    return apply_rope(x, rope_rotations(HD, 64, theta)[pos], interleaved)
 
 
 @pytest.mark.parametrize("interleaved", [True, False])
@@ -198,12 +197,12 @@ def test_rope_position_zero_is_identity():
     np.testing.assert_array_equal(_rotate(x, [0], True), x)
 
 
-def test_rope_tables_float32_and_match_formula():
-    cos, sin = rope_tables(8, 100, 10000.0)
-    assert cos.dtype == sin.dtype == np.float32 and cos.shape == sin.shape == (100, 4)
+def test_rope_rotations_complex64_and_match_formula():
+    rotation = rope_rotations(8, 100, 10000.0)
+    assert rotation.dtype == np.complex64 and rotation.shape == (100, 4)
     freqs = 10000.0 ** (-np.arange(0, 8, 2) / 8)
-    np.testing.assert_allclose(cos[77], np.cos(77 * freqs), atol=1e-6)
-    np.testing.assert_allclose(sin[77], np.sin(77 * freqs), atol=1e-6)
+    np.testing.assert_allclose(rotation[77].real, np.cos(77 * freqs), atol=1e-6)
+    np.testing.assert_allclose(rotation[77].imag, np.sin(77 * freqs), atol=1e-6)
 
 
 def reference_rope(x, positions, theta, interleaved):
@@ -227,8 +226,7 @@ def reference_rope(x, positions, theta, interleaved):
 def test_rope_matches_the_definition(interleaved):
     x = rng.standard_normal((6, 3, 16), dtype=np.float32)
     positions = [0, 1, 2, 7, 40, 63]
-    cos, sin = rope_tables(16, 64, 10000.0)
-    got = apply_rope(x, cos[positions], sin[positions], interleaved)
+    got = apply_rope(x, rope_rotations(16, 64, 10000.0)[positions], interleaved)
     assert got.dtype == np.float32 and got.shape == x.shape
     np.testing.assert_allclose(got, reference_rope(x, positions, 10000.0, interleaved), atol=2e-6)
 
@@ -245,8 +243,8 @@ def test_rope_values_by_hand(interleaved, expected):
     """HD = 4, theta = 10000, position 1: pair 0 turns by 1 radian, pair 1 by 0.01, both
     counter-clockwise: x = (1, 2) -> (cos 1 - 2 sin 1, sin 1 + 2 cos 1) = (-1.14264, 1.92208)."""
     x = np.array([1, 2, 3, 4], dtype=np.float32).reshape(1, 1, 4)
-    cos, sin = rope_tables(4, 2, 10000.0)
-    np.testing.assert_allclose(apply_rope(x, cos[1:], sin[1:], interleaved).ravel(), expected,
+    rotation = rope_rotations(4, 2, 10000.0)
+    np.testing.assert_allclose(apply_rope(x, rotation[1:], interleaved).ravel(), expected,
                                atol=1e-5)  # fmt: skip
 
 

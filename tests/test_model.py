@@ -183,7 +183,7 @@ def test_no_float64_anywhere_in_the_forward_pass():
     assert set(seen) == set(points)
     assert all(dtypes == {np.dtype(np.float32)} for dtypes in seen.values()), seen
     assert logits.dtype == logits2.dtype == cache.k.dtype == np.float32
-    assert model.rope_cos.dtype == np.float32
+    assert model.rope.dtype == np.complex64
     for lw in model.weights.layers:
         assert all(a.dtype == np.float32 for a in vars(lw).values() if a is not None)
 

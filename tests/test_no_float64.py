@@ -42,7 +42,7 @@ def float64_locals(run) -> list[str]:
 
 def test_tracer_catches_a_float64_array(monkeypatch):
     model = llama_np.load()
-    monkeypatch.setattr(model, "rope_cos", model.rope_cos.astype(np.float64))
+    monkeypatch.setattr(model.weights, "final_norm", model.weights.final_norm.astype(np.float64))
     assert float64_locals(lambda: model.prefill([1, 2, 3], model.new_cache(8)))
 
 
@@ -61,4 +61,6 @@ def test_forward_pass_has_no_float64(weights_dtype, kv_dtype):
         model.prefill([1, 5, 9], batch, seq=1)
         model.decode_batch([4, 6], batch)
 
-    assert float64_locals(run) == []
+    # rms_norm sums each row's squares in float64 (x² overflows float32 past ~1.8e19): one
+    # number per row, never an activation or a weight.
+    assert [name for name in float64_locals(run) if name != "rms_norm:ms"] == []

@@ -45,7 +45,6 @@ import importlib.util
 import os
 import reprlib
 import threading
-import weakref
 from collections.abc import Callable
 
 import numpy as np
@@ -237,21 +236,18 @@ def compiled(rows, n_rows: int) -> Callable[[np.ndarray, np.ndarray], None] | No
     fills its own columns of `out`. A few activation rows (few_rows: decode) run a compiled
     dot product per weight row and activation row; more rows widen tiles of the matrix to
     float32 and multiply them with BLAS (float32 rows: BLAS on the rows as they are). The
-    choice is made once per matrix, kernels and kind of row count (a decode step's ~50 products
-    would otherwise spend more time choosing than stories15M's kernels take to run).
+    choice is made once per matrix, kernels and row count, and kept in the matrix's `plans` (a
+    decode step's ~50 products would otherwise spend more time choosing than stories15M's
+    kernels take to run).
     """
     name = active()
     if name == "numpy":
         return None
-    choice = (name, few_rows(n_rows, "int8"), few_rows(n_rows, "numba"), n_rows <= TILE_ROWS)
-    plans = _plans.setdefault(rows, {})
-    if choice not in plans:
-        plans[choice] = _plan(rows, name, n_rows)
-    return plans[choice]
-
-
-# matrix (PackedRows, StackedRows) -> {(kernels, few rows for int8, for numba, tiles): product}
-_plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+    key = (name, min(n_rows, TILE_ROWS + 1))  # every count past TILE_ROWS runs alike
+    plan = rows.plans.get(key, False)  # (None: no compiled product for this matrix)
+    if plan is False:
+        plan = rows.plans[key] = _plan(rows, name, n_rows)
+    return plan
 
 
 def _plan(rows, name: str, n_rows: int) -> Callable[[np.ndarray, np.ndarray], None] | None:
@@ -267,11 +263,11 @@ def _plan(rows, name: str, n_rows: int) -> Callable[[np.ndarray, np.ndarray], No
     # busy core (threads.py). BLAS's products run on its own.
     governed = all(kernel is not _widened_product for kernel, _, _ in columns)
 
-    def product(x: np.ndarray, out: np.ndarray) -> None:
-        if len(columns) == 1:
-            kernel, part, _ = columns[0]
-            kernel(part, x, out)
-            return
+    def one(x: np.ndarray, out: np.ndarray) -> None:
+        kernel, part, _ = columns[0]
+        kernel(part, x, out)
+
+    def stacked(x: np.ndarray, out: np.ndarray) -> None:
         for kernel, part, start in columns:
             # Into a contiguous array, then its columns of `out`: numba compiles a kernel again
             # for each layout of its arguments, and a slice of columns is another layout.
@@ -279,11 +275,13 @@ def _plan(rows, name: str, n_rows: int) -> Callable[[np.ndarray, np.ndarray], No
             kernel(part, x, part_out)
             out[:, start : start + part.shape[0]] = part_out
 
+    product = one if len(columns) == 1 else stacked
+
     def run(x: np.ndarray, out: np.ndarray) -> None:
         x = np.ascontiguousarray(x, dtype=np.float32)
         with _LOCK:
             if governed:
-                _threads().run((id(rows), x.shape[0]), product, x, out)
+                _threads().run((id(rows), len(x)), product, x, out)
             else:
                 product(x, out)
 

@@ -70,14 +70,15 @@ class Threads:
         and adapt the count: each product's time is kept, and one product in TIMED is checked
         for a straggle (the median costs ~2 us, a stories15M step ~25 products of 10-100 us)."""
         self.calls += 1
-        if self.trying is None and self.most > 1 and time.perf_counter() >= self.probe_at:
+        start = time.perf_counter()
+        if self.trying is None and self.most > 1 and start >= self.probe_at:
             self.trying = self.count - 1 if self.count == self.most else self.count + 1
             self.wins, self.tried = [], 0
         count = self.count if self.trying is None else self.trying
         if self.set_to.get(threading.get_ident()) != count:  # (numba's count is per thread)
             numba.set_num_threads(count)
             self.set_to[threading.get_ident()] = count
-        start = time.perf_counter()
+            start = time.perf_counter()
         work(*args)
         seconds = time.perf_counter() - start
         if self.trying is None:
@@ -121,6 +122,8 @@ class Threads:
     def record(self, product: Hashable, count: int, seconds: float) -> deque[float]:
         if len(self.times) > KEEP_PRODUCTS:
             self.times.clear()
-        times = self.times.setdefault((product, count), deque(maxlen=HISTORY))
+        times = self.times.get((product, count))
+        if times is None:
+            times = self.times[product, count] = deque(maxlen=HISTORY)
         times.append(seconds)
         return times
