@@ -79,7 +79,11 @@ def rope_rotations(
     angles = np.outer(
         np.arange(max_seq_len, dtype=np.float64), rope_frequencies(head_dim, theta, scaling)
     )
-    return np.exp(1j * angles).astype(np.complex64)
+    rotation = np.empty(angles.shape, dtype=np.complex64)  # (S_max, HD/2)
+    # one float64 table at a time (limits.model_bytes counts this peak for long contexts)
+    rotation.real = np.cos(angles)
+    rotation.imag = np.sin(angles)
+    return rotation
 
 
 def apply_rope(x: np.ndarray, rotation: np.ndarray, interleaved: bool) -> np.ndarray:

@@ -52,12 +52,12 @@ def check_fits(needed: int, what: str, fixes: Sequence[str]) -> None:
 def model_bytes(
     config: LlamaConfig, weights_dtype: str = "fp32", stored_nbytes: int | None = None
 ) -> int:
-    """Bytes a loaded model allocates: its weights plus the RoPE tables.
+    """Bytes a loaded model allocates: its weights plus the RoPE table.
 
     The weights are `stored_nbytes` when the loader counted them in the file (a GGUF kept as
-    stored), else schema.weights_nbytes of the config. The tables are computed in float64
-    (angles, then cos or sin) before rounding to float32: S_max × HD/2 × (8 + 8 + 4 + 4)
-    bytes at the peak.
+    stored), else schema.weights_nbytes of the config. The table of rotations is computed
+    in float64 (angles, then cos or sin) into complex64: S_max × HD/2 × (8 + 8 + 8) bytes at
+    the peak.
     """
     rope = config.max_seq_len * (config.head_dim // 2) * 24
     if stored_nbytes is None:
@@ -78,7 +78,7 @@ def check_model_fits(
     fixes = ["use a smaller model", "close other programs to free memory"]
     if weights_dtype not in ("int8", "stored"):
         fixes.insert(0, "keep the weights compressed: --weights-dtype int8 (or bf16)")
-    if needed > 2 * stored_nbytes:  # the RoPE tables dominate
+    if needed > 2 * stored_nbytes:  # the RoPE table dominates
         fixes.insert(
             0, f"a checkpoint with a shorter context (its max_seq_len is {config.max_seq_len:,})"
         )

@@ -105,7 +105,7 @@ class Step:
 
 
 class Model:
-    """A Llama model ready to run: config, float32 weights, RoPE tables and its tokenizer."""
+    """A Llama model ready to run: config, float32 weights, the RoPE table and its tokenizer."""
 
     def __init__(self, config: LlamaConfig, weights: Weights, tokenizer=None) -> None:
         self.config = config
