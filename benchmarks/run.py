@@ -201,8 +201,9 @@ def hf_load_probe(path: str, n_prompt: int, n_new: int) -> dict:
 
 
 def ttft_probe(name: str, n_prompt: int, repeats: int) -> dict:
-    """In a fresh process: the first prefill into a new full-context cache, then warm ones."""
-    model = build(name)
+    """In a fresh process: the first prefill into a new full-context cache, then warm ones.
+    `name` is a registry shape (random fp32 weights) or a GGUF file, kept as stored."""
+    model = load(name) if name.endswith(".gguf") else build(name)
     prompt = tokens(model.config, n_prompt)
     cache = model.new_cache()  # the whole context, as generate() allocates it
     t0 = time.perf_counter()
@@ -214,7 +215,8 @@ def ttft_probe(name: str, n_prompt: int, repeats: int) -> dict:
         t0 = time.perf_counter()
         model.prefill(prompt, cache)
         warm.append(time.perf_counter() - t0)
-    return {"model": name, "n_prompt": n_prompt, "context": cache.max_seq_len,
+    return {"model": Path(name).stem if name.endswith(".gguf") else name,
+            "n_prompt": n_prompt, "context": cache.max_seq_len,
             "fresh_seconds": fresh, "warm": spread(warm)}  # fmt: skip
 
 
@@ -634,6 +636,13 @@ def main(argv: list[str] | None = None) -> int:
         f"(taskset), llama.cpp beside when given (default: {DEFAULT_CONTENTION}; '' skips)",
     )
     parser.add_argument(
+        "--ttft-files",
+        default="",
+        help="MODEL:QUANT GGUF files (quantized by --llama-cpp's llama-quantize) whose first "
+        f"prefill of {TTFT_PROMPT} tokens in a fresh process is timed against warm ones, as "
+        "--ttft-model's (e.g. stories110M:Q4_K_M; default: '', none)",
+    )
+    parser.add_argument(
         "--files",
         default=str(Path.home() / ".cache" / "llama_np" / "benchmarks"),
         help="where generated checkpoint and GGUF files are kept between runs "
@@ -679,6 +688,7 @@ def main(argv: list[str] | None = None) -> int:
         "big": [],
         "load": [],
         "ttft": None,
+        "ttft_files": [],
         "kernels": [],
         "llama_cpp": [],
         "llama_cpp_prefill": [],
@@ -841,6 +851,22 @@ def main(argv: list[str] | None = None) -> int:
         entry |= contention(bin_dir, path, decode_steps(config, args.quick), repeats)
         results["contention"].append(entry)
 
+    for spec in [c for c in args.ttft_files.split(",") if c]:
+        name, quant = spec.split(":")
+        if not args.llama_cpp and quant != "F32":
+            print(f"first prefill of {spec} skipped: quantizing needs --llama-cpp", file=sys.stderr)
+            continue
+        print(f"{name} {quant}: first prefill of a fresh process ...", file=sys.stderr)
+        config = known_config(name)
+        if args.llama_cpp:
+            path = llama_cpp.gguf_files(config, name, Path(args.llama_cpp), files / "gguf")[quant]
+        else:
+            path = llama_cpp.gguf_f32(config, name, files / "gguf")
+        probes = [run_probe("ttft", str(path), TTFT_PROMPT, repeats) for _ in range(repeats)]
+        summary = ttft_summary([p for p in probes if p])
+        if summary:
+            results["ttft_files"].append({**summary, "model": name, "quant": quant})
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "latest.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -983,6 +1009,22 @@ def to_markdown(r: dict) -> str:
             f"| warm prefill (each process's median) | {w['median']:.3f} ({w['min']:.3f}–"
             f"{w['max']:.3f}) | 1.00× |",
         ]
+    if r.get("ttft_files"):
+        lines += [
+            "",
+            "| time to first token, GGUF file (prompt, cache of the whole context, fresh "
+            "processes) | first prefill of a fresh process, s (min–max) | warm prefill, s "
+            "| × warm |",
+            "|---|---|---|---|",
+        ]
+        for t in r["ttft_files"]:
+            f, w = t["fresh"], t["warm"]
+            processes = f"{t['processes']} process" + "es" * (t["processes"] != 1)
+            lines.append(
+                f"| {t['model']} {t['quant']} ({t['n_prompt']} tokens, {t['context']} positions, "
+                f"{processes}) | {f['median']:.3f} ({f['min']:.3f}–{f['max']:.3f}) "
+                f"| {w['median']:.3f} | {t['ratio']:.2f}× |"
+            )
     if r.get("kernels"):
         lines += [
             "",

@@ -39,7 +39,7 @@ def test_harness_writes_json_and_markdown(tmp_path):
     args = ["--models", "stories260K", "--quick", "--repeats", "1", "--no-hf"]
     args += ["--batch-model", "stories260K", "--batch-sizes", "1,2", "--prompt-lengths", "16,32"]
     args += ["--load-models", "stories260K", "--ttft-model", "stories260K"]
-    args += ["--kernel-model", "stories260K"]
+    args += ["--kernel-model", "stories260K", "--ttft-files", "stories260K:F32"]
     assert harness.main([*args, "--files", str(tmp_path), "--out", str(tmp_path)]) == 0
 
     results = json.loads((tmp_path / "latest.json").read_text())
@@ -70,10 +70,18 @@ def test_harness_writes_json_and_markdown(tmp_path):
     ttft = results["ttft"]
     assert ttft["context"] == 512 and ttft["fresh"]["min"] > 0 and ttft["warm"]["min"] > 0
     assert ttft["processes"] == 1 and ttft["ratio"] > 0  # --repeats 1: one process
+    (from_file,) = results["ttft_files"]  # the same probe on a GGUF file it wrote
+    assert (from_file["model"], from_file["quant"], from_file["context"]) == (
+        "stories260K",
+        "F32",
+        512,
+    )
+    assert from_file["fresh"]["min"] > 0 and from_file["warm"]["min"] > 0
 
     markdown = (tmp_path / "latest.md").read_text()
     assert "| stories260K → int8 |" in markdown
     assert "| first prefill of a fresh process |" in markdown
+    assert "| stories260K F32 (256 tokens, 512 positions, 1 process) |" in markdown
     assert "| stories260K | decode |" in markdown
     assert "| stories260K | prefill 32 |" in markdown
     assert "| batch 2 |" in markdown
