@@ -96,10 +96,12 @@ def apply_rope(x: np.ndarray, rotation: np.ndarray, interleaved: bool) -> np.nda
     of wq and wk so that the same model gives the same result with this split).
     """
     turn = rotation[:, None, :]  # (T, 1, HD/2), the same for every head
-    if interleaved:  # each pair's two floats, side by side, read as one complex64 a + ib
-        return (x.view(np.complex64) * turn).view(np.float32)  # (T, n_heads, HD)
+    if interleaved:  # each pair's two floats, side by side, read as one complex number a + ib
+        complex_type = np.complex128 if x.dtype == np.float64 else np.complex64
+        pairs = x.view(complex_type)  # (T, n_heads, HD/2)
+        return (pairs * turn).view(x.dtype)  # (T, n_heads, HD)
     half = x.shape[-1] // 2
-    turned = (x[..., :half] + 1j * x[..., half:]) * turn  # (T, n_heads, HD/2) complex64
+    turned = (x[..., :half] + 1j * x[..., half:]) * turn  # (T, n_heads, HD/2) complex
     out = np.empty_like(x)  # (T, n_heads, HD)
     out[..., :half], out[..., half:] = turned.real, turned.imag
     return out

@@ -222,12 +222,15 @@ def reference_rope(x, positions, theta, interleaved):
     return out
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("interleaved", [True, False], ids=["interleaved", "half-split"])
-def test_rope_matches_the_definition(interleaved):
-    x = rng.standard_normal((6, 3, 16), dtype=np.float32)
+def test_rope_matches_the_definition(interleaved, dtype):
+    """float64 too (a learner's arrays): interleaved pairs are read as complex numbers of x's
+    own precision, never float64 bytes as complex64."""
+    x = rng.standard_normal((6, 3, 16)).astype(dtype)
     positions = [0, 1, 2, 7, 40, 63]
     got = apply_rope(x, rope_rotations(16, 64, 10000.0)[positions], interleaved)
-    assert got.dtype == np.float32 and got.shape == x.shape
+    assert got.dtype == dtype and got.shape == x.shape
     np.testing.assert_allclose(got, reference_rope(x, positions, 10000.0, interleaved), atol=2e-6)
 
 

@@ -68,10 +68,11 @@ from ..quants import Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
 u = np.uint64  # index arithmetic (see above)
 FASTMATH = {"reassoc", "contract"}
 JIT = {"parallel": True, "fastmath": FASTMATH, "cache": True}
-# The widen_* functions run on one thread, between two of BLAS's multi-threaded sgemms: a
-# parallel one shared the other core with OpenBLAS's worker, which spins after each sgemm,
-# and took 10-16x as long in a process's first prefills (TinyLlama Q4_K_M, 256 tokens: the
-# first prefill 24 s, the second 16, then 9.5; on one thread 9.5 s from the first).
+# The widen_* functions run on one thread, between two of BLAS's multi-threaded sgemms: in
+# parallel, their second thread shared a core with OpenBLAS's worker, which spins after each
+# sgemm, and widening took 10-16x as long in a process's first two prefills (1.25-1.32x a
+# warm prefill: stories110M and TinyLlama Q4_K_M, benchmarks/run.py --ttft-files; on one
+# thread 1.00-1.05x, and warm prefills no slower).
 SERIAL = {"fastmath": FASTMATH, "cache": True}
 # Weight rows per task of the parallel loop: each activation row is multiplied by these rows
 # in turn while it sits in the L1 cache, and they stay in the L2 cache for the next activation
