@@ -56,7 +56,7 @@ class Step:
     phase: str  # "prefill" | "decode" | "mixed" (a serving step with both)
     seqs: np.ndarray  # (B,) the sequences: rows of a KVCache, request ids in a paged cache
     starts: np.ndarray  # (B,) position of each sequence's first new token
-    counts: np.ndarray  # (B,) T_b, new tokens of each sequence
+    counts: np.ndarray  # (B,) T_b >= 1, new tokens of each sequence
     # (B, blocks) a paged cache's blocks of each sequence, position p in block p // block_size
     # (paged_kv_cache.py); None for a KVCache
     block_tables: np.ndarray | None = None
