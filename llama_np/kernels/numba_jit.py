@@ -70,9 +70,9 @@ FASTMATH = {"reassoc", "contract"}
 JIT = {"parallel": True, "fastmath": FASTMATH, "cache": True}
 # The widen_* functions run on one thread, between two of BLAS's multi-threaded sgemms: in
 # parallel, their second thread shared a core with OpenBLAS's worker, which spins after each
-# sgemm, and widening took 10-16x as long in a process's first two prefills (1.25-1.32x a
-# warm prefill: stories110M and TinyLlama Q4_K_M, benchmarks/run.py --ttft-files; on one
-# thread 1.00-1.05x, and warm prefills no slower).
+# sgemm (llama_np/__init__.py), and a process's first two quantized prefills took 1.25-1.32x
+# a warm one (stories110M and TinyLlama Q4_K_M, benchmarks/run.py --ttft-files); on one
+# thread 1.00-1.05x, and warm prefills are no slower.
 SERIAL = {"fastmath": FASTMATH, "cache": True}
 # Weight rows per task of the parallel loop: each activation row is multiplied by these rows
 # in turn while it sits in the L1 cache, and they stay in the L2 cache for the next activation
