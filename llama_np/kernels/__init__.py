@@ -339,8 +339,7 @@ _tile: np.ndarray | None = None  # the tile buffer (products run one at a time: 
 
 def _widened_product(rows, x: np.ndarray, out: np.ndarray) -> None:
     """out (B, N) = x (B, K) @ rows.T for prefill's hundreds of activation rows: each tile of
-    rows is widened to float32 once (numba, one thread: numba_jit.SERIAL) and multiplied by
-    all B rows at once (BLAS, every core)."""
+    rows is widened to float32 once (numba) and multiplied by all B rows at once (BLAS)."""
     global _tile
     from . import numba_jit
 

@@ -68,12 +68,6 @@ from ..quants import Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q6_K, Q8_0
 u = np.uint64  # index arithmetic (see above)
 FASTMATH = {"reassoc", "contract"}
 JIT = {"parallel": True, "fastmath": FASTMATH, "cache": True}
-# The widen_* functions run on one thread, between two of BLAS's multi-threaded sgemms: in
-# parallel, their second thread shared a core with OpenBLAS's worker, which spins after each
-# sgemm (llama_np/__init__.py), and a process's first two quantized prefills took 1.25-1.32x
-# a warm one (stories110M and TinyLlama Q4_K_M, benchmarks/run.py --ttft-files); on one
-# thread 1.00-1.05x, and warm prefills are no slower.
-SERIAL = {"fastmath": FASTMATH, "cache": True}
 # Weight rows per task of the parallel loop: each activation row is multiplied by these rows
 # in turn while it sits in the L1 cache, and they stay in the L2 cache for the next activation
 # row (one row per task, a batch of 8 rows of K = 768 floats evicted each other from L1).
@@ -909,10 +903,10 @@ def tiles_int8(q, scales, x, out, group, workers):
             _tile(w[: hi - lo], x, out, lo)
 
 
-@njit(**SERIAL)
+@njit(**JIT)
 def widen_int8(q, scales, out, group):
     """This project's int8, q (n, K) and scales (n, K/32, 1) -> out (n, K) float32, for BLAS."""
-    for n in range(out.shape[0]):
+    for n in prange(out.shape[0]):
         _int8_row(q[n], scales[n, :, 0], out[n], group)
 
 
@@ -930,10 +924,10 @@ def tiles_bf16(bits, x, out, workers):
             _tile(w[: hi - lo], x, out, lo)
 
 
-@njit(**SERIAL)
+@njit(**JIT)
 def widen_bf16(bits, out):
     """bf16 bits (N, K) uint16 -> out (n, K) float32, for BLAS."""
-    for n in range(out.shape[0]):
+    for n in prange(out.shape[0]):
         _bf16_row(bits[n], out[n])
 
 
@@ -951,10 +945,10 @@ def tiles_fp16(bits, x, out, workers):
             _tile(w[: hi - lo], x, out, lo)
 
 
-@njit(**SERIAL)
+@njit(**JIT)
 def widen_fp16(bits, out):
     """fp16 bits (N, K) uint16 -> out (n, K) float32, for BLAS."""
-    for n in range(out.shape[0]):
+    for n in prange(out.shape[0]):
         _fp16_row(bits[n], out[n])
 
 
@@ -972,10 +966,10 @@ def tiles_q8_0(raw, x, out, qk, workers):
             _tile(w[: hi - lo], x, out, lo)
 
 
-@njit(**SERIAL)
+@njit(**JIT)
 def widen_q8_0(raw, out, qk):
     """Q8_0 blocks (N, row bytes) uint8 -> out (n, K) float32, for BLAS."""
-    for n in range(out.shape[0]):
+    for n in prange(out.shape[0]):
         _q8_0_row(raw[n], out[n], qk)
 
 
@@ -993,10 +987,10 @@ def tiles_q4_0(raw, x, out, half_qk, workers):
             _tile(w[: hi - lo], x, out, lo)
 
 
-@njit(**SERIAL)
+@njit(**JIT)
 def widen_q4_0(raw, out, half_qk):
     """Q4_0 blocks -> out (n, K) float32, for BLAS."""
-    for n in range(out.shape[0]):
+    for n in prange(out.shape[0]):
         _q4_0_row(raw[n], out[n], half_qk)
 
 
@@ -1014,10 +1008,10 @@ def tiles_q4_1(raw, x, out, half_qk, workers):
             _tile(w[: hi - lo], x, out, lo)
 
 
-@njit(**SERIAL)
+@njit(**JIT)
 def widen_q4_1(raw, out, half_qk):
     """Q4_1 blocks -> out (n, K) float32, for BLAS."""
-    for n in range(out.shape[0]):
+    for n in prange(out.shape[0]):
         _q4_1_row(raw[n], out[n], half_qk)
 
 
@@ -1035,10 +1029,10 @@ def tiles_q5_0(raw, x, out, half_qk, workers):
             _tile(w[: hi - lo], x, out, lo)
 
 
-@njit(**SERIAL)
+@njit(**JIT)
 def widen_q5_0(raw, out, half_qk):
     """Q5_0 blocks -> out (n, K) float32, for BLAS."""
-    for n in range(out.shape[0]):
+    for n in prange(out.shape[0]):
         _q5_0_row(raw[n], out[n], half_qk)
 
 
@@ -1056,10 +1050,10 @@ def tiles_q5_1(raw, x, out, half_qk, workers):
             _tile(w[: hi - lo], x, out, lo)
 
 
-@njit(**SERIAL)
+@njit(**JIT)
 def widen_q5_1(raw, out, half_qk):
     """Q5_1 blocks -> out (n, K) float32, for BLAS."""
-    for n in range(out.shape[0]):
+    for n in prange(out.shape[0]):
         _q5_1_row(raw[n], out[n], half_qk)
 
 
@@ -1077,10 +1071,10 @@ def tiles_q4_k(raw, x, out, sub, workers):
             _tile(w[: hi - lo], x, out, lo)
 
 
-@njit(**SERIAL)
+@njit(**JIT)
 def widen_q4_k(raw, out, sub):
     """Q4_K blocks -> out (n, K) float32, for BLAS."""
-    for n in range(out.shape[0]):
+    for n in prange(out.shape[0]):
         _q4_k_row(raw[n], out[n], sub)
 
 
@@ -1098,10 +1092,10 @@ def tiles_q5_k(raw, x, out, sub, workers):
             _tile(w[: hi - lo], x, out, lo)
 
 
-@njit(**SERIAL)
+@njit(**JIT)
 def widen_q5_k(raw, out, sub):
     """Q5_K blocks -> out (n, K) float32, for BLAS."""
-    for n in range(out.shape[0]):
+    for n in prange(out.shape[0]):
         _q5_k_row(raw[n], out[n], sub)
 
 
@@ -1119,10 +1113,10 @@ def tiles_q6_k(raw, x, out, sub, workers):
             _tile(w[: hi - lo], x, out, lo)
 
 
-@njit(**SERIAL)
+@njit(**JIT)
 def widen_q6_k(raw, out, sub):
     """Q6_K blocks -> out (n, K) float32, for BLAS."""
-    for n in range(out.shape[0]):
+    for n in prange(out.shape[0]):
         _q6_k_row(raw[n], out[n], sub)
 
 
