@@ -203,7 +203,8 @@ def hf_load_probe(path: str, n_prompt: int, n_new: int) -> dict:
 def ttft_probe(name: str, n_prompt: int, repeats: int) -> dict:
     """In a fresh process: the first prefill into a new full-context cache, then warm ones.
     `name` is a registry shape (random fp32 weights) or a GGUF file, kept as stored."""
-    model = load(name) if name.endswith(".gguf") else build(name)
+    gguf = name.endswith(".gguf")
+    model = load(name) if gguf else build(name)
     prompt = tokens(model.config, n_prompt)
     cache = model.new_cache()  # the whole context, as generate() allocates it
     t0 = time.perf_counter()
@@ -215,8 +216,8 @@ def ttft_probe(name: str, n_prompt: int, repeats: int) -> dict:
         t0 = time.perf_counter()
         model.prefill(prompt, cache)
         warm.append(time.perf_counter() - t0)
-    return {"model": Path(name).stem if name.endswith(".gguf") else name,
-            "n_prompt": n_prompt, "context": cache.max_seq_len,
+    return {"model": Path(name).stem if gguf else name, "n_prompt": n_prompt,
+            "context": cache.max_seq_len,
             "fresh_seconds": fresh, "warm": spread(warm)}  # fmt: skip
 
 
@@ -1086,9 +1087,8 @@ def to_markdown(r: dict) -> str:
             "Batched decode, tokens/s of all sequences together: llama-batched-bench (`-pps "
             "-npp P`, 2 threads) and llama_np's Model.decode_batch on the same GGUF file, each "
             "sequence after its own prompt of P tokens (the prompt column); interleaved round by "
-            "round. "
-            "Each cell: llama_np tok/s / llama.cpp tok/s (median over rounds of llama_np ÷ "
-            "llama.cpp in the same round).",
+            "round. Each cell: llama_np tok/s / llama.cpp tok/s (median over rounds of llama_np "
+            "÷ llama.cpp in the same round).",
             "",
             "| model, GGUF | prompt | steps | " + " | ".join(f"batch {B}" for B in sizes) + " |",
             "|---|---|---|" + "---|" * len(sizes),
