@@ -42,32 +42,35 @@ def paged_decode(q, k_pool, v_pool, tables, ends, out, heads_first):
         b = bk // KVH
         kvh = bk - b * KVH
         S = ends[b]
-        scores = np.empty((G, S), dtype=np.float32)  # (G, S)
-        for s in range(S):  # each key is read once for the G heads that share it
-            block, offset = tables[b, s // block_size], s % block_size
-            key = k_pool[kvh, block, offset] if heads_first else k_pool[block, kvh, offset]
-            for g in range(G):
-                query = q[b, kvh * G + g]
-                dot = np.float32(0)
-                for d in range(HD):
-                    dot += query[d] * key[d]
-                scores[g, s] = dot * scale
-        for g in range(G):  # softmax: subtract the max, exponentiate, normalize
+        n_blocks = (S + block_size - 1) // block_size
+        queries = q[b, kvh * G : (kvh + 1) * G] * scale  # (G, HD) the heads sharing kvh
+        scores = np.empty((G, n_blocks * block_size), dtype=np.float32)  # (G, S) and padding
+        for j in range(n_blocks):  # the sequence's blocks, where they lie
+            block = tables[b, j]
+            keys = k_pool[kvh, block] if heads_first else k_pool[block, kvh]  # (block_size, HD)
+            for o in range(min(block_size, S - j * block_size)):
+                for g in range(G):  # each key is read once for the G heads that share it
+                    dot = np.float32(0)
+                    for d in range(HD):
+                        dot += queries[g, d] * keys[o, d]
+                    scores[g, j * block_size + o] = dot
+        total = np.zeros(G, dtype=np.float32)
+        for g in range(G):  # softmax, normalized at the end: subtract the max, exponentiate
             top = scores[g, 0]
             for s in range(1, S):
                 top = max(top, scores[g, s])
-            total = np.float32(0)
             for s in range(S):
                 scores[g, s] = np.exp(scores[g, s] - top)
-                total += scores[g, s]
-            scores[g] /= total
+                total[g] += scores[g, s]
+        summed = np.empty(HD, dtype=np.float32)  # (HD,) in registers, not in `out`
         for g in range(G):
-            o = out[b, kvh * G + g]  # (HD,)
-            o[:] = 0
-            for s in range(S):  # the values weighted by the probabilities
-                block, offset = tables[b, s // block_size], s % block_size
-                value = v_pool[kvh, block, offset] if heads_first else v_pool[block, kvh, offset]
-                p = scores[g, s]
-                for d in range(HD):
-                    o[d] += p * value[d]
+            summed[:] = 0
+            for j in range(n_blocks):  # the values weighted by the scores
+                block = tables[b, j]
+                values = v_pool[kvh, block] if heads_first else v_pool[block, kvh]
+                for o in range(min(block_size, S - j * block_size)):
+                    p = scores[g, j * block_size + o]
+                    for d in range(HD):
+                        summed[d] += p * values[o, d]
+            out[b, kvh * G + g] = summed / total[g]
     return out
