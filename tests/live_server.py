@@ -1,6 +1,7 @@
 """A `llama-np serve` app running in this process, on a loopback port, for the server tests:
-real HTTP (uvicorn), so the `openai` client and a browser talk to it as to any server, and
-the test can look at the engine behind it (its pool, its steps) directly.
+real HTTP (uvicorn, with the settings `llama-np serve` gives it), so the `openai` client and a
+browser talk to it as to any server, and the test can look at the engine behind it (its pool,
+its steps) directly.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import uvicorn
 import llama_np
 from llama_np.engine import Engine
 from llama_np.server import ServerConfig, create_app
-from llama_np.server.run import listen
+from llama_np.server.run import listen, uvicorn_config
 
 # Chat template of the test model: stories260K has none, so its tokenizer is given this one,
 # and the server renders messages with it as with any checkpoint's own (no special tokens,
@@ -35,15 +36,15 @@ class LiveServer:
     """create_app(engine, config) served by uvicorn in a thread: `.url`, `.engine`, `.server`
     (the app's state), `.close()`."""
 
-    def __init__(self, engine: Engine, config: ServerConfig) -> None:
+    def __init__(
+        self, engine: Engine, config: ServerConfig, max_connections: int | None = None
+    ) -> None:
         self.engine = engine
         self.app = create_app(engine, config)
         self.server = self.app.state.server
         sock = listen("127.0.0.1", 0)
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        self._uvicorn = uvicorn.Server(
-            uvicorn.Config(self.app, lifespan="on", log_level="warning", timeout_keep_alive=5)
-        )
+        self._uvicorn = uvicorn.Server(uvicorn_config(self.app, max_connections=max_connections))
         self._thread = threading.Thread(
             target=self._uvicorn.run, kwargs={"sockets": [sock]}, daemon=True
         )

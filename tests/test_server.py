@@ -338,6 +338,29 @@ def test_a_stalled_upload_is_cut_off(live):
     assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
 
 
+def test_a_client_that_never_sends_whole_headers_is_cut_off():
+    """Connections that send nothing, or half a header, are closed after the timeout, and
+    connections past the cap at once (else idle sockets would hold the server: slowloris)."""
+    engine = Engine(llama_np.load(), kv_memory="1MiB", max_seqs=2)
+    server = LiveServer(engine, ServerConfig(NAME, timeout=1), max_connections=4)
+    host, port = server.url.removeprefix("http://").split(":")
+    try:
+        silent = [socket.create_connection((host, int(port)), timeout=30) for _ in range(2)]
+        silent[1].sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nConte")
+        time.sleep(0.2)
+        extra = [socket.create_connection((host, int(port)), timeout=30) for _ in range(4)]
+        assert [s.recv(100) for s in extra[2:]] == [b"", b""]  # past the cap: closed at once
+        started = time.monotonic()
+        assert [s.recv(100) for s in silent] == [b"", b""]  # closed by the server
+        assert time.monotonic() - started < 5
+        for s in silent + extra:
+            s.close()
+        time.sleep(0.2)
+        assert httpx.get(server.url + "/health", timeout=10).status_code == 200  # still serving
+    finally:
+        server.close()
+
+
 def test_a_bug_in_a_handler_is_a_500_in_openai_shape(live, monkeypatch):
     """The bug's traceback goes to the log; the client gets an error object; the server goes
     on serving."""
