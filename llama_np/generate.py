@@ -91,24 +91,60 @@ class TextOutput:
     """A sequence's generated text: token ids in, text pieces out, never a stop string.
 
     Text that might be the start of a stop string is held back until it is not; when a stop
-    string appears, the text before it is the last piece.
+    string appears, the text before it is the last piece. `unsent` counts the latest tokens
+    whose text has not all gone out: held back, or, once a stop string appeared, cut with it
+    (a server reports the log-probabilities of the tokens whose text it sent, as llama-server
+    does, so that they spell the text).
     """
 
     def __init__(self, stream: TextStream, stop: list[str]) -> None:
         self.stream = stream
         self.stop = stop
         self.held = ""  # text that might grow into a stop string, not yet given out
+        # where each unsent token's text ends in `held` (None: none of its text decoded yet,
+        # e.g. the first byte of a character)
+        self.ends: list[int | None] = []
+
+    @property
+    def unsent(self) -> int:
+        return len(self.ends)
 
     def push(self, token: int) -> tuple[str, bool]:
         """-> (text to give out now, whether a stop string appeared)."""
-        text, self.held, stopped = _split_at_stop(self.held + self.stream.push(token), self.stop)
+        text = self._add(self.stream.push(token), token=True)
+        text, self.held, stopped = _split_at_stop(text, self.stop)
+        self._gave(text)
         return text, stopped
 
     def flush(self) -> str:
-        """The rest, at the end (cut at a stop string)."""
-        text = _split_at_stop(self.held + self.stream.flush(), self.stop)[0]
+        """The rest, at the end (cut at a stop string; held text that did not become one
+        goes out: it can no longer grow)."""
+        rest = self._add(self.stream.flush(), token=False)
+        text, _, stopped = _split_at_stop(rest, self.stop)
         self.held = ""
+        if stopped:
+            self._gave(text)
+        else:
+            text, self.ends = rest, []
         return text
+
+    def _add(self, piece: str, token: bool) -> str:
+        """held + piece, the text a new token (or the end) decoded to; -> that text."""
+        text = self.held + piece
+        if token:
+            self.ends.append(None)
+        if piece:  # it ends the text of the tokens that had none yet
+            self.ends = [len(text) if end is None else end for end in self.ends]
+        return text
+
+    def _gave(self, text: str) -> None:
+        """`text`, the start of the held text, went out: so did the tokens ending in it."""
+        sent = 0
+        while (
+            sent < len(self.ends) and self.ends[sent] is not None and self.ends[sent] <= len(text)
+        ):
+            sent += 1
+        self.ends = [None if end is None else end - len(text) for end in self.ends[sent:]]
 
 
 def accept_token(

@@ -9,6 +9,7 @@ from util import byte_tokenizer, random_model, small_config
 import llama_np
 from llama_np import ArgumentError, ContextLengthError, GenerationStats, generate, generate_text
 from llama_np.engine import Engine, generate_batch_stream
+from llama_np.generate import TextOutput
 
 
 def test_streamed_pieces_join_to_the_decoded_tokens(stories260k):
@@ -40,6 +41,54 @@ def test_stop_string_split_across_tokens_is_held_back(stories260k):
     pieces = list(generate(stories260k, "", 80, temperature=0, stop=[stop]))
     assert "".join(pieces) == full[: full.index(stop)]
     assert not any(stop in p for p in pieces)
+
+
+def test_text_held_at_a_possible_stop_string_goes_out_at_the_end(stories260k):
+    """The last token's text may be the start of a stop string; at max_new_tokens it can no
+    longer become one, so it is given out (it was dropped)."""
+    full = generate_text(stories260k, "", 12, temperature=0)
+    stop = full[-3:] + "never seen"  # its first 3 characters end the text, then it stops
+    stats = GenerationStats()
+    assert generate_text(stories260k, "", 12, temperature=0, stop=[stop], stats=stats) == full
+    assert stats.stop_reason == "max_new_tokens"
+
+
+class Pieces:
+    """A TextStream whose tokens are their own text."""
+
+    def push(self, token: str) -> str:
+        return token
+
+    def flush(self) -> str:
+        return ""
+
+
+@given(
+    pieces=st.lists(st.sampled_from(["a", "b", "ab", " ab", "", "ba", "c"]), max_size=12),
+    stop=st.lists(st.sampled_from(["ab", "bab", "ca", "zz"]), max_size=2),
+    end=st.booleans(),
+)
+def test_unsent_tokens_are_those_whose_text_did_not_all_go_out(pieces, stop, end):
+    """TextOutput.unsent: the latest tokens not all of whose text was given out (held back,
+    or cut with a stop string); the tokens before them spell a prefix of the text given."""
+    output = TextOutput(Pieces(), stop)
+    given, stopped, pushed = "", False, []
+    for piece in pieces:
+        text, stopped = output.push(piece)
+        given += text
+        pushed.append(piece)
+        if stopped:
+            break
+    if end and not stopped:
+        given += output.flush()
+    sent = pushed[: len(pushed) - output.unsent]
+    assert given.startswith("".join(sent))
+    if not stopped:  # what is held back is the text of the unsent tokens
+        assert "".join(pushed) == given + output.held
+        unsent_text = "".join(pushed[len(sent) :])
+        assert unsent_text.endswith(output.held) and len(unsent_text) >= len(output.held)
+    for s in stop:
+        assert s not in given
 
 
 def test_max_new_tokens_and_prompt_not_counted(stories260k):

@@ -240,6 +240,17 @@ def test_logprobs_are_the_models(live, client):
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 3
     assert "".join(lp.tokens) == completion.choices[0].text
     assert lp.text_offset == [0, len(lp.tokens[0]), len(lp.tokens[0]) + len(lp.tokens[1])]
+    # At a stop string the tokens reported are those whose text was sent: none of the stop's
+    # (" Lily" is one token: its space is sent, the token is not, as llama-server does).
+    stop = dict(model=NAME, prompt=prompt, max_tokens=60, temperature=0, stop="Lily", logprobs=0)
+    whole = client.completions.create(**stop).choices[0]
+    tokens = whole.logprobs.tokens
+    assert whole.text.endswith("named ") and "".join(tokens) == whole.text[:-1]
+    streamed = [c.choices[0] for c in client.completions.create(**stop, stream=True)]
+    assert "".join(c.text for c in streamed) == whole.text
+    assert [t for c in streamed if c.logprobs for t in c.logprobs.tokens] == tokens
+    offsets = [o for c in streamed if c.logprobs for o in c.logprobs.text_offset]
+    assert offsets == whole.logprobs.text_offset
     check_idle(live)
 
 

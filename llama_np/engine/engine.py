@@ -68,6 +68,9 @@ class TokenEvent:
     finish_reason: str | None = None  # request.STOP_REASONS
     logprob: float | None = None  # log-probability of `token` (requests with logprobs)
     top_logprobs: tuple[tuple[int, float], ...] = ()  # the most likely tokens and theirs
+    # the request's latest tokens whose text has not all gone out (held back at a possible
+    # stop string); in its last event, those cut with a stop string (TextOutput.unsent)
+    unsent: int = 0
 
 
 @dataclass(frozen=True)
@@ -367,7 +370,7 @@ class Engine:
         events.append(
             TokenEvent(
                 request.id, text, token if kept else None, reason is not None, reason,
-                logprob if kept else None, top if kept else (),
+                logprob if kept else None, top if kept else (), request.text.unsent,
             )
         )  # fmt: skip
 
@@ -398,7 +401,11 @@ class Engine:
         self.requests.pop(request.id, None)
         finished.append(request.id)
         text = request.text.flush() if request.finish_reason != "error" else ""
-        events.append(TokenEvent(request.id, text, None, True, request.finish_reason))
+        events.append(
+            TokenEvent(
+                request.id, text, None, True, request.finish_reason, unsent=request.text.unsent
+            )
+        )
 
     def _record(
         self, plan: ScheduledStep, t0: float, seconds: float, finished: list, sampling: float = 0

@@ -24,7 +24,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -421,15 +421,14 @@ class Answer:
         job, chat = self.job, self.job.endpoint == "chat"
         usage = job.include_usage
 
-        def chunk(text: str, finish: str | None = None, lp: TokenLogprob | None = None) -> bytes:
-            lps = [lp] if lp else []
+        def chunk(text: str, finish: str | None = None, lps: Sequence[TokenLogprob] = ()) -> bytes:
             if chat:
-                delta = {"content": text} if text or lp else {}
-                logprobs = protocol.chat_logprobs(lps) if lp else None
+                delta = {"content": text} if text or lps else {}
+                logprobs = protocol.chat_logprobs(lps) if lps else None
                 body = protocol.chat_chunk(self.id, self.created, self.model, delta, finish,
                                            logprobs, usage)  # fmt: skip
             else:
-                logprobs = protocol.completion_logprobs(lps, offset) if lp else None
+                logprobs = protocol.completion_logprobs(lps, offset) if lps else None
                 body = protocol.completion_chunk(self.id, self.created, self.model, text, finish,
                                                  logprobs, usage)  # fmt: skip
             return sse(body)
@@ -443,6 +442,9 @@ class Answer:
             return head + json_bytes(text) + tail
 
         offset = 0  # characters sent so far (completions' text_offset)
+        # Tokens' log-probabilities go out with the last of their text (held back with it at
+        # a possible stop string, never sent if it was one), so that they spell the text.
+        pending: list[TokenLogprob] = []
         try:
             if chat:
                 yield sse(protocol.chat_chunk(self.id, self.created, self.model,
@@ -454,7 +456,11 @@ class Answer:
                     break
                 lp = self._logprob(event)
                 if lp:
-                    yield chunk(event.text, lp=lp)
+                    pending.append(lp)
+                sent = max(0, len(pending) - event.unsent)
+                lps, pending = pending[:sent], pending[sent:]
+                if lps:
+                    yield chunk(event.text, lps=lps)
                 elif event.text:
                     yield text_chunk(event.text)
                 offset += len(event.text)
@@ -492,6 +498,7 @@ class Answer:
             return error_response(self._error())
         text = "".join(e.text for e in events)
         lps = [lp for lp in map(self._logprob, events) if lp is not None]
+        lps = lps[: len(lps) - last.unsent]  # those cut with a stop string: not in the text
         finish = protocol.FINISH_REASONS[last.finish_reason]
         if self.job.endpoint == "chat":
             logprobs = protocol.chat_logprobs(lps) if self.job.logprobs is not None else None
