@@ -406,6 +406,21 @@ def test_tokenize_and_detokenize(live):
     assert back == {"content": text}
     bad = httpx.post(live.url + "/detokenize", json={"tokens": [10**6]}, headers=keyed)
     assert bad.status_code == 400 and error_of(bad)["param"] == "tokens"
+    # Special-token text counts as a completion's prompt counts it; parse_special reads it
+    tokenize = lambda **body: httpx.post(live.url + "/tokenize", json=body, headers=keyed)  # noqa: E731
+    marked = "Once</s>"
+    usage = httpx.post(live.url + "/v1/completions", headers=keyed,
+                       json={"prompt": marked, "max_tokens": 1}).json()["usage"]  # fmt: skip
+    counted = tokenize(content=marked, add_special=True).json()["tokens"]
+    assert len(counted) == usage["prompt_tokens"] and tokenizer.eos_id not in counted
+    parsed = tokenize(content=marked, parse_special=True).json()["tokens"]
+    assert parsed[-1] == tokenizer.eos_id
+    # A document longer than the context is counted (the body limit bounds it)
+    long = tokenize(content="Once upon a time. " * 400)
+    assert (
+        long.status_code == 200
+        and len(long.json()["tokens"]) > live.engine.model.config.max_seq_len
+    )
 
 
 def test_metrics(live, client):

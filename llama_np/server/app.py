@@ -254,9 +254,8 @@ class Server:
         content, add_special, parse_special, with_pieces = protocol.tokenize_request(
             await self._body(request)
         )
-        tokenizer = self._tokenizer()
-        self._check_fits(content, "content")
-        try:
+        tokenizer = self._tokenizer()  # any length the body allows (--max-body): counting
+        try:  # a long document is what this is for
             tokens = await run_in_threadpool(
                 tokenizer.encode, content, add_special, allow_special=parse_special
             )

@@ -461,14 +461,17 @@ def _content(message: dict, at: str) -> str:
 
 
 def tokenize_request(body: dict) -> tuple[str, bool, bool, bool]:
-    """POST /tokenize, as llama-server: -> (content, add_special, parse_special, with_pieces)."""
+    """POST /tokenize, as llama-server: -> (content, add_special, parse_special, with_pieces).
+
+    parse_special defaults to false (llama-server: true): the text of a special token ("</s>")
+    stays text, as in a completion's prompt, so that /tokenize counts a prompt's tokens."""
     _check_only(body, {"content", "add_special", "parse_special", "with_pieces"})
     content = _text_field(body, "content")
     if content is None:
         raise bad_request("content: required", param="content", code="missing")
     flags = [_field(body, key, Bool()) for key in ("add_special", "parse_special", "with_pieces")]
     add_special, parse_special, with_pieces = flags
-    return content, bool(add_special), parse_special is not False, bool(with_pieces)
+    return content, bool(add_special), bool(parse_special), bool(with_pieces)
 
 
 def detokenize_request(body: dict) -> list[int]:
