@@ -307,6 +307,7 @@ class Turn:
     reused: int  # tokens of the conversation whose keys and values were already cached
     prefilled: int  # tokens prefilled this turn
     rewritten_at: int | None = None  # the first cached token the new rendering changed, if any
+    forgotten: int = 0  # oldest messages left out: the conversation outgrew the KV cache
 
 
 class Chat:
@@ -370,6 +371,23 @@ class Chat:
             )
         messages = [*self.messages, {"role": "user", "content": user}]
         tokens = self.format.conversation(messages, self.tokens)
+        # A conversation that outgrew the cache (leaving less than a quarter of it, or
+        # max_new_tokens, for the reply) forgets its oldest exchanges, the system prompt kept,
+        # as Ollama does (llama.cpp shifts the cache instead): a chat goes on for as long as
+        # its user likes.
+        room = self.cache.max_seq_len - min(max_new_tokens, self.cache.max_seq_len // 4)
+        first = 1 if messages[0]["role"] == "system" else 0
+        forgotten = 0
+        while len(tokens) > room and len(messages) - first > 1:
+            del messages[first : first + 2]  # a user message and the reply to it
+            forgotten += 2
+            tokens = self._render(messages)
+        if len(tokens) >= self.cache.max_seq_len:  # no room for a reply even so
+            raise ContextLengthError(
+                f"the message is {len(tokens):,} tokens written out in the chat format (with the "
+                f"system prompt), and the chat's KV cache holds {self.cache.max_seq_len} "
+                f"(-c/--ctx-size): send a shorter one"
+            )
         # Keep the cached tokens the new conversation starts with (all of them, unless the
         # template rewrote history), but prefill at least one token: its logits start the reply.
         cached = self.cache.length
@@ -389,7 +407,7 @@ class Chat:
         except LlamaNpError:  # it does not fit, ...: the conversation stays as it was
             self.cache.lengths[0] = cached
             raise
-        self.last_turn = Turn(keep, len(tokens) - keep, keep if keep < cached else None)
+        self.last_turn = Turn(keep, len(tokens) - keep, keep if keep < cached else None, forgotten)
         self.tokens = tokens
         self.messages = messages
         self.turns += 1
@@ -398,6 +416,12 @@ class Chat:
         finally:
             self.tokens += stats.tokens
             self.messages.append({"role": "assistant", "content": self._text(tokens, stats.tokens)})
+
+    def _render(self, messages: list[dict[str, str]]) -> list[int]:
+        """The whole conversation written out anew, ready for the reply."""
+        if isinstance(self.format, ChatTemplate):
+            return self.format.conversation(messages, [])
+        return self.format.dialog(messages)
 
     def _text(self, prompt: list[int], reply: list[int]) -> str:
         """A reply's text for the next rendering: as streamed, without special tokens (also

@@ -13,7 +13,7 @@ import pytest
 from checkpoint_writers import write_llama2c
 from util import random_tensors
 
-from llama_np import ArgumentError, LlamaConfig, Model, load_tokenizer
+from llama_np import ArgumentError, ContextLengthError, LlamaConfig, Model, load_tokenizer
 from llama_np.chat import Chat, detect_chat_format, make_chat_format
 from llama_np.cli import main
 
@@ -205,9 +205,35 @@ def test_conversation_that_does_not_fit(llama3):
     chat = Chat(tiny_model(llama3, max_seq_len=32))
     "".join(chat.send("Hello", 3, temperature=0.0))
     before = list(chat.tokens)
-    with pytest.raises(Exception, match="KV cache full"):
+    with pytest.raises(ContextLengthError, match="send a shorter one"):
         "".join(chat.send("a long message " * 10, 3))
     assert chat.tokens == before  # the failed turn left the conversation as it was
+
+
+def test_a_conversation_that_outgrows_the_cache_forgets_its_oldest_messages(llama3):
+    """Past the cache (less than a quarter of it left for the reply) the oldest exchanges
+    are left out, the system prompt kept, and the chat goes on over the shorter dialog."""
+    chat = Chat(tiny_model(llama3, max_seq_len=96), system="Be brief.")
+    for i in range(12):
+        "".join(chat.send(f"Message number {i} of many", 8, temperature=0.0))
+        assert chat.cache.length <= 96
+    assert chat.last_turn.forgotten == 2 and chat.messages[0]["role"] == "system"
+    assert chat.messages[-2]["content"] == "Message number 11 of many"
+    assert len(chat.messages) < 1 + 2 * 12
+    # what the cache holds is the trimmed dialog written out anew, then the last reply
+    written = chat.format.dialog(chat.messages[:-1])
+    assert chat.tokens[: len(written)] == written
+
+
+def test_cli_chat_goes_on_after_a_message_too_long(tmp_path, llama2, monkeypatch, capsys):
+    model = tiny_model(llama2)
+    write_llama2c(tmp_path / "tiny.bin", model.config, random_tensors(model.config, scale=0.5))
+    shutil.copy(DATA / "llama2" / "tokenizer.model", tmp_path / "tokenizer.model")
+    monkeypatch.setattr("sys.stdin", io.StringIO("word " * 400 + "\nHi there\n"))
+    assert main(["chat", "-m", str(tmp_path), "-n", "4", "--temp", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "the message is " in err and "send a shorter one" in err
+    assert "turn 1: prefilled the" in err  # the next message was answered
 
 
 # ---------------------------------------------------------------- the CLI

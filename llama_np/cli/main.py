@@ -679,8 +679,12 @@ def run_chat(args: argparse.Namespace) -> int:
             special=args.special,
         )
         # Ctrl-C ends this reply, not the chat: the conversation keeps what was said so far.
-        if not stream_pieces(_strip_first(pieces)):
-            stats.stop_reason = "interrupted"  # also when Ctrl-C came before the loop ran
+        try:
+            if not stream_pieces(_strip_first(pieces)):
+                stats.stop_reason = "interrupted"  # also when Ctrl-C came before the loop ran
+        except LlamaNpError as error:  # this message (e.g. too long): the chat goes on
+            print(f"llama-np: {error}", file=sys.stderr)
+            continue
         sys.stdout.write("\n")
         sys.stdout.flush()
         print_timings(stats, seed + chat.turns - 1, model)
@@ -692,6 +696,12 @@ def describe_turn(chat: Chat) -> str:
     turn, held = chat.last_turn, chat.cache.length
     if turn is None:  # Ctrl-C came before the turn started
         return f"nothing prefilled; the KV cache holds {held} tokens of conversation"
+    if turn.forgotten:
+        return (
+            f"the conversation outgrew the KV cache of {chat.cache.max_seq_len} tokens (-c): "
+            f"its {turn.forgotten} oldest messages were left out (the system prompt kept) and "
+            f"{turn.prefilled} tokens prefilled again; it holds {held} tokens"
+        )
     if turn.rewritten_at is None and turn.reused == 0:  # the first turn: nothing was cached
         return (
             f"prefilled the {turn.prefilled} tokens of the conversation so far (the KV cache was "
