@@ -372,6 +372,20 @@ def test_a_client_that_never_sends_whole_headers_is_cut_off():
         server.close()
 
 
+def test_a_request_that_outgrows_the_kv_cache_ends_length_and_is_logged(caplog):
+    engine = Engine(llama_np.load(), kv_memory="60KiB", max_seqs=2)  # 3 blocks: 48 tokens
+    server = LiveServer(engine, ServerConfig(NAME))
+    try:
+        body = {"prompt": "Once upon a time", "max_tokens": 200, "ignore_eos": True}
+        with caplog.at_level("WARNING", logger="llama_np.server"):
+            reply = httpx.post(server.url + "/v1/completions", json=body, timeout=60).json()
+        assert reply["choices"][0]["finish_reason"] == "length"
+        assert reply["usage"]["total_tokens"] == 49  # 48 positions, and the token after them
+        assert "outgrew the whole KV cache (--kv-memory)" in caplog.text
+    finally:
+        server.close()
+
+
 def test_a_bug_in_a_handler_is_a_500_in_openai_shape(live, monkeypatch):
     """The bug's traceback goes to the log; the client gets an error object; the server goes
     on serving."""

@@ -431,6 +431,11 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"llama-np: {line}", file=sys.stderr, flush=True)
 
     say(engine.describe())
+    pool = engine.pool
+    if pool.n_blocks * pool.block_size < model.config.max_seq_len:
+        say(f"warning: the KV cache holds {pool.n_blocks * pool.block_size:,} tokens, less than "
+            f"the model's context of {model.config.max_seq_len:,}: a longer request is cut short "
+            f"(finish_reason length); more --kv-memory avoids it")  # fmt: skip
     server = app.state.server
     chat = server.chat_format.name if server.chat_format is not None else "none (completions only)"
     say(f"up to {args.max_seqs} requests running, {args.max_queue} waiting; chat format {chat}")

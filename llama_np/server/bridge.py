@@ -17,6 +17,7 @@ loop's thread (no lock) and drops when a request's last event arrives, however i
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -25,6 +26,7 @@ from ..engine import Engine, Request, TokenEvent
 from ..engine.background import EngineThread
 from .protocol import APIError
 
+log = logging.getLogger("llama_np.server")
 RETRY_AFTER = 1  # seconds a client refused for a full queue is told to wait
 
 
@@ -132,6 +134,11 @@ class Bridge:
     def _ended(self, stream: RequestStream) -> None:
         request = stream.request
         self.in_flight.pop(request.id, None)
+        if request.finish_reason == "kv_memory":  # the client sees "length"; the operator this
+            log.warning(
+                "request %d was cut short at %d tokens: alone, it outgrew the whole KV cache "
+                "(--kv-memory)", request.id, request.n_tokens,
+            )  # fmt: skip
         for observer in self.on_finished:
             observer(request)
 
