@@ -89,7 +89,10 @@ class ChatFormat(ABC):
         roles = [m["role"] for m in turns]
         if roles != ["user", "assistant"] * (len(roles) // 2) + ["user"]:
             raise ArgumentError(
-                f"a dialog must alternate user and assistant and end with user, got {roles}"
+                f"the built-in chat format {self.name!r} writes one optional system message, "
+                f"then user and assistant messages in turn, ending with a user message; got the "
+                f"roles {[m['role'] for m in messages]} (a checkpoint's own chat template may "
+                f"take others)"
             )
         tokens = self.start(system, turns[0]["content"])
         for answer, user in zip(turns[1::2], turns[2::2], strict=True):

@@ -115,8 +115,13 @@ def test_detect_chat_format(llama2, llama3, smollm):
 
 
 def test_bad_dialog(llama3):
-    with pytest.raises(ArgumentError, match="alternate"):
+    with pytest.raises(
+        ArgumentError, match=r"in turn, ending with a user message; got the roles \['assistant'\]"
+    ):
         make_chat_format(llama3, "llama3").dialog([{"role": "assistant", "content": "x"}])
+    only_system = [{"role": "system", "content": "x"}]
+    with pytest.raises(ArgumentError, match=r"got the roles \['system'\]"):  # not []
+        make_chat_format(llama3, "llama3").dialog(only_system)
     with pytest.raises(ArgumentError, match="unknown chat format"):
         make_chat_format(llama3, "alpaca")
 
