@@ -235,8 +235,8 @@ def text(value: object, name: str, *, optional: bool = False) -> str | None:
         except UnicodeEncodeError as e:
             raise ArgumentError(
                 f"{name} is not valid Unicode text: character {e.start} is a lone surrogate "
-                f"({value[e.start]!r}), which is how Python hands over bytes that are not UTF-8 "
-                f"(in an argument or on stdin): pass UTF-8 text"
+                f"({value[e.start]!r}), half of a UTF-16 pair or a byte that is not UTF-8 (as "
+                f"Python reads such bytes from an argument or stdin): pass UTF-8 text"
             ) from None
     return value
 

@@ -111,7 +111,7 @@ def parse_json(
         raise error(f"{source}: {len(data):,} bytes of JSON is more than the limit {max_bytes:,}")
     depth = json_depth(data)
     if depth > MAX_DEPTH:
-        raise error(f"{source}: JSON nested {depth} levels deep (limit {MAX_DEPTH}); corrupt file")
+        raise error(f"{source}: JSON nested {depth} levels deep, more than the limit {MAX_DEPTH}")
     try:
         return json.loads(
             data.decode("utf-8"),

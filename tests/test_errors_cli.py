@@ -96,6 +96,21 @@ def test_directory_without_checkpoint(capsys, tmp_path):
     assert_one_error_line(code, err, str(tmp_path), "not a checkpoint directory")
 
 
+def test_directory_with_several_checkpoints(capsys, tmp_path):
+    for name in ("a.gguf", "b.gguf"):
+        (tmp_path / name).write_bytes(b"GGUF")
+    code, _, err = run_cli(capsys, "info", "-m", str(tmp_path))
+    assert_one_error_line(code, err, "files: a.gguf, b.gguf", "the path of one of them")
+
+
+def test_checkpoint_without_tokenizer(capsys, tmp_path):
+    model = tmp_path / "model.bin"
+    model.write_bytes((REPO / "weights" / "stories260K" / "stories260K.bin").read_bytes())
+    for command in ("generate", "chat"):
+        code, _, err = run_cli(capsys, command, "-m", str(model), "-n", "3")
+        assert_one_error_line(code, err, "no tokenizer beside the checkpoint", str(tmp_path))
+
+
 def test_broken_tokenizer(capsys, tmp_path):
     (tmp_path / "model.bin").write_bytes(
         (REPO / "weights" / "stories260K" / "stories260K.bin").read_bytes()

@@ -275,6 +275,10 @@ def test_refusals_name_the_field(live, client):
         (dict(extra_body={"response_format": {"type": "json_object"}}), "response_format"),
         (dict(extra_body={"frobnicate": 1}), "frobnicate"),
         (dict(stop=[""]), "stop"),
+        (dict(n=0), "n"),
+        (dict(extra_body={"user": 5}), "user"),
+        (dict(metadata={"tag": 1}), "metadata"),
+        (dict(service_tier="flex"), "service_tier"),
     ]
     for kwargs, param in cases:
         with pytest.raises(openai.BadRequestError) as caught:
@@ -288,7 +292,7 @@ def test_refusals_name_the_field(live, client):
     # zero penalties ask for nothing: accepted
     client.chat.completions.create(
         model=NAME, messages=[{"role": "user", "content": "Hi"}], max_tokens=1, presence_penalty=0,
-        frequency_penalty=0, n=1,
+        frequency_penalty=0, n=1, user="me", metadata={"tag": "x"}, service_tier="auto",
     )  # fmt: skip
     with pytest.raises(openai.NotFoundError) as caught:
         client.completions.create(model="gpt-4", prompt="Hi")

@@ -226,11 +226,13 @@ def llama2c_file(path: Path) -> Path:
     if path.is_dir():
         bins = [p for p in sorted(path.glob("*.bin")) if not p.name.startswith("tok")]
         if len(bins) != 1:
-            found = ", ".join(p.name for p in bins) or "none"
+            files = [*sorted(path.glob("*.gguf")), *bins]
+            found = ", ".join(p.name for p in files[:8]) + (", ..." if len(files) > 8 else "")
             raise CheckpointError(
                 f"{path}: not a checkpoint directory: looked for config.json (Hugging Face), "
                 f"params.json + consolidated.*.pth (Meta), exactly one .gguf, or exactly one "
-                f"llama2.c .bin (not tok*.bin); found .bin files: {found}"
+                f"llama2.c .bin (not tok*.bin); found .gguf and .bin files: {found or 'none'}"
+                f"{'; pass the path of one of them' if len(files) > 1 else ''}"
             )
         path = bins[0]
     if path.suffix != ".bin":

@@ -29,6 +29,7 @@ from ..model import Model
 from ..packed import FP32_KERNEL_MIN, WEIGHT_DTYPES
 from ..sampling import SamplingParams
 from ..schema import n_params
+from ..tokenizers import TOKENIZER_FILES
 from ..tools.memory import nbytes
 from ..validate import check_text
 from . import perf as cli_perf
@@ -540,10 +541,21 @@ def check_at_least(value: int, low: int, flag: str) -> None:
         raise ArgumentError(f"{flag} must be >= {low}, got {value}")
 
 
+def needs_tokenizer(model: Model, path: str) -> Model:
+    """`model`, if it has a tokenizer: text in and out needs one."""
+    if model.tokenizer is None:
+        where = Path(path) if Path(path).is_dir() else Path(path).parent
+        raise ArgumentError(
+            f"{path}: no tokenizer beside the checkpoint (looked in {where} for "
+            f"{', '.join(TOKENIZER_FILES)} or tok*.bin); put the model's tokenizer there"
+        )
+    return model
+
+
 def run_generate(args: argparse.Namespace) -> int:
     sampling = sampling_params(args)  # every argument is checked before the (slow) load
     check_at_least(args.n_predict, 0, "-n/--n-predict")
-    model = load(args.model, weights_dtype=args.weights_dtype)
+    model = needs_tokenizer(load(args.model, weights_dtype=args.weights_dtype), args.model)
     if args.break_at:
         break_at(model, args.break_at, args.break_at_step)
     seed = _seed(args)
@@ -580,7 +592,8 @@ def run_generate(args: argparse.Namespace) -> int:
     print_timings(stats, seed, model)
     if not prompts[0] and stats.prompt_tokens == 1:  # the first number a learner sees
         print(
-            "llama-np: the prompt was BOS alone (no -p): a 1-token prefill is one pass like a "
+            f"llama-np: the prompt was BOS alone ({'an empty -p' if args.prompt else 'no -p'}): "
+            "a 1-token prefill is one pass like a "
             "decode step, and the first, so it pays the start-up; give -p to see a prompt's "
             "tokens share one pass, faster per token than decode",
             file=sys.stderr,
@@ -651,7 +664,7 @@ def run_chat(args: argparse.Namespace) -> int:
     sampling = sampling_params(args)  # checked before the (slow) load
     check_at_least(args.n_predict, 0, "-n/--n-predict")
     check_at_least(args.ctx_size, 1, "-c/--ctx-size")
-    model = load(args.model)
+    model = needs_tokenizer(load(args.model), args.model)
     chat = Chat(model, args.chat_format, args.system, min(args.ctx_size, model.config.max_seq_len))
     seed = _seed(args)
     if sys.stdin is None:

@@ -35,6 +35,7 @@ from ..validate import (
     Float,
     Int,
     List,
+    Map,
     Obj,
     Spec,
     Str,
@@ -191,7 +192,8 @@ def _sampler_fields() -> set[str]:
 # Parameters OpenAI defines and this server does not implement: refused, naming them, unless
 # the value asks for nothing. name -> (is the value a no-op?, what is not supported).
 UNSUPPORTED: dict[str, tuple[Callable[[object], bool], str]] = {
-    "n": (lambda v: type(v) is int and v == 1, "more than one choice per request (n > 1)"),
+    "n": (lambda v: type(v) is int and v == 1, "a number of choices other than 1 (n)"),
+    "service_tier": (lambda v: v in ("auto", "default"), "service tiers (service_tier)"),
     "best_of": (lambda v: type(v) is int and v == 1, "best_of > 1"),
     "echo": (lambda v: v is False, "echoing the prompt (echo)"),
     "suffix": (lambda v: v == "", "a suffix (insertion)"),
@@ -207,13 +209,13 @@ UNSUPPORTED: dict[str, tuple[Callable[[object], bool], str]] = {
     "prediction": (lambda v: False, "predicted outputs (prediction)"),
     "store": (lambda v: v is False, "storing completions (store)"),
 }
-# Accepted and not used: an end-user id, kept by OpenAI for abuse monitoring; it changes
-# nothing in the answer.
-IDENTIFIERS = {"user"}
+# Accepted and not used: an end-user id, kept by OpenAI for abuse monitoring, and tags of
+# stored completions; they change nothing in the answer (their types are still checked).
+IDENTIFIERS = {"user": Str(), "metadata": Map(Str(512), Str(64), max_len=16)}
 
 COMMON = {"model", "max_tokens", "stream", "stream_options", "seed", "stop", "logprobs"}
 COMMON |= {"ignore_eos"}
-COMMON |= set(SAMPLING_FIELDS) | set(UNSUPPORTED) | IDENTIFIERS
+COMMON |= set(SAMPLING_FIELDS) | set(UNSUPPORTED) | set(IDENTIFIERS)
 CHAT_FIELDS = COMMON | {"messages", "max_completion_tokens", "top_logprobs"}
 COMPLETION_FIELDS = COMMON | {"prompt"}
 
@@ -226,6 +228,8 @@ def _check_known(body: dict, known: set[str]) -> None:
                 param=key[:100],
                 code="unknown_parameter",
             )
+    for key, spec in IDENTIFIERS.items():
+        _field(body, key, spec)
     for key, (no_op, what) in UNSUPPORTED.items():
         if body.get(key) is not None and not no_op(body[key]):
             raise bad_request(
@@ -239,7 +243,7 @@ def _sampling(body: dict, context: int) -> dict:
     supported = _sampler_fields()
     for key, name in SAMPLING_FIELDS.items():
         integral = key in ("top_k", "repeat_last_n")
-        value = _field(body, key, Int(-INT64, INT64) if integral else Float())
+        value = _field(body, key, Int(-INT64, INT64 - 1) if integral else Float())
         if value is None:
             continue
         if key == "top_k" and value < 0:
