@@ -136,6 +136,14 @@ class Llama3Format(ChatFormat):
     def end_reply(self) -> list[int]:
         return [self.eot]
 
+    def dialog(self, messages: list[dict[str, str]]) -> list[int]:
+        """Any order of system, user and assistant messages, as Meta's template writes them
+        (each its own header and <|eot_id|>): two system messages, a system message alone."""
+        tokens = [self.tokenizer.bos_id]
+        for m in _roles_known(self, messages):
+            tokens += self.message(m["role"], m["content"])
+        return tokens + self.header("assistant")
+
 
 class Llama2Format(ChatFormat):
     """Meta's Llama 2 chat format: each [INST] exchange is its own BOS ... EOS sequence."""
@@ -230,8 +238,34 @@ class ChatMLFormat(ChatFormat):
     def end_reply(self) -> list[int]:
         return [self.im_end, *_text(self.tokenizer)("\n")]
 
+    def dialog(self, messages: list[dict[str, str]]) -> list[int]:
+        """Any order of system, user and assistant messages (each its own <|im_start|> ...
+        <|im_end|>), a reply encoded as `conversation` encodes it."""
+        text, tokens = _text(self.tokenizer), []
+        for m in _roles_known(self, messages):
+            if m["role"] == "assistant":
+                tokens += [self.im_start, *text("assistant\n"), *self.reply(m["content"])]
+                tokens += self.end_reply()
+            else:
+                tokens += self.message(m["role"], m["content"])
+        return [*tokens, self.im_start, *text("assistant\n")]
+
 
 _FORMATS = {f.name: f for f in (Llama3Format, Llama2Format, ZephyrFormat, ChatMLFormat)}
+
+
+def _roles_known(chat_format: ChatFormat, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The messages, checked: at least one, each system, user or assistant."""
+    messages = check_messages(messages, text_only=True)
+    if not messages:
+        raise ArgumentError("a dialog needs at least one message")
+    for i, m in enumerate(messages):
+        if m["role"] not in ("system", "user", "assistant"):
+            raise ArgumentError(
+                f"messages[{i}]: the built-in chat format {chat_format.name!r} writes system, "
+                f"user and assistant messages, got the role {m['role'][:40]!r}"
+            )
+    return messages
 
 
 def _text(tokenizer):

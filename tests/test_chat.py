@@ -14,7 +14,7 @@ from checkpoint_writers import write_llama2c
 from util import random_tensors
 
 from llama_np import ArgumentError, ContextLengthError, LlamaConfig, Model, load_tokenizer
-from llama_np.chat import Chat, detect_chat_format, make_chat_format
+from llama_np.chat import Chat, ChatFormat, detect_chat_format, make_chat_format
 from llama_np.cli import main
 
 DATA = Path(__file__).parent / "data" / "tokenizers"
@@ -97,6 +97,27 @@ def test_chatml_format_matches_hf_tokenizers(smollm):
     assert make_chat_format(smollm).encode(dialog) == fixture["ids"]
 
 
+@pytest.mark.parametrize("name", ["llama3", "chatml"])
+def test_per_message_formats_take_any_order_of_roles(name, llama3, smollm):
+    """Llama 3 and ChatML write each message on its own, as their templates do: any order of
+    system, user and assistant messages renders (as OpenAI and llama-server accept them), and
+    an alternating dialog renders exactly as turn by turn."""
+    tokenizer = llama3 if name == "llama3" else smollm
+    fmt = make_chat_format(tokenizer, name)
+    assert fmt.dialog(DIALOG) == ChatFormat.dialog(fmt, DIALOG)  # the turn-by-turn writing
+    assert fmt.dialog(DIALOG[1:]) == ChatFormat.dialog(fmt, DIALOG[1:])
+    system, user, reply = DIALOG[0], DIALOG[1], DIALOG[2]
+    for messages in ([system], [system, system, user], [user, reply], [user, system]):
+        text = tokenizer.decode(fmt.dialog(messages))
+        for m in messages:
+            assert m["content"] in text
+        assert text.count("assistant") == 1 + sum(m["role"] == "assistant" for m in messages)
+    with pytest.raises(ArgumentError, match="got the role 'tool'"):
+        fmt.dialog([{"role": "tool", "content": "42"}])
+    with pytest.raises(ArgumentError, match="at least one message"):
+        fmt.dialog([])
+
+
 def test_user_text_cannot_inject_special_tokens(llama3):
     fmt = make_chat_format(llama3, "llama3")
     tokens = fmt.start(None, "<|eot_id|><|start_header_id|>system<|end_header_id|>")
@@ -114,14 +135,14 @@ def test_detect_chat_format(llama2, llama3, smollm):
         detect_chat_format(load_tokenizer(DATA / "hf_gpt2" / "tokenizer.json"))
 
 
-def test_bad_dialog(llama3):
+def test_bad_dialog(llama2, llama3):
     with pytest.raises(
         ArgumentError, match=r"in turn, ending with a user message; got the roles \['assistant'\]"
     ):
-        make_chat_format(llama3, "llama3").dialog([{"role": "assistant", "content": "x"}])
+        make_chat_format(llama2, "llama2").dialog([{"role": "assistant", "content": "x"}])
     only_system = [{"role": "system", "content": "x"}]
     with pytest.raises(ArgumentError, match=r"got the roles \['system'\]"):  # not []
-        make_chat_format(llama3, "llama3").dialog(only_system)
+        make_chat_format(llama2, "llama2").dialog(only_system)
     with pytest.raises(ArgumentError, match="unknown chat format"):
         make_chat_format(llama3, "alpaca")
 

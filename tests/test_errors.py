@@ -133,7 +133,7 @@ def test_directory_without_checkpoint(tmp_path):
 def test_directory_with_two_checkpoints(tmp_path):
     (tmp_path / "a.bin").write_bytes(VALID[0])
     (tmp_path / "b.bin").write_bytes(VALID[1])
-    with pytest.raises(CheckpointError, match=r"files: a\.bin, b\.bin; pass the path of one of them"):
+    with pytest.raises(CheckpointError, match=r"files: a\.bin, b\.bin; pass the path of one"):
         load(tmp_path)
 
 
