@@ -248,3 +248,13 @@ def test_ctrl_c_during_a_kernel_compile_is_not_lost(handler, outcome):
         capture_output=True, text=True, timeout=120, cwd=REPO,
     )  # fmt: skip
     assert result.stdout.strip() == outcome, result.stderr  # "python's": the loss is real
+
+
+def test_an_unknown_argument_is_refused_by_its_command(capsys):
+    """With the command's usage line (it was the top level's, which lists no options)."""
+    with pytest.raises(SystemExit) as caught:
+        main(["info", "--bogus"])
+    err = capsys.readouterr().err
+    assert caught.value.code == 2
+    assert err.startswith("usage: llama-np info ")
+    assert "llama-np info: error: unrecognized arguments: --bogus" in err

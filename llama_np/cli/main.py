@@ -39,7 +39,9 @@ from .perf import EXIT_INTERRUPTED
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # refused by the command's own parser: its usage line, not the top level's
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     in_main_thread = threading.current_thread() is threading.main_thread()
     before = signal.signal(signal.SIGINT, ctrl_c) if in_main_thread else None
     try:
@@ -292,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli_perf.add_commands(commands)  # memory, profile
     cli_serving.add_commands(commands)  # simulate, serving-lab
     add_kernels_arg(commands.choices["profile"])
+    for command in commands.choices.values():  # for main's refusal of unknown arguments
+        command.set_defaults(command_parser=command)
     return parser
 
 
