@@ -115,6 +115,7 @@ def test_bad_checkpoint_files(tmp_path, name, content, expected):
         load(path, tokenizer=TOKENIZER_512)
     for piece in expected:
         assert piece in str(e.value)
+    assert name in str(e.value)  # which file, also for a bad tensor found while converting
     assert path.read_bytes() == (content(tmp_path) if callable(content) else content)
 
 

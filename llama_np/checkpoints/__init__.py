@@ -149,7 +149,10 @@ def load(
     check_model_fits(config, str(path), weights_dtype, stored)
     tok = checkpoint_tokenizer(found, tokenizer)
     progress = _Progress(config.name or path.name)
-    return Model.from_tensors(config, found.tensors, tok, weights_dtype, progress)
+    try:
+        return Model.from_tensors(config, found.tensors, tok, weights_dtype, progress)
+    except CheckpointError as error:  # a tensor's values (NaN, ...): name the file too
+        raise CheckpointError(f"{path}: {error}") from None
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
