@@ -251,6 +251,14 @@ def test_logprobs_are_the_models(live, client):
     assert [t for c in streamed if c.logprobs for t in c.logprobs.tokens] == tokens
     offsets = [o for c in streamed if c.logprobs for o in c.logprobs.text_offset]
     assert offsets == whole.logprobs.text_offset
+    # " named" sends its space, holds "named" (a possible "named Lux"), then goes out whole
+    # with " Lily": its offset is where its text starts, streamed or not
+    held = {**stop, "stop": "named Lux"}
+    whole = client.completions.create(**held).choices[0].logprobs
+    streamed = [c.choices[0] for c in client.completions.create(**held, stream=True)]
+    assert [t for c in streamed if c.logprobs for t in c.logprobs.tokens] == whole.tokens
+    offsets = [o for c in streamed if c.logprobs for o in c.logprobs.text_offset]
+    assert offsets == whole.text_offset and " named" in whole.tokens
     check_idle(live)
 
 

@@ -421,6 +421,7 @@ class Answer:
         usage = job.include_usage
 
         def chunk(text: str, finish: str | None = None, lps: Sequence[TokenLogprob] = ()) -> bytes:
+            nonlocal offset
             if chat:
                 delta = {"content": text} if text or lps else {}
                 logprobs = protocol.chat_logprobs(lps) if lps else None
@@ -428,6 +429,8 @@ class Answer:
                                            logprobs, usage)  # fmt: skip
             else:
                 logprobs = protocol.completion_logprobs(lps, offset) if lps else None
+                if logprobs:  # where the next token's text starts, as in a whole answer
+                    offset = logprobs["text_offset"][-1] + len(logprobs["tokens"][-1])
                 body = protocol.completion_chunk(self.id, self.created, self.model, text, finish,
                                                  logprobs, usage)  # fmt: skip
             return sse(body)
@@ -440,7 +443,7 @@ class Answer:
         def text_chunk(text: str) -> bytes:
             return head + json_bytes(text) + tail
 
-        offset = 0  # characters sent so far (completions' text_offset)
+        offset = 0  # characters of the tokens' texts sent so far (completions' text_offset)
         # Tokens' log-probabilities go out with the last of their text (held back with it at
         # a possible stop string, never sent if it was one), so that they spell the text.
         pending: list[TokenLogprob] = []
@@ -462,7 +465,6 @@ class Answer:
                     yield chunk(event.text, lps=lps)
                 elif event.text:
                     yield text_chunk(event.text)
-                offset += len(event.text)
                 if event.finished:
                     yield chunk("", protocol.FINISH_REASONS[event.finish_reason])
                     if usage:
