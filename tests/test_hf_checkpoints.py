@@ -213,9 +213,7 @@ def test_generation_config_adds_stop_ids():
     ("change", "message"),
     [
         ({"architectures": ["Qwen2ForCausalLM"]}, "Qwen2ForCausalLM"),
-        ({"architectures": ["MistralForCausalLM"]}, "sliding_window"),
         ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "'yarn'"),
-        ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, "'dynamic'"),
         ({"rope_parameters": {"rope_type": "llama3", "factor": 8.0}}, "low_freq_factor"),
         ({"mlp_bias": True}, "mlp_bias"),
         ({"hidden_act": "gelu"}, "gelu"),
@@ -233,6 +231,35 @@ def test_unsupported_configs_are_refused_by_name(change, message):
 def test_mistral_without_sliding_window_is_llama():
     cfg = hf_config(SMALL) | {"architectures": ["MistralForCausalLM"], "sliding_window": None}
     assert config_from_hf(cfg).dim == SMALL.dim
+
+
+def test_a_sliding_window_is_the_context():
+    """Up to its window, a sliding window masks nothing: Mistral-7B-v0.1 (window 4096 of
+    32768 positions) runs, exact, with a context of 4096; a longer window changes nothing,
+    and Llama's config ignores the key as transformers' LlamaConfig does."""
+    mistral = hf_config(SMALL) | {"architectures": ["MistralForCausalLM"]}
+    mistral |= {"max_position_embeddings": 32768}
+    assert config_from_hf(mistral | {"sliding_window": 4096}).max_seq_len == 4096
+    assert config_from_hf(mistral).max_seq_len == 4096  # MistralConfig's default window
+    assert config_from_hf(mistral | {"sliding_window": 65536}).max_seq_len == 32768
+    llama = hf_config(SMALL) | {"sliding_window": 16, "max_position_embeddings": 4096}
+    assert config_from_hf(llama).max_seq_len == 4096
+
+
+def test_dynamic_rope_scaling_is_default_rope_up_to_its_original_context():
+    """transformers' dynamic NTK scaling changes the angles only past the original context."""
+    cfg = hf_config(SMALL, spelling="hub") | {"max_position_embeddings": 4096}
+    dynamic = config_from_hf(cfg | {"rope_scaling": {"type": "dynamic", "factor": 2.0}})
+    assert dynamic.rope_scaling is None and dynamic.max_seq_len == 4096
+    scaling = {"rope_type": "dynamic", "factor": 4.0, "original_max_position_embeddings": 2048}
+    assert config_from_hf(cfg | {"rope_scaling": scaling}).max_seq_len == 2048
+
+
+def test_a_rope_scaling_error_names_the_file_once():
+    cfg = hf_config(SMALL, spelling="hub") | {"rope_scaling": {"rope_type": "yarn", "factor": 4}}
+    with pytest.raises(ConfigError) as caught:
+        config_from_hf(cfg, source="x/config.json")
+    assert str(caught.value).count("config.json") == 1
 
 
 # ---------------------------------------------------------------- bad checkpoints

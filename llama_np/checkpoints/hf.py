@@ -160,11 +160,14 @@ def config_from_hf(
             f"{source}: architecture {architectures} is not supported; llama_np runs "
             f"{' and '.join(ARCHITECTURES)}"
         )
-    # Mistral is Llama with sliding-window attention; without a window (v0.2+) it is Llama.
-    # transformers' MistralConfig defaults to a 4096 window when the key is absent.
-    default_window = 4096 if "MistralForCausalLM" in architectures else None
-    if cfg.get("sliding_window", default_window) is not None:
-        raise ConfigError(f"{source}: sliding_window attention is not supported")
+    context = cfg["max_position_embeddings"]
+    # Mistral is Llama with sliding-window attention (transformers' MistralConfig: a 4096
+    # window when the key is absent; v0.2+ set null). Up to the window, a window masks
+    # nothing: the model runs with a context of the window, exact (Mistral-7B-v0.1: 4096 of
+    # 32768 positions). LlamaConfig ignores the key, and so does this for Llama.
+    if "MistralForCausalLM" in architectures:
+        window = cfg.get("sliding_window", 4096)
+        context = min(context, window) if window else context
     if cfg["hidden_act"] != "silu":
         raise ConfigError(f"{source}: hidden_act {cfg['hidden_act']!r} is not supported (silu)")
     # attention_bias: the q/k/v/o biases are optional tensors of the schema, read when present
@@ -184,6 +187,10 @@ def config_from_hf(
             if i is not None and i not in stop_ids:
                 stop_ids.append(i)
     n_heads = cfg["num_attention_heads"]
+    scaling = _rope_scaling(rope, source)
+    if rope.get("rope_type", rope.get("type")) == "dynamic":
+        # dynamic NTK changes RoPE only past the original context: up to it, default RoPE
+        context = min(context, rope.get("original_max_position_embeddings") or context)
     try:
         return LlamaConfig(
             dim=cfg["hidden_size"],
@@ -193,10 +200,10 @@ def config_from_hf(
             hidden_dim=cfg["intermediate_size"],
             vocab_size=cfg["vocab_size"],
             head_dim=cfg["head_dim"] or 0,  # 0: dim // n_heads
-            max_seq_len=cfg["max_position_embeddings"],
+            max_seq_len=context,
             norm_eps=cfg["rms_norm_eps"],
             rope_theta=rope.get("rope_theta", 10000.0),
-            rope_scaling=_rope_scaling(rope, source),
+            rope_scaling=scaling,
             rope_interleaved=False,  # half-split pairs, see the module docstring
             tie_embeddings=cfg["tie_word_embeddings"],
             bos_id=1 if cfg["bos_token_id"] is None else cfg["bos_token_id"],
@@ -211,7 +218,7 @@ def _rope_scaling(rope: dict, source: Path | str) -> RopeScaling | None:
     """The RopeScaling of a validated HF_ROPE dict; the keys its kind needs are required."""
     kind = rope.get("rope_type", rope.get("type", "default"))
     where = f"{source}: rope_scaling"
-    if kind == "default":
+    if kind in ("default", "dynamic"):  # (dynamic: see config_from_hf)
         return None
     if kind == "linear":
         return RopeScaling("linear", **validate(rope, HF_ROPE_LINEAR, where, ConfigError))
@@ -219,7 +226,7 @@ def _rope_scaling(rope: dict, source: Path | str) -> RopeScaling | None:
         return RopeScaling("llama3", **validate(rope, HF_ROPE_LLAMA3, where, ConfigError))
     raise ConfigError(
         f"{source}: RoPE scaling type {kind!r} is not supported (supported: default, linear, "
-        f"llama3)"
+        f"llama3, dynamic)"
     )
 
 
