@@ -223,6 +223,16 @@ def test_known_vectors_through_gguf(references, gguf_llama3):
     assert llama2.decode([1, 15043, 3186, 2], skip_special=True) == "Hello world"
 
 
+@pytest.mark.parametrize("pre, bos", [("smaug-bpe", False), ("dbrx", False), ("falcon3", True)])
+def test_llama3s_regex_under_other_names(pre, bos, references):
+    """Llama-architecture GGUFs whose converter names the Llama 3 regex otherwise (Smaug-Llama-3,
+    Falcon3) encode as Llama 3; BOS as llama.cpp adds it when the file does not say."""
+    meta = {k: v for k, v in references["llama3"].items() if k != K.ADD_BOS}
+    tok = load_gguf_tokenizer({**meta, K.PRE: pre}, 128256)
+    ids = tok.encode("This is a test sentence.")
+    assert ids == [128000] * bos + [2028, 374, 264, 1296, 11914, 13]
+
+
 def test_sentencepiece_metadata_is_the_converters(ours, references):
     """For SentencePiece the two builders must agree entry by entry."""
     mine, ref = ours["llama2"], references["llama2"]

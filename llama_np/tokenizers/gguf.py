@@ -70,7 +70,8 @@ LLAMA_CPP_DEFAULT_PATTERN = (
 
 # tokenizer.ggml.pre -> (split regex, add BOS by default). Names as llama.cpp's
 # src/llama-vocab.cpp reads them; convert_hf_to_gguf.py writes "llama-bpe" for Llama 3,
-# "smollm" for SmolLM/SmolLM2, "gpt-2" for GPT-2's own regex.
+# "smollm" for SmolLM/SmolLM2, "gpt-2" for GPT-2's own regex; BOS as llama.cpp adds it when
+# the file does not say (tokenizer.ggml.add_bos_token).
 PRE_TOKENIZERS: dict[str, tuple[str, bool]] = {
     "default": (LLAMA_CPP_DEFAULT_PATTERN, False),
     "gpt-2": (GPT2_PATTERN, False),
@@ -78,6 +79,9 @@ PRE_TOKENIZERS: dict[str, tuple[str, bool]] = {
     "llama-bpe": (LLAMA3_PATTERN, True),
     "llama3": (LLAMA3_PATTERN, True),
     "llama-v3": (LLAMA3_PATTERN, True),
+    "falcon3": (LLAMA3_PATTERN, True),  # Falcon3: Llama's architecture and its regex
+    "smaug-bpe": (LLAMA3_PATTERN, False),  # Smaug-Llama-3; llama.cpp: "same as llama3"
+    "dbrx": (LLAMA3_PATTERN, False),
     "smollm": (GPT2_DIGITS_PATTERN, False),
 }
 # The name written for each regex llama_np's tokenizers use.
