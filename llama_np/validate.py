@@ -519,7 +519,19 @@ HF_TOKENIZER = Obj(
             }
         ),
         "added_tokens": Opt(
-            Maybe(List(Obj({"content": Str(1024), "id": Int(0, MAX_TOKEN_ID)}), 1 << 20)), []
+            Maybe(
+                List(
+                    Obj(
+                        {
+                            "content": Str(1024),
+                            "id": Int(0, MAX_TOKEN_ID),
+                            "special": Opt(Bool(), True),
+                        }
+                    ),
+                    1 << 20,
+                )
+            ),
+            [],
         ),
         "normalizer": Opt(
             Maybe(Obj({"type": _TYPE, "normalizers": Opt(List(Obj({"type": _TYPE}), 64), [])}))

@@ -271,13 +271,29 @@ def test_special_tokens_come_only_from_allowed_text(references, gguf_llama3):
     plain = tok.encode("<|eot_id|>", bos=False)
     assert 128009 not in plain and tok.decode(plain) == "<|eot_id|>"
     assert tok.encode("<|eot_id|>", bos=False, allow_special=True) == [128009]
-    # user-defined tokens are special too
+    # User-defined tokens (convert_hf_to_gguf.py's non-special added tokens, a fine-tune's
+    # tool-call tags) are text: always matched, decoded as their text, as llama.cpp does;
+    # control tokens only with allow_special.
     meta = dict(references["hf_gpt2"])
+    meta[K.LIST] = [*meta[K.LIST], "<tool>", "<|ctl|>"]
+    kinds = np.array([T.USER_DEFINED, T.CONTROL], dtype=np.int32)
+    meta[K.TOKEN_TYPE] = np.append(meta[K.TOKEN_TYPE], kinds)
+    tool = load_gguf_tokenizer(meta, 422)
+    ids = tool.encode("a <tool> b<|ctl|>")
+    assert 420 in ids and 421 not in ids
+    assert tool.decode(ids, skip_special=True) == "a <tool> b<|ctl|>"
+    assert tool.encode("a <tool> b<|ctl|>", allow_special=True)[-1] == 421
+    assert tool.decode([420, 421], skip_special=True) == "<tool>"
+    assert gguf_tokenizer_metadata(tool)[K.TOKEN_TYPE][420:].tolist() == kinds.tolist()
+    # the same in a SentencePiece-style (`llama`) vocabulary
+    meta = dict(references["llama2"])
     meta[K.LIST] = [*meta[K.LIST], "<tool>"]
+    meta[K.SCORES] = np.append(meta[K.SCORES], np.float32(0))
     meta[K.TOKEN_TYPE] = np.append(meta[K.TOKEN_TYPE], np.int32(T.USER_DEFINED))
-    tool = load_gguf_tokenizer(meta, 421)
-    assert 420 not in tool.encode("a <tool> b")
-    assert 420 in tool.encode("a <tool> b", allow_special=True)
+    spm = load_gguf_tokenizer(meta, 32001)
+    ids = spm.encode("Hello <tool> world</s>", bos=False)
+    assert 32000 in ids and spm.eos_id not in ids
+    assert spm.decode(ids, skip_special=True) == "Hello <tool> world</s>"
 
 
 # ---------------------------------------------------------------- a real .gguf file

@@ -304,3 +304,22 @@ def test_an_added_token_with_empty_text_does_not_hang_encode():
         [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_added_tokens_that_are_not_special_are_text(tmp_path):
+    """tokenizer.json's `"special": false` added tokens (a fine-tune's tool-call tags): as in
+    transformers, their text always becomes them and they decode as text, also with
+    skip_special; special ones only from allowed text, and left out when skipped."""
+    spec = json.loads((DATA / "hf_gpt2" / "tokenizer.json").read_text(encoding="utf-8"))
+    spec["added_tokens"] = [
+        {"id": 420, "content": "<tool_call>", "special": False},
+        {"id": 421, "content": "<|end|>", "special": True},
+    ]
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+    tok = load_tokenizer(tmp_path / "tokenizer.json")
+    ids = tok.encode("call <tool_call>x<|end|>", bos=False)
+    assert 420 in ids and 421 not in ids
+    assert tok.decode(ids, skip_special=True) == "call <tool_call>x<|end|>"
+    assert tok.encode("<tool_call><|end|>", bos=False, allow_special=True) == [420, 421]
+    assert tok.decode([420, 421], skip_special=True) == "<tool_call>"
+    assert tok.token_bytes(420) == b"<tool_call>" and tok.token_bytes(421) == b""

@@ -147,8 +147,9 @@ def _sentencepiece(metadata, tokens: list[str], types: list[PieceType], name: st
 
 
 def _byte_level(metadata, tokens: list[str], types: list[PieceType], name: str):
-    """A `gpt2` vocabulary: normal tokens become tiktoken ranks (rank = id), control and
-    user-defined tokens special tokens; unused ones (padding) are left out."""
+    """A `gpt2` vocabulary: normal tokens become tiktoken ranks (rank = id), control tokens
+    special tokens, user-defined ones text tokens (always matched, decoded as text, as
+    llama.cpp does); unused ones (padding) are left out."""
     pre = _value(metadata, PRE, str, name) if PRE in metadata else "default"
     if pre not in PRE_TOKENIZERS:
         raise TokenizerError(
@@ -175,6 +176,7 @@ def _byte_level(metadata, tokens: list[str], types: list[PieceType], name: str):
         name=name,
         add_eos=_flag(metadata, ADD_EOS, False, name),
         merges=merges,
+        text_tokens=[t for t, k in zip(tokens, types, strict=True) if k == PieceType.USER_DEFINED],
     )
 
 
@@ -335,7 +337,8 @@ def _byte_level_metadata(tok: TiktokenTokenizer) -> dict[str, object]:
         text[token] = tokens[i] = "".join(to_str[b] for b in token)
         types[i] = PieceType.NORMAL
     for name, i in tok.special_tokens.items():
-        tokens[i], types[i] = name, PieceType.CONTROL
+        kind = PieceType.USER_DEFINED if name in tok.text_tokens else PieceType.CONTROL
+        tokens[i], types[i] = name, kind
     merges = tok.merges if tok.merges is not None else _merges_from_ranks(tok.ranks, text)
     meta: dict[str, object] = {
         MODEL: "gpt2",

@@ -86,6 +86,7 @@ def load_hf_json(path: str | Path) -> TiktokenTokenizer:
         name=str(path),
         merges=merges,
         normalization=normalization,
+        text_tokens=[t["content"] for t in spec["added_tokens"] or [] if not t["special"]],
     )
 
 

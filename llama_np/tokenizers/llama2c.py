@@ -33,13 +33,19 @@ class PieceType(IntEnum):
     NORMAL = 1  # text, and the only kind merges produce
     UNKNOWN = 2  # <unk>
     CONTROL = 3  # <s>, </s>, <|eot_id|>: no text of their own
-    USER_DEFINED = 4  # added tokens; llama_np treats them as special, like control tokens
+    USER_DEFINED = 4  # added tokens that are text: always matched, decoded as their text
     UNUSED = 5  # padding rows
     BYTE = 6  # <0x00> .. <0xFF>: byte fallback
 
 
 SPECIAL_TYPES = (PieceType.CONTROL, PieceType.USER_DEFINED)
 UNKNOWN_TEXT = " \u2047 ".encode()  # how sentencepiece shows <unk>
+
+
+def _alternatives(names) -> re.Pattern | None:
+    """A regex matching any of `names`, the longest first (None for no names)."""
+    names = sorted(names, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, names))) if names else None
 
 
 def llama2c_piece_types(pieces: Sequence[bytes]) -> list[PieceType]:
@@ -60,11 +66,13 @@ def llama2c_piece_types(pieces: Sequence[bytes]) -> list[PieceType]:
 class Llama2cTokenizer:
     """Encode text to token ids and back with a scored vocabulary (llama2.c, GGUF `llama`).
 
-    `types` gives each piece's PieceType (default: llama2.c's layout). Control and
-    user-defined pieces are special tokens: never produced from plain text, encoded from their
-    text only with allow_special. `add_bos` / `add_eos` say what encode(bos=True) /
-    encode(eos=None) add; `adds_dummy_prefix=False` turns off the leading space;
-    `space_symbol` makes "\u2581" in text a space, as the sentencepiece library reads it.
+    `types` gives each piece's PieceType (default: llama2.c's layout). Control pieces are
+    special tokens: never produced from plain text, encoded from their text only with
+    allow_special. User-defined pieces (added tokens that are text) are always matched in
+    text and decode as their text, as sentencepiece and llama.cpp treat them.
+    `add_bos` / `add_eos` say what encode(bos=True) / encode(eos=None) add;
+    `adds_dummy_prefix=False` turns off the leading space; `space_symbol` makes "\u2581" in
+    text a space, as the sentencepiece library reads it.
     """
 
     chat_template: str | None = None
@@ -99,6 +107,7 @@ class Llama2cTokenizer:
         self._ids: dict[bytes, int] = {}
         self._byte_ids: dict[int, int] = {}  # byte value -> id of its <0xXX> piece
         self.special_tokens: dict[str, int] = {}
+        self.text_tokens: set[str] = set()  # user-defined pieces (in special_tokens too)
         # What each token contributes to decoded text, without and with special tokens.
         self._bytes: list[bytes] = []
         self._special_bytes: list[bytes] = []
@@ -116,17 +125,24 @@ class Llama2cTokenizer:
                 name_text = piece.decode("utf-8", errors="replace").strip() or str(i)
                 self.special_tokens.setdefault(name_text, i)
                 self._special_bytes.append(name_text.encode())
-                self._bytes.append(b"")
+                if kind == PieceType.USER_DEFINED:
+                    self.text_tokens.add(name_text)
+                self._bytes.append(name_text.encode() if kind == PieceType.USER_DEFINED else b"")
                 continue
             self._bytes.append(text)
             self._special_bytes.append(text)
-        # Text of one special token, for encode(allow_special=True); longest names first
-        names = sorted(self.special_tokens, key=len, reverse=True)
-        self._special_re = re.compile("|".join(map(re.escape, names))) if names else None
+        # Text of one special token, for encode(allow_special=True), and of one text token,
+        # always matched; longest names first
+        self._special_re = _alternatives(self.special_tokens)
+        self._text_re = _alternatives(self.text_tokens)
         # Most bytes of text one token covers, for min_tokens: a normal piece its own bytes, a
         # byte piece one byte, <unk> one character (at most 4 bytes); with space_symbol a
         # piece's spaces may have been "▁" (3 bytes) in the text.
-        longest = max([len(p) for p in self._ids] + [4 if unk_id is not None else 1])
+        longest = max(
+            [len(p) for p in self._ids]
+            + [len(t.encode()) for t in self.text_tokens]
+            + [4 if unk_id is not None else 1]
+        )
         self.max_token_bytes = 3 * longest if space_symbol else longest
 
     @classmethod
@@ -200,9 +216,10 @@ class Llama2cTokenizer:
         arguments.flags(bos=bos, allow_special=allow_special, dummy_prefix=dummy_prefix)
         arguments.flag(eos, "eos", optional=True)
         tokens = [self.bos_id] if bos and self.add_bos and self.bos_id is not None else []
-        if allow_special and self._special_re is not None:
+        matcher = self._special_re if allow_special else self._text_re
+        if matcher is not None:
             pos = 0
-            for m in self._special_re.finditer(text):
+            for m in matcher.finditer(text):
                 tokens += self._encode_text(text[pos : m.start()], dummy_prefix and pos == 0)
                 tokens.append(self.special_tokens[m[0]])
                 pos = m.end()

@@ -13,7 +13,7 @@ import binascii
 import re
 import sys
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import regex  # tiktoken's own dependency: the split regexes use \p{L}, which `re` lacks
@@ -60,6 +60,11 @@ class TiktokenTokenizer:
     adds `eos_id` if `add_eos`. `merges` keeps a tokenizer.json's merge list ("a b" strings in
     GPT-2's byte alphabet), for writing the vocabulary out again (GGUF).
 
+    `text_tokens` names added tokens that are text, not special (tokenizer.json's
+    `"special": false`, GGUF's user-defined type: tool-call tags of fine-tunes): as
+    transformers and llama.cpp treat them, their text always becomes them, and they decode as
+    their text.
+
     A vocabulary may lack some single bytes: SmolLM2's (StarCoder's) has no token for 21 bytes
     that (almost) never occur in UTF-8 text, 0x04 and 0xF5-0xFF among them. Hugging Face's
     BPE leaves such a byte out of its word before merging (no unk token, no byte fallback),
@@ -82,10 +87,12 @@ class TiktokenTokenizer:
         add_eos: bool = False,
         merges: list[str] | None = None,
         normalization: tuple[str, ...] = (),
+        text_tokens: Collection[str] = (),
     ) -> None:
         self.name = name
         self.normalization = normalization  # Unicode forms applied to text first ("NFC", ...)
         self.special_tokens = dict(special_tokens)
+        self.text_tokens = frozenset(t for t in text_tokens if t in self.special_tokens and t)
         self.bos_id, self.eos_id, self.add_bos, self.add_eos = bos_id, eos_id, add_bos, add_eos
         self.ranks, self.pattern, self.merges = mergeable_ranks, pat_str, merges
         _check_vocabulary(name, mergeable_ranks, self.special_tokens)
@@ -108,7 +115,7 @@ class TiktokenTokenizer:
         except ValueError as e:  # the split regex does not compile
             raise TokenizerError(f"{name}: the pre-tokenizer's split regex: {e}") from e
         # Most bytes one token covers (special tokens only with allow_special).
-        self.max_token_bytes = max(map(len, mergeable_ranks))
+        self.max_token_bytes = max(map(len, [*mergeable_ranks, *map(str.encode, self.text_tokens)]))
         # What each id adds to the text: its bytes, or nothing (special tokens, unused ids);
         # and the same with special tokens shown by name.
         self._bytes = [b""] * self.vocab_size
@@ -117,6 +124,8 @@ class TiktokenTokenizer:
         self._special_bytes = list(self._bytes)
         for name, i in self.special_tokens.items():
             self._special_bytes[i] = name.encode()
+            if name in self.text_tokens:
+                self._bytes[i] = name.encode()
 
     @classmethod
     def from_file(cls, path: str | Path) -> TiktokenTokenizer:
@@ -148,7 +157,7 @@ class TiktokenTokenizer:
         arguments.flag(eos, "eos", optional=True)
         text = self._normalize(text)
         tokens = [self.bos_id] if bos and self.add_bos and self.bos_id is not None else []
-        allowed = "all" if allow_special else set()
+        allowed = "all" if allow_special else self.text_tokens
         for piece in _split_for_tiktoken(text):
             if self.missing_bytes and self._has_missing_byte(piece):
                 tokens += self._encode_dropping_missing_bytes(piece, allow_special)
@@ -199,12 +208,12 @@ class TiktokenTokenizer:
         return tokens
 
     def _special_segments(self, text: str, allow_special: bool) -> Iterator[tuple[str, int | None]]:
-        """`text` as (ordinary text, None) and (special token text, its id) pieces; special
+        """`text` as (ordinary text, None) and (added token text, its id) pieces; special
         tokens only with `allow_special`, the longest first where two start at one place."""
-        if not allow_special or not self.special_tokens:
+        names = sorted(self.special_tokens if allow_special else self.text_tokens, key=len)[::-1]
+        if not names:
             yield text, None
             return
-        names = sorted(self.special_tokens, key=len, reverse=True)
         done = 0
         for match in re.finditer("|".join(map(re.escape, names)), text):
             if match.start() > done:
@@ -223,7 +232,7 @@ class TiktokenTokenizer:
 
     def token_bytes(self, token: int, special: bool = False) -> bytes:
         """The bytes token `token` adds to the text: b"" for special tokens, or their name
-        with `special`."""
+        with `special` (text tokens: always their text)."""
         token = arguments.token_id(token, "token", self.vocab_size)
         table = self._special_bytes if arguments.flag(special, "special") else self._bytes
         return table[token]
