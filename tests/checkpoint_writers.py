@@ -162,8 +162,11 @@ def write_hf(
     dtype: str = "F32",
     n_shards: int = 1,
     spelling: str = "transformers5",
+    pytorch: bool = False,
 ) -> Path:
-    """An HF model directory; with n_shards > 1, shards plus model.safetensors.index.json."""
+    """An HF model directory; with n_shards > 1, shards plus model.safetensors.index.json.
+    `pytorch`: PyTorch's files instead (pytorch_model.bin, or shards and its index), as older
+    uploads hold them."""
     directory.mkdir(parents=True, exist_ok=True)
     hf = {}
     for name, array in tensors.items():
@@ -173,18 +176,26 @@ def write_hf(
             array = permute_for_half_split(array, config.n_kv_heads)
         hf[hf_name(name)] = array
     (directory / "config.json").write_text(json.dumps(hf_config(config, spelling)))
+    stem, suffix = ("pytorch_model", "bin") if pytorch else ("model", "safetensors")
+
+    def write(path: Path, part: dict[str, np.ndarray]) -> None:
+        if pytorch:
+            write_pth(path, part, dtype)
+        else:
+            path.write_bytes(safetensors_bytes(part, dtype))
+
     if n_shards == 1:
-        (directory / "model.safetensors").write_bytes(safetensors_bytes(hf, dtype))
+        write(directory / f"{stem}.{suffix}", hf)
         return directory
     names = list(hf)
     weight_map = {}
     for k in range(n_shards):
-        shard = f"model-{k + 1:05d}-of-{n_shards:05d}.safetensors"
+        shard = f"{stem}-{k + 1:05d}-of-{n_shards:05d}.{suffix}"
         part = {n: hf[n] for n in names[k::n_shards]}
-        (directory / shard).write_bytes(safetensors_bytes(part, dtype))
+        write(directory / shard, part)
         weight_map.update(dict.fromkeys(part, shard))
     index = {"metadata": {"total_size": 0}, "weight_map": weight_map}
-    (directory / "model.safetensors.index.json").write_text(json.dumps(index))
+    (directory / f"{stem}.{suffix}.index.json").write_text(json.dumps(index))
     return directory
 
 

@@ -128,8 +128,11 @@ def small_reference(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "layout",
-    ["F32", "F16", "BF16", "BF16 sharded", "F32 hub spelling", "meta BF16", "meta F32"],
-)
+    [
+        "F32", "F16", "BF16", "BF16 sharded", "F32 hub spelling", "meta BF16", "meta F32",
+        "BF16 pytorch", "F32 pytorch sharded",
+    ],
+)  # fmt: skip
 def test_llama2c_hf_and_meta_loaders_agree(tmp_path, small_reference, layout):
     tensors, expected = small_reference
     if layout.startswith("meta"):
@@ -137,7 +140,8 @@ def test_llama2c_hf_and_meta_loaders_agree(tmp_path, small_reference, layout):
     else:
         spelling = "hub" if "hub" in layout else "transformers5"
         n_shards = 3 if "sharded" in layout else 1
-        write_hf(tmp_path, SMALL, tensors, layout.split()[0], n_shards, spelling)
+        pytorch = "pytorch" in layout  # pytorch_model.bin: Vicuna, OpenLLaMA, ...
+        write_hf(tmp_path, SMALL, tensors, layout.split()[0], n_shards, spelling, pytorch)
     model = llama_np.load(tmp_path)
     assert model.config.rope_interleaved == layout.startswith("meta")
     atol = 1e-2 if layout == "F16" else 1e-4  # F16 rounds the smallest weights

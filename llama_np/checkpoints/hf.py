@@ -38,7 +38,8 @@ from ..validate import (
     read_json,
     validate,
 )
-from .safetensors import read_safetensors_dir
+from .pth import read_pth
+from .safetensors import INDEX_FILE, read_safetensors_dir, read_shards
 
 ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 
@@ -107,6 +108,26 @@ def read_hf_config(directory: Path) -> LlamaConfig:
     )
 
 
+# Older uploads (Vicuna, OpenLLaMA, many Llama 2 fine-tunes of 2023) hold only PyTorch's
+# files: torch.save zips, read by pth.read_pth without running their pickles.
+PYTORCH_FILE, PYTORCH_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
+
+
+def read_hf_weights(directory: Path) -> dict[str, np.ndarray]:
+    """A model directory's tensors: safetensors (one file, or shards and their index), else
+    PyTorch's pytorch_model.bin (one file, or shards and pytorch_model.bin.index.json)."""
+    if (directory / INDEX_FILE).exists() or any(directory.glob("*.safetensors")):
+        return read_safetensors_dir(directory)
+    if (directory / PYTORCH_INDEX).exists():
+        return read_shards(directory, PYTORCH_INDEX, read_pth)
+    if (directory / PYTORCH_FILE).is_file():
+        return read_pth(directory / PYTORCH_FILE)
+    raise CheckpointError(
+        f"{directory}: no weights: expected model.safetensors, {INDEX_FILE} and its shards, "
+        f"{PYTORCH_FILE}, or {PYTORCH_INDEX} and its shards"
+    )
+
+
 def load_hf(directory: Path) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
     """Read an HF model directory; -> (config, tensors by Meta name, in their file dtypes)."""
     config = read_hf_config(directory)
@@ -114,7 +135,7 @@ def load_hf(directory: Path) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
     # config.json claiming 10**9 layers is refused here even as int8, the most compact form
     # (load() checks again with the dtype actually asked for).
     check_model_fits(config, str(directory / "config.json"), "int8")
-    stored = read_safetensors_dir(directory)
+    stored = read_hf_weights(directory)
     # Checkpoints saved by older transformers carry RoPE tables as buffers; we compute our own.
     stored = {n: a for n, a in stored.items() if not n.endswith("rotary_emb.inv_freq")}
     if config.tie_embeddings:

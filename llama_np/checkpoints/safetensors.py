@@ -104,8 +104,7 @@ def _parse_entry(path: Path, name: str, entry: dict) -> tuple[np.dtype, tuple[in
 
 def read_safetensors_dir(directory: Path) -> dict[str, np.ndarray]:
     """The tensors of a model directory: sharded (index file) or one `model.safetensors`."""
-    index_path = directory / INDEX_FILE
-    if not index_path.exists():
+    if not (directory / INDEX_FILE).exists():
         files = sorted(directory.glob("*.safetensors"))
         if len(files) != 1:
             found = ", ".join(p.name for p in files) or "none"
@@ -114,7 +113,15 @@ def read_safetensors_dir(directory: Path) -> dict[str, np.ndarray]:
                 f"checkpoint; found .safetensors files: {found}"
             )
         return read_safetensors(files[0])
+    return read_shards(directory, INDEX_FILE, read_safetensors)
 
+
+def read_shards(
+    directory: Path, index_file: str, read: Callable[[Path], dict[str, np.ndarray]]
+) -> dict[str, np.ndarray]:
+    """The tensors of a sharded checkpoint: `index_file`'s weight_map says which shard holds
+    each; `read` reads one shard (safetensors, or PyTorch's .bin)."""
+    index_path = directory / index_file
     index = read_json(index_path, CheckpointError)
     weight_map = validate(index, SAFETENSORS_INDEX, index_path, CheckpointError)["weight_map"]
     tensors: dict[str, np.ndarray] = {}
@@ -122,19 +129,19 @@ def read_safetensors_dir(directory: Path) -> dict[str, np.ndarray]:
         shard_path = directory / shard  # validated: relative, no "..": inside `directory`
         if not shard_path.exists():
             raise CheckpointError(
-                f"{shard_path}: shard listed in {INDEX_FILE} is missing; download it again"
+                f"{shard_path}: shard listed in {index_file} is missing; download it again"
             )
-        for name, array in read_safetensors(shard_path).items():
+        for name, array in read(shard_path).items():
             if weight_map.get(name) != shard:
                 raise CheckpointError(
-                    f"{shard_path}: holds tensor {name!r}, which {INDEX_FILE} puts in "
+                    f"{shard_path}: holds tensor {name!r}, which {index_file} puts in "
                     f"{weight_map.get(name)!r}; the index does not describe these shards"
                 )
             tensors[name] = array
     absent = [n for n in weight_map if n not in tensors]
     if absent:
         raise CheckpointError(
-            f"{directory}: tensors listed in {INDEX_FILE} are in none of the shards: {absent[:5]}"
+            f"{directory}: tensors listed in {index_file} are in none of the shards: {absent[:5]}"
         )
     return tensors
 
