@@ -405,6 +405,7 @@ def _header_end(data: bytes) -> int:
         ("bad alignment", "general.alignment must be a power of two"),
         ("misaligned offset", "not a multiple of alignment"),
         ("unknown tensor type", "ggml type 99"),
+        ("an i-quant", "ggml type 20 (IQ4_NL)"),
     ],
 )
 def test_malformed_files_are_refused(tmp_path, small_gguf, case, expected):
@@ -426,8 +427,8 @@ def test_malformed_files_are_refused(tmp_path, small_gguf, case, expected):
         # the last tensor info: ... u32 type, u64 offset; then padding to 32 and the data
         name = b"blk.0.ffn_up.weight"
         at = data.index(name) + len(name) + 4 + 2 * 8  # past n_dims and the two dims
-        if case == "unknown tensor type":
-            data[at : at + 4] = (99).to_bytes(4, "little")
+        if case in ("unknown tensor type", "an i-quant"):
+            data[at : at + 4] = (99 if case == "unknown tensor type" else 20).to_bytes(4, "little")
         elif case == "misaligned offset":
             offset = int.from_bytes(data[at + 4 : at + 12], "little")
             data[at + 4 : at + 12] = (offset + 4).to_bytes(8, "little")

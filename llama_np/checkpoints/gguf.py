@@ -240,12 +240,25 @@ def _parse(path: Path, buffer: mmap.mmap) -> tuple[dict[str, object], list[Tenso
     return metadata, infos
 
 
+# ggml's names of the types llama_np does not read (ggml.h's enum ggml_type), for the error
+GGML_TYPE_NAMES = {
+    4: "Q4_2 (removed from ggml)", 5: "Q4_3 (removed from ggml)", 9: "Q8_1", 15: "Q8_K",
+    16: "IQ2_XXS", 17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S",
+    22: "IQ2_S", 23: "IQ4_XS", 24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64",
+    29: "IQ1_M", 31: "Q4_0_4_4", 32: "Q4_0_4_8", 33: "Q4_0_8_8", 34: "TQ1_0", 35: "TQ2_0",
+    36: "IQ4_NL_4_4", 37: "IQ4_NL_4_8", 38: "IQ4_NL_8_8", 39: "MXFP4", 40: "NVFP4", 41: "Q1_0",
+    42: "Q2_0",
+}  # fmt: skip
+
+
 def _tensor_info(
     r: _Reader, name: str, dims: list[int], type_id: int, offset: int, start: int, align: int
 ) -> TensorInfo:
     if type_id not in BY_TYPE_ID:
+        known = GGML_TYPE_NAMES.get(type_id)
         raise CheckpointError(
-            f"{r.path}: tensor {name!r} has ggml type {type_id}, which llama_np does not read "
+            f"{r.path}: tensor {name!r} has ggml type {type_id}{f' ({known})' if known else ''}, "
+            f"which llama_np does not read "
             f"(supported: {', '.join(QUANT_TYPES)}); use a file quantized to one of these"
         )
     qtype = BY_TYPE_ID[type_id]
