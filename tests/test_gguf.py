@@ -405,7 +405,7 @@ def _header_end(data: bytes) -> int:
         ("bad alignment", "general.alignment must be a power of two"),
         ("misaligned offset", "not a multiple of alignment"),
         ("unknown tensor type", "ggml type 99"),
-        ("an i-quant", "ggml type 20 (IQ4_NL)"),
+        ("an i-quant", r"ggml type 20 \(IQ4_NL\)"),
     ],
 )
 def test_malformed_files_are_refused(tmp_path, small_gguf, case, expected):
