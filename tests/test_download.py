@@ -237,6 +237,24 @@ def test_single_file_model_without_optional_files(hub, repo_files, tmp_path):
     assert (target / "model.safetensors").read_bytes() == repo_files[SHARD2]
 
 
+def test_pytorch_only_repo_downloads_its_bin_files(hub, repo_files, tmp_path):
+    """Older uploads (Vicuna, OpenLLaMA) hold pytorch_model.bin, or its shards and index,
+    which llama_np reads (checkpoints/hf.py); safetensors win where a repo has both."""
+    for name in ("model.safetensors.index.json", SHARD1, SHARD2):
+        del hub.files[name]
+    index = {"weight_map": {"a": "pytorch_model-00001-of-00002.bin",
+                            "b": "pytorch_model-00002-of-00002.bin"}}  # fmt: skip
+    hub.files["pytorch_model.bin.index.json"] = json.dumps(index).encode()
+    for i, shard in enumerate(sorted(set(index["weight_map"].values()))):
+        hub.files[shard] = bytes([i]) * 100
+    target = fetch_repo(hub, tmp_path)
+    assert {"pytorch_model.bin.index.json", *index["weight_map"].values()} <= files_under(target)
+    del hub.files["pytorch_model.bin.index.json"]
+    hub.files["pytorch_model.bin"] = b"x" * 10
+    target = fetch_repo(hub, tmp_path / "single")
+    assert (target / "pytorch_model.bin").read_bytes() == b"x" * 10
+
+
 def test_interrupted_download_resumes_from_part_file(hub, repo_files, tmp_path):
     size = len(repo_files[SHARD2])
     hub.drop_after[SHARD2] = 5000

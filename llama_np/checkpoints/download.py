@@ -63,6 +63,8 @@ HF_OPTIONAL = (
 )
 HF_INDEX = "model.safetensors.index.json"
 HF_SINGLE = "model.safetensors"
+# The weights, in the order looked for: safetensors, else PyTorch's files (older uploads)
+HF_WEIGHTS = ((HF_INDEX, HF_SINGLE), ("pytorch_model.bin.index.json", "pytorch_model.bin"))
 
 
 @dataclass(frozen=True)
@@ -266,30 +268,33 @@ def safe_path(target: Path, name: object, source: str) -> Path:
 
 
 def _fetch_hf_model(hub: Hub, target: Path, files: dict[str, RemoteFile]) -> None:
-    """config + tokenizer files as present + model.safetensors, or its index and every shard."""
+    """config + tokenizer files as present + the weights: model.safetensors, or its index and
+    every shard; else (older uploads) pytorch_model.bin, or its index and every shard."""
     for name in HF_REQUIRED + HF_OPTIONAL:
         hub.fetch(name, target / name, files, required=name in HF_REQUIRED)
-    if HF_INDEX in files:
-        index = target / HF_INDEX
-        hub.fetch(HF_INDEX, index, files, required=True)
-        shards = _index_shards(index)
-        # Check every shard name before fetching any of them.
-        dests = {shard: safe_path(target, shard, str(index)) for shard in shards}
-        missing = [shard for shard in shards if shard not in files]
-        if missing:
-            raise DownloadError(
-                f"{index}: lists shards {missing}, but {hub.page} has no such files"
-            )
-        for shard, dest in dests.items():
-            hub.fetch(shard, dest, files, required=True)
-    elif HF_SINGLE in files:
-        hub.fetch(HF_SINGLE, target / HF_SINGLE, files, required=True)
-    else:
-        raise DownloadError(
-            f"{hub.page}: no {HF_SINGLE} or {HF_INDEX} at revision {hub.revision!r} "
-            f"(found: {', '.join(sorted(files)) or 'nothing'}); llama_np reads safetensors "
-            f"checkpoints only"
-        )
+    for index_name, single in HF_WEIGHTS:
+        if index_name in files:
+            index = target / index_name
+            hub.fetch(index_name, index, files, required=True)
+            shards = _index_shards(index)
+            # Check every shard name before fetching any of them.
+            dests = {shard: safe_path(target, shard, str(index)) for shard in shards}
+            missing = [shard for shard in shards if shard not in files]
+            if missing:
+                raise DownloadError(
+                    f"{index}: lists shards {missing}, but {hub.page} has no such files"
+                )
+            for shard, dest in dests.items():
+                hub.fetch(shard, dest, files, required=True)
+            return
+        if single in files:
+            hub.fetch(single, target / single, files, required=True)
+            return
+    looked = ", ".join(name for pair in HF_WEIGHTS for name in pair)
+    raise DownloadError(
+        f"{hub.page}: no weights at revision {hub.revision!r}: looked for {looked} (found: "
+        f"{', '.join(sorted(files)) or 'nothing'})"
+    )
 
 
 def _index_shards(index: Path) -> list[str]:
