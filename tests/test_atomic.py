@@ -3,12 +3,17 @@ explorer page, profile.json, the machine cache, a conversion's output."""
 
 from __future__ import annotations
 
+import os
+import stat
 import threading
 import zipfile
 
 import numpy as np
 import pytest
 
+from llama_np import ArgumentError
+from llama_np.checkpoints import DEFAULT_CHECKPOINT
+from llama_np.checkpoints.export import convert
 from llama_np.tools import atomic
 from llama_np.tools.trace import AttentionTrace, save_npz
 
@@ -65,3 +70,28 @@ def test_the_temporary_name_keeps_the_suffix(tmp_path):
         np.savez_compressed(tmp, x=np.zeros(3, dtype=np.float32))
     assert zipfile.is_zipfile(tmp_path / "a.npz")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npz", "layer0.png"]
+
+
+def test_a_pipe_is_written_into_never_replaced(tmp_path):
+    """--html /dev/null (or a pipe) must not become a regular file: renaming a temporary file
+    over a device node replaced it (as root, /dev/null itself). Tested on a FIFO."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text(encoding="utf-8")))
+    reader.start()
+    atomic.write_text(fifo, "hello")
+    reader.join(10)
+    assert got == ["hello"] and stat.S_ISFIFO(fifo.stat().st_mode)
+
+
+def test_a_path_that_cannot_be_a_file_is_refused_before_any_work(tmp_path):
+    with pytest.raises(ArgumentError, match="is a directory"):
+        atomic.check_file_path(tmp_path, "--html")
+    with pytest.raises(ArgumentError, match="does not exist; create it first"):
+        atomic.check_file_path(tmp_path / "no" / "x.html")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(ArgumentError, match="not a regular file or a directory"):
+        convert(DEFAULT_CHECKPOINT, fifo, "gguf", force=True)
+    assert stat.S_ISFIFO(fifo.stat().st_mode)

@@ -85,7 +85,7 @@ def convert(
     written under a temporary name and renamed at the end: a failed conversion leaves nothing.
     """
     src, out = Path(src), Path(out)
-    to = to or ("gguf" if out.suffix == ".gguf" else "hf")
+    to = to or ("gguf" if out.suffix.lower() == ".gguf" else "hf")
     if to not in FORMATS:
         raise ArgumentError(f"unknown output format {to!r}: expected one of {', '.join(FORMATS)}")
     if out_type not in OUT_TYPES[to]:
@@ -113,6 +113,11 @@ def convert(
 
 
 def _check_out(src: Path, out: Path, force: bool) -> None:
+    if out.exists() and not (out.is_file() or out.is_dir()):  # /dev/null, a FIFO, a socket
+        raise ArgumentError(
+            f"{out} is not a regular file or a directory (a device or a pipe); a conversion "
+            f"writes a file or a model directory: choose another output path"
+        )
     if out.exists() or out.is_symlink():
         if not force:
             raise ArgumentError(

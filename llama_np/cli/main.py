@@ -30,6 +30,7 @@ from ..packed import FP32_KERNEL_MIN, WEIGHT_DTYPES
 from ..sampling import SamplingParams
 from ..schema import n_params
 from ..tokenizers import TOKENIZER_FILES
+from ..tools.atomic import check_file_path
 from ..tools.memory import nbytes
 from ..validate import check_text
 from . import perf as cli_perf
@@ -839,6 +840,8 @@ def run_trace(args: argparse.Namespace) -> int:
         raise ArgumentError("trace needs --out DIR (arrays and pictures) and/or --html FILE")
     check_at_least(args.n_predict, 0, "-n/--n-predict")
     out = cli_perf.output_dir(args.out) if args.out is not None else None
+    if args.html is not None:
+        check_file_path(args.html, "--html")  # before the work, not after
     model = load(args.model)
     layers = parse_indices(args.layers, model.config.n_layers, "--layers")
     heads = parse_indices(args.heads, model.config.n_heads, "--heads")

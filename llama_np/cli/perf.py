@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ArgumentError
-from ..tools import hardware, machine, memory
+from ..tools import atomic, hardware, machine, memory
 from ..tools.profile import format_profile, plot_profile, profile_generation, write_json
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
@@ -264,6 +264,8 @@ def run_profile(args: argparse.Namespace) -> int:
         prompt = model.tokenizer.encode(args.prompt, bos=True)
         say(f"prompt: {args.prompt!r} ({len(prompt)} tokens with BOS)")
     out = output_dir(args.out)  # before a run that can take minutes, not after
+    if args.html:
+        atomic.check_file_path(args.html, "--html")
     blas = machine.blas()
     if args.threads is not None:
         blas.check_threads(args.threads)

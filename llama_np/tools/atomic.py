@@ -1,5 +1,5 @@
 """Files written whole or not at all: a reader (or a second run writing the same file) never
-sees half of one.
+sees half of one. A device or a pipe (/dev/null, /dev/stdout) is written into, never replaced.
 
     with atomic_path(out / "attention.npz") as tmp:
         np.savez_compressed(tmp, ...)        # written under a name of this process's own
@@ -19,13 +19,32 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..errors import ArgumentError
+
+
+def check_file_path(path: str | Path, flag: str = "") -> Path:
+    """`path`, if a file can be written there (checked before work that takes minutes): a
+    regular file, a device or a pipe, or a new name in an existing directory."""
+    path = Path(path)
+    where = f"{flag} {path}" if flag else str(path)
+    if path.is_dir():
+        raise ArgumentError(f"{where} is a directory; give the path of a file to write")
+    if path.exists() and not (path.is_file() or path.is_char_device() or path.is_fifo()):
+        raise ArgumentError(f"{where} is not a regular file; give the path of a file to write")
+    if not path.parent.is_dir():
+        raise ArgumentError(f"{where}: the directory {path.parent} does not exist; create it first")
+    return path
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path beside `path` to write to, renamed to `path` at the end of the block.
     It keeps `path`'s suffix: NumPy's savez adds ".npz" and matplotlib picks the image format
     by it."""
-    path = Path(path)
+    path = check_file_path(path)
+    if path.exists() and not path.is_file():  # /dev/null, /dev/stdout, a pipe: written into
+        yield path  # (renaming a file over it would replace the device itself)
+        return
     tmp = path.with_name(f".{path.stem}.{os.getpid()}-{threading.get_ident()}.tmp{path.suffix}")
     try:
         yield tmp
