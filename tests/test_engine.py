@@ -8,6 +8,8 @@ the block pool's books must balance after every step.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -15,7 +17,7 @@ from hypothesis import strategies as st
 from util import byte_tokenizer, random_model, small_config
 
 import llama_np
-from llama_np import ContextLengthError, GenerationStats, generate
+from llama_np import ArgumentError, ContextLengthError, GenerationStats, generate
 from llama_np.engine import Engine
 from llama_np.engine.blocks import BlockPool
 from llama_np.engine.scheduler import Scheduler, SchedulerConfig
@@ -337,3 +339,29 @@ def test_without_chunked_prefill_a_prompt_longer_than_a_step_is_refused():
     with pytest.raises(ContextLengthError, match=r"must run in one step.*max_batch_tokens"):
         engine.add_request(list(range(1, 12)), 3)
     assert engine.generate([list(range(1, 9))], 3, temperature=0)[0].tokens  # 8 fit
+
+
+def test_a_second_thread_stepping_at_once_is_refused():
+    """Two threads stepping one engine crashed inside the forward pass (an IndexError); a
+    step that begins while another runs is refused by name, and the engine goes on."""
+    model = llama_np.load()
+    engine = Engine(model, kv_memory="1MiB")
+    started, release = threading.Event(), threading.Event()
+
+    def slow(name, array):  # holds the first step inside its forward pass
+        started.set()
+        release.wait(10)
+
+    remove = model.add_hook("embed", slow)
+    engine.add_request("Once upon a time", 5, temperature=0)
+    first = threading.Thread(target=engine.step)
+    first.start()
+    try:
+        assert started.wait(10)
+        with pytest.raises(ArgumentError, match="another thread is running a step"):
+            engine.step()
+    finally:
+        release.set()
+        first.join(10)
+        remove()
+    assert engine.generate(["Lily"], 3, temperature=0)[0].finish_reason == "max_new_tokens"

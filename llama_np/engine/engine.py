@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -199,6 +200,7 @@ class Engine:
         self.decodable = decodable_ids(model)  # ids past these (padding) are never sampled
         self._ids = itertools.count()
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()  # adds, aborts: any thread
+        self._stepping = threading.Lock()  # held by the one thread running a step
         self._entropy = np.random.SeedSequence().entropy  # seeds requests that give none
         self._t0 = time.perf_counter()
         self.n_steps = 0
@@ -280,8 +282,22 @@ class Engine:
         """Run one step: admit, schedule, one forward pass, sample; -> what each request did.
 
         A request that fails (NaN logits, an error in the forward pass) ends with
-        finish_reason "error" and its `error`; the engine goes on with the others.
+        finish_reason "error" and its `error`; the engine goes on with the others. One thread
+        steps the engine (add_request and abort may come from any): a step that begins while
+        another runs is refused (an EngineThread steps it for a program of many threads).
         """
+        if not self._stepping.acquire(blocking=False):
+            raise ArgumentError(
+                "another thread is running a step of this engine: step it (or call generate) "
+                "from one thread; add_request and abort work from any, and "
+                "llama_np.engine.background.EngineThread steps it in the background for many"
+            )
+        try:
+            return self._step()
+        finally:
+            self._stepping.release()
+
+    def _step(self) -> list[TokenEvent]:
         events: list[TokenEvent] = []
         finished: list[int] = []
         self._take_inbox(events, finished)
