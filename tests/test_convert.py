@@ -106,6 +106,21 @@ def test_llama2c_and_exported_hf_give_the_same_logits_and_text(stories_hf, stori
     assert texts[0] == texts[1] and len(texts[0]) > 40
 
 
+def test_exported_gguf_keeps_every_end_token(tmp_path, stories260k):
+    """A llama2.c story ends with BOS as well as EOS: GGUF's eot_token_id carries the second,
+    so the exported file stops where the original does (it ran on past the story's end)."""
+    path = convert(DEFAULT_CHECKPOINT, tmp_path / "stories.gguf")
+    assert gguf.GGUFReader(path).fields["tokenizer.ggml.eot_token_id"].contents() == 1
+    exported = llama_np.load(path)
+    assert exported.config.stop_ids == stories260k.config.stop_ids == (2, 1)
+    stats = [llama_np.GenerationStats() for _ in range(2)]
+    texts = [
+        llama_np.generate_text(m, "The cat", 500, temperature=0, stats=s)
+        for m, s in zip((stories260k, exported), stats, strict=True)
+    ]
+    assert texts[0] == texts[1] and stats[1].stop_reason == "end_token"
+
+
 def test_without_the_rope_permutation_the_logits_differ(tmp_path, stories260k, monkeypatch):
     # The check above can fail: skipping the permutation changes the model's output.
     from llama_np.checkpoints import export

@@ -253,7 +253,22 @@ def gguf_metadata(config: LlamaConfig, tokenizer, out_type: str) -> dict[str, ob
         metadata["llama.rope.scaling.factor"] = float(c.rope_scaling.factor)
     if tokenizer is not None:  # tokenizer.ggml.* and tokenizer.chat_template
         metadata.update(gguf_tokenizer_metadata(tokenizer))
+        metadata.update(_end_tokens(c, metadata.get("tokenizer.ggml.eos_token_id")))
     return metadata
+
+
+def _end_tokens(config: LlamaConfig, eos: int | None) -> dict[str, int]:
+    """The model's stop ids besides EOS as GGUF's two other end tokens, eot and eom (a
+    llama2.c story ends with BOS as well as EOS; Llama 3.1 with <|eot_id|> and <|eom_id|>),
+    which llama.cpp and llama_np's reader stop on too."""
+    others = [i for i in config.stop_ids if i != eos]
+    if len(others) > 2:
+        raise CheckpointError(
+            f"the model stops on {len(config.stop_ids)} tokens {list(config.stop_ids)}; GGUF "
+            f"holds three end tokens (eos, eot, eom): it cannot be written as GGUF"
+        )
+    keys = ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")[: len(others)]
+    return dict(zip(keys, others, strict=True))
 
 
 def rope_freq_divisors(config: LlamaConfig) -> np.ndarray:
