@@ -234,10 +234,17 @@ class Model:
 
         ids (R,) -> the residual stream after the last block, (R, D), before the final norm.
         """
-        x = self.weights.embedding[ids]  # (R, D) residual stream, one row per token
         self.step = step
+        if self.hooks:  # a hook may replace the ids, as any other activation
+            ids = self._run_hooks("tokens", ids)
+            bad = ids[(ids < 0) | (ids >= self.config.vocab_size)]
+            if len(bad):
+                raise ArgumentError(
+                    f"a hook on tokens returned id {int(bad[0])}, outside the vocabulary "
+                    f"0..{self.config.vocab_size - 1}"
+                )
+        x = self.weights.embedding[ids]  # (R, D) residual stream, one row per token
         if self.hooks:
-            self._run_hooks("tokens", ids)
             x = self._run_hooks("embed", x)
         for i in range(self.config.n_layers):
             x = self.block(i, x, step, cache)
@@ -331,11 +338,12 @@ class Model:
         for point in names:
             self.hooks.setdefault(point, []).append(fn)
 
-        def remove() -> None:
+        def remove() -> None:  # a second call does nothing
             for point in names:
-                self.hooks[point].remove(fn)
-                if not self.hooks[point]:
-                    del self.hooks[point]
+                if fn in self.hooks.get(point, ()):
+                    self.hooks[point].remove(fn)
+                    if not self.hooks[point]:
+                        del self.hooks[point]
 
         return remove
 

@@ -223,6 +223,25 @@ def test_a_replaced_key_is_what_the_cache_holds(model):
     assert np.array_equal(cache.k[1, 0, :, : len(tokens)], k.transpose(1, 0, 2))
 
 
+def test_a_tokens_hook_replaces_the_ids_and_removing_twice_is_harmless(model):
+    """The tokens point replaces the ids as any point replaces its activation (its return
+    was ignored), checked against the vocabulary; remove() twice does nothing the second
+    time, as a torch hook handle."""
+    tokens = model.tokenizer.encode(PROMPT)
+    other = model.tokenizer.encode("Lily went home")[: len(tokens)]
+    other += [5] * (len(tokens) - len(other))
+    expected = model.prefill(other, model.new_cache())
+    remove = model.add_hook("tokens", lambda name, ids: np.array(other))
+    np.testing.assert_array_equal(model.prefill(tokens, model.new_cache()), expected)
+    remove()
+    remove()
+    remove = model.add_hook("tokens", lambda name, ids: ids + model.config.vocab_size)
+    with pytest.raises(ArgumentError, match=r"a hook on tokens returned id \d+, outside"):
+        model.prefill(tokens, model.new_cache())
+    remove()
+    assert not model.hooks
+
+
 def test_break_at_step_1_of_a_batch_stops_in_decode(model, monkeypatch):
     stops = []
     monkeypatch.setattr("sys.breakpointhook", lambda: stops.append(model.step.phase))
