@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -258,3 +259,16 @@ def test_an_unknown_argument_is_refused_by_its_command(capsys):
     assert caught.value.code == 2
     assert err.startswith("usage: llama-np info ")
     assert "llama-np info: error: unrecognized arguments: --bogus" in err
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this system")
+def test_a_full_disk_on_stdout_is_one_error_line():
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "llama_np", "info"], stdout=full, stderr=subprocess.PIPE,
+            text=True, timeout=120, cwd=REPO,
+        )  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert (
+        proc.stderr.strip() == "llama-np: error: cannot write the output: No space left on device"
+    )

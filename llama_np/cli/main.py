@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import bdb
+import errno
 import os
 import signal
 import sys
@@ -48,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if getattr(args, "kernels", None) is not None:
             kernels.use(args.kernels)
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()  # here, where a full disk is one error line, not at exit
+        return code
     except LlamaNpError as e:
         if args.debug:
             raise
@@ -68,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         # (Commands that write files print with cli_perf.say, which goes on instead.)
         cli_perf.stdout_to_devnull()
         return 0
+    except OSError as e:
+        if args.debug or e.errno not in (errno.ENOSPC, errno.EIO, errno.EDQUOT):
+            raise
+        cli_perf.stdout_to_devnull()  # (writing it failed: the exit's flush would again)
+        print(f"llama-np: error: cannot write the output: {e.strerror}", file=sys.stderr)
+        return 1
     finally:
         if before is not None:  # None: not set from Python, nothing to put back
             signal.signal(signal.SIGINT, before)
