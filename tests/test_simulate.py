@@ -349,6 +349,8 @@ def test_simulate_this_machine_without_overheads(capsys, monkeypatch):
         (["--no-chunked-prefill", "--max-batch-tokens", "100"], "without chunked prefill"),
         (["--prompt-tokens", "1000", "--output-tokens", "100"], "do not fit the context"),
         (["--rate", "0"], "--rate must be > 0"),
+        (["--requests", "2000000000"], "--requests must be at most 10,000"),
+        (["--seed", "-1"], "--seed must be in 0..2**63-1"),
     ],
 )
 def test_simulate_refuses(extra, message, capsys):

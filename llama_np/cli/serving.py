@@ -65,7 +65,9 @@ def add_commands(commands) -> None:
         metavar="R",
         help="requests per second, Poisson arrivals (default: inf, all at once)",
     )
-    sim.add_argument("--requests", type=int, default=100, metavar="N", help="requests (100)")
+    sim.add_argument(
+        "--requests", type=int, default=100, metavar="N", help="requests (100; at most 10,000)"
+    )
     sim.add_argument(
         "--prompt-tokens",
         metavar="N|A-B",
@@ -199,6 +201,9 @@ def run_serving_lab(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_REQUESTS = 10_000  # simulate --requests: minutes of simulated steps at most
+
+
 def run_simulate(args: argparse.Namespace) -> int:
     config = memory.load_config(args.model)
     if args.hardware is None and args.flops is None:
@@ -211,6 +216,10 @@ def run_simulate(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value < 1:
             raise ArgumentError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if args.requests > MAX_REQUESTS:  # each request's every step is simulated: bounded work
+        raise ArgumentError(f"--requests must be at most {MAX_REQUESTS:,}, got {args.requests:,}")
+    if not 0 <= args.seed < 2**63:
+        raise ArgumentError(f"--seed must be in 0..2**63-1, got {args.seed}")
     if (args.against_engine or args.no_overheads) and not here:
         raise ArgumentError("--against-engine and --no-overheads go with --hardware this-machine")
     if not 0 < args.memory_fraction <= 1:
