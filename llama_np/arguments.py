@@ -262,7 +262,7 @@ def path(value: object, name: str, *, optional: bool = False) -> Path | None:
         name_text = None
     if not isinstance(name_text, str) or not name_text or "\0" in name_text:
         raise refuse(name, value, _or_none("a path (a non-empty str or pathlib.Path)", optional))
-    return Path(name_text)
+    return Path(name_text).expanduser()  # "~/models/x", as a shell would read it
 
 
 # ---------------------------------------------------------------- containers and objects

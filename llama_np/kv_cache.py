@@ -69,7 +69,11 @@ class KVCache:
     def length(self) -> int:
         """Positions filled (batch size 1)."""
         if self.batch_size != 1:
-            raise ArgumentError("cache.length is for batch size 1; use cache.lengths[b]")
+            raise ArgumentError(
+                f"this cache holds {self.batch_size} sequences: cache.length, decode and "
+                f"generate's cache= take a cache of batch size 1; use cache.lengths[b], "
+                f"decode_batch, or prefill(..., seq=b)"
+            )
         return self.lengths[0]
 
     @property

@@ -84,4 +84,6 @@ def locate_non_finite(model, tokens: Sequence[int]) -> NumericalError:
             "its weights are finite, so the values overflowed float32: the checkpoint's "
             "weights may be corrupt or not in the scale this model expects"
         )
+        if model.hooks:  # the first suspect when a hook is registered
+            cause += f" (or a hook changed them: {', '.join(sorted(model.hooks))})"
     return NumericalError(f"layer {layer} ({where}) produced NaN/Inf at position {pos}; {cause}")

@@ -121,7 +121,8 @@ def sample(
         logits = apply_repetition_penalty(logits, recent, params.repetition_penalty)
     if params.temperature == 0:
         return int(np.argmax(logits))
-    probs = softmax(logits.astype(np.float32) / np.float32(params.temperature))  # (V,)
+    # (divided in float64: a huge temperature overflows when rounded to float32)
+    probs = softmax((logits / np.float64(params.temperature)).astype(np.float32))  # (V,)
     ids = candidates(probs, params.top_k, params.top_p, params.min_p)
     cumulative = np.cumsum(probs[ids], dtype=np.float64)
     choice = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))

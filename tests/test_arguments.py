@@ -903,3 +903,7 @@ def test_stop_ids_accept_any_collection(world):
     assert generate_text(world.stories, "Once", 4, temperature=0, stop_ids=np.array([0])) == text
     with pytest.raises(ArgumentError, match="stop_ids: token id 512 is outside the vocabulary"):
         generate(world.stories, "Once", 4, stop_ids=[512])
+
+
+def test_a_path_may_start_with_the_home_directory():
+    assert args.path("~/models/x.gguf", "path") == Path.home() / "models" / "x.gguf"

@@ -365,3 +365,11 @@ def test_a_second_thread_stepping_at_once_is_refused():
         first.join(10)
         remove()
     assert engine.generate(["Lily"], 3, temperature=0)[0].finish_reason == "max_new_tokens"
+
+
+def test_abort_checks_its_argument():
+    engine = Engine(llama_np.load(), kv_memory="1MiB")
+    for bad in ("x", None, 1.5):
+        with pytest.raises(ArgumentError, match="request_id"):
+            engine.abort(bad)
+    engine.abort(12345)  # an unknown id is a no-op (it may have finished already)

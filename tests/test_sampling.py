@@ -298,3 +298,14 @@ def test_same_seed_same_choices(logits, seed):
 def test_invalid_values_raise_clear_errors(kwargs, match):
     with pytest.raises(ArgumentError, match=match):
         SamplingParams(**kwargs)
+
+
+def test_a_huge_temperature_is_uniform_without_overflow_warnings():
+    import warnings
+
+    logits = np.linspace(-5, 5, 32).astype(np.float32)
+    params = SamplingParams(temperature=1e300)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a RuntimeWarning (overflow in a cast) fails
+        picks = {sample(logits, params, np.random.default_rng(s)) for s in range(200)}
+    assert len(picks) > 20  # every token about equally likely

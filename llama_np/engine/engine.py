@@ -270,6 +270,7 @@ class Engine:
 
     def abort(self, request_id: int) -> None:
         """Cancel a request (from any thread): it ends at the next step, its blocks freed."""
+        request_id = arguments.integer(request_id, "request_id", 0, allowed="a request's id")
         self._inbox.put(("abort", request_id))
 
     def has_unfinished(self) -> bool:
