@@ -660,6 +660,32 @@ def test_threads_adapt_to_a_machine_busy_from_the_start(monkeypatch):
     assert counts[20:40].count(1) >= 15 and counts[-50:] == [1] * 50
 
 
+@requires_numba
+def test_a_try_of_another_count_ends_when_its_products_cannot_be_compared(monkeypatch):
+    """A server's steps change their row counts, and each (matrix, rows) is a product of its
+    own: a try that waited to compare PROBE_PRODUCTS of them ran on and kept most products on
+    one thread. It ends after TRY_AT_MOST products, compared or not."""
+    from llama_np.kernels import threads
+
+    clock, count = [0.0], [None]
+    monkeypatch.setattr(threads.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(threads.numba, "set_num_threads", lambda n: count.__setitem__(0, n))
+    governor = threads.Threads(most=2)
+
+    def work():  # one thread a little faster: the few products compared are wins
+        clock[0] += 1e-3 if count[0] == 2 else 0.85e-3
+
+    for _ in range(3):  # three products with usual times: the try compares a few
+        for product in range(3):
+            governor.run(product, work)
+    clock[0] = governor.probe_at  # time for a try
+    counts = []
+    for i in range(240):  # then mostly products never seen before (a server's row counts)
+        governor.run(("new", i) if i % 20 else i % 3, work)
+        counts.append(count[0])
+    assert counts.count(1) == threads.TRY_AT_MOST and governor.count == 2  # inconclusive
+
+
 # ---------------------------------------------------------------- selection, NumPy only
 
 
