@@ -655,3 +655,20 @@ def test_a_model_with_attention_biases_survives_both_exports(tmp_path):
         model = llama_np.load(convert(source, out))
         got = model.prefill(tokens, model.new_cache(), all_logits=True)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_end_tokens_known_by_their_text_need_no_key():
+    """Hermes-style configs stop on 4 tokens: those llama.cpp (and llama_np's GGUF reader)
+    know by their text (<|eot_id|>, <|im_end|>, ...) need no eot/eom key, so the model converts;
+    only more unnamed end tokens than eot and eom hold are refused."""
+    from llama_np.checkpoints.export import _end_tokens
+    from llama_np.errors import CheckpointError
+
+    tokens = ["<unk>", "<s>", "</s>", "<|im_end|>", "<|eot_id|>", "a", "b", "c"]
+    config = LlamaConfig(dim=8, n_layers=1, n_heads=2, n_kv_heads=2, hidden_dim=8, vocab_size=8,
+                         stop_ids=(2, 3, 4, 1, 5))  # fmt: skip
+    assert _end_tokens(config, tokens, 2) == {
+        "tokenizer.ggml.eot_token_id": 1, "tokenizer.ggml.eom_token_id": 5,
+    }  # fmt: skip
+    with pytest.raises(CheckpointError, match=r"tokens \[1, 5, 6\] besides EOS"):
+        _end_tokens(config.replace(stop_ids=(2, 1, 5, 6)), tokens, 2)

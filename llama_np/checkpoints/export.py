@@ -42,7 +42,7 @@ from ..tokenizers import SentencePieceTokenizer
 from ..tokenizers.gguf import gguf_tokenizer_metadata
 from ..tokenizers.hf_files import hf_tokenizer_files
 from . import Checkpoint, checkpoint_tokenizer, read_checkpoint
-from .gguf import GLOBAL_NAMES, LAYER_NAMES, ROPE_FREQS
+from .gguf import END_TEXTS, GLOBAL_NAMES, LAYER_NAMES, ROPE_FREQS
 from .gguf_writer import TENSOR_TYPES, TensorEntry, write_gguf
 from .hf import hf_name, to_half_split, to_interleaved
 from .safetensors import write_safetensors
@@ -253,19 +253,21 @@ def gguf_metadata(config: LlamaConfig, tokenizer, out_type: str) -> dict[str, ob
         metadata["llama.rope.scaling.factor"] = float(c.rope_scaling.factor)
     if tokenizer is not None:  # tokenizer.ggml.* and tokenizer.chat_template
         metadata.update(gguf_tokenizer_metadata(tokenizer))
-        metadata.update(_end_tokens(c, metadata.get("tokenizer.ggml.eos_token_id")))
+        tokens = metadata["tokenizer.ggml.tokens"]
+        metadata.update(_end_tokens(c, tokens, metadata.get("tokenizer.ggml.eos_token_id")))
     return metadata
 
 
-def _end_tokens(config: LlamaConfig, eos: int | None) -> dict[str, int]:
+def _end_tokens(config: LlamaConfig, tokens: list[str], eos: int | None) -> dict[str, int]:
     """The model's stop ids besides EOS as GGUF's two other end tokens, eot and eom (a
-    llama2.c story ends with BOS as well as EOS; Llama 3.1 with <|eot_id|> and <|eom_id|>),
-    which llama.cpp and llama_np's reader stop on too."""
-    others = [i for i in config.stop_ids if i != eos]
+    llama2.c story ends with BOS as well as EOS), which llama.cpp and llama_np's reader stop
+    on; stop tokens they know by their text (gguf.END_TEXTS: <|eot_id|>, <|im_end|>, ...)
+    need no key."""
+    others = [i for i in config.stop_ids if i != eos and tokens[i] not in END_TEXTS]
     if len(others) > 2:
         raise CheckpointError(
-            f"the model stops on {len(config.stop_ids)} tokens {list(config.stop_ids)}; GGUF "
-            f"holds three end tokens (eos, eot, eom): it cannot be written as GGUF"
+            f"the model stops on tokens {others} besides EOS, and GGUF names two more end "
+            f"tokens (eot, eom): it cannot be written as GGUF"
         )
     keys = ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")[: len(others)]
     return dict(zip(keys, others, strict=True))

@@ -367,6 +367,14 @@ def gguf_file(path: Path) -> Path:
     return path
 
 
+# Tokens llama.cpp ends a generation at by their text (src/llama-vocab.cpp, the
+# end-of-generation ids), those of Llama-architecture models: Llama 3, ChatML, Phi-style.
+END_TEXTS = frozenset(
+    ["<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|im_end|>", "<|end|>", "<|endoftext|>",
+     "<end_of_turn>", "<EOT>", "</s>"]
+)  # fmt: skip
+
+
 def config_from_gguf(
     metadata: Mapping[str, object],
     infos: list[TensorInfo],
@@ -439,6 +447,10 @@ def config_from_gguf(
         value = metadata.get(f"tokenizer.ggml.{key}")
         if isinstance(value, int) and value not in stop_ids:
             stop_ids.append(value)
+    # GGUF names at most three end tokens; llama.cpp also ends a generation at tokens it
+    # knows by their text (a chat model's end of turn), and so does this.
+    if isinstance(tokens, list):
+        stop_ids += [i for i, t in enumerate(tokens) if t in END_TEXTS and i not in stop_ids]
     bos = metadata.get("tokenizer.ggml.bos_token_id", 1)
     try:
         return LlamaConfig(
