@@ -268,10 +268,15 @@ def test_mixed_kind_stack_runs_each_parts_kernel(n, b, kernel, seed):
 
 def rounded_rows(x: np.ndarray, group: int) -> tuple[np.ndarray, np.ndarray]:
     """float64 (x as the int8 kernels round it, the rounding's bound), both (B, K): each group
-    of values scaled by max|x| / 127 and rounded to integers, so off by at most half a step."""
-    blocks = x.astype(np.float64).reshape(x.shape[0], -1, group)  # (B, K/G, G)
-    step = np.abs(blocks).max(axis=-1, keepdims=True) / 127  # (B, K/G, 1)
-    rounded = np.rint(blocks / np.where(step > 0, step, 1)) * step
+    of values scaled by max|x| / 127 and rounded to integers, so off by at most half a step.
+    In float32 as the kernels compute it (x × (127 / max|x|)): float64 arithmetic rounded a
+    value near a half step the other way, a whole step off (a Q4_0 product with fp16's largest
+    scales missed by 1.5e-5 of its magnitude)."""
+    blocks = x.reshape(x.shape[0], -1, group)  # (B, K/G, G) float32
+    amax = np.abs(blocks).max(axis=-1, keepdims=True)  # (B, K/G, 1)
+    inverse = np.float32(127) / np.where(amax > 0, amax, np.float32(1))
+    step = (amax / np.float32(127)).astype(np.float64)
+    rounded = np.rint(blocks * inverse).astype(np.float64) * step
     return rounded.reshape(x.shape), np.broadcast_to(step / 2, blocks.shape).reshape(x.shape)
 
 
