@@ -308,6 +308,40 @@ def test_int8_kernels_are_the_product_with_rounded_activations(kind, blocks, n, 
 
 
 @requires_int8
+@pytest.mark.parametrize(
+    "block",
+    [
+        "_q4k_block",
+        "_q5k_block",
+        "_q6k_block",
+        "_q8_0_blocks",
+        "_q4_0_blocks",
+        "_q5_0_blocks",
+        "_int8_groups",
+    ],
+)
+def test_int8_block_functions_prefetch_the_weights_ahead(block):
+    """Decode streams each weight from memory once: the block functions ask for the bytes
+    PREFETCH_AHEAD past their own before they multiply (10-16% faster products on stories15M's
+    and stories110M's matrices). Their compiled code must hold the prefetch instructions."""
+    import numba
+
+    from llama_np.kernels import int8
+
+    function = getattr(int8, block)
+    row, xq = np.zeros(512, dtype=np.uint8), np.zeros(512, dtype=np.int8)
+    xs, xd = np.zeros(32, dtype=np.int32), np.ones(16, dtype=np.float32)
+    if block == "_int8_groups":  # (q, scales, xq, k, xs, xd)
+        call = numba.njit(lambda: function(row.view(np.int8), xd, xq, 0, xs, xd))
+    elif block.endswith("_blocks"):  # activation scales per 32: an array
+        call = numba.njit(lambda: function(row, 0, xq, 0, xs, xd))
+    else:  # K-quants: one activation scale per block
+        call = numba.njit(lambda: function(row, 0, xq, 0, xs, xd[0]))
+    call()
+    assert "prefetcht0" in "".join(call.inspect_asm().values())
+
+
+@requires_int8
 def test_int8_rounding_keeps_zeros_and_nan(use_kernels):
     """A row of zeros gives zeros (scale 0, no division); NaN or Inf in a block of 256
     activations makes the outputs NaN, as a float product would make them NaN or Inf."""

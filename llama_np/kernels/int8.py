@@ -27,7 +27,8 @@ numba has no vector types and does integer arithmetic in 64 bits, so the block d
 are written in LLVM IR (`numba.extending.intrinsic`): load 64 bytes, unpack with a mask and a
 shift, multiply bytes (`_dot_bytes`), scale the int32 lanes, add the lanes up. Everything
 around them (scales, mins, the parallel loop over rows) is numba as in numba_jit.py. Block
-layouts and their byte offsets come from quants.py's table.
+layouts and their byte offsets come from quants.py's table. Each block function also asks the
+CPU for the weights 2 KiB further on (`_prefetch_ahead`) before it multiplies its own.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ HALF_BYTES = ir.VectorType(I8, 32)  # a ymm register: 32 bytes
 LANES = ir.VectorType(I32, 16)  # ... or as 16 int32 lanes
 ZERO = ir.Constant(LANES, [0] * 16)
 QK = 256  # activations rounded per 256 values, one K-quant block
+# How far ahead of its loads a block function prefetches weights (bytes): 1-8 KiB measured
+# alike (stories110M Q8_0), far enough for memory's latency, near enough to stay in cache.
+PREFETCH_AHEAD = 2048
 
 
 def target_features() -> dict[str, bool] | None:
@@ -126,6 +130,25 @@ def _load(context, builder, array_type, array, offset, vector):
     data = context.make_array(array_type)(context, builder, array).data
     pointer = builder.bitcast(builder.gep(data, [offset]), vector.as_pointer())
     return builder.load(pointer, align=1)
+
+
+def _prefetch_ahead(context, builder, array_type, array, offset, n_bytes: int):
+    """Ask the CPU to start loading the n_bytes that lie PREFETCH_AHEAD bytes past `offset`
+    (prefetcht0, one per cache line): the weights a row's later blocks, or the next rows,
+    will read. Decode streams every weight from memory once, and without it each block's
+    loads waited for memory while the arithmetic of the ones before sat idle (stories110M
+    Q8_0, all of one token's products: 9.6 -> 7.8 ms). `array` holds bytes (uint8 or int8).
+    A prefetch past the array's end is harmless: it never faults. (numba_jit.py's float32
+    dot product streams at the machine's bandwidth without it: there it cost 24 -> 21 GB/s.)"""
+    data = context.make_array(array_type)(context, builder, array).data
+    pointer_t = ir.IntType(8).as_pointer()
+    prefetch = _llvm_function(
+        builder, "llvm.prefetch.p0i8", ir.VoidType(), [pointer_t, I32, I32, I32]
+    )
+    for line in range(0, n_bytes, 64):
+        at = builder.gep(data, [_at(builder, offset, PREFETCH_AHEAD + line)])
+        # (address, read, keep in every cache level, data)
+        builder.call(prefetch, [builder.bitcast(at, pointer_t), I32(0), I32(3), I32(1)])
 
 
 def _at(builder, base, plus: int):
@@ -266,6 +289,7 @@ def _k4_codegen(fifth_bits: bool):
     def codegen(context, builder, signature, args):
         row_v, o_v, xq_v, k_v, xs_v, xd_v = args
         row_t, _, xq_t, _, xs_t, _ = signature.args
+        _prefetch_ahead(context, builder, row_t, row_v, o_v, layout.bytes)
         d = _half(context, builder, row_t, row_v, _at(builder, o_v, layout.d))
         dmin = _half(context, builder, row_t, row_v, _at(builder, o_v, layout.dmin))
         at = _at(builder, o_v, layout.scales)
@@ -373,6 +397,7 @@ def _q6k_block(typingctx, row, o, xq, k, xs, xd):
     def codegen(context, builder, signature, args):
         row_v, o_v, xq_v, k_v, xs_v, xd_v = args
         row_t, _, xq_t, _, xs_t, _ = signature.args
+        _prefetch_ahead(context, builder, row_t, row_v, o_v, Q6_K.bytes)
         V32 = HALF_BYTES
         raw_scales = _load(
             context, builder, row_t, row_v, _at(builder, o_v, Q6_K.scales), ir.VectorType(I8, 16)
@@ -558,6 +583,7 @@ def _blocks_codegen(kind: str):
     def codegen(context, builder, signature, args):
         row_v, o_v, xq_v, k_v, xs_v, xd_v = args
         row_t, _, xq_t, _, xs_t, xd_t = signature.args
+        _prefetch_ahead(context, builder, row_t, row_v, o_v, 8 * layout.bytes)
         row = (row_t, row_v)
         d = _block_scales(context, builder, row, o_v, layout, (xd_t, xd_v), k_v)
 
@@ -695,6 +721,7 @@ def _int8_groups(typingctx, q, scales, xq, k, xs, xd):
     def codegen(context, builder, signature, args):
         q_v, scales_v, xq_v, k_v, xs_v, xd_v = args
         q_t, scales_t, xq_t, _, xs_t, xd_t = signature.args
+        _prefetch_ahead(context, builder, q_t, q_v, k_v, QK)
         F8 = ir.VectorType(F32, 8)
         group = builder.udiv(k_v, ir.Constant(k_v.type, 32))
         d = builder.fmul(  # (8,) weight scale × activation scale
