@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import json
+import weakref
 
 import httpx
 import pytest
@@ -200,4 +201,10 @@ def test_after_the_fuzzing_nothing_is_held(live, http):
     assert not live.server.bridge.in_flight and not live.engine.requests
     assert not live.engine.scheduler.running and not live.engine.scheduler.waiting
     gc.collect()
-    assert [o for o in gc.get_objects() if isinstance(o, Request)] == []
+    # (a dead weakref.proxy, as numba leaves behind, raises on isinstance: skipped first)
+    held = [
+        o
+        for o in gc.get_objects()
+        if not isinstance(o, weakref.ProxyTypes) and isinstance(o, Request)
+    ]
+    assert held == []
