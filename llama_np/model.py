@@ -286,9 +286,9 @@ class Model:
         # their cached (B, KVH, S, HD) keys and values. Prefill and decode are one group.
         for seqs, rows in step.groups:
             B, T = len(seqs), int(step.counts[seqs[0]])
-            hook = self._attention_hook(i, seqs) if self.hooks else None
+            hook = self._attention_hook(i, seqs) if self._hooks_attention(i) else None
             q_group, ends = q[rows].reshape(B, T, H, HD), step.ends[seqs]
-            # decode over a paged cache: a compiled kernel reads the blocks where they lie
+            # decode: a compiled kernel, when the kernels are compiled (None: NumPy's code)
             out = cache.attend(i, step, seqs, q_group) if T == 1 and hook is None else None
             if out is None:
                 k_cache, v_cache = cache.read(i, step, seqs)  # (B, KVH, S, HD)
@@ -362,6 +362,13 @@ class Model:
                     )
                 array = replaced
         return array
+
+    def _hooks_attention(self, i: int) -> bool:
+        """Whether a hook watches layer i's attention scores or probabilities: then attention
+        runs in layers.attention's NumPy code, which computes them as arrays."""
+        return bool(self.hooks) and (
+            f"layers.{i}.attn.scores" in self.hooks or f"layers.{i}.attn.probs" in self.hooks
+        )
 
     def _attention_hook(self, i: int, seqs: np.ndarray) -> Callable[[str, np.ndarray], np.ndarray]:
         """The hook attention calls with "scores" and "probs", as (B, H, T, S) arrays.

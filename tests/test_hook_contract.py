@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import llama_np
+from llama_np import kernels
 from llama_np.errors import ArgumentError
 from llama_np.hooks import kv_head
 
@@ -47,7 +48,12 @@ def test_an_in_place_edit_is_refused(model, tokens, point):
 def test_a_returned_array_replaces_the_activation(model, tokens, point):
     plain, _ = run(model, tokens)
     same, _ = run(model, tokens, point, lambda name, a: None)  # None keeps the activation
-    np.testing.assert_array_equal(same, plain)
+    if (
+        point.endswith((".scores", ".probs")) and kernels.active() != "numpy"
+    ):  # NumPy's attention (hooks.py)
+        np.testing.assert_allclose(same, plain, rtol=1e-5, atol=1e-5)
+    else:
+        np.testing.assert_array_equal(same, plain)
     changed, _ = run(model, tokens, point, lambda name, a: a * np.float32(0.5))
     assert not np.allclose(changed, plain, atol=1e-3)
 

@@ -67,3 +67,37 @@ def test_paged_decode_kernel_equals_gather_then_attention(B, kvh, G, HD, block_s
     k, v = cache.read(0, step, group)
     expected = attention(q, k, v, step.ends)  # (B, 1, H*HD)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(
+    kernels.active() == "numpy",
+    reason=f"compiled kernels not active: {kernels.numba_unavailable() or 'numpy selected'}",
+)
+def test_one_sequence_decodes_with_the_kernel_unless_a_hook_watches_attention(monkeypatch):
+    """Model.decode's attention runs in the compiled kernel (the contiguous cache as a pool of
+    one block); a probs hook needs the probabilities as an array, so NumPy's attention runs
+    then. Both give the same logits up to the order of their sums."""
+    import llama_np
+    from llama_np import kv_cache
+
+    model = llama_np.load()
+    calls = []
+    real = kv_cache.kernels.decode_attention
+    monkeypatch.setattr(
+        kv_cache.kernels, "decode_attention", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+
+    def decode() -> np.ndarray:
+        cache = model.new_cache(16)
+        model.prefill([1, 400, 300, 200], cache)
+        return model.decode(100, cache)
+
+    fast = decode()
+    assert len(calls) == model.config.n_layers
+    remove = model.add_hook("layers.0.attn.probs", lambda name, a: None)
+    try:
+        watched = decode()
+    finally:
+        remove()
+    assert len(calls) == 2 * model.config.n_layers - 1  # layer 0 in NumPy
+    np.testing.assert_allclose(watched, fast, rtol=1e-5, atol=1e-5)
