@@ -21,6 +21,10 @@ def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     # Squares and their sum in float64: x² of a float32 overflows past ~1.8e19, float64's
     # only past 1e308, so huge activations stay finite. Sum / D rather than np.mean: in
     # decode (one row) each call's Python overhead costs more than its arithmetic.
+    if x.shape[:-1] in ((), (1,)):  # one row (decode): its scale as a Python float, 3 calls
+        ms = float(np.vecdot(x.reshape(-1), x.reshape(-1), dtype=np.float64)) / x.shape[-1]
+        inv_rms = 1 / math.sqrt(ms + eps) if ms + eps > 0 else math.inf  # (eps = 0: as NumPy)
+        return x * np.float32(inv_rms) * weight
     ms = np.square(x, dtype=np.float64).sum(axis=-1, keepdims=True) / x.shape[-1]  # (..., 1)
     inv_rms = (1 / np.sqrt(ms + eps)).astype(np.float32)  # (..., 1)
     return x * inv_rms * weight

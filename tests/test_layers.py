@@ -111,14 +111,21 @@ def test_causal_mask_offset_by_cached_positions():
     assert np.array_equal(np.isinf(mask), [[0, 0, 0, 0, 1], [0, 0, 0, 0, 0]])
 
 
-@given(st.integers(1, 64), st.floats(1e-30, 1e30), st.integers(0, 2**32 - 1))
+@given(
+    st.integers(1, 64),
+    st.floats(1e-30, 1e30),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([(), (1,), (3,), (2, 1)]),  # one row (decode's own path) or several
+)
 @settings(max_examples=60, deadline=None)
-def test_rms_norm_unit_rms_and_finite_at_any_scale(D, scale, seed):
-    x = (np.random.default_rng(seed).standard_normal((3, D)) * scale).astype(np.float32)
-    y = rms_norm(x, np.ones(D, dtype=np.float32), 1e-5)
-    assert y.dtype == np.float32 and np.isfinite(y).all()
+def test_rms_norm_unit_rms_and_finite_at_any_scale(D, scale, seed, rows):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((*rows, D)) * scale).astype(np.float32)
+    weight = rng.uniform(0.5, 2, D).astype(np.float32)
+    y = rms_norm(x, weight, 1e-5)
+    assert y.shape == x.shape and y.dtype == np.float32 and np.isfinite(y).all()
     rms = np.sqrt(np.mean(x.astype(np.float64) ** 2, axis=-1, keepdims=True) + 1e-5)
-    np.testing.assert_allclose(y, x / rms, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(y, x / rms * weight, rtol=1e-4, atol=1e-6)
 
 
 def test_rms_norm_extreme_values_stay_finite():
@@ -127,6 +134,9 @@ def test_rms_norm_extreme_values_stay_finite():
     assert np.isfinite(y).all()
     np.testing.assert_allclose(y[0], [np.sqrt(1.5), -np.sqrt(1.5), 0.0], rtol=1e-5, atol=1e-6)
     assert (y[1] == 0).all()
+    for i, row in enumerate(x):  # one row at a time, as decode normalizes: the same values
+        one = rms_norm(row[None], np.ones(3, dtype=np.float32), 1e-5)
+        np.testing.assert_allclose(one[0], y[i], rtol=1e-6, atol=0)
 
 
 def test_softmax_stable_on_extreme_inputs():
