@@ -44,7 +44,7 @@ def paged_decode(q, k_pool, v_pool, tables, ends, out, heads_first):
         S = ends[b]
         n_blocks = (S + block_size - 1) // block_size
         queries = q[b, kvh * G : (kvh + 1) * G] * scale  # (G, HD) the heads sharing kvh
-        scores = np.empty((G, n_blocks * block_size), dtype=np.float32)  # (G, S) and padding
+        scores = np.empty((G, S), dtype=np.float32)  # (G, S): not the cache's S_max
         for j in range(n_blocks):  # the sequence's blocks, where they lie
             block = tables[b, j]
             keys = k_pool[kvh, block] if heads_first else k_pool[block, kvh]  # (block_size, HD)
