@@ -24,10 +24,11 @@ KV cache, so a replaced k or v is what later positions read. A prompt longer tha
 model.ATTENTION_CHUNK runs attention in blocks of queries: `scores`/`probs` hooks are then
 called once per block with its rows, (H, rows, keys up to the block's last query). With no
 hook registered the forward pass only tests `if self.hooks:`, so hooks cost nothing unused.
-A hook returning None leaves every number as it was, bit for bit, with one exception: decode
-with compiled kernels attends in one kernel (kernels/attention.py) that has no scores or
-probs to show, so a `scores` or `probs` hook runs that layer's decode attention in NumPy
-(layers.attention), which adds in another order (outputs move by ~1e-6 of their size).
+A hook returning None leaves every number as it was, bit for bit, with one exception: a model
+whose products run in the compiled kernels decodes attention in one kernel too
+(kernels/attention.py, `model.compiled_attention`), which has no scores or probs to show, so
+a `scores` or `probs` hook runs that layer's decode attention in NumPy (layers.attention),
+which adds in another order (outputs move by ~1e-6 of their size).
 `kv_head(config, h)` names the K/V head that query head h reads (grouped-query attention);
 docs/debugging.md has a worked example: ablate a head and measure how the next-token
 distribution moves.

@@ -136,9 +136,10 @@ class KVCache:
         sequences).
 
         None, so that `read`'s views go to layers.attention, without compiled kernels (the
-        NumPy path a learner steps through) or for a float16 cache. A hook on attention's
-        scores or probabilities also runs layers.attention (the model decides): it sums in
-        another order, so outputs move in their last bits (~1e-6 of their size).
+        NumPy path a learner steps through) or for a float16 cache. The model also runs
+        layers.attention when its products run in BLAS (model.compiled_attention) and in a
+        layer whose scores or probabilities a hook watches: it sums in another order, so
+        outputs move in their last bits (~1e-6 of their size).
         """
         if self.k.dtype != np.float32:
             return None

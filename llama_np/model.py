@@ -118,7 +118,11 @@ class Model:
         self.hooks: dict[str, list[Hook]] = {}
         self.step: Step | None = None  # the rows of the forward pass running now (for hooks)
         self.attending: np.ndarray | None = None  # which of step's sequences attention runs for
-        if self.uses_compiled_kernels:
+        # Decode attends in the compiled kernel when the products run compiled: a model whose
+        # products all run in BLAS (stories260K's small matrices) would otherwise load numba's
+        # runtime (~1 s, ~130 MB) for attention alone, to save ~0.1 ms a token.
+        self.compiled_attention = self.uses_compiled_kernels
+        if self.compiled_attention:
             kernels.warm_up()  # now, rather than in the first token
 
     @classmethod
@@ -288,8 +292,9 @@ class Model:
             B, T = len(seqs), int(step.counts[seqs[0]])
             hook = self._attention_hook(i, seqs) if self._hooks_attention(i) else None
             q_group, ends = q[rows].reshape(B, T, H, HD), step.ends[seqs]
-            # decode: a compiled kernel, when the kernels are compiled (None: NumPy's code)
-            out = cache.attend(i, step, seqs, q_group) if T == 1 and hook is None else None
+            # decode: a compiled kernel, when the products run compiled (None: NumPy's code)
+            compiled = T == 1 and hook is None and self.compiled_attention
+            out = cache.attend(i, step, seqs, q_group) if compiled else None
             if out is None:
                 k_cache, v_cache = cache.read(i, step, seqs)  # (B, KVH, S, HD)
                 if T > ATTENTION_CHUNK:  # long prompt: blocks of queries, scores kept in cache

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 import llama_np
-from llama_np import kernels
 from llama_np.errors import ArgumentError
 from llama_np.hooks import kv_head
 
@@ -48,9 +47,7 @@ def test_an_in_place_edit_is_refused(model, tokens, point):
 def test_a_returned_array_replaces_the_activation(model, tokens, point):
     plain, _ = run(model, tokens)
     same, _ = run(model, tokens, point, lambda name, a: None)  # None keeps the activation
-    if (
-        point.endswith((".scores", ".probs")) and kernels.active() != "numpy"
-    ):  # NumPy's attention (hooks.py)
+    if point.endswith((".scores", ".probs")) and model.compiled_attention:  # hooks.py
         np.testing.assert_allclose(same, plain, rtol=1e-5, atol=1e-5)
     else:
         np.testing.assert_array_equal(same, plain)

@@ -73,14 +73,20 @@ def test_paged_decode_kernel_equals_gather_then_attention(B, kvh, G, HD, block_s
     kernels.active() == "numpy",
     reason=f"compiled kernels not active: {kernels.numba_unavailable() or 'numpy selected'}",
 )
-def test_one_sequence_decodes_with_the_kernel_unless_a_hook_watches_attention(monkeypatch):
+@pytest.mark.parametrize("dim", [32, 256])  # products in BLAS; in the compiled kernels
+def test_decode_attends_in_the_kernel_when_the_products_do(monkeypatch, dim):
     """Model.decode's attention runs in the compiled kernel (the contiguous cache as a pool of
-    one block); a probs hook needs the probabilities as an array, so NumPy's attention runs
-    then. Both give the same logits up to the order of their sums."""
-    import llama_np
+    one block) when the model's products run compiled; a model whose products all run in BLAS
+    (small matrices) keeps NumPy's attention, not to load numba for it alone. A probs hook
+    needs the probabilities as an array: NumPy's attention runs then. The logits agree up to
+    the order of the sums."""
+    from util import random_model
+
     from llama_np import kv_cache
 
-    model = llama_np.load()
+    model = random_model(small_config(dim=dim, hidden_dim=2 * dim, n_heads=8, n_kv_heads=2))
+    assert model.compiled_attention == (dim == 256) == model.uses_compiled_kernels
+    layers = model.config.n_layers if model.compiled_attention else 0
     calls = []
     real = kv_cache.kernels.decode_attention
     monkeypatch.setattr(
@@ -89,15 +95,15 @@ def test_one_sequence_decodes_with_the_kernel_unless_a_hook_watches_attention(mo
 
     def decode() -> np.ndarray:
         cache = model.new_cache(16)
-        model.prefill([1, 400, 300, 200], cache)
-        return model.decode(100, cache)
+        model.prefill([1, 40, 30, 20], cache)
+        return model.decode(10, cache)
 
     fast = decode()
-    assert len(calls) == model.config.n_layers
+    assert len(calls) == layers
     remove = model.add_hook("layers.0.attn.probs", lambda name, a: None)
     try:
         watched = decode()
     finally:
         remove()
-    assert len(calls) == 2 * model.config.n_layers - 1  # layer 0 in NumPy
+    assert len(calls) == 2 * layers - (1 if layers else 0)  # layer 0 in NumPy
     np.testing.assert_allclose(watched, fast, rtol=1e-5, atol=1e-5)

@@ -372,6 +372,8 @@ def warm_up() -> None:
     weights.flags.writeable = False  # as packed.PackedRows holds weights: the same signature
     with _LOCK:
         numba_jit.matmul_fp32(weights, one, np.empty((1, 1), dtype=np.float32))
+    pool = np.ones((1, 1, 1, 1), dtype=np.float32)  # and decode attention's (~20 ms to load)
+    decode_attention(pool, pool, pool, np.zeros((1, 1), np.int64), np.ones(1, np.int64), False)
 
 
 def _kernel(name: str, rows, n_rows: int) -> Callable:
